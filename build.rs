@@ -1,0 +1,132 @@
+//! Finds libphp (embed SAPI, NTS), generates bindings for the C shim with
+//! bindgen and compiles the shim with cc. Every failure names the fix.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{exit, Command};
+
+const INSTALL_HINT: &str =
+    "sudo apt-get install -y libphp8.2-embed php8.2-dev php8.2-opcache libclang-dev (or run `make deps`)";
+
+fn fail(message: &str) -> ! {
+    eprintln!("\nerror: {message}\n");
+    println!("cargo:warning={message}");
+    exit(1);
+}
+
+fn php_config_path() -> PathBuf {
+    println!("cargo:rerun-if-env-changed=PHP_CONFIG");
+    if let Some(explicit) = env::var_os("PHP_CONFIG") {
+        let path = PathBuf::from(explicit);
+        if !path.is_file() {
+            fail(&format!(
+                "PHP_CONFIG is set to {} but no such file exists; point it at the php-config of an embed build",
+                path.display()
+            ));
+        }
+        return path;
+    }
+    for candidate in ["php-config8.2", "php-config"] {
+        if Command::new(candidate).arg("--version").output().is_ok_and(|o| o.status.success()) {
+            return PathBuf::from(candidate);
+        }
+    }
+    fail(&format!(
+        "php-config was not found on PATH (nor PHP_CONFIG set). Install PHP's development files: {INSTALL_HINT}"
+    ));
+}
+
+fn php_config(tool: &Path, flag: &str) -> String {
+    let output = Command::new(tool)
+        .arg(flag)
+        .output()
+        .unwrap_or_else(|e| fail(&format!("could not run {} {flag}: {e}", tool.display())));
+    if !output.status.success() {
+        fail(&format!("{} {flag} failed", tool.display()));
+    }
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// libphp's SONAME is libphp.so; Debian installs it as libphp<version>.so.
+fn find_libphp(prefix: &str, version: &str) -> (PathBuf, String) {
+    let major_minor: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
+    let dirs = [format!("{prefix}/lib"), format!("{prefix}/lib64"), "/usr/lib".to_string()];
+    let names = [format!("php{major_minor}"), "php".to_string()];
+    for dir in &dirs {
+        for name in &names {
+            if Path::new(dir).join(format!("lib{name}.so")).exists() {
+                return (PathBuf::from(dir), name.clone());
+            }
+        }
+    }
+    fail(&format!("libphp (the embed SAPI library) was not found under {dirs:?}. Install it: {INSTALL_HINT}"));
+}
+
+fn main() {
+    println!("cargo:rerun-if-changed=csrc/lrpm_shim.c");
+    println!("cargo:rerun-if-changed=csrc/lrpm_shim.h");
+    println!("cargo:rerun-if-changed=csrc/wrapper.h");
+    println!("cargo:rerun-if-env-changed=LIBCLANG_PATH");
+
+    let tool = php_config_path();
+    let sapis = php_config(&tool, "--php-sapis");
+    if !sapis.split_whitespace().any(|s| s == "embed") {
+        fail(&format!(
+            "{} reports SAPIs [{sapis}] without `embed`. Install Debian's embed library: {INSTALL_HINT}, or build PHP with --enable-embed (see php-src-config/)",
+            tool.display()
+        ));
+    }
+    let include_dir = php_config(&tool, "--include-dir");
+    let php_config_h = Path::new(&include_dir).join("main/php_config.h");
+    let config_h = std::fs::read_to_string(&php_config_h)
+        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}. Install: {INSTALL_HINT}", php_config_h.display())));
+    // `php-config --configure-options` describes the CLI build; the header is the truth.
+    if config_h.lines().any(|l| l.trim() == "#define ZTS 1") {
+        fail("this libphp is a thread-safe (ZTS) build; lrpm-host needs an NTS build (one interpreter per process). Use Debian's libphp8.2-embed or build with the flags in php-src-config/");
+    }
+    println!("cargo:rerun-if-changed={}", php_config_h.display());
+
+    let includes: Vec<String> = php_config(&tool, "--includes")
+        .split_whitespace()
+        .filter_map(|f| f.strip_prefix("-I").map(str::to_string))
+        .collect();
+    let version = php_config(&tool, "--version");
+    let prefix = php_config(&tool, "--prefix");
+    let (lib_dir, lib_name) = find_libphp(&prefix, &version);
+
+    let mut build = cc::Build::new();
+    build.file("csrc/lrpm_shim.c").warnings(false).flag_if_supported("-Wno-unused-parameter");
+    for dir in &includes {
+        build.include(dir);
+    }
+    build.compile("lrpm_shim");
+
+    println!("cargo:rustc-link-search=native={}", lib_dir.display());
+    println!("cargo:rustc-link-lib=dylib={lib_name}");
+    // Debian puts libphp8.2.so in /usr/lib, already on the loader path; for other
+    // prefixes record it so the binary runs without LD_LIBRARY_PATH.
+    if lib_dir != Path::new("/usr/lib") {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
+    }
+
+    let mut builder = bindgen::Builder::default()
+        .header("csrc/wrapper.h")
+        .allowlist_function("lrpm_.*")
+        .allowlist_type("lrpm_child_spec")
+        .allowlist_var("LRPM_.*")
+        .allowlist_var("PHP_VERSION_ID")
+        .allowlist_var("ZEND_MODULE_API_NO")
+        .layout_tests(false)
+        .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()));
+    for dir in &includes {
+        builder = builder.clang_arg(format!("-I{dir}"));
+    }
+    let bindings = builder.generate().unwrap_or_else(|e| {
+        fail(&format!("bindgen could not generate the PHP bindings ({e}). If libclang is missing: {INSTALL_HINT}"))
+    });
+    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    bindings
+        .write_to_file(out.join("php_bindings.rs"))
+        .unwrap_or_else(|e| fail(&format!("cannot write bindings: {e}")));
+    println!("cargo:rustc-env=LRPM_PHP_VERSION={version}");
+}

@@ -1,0 +1,419 @@
+/*
+ * lrpm-host's C shim. See lrpm_shim.h for the contract and DESIGN.md for why
+ * this split exists (zend_try is setjmp/longjmp; a longjmp across Rust
+ * frames is undefined behaviour).
+ */
+#include "lrpm_shim.h"
+
+#include <main/php.h>
+#include <main/SAPI.h>
+#include <main/php_main.h>
+#include <main/php_variables.h>
+#include <main/php_ini.h>
+#include <main/php_streams.h>
+#include <main/php_version.h>
+#include <Zend/zend_ini.h>
+#include <Zend/zend_signal.h>
+#include <Zend/zend_exceptions.h>
+#include <Zend/zend_constants.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+/* ------------------------------------------------------------------ */
+/* Per-process state of a child. Set once after fork, read by host     */
+/* functions; signal handlers only store into the sig_atomic_t flags.  */
+/* ------------------------------------------------------------------ */
+
+static volatile sig_atomic_t stop_requested = 0;
+static volatile sig_atomic_t reload_requested = 0;
+static const lrpm_child_spec *current_spec = NULL;
+
+static void on_stop_signal(int signo) { (void)signo; stop_requested = 1; }
+static void on_reload_signal(int signo) { (void)signo; reload_requested = 1; }
+
+static bool parent_changed(void)
+{
+    return current_spec && current_spec->parent_pid > 0 && getppid() != current_spec->parent_pid;
+}
+
+/* ------------------------------------------------------------------ */
+/* Process title                                                      */
+/* ------------------------------------------------------------------ */
+
+static char *title_area = NULL;
+static size_t title_area_len = 0;
+static char *current_title = NULL;
+
+void lrpm_title_init(void)
+{
+    /* Fields 48..51 of /proc/self/stat: arg_start arg_end env_start env_end. */
+    FILE *f = fopen("/proc/self/stat", "r");
+    if (!f) return;
+    char buf[4096];
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* comm (field 2) may contain spaces; fields restart after the last ')'. */
+    char *p = strrchr(buf, ')');
+    if (!p) return;
+    p += 2; /* field 3: the one-letter state, not a number */
+    while (*p && *p != ' ') p++;
+    unsigned long long v[52] = {0};
+    for (int field = 4; field <= 51 && *p; field++) {
+        v[field] = strtoull(p, &p, 10);
+        while (*p == ' ') p++;
+    }
+    unsigned long long arg_start = v[48], env_end = v[51], env_start = v[50];
+    if (!arg_start || !env_end || env_end <= arg_start) return;
+
+    /* Move environ strings that live inside the area to the heap. */
+    for (char **e = environ; e && *e; e++) {
+        unsigned long long addr = (unsigned long long)(uintptr_t)*e;
+        if (addr >= env_start && addr < env_end) {
+            char *copy = strdup(*e);
+            if (!copy) return;
+            *e = copy;
+        }
+    }
+    title_area = (char *)(uintptr_t)arg_start;
+    title_area_len = (size_t)(env_end - arg_start);
+}
+
+void lrpm_title_set(const char *title)
+{
+    if (!title) return;
+    char *copy = strdup(title);
+    if (copy) {
+        free(current_title);
+        current_title = copy;
+    }
+    if (!title_area || title_area_len < 2) return;
+    size_t len = strlen(title);
+    if (len > title_area_len - 1) len = title_area_len - 1;
+    memcpy(title_area, title, len);
+    memset(title_area + len, 0, title_area_len - len);
+}
+
+const char *lrpm_php_version(void) { return PHP_VERSION; }
+
+/* ------------------------------------------------------------------ */
+/* Host functions visible to PHP                                       */
+/* ------------------------------------------------------------------ */
+
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_should_stop, 0, 0, _IS_BOOL, 0)
+ZEND_END_ARG_INFO()
+
+static PHP_FUNCTION(lrpm_should_stop)
+{
+    ZEND_PARSE_PARAMETERS_NONE();
+    RETURN_BOOL(stop_requested || parent_changed());
+}
+
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_params, 0, 0, IS_STRING, 0)
+ZEND_END_ARG_INFO()
+
+static PHP_FUNCTION(lrpm_params)
+{
+    ZEND_PARSE_PARAMETERS_NONE();
+    if (!current_spec || !current_spec->params_json) {
+        RETURN_EMPTY_STRING();
+    }
+    RETURN_STRING(current_spec->params_json);
+}
+
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_send, 0, 1, _IS_BOOL, 0)
+    ZEND_ARG_TYPE_INFO(0, message, IS_STRING, 0)
+ZEND_END_ARG_INFO()
+
+/* Writes one frame: 8-byte big-endian length, then the bytes. */
+static PHP_FUNCTION(lrpm_send)
+{
+    zend_string *message;
+    ZEND_PARSE_PARAMETERS_START(1, 1)
+        Z_PARAM_STR(message)
+    ZEND_PARSE_PARAMETERS_END();
+    if (!current_spec || current_spec->message_fd < 0) {
+        RETURN_FALSE;
+    }
+    uint64_t len = ZSTR_LEN(message);
+    unsigned char header[8];
+    for (int i = 0; i < 8; i++) header[i] = (unsigned char)(len >> (56 - 8 * i));
+    const char *chunks[2] = {(const char *)header, ZSTR_VAL(message)};
+    size_t sizes[2] = {8, ZSTR_LEN(message)};
+    for (int c = 0; c < 2; c++) {
+        size_t done = 0;
+        while (done < sizes[c]) {
+            ssize_t w = write(current_spec->message_fd, chunks[c] + done, sizes[c] - done);
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0) RETURN_FALSE;
+            done += (size_t)w;
+        }
+    }
+    RETURN_TRUE;
+}
+
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_wait, 0, 1, IS_STRING, 0)
+    ZEND_ARG_TYPE_INFO(0, seconds, IS_DOUBLE, 0)
+ZEND_END_ARG_INFO()
+
+/*
+ * Sleeps until the timeout, a stop signal or a reload signal, whichever
+ * comes first; returns "timeout", "stop" or "reload". The signals are
+ * blocked while the flags are checked and unblocked atomically by ppoll, so
+ * a signal that arrives just before the sleep is never lost.
+ */
+static PHP_FUNCTION(lrpm_wait)
+{
+    double seconds;
+    ZEND_PARSE_PARAMETERS_START(1, 1)
+        Z_PARAM_DOUBLE(seconds)
+    ZEND_PARSE_PARAMETERS_END();
+
+    sigset_t block, previous;
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGHUP);
+    sigprocmask(SIG_BLOCK, &block, &previous);
+
+    struct timespec now, deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    if (seconds > 0) {
+        deadline.tv_sec += (time_t)seconds;
+        deadline.tv_nsec += (long)((seconds - (double)(time_t)seconds) * 1e9);
+        if (deadline.tv_nsec >= 1000000000L) { deadline.tv_sec++; deadline.tv_nsec -= 1000000000L; }
+    }
+    const char *reason = "timeout";
+    for (;;) {
+        if (stop_requested || parent_changed()) { reason = "stop"; break; }
+        if (reload_requested) { reload_requested = 0; reason = "reload"; break; }
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        struct timespec left;
+        left.tv_sec = deadline.tv_sec - now.tv_sec;
+        left.tv_nsec = deadline.tv_nsec - now.tv_nsec;
+        if (left.tv_nsec < 0) { left.tv_sec--; left.tv_nsec += 1000000000L; }
+        if (left.tv_sec < 0) break;
+        /* Wake at least once a second to notice a changed parent. */
+        if (left.tv_sec >= 1) { left.tv_sec = 1; left.tv_nsec = 0; }
+        ppoll(NULL, 0, &left, &previous);
+    }
+    sigprocmask(SIG_SETMASK, &previous, NULL);
+    RETURN_STRING(reason);
+}
+
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_cli_set_process_title, 0, 1, _IS_BOOL, 0)
+    ZEND_ARG_TYPE_INFO(0, title, IS_STRING, 0)
+ZEND_END_ARG_INFO()
+
+static PHP_FUNCTION(cli_set_process_title)
+{
+    char *title;
+    size_t title_len;
+    ZEND_PARSE_PARAMETERS_START(1, 1)
+        Z_PARAM_STRING(title, title_len)
+    ZEND_PARSE_PARAMETERS_END();
+    (void)title_len;
+    lrpm_title_set(title);
+    RETURN_TRUE;
+}
+
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_cli_get_process_title, 0, 0, IS_STRING, 1)
+ZEND_END_ARG_INFO()
+
+static PHP_FUNCTION(cli_get_process_title)
+{
+    ZEND_PARSE_PARAMETERS_NONE();
+    if (!current_title) RETURN_NULL();
+    RETURN_STRING(current_title);
+}
+
+static const zend_function_entry host_functions[] = {
+    ZEND_RAW_FENTRY("Lrpm\\should_stop", zif_lrpm_should_stop, arginfo_lrpm_should_stop, 0)
+    ZEND_RAW_FENTRY("Lrpm\\Internal\\params", zif_lrpm_params, arginfo_lrpm_params, 0)
+    ZEND_RAW_FENTRY("Lrpm\\Internal\\send", zif_lrpm_send, arginfo_lrpm_send, 0)
+    ZEND_RAW_FENTRY("Lrpm\\Internal\\wait", zif_lrpm_wait, arginfo_lrpm_wait, 0)
+    ZEND_FE(cli_set_process_title, arginfo_cli_set_process_title)
+    ZEND_FE(cli_get_process_title, arginfo_cli_get_process_title)
+    ZEND_FE_END
+};
+
+/* ------------------------------------------------------------------ */
+/* The SAPI module                                                     */
+/* ------------------------------------------------------------------ */
+
+static size_t lrpm_ub_write(const char *str, size_t len)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t w = write(STDOUT_FILENO, str + done, len - done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            php_handle_aborted_connection();
+            break;
+        }
+        done += (size_t)w;
+    }
+    return len;
+}
+
+static void lrpm_flush(void *server_context) { (void)server_context; }
+
+static void lrpm_send_header(sapi_header_struct *h, void *ctx) { (void)h; (void)ctx; }
+
+static char *lrpm_read_cookies(void) { return NULL; }
+
+static void lrpm_log_message(const char *message, int syslog_type)
+{
+    (void)syslog_type;
+    fprintf(stderr, "%s\n", message);
+    fflush(stderr);
+}
+
+static void lrpm_register_variables(zval *track_vars_array)
+{
+    php_import_environment_variables(track_vars_array);
+}
+
+static int lrpm_startup(sapi_module_struct *module)
+{
+    return php_module_startup(module, NULL) == SUCCESS ? SUCCESS : FAILURE;
+}
+
+static int lrpm_deactivate(void)
+{
+    fflush(stdout);
+    return SUCCESS;
+}
+
+/* Named "cli" on purpose: OPcache only enables itself for SAPIs it knows. */
+static sapi_module_struct lrpm_sapi_module = {
+    "cli",
+    "lrpm-host embedded CLI",
+    lrpm_startup,
+    php_module_shutdown_wrapper,
+    NULL,
+    lrpm_deactivate,
+    lrpm_ub_write,
+    lrpm_flush,
+    NULL,
+    NULL,
+    php_error,
+    NULL,
+    NULL,
+    lrpm_send_header,
+    NULL,
+    lrpm_read_cookies,
+    lrpm_register_variables,
+    lrpm_log_message,
+    NULL,
+    NULL,
+    STANDARD_SAPI_MODULE_PROPERTIES
+};
+
+int lrpm_boot(const char *ini_entries, const char *executable_location)
+{
+    zend_signal_startup();
+    sapi_startup(&lrpm_sapi_module);
+    /* sapi_startup() resets the module's ini_entries: set them afterwards. */
+    lrpm_sapi_module.ini_entries = strdup(ini_entries ? ini_entries : "");
+    lrpm_sapi_module.php_ini_ignore_cwd = 1;
+    lrpm_sapi_module.phpinfo_as_text = 1;
+    lrpm_sapi_module.additional_functions = host_functions;
+    if (executable_location) {
+        lrpm_sapi_module.executable_location = strdup(executable_location);
+    }
+    if (lrpm_sapi_module.startup(&lrpm_sapi_module) == FAILURE) {
+        return LRPM_BOOT_MODULE_FAILED;
+    }
+    return LRPM_BOOT_OK;
+}
+
+/* What sapi/cli's cli_register_file_handles() does: STDIN, STDOUT, STDERR. */
+static void register_std_constants(void)
+{
+    static const char *const names[3] = {"STDIN", "STDOUT", "STDERR"};
+    static const char *const paths[3] = {"php://stdin", "php://stdout", "php://stderr"};
+    static const char *const modes[3] = {"rb", "wb", "wb"};
+    for (int i = 0; i < 3; i++) {
+        php_stream *stream = php_stream_open_wrapper_ex(paths[i], modes[i], 0, NULL, NULL);
+        if (!stream) continue;
+        /* Keep the descriptors open when the constants are destroyed. */
+        stream->flags |= PHP_STREAM_FLAG_NO_CLOSE;
+        zend_constant constant;
+        php_stream_to_zval(stream, &constant.value);
+        ZEND_CONSTANT_SET_FLAGS(&constant, CONST_CS, 0);
+        constant.name = zend_string_init_interned(names[i], strlen(names[i]), 0);
+        zend_register_constant(&constant);
+    }
+}
+
+static void install_child_signal_handlers(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = on_stop_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sa.sa_handler = on_reload_signal;
+    sigaction(SIGHUP, &sa, NULL);
+}
+
+int lrpm_child_main(const lrpm_child_spec *spec)
+{
+    current_spec = spec;
+    stop_requested = 0;
+    reload_requested = 0;
+    if (spec->title) lrpm_title_set(spec->title);
+
+    /*
+     * zend_signal_startup() snapshots the installed handlers; request
+     * startup then puts PHP's deferring handler in front of them. Without
+     * the second startup our handlers would be replaced by the supervisor's
+     * snapshot (SIG_DFL), and SIGTERM would kill the worker mid-cycle.
+     */
+    install_child_signal_handlers();
+    zend_signal_startup();
+
+    SG(options) |= SAPI_OPTION_NO_CHDIR;
+    SG(request_info).argc = spec->argc;
+    SG(request_info).argv = spec->argv;
+
+    int status = 0;
+    bool started = false;
+    zend_try {
+        if (php_request_startup() == SUCCESS) {
+            started = true;
+        }
+    } zend_end_try();
+    if (!started) {
+        return LRPM_EXIT_REQUEST_FAILED;
+    }
+
+    SG(headers_sent) = 1;
+    SG(request_info).no_headers = 1;
+
+    zend_try {
+        register_std_constants();
+        zend_eval_stringl_ex(spec->runner_code, strlen(spec->runner_code), NULL,
+                             "lrpm-host runner", 1);
+    } zend_end_try();
+    status = EG(exit_status);
+
+    zend_try {
+        php_request_shutdown(NULL);
+    } zend_end_try();
+    fflush(stdout);
+    fflush(stderr);
+    return status;
+}

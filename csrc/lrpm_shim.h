@@ -1,0 +1,62 @@
+/*
+ * The C side of lrpm-host: everything that must touch Zend macros, zend_try
+ * (setjmp/longjmp) or SAPI callbacks lives here. Rust calls these functions
+ * only; no longjmp ever crosses a Rust frame. Policy stays in Rust.
+ */
+#ifndef LRPM_SHIM_H
+#define LRPM_SHIM_H
+
+#include <stddef.h>
+
+/* Status codes returned by lrpm_boot(). */
+#define LRPM_BOOT_OK 0
+#define LRPM_BOOT_SAPI_FAILED 1
+#define LRPM_BOOT_MODULE_FAILED 2
+
+/* Exit status of a child whose request could not even start. */
+#define LRPM_EXIT_REQUEST_FAILED 71
+
+typedef struct lrpm_child_spec {
+    /* PHP source of the runner (no opening tag), compiled in the child. */
+    const char *runner_code;
+    /* JSON object handed to the runner through Lrpm\Internal\params(). */
+    const char *params_json;
+    /* $argv for the request. */
+    int argc;
+    char **argv;
+    /* Process title shown by ps; NULL keeps the current one. */
+    const char *title;
+    /* Descriptor the runner writes framed messages to (config process), or -1. */
+    int message_fd;
+    /* Parent pid at fork time: should_stop() turns true once it changes. */
+    int parent_pid;
+} lrpm_child_spec;
+
+/*
+ * Module startup, once, in the supervisor: zend_signal_startup, sapi_startup
+ * with a SAPI named "cli", the given ini entries, php_module_startup.
+ * No request is started. Returns LRPM_BOOT_*.
+ */
+int lrpm_boot(const char *ini_entries, const char *executable_location);
+
+/*
+ * Runs in a freshly forked child: installs the stop/reload handlers,
+ * re-runs zend_signal_startup so they survive request startup, starts a
+ * request, defines STDIN/STDOUT/STDERR, runs the runner and shuts the
+ * request down. Returns the exit status the child should _exit with.
+ */
+int lrpm_child_main(const lrpm_child_spec *spec);
+
+/*
+ * Makes the whole argv+environ area writable for process titles (moves
+ * environ strings to the heap first, as PostgreSQL and PHP's ps_title do).
+ * Call once, early, while single-threaded.
+ */
+void lrpm_title_init(void);
+/* Sets the title shown by ps (truncated to the available area). */
+void lrpm_title_set(const char *title);
+
+/* PHP version string the library was built with (PHP_VERSION). */
+const char *lrpm_php_version(void);
+
+#endif

@@ -1,0 +1,247 @@
+<?php
+// The runner: compiled in every PHP process lrpm-host forks (never in the
+// supervisor). It is embedded in the binary and evaluated by the C shim, so
+// the worker loop runs with a PHP frame on the stack and uncaught exceptions
+// are caught here instead of becoming fatal errors in C.
+//
+// Exit codes are part of the public contract (README "Exit codes"); the Rust
+// side mirrors them in src/php/outcome.rs.
+
+namespace Lrpm\Internal;
+
+const EXIT_OK = 0;
+const EXIT_CONFIG_SOURCE_FAILED = 3;
+const EXIT_BAD_WORKER_CLASS = 65;
+const EXIT_UNCAUGHT = 70;
+const EXIT_BOOTSTRAP_FAILED = 78;
+
+function say(string $message): void
+{
+    \fwrite(\STDERR, 'lrpm-host: ' . $message . \PHP_EOL);
+}
+
+function describe_throwable(\Throwable $e): string
+{
+    return 'PHP Fatal error:  Uncaught ' . $e . \PHP_EOL
+        . '  thrown in ' . $e->getFile() . ' on line ' . $e->getLine();
+}
+
+// Lrpm\* and the php-lrpm names, defined only when nobody else defines them:
+// an app that ships php-lrpm in vendor/ keeps its own copy.
+function register_fallback_autoloader(): void
+{
+    $self = static function (string $class) use (&$self): void {
+        $definitions = [
+            'lrpm\worker' => 'namespace Lrpm; interface Worker { public function start(array $job): void; public function cycle(): void; }',
+            'lrpm\configurationsource' => 'namespace Lrpm; interface ConfigurationSource { public function loadConfiguration(): array; }',
+            'phplrpm\worker' => 'namespace PHPLRPM; interface Worker { public function start(array $job): void; public function cycle(): void; }',
+            'phplrpm\configurationsource' => 'namespace PHPLRPM; interface ConfigurationSource { public function loadConfiguration(): array; }',
+        ];
+        $key = \strtolower(\ltrim($class, '\\'));
+        if (!isset($definitions[$key])) {
+            return;
+        }
+        // Registered before the bootstrap (so a bootstrap may declare workers
+        // eagerly) yet a fallback: the app's own autoloaders get the first try.
+        foreach (\spl_autoload_functions() as $loader) {
+            if ($loader !== $self) {
+                $loader($class);
+                if (\interface_exists($class, false)) {
+                    return;
+                }
+            }
+        }
+        eval($definitions[$key]);
+    };
+    \spl_autoload_register($self);
+}
+
+function bootstrap(?string $file): void
+{
+    register_fallback_autoloader();
+    if ($file !== null) {
+        if (!\is_file($file)) {
+            say("bootstrap file {$file} does not exist (set --bootstrap, or run from a project with vendor/autoload.php)");
+            exit(EXIT_BOOTSTRAP_FAILED);
+        }
+        try {
+            require_once $file;
+        } catch (\Throwable $e) {
+            say("bootstrap {$file} failed: " . \get_class($e) . ': ' . $e->getMessage()
+                . ' in ' . $e->getFile() . ' on line ' . $e->getLine());
+            exit(EXIT_BOOTSTRAP_FAILED);
+        }
+    }
+}
+
+function implements_any(string $class, array $interfaces): bool
+{
+    $implemented = \class_implements($class) ?: [];
+    foreach ($interfaces as $interface) {
+        if (isset($implemented[$interface])) {
+            return true;
+        }
+    }
+    return false;
+}
+
+function run_worker(array $params): void
+{
+    $class = \ltrim((string) $params['class'], '\\');
+    $job = $params['job'];
+    $label = 'job ' . $params['jobId'];
+    if (!\class_exists($class)) {
+        say("{$label}: worker class {$class} does not exist (it must be declared by or autoloadable from the bootstrap)");
+        exit(EXIT_BAD_WORKER_CLASS);
+    }
+    if (!implements_any($class, ['Lrpm\Worker', 'PHPLRPM\Worker'])) {
+        say("{$label}: worker class {$class} does not implement Lrpm\\Worker (or PHPLRPM\\Worker)");
+        exit(EXIT_BAD_WORKER_CLASS);
+    }
+    $pid = \getmypid();
+    try {
+        $worker = new $class();
+        $worker->start($job);
+    } catch (\Throwable $e) {
+        say("{$label}: {$class}::start() failed");
+        \fwrite(\STDERR, describe_throwable($e) . \PHP_EOL);
+        exit(EXIT_UNCAUGHT);
+    }
+    $cyclesLeft = $params['cycles'];
+    while (\getmypid() === $pid && !\Lrpm\should_stop()) {
+        try {
+            $worker->cycle();
+        } catch (\Throwable $e) {
+            if (\getmypid() !== $pid) {
+                exit(EXIT_UNCAUGHT);
+            }
+            say("{$label}: {$class}::cycle() threw");
+            \fwrite(\STDERR, describe_throwable($e) . \PHP_EOL);
+            exit(EXIT_UNCAUGHT);
+        }
+        if ($cyclesLeft !== null && --$cyclesLeft <= 0) {
+            break;
+        }
+        if (\gc_status()['roots'] > 0) {
+            \gc_collect_cycles();
+        }
+    }
+    // A process the worker forked itself (pcntl_fork) returns here too: it
+    // leaves quietly instead of running a second copy of the loop.
+    exit(EXIT_OK);
+}
+
+function load_configuration_source(string $source, bool $isFile): object
+{
+    $interfaces = ['Lrpm\ConfigurationSource', 'PHPLRPM\ConfigurationSource'];
+    if ($isFile) {
+        $before = \get_declared_classes();
+        $returned = require_once $source;
+        if (\is_object($returned)) {
+            if (!implements_any(\get_class($returned), $interfaces)) {
+                throw new \UnexpectedValueException("{$source} returned an instance of " . \get_class($returned)
+                    . ', which does not implement Lrpm\ConfigurationSource');
+            }
+            return $returned;
+        }
+        $candidates = \array_values(\array_filter(
+            \array_diff(\get_declared_classes(), $before),
+            static fn (string $c): bool => !(new \ReflectionClass($c))->isAbstract() && implements_any($c, $interfaces)
+        ));
+        if (\count($candidates) !== 1) {
+            throw new \UnexpectedValueException(\count($candidates) === 0
+                ? "{$source} neither returns a configuration source nor declares a class implementing Lrpm\\ConfigurationSource"
+                : "{$source} declares several configuration sources (" . \implode(', ', $candidates) . '); return the one to use');
+        }
+        return new $candidates[0]();
+    }
+    $class = \ltrim($source, '\\');
+    if (!\class_exists($class)) {
+        throw new \UnexpectedValueException("configuration source class {$class} does not exist (it must be autoloadable from the bootstrap)");
+    }
+    if (!implements_any($class, $interfaces)) {
+        throw new \UnexpectedValueException("{$class} does not implement Lrpm\\ConfigurationSource");
+    }
+    return new $class();
+}
+
+// Describes each job with the PHP facts the Rust validator cannot see in
+// JSON: the PHP type of every field and whether the worker class exists.
+function describe_jobs(array $configuration): array
+{
+    $described = [];
+    foreach ($configuration as $id => $job) {
+        $entry = ['id' => $id, 'type' => \gettype($job), 'job' => null, 'fieldTypes' => [], 'workerClassExists' => false];
+        if (\is_array($job)) {
+            foreach ($job as $field => $value) {
+                $entry['fieldTypes'][(string) $field] = \gettype($value);
+            }
+            if (isset($job['workerClass']) && \is_string($job['workerClass'])) {
+                $entry['workerClassExists'] = \class_exists($job['workerClass']);
+            }
+            try {
+                \json_encode($job, \JSON_THROW_ON_ERROR);
+                $entry['job'] = $job;
+            } catch (\JsonException $e) {
+                $entry['encodeError'] = $e->getMessage();
+            }
+        }
+        $described[] = $entry;
+    }
+    return $described;
+}
+
+function send_message(array $message): void
+{
+    $json = \json_encode($message, \JSON_PRESERVE_ZERO_FRACTION | \JSON_UNESCAPED_SLASHES | \JSON_INVALID_UTF8_SUBSTITUTE);
+    if ($json === false || !send($json)) {
+        say('could not send a message to the supervisor: ' . \json_last_error_msg());
+        exit(EXIT_CONFIG_SOURCE_FAILED);
+    }
+}
+
+function run_config(array $params): void
+{
+    try {
+        $source = load_configuration_source((string) $params['source'], (bool) $params['sourceIsFile']);
+    } catch (\Throwable $e) {
+        send_message(['type' => 'error', 'message' => 'loading the configuration source failed: ' . describe_throwable($e)]);
+        exit(EXIT_CONFIG_SOURCE_FAILED);
+    }
+    $interval = (int) $params['interval'];
+    while (true) {
+        try {
+            $configuration = $source->loadConfiguration();
+        } catch (\Throwable $e) {
+            send_message(['type' => 'error', 'message' => \get_class($source) . '::loadConfiguration() failed: ' . describe_throwable($e)]);
+            exit(EXIT_CONFIG_SOURCE_FAILED);
+        }
+        send_message(['type' => 'configuration', 'jobs' => describe_jobs($configuration)]);
+        if ($params['once'] ?? false) {
+            exit(EXIT_OK);
+        }
+        if ($interval > 0) {
+            if (wait((float) $interval) === 'stop') {
+                exit(EXIT_OK);
+            }
+        } elseif (\Lrpm\should_stop()) {
+            exit(EXIT_OK);
+        }
+    }
+}
+
+function main(): void
+{
+    $params = \json_decode(params(), true, 512, \JSON_THROW_ON_ERROR);
+    bootstrap($params['bootstrap'] ?? null);
+    switch ($params['mode']) {
+        case 'worker':
+            run_worker($params);
+            break;
+        case 'config':
+            run_config($params);
+            break;
+    }
+}
+
+main();

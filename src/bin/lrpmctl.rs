@@ -1,0 +1,251 @@
+//! lrpmctl: talks to a running lrpm-host (or php-lrpm) over the control
+//! socket, with php-lrpm's wire format and exit codes.
+
+use std::io::{IsTerminal, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde_json::Value;
+
+use lrpm_host::control::codec::{encode, FrameDecoder};
+use lrpm_host::control::server::client_socket_path;
+
+const EXIT_REFUSED: u8 = 1;
+const EXIT_USAGE: u8 = 64;
+const EXIT_NO_CONNECTION: u8 = 69;
+const EXIT_INVALID_RESPONSE: u8 = 76;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "lrpmctl", version, about = "Control a running lrpm-host: status, restart, reload, stop, ...")]
+struct Args {
+    /// Control socket (default: the first of /run/lrpm-host/control.sock,
+    /// $XDG_RUNTIME_DIR/lrpm-host/control.sock, /tmp/lrpm-host-UID/control.sock that exists).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print the raw JSON of `status`.
+    #[arg(long)]
+    json: bool,
+    /// Colour the status table.
+    #[arg(long, value_enum, default_value = "auto")]
+    color: Color,
+    /// The command and its arguments (send `help` for the list).
+    #[arg(required = true, trailing_var_arg = true)]
+    command: Vec<String>,
+}
+
+fn exchange(path: &PathBuf, request: &str) -> Result<String, (u8, String)> {
+    let no_connection =
+        |e: std::io::Error| (EXIT_NO_CONNECTION, format!("cannot connect to lrpm-host at {}: {e}", path.display()));
+    let mut stream = UnixStream::connect(path).map_err(no_connection)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(no_connection)?;
+    stream.write_all(&encode(request.as_bytes())).map_err(no_connection)?;
+    let mut decoder = FrameDecoder::new(256 * 1024 * 1024);
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match decoder.next_frame() {
+            Ok(Some(frame)) => {
+                return String::from_utf8(frame)
+                    .map_err(|_| (EXIT_INVALID_RESPONSE, "response is not UTF-8".to_string()))
+            }
+            Ok(None) => {}
+            Err(e) => return Err((EXIT_INVALID_RESPONSE, format!("invalid response: {e}"))),
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                return Err((EXIT_INVALID_RESPONSE, "connection closed before a whole response arrived".to_string()))
+            }
+            Ok(n) => decoder.push(&buf[..n]),
+            Err(e) => return Err((EXIT_INVALID_RESPONSE, format!("reading the response failed: {e}"))),
+        }
+    }
+}
+
+struct ProcInfo {
+    cpu_percent: f64,
+    rss_bytes: u64,
+}
+
+/// %CPU as ps computes it (CPU time over lifetime) and RSS, from /proc.
+fn proc_info(pid: i64) -> Option<ProcInfo> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split_whitespace().collect();
+    // fields[0] is field 3 of stat(5).
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let start_ticks: f64 = fields.get(19)?.parse().ok()?;
+    let rss_pages: u64 = fields.get(21)?.parse().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK) as f64, libc::sysconf(libc::_SC_PAGESIZE) as u64) };
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
+    let elapsed = uptime - start_ticks / ticks;
+    let cpu_percent = if elapsed > 0.0 { (utime + stime) / ticks / elapsed * 100.0 } else { 0.0 };
+    Some(ProcInfo { cpu_percent, rss_bytes: rss_pages * page })
+}
+
+fn human_bytes(bytes: u64) -> String {
+    let units = ["B", "K", "M", "G", "T"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < units.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.1}{}", units[unit])
+    }
+}
+
+fn human_duration(seconds: i64) -> String {
+    let seconds = seconds.max(0);
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    let clock = format!("{:02}:{:02}:{:02}", rest / 3600, rest % 3600 / 60, rest % 60);
+    if days > 0 {
+        format!("{days}d {clock}")
+    } else {
+        clock
+    }
+}
+
+fn last_exit(state: &Value) -> String {
+    match state.get("lastExit") {
+        Some(Value::Object(exit)) => exit
+            .get("code")
+            .map(|c| c.to_string())
+            .or_else(|| exit.get("signal").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_else(|| "-".into()),
+        _ => match state.get("lastExitStatus") {
+            Some(Value::Number(n)) => n.to_string(),
+            _ => "-".into(),
+        },
+    }
+}
+
+fn render_status(doc: &serde_json::Map<String, Value>, color: bool) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    let header = ["ID", "NAME", "STATE", "PID", "%CPU", "RSS", "UPTIME", "RESTARTS", "LAST EXIT", "NEXT START"];
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut states = Vec::new();
+    for (id, entry) in doc {
+        let state = &entry["state"];
+        let pid = state.get("pid").and_then(Value::as_i64);
+        let info = pid.and_then(proc_info);
+        let status = state
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or(if pid.is_some() { "running" } else { "exited" })
+            .to_string();
+        let uptime = match (pid, state.get("startedAt").and_then(Value::as_i64)) {
+            (Some(_), Some(started)) => human_duration(now - started),
+            _ => "-".into(),
+        };
+        let next_start = match (status.as_str(), state.get("restartAt").and_then(Value::as_i64)) {
+            ("backoff", Some(at)) => format!("in {}", human_duration(at - now)),
+            _ => "-".into(),
+        };
+        rows.push(vec![
+            id.clone(),
+            entry["config"].get("name").and_then(Value::as_str).unwrap_or("").to_string(),
+            status.clone(),
+            pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            info.as_ref().map(|i| format!("{:.1}", i.cpu_percent)).unwrap_or_else(|| "-".into()),
+            info.as_ref().map(|i| human_bytes(i.rss_bytes)).unwrap_or_else(|| "-".into()),
+            uptime,
+            state.get("restarts").map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            last_exit(state),
+            next_start,
+        ]);
+        states.push(status);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).chain([header[c].len()]).max().unwrap_or(0))
+        .collect();
+    let paint = |text: String, code: &str| if color { format!("\x1b[{code}m{text}\x1b[0m") } else { text };
+    let mut out = String::new();
+    let line = |cells: Vec<String>, widths: &[usize]| {
+        cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}", w = *w))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    out.push_str(&paint(line(header.iter().map(|h| h.to_string()).collect(), &widths), "1"));
+    out.push('\n');
+    for (row, status) in rows.into_iter().zip(states) {
+        let text = line(row, &widths);
+        let code = match status.as_str() {
+            "running" => "32",
+            "backoff" | "stopping" => "33",
+            "exited" => "31",
+            _ => "2",
+        };
+        out.push_str(&paint(text, code));
+        out.push('\n');
+    }
+    out
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let path = args.socket.clone().unwrap_or_else(client_socket_path);
+    let request = args.command.join(" ");
+    let response = match exchange(&path, &request) {
+        Ok(r) => r,
+        Err((code, message)) => {
+            eprintln!("lrpmctl: {message}");
+            return ExitCode::from(code);
+        }
+    };
+    if response.starts_with("error: ") {
+        eprintln!("lrpmctl: {}", response.trim_start_matches("error: "));
+        return ExitCode::from(EXIT_REFUSED);
+    }
+    if args.command[0] == "status" && !args.json {
+        let doc = match serde_json::from_str::<Value>(&response) {
+            Ok(Value::Object(doc)) => doc,
+            // php-lrpm encodes an empty or 0..n-keyed farm as a JSON list.
+            Ok(Value::Array(items)) => items.into_iter().enumerate().map(|(i, v)| (i.to_string(), v)).collect(),
+            _ => {
+                eprintln!(
+                    "lrpmctl: invalid status response from {}: {}",
+                    path.display(),
+                    response.chars().take(200).collect::<String>()
+                );
+                return ExitCode::from(EXIT_INVALID_RESPONSE);
+            }
+        };
+        let color = match args.color {
+            Color::Always => true,
+            Color::Never => false,
+            Color::Auto => std::io::stdout().is_terminal(),
+        };
+        print!("{}", render_status(&doc, color));
+    } else {
+        println!("{response}");
+    }
+    ExitCode::SUCCESS
+}

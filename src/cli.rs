@@ -1,0 +1,172 @@
+//! Command-line definitions (clap). php-lrpm spellings are kept: `-i N` /
+//! `--interval=N`, and the configuration source as the only argument.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lrpm-host",
+    version,
+    about = "Runs farms of long-running PHP workers from one embedded, warmed-up PHP (php-lrpm compatible)",
+    subcommand_negates_reqs = true,
+    subcommand_precedence_over_arg = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Configuration source: a .php file declaring (or returning) a
+    /// Lrpm\ConfigurationSource, or a class name autoloadable from the bootstrap.
+    #[arg(value_name = "SOURCE", required = true)]
+    pub source: Option<String>,
+
+    /// Seconds between configuration polls; 0 = push mode (loadConfiguration() blocks until something changes).
+    #[arg(short = 'i', long, default_value_t = 30, value_name = "N")]
+    pub interval: u64,
+
+    #[command(flatten)]
+    pub farm: FarmOptions,
+
+    #[command(flatten)]
+    pub php: PhpOptions,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct FarmOptions {
+    /// Control socket path (default: /run/lrpm-host/control.sock, else
+    /// $XDG_RUNTIME_DIR/lrpm-host/control.sock, else /tmp/lrpm-host-UID/control.sock).
+    #[arg(long, value_name = "PATH", global = true)]
+    pub control_socket: Option<PathBuf>,
+
+    /// Permissions of the control socket, octal.
+    #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_octal_mode, global = true)]
+    pub control_socket_mode: u32,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct PhpOptions {
+    /// PHP file included in every PHP process (not the supervisor). Default:
+    /// the nearest vendor/autoload.php above the source (or the current folder).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub bootstrap: Option<PathBuf>,
+
+    /// PHP ini setting, repeatable (like php -d).
+    #[arg(short = 'd', value_name = "KEY=VALUE", global = true)]
+    pub define: Vec<String>,
+
+    /// Preload this file into OPcache once, in the supervisor (opcache.preload).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub preload: Option<PathBuf>,
+
+    /// User preloading runs as when lrpm-host runs as root (opcache.preload_user).
+    #[arg(long, value_name = "USER", default_value = "nobody", global = true)]
+    pub preload_user: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one worker in the foreground, forked from the booted parent (for debugging).
+    Worker(WorkerArgs),
+    /// Load the configuration once, print the jobs and every validation error.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Worker class (implements Lrpm\Worker or PHPLRPM\Worker).
+    pub class: String,
+    /// The job array as JSON; missing fields are filled (name and workerClass
+    /// from CLASS, mtime 0, workerConfig []).
+    #[arg(long, value_name = "JSON")]
+    pub job: Option<String>,
+    /// Job id reported to the worker and shown in the process title.
+    #[arg(long, default_value = "debug")]
+    pub id: String,
+    /// Stop after N cycles.
+    #[arg(long, value_name = "N")]
+    pub cycles: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Configuration source, as for running a farm.
+    pub source: String,
+}
+
+fn parse_octal_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{text:?} is not an octal permission mode such as 600"))
+}
+
+/// The source is a file when it names an existing path or ends in `.php`.
+pub fn source_is_file(source: &str) -> bool {
+    source.ends_with(".php") || Path::new(source).is_file()
+}
+
+/// Default bootstrap: the nearest vendor/autoload.php walking up from `start`.
+pub fn find_bootstrap(start: &Path) -> Option<PathBuf> {
+    let start = start.canonicalize().ok()?;
+    start.ancestors().map(|dir| dir.join("vendor/autoload.php")).find(|p| p.is_file())
+}
+
+/// Resolves the bootstrap for a source (file or class name).
+pub fn resolve_bootstrap(explicit: Option<&Path>, source: Option<&str>) -> Option<PathBuf> {
+    if let Some(path) = explicit {
+        return Some(absolute(path));
+    }
+    let cwd = std::env::current_dir().ok()?;
+    let start = match source {
+        Some(s) if source_is_file(s) => absolute(Path::new(s)).parent().map(Path::to_path_buf).unwrap_or(cwd),
+        _ => cwd,
+    };
+    find_bootstrap(&start)
+}
+
+pub fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().map(|cwd| cwd.join(path)).unwrap_or_else(|_| path.to_path_buf())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn php_lrpm_interval_spellings_parse() {
+        let cli = Cli::try_parse_from(["lrpm-host", "--interval=0", "My\\Source"]).unwrap();
+        assert_eq!(cli.interval, 0);
+        assert_eq!(cli.source.as_deref(), Some("My\\Source"));
+        let cli = Cli::try_parse_from(["lrpm-host", "-i", "5", "src.php"]).unwrap();
+        assert_eq!(cli.interval, 5);
+    }
+
+    #[test]
+    fn worker_subcommand_parses() {
+        let cli =
+            Cli::try_parse_from(["lrpm-host", "worker", "App\\W", "--cycles", "3", "-d", "memory_limit=64M"]).unwrap();
+        match cli.command {
+            Some(Command::Worker(w)) => assert_eq!(w.cycles, Some(3)),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(cli.php.define, ["memory_limit=64M"]);
+    }
+
+    #[test]
+    fn octal_modes() {
+        assert_eq!(parse_octal_mode("660").unwrap(), 0o660);
+        assert!(parse_octal_mode("999").is_err());
+    }
+}

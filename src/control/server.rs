@@ -1,0 +1,238 @@
+//! The control socket: non-blocking accept/read/write driven by the
+//! supervisor's poll loop. It never blocks and never decides anything: whole
+//! requests go up to the supervisor, responses come back down.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use super::codec::{encode, FrameDecoder};
+
+/// Requests are command lines; anything larger is hostile or broken.
+pub const MAX_REQUEST: u64 = 1024 * 1024;
+/// A client has this long to send its request and read the response.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections beyond this are accepted and closed at once.
+pub const MAX_CLIENTS: usize = 4096;
+
+#[derive(Debug, Error)]
+pub enum ControlError {
+    #[error("another lrpm-host is already answering on {0}; stop it or pass --control-socket with another path")]
+    InUse(PathBuf),
+    #[error("cannot create the control socket directory {0}: {1}")]
+    Directory(PathBuf, std::io::Error),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(PathBuf, std::io::Error),
+}
+
+/// Default socket path: /run/lrpm-host, else $XDG_RUNTIME_DIR/lrpm-host, else /tmp/lrpm-host-UID.
+pub fn default_socket_path() -> PathBuf {
+    let mut candidates = vec![PathBuf::from("/run/lrpm-host")];
+    if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        candidates.push(PathBuf::from(xdg).join("lrpm-host"));
+    }
+    candidates.push(PathBuf::from(format!("/tmp/lrpm-host-{}", nix::unistd::geteuid())));
+    for dir in &candidates {
+        if ensure_private_dir(dir).is_ok() {
+            return dir.join("control.sock");
+        }
+    }
+    candidates.last().expect("non-empty").join("control.sock")
+}
+
+/// Where a client looks when no --socket is given: the first default path that exists.
+pub fn client_socket_path() -> PathBuf {
+    let mut candidates = vec![PathBuf::from("/run/lrpm-host/control.sock")];
+    if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        candidates.push(PathBuf::from(xdg).join("lrpm-host/control.sock"));
+    }
+    candidates.push(PathBuf::from(format!("/tmp/lrpm-host-{}/control.sock", nix::unistd::geteuid())));
+    candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| candidates[0].clone())
+}
+
+fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    // Writable by us?
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
+}
+
+struct Client {
+    stream: UnixStream,
+    decoder: FrameDecoder,
+    outgoing: Vec<u8>,
+    awaiting_response: bool,
+    deadline: Instant,
+}
+
+pub type ClientId = u64;
+
+pub struct ControlServer {
+    path: PathBuf,
+    listener: UnixListener,
+    clients: HashMap<ClientId, Client>,
+    next_id: ClientId,
+}
+
+impl ControlServer {
+    /// Binds the socket: a stale file is replaced, a live one is an error.
+    pub fn bind(path: &Path, mode: u32) -> Result<Self, ControlError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.is_dir() {
+                std::fs::create_dir_all(dir).map_err(|e| ControlError::Directory(dir.to_path_buf(), e))?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(|e| ControlError::Directory(dir.to_path_buf(), e))?;
+            }
+        }
+        if path.exists() {
+            if UnixStream::connect(path).is_ok() {
+                return Err(ControlError::InUse(path.to_path_buf()));
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        let listener = UnixListener::bind(path).map_err(|e| ControlError::Bind(path.to_path_buf(), e))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| ControlError::Bind(path.to_path_buf(), e))?;
+        listener.set_nonblocking(true).map_err(|e| ControlError::Bind(path.to_path_buf(), e))?;
+        Ok(ControlServer { path: path.to_path_buf(), listener, clients: HashMap::new(), next_id: 0 })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn listener_fd(&self) -> RawFd {
+        self.listener.as_raw_fd()
+    }
+
+    /// Every descriptor a forked child must close.
+    pub fn all_fds(&self) -> Vec<RawFd> {
+        let mut fds = vec![self.listener.as_raw_fd()];
+        fds.extend(self.clients.values().map(|c| c.stream.as_raw_fd()));
+        fds
+    }
+
+    /// Client descriptors to poll, with whether each wants to write.
+    pub fn client_fds(&self) -> Vec<(ClientId, RawFd, bool)> {
+        self.clients.iter().map(|(id, c)| (*id, c.stream.as_raw_fd(), !c.outgoing.is_empty())).collect()
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.clients.values().map(|c| c.deadline).min()
+    }
+
+    pub fn accept_all(&mut self, now: Instant) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if self.clients.len() >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
+                        continue; // dropped: closed at once
+                    }
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    self.clients.insert(
+                        id,
+                        Client {
+                            stream,
+                            decoder: FrameDecoder::new(MAX_REQUEST),
+                            outgoing: Vec::new(),
+                            awaiting_response: false,
+                            deadline: now + CLIENT_TIMEOUT,
+                        },
+                    );
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Reads from a readable client; returns its request once whole.
+    pub fn read_client(&mut self, id: ClientId) -> Option<String> {
+        let client = self.clients.get_mut(&id)?;
+        if client.awaiting_response {
+            return None;
+        }
+        let mut buf = [0u8; 4096];
+        loop {
+            match client.stream.read(&mut buf) {
+                Ok(0) => {
+                    self.clients.remove(&id);
+                    return None;
+                }
+                Ok(n) => client.decoder.push(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.clients.remove(&id);
+                    return None;
+                }
+            }
+            if client.decoder.pending() as u64 > MAX_REQUEST + 8 {
+                break;
+            }
+        }
+        match client.decoder.next_frame() {
+            Ok(Some(frame)) => {
+                client.awaiting_response = true;
+                Some(String::from_utf8_lossy(&frame).into_owned())
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!("control client refused: {e}");
+                self.clients.remove(&id);
+                None
+            }
+        }
+    }
+
+    /// Queues the response and tries to send it at once.
+    pub fn respond(&mut self, id: ClientId, response: &str) {
+        if let Some(client) = self.clients.get_mut(&id) {
+            client.outgoing = encode(response.as_bytes());
+            self.write_client(id);
+        }
+    }
+
+    /// Writes pending output; the connection closes once the response is out.
+    pub fn write_client(&mut self, id: ClientId) {
+        let Some(client) = self.clients.get_mut(&id) else { return };
+        while !client.outgoing.is_empty() {
+            match client.stream.write(&client.outgoing) {
+                Ok(0) => break,
+                Ok(n) => {
+                    client.outgoing.drain(..n);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => break,
+            }
+        }
+        self.clients.remove(&id);
+    }
+
+    /// Drops clients that did not finish in time.
+    pub fn expire(&mut self, now: Instant) {
+        self.clients.retain(|_, c| c.deadline > now);
+    }
+
+    pub fn drop_client(&mut self, id: ClientId) {
+        self.clients.remove(&id);
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

@@ -1,0 +1,15 @@
+//! lrpm-host: an embedded-PHP host for farms of long-running PHP workers.
+//!
+//! Layout (see DESIGN.md): `php` and `process` hold all unsafe code; `farm` is
+//! the pure decision core; `supervisor` is the poll loop around it; `control`
+//! is the control-socket protocol and server; `job` parses and validates jobs.
+
+pub mod cli;
+pub mod control;
+pub mod farm;
+pub mod job;
+pub mod php;
+pub mod process;
+pub mod supervisor;
+pub mod telemetry;
+pub mod worker_cmd;

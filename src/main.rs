@@ -1,0 +1,94 @@
+//! lrpm-host entry point. anyhow lives only here.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use lrpm_host::cli::{self, Cli, Command};
+use lrpm_host::php::{self, Engine, EngineSettings};
+use lrpm_host::{supervisor, telemetry, worker_cmd};
+
+const EXIT_USAGE: u8 = 64;
+const EXIT_SOFTWARE: u8 = 70;
+
+fn engine_settings(options: &cli::PhpOptions) -> EngineSettings {
+    let is_root = nix::unistd::geteuid().is_root();
+    EngineSettings {
+        ini_overrides: options.define.clone(),
+        preload: options.preload.as_deref().map(|p| cli::absolute(p).to_string_lossy().into_owned()),
+        preload_user: is_root.then(|| options.preload_user.clone()),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    let argv: Vec<String> = std::env::args().collect();
+    let settings = engine_settings(&cli.php);
+    if let Some(preload) = &settings.preload {
+        anyhow::ensure!(std::path::Path::new(preload).is_file(), "--preload {preload}: no such file");
+    }
+    match cli.command {
+        Some(Command::Worker(args)) => {
+            let job = match worker_cmd::debug_job(&args.class, &args.id, args.job.as_deref()) {
+                Ok(job) => job,
+                Err(e) => {
+                    eprintln!("lrpm-host: {e}");
+                    return Ok(EXIT_USAGE);
+                }
+            };
+            let bootstrap = cli::resolve_bootstrap(cli.php.bootstrap.as_deref(), None);
+            let engine = Engine::boot(&settings).context("starting PHP")?;
+            let code = worker_cmd::run(&engine, &job, bootstrap.as_deref(), args.cycles, &argv)?;
+            Ok(code.clamp(0, 255) as u8)
+        }
+        Some(Command::Check(args)) => {
+            let bootstrap = cli::resolve_bootstrap(cli.php.bootstrap.as_deref(), Some(&args.source));
+            let engine = Engine::boot(&settings).context("starting PHP")?;
+            let ok = supervisor::check(&engine, &args.source, bootstrap.as_deref(), &argv)?;
+            Ok(if ok { 0 } else { 1 })
+        }
+        None => {
+            let source = cli.source.clone().context("missing SOURCE")?;
+            let bootstrap = cli::resolve_bootstrap(cli.php.bootstrap.as_deref(), Some(&source));
+            let config = supervisor::FarmConfig {
+                source_is_file: cli::source_is_file(&source),
+                source: if cli::source_is_file(&source) {
+                    cli::absolute(std::path::Path::new(&source)).to_string_lossy().into_owned()
+                } else {
+                    source
+                },
+                interval_seconds: cli.interval,
+                bootstrap,
+                control_socket: cli.farm.control_socket.clone(),
+                control_socket_mode: cli.farm.control_socket_mode,
+                argv,
+            };
+            if config.source_is_file && !std::path::Path::new(&config.source).is_file() {
+                anyhow::bail!("configuration source {} does not exist", config.source);
+            }
+            let engine = Engine::boot(&settings).context("starting PHP")?;
+            supervisor::run(&engine, config)?;
+            Ok(0)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    php::init_process_title();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    telemetry::init();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("lrpm-host: {e:#}");
+            ExitCode::from(EXIT_SOFTWARE)
+        }
+    }
+}

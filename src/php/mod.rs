@@ -1,0 +1,229 @@
+//! Safe wrapper over the C shim: boot the PHP module once, and run the
+//! embedded runner in a forked child. All unsafe FFI lives in this module.
+
+mod ffi;
+pub mod outcome;
+
+use std::ffi::{CString, NulError};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use thiserror::Error;
+
+/// The runner script, compiled in every child (see php/runner.php).
+const RUNNER_SOURCE: &str = include_str!("../../php/runner.php");
+
+/// php_embed's defaults, plus OPcache on for the "cli" SAPI name we register.
+/// User `-d` settings are appended after these and win.
+const BASE_INI: &[(&str, &str)] = &[
+    ("html_errors", "0"),
+    ("register_argc_argv", "1"),
+    ("implicit_flush", "1"),
+    ("output_buffering", "0"),
+    ("max_execution_time", "0"),
+    ("max_input_time", "-1"),
+    ("opcache.enable", "1"),
+    ("opcache.enable_cli", "1"),
+    ("opcache.file_cache_only", "0"),
+    // Generous: the segment is shared by every worker and only touched pages
+    // cost memory; a full cache triggers an OPcache restart that kills
+    // readers, so running out is the expensive case.
+    ("opcache.memory_consumption", "256"),
+    ("opcache.interned_strings_buffer", "32"),
+    ("opcache.max_accelerated_files", "32531"),
+];
+
+#[derive(Debug, Error)]
+pub enum PhpError {
+    #[error("PHP was already started in this process")]
+    AlreadyBooted,
+    #[error("a PHP setting or argument contains a NUL byte: {0}")]
+    Nul(#[from] NulError),
+    #[error("PHP module startup failed (see the PHP messages above; a broken php.ini, a missing extension or a failing opcache.preload script are the usual causes)")]
+    ModuleStartup,
+    #[error("invalid -d setting {0:?}: expected KEY=VALUE")]
+    BadSetting(String),
+}
+
+/// What the module is started with.
+#[derive(Debug, Clone, Default)]
+pub struct EngineSettings {
+    /// `-d KEY=VALUE` options, in order.
+    pub ini_overrides: Vec<String>,
+    /// `--preload FILE`.
+    pub preload: Option<String>,
+    /// User that OPcache preloading runs as when we are root.
+    pub preload_user: Option<String>,
+}
+
+impl EngineSettings {
+    /// The ini string handed to the SAPI (one `key=value` per line).
+    pub fn ini_entries(&self) -> Result<String, PhpError> {
+        let mut ini = String::new();
+        for (key, value) in BASE_INI {
+            ini.push_str(&format!("{key}={value}\n"));
+        }
+        if let Some(preload) = &self.preload {
+            ini.push_str(&format!("opcache.preload={preload}\n"));
+            if let Some(user) = &self.preload_user {
+                ini.push_str(&format!("opcache.preload_user={user}\n"));
+            }
+        }
+        for setting in &self.ini_overrides {
+            let (key, value) = setting.split_once('=').map(|(k, v)| (k.trim(), v)).unwrap_or((setting.trim(), "1"));
+            if key.is_empty() || key.contains('\n') || value.contains('\n') {
+                return Err(PhpError::BadSetting(setting.clone()));
+            }
+            // Quote values so that characters ini syntax treats specially survive.
+            if value.is_empty() || value.chars().all(|c| c.is_ascii_alphanumeric() || "._-/:".contains(c)) {
+                ini.push_str(&format!("{key}={value}\n"));
+            } else {
+                ini.push_str(&format!("{key}=\"{}\"\n", value.replace('"', "\\\"")));
+            }
+        }
+        Ok(ini)
+    }
+}
+
+static BOOTED: AtomicBool = AtomicBool::new(false);
+
+/// Proof that the PHP module is started in this process. There is at most
+/// one per process; children inherit it through fork.
+#[derive(Debug)]
+pub struct Engine {
+    _private: (),
+}
+
+impl Engine {
+    /// Starts the PHP module (never a request). Call once, single-threaded,
+    /// before any fork.
+    pub fn boot(settings: &EngineSettings) -> Result<Engine, PhpError> {
+        if BOOTED.swap(true, Ordering::SeqCst) {
+            return Err(PhpError::AlreadyBooted);
+        }
+        let ini = CString::new(settings.ini_entries()?)?;
+        let exe = std::env::current_exe().ok().and_then(|p| CString::new(p.into_os_string().into_encoded_bytes()).ok());
+        // SAFETY: called once per process (guarded by BOOTED) before any
+        // request; both pointers are valid NUL-terminated strings for the
+        // duration of the call and the shim copies what it keeps.
+        let status = unsafe { ffi::lrpm_boot(ini.as_ptr(), exe.as_ref().map_or(std::ptr::null(), |e| e.as_ptr())) };
+        if status != ffi::LRPM_BOOT_OK as i32 {
+            return Err(PhpError::ModuleStartup);
+        }
+        Ok(Engine { _private: () })
+    }
+}
+
+/// The PHP version libphp was built as.
+pub fn php_version() -> &'static str {
+    env!("LRPM_PHP_VERSION")
+}
+
+/// Makes the argv/environ area writable for process titles. Call first
+/// thing in main, single-threaded.
+pub fn init_process_title() {
+    // SAFETY: runs before any other thread exists; the shim only rewrites
+    // environ entries to heap copies and records the area's bounds.
+    unsafe { ffi::lrpm_title_init() }
+}
+
+/// Sets the title shown by `ps`.
+pub fn set_process_title(title: &str) {
+    if let Ok(title) = CString::new(title) {
+        // SAFETY: valid NUL-terminated string; the shim copies it.
+        unsafe { ffi::lrpm_title_set(title.as_ptr()) }
+    }
+}
+
+/// Everything a child needs, built before fork so the child allocates
+/// nothing before PHP takes over.
+pub struct ChildProgram {
+    runner: CString,
+    params: CString,
+    title: CString,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*mut libc::c_char>,
+    message_fd: RawFd,
+}
+
+impl ChildProgram {
+    /// `params` is the JSON object the runner reads with `Lrpm\Internal\params()`.
+    pub fn new(
+        params: &serde_json::Value,
+        argv: &[String],
+        title: &str,
+        message_fd: Option<RawFd>,
+    ) -> Result<Self, PhpError> {
+        let runner = RUNNER_SOURCE.strip_prefix("<?php").unwrap_or(RUNNER_SOURCE);
+        let argv: Vec<CString> = argv.iter().map(|a| CString::new(a.as_str())).collect::<Result<_, _>>()?;
+        let mut argv_ptrs: Vec<*mut libc::c_char> = argv.iter().map(|a| a.as_ptr() as *mut libc::c_char).collect();
+        argv_ptrs.push(std::ptr::null_mut());
+        Ok(ChildProgram {
+            runner: CString::new(runner)?,
+            params: CString::new(params.to_string())?,
+            title: CString::new(title)?,
+            _argv: argv,
+            argv_ptrs,
+            message_fd: message_fd.unwrap_or(-1),
+        })
+    }
+
+    /// Runs the PHP request in this (forked) process and returns the exit
+    /// status the process should `_exit` with.
+    pub fn run(&self, _engine: &Engine, parent_pid: i32) -> i32 {
+        let spec = ffi::lrpm_child_spec {
+            runner_code: self.runner.as_ptr(),
+            params_json: self.params.as_ptr(),
+            argc: (self.argv_ptrs.len() - 1) as i32,
+            argv: self.argv_ptrs.as_ptr() as *mut *mut libc::c_char,
+            title: self.title.as_ptr(),
+            message_fd: self.message_fd,
+            parent_pid,
+        };
+        // SAFETY: the Engine token proves module startup happened in this
+        // process image; every pointer in `spec` borrows from `self`, which
+        // outlives the call; the shim catches every bailout with zend_try,
+        // so no longjmp crosses this frame.
+        unsafe { ffi::lrpm_child_main(&spec) }
+    }
+}
+
+/// The runner parameters for a worker process of `job`.
+pub fn worker_program(
+    job: &crate::job::Job,
+    bootstrap: Option<&std::path::Path>,
+    cycles: Option<u64>,
+    argv: &[String],
+) -> Result<ChildProgram, PhpError> {
+    let params = serde_json::json!({
+        "mode": "worker",
+        "bootstrap": bootstrap.map(|p| p.to_string_lossy()),
+        "class": job.worker_class,
+        "jobId": job.id.to_string(),
+        "job": job.config,
+        "cycles": cycles,
+    });
+    let title = format!("lrpm-host: worker {} {}", job.id, job.name);
+    ChildProgram::new(&params, argv, &title, None)
+}
+
+/// The runner parameters for the configuration process.
+pub fn config_program(
+    source: &str,
+    source_is_file: bool,
+    interval: u64,
+    once: bool,
+    bootstrap: Option<&std::path::Path>,
+    argv: &[String],
+    message_fd: RawFd,
+) -> Result<ChildProgram, PhpError> {
+    let params = serde_json::json!({
+        "mode": "config",
+        "bootstrap": bootstrap.map(|p| p.to_string_lossy()),
+        "source": source,
+        "sourceIsFile": source_is_file,
+        "interval": interval,
+        "once": once,
+    });
+    ChildProgram::new(&params, argv, "lrpm-host: config", Some(message_fd))
+}

@@ -1,0 +1,98 @@
+//! `lrpm-host worker CLASS`: one worker in the foreground, forked from the
+//! booted parent, for debugging. The first SIGTERM/SIGINT asks the worker to
+//! stop after its current cycle; a second one kills it.
+
+use std::os::fd::BorrowedFd;
+use std::path::Path;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::job::{DescribedJob, JobId, ValidationError};
+use crate::php::{self, Engine, PhpError};
+use crate::process::{self, ChildSetup, ExitKind, ProcessError, SignalEvents};
+
+#[derive(Debug, Error)]
+pub enum WorkerCmdError {
+    #[error("--job is not valid JSON: {0}")]
+    JobJson(serde_json::Error),
+    #[error("--job must be a JSON object, got {0}")]
+    JobNotObject(String),
+    #[error("the job is invalid:\n  {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Invalid(Vec<ValidationError>),
+    #[error(transparent)]
+    Php(#[from] PhpError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+}
+
+/// Builds the job for `worker CLASS [--job JSON]`, filling what is missing.
+pub fn debug_job(class: &str, id: &str, job_json: Option<&str>) -> Result<crate::job::Job, WorkerCmdError> {
+    let mut job: Map<String, Value> = match job_json {
+        None => Map::new(),
+        Some(text) => match serde_json::from_str(text).map_err(WorkerCmdError::JobJson)? {
+            Value::Object(map) => map,
+            other => return Err(WorkerCmdError::JobNotObject(crate::job::json_php_type(&other).to_string())),
+        },
+    };
+    job.entry("name").or_insert_with(|| Value::from(class));
+    job.entry("workerClass").or_insert_with(|| Value::from(class));
+    job.entry("mtime").or_insert_with(|| Value::from(0));
+    job.entry("workerConfig").or_insert_with(|| Value::Array(Vec::new()));
+    DescribedJob::from_json(JobId::parse(id), Value::Object(job)).validate().map_err(WorkerCmdError::Invalid)
+}
+
+/// Runs the worker and returns the exit code lrpm-host should exit with:
+/// the worker's own, or 128 + signal when it was killed.
+pub fn run(
+    engine: &Engine,
+    job: &crate::job::Job,
+    bootstrap: Option<&Path>,
+    cycles: Option<u64>,
+    argv: &[String],
+) -> Result<i32, WorkerCmdError> {
+    let program = php::worker_program(job, bootstrap, cycles, argv)?;
+    let mut signals = SignalEvents::new()?;
+    let setup = ChildSetup { close_fds: vec![signals.raw_fd()] };
+    let child = process::spawn_child(&setup, |parent| program.run(engine, parent))?;
+    tracing::debug!(pid = child.as_raw(), "worker started");
+
+    let mut stop_requests = 0;
+    loop {
+        // SAFETY: the signalfd outlives this borrow (it is owned by `signals`).
+        let fd = unsafe { BorrowedFd::borrow_raw(signals.raw_fd()) };
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(ProcessError::Signals(e).into()),
+        }
+        for sig in signals.drain() {
+            match sig {
+                Signal::SIGCHLD => {
+                    for (pid, exit) in process::reap_exited() {
+                        if pid == child {
+                            return Ok(match exit {
+                                ExitKind::Code(code) => code,
+                                ExitKind::Signal(sig) => 128 + sig,
+                            });
+                        }
+                    }
+                }
+                Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT => {
+                    stop_requests += 1;
+                    if stop_requests == 1 {
+                        eprintln!(
+                            "lrpm-host: stopping the worker after its current cycle (send the signal again to kill it)"
+                        );
+                        process::send_signal(child, Signal::SIGTERM);
+                    } else {
+                        process::send_signal(child, Signal::SIGKILL);
+                    }
+                }
+                other => process::send_signal(child, other),
+            }
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! `lrpm-host worker CLASS`: one worker in the foreground, against the
+//! fixture app in tests/fixtures/app.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+
+const STOP_MESSAGE: &str = "stopping the worker after its current cycle";
+
+/// Starts `lrpm-host worker ARGS...` from the fixture app.
+fn start_worker(args: &[&str]) -> Running {
+    let mut all = vec!["worker"];
+    all.extend_from_slice(args);
+    Running::spawn(lrpm_host(all))
+}
+
+fn worker(args: &[&str]) -> Output {
+    let mut all = vec!["worker"];
+    all.extend_from_slice(args);
+    run(all)
+}
+
+// --- the PHP environment ---------------------------------------------------
+
+#[test]
+fn probe_sees_opcache_enabled_cli_sapi_and_std_constants() {
+    let out = worker(&["Fixture\\Probe", "--cycles", "1"]);
+    out.assert_code(0);
+    assert_eq!(out.stdout_lines(), ["true", "'cli'", "true"], "\n{}", out.dump());
+}
+
+#[test]
+fn cycles_option_limits_the_number_of_cycles() {
+    let out = worker(&["Fixture\\Probe", "--cycles", "3"]);
+    out.assert_code(0);
+    assert_eq!(out.stdout_lines().len(), 9, "3 cycles of 3 lines each\n{}", out.dump());
+}
+
+#[test]
+fn ini_define_reaches_the_worker() {
+    let out = worker(&["Fixture\\IniProbe", "--cycles", "1", "-d", "memory_limit=77M"]);
+    out.assert_code(0);
+    assert_eq!(out.stdout_lines(), ["memory_limit=77M"], "\n{}", out.dump());
+}
+
+#[test]
+fn worker_implementing_the_php_lrpm_interface_runs() {
+    let out = worker(&["Fixture\\LegacyWorker", "--cycles", "2"]);
+    out.assert_code(0);
+    assert_eq!(out.stdout_lines(), ["legacy-start", "legacy-cycle", "legacy-cycle"], "\n{}", out.dump());
+}
+
+#[test]
+fn default_bootstrap_is_the_nearest_vendor_autoload_above_the_current_dir() {
+    let mut cmd = lrpm_host(["worker", "Fixture\\Probe", "--cycles", "1"]);
+    cmd.current_dir(app_dir().join("src"));
+    let out = run_with_timeout(cmd, DEFAULT_TIMEOUT);
+    out.assert_code(0);
+    assert_eq!(out.stdout_lines(), ["true", "'cli'", "true"], "\n{}", out.dump());
+}
+
+// --- the job ---------------------------------------------------------------
+
+fn dumped_job(out: &Output) -> Value {
+    out.assert_code(0);
+    let lines = out.stdout_lines();
+    assert_eq!(lines.len(), 1, "expected one line of JSON\n{}", out.dump());
+    serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e})\n{}", out.dump()))
+}
+
+#[test]
+fn start_receives_the_default_job_without_job_option() {
+    let job = dumped_job(&worker(&["Fixture\\JobDumper", "--cycles", "1"]));
+    assert_eq!(
+        job,
+        json!({
+            "name": "Fixture\\JobDumper",
+            "workerClass": "Fixture\\JobDumper",
+            "mtime": 0,
+            "workerConfig": [],
+            "shortRunTimeSeconds": 5,
+            "shutdownTimeoutSeconds": 10,
+        })
+    );
+}
+
+#[test]
+fn job_option_reaches_start_with_missing_fields_filled() {
+    let given = r#"{"name":"custom","workerConfig":{"answer":42,"list":[1,2]},"shortRunTimeSeconds":9}"#;
+    let job = dumped_job(&worker(&["Fixture\\JobDumper", "--cycles", "1", "--job", given]));
+    assert_eq!(
+        job,
+        json!({
+            "name": "custom",
+            "workerClass": "Fixture\\JobDumper",
+            "mtime": 0,
+            "workerConfig": {"answer": 42, "list": [1, 2]},
+            "shortRunTimeSeconds": 9,
+            "shutdownTimeoutSeconds": 10,
+        })
+    );
+}
+
+#[test]
+fn invalid_job_json_is_rejected_before_starting_a_worker() {
+    let out = worker(&["Fixture\\JobDumper", "--cycles", "1", "--job", "{"]);
+    assert_ne!(out.code(), 0, "\n{}", out.dump());
+    out.assert_stderr_contains("--job is not valid JSON");
+    assert_eq!(out.stdout, "", "start() must not run\n{}", out.dump());
+}
+
+// --- stopping ------------------------------------------------------------
+
+/// SIGTERM/SIGINT while the worker blocks in sleep(30): the sleep is cut
+/// short, the cycle returns ("cycle-end") and lrpm-host exits 0 quickly.
+fn stop_sleeper_with(sig: Signal) {
+    let mut host = start_worker(&["Fixture\\Sleeper"]);
+    host.wait_for_stdout("cycle-start", DEFAULT_TIMEOUT);
+    // Give the worker time to actually enter sleep().
+    thread::sleep(Duration::from_millis(100));
+    let sent = Instant::now();
+    host.signal(sig);
+    let out = host.wait_within(Duration::from_secs(5));
+    let after_signal = sent.elapsed();
+    out.assert_code(0);
+    assert!(after_signal < Duration::from_secs(1), "took {after_signal:?} after {sig}\n{}", out.dump());
+    assert_eq!(out.stdout_lines(), ["cycle-start", "cycle-end"], "the cycle must return, once\n{}", out.dump());
+    out.assert_stderr_contains(STOP_MESSAGE);
+}
+
+#[test]
+fn sigterm_cuts_sleep_short_and_stops_after_the_cycle() {
+    stop_sleeper_with(Signal::SIGTERM);
+}
+
+#[test]
+fn sigint_cuts_sleep_short_and_stops_after_the_cycle() {
+    stop_sleeper_with(Signal::SIGINT);
+}
+
+#[test]
+fn second_sigterm_kills_a_worker_that_never_returns() {
+    let mut host = start_worker(&["Fixture\\Busy"]);
+    host.wait_for_stdout("busy", DEFAULT_TIMEOUT);
+    let worker = host.worker_pid(DEFAULT_TIMEOUT);
+
+    host.signal(Signal::SIGTERM);
+    thread::sleep(Duration::from_millis(300));
+    assert!(host.try_wait().is_none(), "one SIGTERM must only ask the busy worker to stop");
+    assert!(!is_gone(worker), "one SIGTERM must not kill the busy worker");
+
+    let sent = Instant::now();
+    host.signal(Signal::SIGTERM);
+    let out = host.wait_within(Duration::from_secs(5));
+    out.assert_code(128 + libc::SIGKILL);
+    assert!(sent.elapsed() < Duration::from_secs(1), "second SIGTERM took {:?}\n{}", sent.elapsed(), out.dump());
+    assert!(is_gone(worker), "worker {worker} survived");
+    out.assert_stderr_contains(STOP_MESSAGE);
+}
+
+#[test]
+fn sigkill_to_lrpm_host_takes_the_worker_down() {
+    let mut host = start_worker(&["Fixture\\Sleeper"]);
+    host.wait_for_stdout("cycle-start", DEFAULT_TIMEOUT);
+    let worker = host.worker_pid(DEFAULT_TIMEOUT);
+    assert!(!is_gone(worker));
+
+    host.signal(Signal::SIGKILL);
+    let out = host.wait_within(Duration::from_secs(5));
+    assert_eq!(out.status.signal_number(), Some(libc::SIGKILL), "\n{}", out.dump());
+    let gone_after = wait_gone(worker, Duration::from_secs(1));
+    assert!(gone_after.is_some(), "worker {worker} still alive 1 s after lrpm-host was SIGKILLed: {}", ps_args(worker));
+}
+
+trait SignalNumber {
+    fn signal_number(&self) -> Option<i32>;
+}
+
+impl SignalNumber for std::process::ExitStatus {
+    fn signal_number(&self) -> Option<i32> {
+        std::os::unix::process::ExitStatusExt::signal(self)
+    }
+}
+
+// --- process title ---------------------------------------------------------
+
+#[test]
+fn worker_process_title_names_job_id_and_name() {
+    let mut host = start_worker(&["Fixture\\Sleeper", "--id", "title-test", "--job", r#"{"name":"titled-job"}"#]);
+    host.wait_for_stdout("cycle-start", DEFAULT_TIMEOUT);
+    let worker = host.worker_pid(DEFAULT_TIMEOUT);
+    assert_eq!(ps_args(worker), "lrpm-host: worker title-test titled-job");
+    host.signal(Signal::SIGTERM);
+    host.wait_within(Duration::from_secs(5)).assert_code(0);
+
+    // Default id "debug", default name = the class.
+    let mut host = start_worker(&["Fixture\\Sleeper"]);
+    host.wait_for_stdout("cycle-start", DEFAULT_TIMEOUT);
+    let worker = host.worker_pid(DEFAULT_TIMEOUT);
+    assert_eq!(ps_args(worker), "lrpm-host: worker debug Fixture\\Sleeper");
+    host.signal(Signal::SIGTERM);
+    host.wait_within(Duration::from_secs(5)).assert_code(0);
+}
+
+// --- failures and their exit codes -------------------------------------------
+
+#[test]
+fn exit_in_user_code_becomes_the_exit_code() {
+    worker(&["Fixture\\Exiter"]).assert_code(7);
+}
+
+fn assert_uncaught(out: &Output, class: &str, message: &str, marker: &str) {
+    let file = app_src("Thrower.php");
+    let file = file.display();
+    let line = line_of(&app_src("Thrower.php"), marker);
+    out.assert_code(70)
+        .assert_stderr_contains(&format!("PHP Fatal error:  Uncaught {class}: {message} in {file}:{line}"))
+        .assert_stderr_contains(&format!("thrown in {file} on line {line}"));
+}
+
+#[test]
+fn uncaught_exception_in_cycle_exits_70() {
+    let out = worker(&["Fixture\\Thrower"]);
+    assert_uncaught(&out, "RuntimeException", "boom from cycle", "THROW-CYCLE");
+}
+
+#[test]
+fn uncaught_exception_in_start_exits_70() {
+    let out = worker(&["Fixture\\Thrower", "--job", r#"{"workerConfig":{"throwIn":"start"}}"#]);
+    assert_uncaught(&out, "LogicException", "boom from start", "THROW-START");
+}
+
+#[test]
+fn memory_exhaustion_is_a_php_fatal_error_exit_255() {
+    let out = worker(&["Fixture\\MemoryHog"]);
+    out.assert_code(255).assert_stderr_contains("PHP Fatal error:  Allowed memory size of 16777216 bytes exhausted");
+}
+
+#[test]
+fn missing_worker_class_exits_65() {
+    worker(&["Fixture\\DoesNotExist"])
+        .assert_code(65)
+        .assert_stderr_contains("worker class Fixture\\DoesNotExist does not exist");
+}
+
+#[test]
+fn class_not_implementing_the_interface_exits_65() {
+    worker(&["Fixture\\NotAWorker"])
+        .assert_code(65)
+        .assert_stderr_contains("worker class Fixture\\NotAWorker does not implement Lrpm\\Worker");
+}
+
+#[test]
+fn missing_bootstrap_exits_78() {
+    let missing = fixtures_dir().join("no-such-dir").join("autoload.php");
+    let out = worker(&["Fixture\\Probe", "--cycles", "1", "--bootstrap", missing.to_str().unwrap()]);
+    out.assert_code(78).assert_stderr_contains(&format!("{} does not exist", missing.display()));
+    assert_eq!(out.stdout, "", "\n{}", out.dump());
+}
+
+#[test]
+fn bootstrap_with_syntax_error_exits_78() {
+    let broken = fixtures_dir().join("broken").join("autoload.php");
+    let out = worker(&["Fixture\\Probe", "--cycles", "1", "--bootstrap", broken.to_str().unwrap()]);
+    out.assert_code(78).assert_stderr_contains(&format!("bootstrap {} failed: ParseError: ", broken.display()));
+    assert_eq!(out.stdout, "", "\n{}", out.dump());
+}
+
+// --- pcntl_fork() inside cycle() -----------------------------------------------
+
+#[test]
+fn forked_child_returns_and_exits_without_running_the_loop() {
+    let out = worker(&["Fixture\\Forker", "--cycles", "2"]);
+    out.assert_code(0);
+
+    let mut begins = Vec::new(); // (pid, cycle)
+    let mut children = Vec::new(); // (pid, cycle)
+    let mut parents = Vec::new(); // (pid, cycle, reaped, status)
+    for line in out.stdout_lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let num = |i: usize| -> i64 { f[i].parse().unwrap_or_else(|_| panic!("bad line {line:?}\n{}", out.dump())) };
+        match f[0] {
+            "cycle-begin" => begins.push((num(1), num(2))),
+            "child" => children.push((num(1), num(2))),
+            "parent" => parents.push((num(1), num(2), num(4), num(6))),
+            _ => panic!("unexpected line {line:?}\n{}", out.dump()),
+        }
+    }
+
+    // The loop ran twice, both times in the original worker process.
+    assert_eq!(begins.len(), 2, "\n{}", out.dump());
+    let worker = begins[0].0;
+    assert_eq!(begins, [(worker, 1), (worker, 2)], "\n{}", out.dump());
+    assert_eq!(parents.len(), 2, "\n{}", out.dump());
+
+    // One child per cycle, each printing exactly once, none of them the worker.
+    let by_cycle: HashMap<i64, i64> = children.iter().map(|&(pid, cycle)| (cycle, pid)).collect();
+    assert_eq!(children.len(), 2, "\n{}", out.dump());
+    assert_eq!(by_cycle.len(), 2, "one child line per cycle\n{}", out.dump());
+    let child_pids: HashSet<i64> = children.iter().map(|c| c.0).collect();
+    assert_eq!(child_pids.len(), 2, "\n{}", out.dump());
+    assert!(!child_pids.contains(&worker), "\n{}", out.dump());
+
+    // The parent reaped each child, which exited 0 without a second cycle.
+    for (i, &(pid, cycle, reaped, status)) in parents.iter().enumerate() {
+        assert_eq!((pid, cycle), (worker, i as i64 + 1), "\n{}", out.dump());
+        assert_eq!(reaped, by_cycle[&cycle], "\n{}", out.dump());
+        assert_eq!(status, 0, "forked child exit status\n{}", out.dump());
+    }
+    assert!(!out.stderr.contains("PHP Fatal error"), "\n{}", out.dump());
+}
