@@ -27,18 +27,14 @@ function describe_throwable(\Throwable $e): string
 }
 
 // Lrpm\* and the php-lrpm names, defined only when nobody else defines them:
-// an app that ships php-lrpm in vendor/ keeps its own copy.
-function register_fallback_autoloader(): void
+// an app that ships php-lrpm in vendor/ keeps its own copy. The sources come
+// from php/interfaces/ through the params (a single source of truth shared
+// with the --preload wrapper).
+function register_fallback_autoloader(array $interfaces): void
 {
-    $self = static function (string $class) use (&$self): void {
-        $definitions = [
-            'lrpm\worker' => 'namespace Lrpm; interface Worker { public function start(array $job): void; public function cycle(): void; }',
-            'lrpm\configurationsource' => 'namespace Lrpm; interface ConfigurationSource { public function loadConfiguration(): array; }',
-            'phplrpm\worker' => 'namespace PHPLRPM; interface Worker { public function start(array $job): void; public function cycle(): void; }',
-            'phplrpm\configurationsource' => 'namespace PHPLRPM; interface ConfigurationSource { public function loadConfiguration(): array; }',
-        ];
+    $self = static function (string $class) use (&$self, $interfaces): void {
         $key = \strtolower(\ltrim($class, '\\'));
-        if (!isset($definitions[$key])) {
+        if (!isset($interfaces[$key])) {
             return;
         }
         // Registered before the bootstrap (so a bootstrap may declare workers
@@ -51,14 +47,14 @@ function register_fallback_autoloader(): void
                 }
             }
         }
-        eval($definitions[$key]);
+        eval($interfaces[$key]);
     };
     \spl_autoload_register($self);
 }
 
-function bootstrap(?string $file): void
+function bootstrap(?string $file, array $interfaces): void
 {
-    register_fallback_autoloader();
+    register_fallback_autoloader($interfaces);
     if ($file !== null) {
         if (!\is_file($file)) {
             say("bootstrap file {$file} does not exist (set --bootstrap, or run from a project with vendor/autoload.php)");
@@ -233,7 +229,7 @@ function run_config(array $params): void
 function main(): void
 {
     $params = \json_decode(params(), true, 512, \JSON_THROW_ON_ERROR);
-    bootstrap($params['bootstrap'] ?? null);
+    bootstrap($params['bootstrap'] ?? null, $params['interfaces']);
     switch ($params['mode']) {
         case 'worker':
             run_worker($params);

@@ -13,6 +13,68 @@ use thiserror::Error;
 /// The runner script, compiled in every child (see php/runner.php).
 const RUNNER_SOURCE: &str = include_str!("../../php/runner.php");
 
+/// The interfaces the host provides, by lower-case class name (php/interfaces/).
+const INTERFACES: [(&str, &str, &str); 4] = [
+    ("lrpm\\worker", "Lrpm_Worker.php", include_str!("../../php/interfaces/Lrpm_Worker.php")),
+    (
+        "lrpm\\configurationsource",
+        "Lrpm_ConfigurationSource.php",
+        include_str!("../../php/interfaces/Lrpm_ConfigurationSource.php"),
+    ),
+    ("phplrpm\\worker", "PHPLRPM_Worker.php", include_str!("../../php/interfaces/PHPLRPM_Worker.php")),
+    (
+        "phplrpm\\configurationsource",
+        "PHPLRPM_ConfigurationSource.php",
+        include_str!("../../php/interfaces/PHPLRPM_ConfigurationSource.php"),
+    ),
+];
+
+fn strip_open_tag(source: &str) -> &str {
+    source.trim_start().strip_prefix("<?php").unwrap_or(source)
+}
+
+/// `{class: source}` for the runner's fallback autoloader.
+fn interfaces_param() -> serde_json::Value {
+    INTERFACES
+        .iter()
+        .map(|(class, _, source)| (class.to_string(), serde_json::Value::from(strip_open_tag(source))))
+        .collect()
+}
+
+/// Writes the interfaces and a wrapper that registers a fallback autoloader
+/// for them before requiring the user's preload script: preloaded worker
+/// classes can then implement Lrpm\Worker, and the interfaces are preloaded
+/// too. Returns the wrapper's path (what opcache.preload points at).
+fn write_preload_wrapper(user_preload: &str) -> std::io::Result<std::path::PathBuf> {
+    let mut files = String::new();
+    for (class, file, _) in &INTERFACES {
+        files.push_str(&format!("    '{}' => __DIR__ . '/{file}',\n", class.replace('\\', "\\\\")));
+    }
+    let wrapper = format!(
+        "<?php\n// Written by lrpm-host for --preload: the host's interfaces, then the app's preload script.\n\
+         spl_autoload_register(static function (string $class): void {{\n    $files = [\n{files}    ];\n    \
+         $key = strtolower(ltrim($class, '\\\\'));\n    if (isset($files[$key])) {{\n        require $files[$key];\n    }}\n}});\n\
+         require {};\n",
+        php_single_quoted(user_preload)
+    );
+    let digest = wrapper.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    let dir = std::env::temp_dir().join(format!("lrpm-host-preload-{}-{digest:016x}", nix::unistd::geteuid()));
+    std::fs::create_dir_all(&dir)?;
+    use std::os::unix::fs::PermissionsExt;
+    // Readable by opcache.preload_user, which is not us when we are root.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    for (_, file, source) in &INTERFACES {
+        std::fs::write(dir.join(file), source)?;
+    }
+    let path = dir.join("preload.php");
+    std::fs::write(&path, wrapper)?;
+    Ok(path)
+}
+
+fn php_single_quoted(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
 /// php_embed's defaults, plus OPcache on for the "cli" SAPI name we register.
 /// User `-d` settings are appended after these and win.
 const BASE_INI: &[(&str, &str)] = &[
@@ -43,6 +105,8 @@ pub enum PhpError {
     ModuleStartup,
     #[error("invalid -d setting {0:?}: expected KEY=VALUE")]
     BadSetting(String),
+    #[error("cannot write the preload wrapper: {0}")]
+    Preload(std::io::Error),
 }
 
 /// What the module is started with.
@@ -64,7 +128,8 @@ impl EngineSettings {
             ini.push_str(&format!("{key}={value}\n"));
         }
         if let Some(preload) = &self.preload {
-            ini.push_str(&format!("opcache.preload={preload}\n"));
+            let wrapper = write_preload_wrapper(preload).map_err(PhpError::Preload)?;
+            ini.push_str(&format!("opcache.preload=\"{}\"\n", wrapper.display()));
             if let Some(user) = &self.preload_user {
                 ini.push_str(&format!("opcache.preload_user={user}\n"));
             }
@@ -197,6 +262,7 @@ pub fn worker_program(
 ) -> Result<ChildProgram, PhpError> {
     let params = serde_json::json!({
         "mode": "worker",
+        "interfaces": interfaces_param(),
         "bootstrap": bootstrap.map(|p| p.to_string_lossy()),
         "class": job.worker_class,
         "jobId": job.id.to_string(),
@@ -219,6 +285,7 @@ pub fn config_program(
 ) -> Result<ChildProgram, PhpError> {
     let params = serde_json::json!({
         "mode": "config",
+        "interfaces": interfaces_param(),
         "bootstrap": bootstrap.map(|p| p.to_string_lossy()),
         "source": source,
         "sourceIsFile": source_is_file,

@@ -1,0 +1,7 @@
+<?php
+namespace Lrpm;
+
+interface ConfigurationSource
+{
+    public function loadConfiguration(): array;
+}
