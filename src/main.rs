@@ -7,7 +7,7 @@ use clap::Parser;
 
 use lrpm_host::cli::{self, Cli, Command};
 use lrpm_host::php::{self, Engine, EngineSettings};
-use lrpm_host::{supervisor, telemetry, worker_cmd};
+use lrpm_host::{process, supervisor, telemetry, worker_cmd};
 
 const EXIT_USAGE: u8 = 64;
 const EXIT_SOFTWARE: u8 = 70;
@@ -37,6 +37,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
             };
             let bootstrap = cli::resolve_bootstrap(cli.php.bootstrap.as_deref(), None);
+            process::block_handled_signals()?;
             let engine = Engine::boot(&settings).context("starting PHP")?;
             let code = worker_cmd::run(&engine, &job, bootstrap.as_deref(), args.cycles, &argv)?;
             Ok(code.clamp(0, 255) as u8)
@@ -66,6 +67,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             if config.source_is_file && !std::path::Path::new(&config.source).is_file() {
                 anyhow::bail!("configuration source {} does not exist", config.source);
             }
+            // From here on a SIGTERM is an event for the loop, never a crash
+            // that leaves the control socket behind.
+            process::block_handled_signals()?;
             let engine = Engine::boot(&settings).context("starting PHP")?;
             supervisor::run(&engine, config)?;
             Ok(0)

@@ -25,6 +25,8 @@ pub const MAX_CLIENTS: usize = 4096;
 pub enum ControlError {
     #[error("another lrpm-host is already answering on {0}; stop it or pass --control-socket with another path")]
     InUse(PathBuf),
+    #[error("{0} exists and is not a socket; refusing to replace it (pass another --control-socket)")]
+    NotASocket(PathBuf),
     #[error("cannot create the control socket directory {0}: {1}")]
     Directory(PathBuf, std::io::Error),
     #[error("cannot listen on {0}: {1}")]
@@ -94,13 +96,22 @@ impl ControlServer {
                     .map_err(|e| ControlError::Directory(dir.to_path_buf(), e))?;
             }
         }
-        if path.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                return Err(ControlError::NotASocket(path.to_path_buf()));
+            }
             if UnixStream::connect(path).is_ok() {
                 return Err(ControlError::InUse(path.to_path_buf()));
             }
             let _ = std::fs::remove_file(path);
         }
-        let listener = UnixListener::bind(path).map_err(|e| ControlError::Bind(path.to_path_buf(), e))?;
+        // Create the socket with its final permissions: no moment where the
+        // umask's looser mode applies (single-threaded, so umask is ours).
+        let previous = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o777 & !mode));
+        let bound = UnixListener::bind(path);
+        nix::sys::stat::umask(previous);
+        let listener = bound.map_err(|e| ControlError::Bind(path.to_path_buf(), e))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .map_err(|e| ControlError::Bind(path.to_path_buf(), e))?;
         listener.set_nonblocking(true).map_err(|e| ControlError::Bind(path.to_path_buf(), e))?;
@@ -164,11 +175,13 @@ impl ControlServer {
             return None;
         }
         let mut buf = [0u8; 4096];
+        let mut closed = false;
         loop {
             match client.stream.read(&mut buf) {
                 Ok(0) => {
-                    self.clients.remove(&id);
-                    return None;
+                    // Half-closed after a whole request (nc -N, socat): still answer it.
+                    closed = true;
+                    break;
                 }
                 Ok(n) => client.decoder.push(&buf[..n]),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -187,7 +200,12 @@ impl ControlServer {
                 client.awaiting_response = true;
                 Some(String::from_utf8_lossy(&frame).into_owned())
             }
-            Ok(None) => None,
+            Ok(None) => {
+                if closed {
+                    self.clients.remove(&id);
+                }
+                None
+            }
             Err(e) => {
                 tracing::warn!("control client refused: {e}");
                 self.clients.remove(&id);

@@ -33,6 +33,17 @@ pub const HANDLED_SIGNALS: [Signal; 7] = [
     Signal::SIGUSR2,
 ];
 
+/// Blocks the handled signals so that, until a signalfd reads them, they stay
+/// pending instead of killing the process. Call first thing in a command that
+/// will supervise children.
+pub fn block_handled_signals() -> Result<(), ProcessError> {
+    let mut mask = SigSet::empty();
+    for sig in HANDLED_SIGNALS {
+        mask.add(sig);
+    }
+    mask.thread_block().map_err(ProcessError::Signals)
+}
+
 /// Blocks the handled signals and reads them from a non-blocking signalfd.
 pub struct SignalEvents {
     fd: SignalFd,
@@ -125,7 +136,14 @@ fn prepare_child(setup: &ChildSetup, parent: Pid) {
         // SAFETY: restoring the default disposition is always sound.
         let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
     }
-    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    // SIGTERM/SIGINT/SIGHUP stay blocked (pending, not lost) until the PHP
+    // side has installed its handlers: the supervisor may signal a child
+    // the moment fork returns. lrpm_child_main() unblocks everything.
+    let mut early = SigSet::empty();
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        early.add(sig);
+    }
+    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&early), None);
     // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and no pointers.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
     // The parent may have died before prctl took effect.
