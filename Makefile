@@ -7,7 +7,7 @@
 SHELL := /bin/bash
 
 DEB_PACKAGES := libphp8.2-embed php8.2-dev php8.2-cli php8.2-opcache \
-	libclang-dev clang pkg-config redis-server php8.2-redis supervisor procps
+	libclang-dev clang pkg-config procps
 
 # sudo only when not already root.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
