@@ -315,3 +315,17 @@ fn forked_child_returns_and_exits_without_running_the_loop() {
     }
     assert!(!out.stderr.contains("PHP Fatal error"), "\n{}", out.dump());
 }
+
+#[test]
+fn garbage_cycles_are_collected_between_cycles() {
+    let out = worker(&["Fixture\\GarbageMaker", "--cycles", "3"]);
+    out.assert_code(0);
+    // The first cycle may see roots left by the bootstrap; after that every
+    // cycle starts with the previous cycle's garbage already collected.
+    assert_eq!(
+        out.stdout_lines()[1..],
+        ["roots=0 collected=1", "roots=0 collected=2"],
+        "each cycle's garbage must be collected before the next cycle\n{}",
+        out.dump()
+    );
+}
