@@ -396,21 +396,17 @@ int lrpm_child_main(const lrpm_child_spec *spec)
             started = true;
         }
     } zend_end_try();
-    if (!started) {
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        return LRPM_EXIT_REQUEST_FAILED;
-    }
-
-    SG(headers_sent) = 1;
-    SG(request_info).no_headers = 1;
-
     /* The fork left SIGTERM/SIGINT/SIGHUP blocked; PHP's deferring handler
      * and ours are in place now, so a signal that arrived early is handled. */
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
+    if (!started) {
+        return LRPM_EXIT_REQUEST_FAILED;
+    }
+
+    SG(headers_sent) = 1;
+    SG(request_info).no_headers = 1;
 
     zend_try {
         register_std_constants();

@@ -33,28 +33,32 @@ pub enum ControlError {
     Bind(PathBuf, std::io::Error),
 }
 
-/// Default socket path: /run/lrpm-host, else $XDG_RUNTIME_DIR/lrpm-host, else /tmp/lrpm-host-UID.
-pub fn default_socket_path() -> PathBuf {
+/// The folders a control socket may live in, in order of preference:
+/// /run/lrpm-host, $XDG_RUNTIME_DIR/lrpm-host, /tmp/lrpm-host-UID.
+fn socket_dir_candidates() -> Vec<PathBuf> {
     let mut candidates = vec![PathBuf::from("/run/lrpm-host")];
     if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
         candidates.push(PathBuf::from(xdg).join("lrpm-host"));
     }
     candidates.push(PathBuf::from(format!("/tmp/lrpm-host-{}", nix::unistd::geteuid())));
-    for dir in &candidates {
-        if ensure_private_dir(dir).is_ok() {
-            return dir.join("control.sock");
-        }
-    }
-    candidates.last().expect("non-empty").join("control.sock")
+    candidates
+}
+
+const SOCKET_NAME: &str = "control.sock";
+
+/// Default socket path for the server: the first candidate folder it can create and write.
+pub fn default_socket_path() -> PathBuf {
+    let candidates = socket_dir_candidates();
+    let dir = candidates
+        .iter()
+        .find(|dir| ensure_private_dir(dir).is_ok())
+        .unwrap_or_else(|| candidates.last().expect("non-empty"));
+    dir.join(SOCKET_NAME)
 }
 
 /// Where a client looks when no --socket is given: the first default path that exists.
 pub fn client_socket_path() -> PathBuf {
-    let mut candidates = vec![PathBuf::from("/run/lrpm-host/control.sock")];
-    if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
-        candidates.push(PathBuf::from(xdg).join("lrpm-host/control.sock"));
-    }
-    candidates.push(PathBuf::from(format!("/tmp/lrpm-host-{}/control.sock", nix::unistd::geteuid())));
+    let candidates: Vec<PathBuf> = socket_dir_candidates().into_iter().map(|dir| dir.join(SOCKET_NAME)).collect();
     candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| candidates[0].clone())
 }
 

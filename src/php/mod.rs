@@ -4,9 +4,10 @@
 mod ffi;
 pub mod outcome;
 
-use std::ffi::{CString, NulError};
+use std::ffi::{CStr, CString, NulError};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use thiserror::Error;
 
@@ -33,12 +34,21 @@ fn strip_open_tag(source: &str) -> &str {
     source.trim_start().strip_prefix("<?php").unwrap_or(source)
 }
 
-/// `{class: source}` for the runner's fallback autoloader.
-fn interfaces_param() -> serde_json::Value {
-    INTERFACES
-        .iter()
-        .map(|(class, _, source)| (class.to_string(), serde_json::Value::from(strip_open_tag(source))))
-        .collect()
+/// `{class: source}` for the runner's fallback autoloader, built once.
+fn interfaces_param() -> &'static serde_json::Value {
+    static PARAM: OnceLock<serde_json::Value> = OnceLock::new();
+    PARAM.get_or_init(|| {
+        INTERFACES
+            .iter()
+            .map(|(class, _, source)| (class.to_string(), serde_json::Value::from(strip_open_tag(source))))
+            .collect()
+    })
+}
+
+/// The runner as the shim evaluates it (no opening tag), built once.
+fn runner_code() -> &'static CStr {
+    static CODE: OnceLock<CString> = OnceLock::new();
+    CODE.get_or_init(|| CString::new(strip_open_tag(RUNNER_SOURCE)).expect("php/runner.php contains no NUL byte"))
 }
 
 /// Writes the interfaces and a wrapper that registers a fallback autoloader
@@ -203,7 +213,7 @@ pub fn set_process_title(title: &str) {
 /// Everything a child needs, built before fork so the child allocates
 /// nothing before PHP takes over.
 pub struct ChildProgram {
-    runner: CString,
+    runner: &'static CStr,
     params: CString,
     title: CString,
     _argv: Vec<CString>,
@@ -219,12 +229,11 @@ impl ChildProgram {
         title: &str,
         message_fd: Option<RawFd>,
     ) -> Result<Self, PhpError> {
-        let runner = RUNNER_SOURCE.strip_prefix("<?php").unwrap_or(RUNNER_SOURCE);
         let argv: Vec<CString> = argv.iter().map(|a| CString::new(a.as_str())).collect::<Result<_, _>>()?;
         let mut argv_ptrs: Vec<*mut libc::c_char> = argv.iter().map(|a| a.as_ptr() as *mut libc::c_char).collect();
         argv_ptrs.push(std::ptr::null_mut());
         Ok(ChildProgram {
-            runner: CString::new(runner)?,
+            runner: runner_code(),
             params: CString::new(params.to_string())?,
             title: CString::new(title)?,
             _argv: argv,

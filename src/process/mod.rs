@@ -37,11 +37,15 @@ pub const HANDLED_SIGNALS: [Signal; 7] = [
 /// pending instead of killing the process. Call first thing in a command that
 /// will supervise children.
 pub fn block_handled_signals() -> Result<(), ProcessError> {
+    handled_mask().thread_block().map_err(ProcessError::Signals)
+}
+
+fn handled_mask() -> SigSet {
     let mut mask = SigSet::empty();
     for sig in HANDLED_SIGNALS {
         mask.add(sig);
     }
-    mask.thread_block().map_err(ProcessError::Signals)
+    mask
 }
 
 /// Blocks the handled signals and reads them from a non-blocking signalfd.
@@ -51,12 +55,8 @@ pub struct SignalEvents {
 
 impl SignalEvents {
     pub fn new() -> Result<Self, ProcessError> {
-        let mut mask = SigSet::empty();
-        for sig in HANDLED_SIGNALS {
-            mask.add(sig);
-        }
-        mask.thread_block().map_err(ProcessError::Signals)?;
-        let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        block_handled_signals()?;
+        let fd = SignalFd::with_flags(&handled_mask(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(ProcessError::Signals)?;
         Ok(SignalEvents { fd })
     }

@@ -32,8 +32,6 @@ pub enum SupervisorError {
     Php(#[from] PhpError),
     #[error(transparent)]
     Control(#[from] ControlError),
-    #[error("the configuration process ended without sending a configuration ({0})")]
-    NoConfiguration(String),
 }
 
 /// What the farm runs, from the command line.
@@ -425,7 +423,7 @@ pub fn check(
         }
     }
     if !got_configuration {
-        eprintln!("lrpm-host: {}", SupervisorError::NoConfiguration(status));
+        eprintln!("lrpm-host: the configuration process ended without sending a configuration ({status})");
         return Ok(false);
     }
     Ok(all_valid)
