@@ -279,9 +279,28 @@ static void lrpm_log_message(const char *message, int syslog_type)
     fflush(stderr);
 }
 
+static void register_server_variable(const char *name, const char *value, zval *track_vars_array)
+{
+    char *filtered = estrdup(value);
+    size_t length = strlen(filtered);
+    if (sapi_module.input_filter(PARSE_SERVER, name, &filtered, length, &length)) {
+        php_register_variable(name, filtered, track_vars_array);
+    }
+    efree(filtered);
+}
+
+/* php-cli's set: the environment, then PHP_SELF, SCRIPT_NAME, SCRIPT_FILENAME
+ * and PATH_TRANSLATED naming the program ($argv[0]) and an empty
+ * DOCUMENT_ROOT. Libraries read them (Symfony Console reads PHP_SELF). */
 static void lrpm_register_variables(zval *track_vars_array)
 {
     php_import_environment_variables(track_vars_array);
+    const char *self = (current_spec && current_spec->argc > 0 && current_spec->argv[0]) ? current_spec->argv[0] : "";
+    register_server_variable("PHP_SELF", self, track_vars_array);
+    register_server_variable("SCRIPT_NAME", self, track_vars_array);
+    register_server_variable("SCRIPT_FILENAME", self, track_vars_array);
+    register_server_variable("PATH_TRANSLATED", self, track_vars_array);
+    register_server_variable("DOCUMENT_ROOT", "", track_vars_array);
 }
 
 static int lrpm_startup(sapi_module_struct *module)

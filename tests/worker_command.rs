@@ -36,6 +36,21 @@ fn probe_sees_opcache_enabled_cli_sapi_and_std_constants() {
 }
 
 #[test]
+fn server_array_has_the_entries_php_cli_defines() {
+    let out = worker(&["Fixture\\ServerProbe", "--cycles", "1"]);
+    out.assert_code(0);
+    let lines = out.stdout_lines();
+    let server: Value = serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e})\n{}", out.dump()));
+    let argv0 = server["argv0"].as_str().expect("$argv[0]");
+    assert!(argv0.ends_with("lrpm-host"), "\n{}", out.dump());
+    for key in ["PHP_SELF", "SCRIPT_NAME", "SCRIPT_FILENAME", "PATH_TRANSLATED", "server_argv0"] {
+        assert_eq!(server[key], json!(argv0), "$_SERVER[{key}]\n{}", out.dump());
+    }
+    assert_eq!(server["DOCUMENT_ROOT"], json!(""), "\n{}", out.dump());
+    assert!(server["REQUEST_TIME"].is_i64(), "\n{}", out.dump());
+}
+
+#[test]
 fn cycles_option_limits_the_number_of_cycles() {
     let out = worker(&["Fixture\\Probe", "--cycles", "3"]);
     out.assert_code(0);
