@@ -426,6 +426,10 @@ int lrpm_child_main(const lrpm_child_spec *spec)
 
     SG(headers_sent) = 1;
     SG(request_info).no_headers = 1;
+    /* php_execute_script() clears this; we run the runner ourselves, and
+     * while it is set every error message is labelled "PHP Request Startup"
+     * instead of the function that raised it. */
+    PG(during_request_startup) = 0;
 
     zend_try {
         register_std_constants();

@@ -51,6 +51,20 @@ fn server_array_has_the_entries_php_cli_defines() {
 }
 
 #[test]
+fn warnings_name_the_function_that_raised_them() {
+    let out = worker(&["Fixture\\Warner", "--cycles", "1"]);
+    out.assert_code(0);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        all.contains("Warning:  file_get_contents(/nonexistent/lrpm-warning-probe): Failed to open stream"),
+        "\n{}",
+        out.dump()
+    );
+    assert!(!all.contains("Request Startup"), "\n{}", out.dump());
+    assert!(!all.contains("silenced"), "the @ operator works\n{}", out.dump());
+}
+
+#[test]
 fn cycles_option_limits_the_number_of_cycles() {
     let out = worker(&["Fixture\\Probe", "--cycles", "3"]);
     out.assert_code(0);
