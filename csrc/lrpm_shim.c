@@ -16,10 +16,12 @@
 #include <Zend/zend_signal.h>
 #include <Zend/zend_exceptions.h>
 #include <Zend/zend_constants.h>
+#include <Zend/zend_gc.h>
 
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +39,11 @@ extern char **environ;
 static volatile sig_atomic_t stop_requested = 0;
 static volatile sig_atomic_t reload_requested = 0;
 static const lrpm_child_spec *current_spec = NULL;
+/* Set in any process the worker forks itself (pcntl_fork): such a copy must
+ * leave the worker loop instead of running a second copy of it. */
+static volatile sig_atomic_t forked_by_worker = 0;
+
+static void on_fork_in_child(void) { forked_by_worker = 1; }
 
 static void on_stop_signal(int signo) { (void)signo; stop_requested = 1; }
 static void on_reload_signal(int signo) { (void)signo; reload_requested = 1; }
@@ -117,6 +124,48 @@ static PHP_FUNCTION(lrpm_should_stop)
 {
     ZEND_PARSE_PARAMETERS_NONE();
     RETURN_BOOL(stop_requested || parent_changed());
+}
+
+/* Cyclic garbage is collected between cycles at most this often: calling
+ * a method makes the worker object a possible root, so collecting after
+ * every cycle would walk the worker's whole object graph (a framework's
+ * container) every cycle. */
+#define GC_BETWEEN_CYCLES_INTERVAL_NS 1000000000LL
+
+static long long last_gc_between_cycles_ns = 0;
+
+static long long monotonic_coarse_ns(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+    return (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+}
+
+/* The worker loop's check between cycles, in C because it runs millions of
+ * times a second for a busy worker: no syscall, no array. The parent's death
+ * needs no check here: farm workers have PDEATHSIG and the worker command
+ * has no parent to lose. Garbage cycles are collected once a second when
+ * there are possible roots, so a slow-cycling worker does not sit on its
+ * garbage until PHP's 10,000-root threshold. */
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_next_cycle, 0, 0, _IS_BOOL, 0)
+ZEND_END_ARG_INFO()
+
+static PHP_FUNCTION(lrpm_next_cycle)
+{
+    ZEND_PARSE_PARAMETERS_NONE();
+    if (stop_requested || forked_by_worker) {
+        RETURN_FALSE;
+    }
+    zend_gc_status gc;
+    zend_gc_get_status(&gc);
+    if (gc.num_roots > 0) {
+        long long now = monotonic_coarse_ns();
+        if (now - last_gc_between_cycles_ns >= GC_BETWEEN_CYCLES_INTERVAL_NS) {
+            last_gc_between_cycles_ns = now;
+            zend_gc_collect_cycles();
+        }
+    }
+    RETURN_TRUE;
 }
 
 ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_params, 0, 0, IS_STRING, 0)
@@ -240,6 +289,7 @@ static PHP_FUNCTION(cli_get_process_title)
 static const zend_function_entry host_functions[] = {
     ZEND_RAW_FENTRY("Lrpm\\should_stop", zif_lrpm_should_stop, arginfo_lrpm_should_stop, 0)
     ZEND_RAW_FENTRY("Lrpm\\Internal\\params", zif_lrpm_params, arginfo_lrpm_params, 0)
+    ZEND_RAW_FENTRY("Lrpm\\Internal\\next_cycle", zif_lrpm_next_cycle, arginfo_lrpm_next_cycle, 0)
     ZEND_RAW_FENTRY("Lrpm\\Internal\\send", zif_lrpm_send, arginfo_lrpm_send, 0)
     ZEND_RAW_FENTRY("Lrpm\\Internal\\wait", zif_lrpm_wait, arginfo_lrpm_wait, 0)
     ZEND_FE(cli_set_process_title, arginfo_cli_set_process_title)
@@ -392,6 +442,9 @@ int lrpm_child_main(const lrpm_child_spec *spec)
 {
     current_spec = spec;
     stop_requested = 0;
+    forked_by_worker = 0;
+    last_gc_between_cycles_ns = monotonic_coarse_ns();
+    pthread_atfork(NULL, NULL, on_fork_in_child);
     reload_requested = 0;
     if (spec->title) lrpm_title_set(spec->title);
 

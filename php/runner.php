@@ -104,7 +104,9 @@ function run_worker(array $params): void
         exit(EXIT_UNCAUGHT);
     }
     $cyclesLeft = $params['cycles'];
-    while (\getmypid() === $pid && !\Lrpm\should_stop()) {
+    // next_cycle() is false once a stop was requested, and in a process the
+    // worker forked itself; it also collects cyclic garbage between cycles.
+    while (\Lrpm\Internal\next_cycle()) {
         try {
             $worker->cycle();
         } catch (\Throwable $e) {
@@ -117,9 +119,6 @@ function run_worker(array $params): void
         }
         if ($cyclesLeft !== null && --$cyclesLeft <= 0) {
             break;
-        }
-        if (\gc_status()['roots'] > 0) {
-            \gc_collect_cycles();
         }
     }
     // A process the worker forked itself (pcntl_fork) returns here too: it

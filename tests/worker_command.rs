@@ -346,15 +346,27 @@ fn forked_child_returns_and_exits_without_running_the_loop() {
 }
 
 #[test]
-fn garbage_cycles_are_collected_between_cycles() {
-    let out = worker(&["Fixture\\GarbageMaker", "--cycles", "3"]);
+fn garbage_cycles_are_collected_between_cycles_about_once_a_second() {
+    // 25 cycles of 100 ms, each leaving one garbage cycle behind.
+    let out = worker(&["Fixture\\GarbageMaker", "--cycles", "25", "--job", r#"{"workerConfig": {"sleepMs": 100}}"#]);
     out.assert_code(0);
-    // The first cycle may see roots left by the bootstrap; after that every
-    // cycle starts with the previous cycle's garbage already collected.
-    assert_eq!(
-        out.stdout_lines()[1..],
-        ["roots=0 collected=1", "roots=0 collected=2"],
-        "each cycle's garbage must be collected before the next cycle\n{}",
+    let counters: Vec<(u64, u64, u64)> = out
+        .stdout_lines()
+        .iter()
+        .map(|line| {
+            let numbers: Vec<u64> =
+                line.split(' ').map(|field| field.split('=').nth(1).unwrap().parse().unwrap()).collect();
+            (numbers[0], numbers[1], numbers[2])
+        })
+        .collect();
+    assert_eq!(counters.len(), 25, "\n{}", out.dump());
+    let (max_roots, last) = (counters.iter().map(|c| c.0).max().unwrap(), counters[24]);
+    assert!(max_roots <= 15, "garbage must not wait for PHP's 10,000-root threshold\n{}", out.dump());
+    assert!(last.2 >= 10, "the garbage cycles were collected\n{}", out.dump());
+    assert!(
+        (1..=4).contains(&last.1),
+        "about one collection a second, not one per cycle (GC runs: {})\n{}",
+        last.1,
         out.dump()
     );
 }
