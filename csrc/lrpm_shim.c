@@ -252,8 +252,9 @@ static PHP_FUNCTION(lrpm_wait)
         left.tv_nsec = deadline.tv_nsec - now.tv_nsec;
         if (left.tv_nsec < 0) { left.tv_sec--; left.tv_nsec += 1000000000L; }
         if (left.tv_sec < 0) break;
-        /* Wake at least once a second to notice a changed parent. */
-        if (left.tv_sec >= 1) { left.tv_sec = 1; left.tv_nsec = 0; }
+        /* Sleeps the whole interval: a signal ends the sleep, and the
+         * supervisor's death kills this process (PDEATHSIG), so there is
+         * nothing to poll for. */
         ppoll(NULL, 0, &left, &previous);
     }
     sigprocmask(SIG_SETMASK, &previous, NULL);

@@ -612,3 +612,33 @@ fn start_and_stop_a_farm_200_times() {
     }
     eprintln!("200 farm start/stop cycles took {:?}", started.elapsed());
 }
+
+/// Voluntary plus involuntary context switches: one per wakeup of a sleeping process.
+fn context_switches(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .filter(|line| line.starts_with("voluntary_ctxt_switches") || line.starts_with("nonvoluntary_ctxt_switches"))
+        .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn idle_farm_leaves_the_supervisor_and_the_config_process_asleep() {
+    let _g = shared();
+    let farm = Farm::start("idle", FarmOptions::default(), |j| json!({"1": j.job("1", 1), "2": j.job("2", 1)}));
+    let pids = farm.wait_running(&["1", "2"], secs(10.0));
+    let config_process = farm
+        .descendants()
+        .into_iter()
+        .find(|pid| !pids.values().any(|worker| worker == pid))
+        .expect("the config process");
+    thread::sleep(secs(0.5));
+    let before = (context_switches(farm.pid), context_switches(config_process));
+    thread::sleep(secs(3.0));
+    let after = (context_switches(farm.pid), context_switches(config_process));
+    // Workers cycling and a config poll interval of an hour: nothing for
+    // either to do, so neither may wake up (one wakeup of slack).
+    assert!(after.0 - before.0 <= 1, "supervisor woke {} times\n{}", after.0 - before.0, farm.diagnostics());
+    assert!(after.1 - before.1 <= 1, "config process woke {} times\n{}", after.1 - before.1, farm.diagnostics());
+}
