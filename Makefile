@@ -3,27 +3,42 @@
 #   make build  release build
 #   make run    run the example farm (examples/farm.php)
 #   make test   formatting, clippy, then the whole test suite
+#   make bench  benchmarks against supervisord and a pcntl_fork parent: writes
+#               bench/results/*.json, docs/benchmarks.md and its plots (~25 min)
+#   make bench-quick  the same with few repetitions, to try the harness out
 
 SHELL := /bin/bash
 
 DEB_PACKAGES := libphp8.2-embed php8.2-dev php8.2-cli php8.2-opcache \
 	libclang-dev clang pkg-config procps
+# What only the benchmarks use: the contender, the workload's framework, and
+# Debian's Python with matplotlib for the harness and its plots.
+BENCH_PACKAGES := supervisor python3 python3-matplotlib \
+	php-symfony-messenger php-symfony-console php-symfony-dependency-injection \
+	php-symfony-serializer php-symfony-event-dispatcher php-symfony-config \
+	php-symfony-property-access php-symfony-validator
 
 # sudo only when not already root.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Build exactly the locked dependency versions when a lock file exists.
 LOCKED := $(if $(wildcard Cargo.lock),--locked,)
 
-.PHONY: deps build run test
+.PHONY: deps bench-deps install-packages build run test bench bench-quick
 
 deps:
+	@$(MAKE) --no-print-directory install-packages PACKAGES="$(DEB_PACKAGES)"
+
+bench-deps:
+	@$(MAKE) --no-print-directory install-packages PACKAGES="$(DEB_PACKAGES) $(BENCH_PACKAGES)"
+
+install-packages:
 	@missing=""; \
-	for pkg in $(DEB_PACKAGES); do \
+	for pkg in $(PACKAGES); do \
 		status=$$(dpkg-query -W -f='$${db:Status-Status}' "$$pkg" 2>/dev/null || true); \
 		[ "$$status" = installed ] || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \
-		echo "make deps: installing$$missing"; \
+		echo "make: installing$$missing"; \
 		$(SUDO) apt-get update && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
 	fi
@@ -38,3 +53,12 @@ test: deps
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo test
+
+# Debian's python3 (not a pyenv or venv one): matplotlib comes from apt.
+bench: bench-deps build
+	/usr/bin/python3 bench/harness.py
+	/usr/bin/python3 bench/report.py
+
+bench-quick: bench-deps build
+	/usr/bin/python3 bench/harness.py --quick
+	/usr/bin/python3 bench/report.py

@@ -1,0 +1,20 @@
+<?php
+// The benchmark app's autoloader, standing in for Composer's: the Symfony
+// components come from Debian's php-symfony-* packages (each ships a class-map
+// autoloader), the app's own classes from src/, and php-lrpm's two interfaces
+// from here, as an app that depends on php-lrpm would have them in vendor/.
+foreach (['Messenger', 'Console', 'DependencyInjection', 'Serializer', 'EventDispatcher', 'Config',
+          'PropertyAccess', 'PropertyInfo', 'Validator'] as $component) {
+    require_once "/usr/share/php/Symfony/Component/{$component}/autoload.php";
+}
+
+spl_autoload_register(static function (string $class): void {
+    if (strncmp($class, 'Bench\\', 6) === 0) {
+        $file = __DIR__ . '/../src/' . str_replace('\\', '/', substr($class, 6)) . '.php';
+        if (is_file($file)) {
+            require $file;
+        }
+    } elseif ($class === 'PHPLRPM\\Worker' || $class === 'PHPLRPM\\ConfigurationSource') {
+        require __DIR__ . '/php-lrpm/' . substr($class, 8) . '.php';
+    }
+});

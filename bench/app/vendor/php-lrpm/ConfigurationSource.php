@@ -1,0 +1,7 @@
+<?php
+namespace PHPLRPM;
+
+interface ConfigurationSource
+{
+    public function loadConfiguration(): array;
+}

@@ -1,0 +1,9 @@
+<?php
+namespace PHPLRPM;
+
+interface Worker
+{
+    public function start(array $job): void;
+
+    public function cycle(): void;
+}

@@ -1,0 +1,368 @@
+#!/usr/bin/python3
+"""Turns bench/results/*.json into docs/benchmarks.md and its PNG plots.
+
+Every figure in the page is computed here from the stored results, so the
+page and the plots always show the results committed next to them. The
+hand-written analysis comes from bench/notes.md, included as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DOCS = ROOT / "docs"
+PLOTS = DOCS / "benchmarks"
+BASE = "lrpm-host"
+CONTENDERS = ["lrpm-host", "lrpm-host-preload", "supervisord", "fork-parent"]
+COLOURS = {"lrpm-host": "#1f77b4", "lrpm-host-preload": "#17becf", "supervisord": "#d62728", "fork-parent": "#ff7f0e"}
+
+# The targets the benchmark issue set.
+TARGET_MEMORY_RATIO_VS_SUPERVISORD = 20.0
+TARGET_REPLACEMENT_MS = 10.0
+TARGET_IDLE_WAKEUPS_PER_S = 0.1
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def mb(kb: float) -> str:
+    return f"{kb / 1024:.1f}"
+
+
+def ratio(value: float, base: float) -> str:
+    return "1.0x" if base == 0 and value == 0 else "n/a" if base == 0 else f"{value / base:.1f}x"
+
+
+def slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of y over x."""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x in xs)
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "**missed**"
+
+
+class Page:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, *lines: str) -> None:
+        self.lines.extend(lines)
+
+    def table(self, header: list[str], rows: list[list[str]]) -> None:
+        self.add("| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|")
+        self.add(*("| " + " | ".join(row) + " |" for row in rows))
+        self.add("")
+
+
+# --------------------------------------------------------------------------
+
+
+def memory_section(page: Page, memory: dict, summary: dict) -> None:
+    rows = memory["rows"]
+    sizes = memory["sizes"]
+
+    def median_of(contender: str, workers: int, key) -> float:
+        picked = [key(r) for r in rows if r["contender"] == contender and r["workers"] == workers]
+        return statistics.median(picked)
+
+    totals = {c: {n: median_of(c, n, lambda r: r["pss_total_kb"]) for n in sizes} for c in CONTENDERS}
+    slopes = {c: slope([(n, totals[c][n]) for n in sizes]) for c in CONTENDERS}
+    summary["slopes"] = slopes
+    largest = max(sizes)
+
+    page.add("## Memory", "")
+    page.add(
+        f"Total PSS (`/proc/PID/smaps_rollup`) of the whole process tree (manager, workers, and lrpm-host's "
+        f"configuration process), in MB, median of {memory['runs']} runs; in brackets the ratio to lrpm-host.",
+        "",
+    )
+    page.table(
+        ["workers"] + CONTENDERS,
+        [[str(n)] + [f"{mb(totals[c][n])} ({ratio(totals[c][n], totals[BASE][n])})" for c in CONTENDERS] for n in sizes],
+    )
+    page.add("Marginal cost of one more worker (least-squares slope of total PSS over N):", "")
+    page.table(
+        ["", *CONTENDERS],
+        [["MB per worker"] + [f"{slopes[c] / 1024:.2f}" for c in CONTENDERS],
+         ["ratio to lrpm-host"] + [ratio(slopes[c], slopes[BASE]) for c in CONTENDERS]],
+    )
+    reference = 100 if 100 in sizes else largest
+    page.add(
+        f"Where a worker's private memory goes, at N = {reference} (medians over up to 100 workers, kB): "
+        "Private_Dirty split by mapping, and PHP's own `memory_get_usage()` / `memory_get_peak_usage()` "
+        "at the first cycle.",
+        "",
+    )
+    keys = list(next(r for r in rows if r["contender"] == BASE)["private_dirty_by_mapping_kb"])
+    table_rows = []
+    for c in CONTENDERS:
+        dirty = median_of(c, reference, lambda r: r["private_dirty_per_worker_kb"])
+        parts = [f"{median_of(c, reference, lambda r, k=k: r['private_dirty_by_mapping_kb'][k]):.0f}" for k in keys]
+        heap = median_of(c, reference, lambda r: r["php_heap_kb"])
+        peak = median_of(c, reference, lambda r: r["php_heap_peak_kb"])
+        table_rows.append([c, f"{dirty:.0f}", *parts, f"{heap:.0f}", f"{peak:.0f}"])
+    page.table(["", "private dirty", *keys, "PHP heap", "PHP peak"], table_rows)
+    page.add("![Total PSS against the number of workers](benchmarks/memory.png)", "")
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for c in CONTENDERS:
+        ax.plot(sizes, [totals[c][n] / 1024 for n in sizes], marker="o", label=c, color=COLOURS[c])
+    ax.set_xlabel("workers")
+    ax.set_ylabel("total PSS of the process tree (MB)")
+    ax.set_title("Memory of a farm of Symfony workers")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(PLOTS / "memory.png", dpi=110)
+    plt.close(fig)
+
+    page.add(f"### Bringing {largest} workers up and stopping them", "")
+    page.add(
+        f"Up: from starting the manager to the last of {largest} first cycles. Stop: from SIGTERM to the manager "
+        "to its exit with every worker gone (each worker finishes its cycle). Seconds, median of "
+        f"{memory['runs']} runs.",
+        "",
+    )
+    up = {c: median_of(c, largest, lambda r: r["up_s"]) for c in CONTENDERS}
+    stop = {c: median_of(c, largest, lambda r: r["stop_s"]) for c in CONTENDERS}
+    summary["up"], summary["stop"] = up, stop
+    page.table(
+        ["", *CONTENDERS],
+        [["up (s)"] + [f"{up[c]:.2f} ({ratio(up[c], up[BASE])})" for c in CONTENDERS],
+         ["stop (s)"] + [f"{stop[c]:.2f} ({ratio(stop[c], stop[BASE])})" for c in CONTENDERS]],
+    )
+
+
+def spawn_section(page: Page, spawn: dict, summary: dict) -> None:
+    count = spawn[BASE]["spawns"]
+    page.add("## Spawn", "")
+    page.add(
+        f"One job, stopped and started {count} times through each manager's own interface (lrpm-host's control "
+        "socket, supervisord's XML-RPC `startProcess`, a line on the fork parent's stdin). Measured from the "
+        "start request to the new worker's first `cycle()`, and to the entry of its `start()`; ms.",
+        "",
+    )
+    rows = []
+    for c in CONTENDERS:
+        total, to_start = spawn[c]["latencies_ms"], spawn[c]["request_to_start_ms"]
+        rows.append([
+            c,
+            f"{statistics.median(total):.1f} ({ratio(statistics.median(total), statistics.median(spawn[BASE]['latencies_ms']))})",
+            f"{percentile(total, 0.99):.1f}",
+            f"{statistics.median(to_start):.1f}",
+            f"{percentile(to_start, 0.99):.1f}",
+        ])
+    page.table(["", "first cycle, median", "p99", "start() entered, median", "p99"], rows)
+    page.add("![Spawn latency distribution](benchmarks/spawn.png)", "")
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for c in CONTENDERS:
+        values = sorted(spawn[c]["latencies_ms"])
+        ax.plot(values, [(i + 1) / len(values) for i in range(len(values))], label=c, color=COLOURS[c])
+    ax.set_xscale("log")
+    ax.set_xlabel("start request to first cycle() (ms, log scale)")
+    ax.set_ylabel("fraction of spawns")
+    ax.set_title(f"Spawn latency, {count} spawns each")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(PLOTS / "spawn.png", dpi=110)
+    plt.close(fig)
+
+
+def reaction_section(page: Page, reaction: dict, summary: dict) -> None:
+    page.add("## Reaction to a crash", "")
+    first = next(iter(reaction.values()))[BASE]
+    page.add(
+        f"{first['workers']} workers; {first['kills']} times, a worker that has run longer than its "
+        "`shortRunTimeSeconds` (so no backoff applies) is killed with SIGKILL. Measured from the kill to the "
+        "replacement's first `cycle()`, and to the entry of its `start()`; ms. The framework workload wires "
+        "Symfony in `start()`; the empty one does nothing there, which leaves the managers' own share.",
+        "",
+    )
+    rows = []
+    for workload, per_contender in reaction.items():
+        base = statistics.median(per_contender[BASE]["latencies_ms"])
+        for c in CONTENDERS:
+            values, to_start = per_contender[c]["latencies_ms"], per_contender[c]["kill_to_start_ms"]
+            rows.append([
+                workload,
+                c,
+                f"{statistics.median(values):.1f} ({ratio(statistics.median(values), base)})",
+                f"{percentile(values, 0.99):.1f}",
+                f"{statistics.median(to_start):.1f}",
+            ])
+        summary.setdefault("reaction", {})[workload] = {
+            c: (statistics.median(per_contender[c]["latencies_ms"]), percentile(per_contender[c]["latencies_ms"], 0.99))
+            for c in CONTENDERS
+        }
+    page.table(["workload", "", "first cycle, median", "p99", "start() entered, median"], rows)
+    page.add("![Reaction time](benchmarks/reaction.png)", "")
+
+    fig, axes = plt.subplots(1, len(reaction), figsize=(9, 4.2), sharey=True)
+    for ax, (workload, per_contender) in zip(axes, reaction.items()):
+        ax.boxplot([per_contender[c]["latencies_ms"] for c in CONTENDERS], showfliers=True)
+        ax.set_xticks(range(1, len(CONTENDERS) + 1), CONTENDERS, rotation=20, fontsize=8)
+        ax.set_yscale("log")
+        ax.set_title(workload)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("kill -9 to replacement's first cycle() (ms, log scale)")
+    fig.tight_layout()
+    fig.savefig(PLOTS / "reaction.png", dpi=110)
+    plt.close(fig)
+
+
+def loop_section(page: Page, loop: dict, summary: dict) -> None:
+    sides = loop["sides"]
+    page.add("## Loop overhead", "")
+    page.add(
+        "An empty `cycle()` run in a loop: lrpm-host's worker loop (`lrpm-host worker --cycles N`) against a "
+        "plain `while` loop over `cycle()` in php-cli (bench/app/bin/loop.php). Each side runs "
+        f"{loop['short_cycles']:,} and {loop['long_cycles']:,} cycles, {loop['runs']} times each; the "
+        "difference of the median times over the difference of the counts cancels process start-up.",
+        "",
+    )
+    base = sides["lrpm-host"]["cycles_per_second"]
+    page.table(
+        ["", "cycles per second", "ns per cycle", "ratio to lrpm-host"],
+        [[side, f"{v['cycles_per_second'] / 1e6:.1f} M", f"{1e9 / v['cycles_per_second']:.0f}",
+          ratio(v["cycles_per_second"], base)] for side, v in sides.items()],
+    )
+    summary["loop"] = sides
+
+
+def idle_section(page: Page, idle: dict, summary: dict) -> None:
+    runs = idle["runs"]
+    page.add("## Idle cost", "")
+    page.add(
+        f"{runs[0]['workers']} workers per manager, each sleeping in `cycle()`; over {runs[0]['seconds']:.0f} s, "
+        "the manager processes' CPU time (utime + stime from `/proc/PID/stat`) and wakeups (voluntary plus "
+        f"involuntary context switches from `/proc/PID/status`). Median of {len(runs)} runs. The four farms "
+        "run at the same time: the counters are per process, and a farm's workers do not wake another "
+        "farm's manager.",
+        "",
+    )
+    rows = []
+    for c in CONTENDERS:
+        for role in runs[0]["processes"][c]:
+            cpu = statistics.median(r["processes"][c][role]["cpu_ms_per_minute"] for r in runs)
+            wakeups = statistics.median(r["processes"][c][role]["wakeups_per_second"] for r in runs)
+            rows.append([c, role, f"{cpu:.1f}", f"{wakeups:.2f}"])
+            summary.setdefault("idle", {})[(c, role)] = (cpu, wakeups)
+    page.table(["", "process", "CPU ms per minute", "wakeups per second"], rows)
+
+
+def targets_section(page: Page, summary: dict) -> None:
+    page.add("## Targets", "")
+    rows = []
+    if "slopes" in summary:
+        s = summary["slopes"]
+        vs_supervisord = s["supervisord"] / s[BASE]
+        rows.append([
+            f"marginal memory per worker at least {TARGET_MEMORY_RATIO_VS_SUPERVISORD:.0f}x below supervisord + php-cli",
+            f"{s[BASE] / 1024:.2f} MB vs {s['supervisord'] / 1024:.2f} MB: {vs_supervisord:.1f}x "
+            f"(with --preload {s['supervisord'] / s['lrpm-host-preload']:.1f}x)",
+            verdict(vs_supervisord >= TARGET_MEMORY_RATIO_VS_SUPERVISORD),
+        ])
+        rows.append([
+            "marginal memory per worker below the pcntl_fork parent",
+            f"{s[BASE] / 1024:.2f} MB vs {s['fork-parent'] / 1024:.2f} MB: {s['fork-parent'] / s[BASE]:.1f}x",
+            verdict(s[BASE] < s["fork-parent"]),
+        ])
+    for workload, figures in summary.get("reaction", {}).items():
+        median, p99 = figures[BASE]
+        rows.append([
+            f"a worker replaced within {TARGET_REPLACEMENT_MS:.0f} ms of its death ({workload})",
+            f"median {median:.1f} ms, p99 {p99:.1f} ms to the first cycle",
+            verdict(median <= TARGET_REPLACEMENT_MS),
+        ])
+    if "idle" in summary:
+        cpu, wakeups = summary["idle"][(BASE, "supervisor")]
+        rows.append([
+            "the supervisor asleep when nothing happens",
+            f"{wakeups:.2f} wakeups/s, {cpu:.1f} ms CPU per minute",
+            verdict(wakeups <= TARGET_IDLE_WAKEUPS_PER_S),
+        ])
+    page.table(["target", "measured", "verdict"], rows)
+
+
+def main() -> None:
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    env = load("environment")
+    if env is None:
+        raise SystemExit("bench/results/environment.json is missing: run `make bench` first")
+    page = Page()
+    page.add(
+        "# Benchmarks",
+        "",
+        "<!-- Generated by bench/report.py from bench/results/*.json; edit bench/notes.md instead. -->",
+        "",
+        "lrpm-host against the usual ways of running long-lived PHP workers, side by side in one run on one "
+        "machine. Rerun with `make bench` (about 25 minutes; `make bench-quick` for a smoke run); it rewrites "
+        "bench/results/*.json, this page and its plots.",
+        "",
+        "Contenders:",
+        "",
+        "- **lrpm-host**: the release build, OPcache shared by workers forked from the booted parent;",
+        "- **lrpm-host-preload**: the same with `--preload bench/app/preload.php`, which preloads the "
+        "framework classes the workload uses;",
+        "- **supervisord**: Debian's supervisor running one `php bench/app/bin/worker.php` per worker "
+        "(one program, `numprocs=N`), php-cli with Debian's defaults (OPcache off in the CLI);",
+        "- **fork-parent**: bench/app/bin/fork-parent.php, the php-lrpm model: a php-cli parent that loads "
+        "nothing of the app and forks one child per job; each child loads the app itself.",
+        "",
+        "Workload, the same PHP code everywhere (bench/app/src/SymfonyWorker.php): `start()` wires Symfony "
+        "from Debian's php-symfony-* packages through their autoloaders (a compiled DependencyInjection "
+        "container, a Messenger bus with a Serializer and an in-memory transport, a Console application, a "
+        "Validator: about 240 classes from 257 files), then `cycle()` sleeps "
+        f"{env['cycle_sleep_ms']} ms. Each worker reports its first `cycle()` with a CLOCK_MONOTONIC timestamp "
+        "over a Unix datagram socket, so the harness never polls.",
+        "",
+        f"Machine: {env['cpu']}, {env['cpus']} CPUs, {env['memory_gb']} GB, Linux {env['kernel']}; {env['php']}; "
+        f"supervisord {env['supervisord']}. Run on {env['date']} at commit {env['commit']}"
+        + (" in quick mode (fewer repetitions)." if env.get("quick") else "."),
+        "",
+    )
+    # The measures fill `summary` as they render, and the targets table that
+    # sums them up goes above them.
+    summary: dict = {}
+    body = Page()
+    renderers = [
+        ("memory", memory_section), ("spawn", spawn_section), ("reaction", reaction_section),
+        ("loop", loop_section), ("idle", idle_section),
+    ]
+    for name, render in renderers:
+        result = load(name)
+        if result is not None:
+            render(body, result, summary)
+    targets_section(page, summary)
+    page.add(*body.lines)
+    notes = ROOT / "bench" / "notes.md"
+    if notes.exists():
+        page.add(notes.read_text().rstrip(), "")
+    (DOCS / "benchmarks.md").write_text("\n".join(page.lines).rstrip() + "\n")
+    print("wrote docs/benchmarks.md and docs/benchmarks/*.png")
+
+
+if __name__ == "__main__":
+    main()
