@@ -34,3 +34,39 @@ fn a_missing_preload_file_is_a_clear_error() {
     assert_ne!(out.code(), 0);
     out.assert_stderr_contains("--preload");
 }
+
+/// The wrapper folder lives in the shared temp folder under a predictable
+/// name: one that is not a real folder of our own (here a symlink to one)
+/// is refused, never written into.
+#[test]
+fn a_preload_folder_that_is_a_symlink_is_refused() {
+    let tmp = std::env::temp_dir().join(format!("lrpm-preload-tmpdir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let dir = fixtures_dir().join("preload");
+    let preload_worker = || {
+        let mut cmd = Command::new(bin());
+        cmd.current_dir(&dir).env("TMPDIR", &tmp).args([
+            "--preload",
+            "preload.php",
+            "--bootstrap",
+            "empty-bootstrap.php",
+            "worker",
+            "PreloadedWorker",
+            "--cycles",
+            "1",
+        ]);
+        run_with_timeout(cmd, Duration::from_secs(10))
+    };
+    preload_worker().assert_code(0);
+    let made: Vec<_> = std::fs::read_dir(&tmp).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(made.len(), 1, "one wrapper folder expected in {}: {made:?}", tmp.display());
+    let elsewhere = tmp.join("elsewhere");
+    std::fs::rename(&made[0], &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &made[0]).unwrap();
+
+    let out = preload_worker();
+    assert_ne!(out.code(), 0);
+    out.assert_stderr_contains("is not a folder owned by uid");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}

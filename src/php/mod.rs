@@ -68,8 +68,20 @@ fn write_preload_wrapper(user_preload: &str) -> std::io::Result<std::path::PathB
         php_single_quoted(user_preload)
     );
     let digest = wrapper.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
-    let dir = std::env::temp_dir().join(format!("lrpm-host-preload-{}-{digest:016x}", nix::unistd::geteuid()));
+    let euid = nix::unistd::geteuid();
+    let dir = std::env::temp_dir().join(format!("lrpm-host-preload-{euid}-{digest:016x}"));
     std::fs::create_dir_all(&dir)?;
+    // The temp folder is shared and the path is predictable, and workers
+    // run what this folder holds: it must be a real folder of our own, or
+    // whoever made it could swap the scripts.
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(&dir)?;
+    if !meta.file_type().is_dir() || meta.uid() != euid.as_raw() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a folder owned by uid {euid} (a symlink, or made by another user); remove it or set TMPDIR",
+            dir.display()
+        )));
+    }
     use std::os::unix::fs::PermissionsExt;
     // Readable by opcache.preload_user, which is not us when we are root.
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
