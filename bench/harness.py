@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The workload app; main() points this at a world-readable copy.
 APP = ROOT / "bench" / "app"
 LRPM_HOST = ROOT / "target" / "release" / "lrpm-host"
 RESULTS = ROOT / "bench" / "results"
@@ -636,6 +637,23 @@ def environment() -> dict:
     }
 
 
+def stage_app() -> Path:
+    """Copies bench/app to a world-readable temp folder: as root, OPcache runs
+    the preload script as `nobody`, which may not reach a checkout under
+    /root. The copy is removed at exit."""
+    import atexit
+
+    staged = Path(tempfile.mkdtemp(prefix="lrpm-bench-app-"))
+    atexit.register(shutil.rmtree, staged, ignore_errors=True)
+    target = staged / "app"
+    shutil.copytree(ROOT / "bench" / "app", target)
+    for folder in [staged, *(p for p in staged.rglob("*") if p.is_dir())]:
+        folder.chmod(0o755)
+    for file in (p for p in target.rglob("*") if p.is_file()):
+        file.chmod(0o644)
+    return target
+
+
 def write_result(name: str, data: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
@@ -655,6 +673,8 @@ def main() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
+    global APP
+    APP = stage_app()
     quick = args.quick
     measures = args.only or ["memory", "spawn", "reaction", "loop", "idle"]
     sizes = [10, 50, 100] if quick else [10, 50, 100, 500]
