@@ -501,3 +501,27 @@ fn stale_socket_file_is_replaced() {
     farm.stop(secs(15.0));
     assert!(!socket.exists());
 }
+
+/// A socket folder owned by another (non-root) user is refused: that user
+/// could swap the socket. Needs root to hand a folder to another user.
+#[test]
+fn socket_folder_of_another_user_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("not root: cannot give a folder to another user; nothing to check");
+        return;
+    }
+    let _g = shared();
+    let dir = TempDir::new("sock_foreign");
+    let foreign = dir.join("foreign");
+    fs::create_dir(&foreign).unwrap();
+    nix::unistd::chown(&foreign, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let farm = Farm::start(
+        "sock_foreign_farm",
+        FarmOptions::default().socket(foreign.join("control.sock")),
+        |j| json!({"1": j.job("1", 1)}),
+    );
+    let status = farm.wait_exit(secs(10.0));
+    assert_ne!(status.code(), Some(0), "\n{}", farm.diagnostics());
+    assert!(farm.stderr().contains("belongs to uid 65534"), "\n{}", farm.diagnostics());
+    assert!(!foreign.join("control.sock").exists(), "no socket may be created there");
+}

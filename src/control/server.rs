@@ -67,10 +67,29 @@ fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
+    // /tmp/lrpm-host-UID has a predictable name in a shared folder.
+    if std::fs::symlink_metadata(dir)?.file_type().is_symlink() {
+        return Err(std::io::Error::other(format!("{} is a symlink", dir.display())));
+    }
+    check_folder_owner(dir)?;
     // Writable by us?
     let probe = dir.join(format!(".probe-{}", std::process::id()));
     std::fs::write(&probe, b"")?;
     std::fs::remove_file(&probe)
+}
+
+/// The socket's folder must belong to us or to root: its owner could
+/// replace the socket with one of their own and answer our clients.
+fn check_folder_owner(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(dir)?.uid();
+    let euid = nix::unistd::geteuid().as_raw();
+    if owner != euid && owner != 0 {
+        return Err(std::io::Error::other(format!(
+            "the folder belongs to uid {owner}, who could replace the socket; use a folder of uid {euid} or root"
+        )));
+    }
+    Ok(())
 }
 
 struct Client {
@@ -99,6 +118,7 @@ impl ControlServer {
                 std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                     .map_err(|e| ControlError::Directory(dir.to_path_buf(), e))?;
             }
+            check_folder_owner(dir).map_err(|e| ControlError::Directory(dir.to_path_buf(), e))?;
         }
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::FileTypeExt;
