@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use common::{bin, fixtures_dir, run_with_timeout};
 
-#[test]
-fn preloaded_worker_classes_need_no_bootstrap() {
-    let dir = fixtures_dir().join("preload");
+/// One cycle of a worker class that only the preload script declares.
+fn preloaded_worker_command() -> Command {
     let mut cmd = Command::new(bin());
-    cmd.current_dir(&dir).args([
+    cmd.current_dir(fixtures_dir().join("preload")).args([
         "--preload",
         "preload.php",
         "--bootstrap",
@@ -22,7 +21,14 @@ fn preloaded_worker_classes_need_no_bootstrap() {
         "--cycles",
         "1",
     ]);
-    run_with_timeout(cmd, Duration::from_secs(10)).assert_code(0).assert_stdout_contains("preloaded: yes");
+    cmd
+}
+
+#[test]
+fn preloaded_worker_classes_need_no_bootstrap() {
+    run_with_timeout(preloaded_worker_command(), Duration::from_secs(10))
+        .assert_code(0)
+        .assert_stdout_contains("preloaded: yes");
 }
 
 #[test]
@@ -43,19 +49,9 @@ fn a_preload_folder_that_is_a_symlink_is_refused() {
     let tmp = std::env::temp_dir().join(format!("lrpm-preload-tmpdir-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap();
-    let dir = fixtures_dir().join("preload");
     let preload_worker = || {
-        let mut cmd = Command::new(bin());
-        cmd.current_dir(&dir).env("TMPDIR", &tmp).args([
-            "--preload",
-            "preload.php",
-            "--bootstrap",
-            "empty-bootstrap.php",
-            "worker",
-            "PreloadedWorker",
-            "--cycles",
-            "1",
-        ]);
+        let mut cmd = preloaded_worker_command();
+        cmd.env("TMPDIR", &tmp);
         run_with_timeout(cmd, Duration::from_secs(10))
     };
     preload_worker().assert_code(0);
