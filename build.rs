@@ -90,6 +90,9 @@ fn main() {
         .split_whitespace()
         .filter_map(|f| f.strip_prefix("-I").map(str::to_string))
         .collect();
+    // PHP_BINARY in workers names the php CLI of the same build, as apps
+    // use it to start PHP subprocesses (Symfony's PhpExecutableFinder, ...).
+    println!("cargo:rustc-env=LRPM_PHP_CLI_BINARY={}", php_config(&tool, "--php-binary"));
     let version = php_config(&tool, "--version");
     let prefix = php_config(&tool, "--prefix");
     let (lib_dir, lib_name) = find_libphp(&prefix, &version);

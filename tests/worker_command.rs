@@ -65,6 +65,20 @@ fn warnings_name_the_function_that_raised_them() {
 }
 
 #[test]
+fn php_binary_is_the_php_cli_of_the_same_version() {
+    let out = worker(&["Fixture\\ServerProbe", "--cycles", "1"]);
+    out.assert_code(0);
+    let server: Value = serde_json::from_str(out.stdout_lines()[0]).unwrap_or_else(|e| panic!("{e}\n{}", out.dump()));
+    let php_binary = server["PHP_BINARY"].as_str().expect("PHP_BINARY");
+    assert!(!php_binary.contains("lrpm-host"), "PHP_BINARY must not start a farm: {php_binary}");
+    let version = std::process::Command::new(php_binary)
+        .args(["-r", "echo PHP_VERSION;"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run PHP_BINARY {php_binary}: {e}"));
+    assert_eq!(String::from_utf8_lossy(&version.stdout), server["PHP_VERSION"].as_str().unwrap());
+}
+
+#[test]
 fn cycles_option_limits_the_number_of_cycles() {
     let out = worker(&["Fixture\\Probe", "--cycles", "3"]);
     out.assert_code(0);

@@ -189,7 +189,11 @@ impl Engine {
             return Err(PhpError::AlreadyBooted);
         }
         let ini = CString::new(settings.ini_entries()?)?;
-        let exe = std::env::current_exe().ok().and_then(|p| CString::new(p.into_os_string().into_encoded_bytes()).ok());
+        // PHP_BINARY is derived from this. It names the php CLI of the PHP
+        // build we link (apps run `PHP_BINARY script.php` for subprocesses,
+        // which lrpm-host would take for a farm), or is empty without one.
+        let php_cli = std::path::Path::new(env!("LRPM_PHP_CLI_BINARY"));
+        let exe = php_cli.is_file().then(|| CString::new(php_cli.as_os_str().as_encoded_bytes())).transpose()?;
         // SAFETY: called once per process (guarded by BOOTED) before any
         // request; both pointers are valid NUL-terminated strings for the
         // duration of the call and the shim copies what it keeps.
