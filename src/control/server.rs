@@ -27,7 +27,7 @@ pub enum ControlError {
     InUse(PathBuf),
     #[error("{0} exists and is not a socket; refusing to replace it (pass another --control-socket)")]
     NotASocket(PathBuf),
-    #[error("cannot create the control socket directory {0}: {1}")]
+    #[error("cannot use the control socket directory {0}: {1}")]
     Directory(PathBuf, std::io::Error),
     #[error("cannot listen on {0}: {1}")]
     Bind(PathBuf, std::io::Error),
@@ -62,26 +62,28 @@ pub fn client_socket_path() -> PathBuf {
     candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| candidates[0].clone())
 }
 
+/// A default candidate folder usable for the socket: prepared as by
+/// `prepare_socket_folder`, not a symlink, and writable by us.
 fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
-    if !dir.is_dir() {
-        std::fs::create_dir_all(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
+    prepare_socket_folder(dir)?;
     // /tmp/lrpm-host-UID has a predictable name in a shared folder.
     if std::fs::symlink_metadata(dir)?.file_type().is_symlink() {
         return Err(std::io::Error::other(format!("{} is a symlink", dir.display())));
     }
-    check_folder_owner(dir)?;
-    // Writable by us?
     let probe = dir.join(format!(".probe-{}", std::process::id()));
     std::fs::write(&probe, b"")?;
     std::fs::remove_file(&probe)
 }
 
-/// The socket's folder must belong to us or to root: its owner could
-/// replace the socket with one of their own and answer our clients.
-fn check_folder_owner(dir: &Path) -> std::io::Result<()> {
+/// Creates the socket's folder (0700) when missing. An existing one must
+/// belong to us or to root: its owner could replace the socket with one of
+/// their own and answer our clients.
+fn prepare_socket_folder(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
     let owner = std::fs::metadata(dir)?.uid();
     let euid = nix::unistd::geteuid().as_raw();
     if owner != euid && owner != 0 {
@@ -113,12 +115,7 @@ impl ControlServer {
     /// Binds the socket: a stale file is replaced, a live one is an error.
     pub fn bind(path: &Path, mode: u32) -> Result<Self, ControlError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !dir.is_dir() {
-                std::fs::create_dir_all(dir).map_err(|e| ControlError::Directory(dir.to_path_buf(), e))?;
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                    .map_err(|e| ControlError::Directory(dir.to_path_buf(), e))?;
-            }
-            check_folder_owner(dir).map_err(|e| ControlError::Directory(dir.to_path_buf(), e))?;
+            prepare_socket_folder(dir).map_err(|e| ControlError::Directory(dir.to_path_buf(), e))?;
         }
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::FileTypeExt;
