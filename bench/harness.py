@@ -18,9 +18,13 @@ Writes bench/results/*.json; bench/report.py turns them into docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
+import http.client
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -31,7 +35,7 @@ import sys
 import tempfile
 import time
 import xmlrpc.client
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -274,19 +278,15 @@ class LrpmHost(Contender):
         self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
     def control(self, message: str) -> str:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-                    client.connect(str(self.socket_path))
-                    payload = message.encode()
-                    client.sendall(struct.pack(">Q", len(payload)) + payload)
-                    header = recv_exactly(client, 8)
-                    return recv_exactly(client, struct.unpack(">Q", header)[0]).decode()
-            except (FileNotFoundError, ConnectionRefusedError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
+        def exchange() -> str:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                client.connect(str(self.socket_path))
+                payload = message.encode()
+                client.sendall(struct.pack(">Q", len(payload)) + payload)
+                header = recv_exactly(client, 8)
+                return recv_exactly(client, struct.unpack(">Q", header)[0]).decode()
+
+        return once_listening(exchange)
 
     def stop_job(self, job: str) -> None:
         self.control(f"stop {job}")
@@ -360,14 +360,7 @@ class Supervisord(Contender):
         )
 
     def call(self, method: str, *args):
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                return getattr(self.rpc.supervisor, method)(*args)
-            except (FileNotFoundError, ConnectionRefusedError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
+        return once_listening(lambda: getattr(self.rpc.supervisor, method)(*args))
 
     def stop_job(self, job: str) -> None:
         self.call("stopProcess", f"jobs:jobs_{job}", False)
@@ -411,8 +404,6 @@ class UnixStreamTransport(xmlrpc.client.Transport):
         self.path = path
 
     def make_connection(self, host):
-        import http.client
-
         path = self.path
 
         class Connection(http.client.HTTPConnection):
@@ -421,6 +412,18 @@ class UnixStreamTransport(xmlrpc.client.Transport):
                 self.sock.connect(path)
 
         return Connection("localhost")
+
+
+def once_listening(request, timeout: float = 10.0):
+    """Runs `request`, retrying while the manager's socket is not there yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return request()
+        except (FileNotFoundError, ConnectionRefusedError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def recv_exactly(sock: socket.socket, size: int) -> bytes:
@@ -562,8 +565,8 @@ def measure_idle(seconds: float, workers: int) -> dict:
     All contenders run at once: the figures are per-process counters, which
     the other farms do not change, and this keeps the run at `seconds`.
     """
-    farms = [Farm(name, workers) for name in CONTENDERS]
-    try:
+    with contextlib.ExitStack() as stack:
+        farms = [stack.enter_context(Farm(name, workers)) for name in CONTENDERS]
         for farm in farms:
             farm.start_and_wait()
         time.sleep(2)
@@ -580,9 +583,6 @@ def measure_idle(seconds: float, workers: int) -> dict:
         for farm in farms:
             farm.contender.stop()
         return {"seconds": seconds, "workers": workers, "processes": result}
-    finally:
-        for farm in farms:
-            farm.__exit__(None, None, None)
 
 
 def time_command(command: list[str]) -> float:
@@ -640,13 +640,15 @@ def environment() -> dict:
 def stage_app() -> Path:
     """Copies bench/app to a world-readable temp folder: as root, OPcache runs
     the preload script as `nobody`, which may not reach a checkout under
-    /root. The copy is removed at exit."""
-    import atexit
-
+    /root. php-lrpm's interfaces go into its vendor/php-lrpm, where an app
+    that depends on php-lrpm has them. The copy is removed at exit."""
     staged = Path(tempfile.mkdtemp(prefix="lrpm-bench-app-"))
     atexit.register(shutil.rmtree, staged, ignore_errors=True)
     target = staged / "app"
     shutil.copytree(ROOT / "bench" / "app", target)
+    (target / "vendor" / "php-lrpm").mkdir()
+    for interface in ("Worker", "ConfigurationSource"):
+        shutil.copy(ROOT / "php" / "interfaces" / f"PHPLRPM_{interface}.php", target / "vendor" / "php-lrpm")
     for folder in [staged, *(p for p in staged.rglob("*") if p.is_dir())]:
         folder.chmod(0o755)
     for file in (p for p in target.rglob("*") if p.is_file()):
@@ -667,8 +669,6 @@ def main() -> None:
     args = parser.parse_args()
     if not LRPM_HOST.exists():
         sys.exit(f"{LRPM_HOST} is missing: run `make build` first")
-    import resource
-
     # 500 workers under supervisord hold three pipes each.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -2,7 +2,8 @@
 // The benchmark app's autoloader, standing in for Composer's: the Symfony
 // components come from Debian's php-symfony-* packages (each ships a class-map
 // autoloader), the app's own classes from src/, and php-lrpm's two interfaces
-// from here, as an app that depends on php-lrpm would have them in vendor/.
+// from vendor/php-lrpm, as an app that depends on php-lrpm has them (the
+// harness copies them there from php/interfaces when it stages the app).
 foreach (['Messenger', 'Console', 'DependencyInjection', 'Serializer', 'EventDispatcher', 'Config',
           'PropertyAccess', 'PropertyInfo', 'Validator'] as $component) {
     require_once "/usr/share/php/Symfony/Component/{$component}/autoload.php";
@@ -15,6 +16,6 @@ spl_autoload_register(static function (string $class): void {
             require $file;
         }
     } elseif ($class === 'PHPLRPM\\Worker' || $class === 'PHPLRPM\\ConfigurationSource') {
-        require __DIR__ . '/php-lrpm/' . substr($class, 8) . '.php';
+        require __DIR__ . '/php-lrpm/PHPLRPM_' . substr($class, 8) . '.php';
     }
 });

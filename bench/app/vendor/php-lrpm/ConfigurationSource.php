@@ -1,7 +1,0 @@
-<?php
-namespace PHPLRPM;
-
-interface ConfigurationSource
-{
-    public function loadConfiguration(): array;
-}
