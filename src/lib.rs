@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod control;
+pub mod exit_code;
 pub mod farm;
 pub mod job;
 pub mod php;

@@ -1,5 +1,7 @@
 //! How a child ended, as plain data.
 
+pub use crate::exit_code::ProcessKind;
+
 /// How a child ended, as plain data for the pure core and for status output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum ExitKind {
@@ -18,14 +20,76 @@ impl ExitKind {
         }
     }
 
-    pub fn describe(self) -> String {
+    /// "exit code 3 (exit() from PHP code)", "killed by SIGSEGV": the label
+    /// of a host code depends on which kind of process used it.
+    pub fn describe(self, kind: ProcessKind) -> String {
         match self {
-            ExitKind::Code(code) => format!("exit code {code} ({})", crate::php::outcome::describe_exit_code(code)),
+            ExitKind::Code(code) => format!("exit code {code} ({})", crate::exit_code::describe(kind, code)),
             ExitKind::Signal(sig) => format!("killed by {}", signal_name(sig)),
         }
     }
 }
 
+/// Linux's signal names, by number (x86-64 and arm64 agree on 1-31).
+const SIGNAL_NAMES: [&str; 32] = [
+    "",
+    "SIGHUP",
+    "SIGINT",
+    "SIGQUIT",
+    "SIGILL",
+    "SIGTRAP",
+    "SIGABRT",
+    "SIGBUS",
+    "SIGFPE",
+    "SIGKILL",
+    "SIGUSR1",
+    "SIGSEGV",
+    "SIGUSR2",
+    "SIGPIPE",
+    "SIGALRM",
+    "SIGTERM",
+    "SIGSTKFLT",
+    "SIGCHLD",
+    "SIGCONT",
+    "SIGSTOP",
+    "SIGTSTP",
+    "SIGTTIN",
+    "SIGTTOU",
+    "SIGURG",
+    "SIGXCPU",
+    "SIGXFSZ",
+    "SIGVTALRM",
+    "SIGPROF",
+    "SIGWINCH",
+    "SIGIO",
+    "SIGPWR",
+    "SIGSYS",
+];
+
 pub fn signal_name(sig: i32) -> String {
-    nix::sys::signal::Signal::try_from(sig).map(|s| s.as_str().to_string()).unwrap_or_else(|_| format!("signal {sig}"))
+    match usize::try_from(sig).ok().and_then(|i| SIGNAL_NAMES.get(i)).filter(|n| !n.is_empty()) {
+        Some(name) => name.to_string(),
+        None => format!("signal {sig}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(11), "SIGSEGV");
+        assert_eq!(signal_name(15), "SIGTERM");
+        assert_eq!(signal_name(31), "SIGSYS");
+        assert_eq!(signal_name(64), "signal 64");
+        assert_eq!(signal_name(-1), "signal -1");
+    }
+
+    #[test]
+    fn a_user_exit_code_is_the_users() {
+        assert_eq!(ExitKind::Code(3).describe(ProcessKind::Worker), "exit code 3 (exit() from PHP code)");
+        assert_eq!(ExitKind::Code(3).describe(ProcessKind::ConfigProcess), "exit code 3 (configuration source failed)");
+    }
 }

@@ -10,7 +10,7 @@ mod tests;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-pub use exit::ExitKind;
+pub use exit::{ExitKind, ProcessKind};
 
 use crate::job::{Job, JobId};
 use backoff::{ConfigBackoff, WorkerBackoff};
@@ -379,7 +379,7 @@ impl Farm {
                 LogLevel::Warn,
                 format!(
                     "configuration process {pid} ended ({}); keeping the last good configuration, restarting it in {}s{reason}",
-                    exit.describe(),
+                    exit.describe(ProcessKind::ConfigProcess),
                     delay.as_secs()
                 ),
             ));
@@ -395,21 +395,26 @@ impl Farm {
         state.last_exit = Some(exit);
         let ran = now.saturating_duration_since(process.started_at);
         if self.shutting_down {
-            actions.push(Action::Log(LogLevel::Info, format!("job {id} (pid {pid}) stopped: {}", exit.describe())));
+            actions.push(Action::Log(
+                LogLevel::Info,
+                format!("job {id} (pid {pid}) stopped: {}", exit.describe(ProcessKind::Worker)),
+            ));
             self.finish_shutdown_if_done(actions);
             return;
         }
         if !state.wanted {
             actions.push(Action::Log(
                 LogLevel::Info,
-                format!("job {id} (pid {pid}) stopped: {}; removed for good", exit.describe()),
+                format!("job {id} (pid {pid}) stopped: {}; removed for good", exit.describe(ProcessKind::Worker)),
             ));
             self.jobs.remove(&id);
             return;
         }
         if state.held {
-            actions
-                .push(Action::Log(LogLevel::Info, format!("job {id} (pid {pid}) stopped: {}; held", exit.describe())));
+            actions.push(Action::Log(
+                LogLevel::Info,
+                format!("job {id} (pid {pid}) stopped: {}; held", exit.describe(ProcessKind::Worker)),
+            ));
             return;
         }
         state.restarts += 1;
@@ -418,7 +423,7 @@ impl Farm {
             state.restart_at = Some(now);
             actions.push(Action::Log(
                 LogLevel::Info,
-                format!("job {id} (pid {pid}) stopped: {}; starting it again", exit.describe()),
+                format!("job {id} (pid {pid}) stopped: {}; starting it again", exit.describe(ProcessKind::Worker)),
             ));
             return;
         }
@@ -430,7 +435,7 @@ impl Farm {
             format!(
                 "job {id} (pid {pid}) exited after {:.1}s: {}; restarting {}",
                 ran.as_secs_f64(),
-                exit.describe(),
+                exit.describe(ProcessKind::Worker),
                 if delay.is_zero() { "now".to_string() } else { format!("in {}s (backoff)", delay.as_secs()) }
             ),
         ));

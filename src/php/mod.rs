@@ -2,7 +2,6 @@
 //! embedded runner in a forked child. All unsafe FFI lives in this module.
 
 mod ffi;
-pub mod outcome;
 
 use std::ffi::{CStr, CString, NulError};
 use std::os::fd::RawFd;

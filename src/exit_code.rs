@@ -1,0 +1,121 @@
+//! The one table of exit codes: what lrpm-host's children exit with, and
+//! what lrpm-host itself exits with. The PHP runner and the C shim receive
+//! the child codes from here at spawn time (`runner_constants`), so the
+//! three layers cannot drift. Pure: no PHP, no libc.
+
+use serde_json::{Map, Value};
+
+/// Which kind of child ended: the same number means different things.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessKind {
+    Worker,
+    ConfigProcess,
+}
+
+/// A code a child of lrpm-host exits with, with its meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildExit {
+    /// Constant name shared with the runner (`Lrpm\Internal\EXIT_...`).
+    pub name: &'static str,
+    pub code: i32,
+    /// Which process kind exits with it on the host's behalf.
+    pub kind: Option<ProcessKind>,
+    pub meaning: &'static str,
+}
+
+/// Clean stop (SIGTERM/SIGINT after the current cycle, `--cycles` reached).
+pub const OK: i32 = 0;
+/// The configuration source could not be loaded, or `loadConfiguration()`
+/// threw or returned something other than an array.
+pub const CONFIG_SOURCE_FAILED: i32 = 3;
+/// The worker class does not exist or does not implement the Worker interface.
+pub const BAD_WORKER_CLASS: i32 = 65;
+/// `start()` or `cycle()` threw an exception or Error nobody caught.
+pub const UNCAUGHT: i32 = 70;
+/// The PHP request could not start (see stderr).
+pub const REQUEST_FAILED: i32 = 71;
+/// The child's own setup failed (a signal mask, PDEATHSIG, a process group).
+pub const CHILD_SETUP_FAILED: i32 = 72;
+/// The bootstrap file is missing, has a syntax error, or threw.
+pub const BOOTSTRAP_FAILED: i32 = 78;
+/// A PHP fatal error (E_ERROR, out of memory, ...): PHP's own status.
+pub const PHP_FATAL: i32 = 255;
+
+pub const CHILD_EXITS: [ChildExit; 8] = [
+    ChildExit { name: "EXIT_OK", code: OK, kind: None, meaning: "clean stop" },
+    ChildExit {
+        name: "EXIT_CONFIG_SOURCE_FAILED",
+        code: CONFIG_SOURCE_FAILED,
+        kind: Some(ProcessKind::ConfigProcess),
+        meaning: "configuration source failed",
+    },
+    ChildExit {
+        name: "EXIT_BAD_WORKER_CLASS",
+        code: BAD_WORKER_CLASS,
+        kind: Some(ProcessKind::Worker),
+        meaning: "bad worker class",
+    },
+    ChildExit { name: "EXIT_UNCAUGHT", code: UNCAUGHT, kind: None, meaning: "uncaught exception" },
+    ChildExit { name: "EXIT_REQUEST_FAILED", code: REQUEST_FAILED, kind: None, meaning: "PHP request startup failed" },
+    ChildExit {
+        name: "EXIT_CHILD_SETUP_FAILED",
+        code: CHILD_SETUP_FAILED,
+        kind: None,
+        meaning: "process setup failed",
+    },
+    ChildExit { name: "EXIT_BOOTSTRAP_FAILED", code: BOOTSTRAP_FAILED, kind: None, meaning: "bootstrap failed" },
+    ChildExit { name: "EXIT_PHP_FATAL", code: PHP_FATAL, kind: None, meaning: "PHP fatal error" },
+];
+
+/// What a child's exit code means, for logs and status: host codes are
+/// named only for the kind of process that uses them; anything else is the
+/// user's own `exit(N)`.
+pub fn describe(kind: ProcessKind, code: i32) -> String {
+    match CHILD_EXITS.iter().find(|e| e.code == code && e.kind.map_or(true, |k| k == kind)) {
+        Some(exit) => exit.meaning.to_string(),
+        None => "exit() from PHP code".to_string(),
+    }
+}
+
+/// `{EXIT_OK: 0, ...}`: the constants the runner defines from this table.
+pub fn runner_constants() -> Value {
+    Value::Object(CHILD_EXITS.iter().map(|e| (e.name.to_string(), Value::from(e.code))).collect::<Map<_, _>>())
+}
+
+/// Codes lrpm-host itself exits with (README "Exit codes").
+pub mod host {
+    /// Clean shutdown.
+    pub const OK: u8 = 0;
+    /// A command-line usage error (EX_USAGE).
+    pub const USAGE: u8 = 64;
+    /// An internal error: PHP could not start, a syscall failed (EX_SOFTWARE).
+    pub const SOFTWARE: u8 = 70;
+    /// The configuration source never produced a configuration (EX_CONFIG).
+    pub const CONFIG: u8 = 78;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_depend_on_the_process_kind() {
+        assert_eq!(describe(ProcessKind::ConfigProcess, 3), "configuration source failed");
+        assert_eq!(describe(ProcessKind::Worker, 3), "exit() from PHP code");
+        assert_eq!(describe(ProcessKind::Worker, 65), "bad worker class");
+        assert_eq!(describe(ProcessKind::ConfigProcess, 65), "exit() from PHP code");
+        assert_eq!(describe(ProcessKind::Worker, 70), "uncaught exception");
+        assert_eq!(describe(ProcessKind::Worker, 42), "exit() from PHP code");
+    }
+
+    #[test]
+    fn codes_and_names_are_unique() {
+        for (i, a) in CHILD_EXITS.iter().enumerate() {
+            for b in &CHILD_EXITS[i + 1..] {
+                assert_ne!(a.code, b.code);
+                assert_ne!(a.name, b.name);
+            }
+        }
+        assert_eq!(runner_constants()["EXIT_UNCAUGHT"], 70);
+    }
+}
