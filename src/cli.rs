@@ -1,6 +1,8 @@
 //! Command-line definitions (clap). php-lrpm spellings are kept: `-i N` /
 //! `--interval=N`, and the configuration source as the only argument.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
@@ -93,6 +95,9 @@ pub struct WorkerArgs {
 pub struct CheckArgs {
     /// Configuration source, as for running a farm.
     pub source: String,
+    /// Treat unknown job fields as errors (exit 1).
+    #[arg(long)]
+    pub strict: bool,
 }
 
 fn parse_octal_mode(text: &str) -> Result<u32, String> {

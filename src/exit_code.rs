@@ -3,6 +3,8 @@
 //! the child codes from here at spawn time (`runner_constants`), so the
 //! three layers cannot drift. Pure: no PHP, no libc.
 
+#![forbid(unsafe_code)]
+
 use serde_json::{Map, Value};
 
 /// Which kind of child ended: the same number means different things.

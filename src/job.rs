@@ -2,6 +2,8 @@
 //! (ConfigurationValidator: mtime, name, workerConfig, workerClass required;
 //! shortRunTimeSeconds = 5 and shutdownTimeoutSeconds = 10 by default).
 
+#![forbid(unsafe_code)]
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -9,6 +11,9 @@ use serde_json::{Map, Value};
 
 pub const DEFAULT_SHORT_RUN_TIME_SECONDS: u64 = 5;
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECONDS: u64 = 10;
+/// Upper bound of the duration fields: a day. Larger values are typos (or
+/// PHP_INT_MAX) and would put deadlines beyond any clock.
+pub const MAX_DURATION_SECONDS: u64 = 86_400;
 
 /// A job id: PHP array keys are ints or strings.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -49,6 +54,47 @@ pub struct Job {
     pub short_run_time_seconds: u64,
     pub shutdown_timeout_seconds: u64,
     pub config: Map<String, Value>,
+    /// `config` serialized once per configuration change, for `status`.
+    pub config_json: RawJson,
+}
+
+/// JSON text serialized once and shown many times.
+#[derive(Debug, Clone)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    pub fn of(value: &impl Serialize) -> RawJson {
+        let text = serde_json::to_string(value).unwrap_or_else(|_| "null".to_string());
+        RawJson(serde_json::value::RawValue::from_string(text).expect("serde_json wrote valid JSON"))
+    }
+
+    pub fn get(&self) -> &serde_json::value::RawValue {
+        &self.0
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+/// A field a job carries that lrpm-host does not know: ignored, with a warning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownField {
+    pub job_id: String,
+    pub field: String,
+    pub did_you_mean: Option<&'static str>,
+}
+
+impl fmt::Display for UnknownField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "job {}: unknown field '{}' is ignored", self.job_id, self.field)?;
+        match self.did_you_mean {
+            Some(known) => write!(f, " (did you mean '{known}'?)"),
+            None => write!(f, " (known fields: {})", FIELDS.map(|r| r.name).join(", ")),
+        }
+    }
 }
 
 /// One broken rule of one job.
@@ -68,19 +114,66 @@ impl fmt::Display for ValidationError {
 
 /// One entry as the configuration process describes it (php/runner.php,
 /// describe_jobs): the job plus the PHP facts JSON cannot carry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DescribedJob {
     pub id: JobId,
-    #[serde(rename = "type")]
+    /// Set when the PHP array key is not valid UTF-8; `id` then shows its bytes.
+    pub id_error: Option<String>,
     pub php_type: String,
-    #[serde(default)]
     pub job: Value,
-    #[serde(rename = "fieldTypes", default)]
     pub field_types: Map<String, Value>,
-    #[serde(rename = "workerClassExists", default)]
     pub worker_class_exists: bool,
-    #[serde(rename = "encodeError", default)]
     pub encode_error: Option<String>,
+}
+
+/// An entry of a configuration message that is not even a described job
+/// (the runner always sends one; a broken message must still not take the
+/// other jobs down).
+fn entry_error(id: &str, problem: String) -> ValidationError {
+    ValidationError {
+        job_id: id.to_string(),
+        field: "*".to_string(),
+        problem,
+        rule: "each job is described by the configuration process".to_string(),
+    }
+}
+
+impl DescribedJob {
+    /// Reads one entry of the configuration process's message. Each entry
+    /// is read alone, so one broken entry is dropped alone.
+    pub fn from_entry(entry: &Value) -> Result<DescribedJob, ValidationError> {
+        let Value::Object(map) = entry else {
+            return Err(entry_error("?", format!("unreadable entry {}", short_json(entry))));
+        };
+        let id = match map.get("id") {
+            Some(Value::Number(n)) if n.is_i64() => JobId::Int(n.as_i64().unwrap_or_default()),
+            Some(Value::String(text)) => JobId::Str(text.clone()),
+            other => {
+                return Err(entry_error(
+                    "?",
+                    format!("entry without a usable id: {}", short_json(other.unwrap_or(&Value::Null))),
+                ))
+            }
+        };
+        let text = |key: &str| map.get(key).and_then(Value::as_str).map(str::to_string);
+        Ok(DescribedJob {
+            id_error: map
+                .get("idInvalidUtf8")
+                .and_then(Value::as_bool)
+                .filter(|b| *b)
+                .map(|_| "the job id is not valid UTF-8".to_string()),
+            php_type: text("type").unwrap_or_else(|| "unknown".to_string()),
+            job: map.get("job").cloned().unwrap_or(Value::Null),
+            // PHP encodes an empty array as [], not {}.
+            field_types: match map.get("fieldTypes") {
+                Some(Value::Object(types)) => types.clone(),
+                _ => Map::new(),
+            },
+            worker_class_exists: map.get("workerClassExists").and_then(Value::as_bool).unwrap_or(false),
+            encode_error: text("encodeError"),
+            id,
+        })
+    }
 }
 
 struct FieldRule {
@@ -129,6 +222,7 @@ impl DescribedJob {
         };
         DescribedJob {
             id,
+            id_error: None,
             php_type: json_php_type(&job).to_string(),
             job,
             field_types,
@@ -141,8 +235,9 @@ impl DescribedJob {
         self.field_types.get(field).and_then(Value::as_str)
     }
 
-    /// php-lrpm's ConfigurationValidator::isValid(), with every broken rule reported.
-    pub fn validate(&self) -> Result<Job, Vec<ValidationError>> {
+    /// php-lrpm's ConfigurationValidator::isValid(), with every broken rule
+    /// reported, plus the fields lrpm-host does not know.
+    pub fn validate(&self) -> Result<(Job, Vec<UnknownField>), Vec<ValidationError>> {
         let id = self.id.to_string();
         let error = |field: &str, problem: String, rule: &str| ValidationError {
             job_id: id.clone(),
@@ -150,6 +245,9 @@ impl DescribedJob {
             problem,
             rule: rule.to_string(),
         };
+        if let Some(problem) = &self.id_error {
+            return Err(vec![error("*", problem.clone(), "job ids must be integers or UTF-8 strings")]);
+        }
         if self.php_type != "array" {
             return Err(vec![error(
                 "*",
@@ -186,11 +284,16 @@ impl DescribedJob {
                 "name" => php_type == "string",
                 "workerConfig" => php_type == "array",
                 "workerClass" => php_type == "string" && self.worker_class_exists,
-                _ => php_type == "integer" && value.as_i64().is_some_and(|n| n >= 0),
+                "mtime" => php_type == "integer" && value.as_i64().is_some_and(|n| n >= 0),
+                _ => php_type == "integer" && value.as_u64().is_some_and(|n| n <= MAX_DURATION_SECONDS),
             };
             if !valid {
                 let got = if rule.name == "workerClass" && php_type == "string" {
                     format!("class {} does not exist", value.as_str().unwrap_or_default())
+                } else if php_type == "integer" && value.as_i64().is_some_and(|n| n < 0) {
+                    format!("{} is negative", short_json(value))
+                } else if php_type == "integer" && rule.name != "mtime" {
+                    format!("{} is above the maximum of {MAX_DURATION_SECONDS} (one day)", short_json(value))
                 } else {
                     format!("got {php_type} {}", short_json(value))
                 };
@@ -200,17 +303,25 @@ impl DescribedJob {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let unknown = config
+            .keys()
+            .filter(|key| !FIELDS.iter().any(|rule| rule.name == key.as_str()))
+            .map(|key| UnknownField { job_id: id.clone(), field: key.clone(), did_you_mean: nearest_field(key) })
+            .collect();
         let int = |field: &str| config.get(field).and_then(Value::as_i64).unwrap_or_default();
+        let seconds = |field: &str| config.get(field).and_then(Value::as_u64).unwrap_or_default();
         let text = |field: &str| config.get(field).and_then(Value::as_str).unwrap_or_default().to_string();
-        Ok(Job {
+        let job = Job {
             id: self.id.clone(),
             name: text("name"),
             worker_class: text("workerClass"),
             mtime: int("mtime"),
-            short_run_time_seconds: int("shortRunTimeSeconds") as u64,
-            shutdown_timeout_seconds: int("shutdownTimeoutSeconds") as u64,
+            short_run_time_seconds: seconds("shortRunTimeSeconds"),
+            shutdown_timeout_seconds: seconds("shutdownTimeoutSeconds"),
+            config_json: RawJson::of(&config),
             config,
-        })
+        };
+        Ok((job, unknown))
     }
 }
 
@@ -223,17 +334,79 @@ fn short_json(value: &Value) -> String {
     }
 }
 
-/// Validates a whole configuration: valid jobs in order, and every error.
-pub fn validate_all(described: &[DescribedJob]) -> (Vec<Job>, Vec<ValidationError>) {
-    let mut jobs = Vec::new();
-    let mut errors = Vec::new();
-    for entry in described {
-        match entry.validate() {
-            Ok(job) => jobs.push(job),
-            Err(mut e) => errors.append(&mut e),
+/// A misspelt field's most likely meaning: same letters ignoring case, a
+/// prefix of a known field (`shutdownTimeout`), or at most two edits away.
+fn nearest_field(field: &str) -> Option<&'static str> {
+    let lower = field.to_ascii_lowercase();
+    FIELDS.iter().map(|rule| rule.name).find(|known| {
+        let known_lower = known.to_ascii_lowercase();
+        known_lower == lower
+            || (lower.len() >= 4 && known_lower.starts_with(&lower))
+            || edit_distance(&known_lower, &lower) <= 2
+    })
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let current = row[j + 1];
+            row[j + 1] = if ca == *cb { previous } else { 1 + previous.min(row[j]).min(row[j + 1]) };
+            previous = current;
         }
     }
-    (jobs, errors)
+    row[b.len()]
+}
+
+/// What a configuration message holds once each entry was validated alone.
+#[derive(Debug, Default)]
+pub struct Validated {
+    /// Valid jobs, in the source's order.
+    pub jobs: Vec<Job>,
+    pub errors: Vec<ValidationError>,
+    pub unknown_fields: Vec<UnknownField>,
+}
+
+/// Validates a whole configuration message (its `jobs` entries): each entry
+/// alone, so one broken entry never rejects the others. Two entries with
+/// the same id are both refused: silently running one of them would hide a
+/// job.
+pub fn validate_entries(entries: &[Value]) -> Validated {
+    let mut validated = Validated::default();
+    let mut seen: std::collections::HashMap<JobId, usize> = std::collections::HashMap::new();
+    let mut candidates = Vec::new();
+    for entry in entries {
+        match DescribedJob::from_entry(entry) {
+            Ok(described) => {
+                *seen.entry(described.id.clone()).or_default() += 1;
+                candidates.push(described);
+            }
+            Err(error) => validated.errors.push(error),
+        }
+    }
+    for described in candidates {
+        if seen[&described.id] > 1 {
+            if seen.insert(described.id.clone(), usize::MAX) == Some(usize::MAX) {
+                continue;
+            }
+            validated.errors.push(entry_error(
+                &described.id.to_string(),
+                "several jobs have this id; all of them are dropped".to_string(),
+            ));
+            continue;
+        }
+        match described.validate() {
+            Ok((job, mut unknown)) => {
+                validated.jobs.push(job);
+                validated.unknown_fields.append(&mut unknown);
+            }
+            Err(mut errors) => validated.errors.append(&mut errors),
+        }
+    }
+    validated
 }
 
 #[cfg(test)]
@@ -248,7 +421,7 @@ mod tests {
     #[test]
     fn fills_php_lrpm_defaults() {
         let job =
-            described(json!({"name": "n", "workerClass": "W", "mtime": 1, "workerConfig": []})).validate().unwrap();
+            described(json!({"name": "n", "workerClass": "W", "mtime": 1, "workerConfig": []})).validate().unwrap().0;
         assert_eq!(job.short_run_time_seconds, 5);
         assert_eq!(job.shutdown_timeout_seconds, 10);
         assert_eq!(job.config["shortRunTimeSeconds"], json!(5));
@@ -290,12 +463,124 @@ mod tests {
         assert_eq!(JobId::parse("abc"), JobId::Str("abc".into()));
     }
 
+    /// An entry as php/runner.php's describe_jobs() sends it.
+    fn entry(id: Value, job: Value) -> Value {
+        let types: Map<String, Value> = match &job {
+            Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), Value::from(json_php_type(v)))).collect(),
+            _ => Map::new(),
+        };
+        json!({"id": id, "type": json_php_type(&job), "job": job, "fieldTypes": types, "workerClassExists": true})
+    }
+
+    fn good() -> Value {
+        json!({"name": "n", "workerClass": "W", "mtime": 1, "workerConfig": []})
+    }
+
     #[test]
-    fn validate_all_keeps_valid_jobs() {
-        let good = described(json!({"name": "n", "workerClass": "W", "mtime": 1, "workerConfig": []}));
-        let bad = DescribedJob::from_json(JobId::Int(7), json!({"name": "n"}));
-        let (jobs, errors) = validate_all(&[good, bad]);
-        assert_eq!(jobs.len(), 1);
-        assert!(errors.iter().all(|e| e.job_id == "7"));
+    fn each_entry_is_validated_and_dropped_alone() {
+        let entries = vec![
+            entry(json!(1), good()),
+            // What PHP sends for null, [] and "text": fieldTypes is a list.
+            json!({"id": 2, "type": "NULL", "job": null, "fieldTypes": [], "workerClassExists": false}),
+            json!({"id": 3, "type": "array", "job": [], "fieldTypes": [], "workerClassExists": false}),
+            json!({"id": "s", "type": "string", "job": null, "fieldTypes": [], "workerClassExists": false}),
+            json!("garbage"),
+            json!({"type": "array"}),
+            entry(json!(4), good()),
+        ];
+        let validated = validate_entries(&entries);
+        let ids: Vec<String> = validated.jobs.iter().map(|j| j.id.to_string()).collect();
+        assert_eq!(ids, ["1", "4"]);
+        let failed: Vec<&str> = validated.errors.iter().map(|e| e.job_id.as_str()).collect();
+        assert!(failed.contains(&"2") && failed.contains(&"3") && failed.contains(&"s"), "{failed:?}");
+        assert!(validated.errors.iter().any(|e| e.problem.contains("must be an array, got NULL")));
+    }
+
+    #[test]
+    fn durations_have_sane_upper_bounds() {
+        for (field, value, ok) in [
+            ("shutdownTimeoutSeconds", json!(i64::MAX), false),
+            ("shutdownTimeoutSeconds", json!(86_400), true),
+            ("shutdownTimeoutSeconds", json!(86_401), false),
+            ("shortRunTimeSeconds", json!(u64::MAX), false),
+            ("shortRunTimeSeconds", json!(-1), false),
+            ("shortRunTimeSeconds", json!(0), true),
+            ("mtime", json!(i64::MAX), true),
+        ] {
+            let mut job = good();
+            job[field] = value.clone();
+            let result = described(job).validate();
+            assert_eq!(result.is_ok(), ok, "{field} = {value}: {result:?}");
+            if let Err(errors) = result {
+                assert!(errors[0].problem.contains("maximum") || errors[0].problem.contains("negative"), "{errors:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_warned_with_a_suggestion() {
+        let mut job = good();
+        job["shutdownTimeout"] = json!(60);
+        job["processes"] = json!(4);
+        job["Name2"] = json!("x");
+        let (_, unknown) = described(job).validate().unwrap();
+        let shown: Vec<String> = unknown.iter().map(ToString::to_string).collect();
+        assert!(shown[0].contains("'shutdownTimeout'") && shown[0].contains("did you mean 'shutdownTimeoutSeconds'"));
+        assert!(shown.iter().any(|s| s.contains("'processes'") && s.contains("known fields")), "{shown:?}");
+        assert!(shown.iter().any(|s| s.contains("'Name2'") && s.contains("did you mean 'name'")), "{shown:?}");
+    }
+
+    #[test]
+    fn ids_that_are_not_utf8_or_repeated_are_refused() {
+        let mut bad = entry(json!("q\\xff"), good());
+        bad["idInvalidUtf8"] = json!(true);
+        let validated = validate_entries(&[bad, entry(json!(5), good()), entry(json!(5), good())]);
+        assert!(validated.jobs.is_empty());
+        assert!(validated.errors.iter().any(|e| e.problem.contains("not valid UTF-8")));
+        assert_eq!(validated.errors.iter().filter(|e| e.problem.contains("several jobs")).count(), 1);
+    }
+
+    proptest::proptest! {
+        /// No value of any field makes validation (or the core fed with its
+        /// result) panic.
+        #[test]
+        fn no_field_value_panics(
+            values in proptest::collection::vec(any_json(), 6),
+            extra in "[a-zA-Z]{0,12}",
+        ) {
+            let mut job = Map::new();
+            for (rule, value) in FIELDS.iter().zip(values) {
+                job.insert(rule.name.to_string(), value);
+            }
+            job.insert(extra, json!(1));
+            let validated = validate_entries(&[entry(json!(1), Value::Object(job))]);
+            let mut farm = crate::farm::Farm::new();
+            let now = std::time::Instant::now();
+            farm.start();
+            farm.handle(crate::farm::Event::ConfigProcessStarted(1), now);
+            farm.handle(crate::farm::Event::Configuration(validated.jobs.clone()), now);
+            farm.handle(crate::farm::Event::Tick, now);
+            for job in &validated.jobs {
+                farm.handle(crate::farm::Event::WorkerStarted { id: job.id.clone(), pid: 10 }, now);
+            }
+            farm.handle(crate::farm::Event::ChildExited { pid: 10, exit: crate::farm::ExitKind::Code(1) }, now);
+            farm.handle(crate::farm::Event::Tick, now);
+            farm.handle(crate::farm::Event::Shutdown, now);
+            farm.handle(crate::farm::Event::Tick, now + std::time::Duration::from_secs(1 << 40));
+        }
+    }
+
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map(Value::Number).unwrap_or(Value::Null)),
+            ".{0,20}".prop_map(Value::from),
+            Just(json!([])),
+            Just(json!({"a": [1, 2]})),
+        ]
     }
 }

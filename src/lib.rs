@@ -1,9 +1,13 @@
 //! lrpm-host: an embedded-PHP host for farms of long-running PHP workers.
 //!
-//! Layout (see DESIGN.md): `php` and `process` hold all unsafe code; `farm` is
-//! the pure decision core; `supervisor` is the poll loop around it; `control`
-//! is the control-socket protocol and server; `job` parses and validates jobs.
+//! Layout (docs/architecture.md): `php` and `process` hold all unsafe code;
+//! `farm` is the pure decision core; `supervisor` is the poll loop around it;
+//! `control` is the control-socket protocol and server; `job` parses and
+//! validates jobs; `exit_code` is the one table of exit codes.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod check;
 pub mod cli;
 pub mod control;
 pub mod exit_code;

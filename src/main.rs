@@ -1,4 +1,5 @@
 //! lrpm-host entry point. anyhow lives only here.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::process::ExitCode;
 
@@ -6,11 +7,11 @@ use anyhow::Context;
 use clap::Parser;
 
 use lrpm_host::cli::{self, Cli, Command};
+use lrpm_host::farm::HostExit;
 use lrpm_host::php::{self, Engine, EngineSettings};
-use lrpm_host::{process, supervisor, telemetry, worker_cmd};
+use lrpm_host::{check, process, supervisor, telemetry, worker_cmd};
 
-const EXIT_USAGE: u8 = 64;
-const EXIT_SOFTWARE: u8 = 70;
+use lrpm_host::exit_code::host::{CONFIG as EXIT_CONFIG, SOFTWARE as EXIT_SOFTWARE, USAGE as EXIT_USAGE};
 
 fn engine_settings(options: &cli::PhpOptions) -> EngineSettings {
     let is_root = nix::unistd::geteuid().is_root();
@@ -45,8 +46,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Some(Command::Check(args)) => {
             let bootstrap = cli::resolve_bootstrap(cli.php.bootstrap.as_deref(), Some(&args.source));
             let engine = Engine::boot(&settings).context("starting PHP")?;
-            let ok = supervisor::check(&engine, &args.source, bootstrap.as_deref(), &argv)?;
-            Ok(if ok { 0 } else { 1 })
+            let verdict = check::run(&engine, &args.source, bootstrap.as_deref(), &argv, args.strict)?;
+            Ok(match verdict {
+                check::Verdict::Valid => 0,
+                check::Verdict::Invalid => 1,
+                // As a Unix tool killed by SIGPIPE would report it.
+                check::Verdict::OutputClosed => 128 + libc::SIGPIPE as u8,
+            })
         }
         None => {
             let source = cli.source.clone().context("missing SOURCE")?;
@@ -71,8 +77,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             // that leaves the control socket behind.
             process::block_handled_signals()?;
             let engine = Engine::boot(&settings).context("starting PHP")?;
-            supervisor::run(&engine, config)?;
-            Ok(0)
+            Ok(match supervisor::run(&engine, config)? {
+                HostExit::Clean => 0,
+                HostExit::ConfigNeverLoaded => EXIT_CONFIG,
+            })
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Logging setup: tracing to stderr, level from LRPM_LOG (default info).
 
+#![forbid(unsafe_code)]
+
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;

@@ -2,7 +2,8 @@
 //! booted parent, for debugging. The first SIGTERM/SIGINT asks the worker to
 //! stop after its current cycle; a second one kills it.
 
-use std::os::fd::BorrowedFd;
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -41,7 +42,12 @@ pub fn debug_job(class: &str, id: &str, job_json: Option<&str>) -> Result<crate:
     job.entry("workerClass").or_insert_with(|| Value::from(class));
     job.entry("mtime").or_insert_with(|| Value::from(0));
     job.entry("workerConfig").or_insert_with(|| Value::Array(Vec::new()));
-    DescribedJob::from_json(JobId::parse(id), Value::Object(job)).validate().map_err(WorkerCmdError::Invalid)
+    let (job, unknown) =
+        DescribedJob::from_json(JobId::parse(id), Value::Object(job)).validate().map_err(WorkerCmdError::Invalid)?;
+    for field in unknown {
+        eprintln!("lrpm-host: {field}");
+    }
+    Ok(job)
 }
 
 /// Runs the worker and returns the exit code lrpm-host should exit with:
@@ -61,9 +67,7 @@ pub fn run(
 
     let mut stop_requests = 0;
     loop {
-        // SAFETY: the signalfd outlives this borrow (it is owned by `signals`).
-        let fd = unsafe { BorrowedFd::borrow_raw(signals.raw_fd()) };
-        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(ProcessError::Signals(e).into()),
@@ -71,7 +75,7 @@ pub fn run(
         for sig in signals.drain() {
             match sig {
                 Signal::SIGCHLD => {
-                    for (pid, exit) in process::reap_exited() {
+                    for (pid, exit) in process::reap_exited(|pid| pid == child) {
                         if pid == child {
                             return Ok(match exit {
                                 ExitKind::Code(code) => code,
@@ -86,12 +90,14 @@ pub fn run(
                         eprintln!(
                             "lrpm-host: stopping the worker after its current cycle (send the signal again to kill it)"
                         );
-                        process::send_signal(child, Signal::SIGTERM);
+                        process::signal_group(child, Signal::SIGTERM);
                     } else {
-                        process::send_signal(child, Signal::SIGKILL);
+                        process::signal_group(child, Signal::SIGKILL);
                     }
                 }
-                other => process::send_signal(child, other),
+                other => {
+                    let _ = process::signal_process(child, other);
+                }
             }
         }
     }

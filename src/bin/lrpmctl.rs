@@ -1,5 +1,6 @@
 //! lrpmctl: talks to a running lrpm-host (or php-lrpm) over the control
 //! socket, with php-lrpm's wire format and exit codes.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::io::{IsTerminal, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -12,6 +13,7 @@ use serde_json::Value;
 
 use lrpm_host::control::codec::{encode, FrameDecoder};
 use lrpm_host::control::server::client_socket_path;
+use lrpm_host::control::status::{JobStatus, ProcessState, StatusDocument};
 
 const EXIT_REFUSED: u8 = 1;
 const EXIT_USAGE: u8 = 64;
@@ -84,8 +86,9 @@ fn proc_info(pid: i64) -> Option<ProcInfo> {
     let stime: f64 = fields.get(12)?.parse().ok()?;
     let start_ticks: f64 = fields.get(19)?.parse().ok()?;
     let rss_pages: u64 = fields.get(21)?.parse().ok()?;
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK) as f64, libc::sysconf(libc::_SC_PAGESIZE) as u64) };
+    use nix::unistd::{sysconf, SysconfVar};
+    let ticks = sysconf(SysconfVar::CLK_TCK).ok()?? as f64;
+    let page = sysconf(SysconfVar::PAGE_SIZE).ok()?? as u64;
     let uptime: f64 = std::fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
     let elapsed = uptime - start_ticks / ticks;
     let cpu_percent = if elapsed > 0.0 { (utime + stime) / ticks / elapsed * 100.0 } else { 0.0 };
@@ -118,21 +121,15 @@ fn human_duration(seconds: i64) -> String {
     }
 }
 
-fn last_exit(state: &Value) -> String {
-    match state.get("lastExit") {
-        Some(Value::Object(exit)) => exit
-            .get("code")
-            .map(|c| c.to_string())
-            .or_else(|| exit.get("signal").and_then(Value::as_str).map(str::to_string))
-            .unwrap_or_else(|| "-".into()),
-        _ => match state.get("lastExitStatus") {
-            Some(Value::Number(n)) => n.to_string(),
-            _ => "-".into(),
-        },
+fn last_exit(state: &ProcessState) -> String {
+    match (&state.last_exit, state.last_exit_status) {
+        (Some(exit), _) => exit.to_string(),
+        (None, Some(status)) => status.to_string(),
+        (None, None) => "-".into(),
     }
 }
 
-fn render_status(doc: &serde_json::Map<String, Value>, color: bool) -> String {
+fn render_status(doc: &StatusDocument<Value>, color: bool) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -141,31 +138,31 @@ fn render_status(doc: &serde_json::Map<String, Value>, color: bool) -> String {
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut states = Vec::new();
     for (id, entry) in doc {
-        let state = &entry["state"];
-        let pid = state.get("pid").and_then(Value::as_i64);
-        let info = pid.and_then(proc_info);
-        let status = state
-            .get("status")
-            .and_then(Value::as_str)
-            .unwrap_or(if pid.is_some() { "running" } else { "exited" })
-            .to_string();
-        let uptime = match (pid, state.get("startedAt").and_then(Value::as_i64)) {
+        let state = &entry.state;
+        let info = state.pid.and_then(proc_info);
+        // php-lrpm's documents have no status: derive the basic one.
+        let status = match state.status {
+            Some(name) => name.as_str().to_string(),
+            None if state.pid.is_some() => "running".to_string(),
+            None => "exited".to_string(),
+        };
+        let uptime = match (state.pid, state.started_at) {
             (Some(_), Some(started)) => human_duration(now - started),
             _ => "-".into(),
         };
-        let next_start = match (status.as_str(), state.get("restartAt").and_then(Value::as_i64)) {
+        let next_start = match (status.as_str(), state.restart_at) {
             ("backoff", Some(at)) => format!("in {}", human_duration(at - now)),
             _ => "-".into(),
         };
         rows.push(vec![
             id.clone(),
-            entry["config"].get("name").and_then(Value::as_str).unwrap_or("").to_string(),
+            entry.config.get("name").and_then(Value::as_str).unwrap_or("").to_string(),
             status.clone(),
-            pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            state.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             info.as_ref().map(|i| format!("{:.1}", i.cpu_percent)).unwrap_or_else(|| "-".into()),
             info.as_ref().map(|i| human_bytes(i.rss_bytes)).unwrap_or_else(|| "-".into()),
             uptime,
-            state.get("restarts").map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            state.restarts.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
             last_exit(state),
             next_start,
         ]);
@@ -202,6 +199,15 @@ fn render_status(doc: &serde_json::Map<String, Value>, color: bool) -> String {
     out
 }
 
+/// The status document; php-lrpm encodes an empty or 0..n-keyed farm as a JSON list.
+fn parse_status(response: &str) -> Option<StatusDocument<Value>> {
+    if let Ok(doc) = serde_json::from_str::<StatusDocument<Value>>(response) {
+        return Some(doc);
+    }
+    let items: Vec<JobStatus<Value>> = serde_json::from_str(response).ok()?;
+    Some(items.into_iter().enumerate().map(|(i, item)| (i.to_string(), item)).collect())
+}
+
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
@@ -225,11 +231,9 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_REFUSED);
     }
     if args.command[0] == "status" && !args.json {
-        let doc = match serde_json::from_str::<Value>(&response) {
-            Ok(Value::Object(doc)) => doc,
-            // php-lrpm encodes an empty or 0..n-keyed farm as a JSON list.
-            Ok(Value::Array(items)) => items.into_iter().enumerate().map(|(i, v)| (i.to_string(), v)).collect(),
-            _ => {
+        let doc = match parse_status(&response) {
+            Some(doc) => doc,
+            None => {
                 eprintln!(
                     "lrpmctl: invalid status response from {}: {}",
                     path.display(),

@@ -1,10 +1,13 @@
 //! Control socket: php-lrpm's wire format (`codec`), the request language
 //! (`Request`), the status document (`status`) and the server (`server`).
 
+#![forbid(unsafe_code)]
+
 pub mod codec;
 pub mod server;
 pub mod status;
 
+use crate::farm::{JobCommand, Refusal};
 use crate::job::JobId;
 
 pub const HELP: &str = "valid messages:
@@ -18,45 +21,92 @@ pub const HELP: &str = "valid messages:
   signal <job_id> <SIG>  send a signal (TERM, HUP, USR1, ...) to the job's process
   version              lrpm-host and PHP versions";
 
-/// One control request, parsed from its command line.
+/// One control request, parsed once from its command line; the supervisor
+/// has one handler per variant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Help,
     Status,
-    Restart(JobId),
+    Version,
     Reload,
     Shutdown,
-    Hold(JobId),
-    Start(JobId),
-    Signal(JobId, String),
-    Version,
+    /// `restart ID`, `stop ID`, `start ID`: decided by the core.
+    Job {
+        id: JobId,
+        command: JobCommand,
+    },
+    Signal {
+        id: JobId,
+        signal: nix::sys::signal::Signal,
+    },
+}
+
+/// Why a command line is not a request; `Display` is the reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("error: {0} requires a job id argument")]
+    MissingJobId(&'static str),
+    #[error("error: usage: signal <job_id> <SIGNAL>")]
+    SignalUsage,
+    #[error("error: unknown signal {0} (use a name such as TERM, HUP, USR1, or a number)")]
+    UnknownSignal(String),
+    #[error("error: '{0}' is not a valid message. {HELP}")]
+    UnknownVerb(String),
 }
 
 impl Request {
-    /// Parses a request; the error is the full response for the client.
-    pub fn parse(text: &str) -> Result<Request, String> {
+    pub fn parse(text: &str) -> Result<Request, ParseError> {
         let words: Vec<&str> = text.split_whitespace().collect();
-        let id = |verb: &str| -> Result<JobId, String> {
-            words.get(1).map(|w| JobId::parse(w)).ok_or_else(|| format!("error: {verb} requires a job id argument"))
-        };
+        let job = |id: &str, command| Request::Job { id: JobId::parse(id), command };
         match words.as_slice() {
             ["help"] => Ok(Request::Help),
             ["status"] | ["jsonstatus"] => Ok(Request::Status),
-            ["restart", _] => Ok(Request::Restart(id("restart")?)),
-            ["restart"] => Err("error: restart requires a job id argument".into()),
+            ["version"] => Ok(Request::Version),
             ["reload"] => Ok(Request::Reload),
             ["stop"] => Ok(Request::Shutdown),
-            ["stop", _] => Ok(Request::Hold(id("stop")?)),
-            ["start", _] => Ok(Request::Start(id("start")?)),
-            ["start"] => Err("error: start requires a job id argument".into()),
-            ["signal", _, sig] => Ok(Request::Signal(id("signal")?, sig.to_string())),
-            ["signal", ..] => Err("error: usage: signal <job_id> <SIGNAL>".into()),
-            ["version"] => Ok(Request::Version),
-            _ => {
-                let shown: String = text.chars().take(80).filter(|c| !c.is_control()).collect();
-                Err(format!("error: '{shown}' is not a valid message. {HELP}"))
-            }
+            ["stop", id] => Ok(job(id, JobCommand::Hold)),
+            ["restart", id] => Ok(job(id, JobCommand::Restart)),
+            ["restart"] => Err(ParseError::MissingJobId("restart")),
+            ["start", id] => Ok(job(id, JobCommand::Start)),
+            ["start"] => Err(ParseError::MissingJobId("start")),
+            ["signal", id, name] => match parse_signal(name) {
+                Some(signal) => Ok(Request::Signal { id: JobId::parse(id), signal }),
+                None => Err(ParseError::UnknownSignal(printable(name))),
+            },
+            ["signal", ..] => Err(ParseError::SignalUsage),
+            _ => Err(ParseError::UnknownVerb(printable(text))),
         }
+    }
+}
+
+/// At most 80 characters of client input, without control characters, for a reply.
+fn printable(text: &str) -> String {
+    text.chars().take(80).filter(|c| !c.is_control()).collect()
+}
+
+/// The reply to a job request, php-lrpm's wording.
+pub fn job_reply(id: &JobId, command: JobCommand, outcome: Result<(), Refusal>) -> String {
+    let verb = match command {
+        JobCommand::Restart => "restart",
+        JobCommand::Hold => "stop",
+        JobCommand::Start => "start",
+    };
+    match outcome {
+        Ok(()) => match command {
+            JobCommand::Restart => format!("Scheduled immediate restart of job {id}"),
+            JobCommand::Start => format!("Job {id} will be started and kept running"),
+            JobCommand::Hold => format!("Job {id} is being stopped and will stay stopped until `start {id}`"),
+        },
+        Err(refusal) => format!("error: Will not {verb} job {id}, {}", refusal_reason(refusal)),
+    }
+}
+
+pub fn refusal_reason(refusal: Refusal) -> &'static str {
+    match refusal {
+        Refusal::NoSuchJob => "it does not exist",
+        Refusal::Removed => "it was removed",
+        Refusal::ShuttingDown => "lrpm-host is shutting down",
+        Refusal::NotRunning => "it is not running",
     }
 }
 
@@ -77,20 +127,38 @@ mod tests {
 
     #[test]
     fn parses_php_lrpm_and_extended_commands() {
+        let job = |id: JobId, command| Ok(Request::Job { id, command });
         assert_eq!(Request::parse("status"), Ok(Request::Status));
         assert_eq!(Request::parse("jsonstatus"), Ok(Request::Status));
-        assert_eq!(Request::parse("restart 42"), Ok(Request::Restart(JobId::Int(42))));
+        assert_eq!(Request::parse("restart 42"), job(JobId::Int(42), JobCommand::Restart));
         assert_eq!(Request::parse("stop"), Ok(Request::Shutdown));
-        assert_eq!(Request::parse("stop abc"), Ok(Request::Hold(JobId::Str("abc".into()))));
-        assert_eq!(Request::parse("signal 7 HUP"), Ok(Request::Signal(JobId::Int(7), "HUP".into())));
-        assert!(Request::parse("restart").unwrap_err().contains("requires a job id"));
+        assert_eq!(Request::parse("stop abc"), job(JobId::Str("abc".into()), JobCommand::Hold));
+        assert_eq!(
+            Request::parse("signal 7 HUP"),
+            Ok(Request::Signal { id: JobId::Int(7), signal: nix::sys::signal::Signal::SIGHUP })
+        );
+        assert_eq!(Request::parse("restart"), Err(ParseError::MissingJobId("restart")));
+        assert_eq!(Request::parse("signal 7 NOPE"), Err(ParseError::UnknownSignal("NOPE".into())));
     }
 
     #[test]
     fn unknown_commands_name_the_valid_ones() {
-        let err = Request::parse("frobnicate").unwrap_err();
+        let err = Request::parse("frobnicate").unwrap_err().to_string();
         assert!(err.contains("not a valid message") && err.contains("jsonstatus"));
-        assert!(Request::parse("\u{0}\u{1}garbage").is_err());
+        assert!(matches!(Request::parse("\u{0}\u{1}garbage"), Err(ParseError::UnknownVerb(_))));
+    }
+
+    #[test]
+    fn refusals_name_the_job_and_the_reason() {
+        let id = JobId::Int(9);
+        assert_eq!(
+            job_reply(&id, JobCommand::Restart, Err(Refusal::NoSuchJob)),
+            "error: Will not restart job 9, it does not exist"
+        );
+        assert_eq!(
+            job_reply(&id, JobCommand::Hold, Ok(())),
+            "Job 9 is being stopped and will stay stopped until `start 9`"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -98,11 +98,23 @@ struct Client {
     stream: UnixStream,
     decoder: FrameDecoder,
     outgoing: Vec<u8>,
+    /// How much of `outgoing` was written: a large reply goes out in many
+    /// writes, never moved around in memory between them.
+    written: usize,
     awaiting_response: bool,
     deadline: Instant,
 }
 
 pub type ClientId = u64;
+
+/// How an accept round ended.
+#[derive(Debug)]
+pub enum AcceptOutcome {
+    /// Every pending connection was taken.
+    Drained,
+    /// EMFILE/ENFILE: connections wait in the backlog until descriptors free up.
+    OutOfDescriptors(std::io::Error),
+}
 
 pub struct ControlServer {
     path: PathBuf,
@@ -143,8 +155,8 @@ impl ControlServer {
         &self.path
     }
 
-    pub fn listener_fd(&self) -> RawFd {
-        self.listener.as_raw_fd()
+    pub fn listener(&self) -> BorrowedFd<'_> {
+        self.listener.as_fd()
     }
 
     /// Every descriptor a forked child must close.
@@ -155,15 +167,18 @@ impl ControlServer {
     }
 
     /// Client descriptors to poll, with whether each wants to write.
-    pub fn client_fds(&self) -> Vec<(ClientId, RawFd, bool)> {
-        self.clients.iter().map(|(id, c)| (*id, c.stream.as_raw_fd(), !c.outgoing.is_empty())).collect()
+    pub fn client_fds(&self) -> Vec<(ClientId, BorrowedFd<'_>, bool)> {
+        self.clients.iter().map(|(id, c)| (*id, c.stream.as_fd(), c.written < c.outgoing.len())).collect()
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
         self.clients.values().map(|c| c.deadline).min()
     }
 
-    pub fn accept_all(&mut self, now: Instant) {
+    /// Accepts every pending connection. Running out of descriptors is
+    /// reported (the caller stops polling the listener for a while instead of
+    /// spinning on a connection it cannot take).
+    pub fn accept_all(&mut self, now: Instant) -> AcceptOutcome {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
@@ -178,15 +193,27 @@ impl ControlServer {
                             stream,
                             decoder: FrameDecoder::new(MAX_REQUEST),
                             outgoing: Vec::new(),
+                            written: 0,
                             awaiting_response: false,
                             deadline: now + CLIENT_TIMEOUT,
                         },
                     );
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => break,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return AcceptOutcome::Drained,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    return AcceptOutcome::OutOfDescriptors(e)
+                }
+                Err(e) => {
+                    tracing::warn!("control socket: accept failed: {e}");
+                    return AcceptOutcome::Drained;
+                }
             }
         }
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
     }
 
     /// Reads from a readable client; returns its request once whole.
@@ -239,6 +266,7 @@ impl ControlServer {
     pub fn respond(&mut self, id: ClientId, response: &str) {
         if let Some(client) = self.clients.get_mut(&id) {
             client.outgoing = encode(response.as_bytes());
+            client.written = 0;
             self.write_client(id);
         }
     }
@@ -246,12 +274,10 @@ impl ControlServer {
     /// Writes pending output; the connection closes once the response is out.
     pub fn write_client(&mut self, id: ClientId) {
         let Some(client) = self.clients.get_mut(&id) else { return };
-        while !client.outgoing.is_empty() {
-            match client.stream.write(&client.outgoing) {
+        while client.written < client.outgoing.len() {
+            match client.stream.write(&client.outgoing[client.written..]) {
                 Ok(0) => break,
-                Ok(n) => {
-                    client.outgoing.drain(..n);
-                }
+                Ok(n) => client.written += n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(_) => break,

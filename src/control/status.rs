@@ -1,12 +1,67 @@
-//! The `jsonstatus` document: php-lrpm's shape (`{id: {config, state}}`
-//! with `pid`, `startedAt`, `restartAt`, `backoffInterval`,
-//! `lastExitStatus`), plus lrpm-host's own keys in `state`.
+//! The `jsonstatus` document, one type shared by the server and `lrpmctl`:
+//! php-lrpm's shape (`{id: {config, state}}` with `pid`, `startedAt`,
+//! `restartAt`, `backoffInterval`, `lastExitStatus`), plus lrpm-host's own
+//! keys in `state`. Every lrpm-host key is optional when reading, so
+//! `lrpmctl` also reads php-lrpm's documents.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Map, Value};
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
-use crate::farm::{ExitKind, Farm, JobState};
+use crate::farm::{ExitKind, Farm, JobState, StatusName};
+
+/// One job: its validated configuration (`C` is pre-serialized JSON in the
+/// server, any JSON value in a client) and its process state.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JobStatus<C> {
+    pub config: C,
+    pub state: ProcessState,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessState {
+    #[serde(default)]
+    pub pid: Option<i64>,
+    #[serde(default)]
+    pub started_at: Option<i64>,
+    #[serde(default)]
+    pub restart_at: Option<i64>,
+    #[serde(default)]
+    pub backoff_interval: Option<u64>,
+    #[serde(default)]
+    pub last_exit_status: Option<i64>,
+    #[serde(default)]
+    pub status: Option<StatusName>,
+    #[serde(default)]
+    pub held: Option<bool>,
+    #[serde(default)]
+    pub restarts: Option<u64>,
+    #[serde(default)]
+    pub last_exit: Option<LastExit>,
+}
+
+/// How the last process ended: `{"code": 3}` or `{"signal": "SIGKILL"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LastExit {
+    Code { code: i32 },
+    Signal { signal: String },
+}
+
+impl std::fmt::Display for LastExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LastExit::Code { code } => write!(f, "{code}"),
+            LastExit::Signal { signal } => f.write_str(signal),
+        }
+    }
+}
+
+/// Job id (as text) to its status, in the farm's order.
+pub type StatusDocument<C> = IndexMap<String, JobStatus<C>>;
 
 /// Wall-clock seconds for a monotonic instant, relative to `now`.
 fn unix_at(at: Instant, now: Instant, unix_now: f64) -> i64 {
@@ -22,44 +77,40 @@ pub fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default()
 }
 
-fn state_name(state: &JobState) -> &'static str {
-    match &state.process {
-        Some(p) if p.kill_at.is_some() => "stopping",
-        Some(_) => "running",
-        None if state.held => "stopped",
-        None if state.restart_at.is_some() => "backoff",
-        None => "exited",
-    }
-}
-
-fn exit_json(exit: ExitKind) -> Value {
+fn last_exit(exit: ExitKind) -> LastExit {
     match exit {
-        ExitKind::Code(code) => json!({"code": code}),
-        ExitKind::Signal(sig) => json!({"signal": crate::farm::exit::signal_name(sig)}),
+        ExitKind::Code(code) => LastExit::Code { code },
+        ExitKind::Signal(sig) => LastExit::Signal { signal: crate::farm::exit::signal_name(sig) },
     }
 }
 
-pub fn status_document(farm: &Farm, now: Instant, unix_now: f64) -> Value {
-    let mut doc = Map::new();
-    for (id, state) in farm.jobs() {
-        let running_since = state.process.as_ref().map(|p| p.started_at).or(state.last_started_at);
-        doc.insert(
-            id.to_string(),
-            json!({
-                "config": state.job.config,
-                "state": {
-                    "pid": state.process.as_ref().map(|p| p.pid),
-                    "startedAt": running_since.map(|t| unix_at(t, now, unix_now)),
-                    "restartAt": state.restart_at.map(|t| unix_at(t, now, unix_now)),
-                    "backoffInterval": state.backoff.current().as_secs(),
-                    "lastExitStatus": state.last_exit.map(ExitKind::as_status),
-                    "status": state_name(state),
-                    "held": state.held,
-                    "restarts": state.restarts,
-                    "lastExit": state.last_exit.map(exit_json),
-                },
-            }),
-        );
+pub fn process_state(state: &JobState, now: Instant, unix_now: f64) -> ProcessState {
+    let running_since = state.phase.since().or(state.last_started_at);
+    ProcessState {
+        pid: state.phase.pid().map(i64::from),
+        started_at: running_since.map(|t| unix_at(t, now, unix_now)),
+        restart_at: state.restart_at().map(|t| unix_at(t, now, unix_now)),
+        backoff_interval: Some(state.backoff.current().as_secs()),
+        last_exit_status: state.last_exit.map(|e| i64::from(e.as_status())),
+        status: Some(state.status(now)),
+        held: Some(state.held()),
+        restarts: Some(state.restarts),
+        last_exit: state.last_exit.map(last_exit),
     }
-    Value::Object(doc)
+}
+
+/// The whole document as JSON text. Each job's configuration was serialized
+/// once when it was validated; here it is only copied.
+pub fn status_json(farm: &Farm, now: Instant, unix_now: f64) -> String {
+    let doc: StatusDocument<&RawValue> = farm
+        .jobs()
+        .iter()
+        .map(|(id, state)| {
+            (
+                id.to_string(),
+                JobStatus { config: state.job.config_json.get(), state: process_state(state, now, unix_now) },
+            )
+        })
+        .collect();
+    serde_json::to_string(&doc).unwrap_or_else(|e| format!("error: cannot encode the status: {e}"))
 }

@@ -1,31 +1,45 @@
-//! The pure core: desired-vs-actual diff, per-job state, backoff, stop
-//! escalation and shutdown order. No I/O and no clock: the supervisor feeds
-//! events with the current time and applies the returned actions.
+//! The pure core: desired-vs-actual diff, each job's lifecycle, backoff,
+//! stop escalation and shutdown order. No I/O, no clock, no PHP, no libc:
+//! the supervisor feeds events with the current time and applies the
+//! returned actions.
+//!
+//! Every phase change goes through `set_phase`, which keeps the two indexes
+//! (pid -> job, deadline -> job) in step, so no event costs more than a few
+//! map operations at any farm size.
+
+#![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod config_process;
 pub mod exit;
+pub mod lifecycle;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+pub use config_process::{ConfigPhase, ConfigProcessState, CONFIG_STOP_TIMEOUT};
 pub use exit::{ExitKind, ProcessKind};
+pub use lifecycle::{AfterStop, JobState, Phase, StatusName};
 
 use crate::job::{Job, JobId};
-use backoff::{ConfigBackoff, WorkerBackoff};
-
-/// How long the configuration process gets between SIGTERM and SIGKILL
-/// (php-lrpm: CONFIG_PROCESS_TERM_TIMEOUT_SECONDS).
-pub const CONFIG_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+use config_process::{FIRST_CONFIGURATION_ATTEMPTS, FIRST_CONFIGURATION_RETRY};
+use lifecycle::later;
 
 pub type Pid = i32;
+
+/// At most this many workers are started per tick; the loop polls (serving
+/// signals and the control socket) between batches.
+pub const START_BATCH: usize = 32;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A new configuration (valid jobs only) arrived from the config process.
     Configuration(Vec<Job>),
     ConfigProcessStarted(Pid),
+    /// The configuration process could not be forked.
+    ConfigSpawnFailed,
     WorkerStarted {
         id: JobId,
         pid: Pid,
@@ -37,130 +51,117 @@ pub enum Event {
         pid: Pid,
         exit: ExitKind,
     },
-    /// A deadline may have passed.
+    /// Deadlines may have passed: start what is due (a batch at most) and
+    /// escalate stops. Fed once per loop turn, after every other event, so
+    /// exits already collected are always processed before a deadline.
     Tick,
     /// SIGTERM/SIGINT or the control command `stop`; a second one escalates.
     Shutdown,
     /// SIGHUP or `reload`: poll the configuration source now.
     Reload,
-    /// `restart ID`: reset the backoff and (re)start at once.
-    Restart(JobId),
-    /// `start ID`: release a held job.
-    Start(JobId),
-    /// `stop ID`: stop and hold until started again.
-    Hold(JobId),
 }
 
+/// A control request on one job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopSignal {
-    Term,
-    Kill,
-    Hup,
+pub enum JobCommand {
+    /// `restart ID`: reset the backoff and (re)start at once.
+    Restart,
+    /// `stop ID`: stop and hold until started again.
+    Hold,
+    /// `start ID`: release a held job.
+    Start,
+}
+
+/// Why a request on a job was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    NoSuchJob,
+    Removed,
+    ShuttingDown,
+    NotRunning,
+}
+
+/// Why a process gets SIGKILL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillReason {
+    /// It did not stop within this long of SIGTERM.
+    StopTimeout(Duration),
+    /// A second stop request.
+    SecondShutdown,
+}
+
+/// How the host ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostExit {
+    Clean,
+    /// The configuration source never produced a configuration.
+    ConfigNeverLoaded,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     StartWorker(JobId),
-    SignalWorker {
+    /// SIGTERM to the worker (and its process group).
+    StopWorker {
         id: JobId,
         pid: Pid,
-        signal: StopSignal,
+    },
+    /// SIGKILL to the worker (and its process group).
+    KillWorker {
+        id: JobId,
+        pid: Pid,
+        reason: KillReason,
     },
     StartConfigProcess,
-    SignalConfigProcess {
+    StopConfigProcess {
         pid: Pid,
-        signal: StopSignal,
     },
-    /// Shutdown is complete: every child is gone.
-    Exit,
+    KillConfigProcess {
+        pid: Pid,
+    },
+    /// SIGHUP: poll now.
+    ReloadConfigProcess {
+        pid: Pid,
+    },
     /// Something worth telling the operator.
     Log(LogLevel, String),
+    /// Shutdown is complete: every child is gone.
+    Exit(HostExit),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {
     Info,
     Warn,
+    Error,
 }
 
-/// A running (or stopping) process.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunningProcess {
-    pub pid: Pid,
-    pub started_at: Instant,
-    /// Set once SIGTERM was sent: when SIGKILL follows.
-    pub kill_at: Option<Instant>,
-    pub killed: bool,
-}
-
-impl RunningProcess {
-    fn new(pid: Pid, now: Instant) -> Self {
-        RunningProcess { pid, started_at: now, kill_at: None, killed: false }
-    }
-
-    fn is_stopping(&self) -> bool {
-        self.kill_at.is_some()
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobState {
-    pub job: Job,
-    /// False once the job left the configuration: stop it, never restart.
-    pub wanted: bool,
-    /// Stopped by `stop ID` and held until `start ID` / `restart ID`.
-    pub held: bool,
-    pub process: Option<RunningProcess>,
-    /// Start again as soon as the current process is gone (new mtime, restart).
-    pub restart_when_stopped: bool,
-    pub restart_at: Option<Instant>,
-    pub backoff: WorkerBackoff,
-    pub last_exit: Option<ExitKind>,
-    pub last_started_at: Option<Instant>,
-    pub restarts: u64,
-}
-
-impl JobState {
-    fn new(job: Job) -> Self {
-        JobState {
-            job,
-            wanted: true,
-            held: false,
-            process: None,
-            restart_when_stopped: false,
-            restart_at: None,
-            backoff: WorkerBackoff::default(),
-            last_exit: None,
-            last_started_at: None,
-            restarts: 0,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ConfigProcessState {
-    pub process: Option<RunningProcess>,
-    pub restart_at: Option<Instant>,
-    pub backoff: ConfigBackoff,
-    /// Asked to start, not yet reported as started.
-    pub starting: bool,
-    pub reload_pending: bool,
-}
-
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Farm {
     jobs: BTreeMap<JobId, JobState>,
+    by_pid: HashMap<Pid, JobId>,
+    deadlines: BTreeSet<(Instant, JobId)>,
     config: ConfigProcessState,
-    shutting_down: bool,
+    shutting_down: Option<HostExit>,
     exited: bool,
 }
 
-/// Outcome of a control-socket request on one job, as text for the client.
-pub type Reply = Result<String, String>;
+impl Default for Farm {
+    fn default() -> Self {
+        Farm::new()
+    }
+}
 
 impl Farm {
     pub fn new() -> Self {
-        Farm::default()
+        Farm {
+            jobs: BTreeMap::new(),
+            by_pid: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            config: ConfigProcessState::new(),
+            shutting_down: None,
+            exited: false,
+        }
     }
 
     pub fn jobs(&self) -> &BTreeMap<JobId, JobState> {
@@ -176,49 +177,31 @@ impl Farm {
     }
 
     pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down
+        self.shutting_down.is_some()
     }
 
     /// The first actions: start the configuration process.
     pub fn start(&mut self) -> Vec<Action> {
-        self.config.starting = true;
+        self.config.phase = ConfigPhase::Starting;
         vec![Action::StartConfigProcess]
-    }
-
-    /// What a control request would answer, checked before the event is fed.
-    pub fn check_job_request(&self, id: &JobId, verb: &str) -> Reply {
-        match self.jobs.get(id) {
-            None => Err(format!("Will not {verb} job {id}, it does not exist")),
-            Some(state) if !state.wanted => Err(format!("Will not {verb} job {id}, it was removed")),
-            Some(_) => Ok(match verb {
-                "restart" => format!("Scheduled immediate restart of job {id}"),
-                "start" => format!("Job {id} will be started and kept running"),
-                _ => format!("Job {id} is being stopped and will stay stopped until `start {id}`"),
-            }),
-        }
     }
 
     /// The next moment something is due, for the poll timeout.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let mut deadlines = Vec::new();
-        for state in self.jobs.values() {
-            if state.process.is_none() {
-                deadlines.extend(state.restart_at);
-            }
-            if let Some(p) = &state.process {
-                if !p.killed {
-                    deadlines.extend(p.kill_at);
-                }
-            }
-        }
-        if let Some(p) = &self.config.process {
-            if !p.killed {
-                deadlines.extend(p.kill_at);
-            }
-        } else {
-            deadlines.extend(self.config.restart_at);
-        }
-        deadlines.into_iter().min()
+        let job = self.deadlines.first().map(|(at, _)| *at);
+        [job, self.config.deadline()].into_iter().flatten().min()
+    }
+
+    /// True for a process the farm started (a worker or the configuration
+    /// process) and has not seen exit.
+    pub fn knows_pid(&self, pid: Pid) -> bool {
+        self.by_pid.contains_key(&pid) || self.config.pid() == Some(pid)
+    }
+
+    /// The worker to send a user's signal to.
+    pub fn signal_target(&self, id: &JobId) -> Result<Pid, Refusal> {
+        let state = self.jobs.get(id).ok_or(Refusal::NoSuchJob)?;
+        state.phase.pid().ok_or(Refusal::NotRunning)
     }
 
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
@@ -229,314 +212,429 @@ impl Farm {
         match event {
             Event::Configuration(jobs) => self.apply_configuration(jobs, now, &mut actions),
             Event::ConfigProcessStarted(pid) => {
-                self.config.starting = false;
-                self.config.process = Some(RunningProcess::new(pid, now));
+                self.config.phase = ConfigPhase::Running { pid, since: now };
                 self.config.reload_pending = false;
-                if self.shutting_down {
+                if self.is_shutting_down() {
                     self.stop_config_process(now, &mut actions);
                 }
             }
-            Event::WorkerStarted { id, pid } => {
-                if let Some(state) = self.jobs.get_mut(&id) {
-                    state.process = Some(RunningProcess::new(pid, now));
-                    state.last_started_at = Some(now);
-                    state.restart_at = None;
-                    if self.shutting_down || !state.wanted || state.held {
-                        stop_job(&id, state, now, &mut actions);
-                    }
+            Event::ConfigSpawnFailed => {
+                if self.is_shutting_down() {
+                    self.config.phase = ConfigPhase::Stopped;
+                    self.finish_shutdown_if_done(&mut actions);
+                } else {
+                    self.config_attempt_failed(Duration::ZERO, now, &mut actions);
                 }
             }
+            Event::WorkerStarted { id, pid } => self.worker_started(id, pid, now, &mut actions),
             Event::WorkerSpawnFailed(id) => {
-                if let Some(state) = self.jobs.get_mut(&id) {
-                    let delay = state.backoff.delay_after(Duration::ZERO, short_run(&state.job));
-                    state.restart_at = Some(now + delay);
+                if self.is_shutting_down() {
+                    self.remove_job(&id);
+                    self.finish_shutdown_if_done(&mut actions);
+                } else if let Some(state) = self.jobs.get_mut(&id) {
+                    let delay = state.backoff.delay_after(Duration::ZERO, state.short_run());
+                    actions.push(Action::Log(
+                        LogLevel::Warn,
+                        format!("job {id} could not be started; trying again in {}s (backoff)", delay.as_secs()),
+                    ));
+                    self.set_phase(&id, Phase::Waiting { at: later(now, delay) });
                 }
             }
             Event::ChildExited { pid, exit } => self.child_exited(pid, exit, now, &mut actions),
-            Event::Tick => {}
-            Event::Shutdown => self.shutdown(now, &mut actions),
-            Event::Reload => {
-                if let Some(p) = &self.config.process {
-                    actions.push(Action::SignalConfigProcess { pid: p.pid, signal: StopSignal::Hup });
-                } else if !self.shutting_down && self.config.restart_at.is_some() {
-                    self.config.restart_at = Some(now);
+            Event::Tick => self.run_due(now, &mut actions),
+            Event::Shutdown => self.shutdown(HostExit::Clean, now, &mut actions),
+            Event::Reload => match self.config.phase {
+                ConfigPhase::Running { pid, .. } => {
+                    self.config.reload_pending = true;
+                    actions.push(Action::ReloadConfigProcess { pid });
                 }
-            }
-            Event::Restart(id) => {
-                if let Some(state) = self.jobs.get_mut(&id).filter(|s| s.wanted) {
-                    state.held = false;
-                    state.backoff.reset();
-                    match &state.process {
-                        Some(p) if !p.is_stopping() => {
-                            state.restart_when_stopped = true;
-                            stop_job(&id, state, now, &mut actions);
-                        }
-                        Some(_) => state.restart_when_stopped = true,
-                        None => state.restart_at = Some(now),
-                    }
-                }
-            }
-            Event::Start(id) => {
-                if let Some(state) = self.jobs.get_mut(&id).filter(|s| s.wanted) {
-                    if state.held {
-                        state.held = false;
-                        state.backoff.reset();
-                        match &state.process {
-                            Some(_) => state.restart_when_stopped = true,
-                            None => state.restart_at = Some(now),
-                        }
-                    }
-                }
-            }
-            Event::Hold(id) => {
-                if let Some(state) = self.jobs.get_mut(&id).filter(|s| s.wanted) {
-                    state.held = true;
-                    state.restart_at = None;
-                    state.restart_when_stopped = false;
-                    stop_job(&id, state, now, &mut actions);
-                }
-            }
+                ConfigPhase::Waiting { .. } => self.config.phase = ConfigPhase::Waiting { at: now },
+                _ => {}
+            },
         }
-        self.run_due(now, &mut actions);
         actions
     }
 
+    /// A control request on one job: accepted (with what to do) or refused.
+    pub fn job_command(&mut self, id: &JobId, command: JobCommand, now: Instant) -> (Result<(), Refusal>, Vec<Action>) {
+        let mut actions = Vec::new();
+        if self.is_shutting_down() {
+            return (Err(Refusal::ShuttingDown), actions);
+        }
+        let Some(state) = self.jobs.get_mut(id) else { return (Err(Refusal::NoSuchJob), actions) };
+        if matches!(state.phase, Phase::Stopping { then: AfterStop::Remove, .. }) {
+            return (Err(Refusal::Removed), actions);
+        }
+        let phase = state.phase.clone();
+        match command {
+            JobCommand::Restart => {
+                state.backoff.reset();
+                match phase {
+                    Phase::Running { pid, since } => self.stop(id, pid, since, AfterStop::Restart, now, &mut actions),
+                    Phase::Stopping { pid, since, kill_at, .. } => {
+                        self.set_phase(id, Phase::Stopping { pid, since, kill_at, then: AfterStop::Restart })
+                    }
+                    Phase::Waiting { .. } | Phase::Held => self.set_phase(id, Phase::Waiting { at: now }),
+                }
+            }
+            JobCommand::Start => match phase {
+                Phase::Held => {
+                    state.backoff.reset();
+                    self.set_phase(id, Phase::Waiting { at: now });
+                }
+                Phase::Stopping { pid, since, kill_at, then: AfterStop::Hold } => {
+                    state.backoff.reset();
+                    self.set_phase(id, Phase::Stopping { pid, since, kill_at, then: AfterStop::Restart });
+                }
+                _ => {}
+            },
+            JobCommand::Hold => match phase {
+                Phase::Running { pid, since } => self.stop(id, pid, since, AfterStop::Hold, now, &mut actions),
+                Phase::Stopping { pid, since, kill_at, .. } => {
+                    self.set_phase(id, Phase::Stopping { pid, since, kill_at, then: AfterStop::Hold })
+                }
+                Phase::Waiting { .. } | Phase::Held => self.set_phase(id, Phase::Held),
+            },
+        }
+        (Ok(()), actions)
+    }
+
+    /// The one place a job's phase changes: keeps the indexes in step.
+    fn set_phase(&mut self, id: &JobId, phase: Phase) {
+        let Some(state) = self.jobs.get_mut(id) else { return };
+        if let Some(at) = state.phase.deadline() {
+            self.deadlines.remove(&(at, id.clone()));
+        }
+        if let Some(pid) = state.phase.pid() {
+            if phase.pid() != Some(pid) {
+                self.by_pid.remove(&pid);
+            }
+        }
+        if let Some(at) = phase.deadline() {
+            self.deadlines.insert((at, id.clone()));
+        }
+        if let Some(pid) = phase.pid() {
+            self.by_pid.insert(pid, id.clone());
+        }
+        state.phase = phase;
+    }
+
+    fn remove_job(&mut self, id: &JobId) {
+        // Clears the indexes first.
+        self.set_phase(id, Phase::Held);
+        self.jobs.remove(id);
+    }
+
+    fn insert_job(&mut self, job: Job, now: Instant) {
+        let id = job.id.clone();
+        let state = JobState::new(job, now);
+        self.deadlines.insert((now, id.clone()));
+        self.jobs.insert(id, state);
+    }
+
+    /// SIGTERM now, SIGKILL after the job's shutdown timeout.
+    fn stop(&mut self, id: &JobId, pid: Pid, since: Instant, then: AfterStop, now: Instant, actions: &mut Vec<Action>) {
+        let Some(state) = self.jobs.get(id) else { return };
+        let kill_at = Some(later(now, state.shutdown_timeout()));
+        self.set_phase(id, Phase::Stopping { pid, since, kill_at, then });
+        actions.push(Action::StopWorker { id: id.clone(), pid });
+    }
+
     fn apply_configuration(&mut self, jobs: Vec<Job>, now: Instant, actions: &mut Vec<Action>) {
-        if self.shutting_down {
+        if self.is_shutting_down() {
             return;
         }
-        let new_ids: std::collections::BTreeSet<JobId> = jobs.iter().map(|j| j.id.clone()).collect();
+        self.config.loaded = true;
+        self.config.failures_before_first = 0;
+        let new_ids: BTreeSet<JobId> = jobs.iter().map(|j| j.id.clone()).collect();
         for job in jobs {
             let id = job.id.clone();
-            match self.jobs.get_mut(&id) {
-                None => {
-                    actions.push(Action::Log(LogLevel::Info, format!("job {id} added")));
-                    let mut state = JobState::new(job);
-                    state.restart_at = Some(now);
-                    self.jobs.insert(id, state);
-                }
-                Some(state) if !state.wanted => {
+            let Some(state) = self.jobs.get_mut(&id) else {
+                actions.push(Action::Log(LogLevel::Info, format!("job {id} added")));
+                self.insert_job(job, now);
+                continue;
+            };
+            match state.phase.clone() {
+                Phase::Stopping { pid, since, kill_at, then: AfterStop::Remove } => {
                     // Removed and still stopping, now back: run the new job once the old process is gone.
                     actions.push(Action::Log(LogLevel::Info, format!("job {id} added again")));
-                    state.wanted = true;
                     state.job = job;
                     state.backoff.reset();
-                    state.restart_when_stopped = true;
+                    self.set_phase(&id, Phase::Stopping { pid, since, kill_at, then: AfterStop::Restart });
                 }
-                Some(state) if job.mtime > state.job.mtime => {
+                phase if job.mtime > state.job.mtime => {
                     actions.push(Action::Log(
                         LogLevel::Info,
                         format!("job {id} changed (mtime {} -> {}), restarting it", state.job.mtime, job.mtime),
                     ));
                     state.job = job;
                     state.backoff.reset();
-                    if state.held {
-                        continue;
-                    }
-                    match &state.process {
-                        Some(p) if !p.is_stopping() => {
-                            state.restart_when_stopped = true;
-                            stop_job(&id, state, now, actions);
-                        }
-                        Some(_) => state.restart_when_stopped = true,
-                        None => state.restart_at = Some(now),
+                    match phase {
+                        Phase::Running { pid, since } => self.stop(&id, pid, since, AfterStop::Restart, now, actions),
+                        Phase::Waiting { .. } => self.set_phase(&id, Phase::Waiting { at: now }),
+                        // Held stays held; a stop already under way restarts or holds as it was asked.
+                        Phase::Stopping { .. } | Phase::Held => {}
                     }
                 }
-                Some(_) => {}
+                _ => {}
             }
         }
         let removed: Vec<JobId> = self.jobs.keys().filter(|id| !new_ids.contains(*id)).cloned().collect();
         for id in removed {
-            let Some(state) = self.jobs.get_mut(&id) else { continue };
-            if !state.wanted {
+            let phase = self.jobs[&id].phase.clone();
+            if matches!(phase, Phase::Stopping { then: AfterStop::Remove, .. }) {
                 continue;
             }
             actions.push(Action::Log(
                 LogLevel::Info,
                 format!("job {id} removed from the configuration, stopping it for good"),
             ));
-            if state.process.is_some() {
-                state.wanted = false;
-                state.restart_when_stopped = false;
-                state.restart_at = None;
-                stop_job(&id, state, now, actions);
-            } else {
-                self.jobs.remove(&id);
+            match phase {
+                Phase::Running { pid, since } => self.stop(&id, pid, since, AfterStop::Remove, now, actions),
+                Phase::Stopping { pid, since, kill_at, .. } => {
+                    self.set_phase(&id, Phase::Stopping { pid, since, kill_at, then: AfterStop::Remove })
+                }
+                Phase::Waiting { .. } | Phase::Held => self.remove_job(&id),
             }
+        }
+    }
+
+    fn worker_started(&mut self, id: JobId, pid: Pid, now: Instant, actions: &mut Vec<Action>) {
+        let Some(state) = self.jobs.get_mut(&id) else {
+            // Cannot happen (starts are applied before any other event), but
+            // never leave an untracked process behind.
+            actions.push(Action::Log(LogLevel::Error, format!("pid {pid} started for unknown job {id}; stopping it")));
+            actions.push(Action::KillWorker { id, pid, reason: KillReason::SecondShutdown });
+            return;
+        };
+        state.last_started_at = Some(now);
+        self.set_phase(&id, Phase::Running { pid, since: now });
+        if self.is_shutting_down() {
+            self.stop(&id, pid, now, AfterStop::Remove, now, actions);
         }
     }
 
     fn child_exited(&mut self, pid: Pid, exit: ExitKind, now: Instant, actions: &mut Vec<Action>) {
-        if self.config.process.as_ref().is_some_and(|p| p.pid == pid) {
-            let process = self.config.process.take().expect("checked above");
-            if self.shutting_down {
-                self.finish_shutdown_if_done(actions);
-                return;
-            }
-            let delay = self.config.backoff.delay_after(now.saturating_duration_since(process.started_at));
-            let reason = if self.config.reload_pending { "; a reload was requested" } else { "" };
-            actions.push(Action::Log(
-                LogLevel::Warn,
-                format!(
-                    "configuration process {pid} ended ({}); keeping the last good configuration, restarting it in {}s{reason}",
-                    exit.describe(ProcessKind::ConfigProcess),
-                    delay.as_secs()
-                ),
-            ));
-            self.config.restart_at = Some(now + delay);
+        if self.config.pid() == Some(pid) {
+            self.config_exited(pid, exit, now, actions);
             return;
         }
-        let Some((id, state)) = self.jobs.iter_mut().find(|(_, s)| s.process.as_ref().is_some_and(|p| p.pid == pid))
-        else {
-            return;
-        };
-        let id = id.clone();
-        let process = state.process.take().expect("matched on the process");
+        let Some(id) = self.by_pid.get(&pid).cloned() else { return };
+        let state = self.jobs.get_mut(&id).expect("the pid index only names known jobs");
         state.last_exit = Some(exit);
-        let ran = now.saturating_duration_since(process.started_at);
-        if self.shutting_down {
-            actions.push(Action::Log(
-                LogLevel::Info,
-                format!("job {id} (pid {pid}) stopped: {}", exit.describe(ProcessKind::Worker)),
-            ));
+        let described = exit.describe(ProcessKind::Worker);
+        match state.phase.clone() {
+            Phase::Running { since, .. } => {
+                state.restarts += 1;
+                let ran = now.saturating_duration_since(since);
+                let delay = state.backoff.delay_after(ran, state.short_run());
+                let level = if exit == ExitKind::Code(0) { LogLevel::Info } else { LogLevel::Warn };
+                let when =
+                    if delay.is_zero() { "now".to_string() } else { format!("in {}s (backoff)", delay.as_secs()) };
+                actions.push(Action::Log(
+                    level,
+                    format!(
+                        "job {id} (pid {pid}) exited after {:.1}s: {described}; restarting {when}",
+                        ran.as_secs_f64()
+                    ),
+                ));
+                self.set_phase(&id, Phase::Waiting { at: later(now, delay) });
+            }
+            Phase::Stopping { then: AfterStop::Restart, .. } => {
+                state.restarts += 1;
+                actions.push(Action::Log(
+                    LogLevel::Info,
+                    format!("job {id} (pid {pid}) stopped: {described}; starting it again"),
+                ));
+                self.set_phase(&id, Phase::Waiting { at: now });
+            }
+            Phase::Stopping { then: AfterStop::Hold, .. } => {
+                actions.push(Action::Log(LogLevel::Info, format!("job {id} (pid {pid}) stopped: {described}; held")));
+                self.set_phase(&id, Phase::Held);
+            }
+            Phase::Stopping { then: AfterStop::Remove, .. } => {
+                let why = if self.is_shutting_down() { "" } else { "; removed for good" };
+                actions.push(Action::Log(LogLevel::Info, format!("job {id} (pid {pid}) stopped: {described}{why}")));
+                self.remove_job(&id);
+            }
+            Phase::Waiting { .. } | Phase::Held => {}
+        }
+        self.finish_shutdown_if_done(actions);
+    }
+
+    fn config_exited(&mut self, pid: Pid, exit: ExitKind, now: Instant, actions: &mut Vec<Action>) {
+        let since = match self.config.phase {
+            ConfigPhase::Running { since, .. } | ConfigPhase::Stopping { since, .. } => since,
+            _ => now,
+        };
+        if self.is_shutting_down() {
+            self.config.phase = ConfigPhase::Stopped;
             self.finish_shutdown_if_done(actions);
             return;
         }
-        if !state.wanted {
+        let described = exit.describe(ProcessKind::ConfigProcess);
+        let reason = if self.config.reload_pending { "; a reload was requested" } else { "" };
+        if !self.config.loaded {
             actions.push(Action::Log(
-                LogLevel::Info,
-                format!("job {id} (pid {pid}) stopped: {}; removed for good", exit.describe(ProcessKind::Worker)),
+                LogLevel::Warn,
+                format!("configuration process {pid} ended before sending a configuration ({described}){reason}"),
             ));
-            self.jobs.remove(&id);
+            self.config_attempt_failed(now.saturating_duration_since(since), now, actions);
             return;
         }
-        if state.held {
-            actions.push(Action::Log(
-                LogLevel::Info,
-                format!("job {id} (pid {pid}) stopped: {}; held", exit.describe(ProcessKind::Worker)),
-            ));
-            return;
-        }
-        state.restarts += 1;
-        if state.restart_when_stopped {
-            state.restart_when_stopped = false;
-            state.restart_at = Some(now);
-            actions.push(Action::Log(
-                LogLevel::Info,
-                format!("job {id} (pid {pid}) stopped: {}; starting it again", exit.describe(ProcessKind::Worker)),
-            ));
-            return;
-        }
-        let delay = state.backoff.delay_after(ran, short_run(&state.job));
-        state.restart_at = Some(now + delay);
-        let level = if exit == ExitKind::Code(0) { LogLevel::Info } else { LogLevel::Warn };
+        let delay = self.config.backoff.delay_after(now.saturating_duration_since(since));
         actions.push(Action::Log(
-            level,
+            LogLevel::Warn,
             format!(
-                "job {id} (pid {pid}) exited after {:.1}s: {}; restarting {}",
-                ran.as_secs_f64(),
-                exit.describe(ProcessKind::Worker),
-                if delay.is_zero() { "now".to_string() } else { format!("in {}s (backoff)", delay.as_secs()) }
+                "configuration process {pid} ended ({described}); keeping the last good configuration, restarting it in {}s{reason}",
+                delay.as_secs()
             ),
         ));
+        self.config.phase = ConfigPhase::Waiting { at: later(now, delay) };
     }
 
-    fn shutdown(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        if self.shutting_down {
+    /// The configuration process ended or could not start.
+    fn config_attempt_failed(&mut self, ran: Duration, now: Instant, actions: &mut Vec<Action>) {
+        if self.config.loaded {
+            let delay = self.config.backoff.delay_after(ran);
+            self.config.phase = ConfigPhase::Waiting { at: later(now, delay) };
+            return;
+        }
+        self.config.failures_before_first += 1;
+        let attempts = self.config.failures_before_first;
+        if attempts >= FIRST_CONFIGURATION_ATTEMPTS {
+            actions.push(Action::Log(
+                LogLevel::Error,
+                format!(
+                    "giving up: the configuration source failed {attempts} times and never produced a configuration (see the errors above)"
+                ),
+            ));
+            self.config.phase = ConfigPhase::Stopped;
+            self.shutdown(HostExit::ConfigNeverLoaded, now, actions);
+            return;
+        }
+        actions.push(Action::Log(
+            LogLevel::Warn,
+            format!(
+                "no configuration yet: attempt {attempts} of {FIRST_CONFIGURATION_ATTEMPTS} failed, trying again in {}s",
+                FIRST_CONFIGURATION_RETRY.as_secs()
+            ),
+        ));
+        self.config.phase = ConfigPhase::Waiting { at: later(now, FIRST_CONFIGURATION_RETRY) };
+    }
+
+    fn shutdown(&mut self, exit: HostExit, now: Instant, actions: &mut Vec<Action>) {
+        if self.is_shutting_down() {
             actions.push(Action::Log(LogLevel::Warn, "second stop request: killing every process now".into()));
-            if let Some(p) = self.config.process.as_mut() {
-                p.killed = true;
-                actions.push(Action::SignalConfigProcess { pid: p.pid, signal: StopSignal::Kill });
+            if let ConfigPhase::Running { pid, since } | ConfigPhase::Stopping { pid, since, .. } = self.config.phase {
+                self.config.phase = ConfigPhase::Stopping { pid, since, kill_at: None };
+                actions.push(Action::KillConfigProcess { pid });
             }
-            for (id, state) in &mut self.jobs {
-                if let Some(p) = state.process.as_mut() {
-                    p.killed = true;
-                    actions.push(Action::SignalWorker { id: id.clone(), pid: p.pid, signal: StopSignal::Kill });
+            let stopping: Vec<(JobId, Phase)> = self
+                .jobs
+                .iter()
+                .filter(|(_, s)| s.phase.pid().is_some())
+                .map(|(id, s)| (id.clone(), s.phase.clone()))
+                .collect();
+            for (id, phase) in stopping {
+                if let Phase::Stopping { pid, since, then, .. } = with_then(phase) {
+                    self.set_phase(&id, Phase::Stopping { pid, since, kill_at: None, then });
+                    actions.push(Action::KillWorker { id, pid, reason: KillReason::SecondShutdown });
                 }
             }
             return;
         }
-        self.shutting_down = true;
+        self.shutting_down = Some(exit);
         actions.push(Action::Log(
             LogLevel::Info,
             "shutting down: stopping the configuration process, then every worker".into(),
         ));
-        self.config.restart_at = None;
-        self.stop_config_process(now, actions);
-        for (id, state) in &mut self.jobs {
-            state.restart_at = None;
-            stop_job(id, state, now, actions);
+        match self.config.phase {
+            ConfigPhase::Waiting { .. } => self.config.phase = ConfigPhase::Stopped,
+            _ => self.stop_config_process(now, actions),
+        }
+        let ids: Vec<JobId> = self.jobs.keys().cloned().collect();
+        for id in ids {
+            match self.jobs[&id].phase.clone() {
+                Phase::Running { pid, since } => self.stop(&id, pid, since, AfterStop::Remove, now, actions),
+                Phase::Stopping { pid, since, kill_at, .. } => {
+                    self.set_phase(&id, Phase::Stopping { pid, since, kill_at, then: AfterStop::Remove })
+                }
+                Phase::Waiting { .. } | Phase::Held => self.remove_job(&id),
+            }
         }
         self.finish_shutdown_if_done(actions);
     }
 
     fn stop_config_process(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        if let Some(p) = self.config.process.as_mut() {
-            if !p.is_stopping() {
-                p.kill_at = Some(now + CONFIG_STOP_TIMEOUT);
-                actions.push(Action::SignalConfigProcess { pid: p.pid, signal: StopSignal::Term });
-            }
+        if let ConfigPhase::Running { pid, since } = self.config.phase {
+            self.config.phase = ConfigPhase::Stopping { pid, since, kill_at: Some(later(now, CONFIG_STOP_TIMEOUT)) };
+            actions.push(Action::StopConfigProcess { pid });
         }
     }
 
     fn finish_shutdown_if_done(&mut self, actions: &mut Vec<Action>) {
-        let workers_left = self.jobs.values().any(|s| s.process.is_some());
-        if self.shutting_down && !workers_left && self.config.process.is_none() && !self.config.starting {
+        let Some(exit) = self.shutting_down else { return };
+        if self.jobs.is_empty() && self.config.is_gone() {
             self.exited = true;
-            actions.push(Action::Exit);
+            actions.push(Action::Exit(exit));
         }
     }
 
-    /// Starts what is due and escalates stops whose timeout passed.
+    /// Starts what is due (at most a batch) and escalates stops whose timeout passed.
     fn run_due(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        for (id, state) in &mut self.jobs {
-            if let Some(p) = state.process.as_mut() {
-                if !p.killed && p.kill_at.is_some_and(|at| at <= now) {
-                    p.killed = true;
-                    actions.push(Action::Log(
-                        LogLevel::Warn,
-                        format!(
-                            "job {id} (pid {}) did not stop within {}s of SIGTERM, sending SIGKILL",
-                            p.pid, state.job.shutdown_timeout_seconds
-                        ),
-                    ));
-                    actions.push(Action::SignalWorker { id: id.clone(), pid: p.pid, signal: StopSignal::Kill });
+        let mut started = 0;
+        while let Some((at, id)) = self.deadlines.first().cloned() {
+            if at > now {
+                break;
+            }
+            let state = &self.jobs[&id];
+            match state.phase.clone() {
+                Phase::Waiting { .. } => {
+                    if started == START_BATCH || self.is_shutting_down() {
+                        break;
+                    }
+                    started += 1;
+                    // Out of the deadline index until the supervisor reports
+                    // the fork (WorkerStarted) or its failure.
+                    self.deadlines.remove(&(at, id.clone()));
+                    actions.push(Action::StartWorker(id));
                 }
-            } else if !self.shutting_down && state.wanted && !state.held && state.restart_at.is_some_and(|at| at <= now)
-            {
-                state.restart_at = None;
-                actions.push(Action::StartWorker(id.clone()));
+                Phase::Stopping { pid, since, then, .. } => {
+                    let reason = KillReason::StopTimeout(state.shutdown_timeout());
+                    self.set_phase(&id, Phase::Stopping { pid, since, kill_at: None, then });
+                    actions.push(Action::KillWorker { id, pid, reason });
+                }
+                Phase::Running { .. } | Phase::Held => {
+                    self.deadlines.remove(&(at, id));
+                }
             }
         }
-        if let Some(p) = self.config.process.as_mut() {
-            if !p.killed && p.kill_at.is_some_and(|at| at <= now) {
-                p.killed = true;
-                actions.push(Action::SignalConfigProcess { pid: p.pid, signal: StopSignal::Kill });
+        match self.config.phase {
+            ConfigPhase::Stopping { pid, since, kill_at: Some(at) } if at <= now => {
+                self.config.phase = ConfigPhase::Stopping { pid, since, kill_at: None };
+                actions.push(Action::Log(
+                    LogLevel::Warn,
+                    format!(
+                        "configuration process {pid} did not stop within {}s of SIGTERM, sending SIGKILL",
+                        CONFIG_STOP_TIMEOUT.as_secs()
+                    ),
+                ));
+                actions.push(Action::KillConfigProcess { pid });
             }
-        } else if !self.shutting_down && !self.config.starting && self.config.restart_at.is_some_and(|at| at <= now) {
-            self.config.restart_at = None;
-            self.config.starting = true;
-            actions.push(Action::StartConfigProcess);
+            ConfigPhase::Waiting { at } if at <= now && !self.is_shutting_down() => {
+                self.config.phase = ConfigPhase::Starting;
+                actions.push(Action::StartConfigProcess);
+            }
+            _ => {}
         }
-    }
-
-    /// The configuration process could not be forked: retry with backoff.
-    pub fn config_spawn_failed(&mut self, now: Instant) {
-        self.config.starting = false;
-        let delay = self.config.backoff.delay_after(Duration::ZERO);
-        self.config.restart_at = Some(now + delay);
     }
 }
 
-fn short_run(job: &Job) -> Duration {
-    Duration::from_secs(job.short_run_time_seconds)
-}
-
-fn stop_job(id: &JobId, state: &mut JobState, now: Instant, actions: &mut Vec<Action>) {
-    if let Some(p) = state.process.as_mut() {
-        if !p.is_stopping() {
-            p.kill_at = Some(now + Duration::from_secs(state.job.shutdown_timeout_seconds));
-            actions.push(Action::SignalWorker { id: id.clone(), pid: p.pid, signal: StopSignal::Term });
-        }
+/// A process phase with its after-stop intent (a running process ends for good).
+fn with_then(phase: Phase) -> Phase {
+    match phase {
+        Phase::Running { pid, since } => Phase::Stopping { pid, since, kill_at: None, then: AfterStop::Remove },
+        other => other,
     }
 }

@@ -1,10 +1,12 @@
-//! Table tests for every rule of the pure core.
+//! Table tests for every rule of the pure core. `step` feeds an event and
+//! then a tick, as one turn of the supervisor's loop does.
 
 use std::time::{Duration, Instant};
 
 use serde_json::Map;
 
 use super::*;
+use crate::job::RawJson;
 
 fn job(id: i64, mtime: i64) -> Job {
     Job {
@@ -15,6 +17,7 @@ fn job(id: i64, mtime: i64) -> Job {
         short_run_time_seconds: 5,
         shutdown_timeout_seconds: 10,
         config: Map::new(),
+        config_json: RawJson::of(&Map::new()),
     }
 }
 
@@ -22,18 +25,8 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-/// A farm with a running config process (pid 1) and the given jobs started
-/// as pids 100 + id at `t0`.
-fn running_farm(t0: Instant, jobs: &[Job]) -> Farm {
-    let mut farm = Farm::new();
-    assert_eq!(farm.start(), vec![Action::StartConfigProcess]);
-    farm.handle(Event::ConfigProcessStarted(1), t0);
-    let actions = farm.handle(Event::Configuration(jobs.to_vec()), t0);
-    for j in jobs {
-        assert!(actions.contains(&Action::StartWorker(j.id.clone())), "{actions:?}");
-        farm.handle(Event::WorkerStarted { id: j.id.clone(), pid: pid_of(&j.id) }, t0);
-    }
-    farm
+fn id(n: i64) -> JobId {
+    JobId::Int(n)
 }
 
 fn pid_of(id: &JobId) -> Pid {
@@ -47,23 +40,62 @@ fn without_logs(actions: Vec<Action>) -> Vec<Action> {
     actions.into_iter().filter(|a| !matches!(a, Action::Log(..))).collect()
 }
 
-fn term(id: i64) -> Action {
-    Action::SignalWorker { id: JobId::Int(id), pid: 100 + id as Pid, signal: StopSignal::Term }
+/// One loop turn: the event, then the deadlines; starts are reported back
+/// as the supervisor would (pid 100 + id).
+fn step(farm: &mut Farm, event: Event, now: Instant) -> Vec<Action> {
+    let mut actions = farm.handle(event, now);
+    actions.extend(farm.handle(Event::Tick, now));
+    let actions = without_logs(actions);
+    for action in &actions {
+        if let Action::StartWorker(job_id) = action {
+            farm.handle(Event::WorkerStarted { id: job_id.clone(), pid: pid_of(job_id) }, now);
+        }
+    }
+    actions
 }
 
-fn kill(id: i64) -> Action {
-    Action::SignalWorker { id: JobId::Int(id), pid: 100 + id as Pid, signal: StopSignal::Kill }
+fn tick(farm: &mut Farm, now: Instant) -> Vec<Action> {
+    step(farm, Event::Tick, now)
 }
 
-fn exited(id: i64, code: i32) -> Event {
-    Event::ChildExited { pid: 100 + id as Pid, exit: ExitKind::Code(code) }
+/// A farm with a running config process (pid 1) and the given jobs running
+/// as pids 100 + id since `t0`.
+fn running_farm(t0: Instant, jobs: &[Job]) -> Farm {
+    let mut farm = Farm::new();
+    assert_eq!(farm.start(), vec![Action::StartConfigProcess]);
+    farm.handle(Event::ConfigProcessStarted(1), t0);
+    let actions = step(&mut farm, Event::Configuration(jobs.to_vec()), t0);
+    for j in jobs {
+        assert!(actions.contains(&Action::StartWorker(j.id.clone())), "{actions:?}");
+    }
+    farm
+}
+
+fn term(n: i64) -> Action {
+    Action::StopWorker { id: id(n), pid: 100 + n as Pid }
+}
+
+fn kill(n: i64) -> Action {
+    Action::KillWorker { id: id(n), pid: 100 + n as Pid, reason: KillReason::StopTimeout(secs(10)) }
+}
+
+fn exited(n: i64, code: i32) -> Event {
+    Event::ChildExited { pid: 100 + n as Pid, exit: ExitKind::Code(code) }
+}
+
+fn config_exited(pid: Pid, code: i32) -> Event {
+    Event::ChildExited { pid, exit: ExitKind::Code(code) }
+}
+
+fn status(farm: &Farm, n: i64, now: Instant) -> StatusName {
+    farm.job(&id(n)).unwrap().status(now)
 }
 
 #[test]
 fn new_jobs_start_at_once() {
     let t0 = Instant::now();
     let farm = running_farm(t0, &[job(1, 1), job(2, 1), job(3, 1)]);
-    assert!(farm.jobs().values().all(|s| s.process.is_some()));
+    assert!(farm.jobs().values().all(|s| matches!(s.phase, Phase::Running { .. })));
 }
 
 #[test]
@@ -75,11 +107,11 @@ fn diff_rules_for_mtime_and_removal() {
         (vec![job(1, 0), job(2, 1)], vec![]),        // lower mtime: untouched
         (vec![job(1, 2), job(2, 1)], vec![term(1)]), // higher mtime: restart only that job
         (vec![job(2, 1)], vec![term(1)]),            // missing: stop
-        (vec![job(1, 1), job(2, 1), job(3, 1)], vec![Action::StartWorker(JobId::Int(3))]),
+        (vec![job(1, 1), job(2, 1), job(3, 1)], vec![Action::StartWorker(id(3))]),
     ];
     for (configuration, expected) in cases {
         let mut farm = running_farm(t0, &[job(1, 1), job(2, 1)]);
-        let actions = without_logs(farm.handle(Event::Configuration(configuration.clone()), t0 + secs(1)));
+        let actions = step(&mut farm, Event::Configuration(configuration.clone()), t0 + secs(1));
         assert_eq!(
             actions,
             expected,
@@ -93,21 +125,29 @@ fn diff_rules_for_mtime_and_removal() {
 fn changed_job_restarts_with_the_new_config_once_stopped() {
     let t0 = Instant::now();
     let mut farm = running_farm(t0, &[job(1, 1)]);
-    farm.handle(Event::Configuration(vec![job(1, 2)]), t0 + secs(1));
-    let actions = without_logs(farm.handle(exited(1, 0), t0 + secs(2)));
-    assert_eq!(actions, vec![Action::StartWorker(JobId::Int(1))]);
-    assert_eq!(farm.job(&JobId::Int(1)).unwrap().job.mtime, 2);
+    step(&mut farm, Event::Configuration(vec![job(1, 2)]), t0 + secs(1));
+    assert_eq!(status(&farm, 1, t0 + secs(1)), StatusName::Stopping);
+    assert_eq!(step(&mut farm, exited(1, 0), t0 + secs(2)), vec![Action::StartWorker(id(1))]);
+    assert_eq!(farm.job(&id(1)).unwrap().job.mtime, 2);
 }
 
 #[test]
 fn removed_job_is_never_restarted() {
     let t0 = Instant::now();
     let mut farm = running_farm(t0, &[job(1, 1)]);
-    farm.handle(Event::Configuration(vec![]), t0 + secs(1));
-    let actions = without_logs(farm.handle(exited(1, 0), t0 + secs(2)));
-    assert!(actions.is_empty());
-    assert!(farm.job(&JobId::Int(1)).is_none());
-    assert!(without_logs(farm.handle(Event::Tick, t0 + secs(100))).is_empty());
+    step(&mut farm, Event::Configuration(vec![]), t0 + secs(1));
+    assert!(step(&mut farm, exited(1, 0), t0 + secs(2)).is_empty());
+    assert!(farm.job(&id(1)).is_none());
+    assert!(tick(&mut farm, t0 + secs(100)).is_empty());
+}
+
+#[test]
+fn removed_then_added_again_while_stopping_restarts_once_gone() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[job(1, 1)]);
+    step(&mut farm, Event::Configuration(vec![]), t0);
+    assert!(step(&mut farm, Event::Configuration(vec![job(1, 1)]), t0).is_empty());
+    assert_eq!(step(&mut farm, exited(1, 0), t0 + secs(1)), vec![Action::StartWorker(id(1))]);
 }
 
 #[test]
@@ -117,44 +157,73 @@ fn short_runs_back_off_1_2_4_and_a_long_run_resets() {
     let mut now = t0;
     for expected_delay in [1, 2, 4] {
         now += secs(1);
-        let actions = without_logs(farm.handle(exited(1, 1), now));
+        let actions = step(&mut farm, exited(1, 1), now);
         assert!(actions.is_empty(), "must wait, got {actions:?}");
         assert_eq!(farm.next_deadline(), Some(now + secs(expected_delay)));
-        assert!(
-            without_logs(farm.handle(Event::Tick, now + secs(expected_delay) - Duration::from_millis(1))).is_empty()
-        );
+        assert_eq!(status(&farm, 1, now), StatusName::Backoff);
+        assert!(tick(&mut farm, now + secs(expected_delay) - Duration::from_millis(1)).is_empty());
         now += secs(expected_delay);
-        assert_eq!(without_logs(farm.handle(Event::Tick, now)), vec![Action::StartWorker(JobId::Int(1))]);
-        farm.handle(Event::WorkerStarted { id: JobId::Int(1), pid: 101 }, now);
+        assert_eq!(tick(&mut farm, now), vec![Action::StartWorker(id(1))]);
     }
     // Ran for 5 s (= shortRunTimeSeconds): immediate restart, backoff back to 1 s.
     now += secs(5);
-    assert_eq!(without_logs(farm.handle(exited(1, 0), now)), vec![Action::StartWorker(JobId::Int(1))]);
-    assert_eq!(farm.job(&JobId::Int(1)).unwrap().backoff.current(), secs(1));
+    assert_eq!(step(&mut farm, exited(1, 0), now), vec![Action::StartWorker(id(1))]);
+    assert_eq!(farm.job(&id(1)).unwrap().backoff.current(), secs(1));
+    assert_eq!(farm.job(&id(1)).unwrap().restarts, 4);
 }
 
 #[test]
 fn sigterm_escalates_to_sigkill_after_shutdown_timeout() {
     let t0 = Instant::now();
     let mut farm = running_farm(t0, &[job(1, 1)]);
-    assert_eq!(without_logs(farm.handle(Event::Configuration(vec![]), t0)), vec![term(1)]);
+    assert_eq!(step(&mut farm, Event::Configuration(vec![]), t0), vec![term(1)]);
     assert_eq!(farm.next_deadline(), Some(t0 + secs(10)));
-    assert!(without_logs(farm.handle(Event::Tick, t0 + secs(9))).is_empty());
-    assert_eq!(without_logs(farm.handle(Event::Tick, t0 + secs(10))), vec![kill(1)]);
+    assert!(tick(&mut farm, t0 + secs(9)).is_empty());
+    assert_eq!(tick(&mut farm, t0 + secs(10)), vec![kill(1)]);
     // SIGKILL is sent once.
-    assert!(without_logs(farm.handle(Event::Tick, t0 + secs(11))).is_empty());
+    assert!(tick(&mut farm, t0 + secs(11)).is_empty());
+    assert_eq!(farm.next_deadline(), None);
+}
+
+#[test]
+fn an_exit_collected_with_a_due_deadline_is_processed_first() {
+    // The supervisor feeds every reaped exit before the tick: a process that
+    // exited right at its kill deadline is never signalled.
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[job(1, 1), job(2, 1)]);
+    step(&mut farm, Event::Configuration(vec![]), t0);
+    let mut actions = without_logs(farm.handle(exited(1, 0), t0 + secs(10)));
+    actions.extend(without_logs(farm.handle(exited(2, 0), t0 + secs(10))));
+    actions.extend(tick(&mut farm, t0 + secs(10)));
+    assert!(actions.is_empty(), "{actions:?}");
+}
+
+#[test]
+fn huge_timeouts_never_overflow_the_clock() {
+    let t0 = Instant::now();
+    let mut slow = job(1, 1);
+    slow.shutdown_timeout_seconds = u64::MAX;
+    slow.short_run_time_seconds = u64::MAX;
+    let mut farm = running_farm(t0, &[slow]);
+    assert_eq!(step(&mut farm, Event::Configuration(vec![]), t0), vec![term(1)]);
+    assert!(farm.next_deadline().unwrap() > t0 + secs(1_000_000));
+    let mut farm = running_farm(t0, &[job(2, 1)]);
+    for _ in 0..200 {
+        step(&mut farm, exited(2, 1), t0);
+        assert!(command(&mut farm, 2, JobCommand::Restart, t0).0.is_ok());
+    }
 }
 
 #[test]
 fn shutdown_stops_config_process_first_then_all_workers_and_exits_when_all_reaped() {
     let t0 = Instant::now();
     let mut farm = running_farm(t0, &[job(1, 1), job(2, 1)]);
-    let actions = without_logs(farm.handle(Event::Shutdown, t0));
-    assert_eq!(actions, vec![Action::SignalConfigProcess { pid: 1, signal: StopSignal::Term }, term(1), term(2)]);
-    assert!(without_logs(farm.handle(exited(1, 0), t0)).is_empty());
-    assert!(without_logs(farm.handle(Event::ChildExited { pid: 1, exit: ExitKind::Code(0) }, t0)).is_empty());
+    let actions = step(&mut farm, Event::Shutdown, t0);
+    assert_eq!(actions, vec![Action::StopConfigProcess { pid: 1 }, term(1), term(2)]);
+    assert!(step(&mut farm, exited(1, 0), t0).is_empty());
+    assert!(step(&mut farm, config_exited(1, 0), t0).is_empty());
     // No restarts during shutdown, even after a short run.
-    assert_eq!(without_logs(farm.handle(exited(2, 1), t0)), vec![Action::Exit]);
+    assert_eq!(step(&mut farm, exited(2, 1), t0), vec![Action::Exit(HostExit::Clean)]);
 }
 
 #[test]
@@ -163,91 +232,156 @@ fn shutdown_escalates_per_job_and_on_a_second_request() {
     let mut short = job(1, 1);
     short.shutdown_timeout_seconds = 2;
     let mut farm = running_farm(t0, &[short, job(2, 1)]);
-    farm.handle(Event::Shutdown, t0);
-    assert_eq!(without_logs(farm.handle(Event::Tick, t0 + secs(2))), vec![kill(1)]);
-    let second = without_logs(farm.handle(Event::Shutdown, t0 + secs(3)));
-    assert_eq!(second, vec![Action::SignalConfigProcess { pid: 1, signal: StopSignal::Kill }, kill(1), kill(2)]);
+    step(&mut farm, Event::Shutdown, t0);
+    assert_eq!(
+        tick(&mut farm, t0 + secs(2)),
+        vec![Action::KillWorker { id: id(1), pid: 101, reason: KillReason::StopTimeout(secs(2)) }]
+    );
+    let second = step(&mut farm, Event::Shutdown, t0 + secs(3));
+    assert_eq!(
+        second,
+        vec![
+            Action::KillConfigProcess { pid: 1 },
+            Action::KillWorker { id: id(1), pid: 101, reason: KillReason::SecondShutdown },
+            Action::KillWorker { id: id(2), pid: 102, reason: KillReason::SecondShutdown },
+        ]
+    );
 }
 
 #[test]
 fn config_process_failures_back_off_and_keep_jobs() {
     let t0 = Instant::now();
     let mut farm = running_farm(t0, &[job(1, 1)]);
-    let actions = without_logs(farm.handle(Event::ChildExited { pid: 1, exit: ExitKind::Code(3) }, t0 + secs(1)));
-    assert!(actions.is_empty());
-    assert!(farm.job(&JobId::Int(1)).unwrap().process.is_some(), "last good configuration keeps running");
+    assert!(step(&mut farm, config_exited(1, 3), t0 + secs(1)).is_empty());
+    assert_eq!(status(&farm, 1, t0), StatusName::Running, "last good configuration keeps running");
     assert_eq!(farm.next_deadline(), Some(t0 + secs(3)));
-    assert_eq!(without_logs(farm.handle(Event::Tick, t0 + secs(3))), vec![Action::StartConfigProcess]);
+    assert_eq!(tick(&mut farm, t0 + secs(3)), vec![Action::StartConfigProcess]);
     farm.handle(Event::ConfigProcessStarted(2), t0 + secs(3));
-    farm.handle(Event::ChildExited { pid: 2, exit: ExitKind::Code(3) }, t0 + secs(4));
+    step(&mut farm, config_exited(2, 3), t0 + secs(4));
     assert_eq!(farm.next_deadline(), Some(t0 + secs(8)));
+}
+
+#[test]
+fn a_source_that_never_loads_is_fatal_after_five_quick_tries() {
+    let t0 = Instant::now();
+    let mut farm = Farm::new();
+    farm.start();
+    let mut now = t0;
+    for attempt in 1..=FIRST_CONFIGURATION_ATTEMPTS {
+        farm.handle(Event::ConfigProcessStarted(attempt as Pid), now);
+        let actions = step(&mut farm, config_exited(attempt as Pid, 3), now);
+        if attempt < FIRST_CONFIGURATION_ATTEMPTS {
+            assert!(actions.is_empty(), "{actions:?}");
+            now += FIRST_CONFIGURATION_RETRY;
+            assert_eq!(tick(&mut farm, now), vec![Action::StartConfigProcess]);
+        } else {
+            assert_eq!(actions, vec![Action::Exit(HostExit::ConfigNeverLoaded)]);
+        }
+    }
+}
+
+#[test]
+fn once_a_configuration_loaded_the_source_may_fail_forever() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[]);
+    let mut now = t0;
+    for attempt in 2..20 {
+        let actions = step(&mut farm, config_exited(attempt - 1, 3), now);
+        assert!(!actions.iter().any(|a| matches!(a, Action::Exit(_))));
+        now = farm.next_deadline().unwrap();
+        assert_eq!(tick(&mut farm, now), vec![Action::StartConfigProcess]);
+        farm.handle(Event::ConfigProcessStarted(attempt), now);
+    }
 }
 
 #[test]
 fn reload_signals_the_config_process_or_starts_it_early() {
     let t0 = Instant::now();
     let mut farm = running_farm(t0, &[]);
-    assert_eq!(
-        without_logs(farm.handle(Event::Reload, t0)),
-        vec![Action::SignalConfigProcess { pid: 1, signal: StopSignal::Hup }]
-    );
-    farm.handle(Event::ChildExited { pid: 1, exit: ExitKind::Code(3) }, t0);
-    assert_eq!(without_logs(farm.handle(Event::Reload, t0 + secs(1))), vec![Action::StartConfigProcess]);
+    assert_eq!(step(&mut farm, Event::Reload, t0), vec![Action::ReloadConfigProcess { pid: 1 }]);
+    step(&mut farm, config_exited(1, 3), t0);
+    assert_eq!(step(&mut farm, Event::Reload, t0 + secs(1)), vec![Action::StartConfigProcess]);
+}
+
+fn command(farm: &mut Farm, n: i64, command: JobCommand, now: Instant) -> (Result<(), Refusal>, Vec<Action>) {
+    let (outcome, mut actions) = farm.job_command(&id(n), command, now);
+    actions.extend(farm.handle(Event::Tick, now));
+    let actions = without_logs(actions);
+    for action in &actions {
+        if let Action::StartWorker(job_id) = action {
+            farm.handle(Event::WorkerStarted { id: job_id.clone(), pid: pid_of(job_id) }, now);
+        }
+    }
+    (outcome, actions)
 }
 
 #[test]
 fn restart_command_resets_backoff_and_starts_a_waiting_job_at_once() {
     let t0 = Instant::now();
     let mut farm = running_farm(t0, &[job(1, 1)]);
-    farm.handle(exited(1, 1), t0);
-    farm.handle(Event::Tick, t0 + secs(1));
-    farm.handle(Event::WorkerStarted { id: JobId::Int(1), pid: 101 }, t0 + secs(1));
-    farm.handle(exited(1, 1), t0 + secs(1));
-    assert_eq!(farm.job(&JobId::Int(1)).unwrap().backoff.current(), secs(4));
-    assert_eq!(
-        without_logs(farm.handle(Event::Restart(JobId::Int(1)), t0 + secs(2))),
-        vec![Action::StartWorker(JobId::Int(1))]
-    );
-    assert_eq!(farm.job(&JobId::Int(1)).unwrap().backoff.current(), secs(1));
+    step(&mut farm, exited(1, 1), t0);
+    tick(&mut farm, t0 + secs(1));
+    step(&mut farm, exited(1, 1), t0 + secs(1));
+    assert_eq!(farm.job(&id(1)).unwrap().backoff.current(), secs(4));
+    assert_eq!(command(&mut farm, 1, JobCommand::Restart, t0 + secs(2)), (Ok(()), vec![Action::StartWorker(id(1))]));
+    assert_eq!(farm.job(&id(1)).unwrap().backoff.current(), secs(1));
     // A running job is stopped and started again.
-    farm.handle(Event::WorkerStarted { id: JobId::Int(1), pid: 101 }, t0 + secs(2));
-    assert_eq!(without_logs(farm.handle(Event::Restart(JobId::Int(1)), t0 + secs(3))), vec![term(1)]);
-    assert_eq!(without_logs(farm.handle(exited(1, 0), t0 + secs(3))), vec![Action::StartWorker(JobId::Int(1))]);
+    assert_eq!(command(&mut farm, 1, JobCommand::Restart, t0 + secs(3)), (Ok(()), vec![term(1)]));
+    assert_eq!(step(&mut farm, exited(1, 0), t0 + secs(3)), vec![Action::StartWorker(id(1))]);
 }
 
 #[test]
 fn held_jobs_survive_config_polls_until_started() {
     let t0 = Instant::now();
     let mut farm = running_farm(t0, &[job(1, 1)]);
-    assert_eq!(without_logs(farm.handle(Event::Hold(JobId::Int(1)), t0)), vec![term(1)]);
-    assert!(without_logs(farm.handle(exited(1, 0), t0)).is_empty());
-    assert!(without_logs(farm.handle(Event::Configuration(vec![job(1, 5)]), t0 + secs(1))).is_empty());
-    assert_eq!(
-        without_logs(farm.handle(Event::Start(JobId::Int(1)), t0 + secs(2))),
-        vec![Action::StartWorker(JobId::Int(1))]
-    );
+    assert_eq!(command(&mut farm, 1, JobCommand::Hold, t0), (Ok(()), vec![term(1)]));
+    assert!(farm.job(&id(1)).unwrap().held());
+    assert!(step(&mut farm, exited(1, 0), t0).is_empty());
+    assert_eq!(status(&farm, 1, t0), StatusName::Stopped);
+    assert!(step(&mut farm, Event::Configuration(vec![job(1, 5)]), t0 + secs(1)).is_empty());
+    assert_eq!(command(&mut farm, 1, JobCommand::Start, t0 + secs(2)), (Ok(()), vec![Action::StartWorker(id(1))]));
+}
+
+#[test]
+fn start_while_a_hold_is_still_stopping_restarts_once_gone() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[job(1, 1)]);
+    assert!(command(&mut farm, 1, JobCommand::Hold, t0).0.is_ok());
+    assert_eq!(command(&mut farm, 1, JobCommand::Start, t0), (Ok(()), vec![]));
+    assert_eq!(step(&mut farm, exited(1, 0), t0), vec![Action::StartWorker(id(1))]);
 }
 
 #[test]
 fn requests_for_unknown_or_removed_jobs_are_refused_like_php_lrpm() {
     let t0 = Instant::now();
     let mut farm = running_farm(t0, &[job(1, 1)]);
-    assert_eq!(
-        farm.check_job_request(&JobId::Int(9), "restart"),
-        Err("Will not restart job 9, it does not exist".into())
-    );
-    farm.handle(Event::Configuration(vec![]), t0);
-    assert_eq!(farm.check_job_request(&JobId::Int(1), "restart"), Err("Will not restart job 1, it was removed".into()));
+    assert_eq!(command(&mut farm, 9, JobCommand::Restart, t0), (Err(Refusal::NoSuchJob), vec![]));
+    step(&mut farm, Event::Configuration(vec![]), t0);
+    assert_eq!(command(&mut farm, 1, JobCommand::Restart, t0), (Err(Refusal::Removed), vec![]));
+    assert_eq!(farm.signal_target(&id(1)), Ok(101), "a stopping process can still be signalled");
+    step(&mut farm, Event::Shutdown, t0);
+    assert_eq!(command(&mut farm, 1, JobCommand::Start, t0), (Err(Refusal::ShuttingDown), vec![]));
+}
+
+#[test]
+fn signal_targets_only_live_processes() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[job(1, 1)]);
+    assert_eq!(farm.signal_target(&id(1)), Ok(101));
+    step(&mut farm, exited(1, 1), t0);
+    assert_eq!(farm.signal_target(&id(1)), Err(Refusal::NotRunning));
+    assert_eq!(farm.signal_target(&id(2)), Err(Refusal::NoSuchJob));
+    assert!(!farm.knows_pid(101));
 }
 
 #[test]
 fn shutdown_with_nothing_running_exits_once_config_process_is_gone() {
     let t0 = Instant::now();
     let mut farm = running_farm(t0, &[]);
-    farm.handle(Event::Shutdown, t0);
+    step(&mut farm, Event::Shutdown, t0);
     assert_eq!(
-        without_logs(farm.handle(Event::ChildExited { pid: 1, exit: ExitKind::Signal(15) }, t0)),
-        vec![Action::Exit]
+        step(&mut farm, Event::ChildExited { pid: 1, exit: ExitKind::Signal(15) }, t0),
+        vec![Action::Exit(HostExit::Clean)]
     );
     assert!(farm.handle(Event::Tick, t0).is_empty());
 }
@@ -256,6 +390,44 @@ fn shutdown_with_nothing_running_exits_once_config_process_is_gone() {
 fn configurations_are_ignored_during_shutdown() {
     let t0 = Instant::now();
     let mut farm = running_farm(t0, &[job(1, 1)]);
-    farm.handle(Event::Shutdown, t0);
-    assert!(without_logs(farm.handle(Event::Configuration(vec![job(2, 1)]), t0)).is_empty());
+    step(&mut farm, Event::Shutdown, t0);
+    assert!(step(&mut farm, Event::Configuration(vec![job(2, 1)]), t0).is_empty());
+}
+
+#[test]
+fn big_farms_start_in_bounded_batches() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[]);
+    let jobs: Vec<Job> = (0..1000).map(|n| job(n, 1)).collect();
+    let mut actions = farm.handle(Event::Configuration(jobs), t0);
+    let mut turns = 0;
+    loop {
+        let started = without_logs(farm.handle(Event::Tick, t0));
+        for action in &started {
+            if let Action::StartWorker(job_id) = action {
+                farm.handle(Event::WorkerStarted { id: job_id.clone(), pid: pid_of(job_id) }, t0);
+            }
+        }
+        actions.extend(started.clone());
+        if started.is_empty() {
+            break;
+        }
+        assert!(started.len() <= START_BATCH);
+        // More is due at once: the loop polls with a zero timeout.
+        assert!(farm.next_deadline().map_or(true, |at| at <= t0));
+        turns += 1;
+    }
+    assert_eq!(turns, 1000usize.div_ceil(START_BATCH));
+    assert!(farm.jobs().values().all(|s| s.status(t0) == StatusName::Running));
+}
+
+#[test]
+fn a_failed_fork_backs_off_like_a_zero_second_run() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[]);
+    farm.handle(Event::Configuration(vec![job(1, 1)]), t0);
+    assert_eq!(without_logs(farm.handle(Event::Tick, t0)), vec![Action::StartWorker(id(1))]);
+    farm.handle(Event::WorkerSpawnFailed(id(1)), t0);
+    assert_eq!(status(&farm, 1, t0), StatusName::Backoff);
+    assert_eq!(farm.next_deadline(), Some(t0 + secs(1)));
 }

@@ -1,13 +1,14 @@
 //! fork, child setup, signals as events, reaping. With `php`, the only
 //! place that holds unsafe code.
 
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use nix::errno::Errno;
+use nix::sys::signal::killpg;
 use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, getppid, ForkResult, Pid};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, getppid, setpgid, ForkResult, Pid};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -65,6 +66,10 @@ impl SignalEvents {
         self.fd.as_raw_fd()
     }
 
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
     /// Every pending signal, in arrival order (non-blocking).
     pub fn drain(&mut self) -> Vec<Signal> {
         let mut signals = Vec::new();
@@ -77,27 +82,80 @@ impl SignalEvents {
     }
 }
 
-/// Reaps every child that has exited, without blocking.
-pub fn reap_exited() -> Vec<(Pid, ExitKind)> {
+/// Reaps every child that has exited, without blocking, until none is
+/// left (tini's loop). A child for which `leads_group` is true led its own
+/// process group: whatever it left running in that group is SIGKILLed while
+/// the exited child is still a zombie, so the group id cannot have been
+/// recycled yet.
+pub fn reap_exited(leads_group: impl Fn(Pid) -> bool) -> Vec<(Pid, ExitKind)> {
     let mut reaped = Vec::new();
     loop {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+        // Look first (WNOWAIT), reap after: the zombie pins its pid and group id.
+        let pid = match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT) {
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+            Ok(status) => match status.pid() {
+                Some(pid) => pid,
+                None => break,
+            },
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::error!("waitid failed: {e}");
+                break;
+            }
+        };
+        if leads_group(pid) {
+            match killpg(pid, Signal::SIGKILL) {
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(e) => tracing::warn!(pid = pid.as_raw(), "cannot clear the process group: {e}"),
+            }
+        }
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) => reaped.push((pid, ExitKind::Code(code))),
             Ok(WaitStatus::Signaled(pid, sig, _)) => reaped.push((pid, ExitKind::Signal(sig as i32))),
-            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
-            Ok(_) => continue,
-            Err(Errno::EINTR) => continue,
-            Err(_) => break,
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::error!(pid = pid.as_raw(), "waitpid failed: {e}");
+                break;
+            }
         }
     }
     reaped
 }
 
-/// Sends a signal; a process that is already gone is not an error.
-pub fn send_signal(pid: Pid, sig: Signal) {
-    match signal::kill(pid, sig) {
+/// Sends `sig` to the process group a child leads (the child and what it
+/// started). Only for children not yet reaped: their group id cannot have
+/// been recycled.
+pub fn signal_group(leader: Pid, sig: Signal) {
+    match killpg(leader, sig) {
         Ok(()) | Err(Errno::ESRCH) => {}
-        Err(e) => tracing::warn!(pid = pid.as_raw(), signal = sig.as_str(), "cannot signal process: {e}"),
+        Err(e) => tracing::warn!(pid = leader.as_raw(), signal = sig.as_str(), "cannot signal process group: {e}"),
+    }
+}
+
+/// Sends `sig` to one child through a pidfd (Linux 5.3+), so the signal can
+/// only reach the process that was opened; falls back to kill() on kernels
+/// without pidfds.
+pub fn signal_process(pid: Pid, sig: Signal) -> Result<(), Errno> {
+    let target = rustix::process::Pid::from_raw(pid.as_raw()).ok_or(Errno::ESRCH)?;
+    let signal = rustix::process::Signal::from_named_raw(sig as i32).ok_or(Errno::EINVAL)?;
+    match rustix::process::pidfd_open(target, rustix::process::PidfdFlags::empty()) {
+        Ok(pidfd) => rustix::process::pidfd_send_signal(&pidfd, signal).map_err(|e| Errno::from_raw(e.raw_os_error())),
+        Err(e) if e == rustix::io::Errno::NOSYS => signal::kill(pid, sig),
+        Err(e) => Err(Errno::from_raw(e.raw_os_error())),
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: the supervisor
+/// uses poll(), not select(), so many descriptors cost nothing, and running
+/// out of them is what a big farm with many control clients would hit.
+pub fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::debug!("cannot raise the open-files limit from {soft} to {hard}: {e}");
+            }
+        }
     }
 }
 
@@ -110,16 +168,22 @@ pub struct ChildSetup {
     pub close_fds: Vec<RawFd>,
 }
 
-/// Forks; the child resets signals, arms PR_SET_PDEATHSIG, closes the
-/// supervisor's descriptors, runs `body` and `_exit`s with its result. Only
-/// call while the process is single-threaded.
+/// Forks; the child resets signals, arms PR_SET_PDEATHSIG, leads a process
+/// group of its own, closes the supervisor's descriptors, runs `body` and
+/// `_exit`s with its result. Only call while the process is single-threaded.
 pub fn spawn_child<F: FnOnce(i32) -> i32>(setup: &ChildSetup, body: F) -> Result<Pid, ProcessError> {
     let parent = nix::unistd::getpid();
     // SAFETY: lrpm-host never has a second thread when it forks (the
     // supervisor is a single-threaded poll loop), so the child may run
     // arbitrary code; everything it needs was built before this call.
     match unsafe { fork() } {
-        Ok(ForkResult::Parent { child }) => Ok(child),
+        Ok(ForkResult::Parent { child }) => {
+            // Also in the parent, as shells do: the group exists before any
+            // signal is sent to it, whichever process runs first. EACCES or
+            // ESRCH mean the child already did it or already exited.
+            let _ = setpgid(child, child);
+            Ok(child)
+        }
         Ok(ForkResult::Child) => {
             prepare_child(setup, parent);
             let code = body(parent.as_raw());
@@ -131,10 +195,23 @@ pub fn spawn_child<F: FnOnce(i32) -> i32>(setup: &ChildSetup, body: F) -> Result
     }
 }
 
+/// A child whose setup failed says which call failed and leaves.
+fn setup_failed(call: &str, error: Errno) -> ! {
+    let message = format!("lrpm-host: child setup failed: {call}: {error}\n");
+    // SAFETY: write(2) on stderr with a valid buffer; nothing else runs in
+    // this process afterwards.
+    unsafe {
+        libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), message.len());
+        libc::_exit(crate::exit_code::CHILD_SETUP_FAILED)
+    }
+}
+
 fn prepare_child(setup: &ChildSetup, parent: Pid) {
     for sig in HANDLED_SIGNALS {
         // SAFETY: restoring the default disposition is always sound.
-        let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
+        if let Err(e) = unsafe { signal::signal(sig, SigHandler::SigDfl) } {
+            setup_failed("signal(SIG_DFL)", e);
+        }
     }
     // SIGTERM/SIGINT/SIGHUP stay blocked (pending, not lost) until the PHP
     // side has installed its handlers: the supervisor may signal a child
@@ -143,9 +220,19 @@ fn prepare_child(setup: &ChildSetup, parent: Pid) {
     for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         early.add(sig);
     }
-    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&early), None);
+    if let Err(e) = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&early), None) {
+        setup_failed("sigprocmask", e);
+    }
+    // Its own process group: stopping the worker reaches what it started
+    // (proc_open, exec), and a terminal's Ctrl-C reaches only the supervisor,
+    // which then stops the farm gracefully.
+    if let Err(e) = setpgid(Pid::from_raw(0), Pid::from_raw(0)) {
+        setup_failed("setpgid", e);
+    }
     // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and no pointers.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } != 0 {
+        setup_failed("prctl(PR_SET_PDEATHSIG)", Errno::last());
+    }
     // The parent may have died before prctl took effect.
     if getppid() != parent {
         // SAFETY: leaving at once is the only thing to do for an orphan.
@@ -154,7 +241,9 @@ fn prepare_child(setup: &ChildSetup, parent: Pid) {
     for &fd in &setup.close_fds {
         // SAFETY: these descriptors belong to the supervisor's state, which
         // this process never touches again.
-        unsafe { libc::close(fd) };
+        if unsafe { libc::close(fd) } != 0 {
+            setup_failed("close", Errno::last());
+        }
     }
 }
 

@@ -3,26 +3,36 @@
 //! farm's next deadline as the timeout. Events go into the pure core
 //! (`farm`), its actions are applied here. It never runs PHP itself: every
 //! PHP request happens in a forked child.
+//!
+//! One turn of the loop: read the configuration pipe, then every signal
+//! (reaping every exited child), then the control socket, and only then the
+//! core's deadlines (`Event::Tick`): an exit already collected is always
+//! known to the core before it decides to signal anyone.
 
-mod config_channel;
+#![forbid(unsafe_code)]
 
-use std::collections::VecDeque;
-use std::os::fd::{BorrowedFd, RawFd};
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+pub mod config_channel;
+mod requests;
+
+use std::collections::{HashSet, VecDeque};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use thiserror::Error;
 
-use crate::control::server::{ClientId, ControlError, ControlServer};
-use crate::control::{self, Request};
-use crate::farm::{Action, Event, Farm, LogLevel, StopSignal};
+use crate::control::server::{AcceptOutcome, ClientId, ControlError, ControlServer};
+use crate::farm::{Action, Event, Farm, HostExit, KillReason, LogLevel};
 use crate::job::{self, JobId};
 use crate::php::{self, Engine, PhpError};
 use crate::process::{self, ChildSetup, ExitKind, ProcessError, SignalEvents};
-use config_channel::{ConfigChannel, ConfigMessage, ReadOutcome};
+use config_channel::{ConfigChannel, ConfigMessage, PushRate, ReadOutcome};
+
+/// After EMFILE/ENFILE on accept, the listener rests this long.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Error)]
 pub enum SupervisorError {
@@ -53,14 +63,20 @@ struct Supervisor<'e> {
     signals: SignalEvents,
     control: ControlServer,
     config_channel: Option<ConfigChannel>,
-    config_pid: Option<Pid>,
-    exit_requested: bool,
+    exit: Option<HostExit>,
+    /// Set while accept() is out of descriptors.
+    accept_paused_until: Option<Instant>,
+    /// (job, field) pairs already warned about.
+    warned_fields: HashSet<(JobId, String)>,
+    push_rate: PushRate,
 }
 
-pub fn run(engine: &Engine, config: FarmConfig) -> Result<(), SupervisorError> {
-    let socket_path = config.control_socket.clone().unwrap_or_else(control::server::default_socket_path);
+/// Runs the farm until it has shut down; returns how it ended.
+pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorError> {
+    let socket_path = config.control_socket.clone().unwrap_or_else(crate::control::server::default_socket_path);
     let control = ControlServer::bind(&socket_path, config.control_socket_mode)?;
     let signals = SignalEvents::new()?;
+    process::raise_open_files_limit();
     php::set_process_title(&format!("lrpm-host: supervisor {}", config.source));
     tracing::info!(
         source = %config.source,
@@ -77,21 +93,45 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<(), SupervisorError> {
         signals,
         control,
         config_channel: None,
-        config_pid: None,
-        exit_requested: false,
+        exit: None,
+        accept_paused_until: None,
+        warned_fields: HashSet::new(),
+        push_rate: PushRate::default(),
     };
     let first = supervisor.farm.start();
     supervisor.apply(first);
-    supervisor.event_loop()?;
-    tracing::info!("lrpm-host shut down cleanly");
-    Ok(())
+    let exit = supervisor.event_loop()?;
+    match exit {
+        HostExit::Clean => tracing::info!("lrpm-host shut down cleanly"),
+        HostExit::ConfigNeverLoaded => tracing::error!("lrpm-host stopped: no configuration could be loaded"),
+    }
+    Ok(exit)
+}
+
+/// Which poll slot holds what: positions in the descriptor list of one turn.
+struct PollSlots {
+    signals: usize,
+    listener: Option<usize>,
+    config: Option<usize>,
+    /// Clients from this index on, in `clients` order.
+    first_client: usize,
+    clients: Vec<(ClientId, bool)>,
 }
 
 impl Supervisor<'_> {
-    fn event_loop(&mut self) -> Result<(), SupervisorError> {
-        while !self.exit_requested {
+    fn event_loop(&mut self) -> Result<HostExit, SupervisorError> {
+        loop {
+            if let Some(exit) = self.exit {
+                return Ok(exit);
+            }
             let now = Instant::now();
-            let deadline = [self.farm.next_deadline(), self.control.next_deadline()].into_iter().flatten().min();
+            if self.accept_paused_until.is_some_and(|until| until <= now) {
+                self.accept_paused_until = None;
+            }
+            let deadline = [self.farm.next_deadline(), self.control.next_deadline(), self.accept_paused_until]
+                .into_iter()
+                .flatten()
+                .min();
             let timeout = match deadline {
                 None => PollTimeout::NONE,
                 Some(at) => {
@@ -101,47 +141,48 @@ impl Supervisor<'_> {
                 }
             };
 
-            let signal_fd = self.signals.raw_fd();
-            let listener_fd = self.control.listener_fd();
-            let config_fd = self.config_channel.as_ref().map(ConfigChannel::raw_fd);
-            let clients = self.control.client_fds();
-            let mut raw: Vec<(RawFd, PollFlags)> =
-                vec![(signal_fd, PollFlags::POLLIN), (listener_fd, PollFlags::POLLIN)];
-            if let Some(fd) = config_fd {
-                raw.push((fd, PollFlags::POLLIN));
-            }
-            for (_, fd, wants_write) in &clients {
-                raw.push((*fd, if *wants_write { PollFlags::POLLOUT } else { PollFlags::POLLIN }));
-            }
-            let ready: Vec<bool> = {
-                let mut fds: Vec<PollFd> = raw
-                    .iter()
-                    // SAFETY: every descriptor is owned by self and stays open
-                    // until after poll returns (nothing is closed in between).
-                    .map(|(fd, flags)| PollFd::new(unsafe { BorrowedFd::borrow_raw(*fd) }, *flags))
-                    .collect();
+            let (ready, slots) = {
+                let mut fds: Vec<PollFd> = Vec::new();
+                fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
+                let signals = 0;
+                let listener = if self.accept_paused_until.is_none() {
+                    fds.push(PollFd::new(self.control.listener(), PollFlags::POLLIN));
+                    Some(fds.len() - 1)
+                } else {
+                    None
+                };
+                let config = self.config_channel.as_ref().map(|channel| {
+                    fds.push(PollFd::new(channel.as_fd(), PollFlags::POLLIN));
+                    fds.len() - 1
+                });
+                let first_client = fds.len();
+                let mut clients = Vec::new();
+                for (id, fd, wants_write) in self.control.client_fds() {
+                    fds.push(PollFd::new(fd, if wants_write { PollFlags::POLLOUT } else { PollFlags::POLLIN }));
+                    clients.push((id, wants_write));
+                }
                 match poll(&mut fds, timeout) {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                     Err(e) => return Err(ProcessError::Signals(e).into()),
                 }
-                fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect()
+                let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
+                (ready, PollSlots { signals, listener, config, first_client, clients })
             };
             let now = Instant::now();
 
             // Configuration messages first: a config process's last words are
             // read before its exit is handled.
-            if config_fd.is_some() && ready[2] {
+            if slots.config.is_some_and(|i| ready[i]) {
                 self.read_config_channel(now);
             }
-            if ready[0] {
+            if ready[slots.signals] {
                 self.handle_signals(now);
             }
-            if ready[1] {
-                self.control.accept_all(now);
+            if slots.listener.is_some_and(|i| ready[i]) {
+                self.accept_clients(now);
             }
-            let client_offset = if config_fd.is_some() { 3 } else { 2 };
-            for (i, (id, _, wants_write)) in clients.iter().enumerate() {
-                if ready[client_offset + i] {
+            for (offset, (id, wants_write)) in slots.clients.iter().enumerate() {
+                if ready[slots.first_client + offset] {
                     if *wants_write {
                         self.control.write_client(*id);
                     } else if let Some(request) = self.control.read_client(*id) {
@@ -153,14 +194,31 @@ impl Supervisor<'_> {
             let actions = self.farm.handle(Event::Tick, now);
             self.apply(actions);
         }
-        Ok(())
+    }
+
+    fn accept_clients(&mut self, now: Instant) {
+        match self.control.accept_all(now) {
+            AcceptOutcome::Drained => {}
+            AcceptOutcome::OutOfDescriptors(e) => {
+                if self.accept_paused_until.is_none() {
+                    tracing::warn!(
+                        clients = self.control.client_count(),
+                        "control socket: {e}; not accepting connections for {}ms (raise the open-files limit: ulimit -n, LimitNOFILE=)",
+                        ACCEPT_PAUSE.as_millis()
+                    );
+                }
+                self.accept_paused_until = Some(now + ACCEPT_PAUSE);
+            }
+        }
     }
 
     fn handle_signals(&mut self, now: Instant) {
         for sig in self.signals.drain() {
             match sig {
                 Signal::SIGCHLD => {
-                    for (pid, exit) in process::reap_exited() {
+                    let farm = &self.farm;
+                    let exited = process::reap_exited(|pid| farm.knows_pid(pid.as_raw()));
+                    for (pid, exit) in exited {
                         self.child_exited(pid, exit, now);
                     }
                 }
@@ -180,8 +238,7 @@ impl Supervisor<'_> {
     }
 
     fn child_exited(&mut self, pid: Pid, exit: ExitKind, now: Instant) {
-        if self.config_pid == Some(pid) {
-            self.config_pid = None;
+        if self.farm.config_process().pid() == Some(pid.as_raw()) {
             // Whatever is still in the pipe was written before the exit.
             self.read_config_channel(now);
             self.config_channel = None;
@@ -201,21 +258,35 @@ impl Supervisor<'_> {
         }
         for message in messages {
             match message {
-                Ok(ConfigMessage::Configuration { jobs }) => {
-                    let (valid, errors) = job::validate_all(&jobs);
-                    for error in &errors {
-                        tracing::error!("invalid configuration for {error}; the job is dropped, the others run");
-                    }
-                    tracing::debug!(jobs = valid.len(), "configuration received");
-                    let actions = self.farm.handle(Event::Configuration(valid), now);
-                    self.apply(actions);
-                }
-                Ok(ConfigMessage::Error { message }) => {
-                    tracing::error!("configuration source error: {message}");
-                }
+                Ok(ConfigMessage::Configuration { jobs }) => self.configuration_received(&jobs, now),
+                Ok(ConfigMessage::Error { message }) => tracing::error!("configuration source error: {message}"),
                 Err(e) => tracing::error!("{e}"),
             }
         }
+    }
+
+    fn configuration_received(&mut self, entries: &[serde_json::Value], now: Instant) {
+        let validated = job::validate_entries(entries);
+        for error in &validated.errors {
+            tracing::error!("invalid configuration for {error}; the job is dropped, the others run");
+        }
+        for unknown in validated.unknown_fields {
+            if self.warned_fields.insert((JobId::parse(&unknown.job_id), unknown.field.clone())) {
+                tracing::warn!("{unknown}");
+            }
+        }
+        if self.config.interval_seconds == 0 && self.push_rate.arrived(now) {
+            tracing::warn!(
+                "the configuration source returned more than {} configurations in one second in push mode (--interval=0): \
+                 loadConfiguration() should block until the configuration changes (with a timeout of a few seconds), \
+                 or use --interval=N; polls are paced to {} per second",
+                PushRate::MAX_PER_SECOND,
+                PushRate::MAX_PER_SECOND
+            );
+        }
+        tracing::debug!(jobs = validated.jobs.len(), "configuration received");
+        let actions = self.farm.handle(Event::Configuration(validated.jobs), now);
+        self.apply(actions);
     }
 
     /// Descriptors a forked child must not keep.
@@ -235,30 +306,44 @@ impl Supervisor<'_> {
                     let event = self.spawn_worker(&id);
                     queue.extend(self.farm.handle(event, now));
                 }
-                Action::StartConfigProcess => match self.spawn_config_process() {
-                    Ok(pid) => queue.extend(self.farm.handle(Event::ConfigProcessStarted(pid.as_raw()), now)),
-                    Err(e) => {
-                        tracing::error!("cannot start the configuration process: {e}");
-                        self.farm.config_spawn_failed(now);
+                Action::StopWorker { pid, .. } | Action::StopConfigProcess { pid } => {
+                    process::signal_group(Pid::from_raw(pid), Signal::SIGTERM)
+                }
+                Action::KillWorker { id, pid, reason } => {
+                    if let KillReason::StopTimeout(timeout) = reason {
+                        tracing::warn!(
+                            "job {id} (pid {pid}) did not stop within {}s of SIGTERM, sending SIGKILL",
+                            timeout.as_secs()
+                        );
                     }
-                },
-                Action::SignalWorker { pid, signal, .. } | Action::SignalConfigProcess { pid, signal } => {
-                    let sig = match signal {
-                        StopSignal::Term => Signal::SIGTERM,
-                        StopSignal::Kill => Signal::SIGKILL,
-                        StopSignal::Hup => Signal::SIGHUP,
+                    process::signal_group(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                Action::KillConfigProcess { pid } => process::signal_group(Pid::from_raw(pid), Signal::SIGKILL),
+                Action::ReloadConfigProcess { pid } => {
+                    if let Err(e) = process::signal_process(Pid::from_raw(pid), Signal::SIGHUP) {
+                        tracing::warn!("cannot ask the configuration process {pid} to reload: {e}");
+                    }
+                }
+                Action::StartConfigProcess => {
+                    let event = match self.spawn_config_process() {
+                        Ok(pid) => Event::ConfigProcessStarted(pid.as_raw()),
+                        Err(e) => {
+                            tracing::error!("cannot start the configuration process: {e}");
+                            Event::ConfigSpawnFailed
+                        }
                     };
-                    process::send_signal(Pid::from_raw(pid), sig);
+                    queue.extend(self.farm.handle(event, now));
                 }
                 Action::Log(LogLevel::Info, message) => tracing::info!("{message}"),
                 Action::Log(LogLevel::Warn, message) => tracing::warn!("{message}"),
-                Action::Exit => self.exit_requested = true,
+                Action::Log(LogLevel::Error, message) => tracing::error!("{message}"),
+                Action::Exit(exit) => self.exit = Some(exit),
             }
         }
     }
 
     fn spawn_worker(&mut self, id: &JobId) -> Event {
-        let Some(state) = self.farm.job(id) else { return Event::Tick };
+        let Some(state) = self.farm.job(id) else { return Event::WorkerSpawnFailed(id.clone()) };
         let program = match php::worker_program(&state.job, self.config.bootstrap.as_deref(), None, &self.config.argv) {
             Ok(p) => p,
             Err(e) => {
@@ -289,142 +374,16 @@ impl Supervisor<'_> {
             false,
             self.config.bootstrap.as_deref(),
             &self.config.argv,
-            std::os::fd::AsRawFd::as_raw_fd(&write_end),
+            write_end.as_raw_fd(),
         )?;
         let mut close_fds = self.supervisor_fds();
-        close_fds.push(std::os::fd::AsRawFd::as_raw_fd(&read_end));
+        close_fds.push(read_end.as_raw_fd());
         let setup = ChildSetup { close_fds };
         let engine = self.engine;
         let pid = process::spawn_child(&setup, |parent| program.run(engine, parent))?;
         drop(write_end);
         self.config_channel = Some(ConfigChannel::new(read_end));
-        self.config_pid = Some(pid);
         tracing::debug!("configuration process started as pid {pid}");
         Ok(pid)
     }
-
-    fn answer(&mut self, client: ClientId, text: &str, now: Instant) {
-        let response = match Request::parse(text) {
-            Err(message) => message,
-            Ok(request) => self.handle_request(request, now),
-        };
-        self.control.respond(client, &response);
-    }
-
-    fn handle_request(&mut self, request: Request, now: Instant) -> String {
-        let job_event = |farm: &mut Farm, id: JobId, verb: &str, event: Event| -> (String, Vec<Action>) {
-            match farm.check_job_request(&id, verb) {
-                Ok(message) => (message, farm.handle(event, now)),
-                Err(message) => (format!("error: {message}"), Vec::new()),
-            }
-        };
-        let (response, actions) = match request {
-            Request::Help => (format!("lrpm-host: {}", control::HELP), Vec::new()),
-            Request::Status => {
-                let doc = control::status::status_document(&self.farm, now, control::status::unix_now());
-                (doc.to_string(), Vec::new())
-            }
-            Request::Version => {
-                (format!("lrpm-host {} (PHP {})", env!("CARGO_PKG_VERSION"), php::php_version()), Vec::new())
-            }
-            Request::Reload => {
-                ("Scheduled immediate configuration reload".to_string(), self.farm.handle(Event::Reload, now))
-            }
-            Request::Shutdown => {
-                ("lrpm: Shutting down process manager".to_string(), self.farm.handle(Event::Shutdown, now))
-            }
-            Request::Restart(id) => job_event(&mut self.farm, id.clone(), "restart", Event::Restart(id)),
-            Request::Start(id) => job_event(&mut self.farm, id.clone(), "start", Event::Start(id)),
-            Request::Hold(id) => job_event(&mut self.farm, id.clone(), "stop", Event::Hold(id)),
-            Request::Signal(id, name) => match (control::parse_signal(&name), self.farm.job(&id)) {
-                (None, _) => (format!("error: unknown signal {name}"), Vec::new()),
-                (_, None) => (format!("error: job {id} does not exist"), Vec::new()),
-                (Some(sig), Some(state)) => match &state.process {
-                    Some(p) => {
-                        process::send_signal(Pid::from_raw(p.pid), sig);
-                        (format!("Sent {} to job {id} (pid {})", sig.as_str(), p.pid), Vec::new())
-                    }
-                    None => (format!("error: job {id} is not running"), Vec::new()),
-                },
-            },
-        };
-        self.apply(actions);
-        response
-    }
-}
-
-/// `lrpm-host check SOURCE`: loads the configuration once, prints the jobs
-/// and every validation error; true when every job is valid.
-pub fn check(
-    engine: &Engine,
-    source: &str,
-    bootstrap: Option<&Path>,
-    argv: &[String],
-) -> Result<bool, SupervisorError> {
-    let is_file = crate::cli::source_is_file(source);
-    let source = if is_file {
-        crate::cli::absolute(Path::new(source)).to_string_lossy().into_owned()
-    } else {
-        source.to_string()
-    };
-    let (read_end, write_end) = process::message_pipe()?;
-    let program =
-        php::config_program(&source, is_file, 0, true, bootstrap, argv, std::os::fd::AsRawFd::as_raw_fd(&write_end))?;
-    let setup = ChildSetup { close_fds: vec![std::os::fd::AsRawFd::as_raw_fd(&read_end)] };
-    let child = process::spawn_child(&setup, |parent| program.run(engine, parent))?;
-    drop(write_end);
-    let mut channel = ConfigChannel::new(read_end);
-    let mut messages = Vec::new();
-    loop {
-        // SAFETY: the pipe's read end is owned by `channel` for the whole loop.
-        let fd = unsafe { BorrowedFd::borrow_raw(channel.raw_fd()) };
-        let _ = poll(&mut [PollFd::new(fd, PollFlags::POLLIN)], PollTimeout::from(1000u16));
-        match channel.read_available() {
-            ReadOutcome::Open(m) => messages.extend(m),
-            ReadOutcome::Closed(m) => {
-                messages.extend(m);
-                break;
-            }
-        }
-    }
-    let status = nix::sys::wait::waitpid(child, None).map(|s| format!("{s:?}")).unwrap_or_default();
-    let mut all_valid = true;
-    let mut got_configuration = false;
-    for message in messages {
-        match message {
-            Ok(ConfigMessage::Configuration { jobs }) => {
-                got_configuration = true;
-                let (valid, errors) = job::validate_all(&jobs);
-                println!("{} job(s), {} valid", jobs.len(), valid.len());
-                for job in &valid {
-                    println!(
-                        "  ok    {}: {} ({}, mtime {}, shortRunTimeSeconds {}, shutdownTimeoutSeconds {})",
-                        job.id,
-                        job.name,
-                        job.worker_class,
-                        job.mtime,
-                        job.short_run_time_seconds,
-                        job.shutdown_timeout_seconds
-                    );
-                }
-                for error in &errors {
-                    println!("  error {error}");
-                }
-                all_valid &= errors.is_empty();
-            }
-            Ok(ConfigMessage::Error { message }) => {
-                eprintln!("lrpm-host: {message}");
-                all_valid = false;
-            }
-            Err(e) => {
-                eprintln!("lrpm-host: {e}");
-                all_valid = false;
-            }
-        }
-    }
-    if !got_configuration {
-        eprintln!("lrpm-host: the configuration process ended without sending a configuration ({status})");
-        return Ok(false);
-    }
-    Ok(all_valid)
 }

@@ -1,0 +1,122 @@
+//! `lrpm-host check SOURCE`: loads the configuration once, in a forked
+//! configuration process as a farm would, and prints the jobs, every
+//! validation error and every unknown field.
+
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::job;
+use crate::php::{self, Engine};
+use crate::process::{self, ChildSetup};
+use crate::supervisor::config_channel::{ConfigChannel, ConfigMessage, ReadOutcome};
+use crate::supervisor::SupervisorError;
+
+/// What the check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every job is valid (and, with `--strict`, has no unknown field).
+    Valid,
+    Invalid,
+    /// Standard output was closed (`check ... | head`): stop quietly.
+    OutputClosed,
+}
+
+pub fn run(
+    engine: &Engine,
+    source: &str,
+    bootstrap: Option<&Path>,
+    argv: &[String],
+    strict: bool,
+) -> Result<Verdict, SupervisorError> {
+    let is_file = crate::cli::source_is_file(source);
+    let source = if is_file {
+        crate::cli::absolute(Path::new(source)).to_string_lossy().into_owned()
+    } else {
+        source.to_string()
+    };
+    let (read_end, write_end) = process::message_pipe()?;
+    let program = php::config_program(&source, is_file, 0, true, bootstrap, argv, write_end.as_raw_fd())?;
+    let setup = ChildSetup { close_fds: vec![read_end.as_raw_fd()] };
+    let child = process::spawn_child(&setup, |parent| program.run(engine, parent))?;
+    drop(write_end);
+    let mut channel = ConfigChannel::new(read_end);
+    let mut messages = Vec::new();
+    loop {
+        let _ = poll(&mut [PollFd::new(channel.as_fd(), PollFlags::POLLIN)], PollTimeout::from(1000u16));
+        match channel.read_available() {
+            ReadOutcome::Open(m) => messages.extend(m),
+            ReadOutcome::Closed(m) => {
+                messages.extend(m);
+                break;
+            }
+        }
+    }
+    let status = nix::sys::wait::waitpid(child, None).map(|s| format!("{s:?}")).unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    match report(&mut out, messages, &status, strict) {
+        Ok(verdict) => Ok(verdict),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Verdict::OutputClosed),
+        Err(e) => {
+            eprintln!("lrpm-host: cannot write the report: {e}");
+            Ok(Verdict::Invalid)
+        }
+    }
+}
+
+fn report(
+    out: &mut impl Write,
+    messages: Vec<Result<ConfigMessage, String>>,
+    status: &str,
+    strict: bool,
+) -> std::io::Result<Verdict> {
+    let mut all_valid = true;
+    let mut got_configuration = false;
+    for message in messages {
+        match message {
+            Ok(ConfigMessage::Configuration { jobs }) => {
+                got_configuration = true;
+                let validated = job::validate_entries(&jobs);
+                writeln!(out, "{} job(s), {} valid", jobs.len(), validated.jobs.len())?;
+                for job in &validated.jobs {
+                    writeln!(
+                        out,
+                        "  ok    {}: {} ({}, mtime {}, shortRunTimeSeconds {}, shutdownTimeoutSeconds {})",
+                        job.id,
+                        job.name,
+                        job.worker_class,
+                        job.mtime,
+                        job.short_run_time_seconds,
+                        job.shutdown_timeout_seconds
+                    )?;
+                }
+                for error in &validated.errors {
+                    writeln!(out, "  error {error}")?;
+                }
+                let label = if strict { "error" } else { "warn " };
+                for unknown in &validated.unknown_fields {
+                    writeln!(out, "  {label} {unknown}")?;
+                }
+                all_valid &= validated.errors.is_empty() && (!strict || validated.unknown_fields.is_empty());
+            }
+            Ok(ConfigMessage::Error { message }) => {
+                eprintln!("lrpm-host: {message}");
+                all_valid = false;
+            }
+            Err(e) => {
+                eprintln!("lrpm-host: {e}");
+                all_valid = false;
+            }
+        }
+    }
+    out.flush()?;
+    if !got_configuration {
+        eprintln!("lrpm-host: the configuration process ended without sending a configuration ({status})");
+        return Ok(Verdict::Invalid);
+    }
+    Ok(if all_valid { Verdict::Valid } else { Verdict::Invalid })
+}
