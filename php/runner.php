@@ -167,6 +167,12 @@ function describe_jobs(array $configuration): array
     $described = [];
     foreach ($configuration as $id => $job) {
         $entry = ['id' => $id, 'type' => \gettype($job), 'job' => null, 'fieldTypes' => [], 'workerClassExists' => false];
+        // JSON cannot carry a key that is not UTF-8: send it escaped and
+        // flagged, so two such keys are never merged into one.
+        if (\is_string($id) && \preg_match('//u', $id) !== 1) {
+            $entry['id'] = \preg_replace_callback('/[\x80-\xff]/', static fn (array $m): string => \sprintf('\\x%02X', \ord($m[0])), $id);
+            $entry['idInvalidUtf8'] = true;
+        }
         if (\is_array($job)) {
             foreach ($job as $field => $value) {
                 $entry['fieldTypes'][(string) $field] = \gettype($value);
@@ -204,7 +210,19 @@ function run_config(array $params): void
         exit(EXIT_CONFIG_SOURCE_FAILED);
     }
     $interval = (int) $params['interval'];
+    // Push mode calls loadConfiguration() again as soon as it returns; a
+    // source that does not block would spin. Calls are paced to this rate
+    // (the supervisor warns about it).
+    $pushMinInterval = 0.1;
+    $lastCall = 0.0;
     while (true) {
+        if ($interval === 0) {
+            $since = \microtime(true) - $lastCall;
+            if ($since < $pushMinInterval && wait($pushMinInterval - $since) === 'stop') {
+                exit(EXIT_OK);
+            }
+            $lastCall = \microtime(true);
+        }
         try {
             $configuration = $source->loadConfiguration();
         } catch (\Throwable $e) {
