@@ -8,8 +8,9 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -559,4 +560,30 @@ fn socket_folder_of_another_user_is_refused() {
     assert!(farm.stderr().contains(&format!("belongs to uid {owner}")), "\n{}", farm.diagnostics());
     assert!(!socket.exists(), "no socket may be created there");
     assert!(farm.events_of("1", "start").is_empty(), "no worker may run\n{}", farm.diagnostics());
+}
+
+/// `lrpmctl status | head -1`: lrpmctl writing into a closed pipe ends
+/// quietly, as Unix tools do (killed by SIGPIPE, 141 in a shell), never with
+/// a panic (exit 101, "failed printing to stdout: Broken pipe").
+#[test]
+fn lrpmctl_into_a_closed_pipe_exits_quietly() {
+    let _g = shared();
+    let (farm, _pids) = two_job_farm("ctl_pipe", FarmOptions::default());
+    for args in [&["--color=never", "status"][..], &["--json", "status"], &["help"]] {
+        let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+        drop(read_end);
+        let out = Running::spawn_with_stdout(lrpmctl_command(&farm.socket, args), Stdio::from(write_end))
+            .wait_within(DEFAULT_TIMEOUT);
+        assert!(
+            !out.stderr.contains("panicked") && !out.stderr.contains("Broken pipe"),
+            "lrpmctl {args:?} into a closed pipe: no panic message expected\n{}",
+            out.dump()
+        );
+        assert_ne!(out.status.code(), Some(101), "lrpmctl {args:?} panicked\n{}", out.dump());
+        assert!(
+            out.status.signal() == Some(libc::SIGPIPE) || out.status.code() == Some(128 + libc::SIGPIPE),
+            "lrpmctl {args:?} into a closed pipe should end as killed by SIGPIPE\n{}",
+            out.dump()
+        );
+    }
 }
