@@ -7,20 +7,15 @@
 //! test ends or fails. Tests that measure time hold `exclusive()` so they
 //! never share the machine with another farm test.
 
-mod farm_support;
+mod support;
 
 use std::fs;
 use std::process::Command;
-use std::thread;
 use std::time::{Duration, Instant};
 
-use farm_support::*;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
-
-fn secs(s: f64) -> Duration {
-    Duration::from_secs_f64(s)
-}
+use support::*;
 
 fn assert_near(actual: f64, expected: f64, tolerance: f64, what: &str, farm: &Farm) {
     assert!(
@@ -116,7 +111,7 @@ fn higher_mtime_restarts_only_that_job() {
     farm.assert_all_gone(&[before["2"]], secs(2.0), "old job 2 worker");
 
     // Two more polls: nothing else changes.
-    thread::sleep(secs(2.5));
+    farm.wait_more_polls(2, secs(5.0));
     let status = farm.status();
     for id in ["1", "3"] {
         assert_eq!(
@@ -155,7 +150,7 @@ fn removed_job_stops_for_good() {
     );
 
     // Several polls later it is still gone and the others are untouched.
-    thread::sleep(secs(3.2));
+    farm.wait_more_polls(3, secs(6.0));
     assert_eq!(farm.events_of("2", "start").len(), 1, "job 2 must never restart\n{}", farm.diagnostics());
     let status = farm.status();
     assert!(status.get("2").is_none(), "job 2 must leave the status: {status}");
@@ -165,34 +160,38 @@ fn removed_job_stops_for_good() {
     assert!(farm.stderr().contains("job 2 removed from the configuration"), "{}", farm.diagnostics());
 }
 
+/// The doubling itself (1, 2, 4, ... s, capped) is the pure core's table
+/// test (src/farm/backoff.rs, src/farm/tests.rs); here, with the shortest
+/// real waits, a crashing worker is restarted after 1 s, then 2 s.
 #[test]
-fn worker_exiting_at_once_backs_off_1_2_4_seconds() {
+fn worker_exiting_at_once_is_restarted_with_a_growing_delay() {
     let _g = exclusive();
     let farm = Farm::start(
         "backoff",
         FarmOptions::default(),
         |j| json!({"1": j.job_with("1", 1, json!({"exitInStart": 1}), json!({}))}),
     );
-    let starts = farm.wait_starts("1", 4, secs(14.0));
+    let starts = farm.wait_starts("1", 3, secs(8.0));
     let gaps: Vec<f64> = starts.windows(2).map(|w| w[1].t - w[0].t).collect();
-    for (gap, expected) in gaps.iter().zip([1.0, 2.0, 4.0]) {
+    assert!(gaps[1] > gaps[0] + 0.5, "the second restart must wait longer than the first: gaps {gaps:.3?}");
+    for (gap, expected) in gaps.iter().zip([1.0, 2.0]) {
         assert_near(*gap, expected, 0.35, &format!("gaps between starts {gaps:.3?}"), &farm);
     }
     let pids: std::collections::HashSet<i32> = starts.iter().map(|e| e.pid).collect();
-    assert_eq!(pids.len(), 4, "every start is a new process\n{}", farm.diagnostics());
+    assert_eq!(pids.len(), 3, "every start is a new process\n{}", farm.diagnostics());
 
-    // After the 4th quick exit: backing off 8 s, last exit status 1.
-    let status = farm.wait_for(secs(3.0), "job 1 in backoff after its 4th exit", || {
+    // After the 3rd quick exit: backing off 4 s, last exit status 1.
+    let status = farm.wait_for(secs(3.0), "job 1 in backoff after its 3rd exit", || {
         let status = farm.try_status()?;
         let s = state(&status, "1");
-        (s["status"] == "backoff" && s["lastExitStatus"] == 1 && s["restarts"] == 4).then_some(status)
+        (s["status"] == "backoff" && s["lastExitStatus"] == 1 && s["restarts"] == 3).then_some(status)
     });
     let s = state(&status, "1");
-    assert_eq!(s["backoffInterval"], json!(16), "backoff doubles after each delay used: {status}");
+    assert_eq!(s["backoffInterval"], json!(8), "backoff doubles after each delay used: {status}");
     assert!(s["pid"].is_null(), "{status}");
     assert!(s["restartAt"].as_i64().is_some(), "{status}");
     let stderr = farm.stderr();
-    for delay in [1, 2, 4, 8] {
+    for delay in [1, 2, 4] {
         assert!(stderr.contains(&format!("restarting in {delay}s (backoff)")), "missing backoff {delay}s\n{stderr}");
     }
     assert!(stderr.contains("exit code 1"), "{stderr}");
@@ -264,10 +263,12 @@ fn worker_ignoring_sigterm_is_killed_after_shutdown_timeout() {
     let msg = format!("job 1 (pid {}) did not stop within 1s of SIGTERM, sending SIGKILL", pids["1"]);
     farm.wait_stderr(&msg, secs(1.0));
 
-    thread::sleep(secs(1.5));
-    assert_eq!(farm.events_of("1", "start").len(), 1, "a removed job is never restarted\n{}", farm.diagnostics());
+    // Once the supervisor has reaped it, a removed job leaves the status:
+    // no restart is pending, now or later.
+    farm.wait_stderr(&format!("job 1 (pid {}) stopped: ", pids["1"]), secs(3.0));
     let status = farm.status();
     assert!(status.get("1").is_none(), "{status}");
+    assert_eq!(farm.events_of("1", "start").len(), 1, "a removed job is never restarted\n{}", farm.diagnostics());
     assert_eq!(Farm::status_pid(&status, "2"), Some(pids["2"]));
 }
 
@@ -339,8 +340,11 @@ fn second_sigterm_kills_everything_at_once() {
     let children = farm.descendants();
     farm.signal(Signal::SIGTERM);
     // Job 2 stops; job 1 ignores SIGTERM and has 30 s: the supervisor waits.
-    farm.wait_for(secs(3.0), "job 2 to stop", || farm.events_of("2", "exit").first().cloned());
-    thread::sleep(secs(0.5));
+    let stopped = farm.wait_for(secs(3.0), "job 2 to stop", || farm.events_of("2", "exit").first().cloned());
+    // Job 1 goes on cycling after that: the supervisor is still waiting.
+    farm.wait_for(secs(3.0), "job 1 to cycle after job 2 stopped", || {
+        farm.events_of("1", "cycle").iter().any(|e| e.pid == pids["1"] && e.t > stopped.t + 0.3).then_some(())
+    });
     assert!(
         farm.try_exit().is_none(),
         "the supervisor waits for the worker that ignores SIGTERM\n{}",
@@ -442,7 +446,7 @@ fn invalid_jobs_are_dropped_and_the_others_run() {
         let line = farm.wait_stderr(&format!("invalid configuration for job {id}: field '{field}'"), secs(3.0));
         assert!(line.contains("ERROR"), "logged as an error\n{line}");
     }
-    thread::sleep(secs(0.5));
+    // The status is the supervisor's state after it applied that configuration.
     let status = farm.status();
     let mut ids: Vec<String> = Farm::status_ids(&status).into_iter().collect();
     ids.sort();
@@ -457,7 +461,8 @@ fn push_mode_applies_changes_at_once() {
     let _g = exclusive();
     let farm = Farm::start("push_mode", FarmOptions::default().push_mode(), |j| json!({"1": j.job("1", 1)}));
     let pids = farm.wait_running(&["1"], secs(10.0));
-    thread::sleep(secs(0.3));
+    // The first call returned at once; the second one now blocks on the file.
+    farm.wait_for(secs(5.0), "the push source to block in its second call", || (farm.polls() >= 2).then_some(()));
 
     let j = farm.jobs();
     farm.write_jobs(&json!({"1": j.job("1", 1), "2": j.job("2", 1)}));
@@ -466,8 +471,9 @@ fn push_mode_applies_changes_at_once() {
     let latency = start.t - changed_at;
     assert!(latency < 0.5, "job 2 started {latency:.3}s after the file changed (push mode)\n{}", farm.diagnostics());
 
-    // Past the source's 2 s timeout (it returned the same jobs): still pushing.
-    thread::sleep(secs(2.5));
+    // Past the source's 2 s timeout: the call that began after job 2 was
+    // pushed returned the same jobs, and the next one blocks again.
+    farm.wait_for(secs(5.0), "a push call to time out and the next to begin", || (farm.polls() >= 4).then_some(()));
     farm.write_jobs(&json!({"2": j.job("2", 1)}));
     let changed_at = unix_now();
     let exit = farm.wait_for(secs(5.0), "job 1 to stop", || farm.events_of("1", "exit").first().cloned());
@@ -493,12 +499,16 @@ fn sighup_forces_a_configuration_poll() {
     let j = farm.jobs();
     farm.write_jobs(&json!({"1": j.job("1", 1), "2": j.job("2", 1)}));
     // -i 3600: without SIGHUP nothing would happen for an hour.
-    thread::sleep(secs(0.5));
     assert!(farm.events_of("2", "start").is_empty(), "job 2 must wait for the next poll\n{}", farm.diagnostics());
     let sent = unix_now();
     farm.signal(Signal::SIGHUP);
     let start = farm.wait_starts("2", 1, secs(3.0))[0].clone();
+    assert!(start.t >= sent, "job 2 started before SIGHUP\n{}", farm.diagnostics());
     assert!(start.t - sent < 1.0, "job 2 started {:.3}s after SIGHUP\n{}", start.t - sent, farm.diagnostics());
+    // Every poll is accounted for: the first one, then the one SIGHUP asked for.
+    let polls = farm.events_of(CONFIG_TAG, "poll");
+    assert_eq!(polls.len(), 2, "one poll at start, one for SIGHUP\n{}", farm.diagnostics());
+    assert!(polls[0].t < sent && polls[1].t >= sent, "{polls:?}\n{}", farm.diagnostics());
     assert_eq!(Farm::status_pid(&farm.status(), "1"), Some(pids["1"]));
     assert!(farm.stderr().contains("received SIGHUP"), "{}", farm.diagnostics());
 }
@@ -514,15 +524,11 @@ fn sighup_right_after_start_does_not_kill_the_config_process() {
     let _g = exclusive();
     for round in 0..5 {
         let farm = Farm::start("sighup_early", FarmOptions::default(), |j| json!({"1": j.job("1", 1)}));
-        let deadline = Instant::now() + secs(10.0);
-        while !farm.stderr().contains("lrpm-host supervisor started") {
-            assert!(
-                Instant::now() < deadline && farm.try_exit().is_none(),
-                "the supervisor did not start\n{}",
-                farm.diagnostics()
-            );
-            thread::sleep(Duration::from_micros(200));
-        }
+        // Polled faster than the usual waits: the window is short.
+        let started = poll_every(Duration::from_micros(200), secs(10.0), || {
+            farm.stderr().contains("lrpm-host supervisor started").then_some(true).or(farm.try_exit().map(|_| false))
+        });
+        assert_eq!(started, Some(true), "the supervisor did not start\n{}", farm.diagnostics());
         farm.signal(Signal::SIGHUP);
         farm.wait_running(&["1"], secs(10.0));
         let stderr = farm.stderr();
@@ -545,7 +551,7 @@ fn check(jobs: &Value, flag: Option<&str>) -> Output {
     if let Some(message) = flag {
         fs::write(jobs_file.with_extension("json.fail"), message).unwrap();
     }
-    let mut cmd = Command::new(host_bin());
+    let mut cmd = Command::new(bin());
     cmd.arg("check").arg(poll_source()).env("FARM_JOBS", &jobs_file).env("NO_COLOR", "1").current_dir(dir.path());
     run_with_timeout(cmd, secs(15.0))
 }
@@ -555,17 +561,17 @@ fn check_exit_codes() {
     let _g = shared();
     let j = Jobs { log: "/dev/null".into() };
     let valid = check(&json!({"1": j.job("1", 1), "2": j.job("2", 7)}), None);
-    assert_eq!(valid.code, Some(0), "all valid\n{}", valid.dump());
+    valid.assert_code(0);
     assert!(valid.stdout.contains("2 job(s), 2 valid"), "{}", valid.dump());
     assert!(valid.stdout.contains("ok    2: job-2 (FarmFixture\\EventWorker, mtime 7"), "{}", valid.dump());
 
     let invalid = check(&json!({"1": j.job("1", 1), "2": j.job_with("2", 1, json!({}), json!({"name": 5}))}), None);
-    assert_eq!(invalid.code, Some(1), "one invalid job\n{}", invalid.dump());
+    invalid.assert_code(1);
     assert!(invalid.stdout.contains("2 job(s), 1 valid"), "{}", invalid.dump());
     assert!(invalid.stdout.contains("job 2: field 'name'"), "{}", invalid.dump());
 
     let throwing = check(&json!({"1": j.job("1", 1)}), Some("check-source-broke-0815"));
-    assert_ne!(throwing.code, Some(0), "a throwing source is not valid\n{}", throwing.dump());
+    assert_ne!(throwing.status.code(), Some(0), "a throwing source is not valid\n{}", throwing.dump());
     assert!(throwing.stderr.contains("check-source-broke-0815"), "{}", throwing.dump());
 }
 
@@ -613,16 +619,6 @@ fn start_and_stop_a_farm_200_times() {
     eprintln!("200 farm start/stop cycles took {:?}", started.elapsed());
 }
 
-/// Voluntary plus involuntary context switches: one per wakeup of a sleeping process.
-fn context_switches(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .filter(|line| line.starts_with("voluntary_ctxt_switches") || line.starts_with("nonvoluntary_ctxt_switches"))
-        .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum()
-}
-
 #[test]
 fn idle_farm_leaves_the_supervisor_and_the_config_process_asleep() {
     let _g = shared();
@@ -633,9 +629,19 @@ fn idle_farm_leaves_the_supervisor_and_the_config_process_asleep() {
         .into_iter()
         .find(|pid| !pids.values().any(|worker| worker == pid))
         .expect("the config process");
-    thread::sleep(secs(0.5));
+    // Settled: our last client is gone (the supervisor closed it) and both
+    // processes are asleep.
+    let mut last_client = std::os::unix::net::UnixStream::connect(&farm.socket).expect("connect");
+    std::io::Write::write_all(&mut last_client, &frame(b"status")).expect("send status");
+    read_frame(&mut last_client).expect("status response");
+    assert!(closed_by_peer(&mut last_client, secs(5.0)), "the supervisor keeps an answered client open");
+    drop(last_client);
+    farm.wait_for(secs(5.0), "the supervisor and the config process to sleep", || {
+        [farm.pid, config_process].iter().all(|p| stat(*p).is_some_and(|s| s.state == 'S')).then_some(())
+    });
     let before = (context_switches(farm.pid), context_switches(config_process));
-    thread::sleep(secs(3.0));
+    // The window this test measures, not a wait for something to happen.
+    std::thread::sleep(secs(3.0));
     let after = (context_switches(farm.pid), context_switches(config_process));
     // Workers cycling and a config poll interval of an hour: nothing for
     // either to do, so neither may wake up (one wakeup of slack).

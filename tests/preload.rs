@@ -1,12 +1,12 @@
 //! --preload: the script runs once in the supervisor and its classes are
 //! shared by every worker, without autoloading.
 
-mod common;
+mod support;
 
 use std::process::Command;
 use std::time::Duration;
 
-use common::{bin, fixtures_dir, run_with_timeout};
+use support::{bin, fixtures_dir, run_with_timeout, TempDir};
 
 /// One cycle of a worker class that only the preload script declares.
 fn preloaded_worker_command() -> Command {
@@ -46,16 +46,15 @@ fn a_missing_preload_file_is_a_clear_error() {
 /// is refused, never written into.
 #[test]
 fn a_preload_folder_that_is_a_symlink_is_refused() {
-    let tmp = std::env::temp_dir().join(format!("lrpm-preload-tmpdir-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).unwrap();
+    let dir = TempDir::new("preload_tmpdir");
+    let tmp = dir.path();
     let preload_worker = || {
         let mut cmd = preloaded_worker_command();
-        cmd.env("TMPDIR", &tmp);
+        cmd.env("TMPDIR", tmp);
         run_with_timeout(cmd, Duration::from_secs(10))
     };
     preload_worker().assert_code(0);
-    let made: Vec<_> = std::fs::read_dir(&tmp).unwrap().map(|e| e.unwrap().path()).collect();
+    let made: Vec<_> = std::fs::read_dir(tmp).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(made.len(), 1, "one wrapper folder expected in {}: {made:?}", tmp.display());
     let elsewhere = tmp.join("elsewhere");
     std::fs::rename(&made[0], &elsewhere).unwrap();
@@ -64,5 +63,4 @@ fn a_preload_folder_that_is_a_symlink_is_refused() {
     let out = preload_worker();
     assert_ne!(out.code(), 0);
     out.assert_stderr_contains("is not a folder owned by uid");
-    std::fs::remove_dir_all(&tmp).unwrap();
 }

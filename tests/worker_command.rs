@@ -1,15 +1,14 @@
 //! `lrpm-host worker CLASS`: one worker in the foreground, against the
 //! fixture app in tests/fixtures/app.
 
-mod common;
+mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
+use support::*;
 
 const STOP_MESSAGE: &str = "stopping the worker after its current cycle";
 
@@ -165,8 +164,10 @@ fn invalid_job_json_is_rejected_before_starting_a_worker() {
 fn stop_sleeper_with(sig: Signal) {
     let mut host = start_worker(&["Fixture\\Sleeper"]);
     host.wait_for_stdout("cycle-start", DEFAULT_TIMEOUT);
-    // Give the worker time to actually enter sleep().
-    thread::sleep(Duration::from_millis(100));
+    let worker = host.worker_pid(DEFAULT_TIMEOUT);
+    host.wait_for(DEFAULT_TIMEOUT, &format!("worker {worker} to block in sleep() (/proc/{worker}/syscall)"), |_| {
+        in_sleep_syscall(worker).then_some(())
+    });
     let sent = Instant::now();
     host.signal(sig);
     let out = host.wait_within(Duration::from_secs(5));
@@ -194,7 +195,16 @@ fn second_sigterm_kills_a_worker_that_never_returns() {
     let worker = host.worker_pid(DEFAULT_TIMEOUT);
 
     host.signal(Signal::SIGTERM);
-    thread::sleep(Duration::from_millis(300));
+    // lrpm-host prints the message, then forwards SIGTERM to the worker:
+    // the worker must go on burning CPU well after that (0.2 s of CPU time).
+    host.wait_for_stderr(STOP_MESSAGE, DEFAULT_TIMEOUT);
+    let ticks_at_stop = stat(worker).map(|s| s.cpu_ticks).unwrap_or(0);
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let fifth_of_a_second = (unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64 / 5).max(1);
+    host.wait_for(DEFAULT_TIMEOUT, "the busy worker to keep running after one SIGTERM", |_| {
+        let now = stat(worker).filter(|s| s.state != 'Z')?;
+        (now.cpu_ticks >= ticks_at_stop + fifth_of_a_second).then_some(())
+    });
     assert!(host.try_wait().is_none(), "one SIGTERM must only ask the busy worker to stop");
     assert!(!is_gone(worker), "one SIGTERM must not kill the busy worker");
 

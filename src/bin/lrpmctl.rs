@@ -209,6 +209,13 @@ fn parse_status(response: &str) -> Option<StatusDocument<Value>> {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`lrpmctl status
+    // | head -1`) would panic. Like any Unix tool, die of SIGPIPE instead:
+    // lrpmctl is a short-lived client that never forks.
+    // SAFETY: called before anything else runs; no other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {

@@ -1,36 +1,35 @@
-//! Helpers for the farm tests (tests/farm.rs, tests/control_socket.rs): a
-//! running farm in its own temp dir (jobs file, event log, control socket,
-//! captured output) that is SIGKILLed with its whole process group when the
-//! test ends or fails, bounded waits that fail with the supervisor's stderr,
-//! the event log written by FarmFixture\EventWorker, a raw control-socket
-//! client and /proc helpers.
+//! A running farm (lrpm-host supervisor) in its own temp dir (jobs file,
+//! event log, control socket, captured output) that is SIGKILLed with its
+//! whole process group when the test ends or fails, and the event log
+//! written by FarmFixture\EventWorker (job events) and
+//! FarmFixture\JsonFileSource (a "poll" event of tag "config" each time the
+//! configuration source is asked for the jobs).
 //!
 //! Fixtures: tests/fixtures/farm (bootstrap vendor/autoload.php, namespace
 //! FarmFixture\ in src/, sources source.php and push_source.php reading the
 //! jobs from the JSON file named by $FARM_JOBS).
 
-#![allow(dead_code)] // each test crate uses a different subset
-
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
+use super::{bin, cmdline, descendants, exchange, fixtures_dir, is_lrpm_process, strip_ansi, wait_until, TempDir};
+
 pub const WORKER_CLASS: &str = "FarmFixture\\EventWorker";
 
-/// How often bounded waits re-check their condition.
-const POLL: Duration = Duration::from_millis(10);
+/// The tag of the configuration source's "poll" events.
+pub const CONFIG_TAG: &str = "config";
 
 // ---------------------------------------------------------------------------
 // Test isolation: timing-sensitive tests run alone.
@@ -49,54 +48,19 @@ pub fn shared() -> RwLockReadGuard<'static, ()> {
     TIMING.read().unwrap_or_else(|e| e.into_inner())
 }
 
-// ---------------------------------------------------------------------------
-// Paths and binaries
-// ---------------------------------------------------------------------------
-
-pub fn host_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_lrpm-host"))
-}
-
-pub fn ctl_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_lrpmctl"))
-}
-
 /// tests/fixtures/farm
-pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures").join("farm")
+pub fn farm_fixtures() -> PathBuf {
+    fixtures_dir().join("farm")
 }
 
 /// The polled source (jobs from $FARM_JOBS).
 pub fn poll_source() -> PathBuf {
-    fixtures().join("source.php")
+    farm_fixtures().join("source.php")
 }
 
 /// The push-mode source (blocks until $FARM_JOBS changes, at most 2 s).
 pub fn push_source() -> PathBuf {
-    fixtures().join("push_source.php")
-}
-
-pub fn unix_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs_f64()
-}
-
-/// Removes ANSI colour sequences (tracing colours its output).
-pub fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' && chars.peek() == Some(&'[') {
-            chars.next();
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    farm_fixtures().join("push_source.php")
 }
 
 /// Times (seconds since midnight UTC) of the supervisor log lines that
@@ -114,236 +78,6 @@ pub fn log_times(stderr: &str, needle: &str) -> Vec<f64> {
             Some(h * 3600.0 + m * 60.0 + s)
         })
         .collect()
-}
-
-// ---------------------------------------------------------------------------
-// Temp dirs
-// ---------------------------------------------------------------------------
-
-/// A fresh directory, removed when the test passes and kept (for
-/// inspection) when it fails.
-pub struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    pub fn new(name: &str) -> TempDir {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let short: String = name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(24).collect();
-        let path = std::env::temp_dir().join(format!(
-            "lrpmt-{short}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
-        TempDir { path }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.path.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !thread::panicking() {
-            let _ = fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Bounded waiting
-// ---------------------------------------------------------------------------
-
-/// Polls `check` until it returns Some, or panics after `timeout` with
-/// `what` and the diagnostics.
-pub fn poll_until<T>(
-    timeout: Duration,
-    what: &str,
-    diagnostics: impl Fn() -> String,
-    mut check: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}\n{}", diagnostics());
-        }
-        thread::sleep(POLL);
-    }
-}
-
-// ---------------------------------------------------------------------------
-// /proc
-// ---------------------------------------------------------------------------
-
-/// (state, ppid) from /proc/PID/stat.
-fn proc_stat(pid: i32) -> Option<(char, i32)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
-}
-
-/// The process title / command line, NULs as spaces, trimmed.
-pub fn cmdline(pid: i32) -> Option<String> {
-    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let text: String = String::from_utf8_lossy(&raw).replace('\0', " ");
-    Some(text.trim().to_string())
-}
-
-/// True while the process exists and is not a zombie.
-pub fn is_alive(pid: i32) -> bool {
-    matches!(proc_stat(pid), Some((state, _)) if state != 'Z' && state != 'X')
-}
-
-/// Alive and titled by lrpm-host (guards against pid reuse).
-pub fn is_lrpm_process(pid: i32) -> bool {
-    is_alive(pid) && cmdline(pid).is_some_and(|c| c.starts_with("lrpm-host"))
-}
-
-/// Every live (non-zombie) descendant of `root`.
-pub fn descendants(root: i32) -> Vec<i32> {
-    let mut parents: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
-    if let Ok(entries) = fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-            if let Some((state, ppid)) = proc_stat(pid) {
-                if state != 'Z' && state != 'X' {
-                    parents.entry(ppid).or_default().push(pid);
-                }
-            }
-        }
-    }
-    let mut found = Vec::new();
-    let mut queue = vec![root];
-    while let Some(pid) = queue.pop() {
-        for child in parents.get(&pid).cloned().unwrap_or_default() {
-            found.push(child);
-            queue.push(child);
-        }
-    }
-    found
-}
-
-// ---------------------------------------------------------------------------
-// Control socket, raw
-// ---------------------------------------------------------------------------
-
-pub fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = (payload.len() as u64).to_be_bytes().to_vec();
-    out.extend_from_slice(payload);
-    out
-}
-
-/// Reads one framed response.
-pub fn read_frame(stream: &mut UnixStream) -> io::Result<String> {
-    let mut header = [0u8; 8];
-    stream.read_exact(&mut header)?;
-    let len = u64::from_be_bytes(header);
-    if len > 64 * 1024 * 1024 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("response length {len}")));
-    }
-    let mut body = vec![0u8; len as usize];
-    stream.read_exact(&mut body)?;
-    String::from_utf8(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-/// Connects, sends one request, returns the response (5 s timeouts).
-pub fn exchange(socket: &Path, request: &str) -> io::Result<String> {
-    let mut stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(&frame(request.as_bytes()))?;
-    read_frame(&mut stream)
-}
-
-/// Waits until the peer closes `stream` (EOF or reset); false on timeout.
-pub fn closed_by_peer(stream: &mut UnixStream, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        stream.set_read_timeout(Some(left)).expect("set_read_timeout");
-        match stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return false,
-            Err(_) => return true,
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Running commands with a deadline
-// ---------------------------------------------------------------------------
-
-#[derive(Debug)]
-pub struct Output {
-    pub code: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Output {
-    pub fn dump(&self) -> String {
-        format!("exit code {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}\n---", self.code, self.stdout, self.stderr)
-    }
-}
-
-/// Runs `cmd` to completion; SIGKILLs it (and its group) after `timeout`.
-pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
-    let dir = TempDir::new("cmd");
-    let out_path = dir.join("stdout");
-    let err_path = dir.join("stderr");
-    cmd.stdin(Stdio::null())
-        .stdout(File::create(&out_path).expect("stdout file"))
-        .stderr(File::create(&err_path).expect("stderr file"))
-        .process_group(0);
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-            let _ = child.wait();
-            panic!(
-                "{cmd:?} did not finish within {timeout:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                fs::read_to_string(&out_path).unwrap_or_default(),
-                fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
-    let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-    Output {
-        code: status.code(),
-        stdout: fs::read_to_string(&out_path).unwrap_or_default(),
-        stderr: strip_ansi(&fs::read_to_string(&err_path).unwrap_or_default()),
-    }
-}
-
-/// `lrpmctl --socket SOCKET ARGS...` with a 10 s deadline.
-pub fn lrpmctl(socket: &Path, args: &[&str]) -> Output {
-    let mut cmd = Command::new(ctl_bin());
-    cmd.arg("--socket").arg(socket).args(args);
-    run_with_timeout(cmd, Duration::from_secs(10))
 }
 
 // ---------------------------------------------------------------------------
@@ -427,6 +161,9 @@ pub struct FarmOptions {
     pub extra_args: Vec<String>,
     /// Control socket path; default: control.sock in the farm's dir.
     pub socket: Option<PathBuf>,
+    /// A command (and its arguments) that runs lrpm-host, e.g. `unshare -r`;
+    /// it must exec lrpm-host in the same process.
+    pub wrapper: Vec<String>,
 }
 
 impl Default for FarmOptions {
@@ -436,6 +173,7 @@ impl Default for FarmOptions {
             source: poll_source(),
             extra_args: Vec::new(),
             socket: None,
+            wrapper: Vec::new(),
         }
     }
 }
@@ -454,6 +192,11 @@ impl FarmOptions {
 
     pub fn socket(mut self, path: PathBuf) -> Self {
         self.socket = Some(path);
+        self
+    }
+
+    pub fn wrapper(mut self, command: &[&str]) -> Self {
+        self.wrapper = command.iter().map(|s| s.to_string()).collect();
         self
     }
 }
@@ -496,13 +239,21 @@ impl Farm {
         let socket = options.socket.clone().unwrap_or_else(|| dir.join("control.sock"));
         let stderr_file = dir.join("stderr.log");
         let stdout_file = dir.join("stdout.log");
-        let mut cmd = Command::new(host_bin());
+        let mut cmd = match options.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(bin());
+                cmd
+            }
+            None => Command::new(bin()),
+        };
         cmd.args(&options.interval_args)
             .arg("--control-socket")
             .arg(&socket)
             .args(&options.extra_args)
             .arg(&options.source)
             .env("FARM_JOBS", &jobs_file)
+            .env("FARM_EVENTS", &log_file)
             .env("NO_COLOR", "1")
             .env_remove("LRPM_LOG")
             .current_dir(dir.path())
@@ -579,7 +330,7 @@ impl Farm {
     /// Polls `check` until Some; fails at once if the supervisor exits
     /// first and after `timeout` otherwise, with the diagnostics.
     pub fn wait_for<T>(&self, timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-        poll_until(
+        wait_until(
             timeout,
             what,
             || self.diagnostics(),
@@ -597,7 +348,7 @@ impl Farm {
 
     /// Waits for the supervisor to exit.
     pub fn wait_exit(&self, timeout: Duration) -> ExitStatus {
-        poll_until(timeout, "the supervisor to exit", || self.diagnostics(), || self.try_exit())
+        wait_until(timeout, "the supervisor to exit", || self.diagnostics(), || self.try_exit())
     }
 
     pub fn signal(&self, sig: Signal) {
@@ -656,6 +407,22 @@ impl Farm {
         })
     }
 
+    /// How many times the configuration source was asked for the jobs.
+    pub fn polls(&self) -> usize {
+        self.events_of(CONFIG_TAG, "poll").len()
+    }
+
+    /// Waits until the configuration source has been asked for the jobs `n`
+    /// more times than now. With a polled source, once the second of two
+    /// polls has begun, the supervisor has had the first one's jobs for a
+    /// whole interval.
+    pub fn wait_more_polls(&self, n: usize, timeout: Duration) {
+        let target = self.polls() + n;
+        self.wait_for(timeout, &format!("{n} more configuration polls (to {target})"), || {
+            (self.polls() >= target).then_some(())
+        });
+    }
+
     /// Waits until `tag` logged at least `n` "start" events; returns them.
     pub fn wait_starts(&self, tag: &str, n: usize, timeout: Duration) -> Vec<Ev> {
         self.wait_for(timeout, &format!("{n} starts of job {tag}"), || {
@@ -692,7 +459,7 @@ impl Farm {
 
     /// Asserts every pid in `pids` is gone (or a zombie) within `timeout`.
     pub fn assert_all_gone(&self, pids: &[i32], timeout: Duration, context: &str) {
-        poll_until(
+        wait_until(
             timeout,
             &format!("processes {pids:?} to be gone ({context})"),
             || {
