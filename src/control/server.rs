@@ -110,8 +110,8 @@ pub type ClientId = u64;
 /// How an accept round ended.
 #[derive(Debug)]
 pub enum AcceptOutcome {
-    /// Every pending connection was taken.
-    Drained,
+    /// Every pending connection was taken (`accepted` of them).
+    Drained { accepted: usize },
     /// EMFILE/ENFILE: connections wait in the backlog until descriptors free up.
     OutOfDescriptors(std::io::Error),
 }
@@ -179,9 +179,11 @@ impl ControlServer {
     /// reported (the caller stops polling the listener for a while instead of
     /// spinning on a connection it cannot take).
     pub fn accept_all(&mut self, now: Instant) -> AcceptOutcome {
+        let mut accepted = 0;
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
+                    accepted += 1;
                     if self.clients.len() >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
                         continue; // dropped: closed at once
                     }
@@ -200,13 +202,13 @@ impl ControlServer {
                     );
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return AcceptOutcome::Drained,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return AcceptOutcome::Drained { accepted },
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                     return AcceptOutcome::OutOfDescriptors(e)
                 }
                 Err(e) => {
                     tracing::warn!("control socket: accept failed: {e}");
-                    return AcceptOutcome::Drained;
+                    return AcceptOutcome::Drained { accepted };
                 }
             }
         }

@@ -66,6 +66,8 @@ struct Supervisor<'e> {
     exit: Option<HostExit>,
     /// Set while accept() is out of descriptors.
     accept_paused_until: Option<Instant>,
+    /// EMFILE was logged and no accept has succeeded since.
+    out_of_descriptors_logged: bool,
     /// (job, field) pairs already warned about.
     warned_fields: HashSet<(JobId, String)>,
     push_rate: PushRate,
@@ -95,6 +97,7 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         config_channel: None,
         exit: None,
         accept_paused_until: None,
+        out_of_descriptors_logged: false,
         warned_fields: HashSet::new(),
         push_rate: PushRate::default(),
     };
@@ -198,9 +201,15 @@ impl Supervisor<'_> {
 
     fn accept_clients(&mut self, now: Instant) {
         match self.control.accept_all(now) {
-            AcceptOutcome::Drained => {}
+            AcceptOutcome::Drained { accepted } => {
+                if accepted > 0 && self.out_of_descriptors_logged {
+                    self.out_of_descriptors_logged = false;
+                    tracing::info!("control socket: accepting connections again");
+                }
+            }
             AcceptOutcome::OutOfDescriptors(e) => {
-                if self.accept_paused_until.is_none() {
+                if !self.out_of_descriptors_logged {
+                    self.out_of_descriptors_logged = true;
                     tracing::warn!(
                         clients = self.control.client_count(),
                         "control socket: {e}; not accepting connections for {}ms (raise the open-files limit: ulimit -n, LimitNOFILE=)",
@@ -277,10 +286,9 @@ impl Supervisor<'_> {
         }
         if self.config.interval_seconds == 0 && self.push_rate.arrived(now) {
             tracing::warn!(
-                "the configuration source returned more than {} configurations in one second in push mode (--interval=0): \
+                "the configuration source returned {} or more configurations in one second in push mode (--interval=0): \
                  loadConfiguration() should block until the configuration changes (with a timeout of a few seconds), \
-                 or use --interval=N; polls are paced to {} per second",
-                PushRate::MAX_PER_SECOND,
+                 or use --interval=N; polls are paced to 10 per second",
                 PushRate::MAX_PER_SECOND
             );
         }

@@ -1,0 +1,305 @@
+//! Hostile inputs and scale: each test is a defect found by hostile testing
+//! (a configuration value, an entry, a client, a source or a worker that
+//! misbehaves), run against the real binary. The farm must give a clear
+//! error and keep running.
+
+mod support;
+
+use std::fs;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+use support::*;
+
+fn farm_bootstrap() -> String {
+    farm_fixtures().join("vendor/autoload.php").to_string_lossy().into_owned()
+}
+
+/// `lrpm-host check SOURCE` with the farm fixtures' bootstrap.
+fn check(dir: &TempDir, source: &str, extra: &[&str]) -> Output {
+    let mut cmd = lrpm_host(["--bootstrap", &farm_bootstrap(), "check"]);
+    cmd.args(extra).arg(source).env("FARM_JOBS", dir.join("jobs.json")).current_dir(dir.path());
+    run_with_timeout(cmd, DEFAULT_TIMEOUT)
+}
+
+#[test]
+fn a_huge_timeout_is_refused_and_the_farm_stops_cleanly() {
+    let _g = shared();
+    let farm = Farm::start("huge_timeout", FarmOptions::default(), |jobs| {
+        json!({
+            "big": jobs.job_with("big", 1, json!({}), json!({"shutdownTimeoutSeconds": i64::MAX})),
+            "short": jobs.job_with("short", 1, json!({}), json!({"shortRunTimeSeconds": i64::MAX})),
+            "ok": jobs.job("ok", 1),
+        })
+    });
+    farm.wait_running(&["ok"], secs(10.0));
+    let stderr = farm.wait_stderr("job big: field 'shutdownTimeoutSeconds'", secs(5.0));
+    assert!(stderr.contains("above the maximum of 86400"), "{}", farm.diagnostics());
+    farm.wait_stderr("job short: field 'shortRunTimeSeconds'", secs(5.0));
+    assert!(!Farm::status_ids(&farm.status()).contains("big"));
+    farm.signal(Signal::SIGTERM);
+    let status = farm.wait_exit(secs(10.0));
+    assert_eq!(status.code(), Some(0), "{}", farm.diagnostics());
+    assert!(!farm.stderr().contains("panicked"), "{}", farm.diagnostics());
+}
+
+#[test]
+fn malformed_entries_are_dropped_alone_and_later_changes_apply() {
+    let _g = shared();
+    let farm = Farm::start(
+        "malformed",
+        FarmOptions::default(),
+        |jobs| json!({"1": null, "2": {}, "3": [1, 2], "4": "text", "ok": jobs.job("ok", 1)}),
+    );
+    farm.wait_running(&["ok"], secs(10.0));
+    let stderr = farm.wait_stderr("job 4:", secs(5.0));
+    for id in ["1", "2", "3", "4"] {
+        assert!(stderr.contains(&format!("invalid configuration for job {id}:")), "job {id}\n{}", farm.diagnostics());
+    }
+    assert!(!stderr.contains("invalid type"), "{}", farm.diagnostics());
+    let jobs = farm.jobs();
+    farm.write_jobs(&json!({"1": null, "ok": jobs.job("ok", 1), "later": jobs.job("later", 1)}));
+    farm.signal(Signal::SIGHUP);
+    farm.wait_running(&["ok", "later"], secs(10.0));
+
+    let out = check(&farm.dir, &poll_source().to_string_lossy(), &[]);
+    out.assert_code(1).assert_stdout_contains("3 job(s), 2 valid").assert_stdout_contains("error job 1:");
+}
+
+#[test]
+fn job_ids_that_are_not_utf8_are_refused_never_merged() {
+    let dir = TempDir::new("utf8_ids");
+    let source = dir.join("source.php");
+    fs::write(
+        &source,
+        r#"<?php
+final class BinaryIds implements Lrpm\ConfigurationSource {
+    public function loadConfiguration(): array {
+        $job = ['name' => 'n', 'workerClass' => FarmFixture\EventWorker::class, 'mtime' => 1, 'workerConfig' => ['log' => '/dev/null']];
+        return ["q\xFF" => $job, "q\xFE" => $job, 'fine' => $job];
+    }
+}
+"#,
+    )
+    .unwrap();
+    let out = check(&dir, &source.to_string_lossy(), &[]);
+    out.assert_code(1).assert_stdout_contains("3 job(s), 1 valid");
+    assert_eq!(out.stdout.matches("not valid UTF-8").count(), 2, "{}", out.dump());
+    assert!(out.stdout.contains(r"q\xFF") && out.stdout.contains(r"q\xFE"), "{}", out.dump());
+}
+
+#[test]
+fn unknown_fields_are_warned_once_and_listed_by_check() {
+    let _g = shared();
+    let farm = Farm::start(
+        "unknown_fields",
+        FarmOptions::default(),
+        |jobs| json!({"7": jobs.job_with("7", 1, json!({}), json!({"shutdownTimeout": 60, "processes": 4}))}),
+    );
+    farm.wait_running(&["7"], secs(10.0));
+    for _ in 0..2 {
+        farm.signal(Signal::SIGHUP);
+        farm.wait_more_polls(1, secs(5.0));
+    }
+    // The warnings of the last poll are logged before the next loop turn answers.
+    farm.wait_answering(secs(5.0));
+    let stderr = farm.stderr();
+    let warning = "job 7: unknown field 'shutdownTimeout' is ignored (did you mean 'shutdownTimeoutSeconds'?)";
+    assert_eq!(stderr.matches(warning).count(), 1, "{}", farm.diagnostics());
+    assert_eq!(stderr.matches("unknown field 'processes'").count(), 1, "{}", farm.diagnostics());
+
+    let out = check(&farm.dir, &poll_source().to_string_lossy(), &[]);
+    out.assert_code(0).assert_stdout_contains("warn  job 7: unknown field 'shutdownTimeout'");
+    let strict = check(&farm.dir, &poll_source().to_string_lossy(), &["--strict"]);
+    strict.assert_code(1).assert_stdout_contains("error job 7: unknown field 'processes'");
+}
+
+#[test]
+fn a_workers_own_exit_code_is_labelled_as_the_users() {
+    let _g = shared();
+    let farm = Farm::start(
+        "exit_label",
+        FarmOptions::default(),
+        |jobs| json!({"3": jobs.job_with("3", 1, json!({"exitInStart": 3}), json!({}))}),
+    );
+    let stderr = farm.wait_stderr("exit code 3", secs(10.0));
+    assert!(stderr.contains("exit code 3 (exit() from PHP code)"), "{}", farm.diagnostics());
+    assert!(!stderr.contains("configuration source failed"), "{}", farm.diagnostics());
+}
+
+#[test]
+fn a_source_that_never_loads_ends_the_host_with_ex_config() {
+    let dir = TempDir::new("typo_source");
+    let mut cmd = lrpm_host(["--bootstrap", &farm_bootstrap(), "--control-socket"]);
+    cmd.arg(dir.join("control.sock")).arg("App\\Nope").current_dir(dir.path());
+    let out = run_with_timeout(cmd, secs(30.0));
+    out.assert_code(78)
+        .assert_stderr_contains("configuration source class App\\Nope does not exist")
+        .assert_stderr_contains("giving up: the configuration source failed 5 times");
+}
+
+#[test]
+fn check_into_a_closed_pipe_exits_quietly() {
+    let dir = TempDir::new("check_pipe");
+    write_atomically(
+        &dir.join("jobs.json"),
+        json!({"1": job(&dir.join("log"), "1", 1, json!({}), json!({}))}).to_string().as_bytes(),
+    );
+    let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+    drop(read_end);
+    let mut cmd = lrpm_host(["--bootstrap", &farm_bootstrap(), "check"]);
+    cmd.arg(poll_source()).env("FARM_JOBS", dir.join("jobs.json"));
+    let out = Running::spawn_with_stdout(cmd, Stdio::from(write_end)).wait_within(DEFAULT_TIMEOUT);
+    assert!(!out.stderr.contains("panicked"), "{}", out.dump());
+    assert_ne!(out.status.code(), Some(101), "{}", out.dump());
+    assert!(
+        out.status.code() == Some(128 + libc::SIGPIPE) || out.status.signal() == Some(libc::SIGPIPE),
+        "{}",
+        out.dump()
+    );
+}
+
+#[test]
+fn what_a_worker_started_is_stopped_with_it() {
+    let _g = shared();
+    let farm = Farm::start(
+        "grandchildren",
+        FarmOptions::default(),
+        |jobs| json!({"g": jobs.job_with("g", 1, json!({"spawn": "sleep 100"}), json!({}))}),
+    );
+    let first =
+        farm.wait_for(secs(10.0), "the first spawned sleep", || farm.events_of("g", "spawned").first().map(|e| e.pid));
+    // A restart stops the worker and what it started.
+    farm.request("restart g").unwrap();
+    assert!(wait_gone(first, secs(5.0)).is_some(), "sleep {first} survived a restart\n{}", farm.diagnostics());
+    let second =
+        farm.wait_for(secs(10.0), "the second spawned sleep", || farm.events_of("g", "spawned").get(1).map(|e| e.pid));
+    // A graceful stop of the host does too.
+    farm.signal(Signal::SIGTERM);
+    assert_eq!(farm.wait_exit(secs(10.0)).code(), Some(0), "{}", farm.diagnostics());
+    assert!(wait_gone(second, secs(5.0)).is_some(), "sleep {second} survived the host\n{}", farm.diagnostics());
+}
+
+#[test]
+fn out_of_descriptors_the_supervisor_neither_spins_nor_stops_serving() {
+    let _g = exclusive();
+    let farm = Farm::start(
+        "emfile",
+        FarmOptions::default().wrapper(&["prlimit", "--nofile=48:48", "--"]),
+        |jobs| json!({"1": jobs.job("1", 1)}),
+    );
+    farm.wait_running(&["1"], secs(10.0));
+    let idle: Vec<UnixStream> = (0..80).filter_map(|_| UnixStream::connect(&farm.socket).ok()).collect();
+    farm.wait_stderr("not accepting connections", secs(5.0));
+    let cpu_before = stat(farm.pid).map(|s| s.cpu_ticks).unwrap_or_default();
+    let t0 = Instant::now();
+    // The farm itself keeps running meanwhile: a worker restart is handled.
+    let cycles = farm.events_of("1", "cycle").len();
+    farm.wait_for(secs(5.0), "more cycles", || (farm.events_of("1", "cycle").len() > cycles + 2).then_some(()));
+    let elapsed = t0.elapsed().as_secs_f64().max(0.5);
+    let cpu = (stat(farm.pid).map(|s| s.cpu_ticks).unwrap_or_default() - cpu_before) as f64 / 100.0;
+    assert!(cpu / elapsed < 0.25, "supervisor used {cpu:.2}s CPU in {elapsed:.2}s\n{}", farm.diagnostics());
+    drop(idle);
+    // Once descriptors are free again (idle clients time out or leave), it answers.
+    farm.wait_answering(secs(10.0));
+    assert_eq!(stderr_count(&farm, "not accepting connections"), 1, "{}", farm.diagnostics());
+}
+
+fn stderr_count(farm: &Farm, needle: &str) -> usize {
+    farm.stderr().matches(needle).count()
+}
+
+#[test]
+fn a_push_source_that_does_not_block_is_paced_and_named() {
+    let _g = exclusive();
+    let dir = TempDir::new("push_spin");
+    let source = dir.join("source.php");
+    fs::write(
+        &source,
+        "<?php\nfinal class Eager implements Lrpm\\ConfigurationSource {\n    public function loadConfiguration(): array { return []; }\n}\n",
+    )
+    .unwrap();
+    fs::write(dir.join("jobs.json"), "{}").unwrap();
+    let mut options = FarmOptions::default().push_mode();
+    options.source = source;
+    options.extra_args = vec!["--bootstrap".into(), farm_bootstrap()];
+    let farm = Farm::start_in(dir, options);
+    farm.wait_stderr("in push mode (--interval=0)", secs(10.0));
+    let config_pid = farm.wait_for(secs(5.0), "the config process", || {
+        children_of(farm.pid).into_iter().find(|pid| cmdline(*pid).is_some_and(|c| c.contains("lrpm-host: config")))
+    });
+    let ticks = |pid| stat(pid).map(|s| s.cpu_ticks).unwrap_or_default();
+    let (host0, config0, t0) = (ticks(farm.pid), ticks(config_pid), Instant::now());
+    farm.wait_for(secs(5.0), "a second to pass", || (t0.elapsed() >= secs(1.0)).then_some(()));
+    let elapsed = t0.elapsed().as_secs_f64();
+    let used = (ticks(farm.pid) - host0 + ticks(config_pid) - config0) as f64 / 100.0;
+    assert!(
+        used / elapsed < 0.2,
+        "supervisor + config process used {used:.2}s CPU in {elapsed:.2}s\n{}",
+        farm.diagnostics()
+    );
+}
+
+#[test]
+fn a_big_farm_starts_in_batches_and_stops_without_late_kills() {
+    let _g = exclusive();
+    const JOBS: usize = 400;
+    let farm = Farm::start("big_farm", FarmOptions::default(), |jobs| {
+        let mut all = serde_json::Map::new();
+        for n in 0..JOBS {
+            let id = n.to_string();
+            all.insert(id.clone(), jobs.job_with(&id, 1, json!({"sleep": 30}), json!({"shutdownTimeoutSeconds": 1})));
+        }
+        Value::Object(all)
+    });
+    // While workers are being forked, every request is answered promptly.
+    let mut slowest = Duration::ZERO;
+    let mut answered = 0;
+    loop {
+        let t0 = Instant::now();
+        let reply = farm.request("version").unwrap_or_default();
+        if reply.starts_with("lrpm-host") {
+            slowest = slowest.max(t0.elapsed());
+            answered += 1;
+        }
+        let running = farm
+            .try_status()
+            .map(|s| s.as_object().map_or(0, |o| o.values().filter(|j| j["state"]["status"] == "running").count()));
+        if running == Some(JOBS) {
+            break;
+        }
+        assert!(farm.started.elapsed() < secs(120.0), "{JOBS} workers did not come up\n{}", farm.diagnostics());
+    }
+    assert!(answered > 0);
+    assert!(slowest < secs(0.5), "a request waited {slowest:?} while the farm started\n{}", farm.diagnostics());
+    farm.signal(Signal::SIGTERM);
+    assert_eq!(farm.wait_exit(secs(30.0)).code(), Some(0), "{}", farm.diagnostics());
+    assert!(!farm.stderr().contains("did not stop within"), "{}", farm.diagnostics());
+}
+
+#[test]
+fn a_large_status_reply_never_blocks_other_clients() {
+    let _g = shared();
+    let big = "x".repeat(8 * 1024 * 1024);
+    let farm = Farm::start(
+        "large_status",
+        FarmOptions::default(),
+        |jobs| json!({"big": jobs.job_with("big", 1, json!({"blob": big}), json!({}))}),
+    );
+    farm.wait_running(&["big"], secs(20.0));
+    // A client that asks for the status and never reads it.
+    let mut stalled = UnixStream::connect(&farm.socket).unwrap();
+    std::io::Write::write_all(&mut stalled, &frame(b"status")).unwrap();
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        assert!(farm.request("version").unwrap().starts_with("lrpm-host"));
+        assert!(t0.elapsed() < secs(0.5), "version took {:?}\n{}", t0.elapsed(), farm.diagnostics());
+    }
+    let status = farm.status();
+    assert_eq!(status["big"]["config"]["workerConfig"]["blob"].as_str().map(str::len), Some(big.len()));
+    drop(stalled);
+}
