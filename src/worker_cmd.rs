@@ -61,7 +61,7 @@ pub fn run(
 ) -> Result<i32, WorkerCmdError> {
     let program = php::worker_program(job, bootstrap, cycles, argv)?;
     let mut signals = SignalEvents::new()?;
-    let setup = ChildSetup { close_fds: vec![signals.raw_fd()] };
+    let setup = ChildSetup { nice: None, close_fds: vec![signals.raw_fd()] };
     let child = process::spawn_child(&setup, |parent| program.run(engine, parent))?;
     tracing::debug!(pid = child.as_raw(), "worker started");
 

@@ -46,6 +46,9 @@ pub enum Event {
     },
     /// fork() failed: treated as a run of zero seconds.
     WorkerSpawnFailed(JobId),
+    /// The supervisor used its forking time for this turn: start it in a
+    /// later turn, after the loop has polled again.
+    WorkerStartDeferred(JobId),
     /// A child was reaped (worker or config process).
     ChildExited {
         pid: Pid,
@@ -238,6 +241,11 @@ impl Farm {
                         format!("job {id} could not be started; trying again in {}s (backoff)", delay.as_secs()),
                     ));
                     self.set_phase(&id, Phase::Waiting { at: later(now, delay) });
+                }
+            }
+            Event::WorkerStartDeferred(id) => {
+                if matches!(self.jobs.get(&id).map(|s| &s.phase), Some(Phase::Waiting { .. })) {
+                    self.set_phase(&id, Phase::Waiting { at: now });
                 }
             }
             Event::ChildExited { pid, exit } => self.child_exited(pid, exit, now, &mut actions),

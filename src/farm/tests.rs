@@ -431,3 +431,15 @@ fn a_failed_fork_backs_off_like_a_zero_second_run() {
     assert_eq!(status(&farm, 1, t0), StatusName::Backoff);
     assert_eq!(farm.next_deadline(), Some(t0 + secs(1)));
 }
+
+#[test]
+fn a_deferred_start_is_due_again_at_once() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[]);
+    farm.handle(Event::Configuration(vec![job(1, 1)]), t0);
+    assert_eq!(without_logs(farm.handle(Event::Tick, t0)), vec![Action::StartWorker(id(1))]);
+    farm.handle(Event::WorkerStartDeferred(id(1)), t0);
+    assert_eq!(farm.next_deadline(), Some(t0));
+    assert_eq!(tick(&mut farm, t0), vec![Action::StartWorker(id(1))]);
+    assert_eq!(status(&farm, 1, t0), StatusName::Running);
+}

@@ -145,6 +145,26 @@ pub fn signal_process(pid: Pid, sig: Signal) -> Result<(), Errno> {
     }
 }
 
+/// How much higher than its workers the supervisor runs, when allowed.
+const SUPERVISOR_PRIORITY_BOOST: i32 = 10;
+
+/// Puts the supervisor above its workers in the scheduler: thousands of
+/// workers starting at once would otherwise leave it a thousandth of a CPU,
+/// and signals and control requests would wait for seconds. Needs
+/// CAP_SYS_NICE (root); returns the nice value children must go back to,
+/// or None when the priority stays as it was.
+pub fn raise_supervisor_priority() -> Option<i32> {
+    let original = rustix::process::getpriority_process(None).ok()?;
+    let raised = (original - SUPERVISOR_PRIORITY_BOOST).max(-20);
+    match rustix::process::setpriority_process(None, raised) {
+        Ok(()) => Some(original),
+        Err(e) => {
+            tracing::debug!("the supervisor keeps nice {original} (no CAP_SYS_NICE: {e})");
+            None
+        }
+    }
+}
+
 /// Raises the soft limit on open files to the hard limit: the supervisor
 /// uses poll(), not select(), so many descriptors cost nothing, and running
 /// out of them is what a big farm with many control clients would hit.
@@ -162,6 +182,9 @@ pub fn raise_open_files_limit() {
 /// What a forked child must do before running its body.
 #[derive(Debug, Default, Clone)]
 pub struct ChildSetup {
+    /// The nice value children run at, when the supervisor raised its own
+    /// priority above theirs (`raise_supervisor_priority`).
+    pub nice: Option<i32>,
     /// Supervisor-only descriptors (control socket, signalfd, pipes of other
     /// children). Only these are closed: libraries started in the parent
     /// (OPcache's lock file) keep theirs.
@@ -232,6 +255,13 @@ fn prepare_child(setup: &ChildSetup, parent: Pid) {
     // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and no pointers.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } != 0 {
         setup_failed("prctl(PR_SET_PDEATHSIG)", Errno::last());
+    }
+    if let Some(nice) = setup.nice {
+        // Back to the nice value the host was started with (lowering one's
+        // priority needs no privilege).
+        if let Err(e) = rustix::process::setpriority_process(None, nice) {
+            setup_failed("setpriority", Errno::from_raw(e.raw_os_error()));
+        }
     }
     // The parent may have died before prctl took effect.
     if getppid() != parent {

@@ -31,6 +31,13 @@ use crate::php::{self, Engine, PhpError};
 use crate::process::{self, ChildSetup, ExitKind, ProcessError, SignalEvents};
 use config_channel::{ConfigChannel, ConfigMessage, PushRate, ReadOutcome};
 
+/// Forking stops for the turn once it took this long; the rest of the due
+/// starts wait for the next turn, after signals and clients were served.
+const FORK_BUDGET: Duration = Duration::from_millis(10);
+
+/// A loop turn longer than this is logged at debug level.
+const SLOW_TURN: Duration = Duration::from_millis(20);
+
 /// After EMFILE/ENFILE on accept, the listener rests this long.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
 
@@ -71,6 +78,10 @@ struct Supervisor<'e> {
     /// (job, field) pairs already warned about.
     warned_fields: HashSet<(JobId, String)>,
     push_rate: PushRate,
+    /// The nice value children go back to (the supervisor runs above them).
+    child_nice: Option<i32>,
+    /// Time spent forking workers in the current loop turn.
+    forking: Duration,
 }
 
 /// Runs the farm until it has shut down; returns how it ended.
@@ -100,6 +111,8 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         out_of_descriptors_logged: false,
         warned_fields: HashSet::new(),
         push_rate: PushRate::default(),
+        child_nice: process::raise_supervisor_priority(),
+        forking: Duration::ZERO,
     };
     let first = supervisor.farm.start();
     supervisor.apply(first);
@@ -172,6 +185,8 @@ impl Supervisor<'_> {
                 (ready, PollSlots { signals, listener, config, first_client, clients })
             };
             let now = Instant::now();
+            let turn_started = now;
+            self.forking = Duration::ZERO;
 
             // Configuration messages first: a config process's last words are
             // read before its exit is handled.
@@ -196,6 +211,10 @@ impl Supervisor<'_> {
             self.control.expire(now);
             let actions = self.farm.handle(Event::Tick, now);
             self.apply(actions);
+            let turn = turn_started.elapsed();
+            if turn > SLOW_TURN {
+                tracing::debug!("slow loop turn: {:.1} ms", turn.as_secs_f64() * 1000.0);
+            }
         }
     }
 
@@ -311,7 +330,14 @@ impl Supervisor<'_> {
             let now = Instant::now();
             match action {
                 Action::StartWorker(id) => {
-                    let event = self.spawn_worker(&id);
+                    let event = if self.forking >= FORK_BUDGET {
+                        Event::WorkerStartDeferred(id)
+                    } else {
+                        let fork_started = Instant::now();
+                        let event = self.spawn_worker(&id);
+                        self.forking += fork_started.elapsed();
+                        event
+                    };
                     queue.extend(self.farm.handle(event, now));
                 }
                 Action::StopWorker { pid, .. } | Action::StopConfigProcess { pid } => {
@@ -359,7 +385,7 @@ impl Supervisor<'_> {
                 return Event::WorkerSpawnFailed(id.clone());
             }
         };
-        let setup = ChildSetup { close_fds: self.supervisor_fds() };
+        let setup = ChildSetup { nice: self.child_nice, close_fds: self.supervisor_fds() };
         let engine = self.engine;
         match process::spawn_child(&setup, |parent| program.run(engine, parent)) {
             Ok(pid) => {
@@ -386,7 +412,7 @@ impl Supervisor<'_> {
         )?;
         let mut close_fds = self.supervisor_fds();
         close_fds.push(read_end.as_raw_fd());
-        let setup = ChildSetup { close_fds };
+        let setup = ChildSetup { nice: self.child_nice, close_fds };
         let engine = self.engine;
         let pid = process::spawn_child(&setup, |parent| program.run(engine, parent))?;
         drop(write_end);
