@@ -475,7 +475,7 @@ int lrpm_child_main(const lrpm_child_spec *spec)
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     if (!started) {
-        return LRPM_EXIT_REQUEST_FAILED;
+        return spec->request_failed_exit;
     }
 
     SG(headers_sent) = 1;

@@ -13,9 +13,6 @@
 #define LRPM_BOOT_SAPI_FAILED 1
 #define LRPM_BOOT_MODULE_FAILED 2
 
-/* Exit status of a child whose request could not even start. */
-#define LRPM_EXIT_REQUEST_FAILED 71
-
 typedef struct lrpm_child_spec {
     /* PHP source of the runner (no opening tag), compiled in the child. */
     const char *runner_code;
@@ -30,6 +27,10 @@ typedef struct lrpm_child_spec {
     int message_fd;
     /* Parent pid at fork time: should_stop() turns true once it changes. */
     int parent_pid;
+    /* Exit statuses (from src/exit_code.rs, the one table): the request
+     * could not start / the child's own setup (signals, ...) failed. */
+    int request_failed_exit;
+    int setup_failed_exit;
 } lrpm_child_spec;
 
 /*

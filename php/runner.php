@@ -4,16 +4,19 @@
 // the worker loop runs with a PHP frame on the stack and uncaught exceptions
 // are caught here instead of becoming fatal errors in C.
 //
-// Exit codes are part of the public contract (README "Exit codes"); the Rust
-// side mirrors them in src/php/outcome.rs.
+// Exit codes are part of the public contract (README "Exit codes"). Their
+// one table is src/exit_code.rs: the params carry it ("exitCodes") and
+// define_exit_codes() turns it into the Lrpm\Internal\EXIT_* constants used
+// below, before anything can exit.
 
 namespace Lrpm\Internal;
 
-const EXIT_OK = 0;
-const EXIT_CONFIG_SOURCE_FAILED = 3;
-const EXIT_BAD_WORKER_CLASS = 65;
-const EXIT_UNCAUGHT = 70;
-const EXIT_BOOTSTRAP_FAILED = 78;
+function define_exit_codes(array $codes): void
+{
+    foreach ($codes as $name => $code) {
+        \define(__NAMESPACE__ . '\\' . $name, $code);
+    }
+}
 
 function say(string $message): void
 {
@@ -228,6 +231,9 @@ function run_config(array $params): void
 function main(): void
 {
     $params = \json_decode(params(), true, 512, \JSON_THROW_ON_ERROR);
+    define_exit_codes($params['exitCodes']);
+    // Freed now rather than kept as a possible GC root for the whole run.
+    unset($params['exitCodes']);
     bootstrap($params['bootstrap'] ?? null, $params['interfaces']);
     switch ($params['mode']) {
         case 'worker':

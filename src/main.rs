@@ -6,11 +6,9 @@ use anyhow::Context;
 use clap::Parser;
 
 use lrpm_host::cli::{self, Cli, Command};
+use lrpm_host::exit_code::host::{SOFTWARE as EXIT_SOFTWARE, USAGE as EXIT_USAGE};
 use lrpm_host::php::{self, Engine, EngineSettings};
 use lrpm_host::{process, supervisor, telemetry, worker_cmd};
-
-const EXIT_USAGE: u8 = 64;
-const EXIT_SOFTWARE: u8 = 70;
 
 fn engine_settings(options: &cli::PhpOptions) -> EngineSettings {
     let is_root = nix::unistd::geteuid().is_root();

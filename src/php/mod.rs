@@ -44,6 +44,13 @@ fn interfaces_param() -> &'static serde_json::Value {
     })
 }
 
+/// `{EXIT_OK: 0, ...}` from src/exit_code.rs: the runner defines its exit
+/// constants from this, so no other layer holds a literal code.
+fn exit_codes_param() -> &'static serde_json::Value {
+    static PARAM: OnceLock<serde_json::Value> = OnceLock::new();
+    PARAM.get_or_init(crate::exit_code::runner_constants)
+}
+
 /// The runner as the shim evaluates it (no opening tag), built once.
 fn runner_code() -> &'static CStr {
     static CODE: OnceLock<CString> = OnceLock::new();
@@ -268,6 +275,8 @@ impl ChildProgram {
             title: self.title.as_ptr(),
             message_fd: self.message_fd,
             parent_pid,
+            request_failed_exit: crate::exit_code::REQUEST_FAILED,
+            setup_failed_exit: crate::exit_code::CHILD_SETUP_FAILED,
         };
         // SAFETY: the Engine token proves module startup happened in this
         // process image; every pointer in `spec` borrows from `self`, which
@@ -287,6 +296,7 @@ pub fn worker_program(
     let params = serde_json::json!({
         "mode": "worker",
         "interfaces": interfaces_param(),
+        "exitCodes": exit_codes_param(),
         "bootstrap": bootstrap.map(|p| p.to_string_lossy()),
         "class": job.worker_class,
         "jobId": job.id.to_string(),
@@ -310,6 +320,7 @@ pub fn config_program(
     let params = serde_json::json!({
         "mode": "config",
         "interfaces": interfaces_param(),
+        "exitCodes": exit_codes_param(),
         "bootstrap": bootstrap.map(|p| p.to_string_lossy()),
         "source": source,
         "sourceIsFile": source_is_file,
