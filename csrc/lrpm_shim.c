@@ -427,16 +427,63 @@ static void register_std_constants(void)
     }
 }
 
-static void install_child_signal_handlers(void)
+/* A child whose own setup failed: name the call, exit with
+ * CHILD_SETUP_FAILED (the code comes from src/exit_code.rs via the spec). */
+static void child_setup_failed(const lrpm_child_spec *spec, const char *call)
+{
+    int saved = errno;
+    char message[256];
+    int len = snprintf(message, sizeof(message), "lrpm-host: child setup failed: %s: %s\n", call, strerror(saved));
+    if (len > 0) {
+        ssize_t ignored = write(STDERR_FILENO, message, (size_t)len < sizeof(message) ? (size_t)len : sizeof(message) - 1);
+        (void)ignored;
+    }
+    _exit(spec->setup_failed_exit);
+}
+
+/*
+ * Signals a worker must take exactly as a plain process does (default
+ * action) unless user code installs a handler with pcntl_signal(). The
+ * supervisor is a Rust program: Rust's runtime installs SIGSEGV and SIGBUS
+ * handlers (stack-overflow detection) that reset themselves and return, so a
+ * SIGSEGV sent with kill() was swallowed once. The others are reset too in
+ * case anything in the parent touched them. SIGPIPE stays ignored, as
+ * php-cli ignores it (a closed socket is an error return, not a death).
+ */
+static const int default_action_signals[] = {
+    SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS,
+    SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM,
+};
+
+static void reset_default_actions(const lrpm_child_spec *spec)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = SIG_DFL;
+    for (size_t i = 0; i < sizeof(default_action_signals) / sizeof(*default_action_signals); i++) {
+        if (sigaction(default_action_signals[i], &sa, NULL) != 0) {
+            child_setup_failed(spec, "sigaction(SIG_DFL)");
+        }
+    }
+    sa.sa_handler = SIG_IGN;
+    if (sigaction(SIGPIPE, &sa, NULL) != 0) {
+        child_setup_failed(spec, "sigaction(SIGPIPE, SIG_IGN)");
+    }
+}
+
+/* No SA_RESTART: the stop signal interrupts blocking system calls that
+ * PHP does not retry itself (README "Stopping a worker"). */
+static void install_child_signal_handlers(const lrpm_child_spec *spec)
 {
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sigemptyset(&sa.sa_mask);
     sa.sa_handler = on_stop_signal;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
+    if (sigaction(SIGTERM, &sa, NULL) != 0) child_setup_failed(spec, "sigaction(SIGTERM)");
+    if (sigaction(SIGINT, &sa, NULL) != 0) child_setup_failed(spec, "sigaction(SIGINT)");
     sa.sa_handler = on_reload_signal;
-    sigaction(SIGHUP, &sa, NULL);
+    if (sigaction(SIGHUP, &sa, NULL) != 0) child_setup_failed(spec, "sigaction(SIGHUP)");
 }
 
 int lrpm_child_main(const lrpm_child_spec *spec)
@@ -455,7 +502,8 @@ int lrpm_child_main(const lrpm_child_spec *spec)
      * the second startup our handlers would be replaced by the supervisor's
      * snapshot (SIG_DFL), and SIGTERM would kill the worker mid-cycle.
      */
-    install_child_signal_handlers();
+    reset_default_actions(spec);
+    install_child_signal_handlers(spec);
     zend_signal_startup();
 
     SG(options) |= SAPI_OPTION_NO_CHDIR;
@@ -473,7 +521,9 @@ int lrpm_child_main(const lrpm_child_spec *spec)
      * and ours are in place now, so a signal that arrived early is handled. */
     sigset_t none;
     sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
+    if (sigprocmask(SIG_SETMASK, &none, NULL) != 0) {
+        child_setup_failed(spec, "sigprocmask(SIG_SETMASK, {})");
+    }
     if (!started) {
         return spec->request_failed_exit;
     }

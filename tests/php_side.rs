@@ -1,0 +1,178 @@
+//! The PHP side of workers (tests/fixtures/app): signals delivered as to a
+//! plain process, user SIGTERM handlers, blocking reads, configuration
+//! sources that return garbage, single-file farms.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+
+// --- helpers -----------------------------------------------------------------
+
+/// A fresh folder under the temp dir, removed when the test passes.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "lrpm-php-side-{name}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        TempDir(path)
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !thread::panicking() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Polls `check` every 10 ms until it returns Some; panics with `what` and
+/// the output so far after `timeout`.
+fn wait_until<T>(
+    running: &mut Running,
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut(&Running) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check(running) {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            let (out, err) = (running.stdout_so_far(), running.stderr_so_far());
+            running.kill_group();
+            panic!("gave up after {timeout:?} waiting for {what}\n--- stdout ---\n{out}\n--- stderr ---\n{err}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn wait_stderr(running: &mut Running, needle: &str, timeout: Duration) {
+    wait_until(running, timeout, needle, |r| r.stderr_so_far().contains(needle).then_some(()));
+}
+
+/// The fixture app's bootstrap (Fixture\ autoloader).
+fn app_bootstrap() -> PathBuf {
+    app_dir().join("vendor").join("autoload.php")
+}
+
+/// A configuration source file returning `jobs` (a JSON object keyed by id).
+fn write_source(dir: &TempDir, jobs: &Value) -> PathBuf {
+    let path = dir.join("source.php");
+    let code = format!(
+        "<?php\nreturn new class implements Lrpm\\ConfigurationSource {{\n    public function loadConfiguration(): array\n    {{\n        return json_decode(<<<'JSON'\n{jobs}\nJSON, true);\n    }}\n}};\n"
+    );
+    fs::write(&path, code).unwrap();
+    path
+}
+
+fn job(class: &str, worker_config: Value, extra: Value) -> Value {
+    let mut job = json!({"name": "test job", "workerClass": class, "mtime": 1, "workerConfig": worker_config});
+    if let (Some(job), Some(extra)) = (job.as_object_mut(), extra.as_object()) {
+        job.extend(extra.clone());
+    }
+    job
+}
+
+/// `lrpm-host --bootstrap APP SOURCE` with its control socket in `dir`.
+fn start_farm(dir: &TempDir, source: &Path, bootstrap: Option<&Path>) -> Running {
+    let mut cmd = Command::new(bin());
+    if let Some(bootstrap) = bootstrap {
+        cmd.arg("--bootstrap").arg(bootstrap);
+    }
+    cmd.arg("--control-socket").arg(dir.join("ctl.sock")).arg(source).current_dir(&dir.0);
+    Running::spawn(cmd)
+}
+
+fn lrpmctl(dir: &TempDir, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lrpmctl"));
+    cmd.arg("--socket").arg(dir.join("ctl.sock")).args(args);
+    run_with_timeout(cmd, DEFAULT_TIMEOUT)
+}
+
+/// `lrpm-host worker CLASS --job JOB ARGS...` from the fixture app.
+fn worker_with_job(class: &str, job: &Value, args: &[&str]) -> Command {
+    let job = job.to_string();
+    let mut all = vec!["worker", class, "--job", job.as_str()];
+    all.extend_from_slice(args);
+    lrpm_host(all)
+}
+
+// --- 3. signals are delivered as to a plain process --------------------------
+
+/// Signals whose default action ends the process, by number.
+const FATAL_SIGNALS: [(Signal, i32); 9] = [
+    (Signal::SIGSEGV, 11),
+    (Signal::SIGBUS, 7),
+    (Signal::SIGFPE, 8),
+    (Signal::SIGILL, 4),
+    (Signal::SIGABRT, 6),
+    (Signal::SIGQUIT, 3),
+    (Signal::SIGUSR1, 10),
+    (Signal::SIGUSR2, 12),
+    (Signal::SIGALRM, 14),
+];
+
+#[test]
+fn a_fatal_signal_a_worker_sends_itself_kills_it_the_first_time() {
+    for (signal, number) in FATAL_SIGNALS {
+        let job = json!({"workerConfig": {"signal": number, "self": true}});
+        let out = run_with_timeout(worker_with_job("Fixture\\SignalTarget", &job, &["--cycles", "3"]), DEFAULT_TIMEOUT);
+        assert_eq!(out.code(), 128 + number, "{signal} must kill the worker at once\n{}", out.dump());
+        assert!(!out.stdout.contains("survived"), "{signal} was swallowed\n{}", out.dump());
+    }
+}
+
+#[test]
+fn a_pcntl_handler_for_a_fatal_signal_still_runs() {
+    for (signal, number) in FATAL_SIGNALS {
+        let job = json!({"workerConfig": {"signal": number, "self": true, "handle": true}});
+        let out = run_with_timeout(worker_with_job("Fixture\\SignalTarget", &job, &["--cycles", "2"]), DEFAULT_TIMEOUT);
+        out.assert_code(0);
+        assert_eq!(
+            out.stdout.matches(&format!("handled {number}\n")).count(),
+            2,
+            "{signal}: the user's handler runs once per signal\n{}",
+            out.dump()
+        );
+    }
+}
+
+#[test]
+fn lrpmctl_signal_segv_kills_a_farm_worker_the_first_time() {
+    let dir = TempDir::new("segv");
+    let jobs = json!({"1": job("Fixture\\SignalTarget", json!({"signal": 11}), json!({}))});
+    let source = write_source(&dir, &jobs);
+    let mut farm = start_farm(&dir, &source, Some(&app_bootstrap()));
+    let pid: i32 = wait_until(&mut farm, DEFAULT_TIMEOUT, "the worker's pid", |r| {
+        r.stdout_so_far().lines().find_map(|l| l.strip_prefix("pid ").and_then(|p| p.parse().ok()))
+    });
+    lrpmctl(&dir, &["signal", "1", "SEGV"]).assert_code(0);
+    wait_stderr(&mut farm, &format!("job 1 (pid {pid}) exited after"), DEFAULT_TIMEOUT);
+    let stderr = farm.stderr_so_far();
+    let line = stderr.lines().find(|l| l.contains(&format!("(pid {pid}) exited"))).unwrap();
+    assert!(line.contains("killed by SIGSEGV"), "{line}\n{stderr}");
+    farm.signal(Signal::SIGTERM);
+    farm.wait_within(DEFAULT_TIMEOUT).assert_code(0);
+}
