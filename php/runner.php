@@ -189,6 +189,14 @@ function describe_jobs(array $configuration): array
     return $described;
 }
 
+// The user's class as a message names it ("App\Source", or "the anonymous
+// class in /app/source.php").
+function class_label(object $object): string
+{
+    $class = new \ReflectionClass($object);
+    return $class->isAnonymous() ? 'the anonymous class in ' . $class->getFileName() : $class->getName();
+}
+
 function send_message(array $message): void
 {
     $json = \json_encode($message, \JSON_PRESERVE_ZERO_FRACTION | \JSON_UNESCAPED_SLASHES | \JSON_INVALID_UTF8_SUBSTITUTE);
@@ -211,7 +219,13 @@ function run_config(array $params): void
         try {
             $configuration = $source->loadConfiguration();
         } catch (\Throwable $e) {
-            send_message(['type' => 'error', 'message' => \get_class($source) . '::loadConfiguration() failed: ' . describe_throwable($e)]);
+            send_message(['type' => 'error', 'message' => class_label($source) . '::loadConfiguration() failed: ' . describe_throwable($e)]);
+            exit(EXIT_CONFIG_SOURCE_FAILED);
+        }
+        // php-lrpm's PHPLRPM\ConfigurationSource declares no return type.
+        if (!\is_array($configuration)) {
+            send_message(['type' => 'error', 'message' => class_label($source) . '::loadConfiguration() returned '
+                . \get_debug_type($configuration) . ', expected an array of jobs']);
             exit(EXIT_CONFIG_SOURCE_FAILED);
         }
         send_message(['type' => 'configuration', 'jobs' => describe_jobs($configuration)]);

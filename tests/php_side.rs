@@ -176,3 +176,48 @@ fn lrpmctl_signal_segv_kills_a_farm_worker_the_first_time() {
     farm.signal(Signal::SIGTERM);
     farm.wait_within(DEFAULT_TIMEOUT).assert_code(0);
 }
+
+// --- 2. a configuration source that returns something else than an array --
+
+/// A source written against php-lrpm's untyped interface (the copy an app
+/// ships in vendor/), whose loadConfiguration() returns `returned` (PHP).
+fn write_untyped_source(dir: &TempDir, returned: &str) -> PathBuf {
+    let path = dir.join("untyped_source.php");
+    let code = format!(
+        "<?php\nnamespace PHPLRPM {{\n    interface ConfigurationSource\n    {{\n        public function loadConfiguration();\n    }}\n}}\n\
+         namespace App {{\n    final class Source implements \\PHPLRPM\\ConfigurationSource\n    {{\n        public function loadConfiguration()\n        {{\n            return {returned};\n        }}\n    }}\n}}\n"
+    );
+    fs::write(&path, code).unwrap();
+    path
+}
+
+#[test]
+fn check_names_the_source_class_when_it_returns_a_non_array() {
+    for (returned, type_name) in [("'oops'", "string"), ("null", "null"), ("new \\ArrayObject([])", "ArrayObject")] {
+        let dir = TempDir::new("nonarray");
+        let source = write_untyped_source(&dir, returned);
+        let mut cmd = Command::new(bin());
+        cmd.arg("check").arg(&source).current_dir(&dir.0);
+        let out = run_with_timeout(cmd, DEFAULT_TIMEOUT);
+        out.assert_code(1).assert_stderr_contains(&format!(
+            "App\\Source::loadConfiguration() returned {type_name}, expected an array of jobs"
+        ));
+        assert!(!out.stderr.contains("lrpm-host runner"), "must not blame the runner\n{}", out.dump());
+    }
+}
+
+#[test]
+fn a_farm_logs_a_non_array_configuration_and_the_config_process_exit() {
+    let dir = TempDir::new("nonarray-farm");
+    let source = write_untyped_source(&dir, "'oops'");
+    let mut farm = start_farm(&dir, &source, None);
+    wait_stderr(
+        &mut farm,
+        "App\\Source::loadConfiguration() returned string, expected an array of jobs",
+        DEFAULT_TIMEOUT,
+    );
+    wait_stderr(&mut farm, "(configuration source failed)", DEFAULT_TIMEOUT);
+    assert!(!farm.stderr_so_far().contains("lrpm-host runner"), "{}", farm.stderr_so_far());
+    farm.signal(Signal::SIGTERM);
+    farm.wait_within(DEFAULT_TIMEOUT).assert_code(0);
+}
