@@ -79,6 +79,11 @@ pub struct DescribedJob {
     pub field_types: Map<String, Value>,
     #[serde(rename = "workerClassExists", default)]
     pub worker_class_exists: bool,
+    /// Where workers find the class (runner.php, class_visibility):
+    /// "bootstrap", "source" (the source file, which workers load too),
+    /// "sourceOnly" (the source file, which workers do not load), "missing".
+    #[serde(rename = "workerClassVisibility", default)]
+    pub worker_class_visibility: Option<String>,
     #[serde(rename = "encodeError", default)]
     pub encode_error: Option<String>,
 }
@@ -133,8 +138,14 @@ impl DescribedJob {
             job,
             field_types,
             worker_class_exists: true,
+            worker_class_visibility: None,
             encode_error: None,
         }
+    }
+
+    /// The class exists in the configuration process only.
+    fn hidden_from_workers(&self) -> bool {
+        self.worker_class_visibility.as_deref() == Some("sourceOnly")
     }
 
     fn field_type(&self, field: &str) -> Option<&str> {
@@ -185,11 +196,16 @@ impl DescribedJob {
             let valid = match rule.name {
                 "name" => php_type == "string",
                 "workerConfig" => php_type == "array",
-                "workerClass" => php_type == "string" && self.worker_class_exists,
+                "workerClass" => php_type == "string" && self.worker_class_exists && !self.hidden_from_workers(),
                 _ => php_type == "integer" && value.as_i64().is_some_and(|n| n >= 0),
             };
             if !valid {
-                let got = if rule.name == "workerClass" && php_type == "string" {
+                let got = if rule.name == "workerClass" && php_type == "string" && self.hidden_from_workers() {
+                    format!(
+                        "class {} is declared in the source file, which workers do not load (declare it in a file the bootstrap autoloads)",
+                        value.as_str().unwrap_or_default()
+                    )
+                } else if rule.name == "workerClass" && php_type == "string" {
                     format!("class {} does not exist", value.as_str().unwrap_or_default())
                 } else {
                     format!("got {php_type} {}", short_json(value))

@@ -221,3 +221,71 @@ fn a_farm_logs_a_non_array_configuration_and_the_config_process_exit() {
     farm.signal(Signal::SIGTERM);
     farm.wait_within(DEFAULT_TIMEOUT).assert_code(0);
 }
+
+// --- 6. a single-file farm ------------------------------------------------------
+
+/// A source file that declares its worker class next to the configuration
+/// source, as a first farm does.
+fn write_single_file_farm(dir: &TempDir) -> PathBuf {
+    let path = dir.join("farm.php");
+    let code = r#"<?php
+namespace App;
+
+final class SingleWorker implements \Lrpm\Worker
+{
+    private int $cycles = 0;
+
+    public function start(array $job): void
+    {
+        echo "single-file worker started\n";
+    }
+
+    public function cycle(): void
+    {
+        $this->cycles++;
+        echo "single-file worker cycle {$this->cycles}\n";
+        \usleep(20000);
+    }
+}
+
+final class Source implements \Lrpm\ConfigurationSource
+{
+    public function loadConfiguration(): array
+    {
+        return [1 => ['name' => 'single', 'workerClass' => SingleWorker::class, 'mtime' => 1, 'workerConfig' => []]];
+    }
+}
+"#;
+    fs::write(&path, code).unwrap();
+    path
+}
+
+#[test]
+fn a_single_file_farm_runs_its_worker_cycles() {
+    let dir = TempDir::new("single");
+    let source = write_single_file_farm(&dir);
+    assert!(!Path::new("/tmp/vendor/autoload.php").exists() && !Path::new("/vendor/autoload.php").exists());
+    let mut farm = start_farm(&dir, &source, None);
+    farm.wait_for_stdout("single-file worker cycle 3", DEFAULT_TIMEOUT);
+    assert_eq!(farm.stdout_so_far().matches("single-file worker started").count(), 1, "{}", farm.stdout_so_far());
+    farm.signal(Signal::SIGTERM);
+    farm.wait_within(DEFAULT_TIMEOUT).assert_code(0);
+}
+
+#[test]
+fn check_refuses_a_worker_class_only_the_source_file_declares() {
+    let dir = TempDir::new("single-check");
+    let source = write_single_file_farm(&dir);
+    let bootstrap = dir.join("bootstrap.php");
+    fs::write(&bootstrap, "<?php\n// loads nothing\n").unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.arg("--bootstrap").arg(&bootstrap).arg("check").arg(&source).current_dir(&dir.0);
+    let out = run_with_timeout(cmd, DEFAULT_TIMEOUT);
+    out.assert_code(1).assert_stdout_contains(
+        "class App\\SingleWorker is declared in the source file, which workers do not load (declare it in a file the bootstrap autoloads)",
+    );
+    // Without a bootstrap the workers load the source file: the same farm checks fine.
+    let mut cmd = Command::new(bin());
+    cmd.arg("check").arg(&source).current_dir(&dir.0);
+    run_with_timeout(cmd, DEFAULT_TIMEOUT).assert_code(0).assert_stdout_contains("ok    1: single");
+}

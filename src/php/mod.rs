@@ -286,18 +286,51 @@ impl ChildProgram {
     }
 }
 
-/// The runner parameters for a worker process of `job`.
+/// Whether a farm's workers include the source file: when it is a file and
+/// no bootstrap was found, so that a single-file farm (source and worker
+/// classes in one file) works. The configuration process uses the same
+/// rule to tell which worker classes workers will see.
+pub fn workers_load_source(source_is_file: bool, bootstrap: Option<&std::path::Path>) -> bool {
+    source_is_file && bootstrap.is_none()
+}
+
+/// The runner parameters for a worker process of `job` (no source file:
+/// the `worker` command).
 pub fn worker_program(
     job: &crate::job::Job,
     bootstrap: Option<&std::path::Path>,
     cycles: Option<u64>,
     argv: &[String],
 ) -> Result<ChildProgram, PhpError> {
+    worker_program_with_source(job, bootstrap, None, cycles, argv)
+}
+
+/// The runner parameters for a farm's worker process of `job`;
+/// `source_file` is the farm's source when it is a file: workers include it
+/// when there is no bootstrap ([`workers_load_source`]).
+pub fn farm_worker_program(
+    job: &crate::job::Job,
+    bootstrap: Option<&std::path::Path>,
+    source_file: Option<&std::path::Path>,
+    argv: &[String],
+) -> Result<ChildProgram, PhpError> {
+    worker_program_with_source(job, bootstrap, source_file, None, argv)
+}
+
+fn worker_program_with_source(
+    job: &crate::job::Job,
+    bootstrap: Option<&std::path::Path>,
+    source_file: Option<&std::path::Path>,
+    cycles: Option<u64>,
+    argv: &[String],
+) -> Result<ChildProgram, PhpError> {
+    let source_file = source_file.filter(|_| workers_load_source(true, bootstrap));
     let params = serde_json::json!({
         "mode": "worker",
         "interfaces": interfaces_param(),
         "exitCodes": exit_codes_param(),
         "bootstrap": bootstrap.map(|p| p.to_string_lossy()),
+        "sourceFile": source_file.map(|p| p.to_string_lossy()),
         "class": job.worker_class,
         "jobId": job.id.to_string(),
         "job": job.config,
@@ -324,6 +357,7 @@ pub fn config_program(
         "bootstrap": bootstrap.map(|p| p.to_string_lossy()),
         "source": source,
         "sourceIsFile": source_is_file,
+        "workersLoadSource": workers_load_source(source_is_file, bootstrap),
         "interval": interval,
         "once": once,
     });

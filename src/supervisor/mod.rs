@@ -259,7 +259,13 @@ impl Supervisor<'_> {
 
     fn spawn_worker(&mut self, id: &JobId) -> Event {
         let Some(state) = self.farm.job(id) else { return Event::Tick };
-        let program = match php::worker_program(&state.job, self.config.bootstrap.as_deref(), None, &self.config.argv) {
+        let source_file = self.config.source_is_file.then(|| Path::new(&self.config.source));
+        let program = match php::farm_worker_program(
+            &state.job,
+            self.config.bootstrap.as_deref(),
+            source_file,
+            &self.config.argv,
+        ) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!("job {id}: cannot prepare the worker: {e}");
