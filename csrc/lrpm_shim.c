@@ -48,6 +48,101 @@ static void on_fork_in_child(void) { forked_by_worker = 1; }
 static void on_stop_signal(int signo) { (void)signo; stop_requested = 1; }
 static void on_reload_signal(int signo) { (void)signo; reload_requested = 1; }
 
+/* ------------------------------------------------------------------ */
+/* User SIGTERM/SIGINT handlers (pcntl_signal)                         */
+/* ------------------------------------------------------------------ */
+
+/*
+ * pcntl_signal(SIGTERM, $callable) replaces the host's handler (through
+ * zend_sigaction): the stop flag would never be set and the worker would
+ * cycle until SIGKILL. The shim wraps PHP's pcntl_signal(): after the
+ * original has installed its action for SIGTERM/SIGINT, the shim puts its
+ * own handler in front, which sets the stop flag and then calls the action
+ * pcntl installed (zend_signal's deferring handler, which queues the
+ * user's callable), with the same arguments. For SIG_IGN and SIG_DFL only
+ * the stop flag is set: the host's graceful stop applies.
+ */
+static zif_handler original_pcntl_signal = NULL;
+static struct sigaction chained_action[NSIG];
+static volatile sig_atomic_t chained_active[NSIG];
+
+static void mark_shared_flag(uint64_t bit)
+{
+    if (current_spec && current_spec->shared_page) {
+        __atomic_fetch_or(&current_spec->shared_page->flags, bit, __ATOMIC_RELAXED);
+    }
+}
+
+static void on_stop_signal_chained(int signo, siginfo_t *info, void *context)
+{
+    stop_requested = 1;
+    if (signo <= 0 || signo >= NSIG || !chained_active[signo]) return;
+    const struct sigaction *next = &chained_action[signo];
+    if (next->sa_flags & SA_SIGINFO) {
+        next->sa_sigaction(signo, info, context);
+    } else if (next->sa_handler != SIG_DFL && next->sa_handler != SIG_IGN) {
+        next->sa_handler(signo);
+    }
+}
+
+/* Returns false (errno set) when a sigaction call failed. */
+static bool take_over_stop_signal(int signo)
+{
+    struct sigaction installed;
+    if (sigaction(signo, NULL, &installed) != 0) return false;
+    if ((installed.sa_flags & SA_SIGINFO) && installed.sa_sigaction == on_stop_signal_chained) return true;
+    /* What pcntl asked zend_signal for: a callable (pcntl's own C handler),
+     * SIG_IGN or SIG_DFL. */
+    struct sigaction requested;
+    memset(&requested, 0, sizeof(requested));
+    zend_sigaction(signo, NULL, &requested);
+    bool chain = requested.sa_handler != SIG_DFL && requested.sa_handler != SIG_IGN
+        && installed.sa_handler != SIG_DFL && installed.sa_handler != SIG_IGN;
+
+    chained_active[signo] = 0;
+    chained_action[signo] = installed;
+    struct sigaction ours;
+    memset(&ours, 0, sizeof(ours));
+    ours.sa_sigaction = on_stop_signal_chained;
+    if (chain) {
+        /* Keep pcntl's SA_RESTART choice (restart_syscalls) and the mask
+         * zend_signal's handler expects to run with. */
+        ours.sa_flags = SA_SIGINFO | (installed.sa_flags & (SA_RESTART | SA_ONSTACK));
+        ours.sa_mask = installed.sa_mask;
+    } else {
+        ours.sa_flags = SA_SIGINFO;
+        sigemptyset(&ours.sa_mask);
+    }
+    if (sigaction(signo, &ours, NULL) != 0) return false;
+    chained_active[signo] = chain ? 1 : 0;
+    return true;
+}
+
+static PHP_FUNCTION(lrpm_pcntl_signal)
+{
+    original_pcntl_signal(INTERNAL_FUNCTION_PARAM_PASSTHRU);
+    if (EG(exception) || Z_TYPE_P(return_value) != IS_TRUE || ZEND_NUM_ARGS() < 1) return;
+    /* The original parsed the arguments: the first one is the signal. */
+    zend_long signo = zval_get_long(ZEND_CALL_ARG(execute_data, 1));
+    if (signo != SIGTERM && signo != SIGINT) return;
+    mark_shared_flag(signo == SIGTERM ? LRPM_FLAG_USER_SIGTERM_HANDLER : LRPM_FLAG_USER_SIGINT_HANDLER);
+    if (!take_over_stop_signal((int)signo)) {
+        php_error_docref(NULL, E_WARNING, "lrpm-host could not keep its stop handler for signal %d: %s",
+                         (int)signo, strerror(errno));
+    }
+}
+
+/* Called in the child once the request started (the function table is
+ * this process's own copy after fork). */
+static void wrap_pcntl_signal(void)
+{
+    zend_function *fn = zend_hash_str_find_ptr(CG(function_table), "pcntl_signal", sizeof("pcntl_signal") - 1);
+    if (fn && fn->type == ZEND_INTERNAL_FUNCTION && fn->internal_function.handler != zif_lrpm_pcntl_signal) {
+        original_pcntl_signal = fn->internal_function.handler;
+        fn->internal_function.handler = zif_lrpm_pcntl_signal;
+    }
+}
+
 static bool parent_changed(void)
 {
     return current_spec && current_spec->parent_pid > 0 && getppid() != current_spec->parent_pid;
@@ -527,6 +622,8 @@ int lrpm_child_main(const lrpm_child_spec *spec)
     if (!started) {
         return spec->request_failed_exit;
     }
+
+    wrap_pcntl_signal();
 
     SG(headers_sent) = 1;
     SG(request_info).no_headers = 1;

@@ -289,3 +289,57 @@ fn check_refuses_a_worker_class_only_the_source_file_declares() {
     cmd.arg("check").arg(&source).current_dir(&dir.0);
     run_with_timeout(cmd, DEFAULT_TIMEOUT).assert_code(0).assert_stdout_contains("ok    1: single");
 }
+
+// --- 4. a user SIGTERM handler does not hang the stop -------------------------
+
+#[test]
+fn a_farm_worker_with_its_own_sigterm_handler_stops_promptly_and_its_handler_runs() {
+    let dir = TempDir::new("listener");
+    let jobs = json!({"1": job("Fixture\\StopListener", json!({}), json!({"shutdownTimeoutSeconds": 30}))});
+    let source = write_source(&dir, &jobs);
+    let mut farm = start_farm(&dir, &source, Some(&app_bootstrap()));
+    farm.wait_for_stdout("listening", DEFAULT_TIMEOUT);
+    let asked = Instant::now();
+    farm.signal(Signal::SIGTERM);
+    let out = farm.wait_within(Duration::from_secs(10));
+    out.assert_code(0).assert_stdout_contains("user handler ran 15");
+    assert!(asked.elapsed() < Duration::from_secs(3), "stop took {:?}\n{}", asked.elapsed(), out.dump());
+    assert!(!out.stderr.contains("SIGKILL"), "\n{}", out.dump());
+}
+
+#[test]
+fn sigterm_sigint_handlers_sig_ign_and_sig_dfl_keep_the_graceful_stop() {
+    for (handler, signal, stop) in [
+        ("callable", 15, Signal::SIGTERM),
+        ("callable", 2, Signal::SIGINT),
+        ("ignore", 15, Signal::SIGTERM),
+        ("default", 15, Signal::SIGTERM),
+    ] {
+        let job = json!({"workerConfig": {"handler": handler, "signal": signal}});
+        let mut worker = Running::spawn(worker_with_job("Fixture\\StopListener", &job, &[]));
+        worker.wait_for_stdout("listening", DEFAULT_TIMEOUT);
+        let pid = worker.worker_pid(DEFAULT_TIMEOUT);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), stop).unwrap();
+        let out = worker.wait_within(Duration::from_secs(5));
+        out.assert_code(0);
+        assert_eq!(
+            out.stdout.contains(&format!("user handler ran {signal}")),
+            handler == "callable",
+            "\n{}",
+            out.dump()
+        );
+        assert!(wait_gone(pid, DEFAULT_TIMEOUT).is_some(), "worker {pid} still runs");
+    }
+}
+
+#[test]
+fn the_worker_command_reports_a_replaced_stop_handler() {
+    let job = json!({"workerConfig": {}});
+    let mut worker = Running::spawn(worker_with_job("Fixture\\StopListener", &job, &[]));
+    worker.wait_for_stdout("listening", DEFAULT_TIMEOUT);
+    worker.signal(Signal::SIGTERM);
+    let out = worker.wait_within(Duration::from_secs(5));
+    out.assert_code(0)
+        .assert_stdout_contains("user handler ran 15")
+        .assert_stderr_contains("the worker installed its own SIGTERM/SIGINT handler (pcntl_signal)");
+}

@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 
 use thiserror::Error;
 
+use crate::process::shared_page::{self, SharedPage};
+
 /// The runner script, compiled in every child (see php/runner.php).
 const RUNNER_SOURCE: &str = include_str!("../../php/runner.php");
 
@@ -241,7 +243,18 @@ pub struct ChildProgram {
     _argv: Vec<CString>,
     argv_ptrs: Vec<*mut libc::c_char>,
     message_fd: RawFd,
+    shared_page: Option<SharedPage>,
 }
+
+// The C layout of the shared page must be the one src/process/shared_page.rs maps.
+const _: () = {
+    assert!(std::mem::size_of::<ffi::lrpm_shared_page>() == shared_page::PAGE_SIZE);
+    assert!(ffi::LRPM_SHARED_PAGE_SIZE as usize == shared_page::PAGE_SIZE);
+    assert!(ffi::LRPM_SHARED_PAGE_MAGIC == shared_page::MAGIC);
+    assert!(ffi::LRPM_SHARED_PAGE_VERSION == shared_page::VERSION);
+    assert!(ffi::LRPM_FLAG_USER_SIGTERM_HANDLER as u64 == shared_page::FLAG_USER_SIGTERM_HANDLER);
+    assert!(ffi::LRPM_FLAG_USER_SIGINT_HANDLER as u64 == shared_page::FLAG_USER_SIGINT_HANDLER);
+};
 
 impl ChildProgram {
     /// `params` is the JSON object the runner reads with `Lrpm\Internal\params()`.
@@ -261,7 +274,14 @@ impl ChildProgram {
             _argv: argv,
             argv_ptrs,
             message_fd: message_fd.unwrap_or(-1),
+            shared_page: None,
         })
+    }
+
+    /// Gives the child this shared page (create it before fork and keep a
+    /// clone to read what the child reports).
+    pub fn set_shared_page(&mut self, page: SharedPage) {
+        self.shared_page = Some(page);
     }
 
     /// Runs the PHP request in this (forked) process and returns the exit
@@ -277,6 +297,7 @@ impl ChildProgram {
             parent_pid,
             request_failed_exit: crate::exit_code::REQUEST_FAILED,
             setup_failed_exit: crate::exit_code::CHILD_SETUP_FAILED,
+            shared_page: self.shared_page.as_ref().map_or(std::ptr::null_mut(), |p| p.as_ptr().cast()),
         };
         // SAFETY: the Engine token proves module startup happened in this
         // process image; every pointer in `spec` borrows from `self`, which

@@ -1,6 +1,8 @@
 //! fork, child setup, signals as events, reaping. With `php`, the only
 //! place that holds unsafe code.
 
+pub mod shared_page;
+
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use nix::errno::Errno;
