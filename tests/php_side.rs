@@ -343,3 +343,46 @@ fn the_worker_command_reports_a_replaced_stop_handler() {
         .assert_stdout_contains("user handler ran 15")
         .assert_stderr_contains("the worker installed its own SIGTERM/SIGINT handler (pcntl_signal)");
 }
+
+// --- 5. blocking reads and the stop signal ------------------------------------
+
+/// Runs Fixture\BlockingReader against a listener the test holds, waits
+/// until it blocks in its read, sends the worker SIGTERM and returns how
+/// long the worker took to exit (and its output).
+fn stop_a_blocked_reader(worker_config: Value, give_up_after: Duration) -> (Duration, Output) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = worker_config;
+    config["port"] = json!(listener.local_addr().unwrap().port());
+    let job = json!({ "workerConfig": config });
+    let mut worker = Running::spawn(worker_with_job("Fixture\\BlockingReader", &job, &[]));
+    let (_peer, _) = listener.accept().unwrap();
+    worker.wait_for_stdout("reading", DEFAULT_TIMEOUT);
+    let pid = worker.worker_pid(DEFAULT_TIMEOUT);
+    // The read is blocking once the worker sleeps in the kernel.
+    wait_until(&mut worker, DEFAULT_TIMEOUT, "the worker to block", |_| {
+        fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .filter(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('S')))
+    });
+    let asked = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    let out = worker.wait_within(give_up_after);
+    (asked.elapsed(), out)
+}
+
+#[test]
+fn a_socket_read_from_ext_sockets_is_interrupted_by_the_stop() {
+    let (took, out) = stop_a_blocked_reader(json!({"api": "sockets"}), DEFAULT_TIMEOUT);
+    out.assert_code(0).assert_stdout_contains("read returned false");
+    assert!(took < Duration::from_secs(1), "stop took {took:?}\n{}", out.dump());
+}
+
+#[test]
+fn a_stream_socket_read_with_a_read_timeout_stops_within_that_timeout() {
+    // PHP's stream layer retries its poll() after EINTR: the read ends at its
+    // timeout (counted again from the signal), then the loop stops.
+    let (took, out) = stop_a_blocked_reader(json!({"api": "stream", "timeout": 2}), DEFAULT_TIMEOUT);
+    out.assert_code(0).assert_stdout_contains("read returned ");
+    assert!(took < Duration::from_millis(3500), "stop took {took:?}\n{}", out.dump());
+    assert!(took >= Duration::from_millis(1500), "PHP resumed the read until its timeout: {took:?}\n{}", out.dump());
+}
