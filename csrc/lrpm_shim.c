@@ -1,5 +1,5 @@
 /*
- * lrpm-host's C shim. See lrpm_shim.h for the contract and DESIGN.md for why
+ * lrpm-host's C shim. See lrpm_shim.h for the contract and docs/architecture.md for why
  * this split exists (zend_try is setjmp/longjmp; a longjmp across Rust
  * frames is undefined behaviour).
  */
@@ -47,6 +47,101 @@ static void on_fork_in_child(void) { forked_by_worker = 1; }
 
 static void on_stop_signal(int signo) { (void)signo; stop_requested = 1; }
 static void on_reload_signal(int signo) { (void)signo; reload_requested = 1; }
+
+/* ------------------------------------------------------------------ */
+/* User SIGTERM/SIGINT handlers (pcntl_signal)                         */
+/* ------------------------------------------------------------------ */
+
+/*
+ * pcntl_signal(SIGTERM, $callable) replaces the host's handler (through
+ * zend_sigaction): the stop flag would never be set and the worker would
+ * cycle until SIGKILL. The shim wraps PHP's pcntl_signal(): after the
+ * original has installed its action for SIGTERM/SIGINT, the shim puts its
+ * own handler in front, which sets the stop flag and then calls the action
+ * pcntl installed (zend_signal's deferring handler, which queues the
+ * user's callable), with the same arguments. For SIG_IGN and SIG_DFL only
+ * the stop flag is set: the host's graceful stop applies.
+ */
+static zif_handler original_pcntl_signal = NULL;
+static struct sigaction chained_action[NSIG];
+static volatile sig_atomic_t chained_active[NSIG];
+
+static void mark_shared_flag(uint64_t bit)
+{
+    if (current_spec && current_spec->shared_page) {
+        __atomic_fetch_or(&current_spec->shared_page->flags, bit, __ATOMIC_RELAXED);
+    }
+}
+
+static void on_stop_signal_chained(int signo, siginfo_t *info, void *context)
+{
+    stop_requested = 1;
+    if (signo <= 0 || signo >= NSIG || !chained_active[signo]) return;
+    const struct sigaction *next = &chained_action[signo];
+    if (next->sa_flags & SA_SIGINFO) {
+        next->sa_sigaction(signo, info, context);
+    } else if (next->sa_handler != SIG_DFL && next->sa_handler != SIG_IGN) {
+        next->sa_handler(signo);
+    }
+}
+
+/* Returns false (errno set) when a sigaction call failed. */
+static bool take_over_stop_signal(int signo)
+{
+    struct sigaction installed;
+    if (sigaction(signo, NULL, &installed) != 0) return false;
+    if ((installed.sa_flags & SA_SIGINFO) && installed.sa_sigaction == on_stop_signal_chained) return true;
+    /* What pcntl asked zend_signal for: a callable (pcntl's own C handler),
+     * SIG_IGN or SIG_DFL. */
+    struct sigaction requested;
+    memset(&requested, 0, sizeof(requested));
+    zend_sigaction(signo, NULL, &requested);
+    bool chain = requested.sa_handler != SIG_DFL && requested.sa_handler != SIG_IGN
+        && installed.sa_handler != SIG_DFL && installed.sa_handler != SIG_IGN;
+
+    chained_active[signo] = 0;
+    chained_action[signo] = installed;
+    struct sigaction ours;
+    memset(&ours, 0, sizeof(ours));
+    ours.sa_sigaction = on_stop_signal_chained;
+    if (chain) {
+        /* Keep pcntl's SA_RESTART choice (restart_syscalls) and the mask
+         * zend_signal's handler expects to run with. */
+        ours.sa_flags = SA_SIGINFO | (installed.sa_flags & (SA_RESTART | SA_ONSTACK));
+        ours.sa_mask = installed.sa_mask;
+    } else {
+        ours.sa_flags = SA_SIGINFO;
+        sigemptyset(&ours.sa_mask);
+    }
+    if (sigaction(signo, &ours, NULL) != 0) return false;
+    chained_active[signo] = chain ? 1 : 0;
+    return true;
+}
+
+static PHP_FUNCTION(lrpm_pcntl_signal)
+{
+    original_pcntl_signal(INTERNAL_FUNCTION_PARAM_PASSTHRU);
+    if (EG(exception) || Z_TYPE_P(return_value) != IS_TRUE || ZEND_NUM_ARGS() < 1) return;
+    /* The original parsed the arguments: the first one is the signal. */
+    zend_long signo = zval_get_long(ZEND_CALL_ARG(execute_data, 1));
+    if (signo != SIGTERM && signo != SIGINT) return;
+    mark_shared_flag(signo == SIGTERM ? LRPM_FLAG_USER_SIGTERM_HANDLER : LRPM_FLAG_USER_SIGINT_HANDLER);
+    if (!take_over_stop_signal((int)signo)) {
+        php_error_docref(NULL, E_WARNING, "lrpm-host could not keep its stop handler for signal %d: %s",
+                         (int)signo, strerror(errno));
+    }
+}
+
+/* Called in the child once the request started (the function table is
+ * this process's own copy after fork). */
+static void wrap_pcntl_signal(void)
+{
+    zend_function *fn = zend_hash_str_find_ptr(CG(function_table), "pcntl_signal", sizeof("pcntl_signal") - 1);
+    if (fn && fn->type == ZEND_INTERNAL_FUNCTION && fn->internal_function.handler != zif_lrpm_pcntl_signal) {
+        original_pcntl_signal = fn->internal_function.handler;
+        fn->internal_function.handler = zif_lrpm_pcntl_signal;
+    }
+}
 
 static bool parent_changed(void)
 {
@@ -427,16 +522,63 @@ static void register_std_constants(void)
     }
 }
 
-static void install_child_signal_handlers(void)
+/* A child whose own setup failed: name the call, exit with
+ * CHILD_SETUP_FAILED (the code comes from src/exit_code.rs via the spec). */
+static void child_setup_failed(const lrpm_child_spec *spec, const char *call)
+{
+    int saved = errno;
+    char message[256];
+    int len = snprintf(message, sizeof(message), "lrpm-host: child setup failed: %s: %s\n", call, strerror(saved));
+    if (len > 0) {
+        ssize_t ignored = write(STDERR_FILENO, message, (size_t)len < sizeof(message) ? (size_t)len : sizeof(message) - 1);
+        (void)ignored;
+    }
+    _exit(spec->setup_failed_exit);
+}
+
+/*
+ * Signals a worker must take exactly as a plain process does (default
+ * action) unless user code installs a handler with pcntl_signal(). The
+ * supervisor is a Rust program: Rust's runtime installs SIGSEGV and SIGBUS
+ * handlers (stack-overflow detection) that reset themselves and return, so a
+ * SIGSEGV sent with kill() was swallowed once. The others are reset too in
+ * case anything in the parent touched them. SIGPIPE stays ignored, as
+ * php-cli ignores it (a closed socket is an error return, not a death).
+ */
+static const int default_action_signals[] = {
+    SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS,
+    SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM,
+};
+
+static void reset_default_actions(const lrpm_child_spec *spec)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = SIG_DFL;
+    for (size_t i = 0; i < sizeof(default_action_signals) / sizeof(*default_action_signals); i++) {
+        if (sigaction(default_action_signals[i], &sa, NULL) != 0) {
+            child_setup_failed(spec, "sigaction(SIG_DFL)");
+        }
+    }
+    sa.sa_handler = SIG_IGN;
+    if (sigaction(SIGPIPE, &sa, NULL) != 0) {
+        child_setup_failed(spec, "sigaction(SIGPIPE, SIG_IGN)");
+    }
+}
+
+/* No SA_RESTART: the stop signal interrupts blocking system calls that
+ * PHP does not retry itself (README "Stopping a worker"). */
+static void install_child_signal_handlers(const lrpm_child_spec *spec)
 {
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sigemptyset(&sa.sa_mask);
     sa.sa_handler = on_stop_signal;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
+    if (sigaction(SIGTERM, &sa, NULL) != 0) child_setup_failed(spec, "sigaction(SIGTERM)");
+    if (sigaction(SIGINT, &sa, NULL) != 0) child_setup_failed(spec, "sigaction(SIGINT)");
     sa.sa_handler = on_reload_signal;
-    sigaction(SIGHUP, &sa, NULL);
+    if (sigaction(SIGHUP, &sa, NULL) != 0) child_setup_failed(spec, "sigaction(SIGHUP)");
 }
 
 int lrpm_child_main(const lrpm_child_spec *spec)
@@ -455,7 +597,8 @@ int lrpm_child_main(const lrpm_child_spec *spec)
      * the second startup our handlers would be replaced by the supervisor's
      * snapshot (SIG_DFL), and SIGTERM would kill the worker mid-cycle.
      */
-    install_child_signal_handlers();
+    reset_default_actions(spec);
+    install_child_signal_handlers(spec);
     zend_signal_startup();
 
     SG(options) |= SAPI_OPTION_NO_CHDIR;
@@ -473,10 +616,14 @@ int lrpm_child_main(const lrpm_child_spec *spec)
      * and ours are in place now, so a signal that arrived early is handled. */
     sigset_t none;
     sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    if (!started) {
-        return LRPM_EXIT_REQUEST_FAILED;
+    if (sigprocmask(SIG_SETMASK, &none, NULL) != 0) {
+        child_setup_failed(spec, "sigprocmask(SIG_SETMASK, {})");
     }
+    if (!started) {
+        return spec->request_failed_exit;
+    }
+
+    wrap_pcntl_signal();
 
     SG(headers_sent) = 1;
     SG(request_info).no_headers = 1;

@@ -7,14 +7,36 @@
 #define LRPM_SHIM_H
 
 #include <stddef.h>
+#include <stdint.h>
+
+/*
+ * One page of memory shared between the supervisor and one child
+ * (mmap(MAP_SHARED|MAP_ANONYMOUS) by the parent before fork; Rust side:
+ * src/process/shared_page.rs, which must keep the same layout). The child
+ * writes, the supervisor reads; every field is 64-bit and updated with
+ * atomic operations.
+ */
+#define LRPM_SHARED_PAGE_SIZE 4096
+#define LRPM_SHARED_PAGE_MAGIC 0x4d50524cu /* "LRPM" read as little-endian */
+#define LRPM_SHARED_PAGE_VERSION 1u
+
+/* Bits of lrpm_shared_page.flags. */
+/* User code called pcntl_signal(SIGTERM, ...) / pcntl_signal(SIGINT, ...). */
+#define LRPM_FLAG_USER_SIGTERM_HANDLER 0x1u
+#define LRPM_FLAG_USER_SIGINT_HANDLER 0x2u
+
+typedef struct lrpm_shared_page {
+    uint32_t magic;   /* LRPM_SHARED_PAGE_MAGIC, written by the parent */
+    uint32_t version; /* LRPM_SHARED_PAGE_VERSION */
+    uint64_t flags;   /* LRPM_FLAG_* */
+    /* Room for per-worker counters (cycle count, start of the current
+     * cycle, Zend heap size, ...); zero until a version defines them. */
+    uint64_t reserved[(LRPM_SHARED_PAGE_SIZE - 16) / 8];
+} lrpm_shared_page;
 
 /* Status codes returned by lrpm_boot(). */
 #define LRPM_BOOT_OK 0
-#define LRPM_BOOT_SAPI_FAILED 1
 #define LRPM_BOOT_MODULE_FAILED 2
-
-/* Exit status of a child whose request could not even start. */
-#define LRPM_EXIT_REQUEST_FAILED 71
 
 typedef struct lrpm_child_spec {
     /* PHP source of the runner (no opening tag), compiled in the child. */
@@ -30,6 +52,12 @@ typedef struct lrpm_child_spec {
     int message_fd;
     /* Parent pid at fork time: should_stop() turns true once it changes. */
     int parent_pid;
+    /* Exit statuses (from src/exit_code.rs, the one table): the request
+     * could not start / the child's own setup (signals, ...) failed. */
+    int request_failed_exit;
+    int setup_failed_exit;
+    /* This child's shared page, or NULL. */
+    lrpm_shared_page *shared_page;
 } lrpm_child_spec;
 
 /*

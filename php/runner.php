@@ -4,16 +4,19 @@
 // the worker loop runs with a PHP frame on the stack and uncaught exceptions
 // are caught here instead of becoming fatal errors in C.
 //
-// Exit codes are part of the public contract (README "Exit codes"); the Rust
-// side mirrors them in src/php/outcome.rs.
+// Exit codes are part of the public contract (README "Exit codes"). Their
+// one table is src/exit_code.rs: the params carry it ("exitCodes") and
+// define_exit_codes() turns it into the Lrpm\Internal\EXIT_* constants used
+// below, before anything can exit.
 
 namespace Lrpm\Internal;
 
-const EXIT_OK = 0;
-const EXIT_CONFIG_SOURCE_FAILED = 3;
-const EXIT_BAD_WORKER_CLASS = 65;
-const EXIT_UNCAUGHT = 70;
-const EXIT_BOOTSTRAP_FAILED = 78;
+function define_exit_codes(array $codes): void
+{
+    foreach ($codes as $name => $code) {
+        \define(__NAMESPACE__ . '\\' . $name, $code);
+    }
+}
 
 function say(string $message): void
 {
@@ -81,11 +84,30 @@ function implements_any(string $class, array $interfaces): bool
     return false;
 }
 
+// Without a bootstrap, a farm's workers include the source file (a
+// single-file farm declares its workers next to its source): its top-level
+// code runs once per worker and what it returns is ignored.
+function include_source_file(string $file): void
+{
+    try {
+        (static function (string $file): void {
+            require_once $file;
+        })($file);
+    } catch (\Throwable $e) {
+        say("source file {$file} (loaded by workers because there is no bootstrap) failed: " . \get_class($e) . ': '
+            . $e->getMessage() . ' in ' . $e->getFile() . ' on line ' . $e->getLine());
+        exit(EXIT_BOOTSTRAP_FAILED);
+    }
+}
+
 function run_worker(array $params): void
 {
     $class = \ltrim((string) $params['class'], '\\');
     $job = $params['job'];
     $label = 'job ' . $params['jobId'];
+    if (($params['sourceFile'] ?? null) !== null) {
+        include_source_file((string) $params['sourceFile']);
+    }
     if (!\class_exists($class)) {
         say("{$label}: worker class {$class} does not exist (it must be declared by or autoloadable from the bootstrap)");
         exit(EXIT_BAD_WORKER_CLASS);
@@ -160,9 +182,26 @@ function load_configuration_source(string $source, bool $isFile): object
     return new $class();
 }
 
+// Where a worker will find $class: "bootstrap" (the bootstrap declares or
+// autoloads it), "source" (the source file declares it and workers load the
+// source file too: there is no bootstrap), "sourceOnly" (only the source
+// file declares it and workers do not load that file), "missing".
+function class_visibility(string $class, ?string $sourceFile, bool $workersLoadSource): string
+{
+    if (!\class_exists($class)) {
+        return 'missing';
+    }
+    $file = (new \ReflectionClass($class))->getFileName();
+    if ($sourceFile !== null && $file !== false && \realpath($file) === \realpath($sourceFile)) {
+        return $workersLoadSource ? 'source' : 'sourceOnly';
+    }
+    return 'bootstrap';
+}
+
 // Describes each job with the PHP facts the Rust validator cannot see in
-// JSON: the PHP type of every field and whether the worker class exists.
-function describe_jobs(array $configuration): array
+// JSON: the PHP type of every field, whether the worker class exists and
+// whether a worker can see it.
+function describe_jobs(array $configuration, ?string $sourceFile = null, bool $workersLoadSource = false): array
 {
     $described = [];
     foreach ($configuration as $id => $job) {
@@ -179,6 +218,7 @@ function describe_jobs(array $configuration): array
             }
             if (isset($job['workerClass']) && \is_string($job['workerClass'])) {
                 $entry['workerClassExists'] = \class_exists($job['workerClass']);
+                $entry['workerClassVisibility'] = class_visibility($job['workerClass'], $sourceFile, $workersLoadSource);
             }
             try {
                 \json_encode($job, \JSON_THROW_ON_ERROR);
@@ -190,6 +230,14 @@ function describe_jobs(array $configuration): array
         $described[] = $entry;
     }
     return $described;
+}
+
+// The user's class as a message names it ("App\Source", or "the anonymous
+// class in /app/source.php").
+function class_label(object $object): string
+{
+    $class = new \ReflectionClass($object);
+    return $class->isAnonymous() ? 'the anonymous class in ' . $class->getFileName() : $class->getName();
 }
 
 function send_message(array $message): void
@@ -226,10 +274,20 @@ function run_config(array $params): void
         try {
             $configuration = $source->loadConfiguration();
         } catch (\Throwable $e) {
-            send_message(['type' => 'error', 'message' => \get_class($source) . '::loadConfiguration() failed: ' . describe_throwable($e)]);
+            send_message(['type' => 'error', 'message' => class_label($source) . '::loadConfiguration() failed: ' . describe_throwable($e)]);
             exit(EXIT_CONFIG_SOURCE_FAILED);
         }
-        send_message(['type' => 'configuration', 'jobs' => describe_jobs($configuration)]);
+        // php-lrpm's PHPLRPM\ConfigurationSource declares no return type.
+        if (!\is_array($configuration)) {
+            send_message(['type' => 'error', 'message' => class_label($source) . '::loadConfiguration() returned '
+                . \get_debug_type($configuration) . ', expected an array of jobs']);
+            exit(EXIT_CONFIG_SOURCE_FAILED);
+        }
+        send_message(['type' => 'configuration', 'jobs' => describe_jobs(
+            $configuration,
+            $params['sourceIsFile'] ? (string) $params['source'] : null,
+            (bool) ($params['workersLoadSource'] ?? false)
+        )]);
         if ($params['once'] ?? false) {
             exit(EXIT_OK);
         }
@@ -246,6 +304,9 @@ function run_config(array $params): void
 function main(): void
 {
     $params = \json_decode(params(), true, 512, \JSON_THROW_ON_ERROR);
+    define_exit_codes($params['exitCodes']);
+    // Freed now rather than kept as a possible GC root for the whole run.
+    unset($params['exitCodes']);
     bootstrap($params['bootstrap'] ?? null, $params['interfaces']);
     switch ($params['mode']) {
         case 'worker':

@@ -54,7 +54,7 @@ pub struct Job {
     pub short_run_time_seconds: u64,
     pub shutdown_timeout_seconds: u64,
     pub config: Map<String, Value>,
-    /// `config` serialized once per configuration change, for `status`.
+    /// `config` serialized once per configuration message, for `status`.
     pub config_json: RawJson,
 }
 
@@ -123,6 +123,10 @@ pub struct DescribedJob {
     pub job: Value,
     pub field_types: Map<String, Value>,
     pub worker_class_exists: bool,
+    /// Where workers find the class (runner.php, class_visibility):
+    /// "bootstrap", "source" (the source file, which workers load too),
+    /// "sourceOnly" (the source file, which workers do not load), "missing".
+    pub worker_class_visibility: Option<String>,
     pub encode_error: Option<String>,
 }
 
@@ -171,6 +175,7 @@ impl DescribedJob {
             },
             worker_class_exists: map.get("workerClassExists").and_then(Value::as_bool).unwrap_or(false),
             encode_error: text("encodeError"),
+            worker_class_visibility: text("workerClassVisibility"),
             id,
         })
     }
@@ -227,8 +232,14 @@ impl DescribedJob {
             job,
             field_types,
             worker_class_exists: true,
+            worker_class_visibility: None,
             encode_error: None,
         }
+    }
+
+    /// The class exists in the configuration process only.
+    fn hidden_from_workers(&self) -> bool {
+        self.worker_class_visibility.as_deref() == Some("sourceOnly")
     }
 
     fn field_type(&self, field: &str) -> Option<&str> {
@@ -283,12 +294,17 @@ impl DescribedJob {
             let valid = match rule.name {
                 "name" => php_type == "string",
                 "workerConfig" => php_type == "array",
-                "workerClass" => php_type == "string" && self.worker_class_exists,
+                "workerClass" => php_type == "string" && self.worker_class_exists && !self.hidden_from_workers(),
                 "mtime" => php_type == "integer" && value.as_i64().is_some_and(|n| n >= 0),
                 _ => php_type == "integer" && value.as_u64().is_some_and(|n| n <= MAX_DURATION_SECONDS),
             };
             if !valid {
-                let got = if rule.name == "workerClass" && php_type == "string" {
+                let got = if rule.name == "workerClass" && php_type == "string" && self.hidden_from_workers() {
+                    format!(
+                        "class {} is declared in the source file, which workers do not load (declare it in a file the bootstrap autoloads)",
+                        value.as_str().unwrap_or_default()
+                    )
+                } else if rule.name == "workerClass" && php_type == "string" {
                     format!("class {} does not exist", value.as_str().unwrap_or_default())
                 } else if php_type == "integer" && value.as_i64().is_some_and(|n| n < 0) {
                     format!("{} is negative", short_json(value))

@@ -13,6 +13,7 @@ use thiserror::Error;
 
 use crate::job::{DescribedJob, JobId, ValidationError};
 use crate::php::{self, Engine, PhpError};
+use crate::process::shared_page::SharedPage;
 use crate::process::{self, ChildSetup, ExitKind, ProcessError, SignalEvents};
 
 #[derive(Debug, Error)]
@@ -27,6 +28,8 @@ pub enum WorkerCmdError {
     Php(#[from] PhpError),
     #[error(transparent)]
     Process(#[from] ProcessError),
+    #[error("cannot map the worker's shared page: {0}")]
+    SharedPage(nix::errno::Errno),
 }
 
 /// Builds the job for `worker CLASS [--job JSON]`, filling what is missing.
@@ -59,7 +62,9 @@ pub fn run(
     cycles: Option<u64>,
     argv: &[String],
 ) -> Result<i32, WorkerCmdError> {
-    let program = php::worker_program(job, bootstrap, cycles, argv)?;
+    let mut program = php::worker_program(job, bootstrap, cycles, argv)?;
+    let page = SharedPage::new().map_err(WorkerCmdError::SharedPage)?;
+    program.set_shared_page(page.clone());
     let mut signals = SignalEvents::new()?;
     let setup = ChildSetup { nice: None, close_fds: vec![signals.raw_fd()] };
     let child = process::spawn_child(&setup, |parent| program.run(engine, parent))?;
@@ -77,6 +82,11 @@ pub fn run(
                 Signal::SIGCHLD => {
                     for (pid, exit) in process::reap_exited(|pid| pid == child) {
                         if pid == child {
+                            if stop_requests > 0 && page.user_replaced_stop_handler() {
+                                eprintln!(
+                                    "lrpm-host: the worker installed its own SIGTERM/SIGINT handler (pcntl_signal); lrpm-host's graceful stop still applied"
+                                );
+                            }
                             return Ok(match exit {
                                 ExitKind::Code(code) => code,
                                 ExitKind::Signal(sig) => 128 + sig,

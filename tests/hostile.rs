@@ -303,3 +303,37 @@ fn a_large_status_reply_never_blocks_other_clients() {
     assert_eq!(status["big"]["config"]["workerConfig"]["blob"].as_str().map(str::len), Some(big.len()));
     drop(stalled);
 }
+
+#[test]
+fn a_kill_after_the_stop_timeout_says_whether_user_code_replaced_the_handler() {
+    let _g = shared();
+    let busy = json!({"busyFor": 60, "sleep": 0});
+    let farm = Farm::start("handler_log", FarmOptions::default(), |jobs| {
+        let mut with_handler = busy.clone();
+        with_handler["termHandler"] = json!(true);
+        json!({
+            "plain": jobs.job_with("plain", 1, busy.clone(), json!({"shutdownTimeoutSeconds": 1})),
+            "chained": jobs.job_with("chained", 1, with_handler, json!({"shutdownTimeoutSeconds": 1})),
+        })
+    });
+    farm.wait_running(&["plain", "chained"], secs(10.0));
+    for id in ["plain", "chained"] {
+        farm.wait_for(secs(5.0), "a cycle", || farm.events_of(id, "cycle").first().map(|_| ()));
+    }
+    farm.write_jobs(&json!({}));
+    farm.signal(Signal::SIGHUP);
+    let stderr = farm.wait_stderr("job plain (pid", secs(10.0));
+    let stderr =
+        if stderr.contains("job chained (pid") { stderr } else { farm.wait_stderr("job chained (pid", secs(10.0)) };
+    let line = |id: &str| {
+        stderr
+            .lines()
+            .find(|l| l.contains(&format!("job {id} (pid")) && l.contains("SIGKILL"))
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(line("plain").contains("user code had not replaced the SIGTERM handler"), "{}", farm.diagnostics());
+    assert!(line("chained").contains("had installed its own SIGTERM/SIGINT handler"), "{}", farm.diagnostics());
+    // The user's handler ran: lrpm-host chains it.
+    assert!(!farm.events_of("chained", "handler").is_empty(), "{}", farm.diagnostics());
+}

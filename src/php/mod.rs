@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 
 use thiserror::Error;
 
+use crate::process::shared_page::{self, SharedPage};
+
 /// The runner script, compiled in every child (see php/runner.php).
 const RUNNER_SOURCE: &str = include_str!("../../php/runner.php");
 
@@ -42,6 +44,13 @@ fn interfaces_param() -> &'static serde_json::Value {
             .map(|(class, _, source)| (class.to_string(), serde_json::Value::from(strip_open_tag(source))))
             .collect()
     })
+}
+
+/// `{EXIT_OK: 0, ...}` from src/exit_code.rs: the runner defines its exit
+/// constants from this, so no other layer holds a literal code.
+fn exit_codes_param() -> &'static serde_json::Value {
+    static PARAM: OnceLock<serde_json::Value> = OnceLock::new();
+    PARAM.get_or_init(crate::exit_code::runner_constants)
 }
 
 /// The runner as the shim evaluates it (no opening tag), built once.
@@ -234,7 +243,18 @@ pub struct ChildProgram {
     _argv: Vec<CString>,
     argv_ptrs: Vec<*mut libc::c_char>,
     message_fd: RawFd,
+    shared_page: Option<SharedPage>,
 }
+
+// The C layout of the shared page must be the one src/process/shared_page.rs maps.
+const _: () = {
+    assert!(std::mem::size_of::<ffi::lrpm_shared_page>() == shared_page::PAGE_SIZE);
+    assert!(ffi::LRPM_SHARED_PAGE_SIZE as usize == shared_page::PAGE_SIZE);
+    assert!(ffi::LRPM_SHARED_PAGE_MAGIC == shared_page::MAGIC);
+    assert!(ffi::LRPM_SHARED_PAGE_VERSION == shared_page::VERSION);
+    assert!(ffi::LRPM_FLAG_USER_SIGTERM_HANDLER as u64 == shared_page::FLAG_USER_SIGTERM_HANDLER);
+    assert!(ffi::LRPM_FLAG_USER_SIGINT_HANDLER as u64 == shared_page::FLAG_USER_SIGINT_HANDLER);
+};
 
 impl ChildProgram {
     /// `params` is the JSON object the runner reads with `Lrpm\Internal\params()`.
@@ -254,7 +274,14 @@ impl ChildProgram {
             _argv: argv,
             argv_ptrs,
             message_fd: message_fd.unwrap_or(-1),
+            shared_page: None,
         })
+    }
+
+    /// Gives the child this shared page (create it before fork and keep a
+    /// clone to read what the child reports).
+    pub fn set_shared_page(&mut self, page: SharedPage) {
+        self.shared_page = Some(page);
     }
 
     /// Runs the PHP request in this (forked) process and returns the exit
@@ -268,6 +295,9 @@ impl ChildProgram {
             title: self.title.as_ptr(),
             message_fd: self.message_fd,
             parent_pid,
+            request_failed_exit: crate::exit_code::REQUEST_FAILED,
+            setup_failed_exit: crate::exit_code::CHILD_SETUP_FAILED,
+            shared_page: self.shared_page.as_ref().map_or(std::ptr::null_mut(), |p| p.as_ptr().cast()),
         };
         // SAFETY: the Engine token proves module startup happened in this
         // process image; every pointer in `spec` borrows from `self`, which
@@ -277,17 +307,51 @@ impl ChildProgram {
     }
 }
 
-/// The runner parameters for a worker process of `job`.
+/// Whether a farm's workers include the source file: when it is a file and
+/// no bootstrap was found, so that a single-file farm (source and worker
+/// classes in one file) works. The configuration process uses the same
+/// rule to tell which worker classes workers will see.
+pub fn workers_load_source(source_is_file: bool, bootstrap: Option<&std::path::Path>) -> bool {
+    source_is_file && bootstrap.is_none()
+}
+
+/// The runner parameters for a worker process of `job` (no source file:
+/// the `worker` command).
 pub fn worker_program(
     job: &crate::job::Job,
     bootstrap: Option<&std::path::Path>,
     cycles: Option<u64>,
     argv: &[String],
 ) -> Result<ChildProgram, PhpError> {
+    worker_program_with_source(job, bootstrap, None, cycles, argv)
+}
+
+/// The runner parameters for a farm's worker process of `job`;
+/// `source_file` is the farm's source when it is a file: workers include it
+/// when there is no bootstrap ([`workers_load_source`]).
+pub fn farm_worker_program(
+    job: &crate::job::Job,
+    bootstrap: Option<&std::path::Path>,
+    source_file: Option<&std::path::Path>,
+    argv: &[String],
+) -> Result<ChildProgram, PhpError> {
+    worker_program_with_source(job, bootstrap, source_file, None, argv)
+}
+
+fn worker_program_with_source(
+    job: &crate::job::Job,
+    bootstrap: Option<&std::path::Path>,
+    source_file: Option<&std::path::Path>,
+    cycles: Option<u64>,
+    argv: &[String],
+) -> Result<ChildProgram, PhpError> {
+    let source_file = source_file.filter(|_| workers_load_source(true, bootstrap));
     let params = serde_json::json!({
         "mode": "worker",
         "interfaces": interfaces_param(),
+        "exitCodes": exit_codes_param(),
         "bootstrap": bootstrap.map(|p| p.to_string_lossy()),
+        "sourceFile": source_file.map(|p| p.to_string_lossy()),
         "class": job.worker_class,
         "jobId": job.id.to_string(),
         "job": job.config,
@@ -310,9 +374,11 @@ pub fn config_program(
     let params = serde_json::json!({
         "mode": "config",
         "interfaces": interfaces_param(),
+        "exitCodes": exit_codes_param(),
         "bootstrap": bootstrap.map(|p| p.to_string_lossy()),
         "source": source,
         "sourceIsFile": source_is_file,
+        "workersLoadSource": workers_load_source(source_is_file, bootstrap),
         "interval": interval,
         "once": once,
     });

@@ -1,6 +1,8 @@
 //! fork, child setup, signals as events, reaping. With `php`, the only
 //! place that holds unsafe code.
 
+pub mod shared_page;
+
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use nix::errno::Errno;
@@ -265,8 +267,7 @@ fn prepare_child(setup: &ChildSetup, parent: Pid) {
     }
     // The parent may have died before prctl took effect.
     if getppid() != parent {
-        // SAFETY: leaving at once is the only thing to do for an orphan.
-        unsafe { libc::_exit(1) };
+        setup_failed("getppid (the supervisor died before PDEATHSIG was armed)", Errno::ESRCH);
     }
     for &fd in &setup.close_fds {
         // SAFETY: these descriptors belong to the supervisor's state, which

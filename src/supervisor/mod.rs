@@ -14,9 +14,9 @@
 pub mod config_channel;
 mod requests;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -28,12 +28,17 @@ use crate::control::server::{AcceptOutcome, ClientId, ControlError, ControlServe
 use crate::farm::{Action, Event, Farm, HostExit, KillReason, LogLevel};
 use crate::job::{self, JobId};
 use crate::php::{self, Engine, PhpError};
+use crate::process::shared_page::{SharedPage, SharedSlots};
 use crate::process::{self, ChildSetup, ExitKind, ProcessError, SignalEvents};
 use config_channel::{ConfigChannel, ConfigMessage, PushRate, ReadOutcome};
 
 /// Forking stops for the turn once it took this long; the rest of the due
 /// starts wait for the next turn, after signals and clients were served.
 const FORK_BUDGET: Duration = Duration::from_millis(10);
+
+/// Workers that can have a shared page at once (256 MiB of address space,
+/// one 4 KiB page of memory per live worker).
+const SHARED_SLOTS: usize = 65_536;
 
 /// A loop turn longer than this is logged at debug level.
 const SLOW_TURN: Duration = Duration::from_millis(20);
@@ -82,6 +87,9 @@ struct Supervisor<'e> {
     child_nice: Option<i32>,
     /// Time spent forking workers in the current loop turn.
     forking: Duration,
+    /// One shared page per worker, from one region mapped before the first fork.
+    slots: Option<SharedSlots>,
+    pages: HashMap<i32, SharedPage>,
 }
 
 /// Runs the farm until it has shut down; returns how it ended.
@@ -113,6 +121,14 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         push_rate: PushRate::default(),
         child_nice: process::raise_supervisor_priority(),
         forking: Duration::ZERO,
+        slots: match SharedSlots::new(SHARED_SLOTS) {
+            Ok(slots) => Some(slots),
+            Err(e) => {
+                tracing::warn!("cannot map the workers' shared pages ({e}); running without them");
+                None
+            }
+        },
+        pages: HashMap::new(),
     };
     let first = supervisor.farm.start();
     supervisor.apply(first);
@@ -266,6 +282,9 @@ impl Supervisor<'_> {
     }
 
     fn child_exited(&mut self, pid: Pid, exit: ExitKind, now: Instant) {
+        if let (Some(page), Some(slots)) = (self.pages.remove(&pid.as_raw()), self.slots.as_mut()) {
+            slots.release(page);
+        }
         if self.farm.config_process().pid() == Some(pid.as_raw()) {
             // Whatever is still in the pipe was written before the exit.
             self.read_config_channel(now);
@@ -345,8 +364,17 @@ impl Supervisor<'_> {
                 }
                 Action::KillWorker { id, pid, reason } => {
                     if let KillReason::StopTimeout(timeout) = reason {
+                        let handler = match self.pages.get(&pid) {
+                            Some(page) if page.user_replaced_stop_handler() => {
+                                "user code had installed its own SIGTERM/SIGINT handler (pcntl_signal), which lrpm-host chains: \
+                                 the stop was requested, but cycle() did not return in time"
+                            }
+                            Some(_) => "user code had not replaced the SIGTERM handler: cycle() did not return in time",
+                            None => "cycle() did not return in time",
+                        };
                         tracing::warn!(
-                            "job {id} (pid {pid}) did not stop within {}s of SIGTERM, sending SIGKILL",
+                            "job {id} (pid {pid}) did not stop within {}s of SIGTERM, sending SIGKILL ({handler}; \
+                             bound blocking calls with timeouts, see the README, \"Writing an app\")",
                             timeout.as_secs()
                         );
                     }
@@ -378,21 +406,37 @@ impl Supervisor<'_> {
 
     fn spawn_worker(&mut self, id: &JobId) -> Event {
         let Some(state) = self.farm.job(id) else { return Event::WorkerSpawnFailed(id.clone()) };
-        let program = match php::worker_program(&state.job, self.config.bootstrap.as_deref(), None, &self.config.argv) {
+        let source_file = self.config.source_is_file.then(|| Path::new(&self.config.source));
+        let mut program = match php::farm_worker_program(
+            &state.job,
+            self.config.bootstrap.as_deref(),
+            source_file,
+            &self.config.argv,
+        ) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!("job {id}: cannot prepare the worker: {e}");
                 return Event::WorkerSpawnFailed(id.clone());
             }
         };
+        let page = self.slots.as_mut().and_then(SharedSlots::allocate);
+        if let Some(page) = &page {
+            program.set_shared_page(page.clone());
+        }
         let setup = ChildSetup { nice: self.child_nice, close_fds: self.supervisor_fds() };
         let engine = self.engine;
         match process::spawn_child(&setup, |parent| program.run(engine, parent)) {
             Ok(pid) => {
+                if let Some(page) = page {
+                    self.pages.insert(pid.as_raw(), page);
+                }
                 tracing::info!("job {id} ({}) started as pid {pid}", state.job.name);
                 Event::WorkerStarted { id: id.clone(), pid: pid.as_raw() }
             }
             Err(e) => {
+                if let (Some(page), Some(slots)) = (page, self.slots.as_mut()) {
+                    slots.release(page);
+                }
                 tracing::error!("job {id}: {e}");
                 Event::WorkerSpawnFailed(id.clone())
             }

@@ -1,0 +1,339 @@
+//! The PHP side of workers (tests/fixtures/app): signals delivered as to a
+//! plain process, user SIGTERM handlers, blocking reads, configuration
+//! sources that return garbage, single-file farms.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+use support::*;
+
+// --- helpers -----------------------------------------------------------------
+
+fn wait_until<T>(running: &mut Running, timeout: Duration, what: &str, check: impl FnMut(&Running) -> Option<T>) -> T {
+    running.wait_for(timeout, what, check)
+}
+
+fn wait_stderr(running: &mut Running, needle: &str, timeout: Duration) {
+    wait_until(running, timeout, needle, |r| r.stderr_so_far().contains(needle).then_some(()));
+}
+
+/// The fixture app's bootstrap (Fixture\ autoloader).
+fn app_bootstrap() -> PathBuf {
+    app_dir().join("vendor").join("autoload.php")
+}
+
+/// A configuration source file returning `jobs` (a JSON object keyed by id).
+fn write_source(dir: &TempDir, jobs: &Value) -> PathBuf {
+    let path = dir.join("source.php");
+    let code = format!(
+        "<?php\nreturn new class implements Lrpm\\ConfigurationSource {{\n    public function loadConfiguration(): array\n    {{\n        return json_decode(<<<'JSON'\n{jobs}\nJSON, true);\n    }}\n}};\n"
+    );
+    fs::write(&path, code).unwrap();
+    path
+}
+
+fn job(class: &str, worker_config: Value, extra: Value) -> Value {
+    let mut job = json!({"name": "test job", "workerClass": class, "mtime": 1, "workerConfig": worker_config});
+    if let (Some(job), Some(extra)) = (job.as_object_mut(), extra.as_object()) {
+        job.extend(extra.clone());
+    }
+    job
+}
+
+/// `lrpm-host --bootstrap APP SOURCE` with its control socket in `dir`.
+fn start_farm(dir: &TempDir, source: &Path, bootstrap: Option<&Path>) -> Running {
+    let mut cmd = Command::new(bin());
+    if let Some(bootstrap) = bootstrap {
+        cmd.arg("--bootstrap").arg(bootstrap);
+    }
+    cmd.arg("--control-socket").arg(dir.join("ctl.sock")).arg(source).current_dir(dir.path());
+    Running::spawn(cmd)
+}
+
+fn ctl(dir: &TempDir, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lrpmctl"));
+    cmd.arg("--socket").arg(dir.join("ctl.sock")).args(args);
+    run_with_timeout(cmd, DEFAULT_TIMEOUT)
+}
+
+/// `lrpm-host worker CLASS --job JOB ARGS...` from the fixture app.
+fn worker_with_job(class: &str, job: &Value, args: &[&str]) -> Command {
+    let job = job.to_string();
+    let mut all = vec!["worker", class, "--job", job.as_str()];
+    all.extend_from_slice(args);
+    lrpm_host(all)
+}
+
+// --- 3. signals are delivered as to a plain process --------------------------
+
+/// Signals whose default action ends the process, by number.
+const FATAL_SIGNALS: [(Signal, i32); 9] = [
+    (Signal::SIGSEGV, 11),
+    (Signal::SIGBUS, 7),
+    (Signal::SIGFPE, 8),
+    (Signal::SIGILL, 4),
+    (Signal::SIGABRT, 6),
+    (Signal::SIGQUIT, 3),
+    (Signal::SIGUSR1, 10),
+    (Signal::SIGUSR2, 12),
+    (Signal::SIGALRM, 14),
+];
+
+#[test]
+fn a_fatal_signal_a_worker_sends_itself_kills_it_the_first_time() {
+    for (signal, number) in FATAL_SIGNALS {
+        let job = json!({"workerConfig": {"signal": number, "self": true}});
+        let out = run_with_timeout(worker_with_job("Fixture\\SignalTarget", &job, &["--cycles", "3"]), DEFAULT_TIMEOUT);
+        assert_eq!(out.code(), 128 + number, "{signal} must kill the worker at once\n{}", out.dump());
+        assert!(!out.stdout.contains("survived"), "{signal} was swallowed\n{}", out.dump());
+    }
+}
+
+#[test]
+fn a_pcntl_handler_for_a_fatal_signal_still_runs() {
+    for (signal, number) in FATAL_SIGNALS {
+        let job = json!({"workerConfig": {"signal": number, "self": true, "handle": true}});
+        let out = run_with_timeout(worker_with_job("Fixture\\SignalTarget", &job, &["--cycles", "2"]), DEFAULT_TIMEOUT);
+        out.assert_code(0);
+        assert_eq!(
+            out.stdout.matches(&format!("handled {number}\n")).count(),
+            2,
+            "{signal}: the user's handler runs once per signal\n{}",
+            out.dump()
+        );
+    }
+}
+
+#[test]
+fn lrpmctl_signal_segv_kills_a_farm_worker_the_first_time() {
+    let dir = TempDir::new("segv");
+    let jobs = json!({"1": job("Fixture\\SignalTarget", json!({"signal": 11}), json!({}))});
+    let source = write_source(&dir, &jobs);
+    let mut farm = start_farm(&dir, &source, Some(&app_bootstrap()));
+    let pid: i32 = wait_until(&mut farm, DEFAULT_TIMEOUT, "the worker's pid", |r| {
+        r.stdout_so_far().lines().find_map(|l| l.strip_prefix("pid ").and_then(|p| p.parse().ok()))
+    });
+    ctl(&dir, &["signal", "1", "SEGV"]).assert_code(0);
+    wait_stderr(&mut farm, &format!("job 1 (pid {pid}) exited after"), DEFAULT_TIMEOUT);
+    let stderr = farm.stderr_so_far();
+    let line = stderr.lines().find(|l| l.contains(&format!("(pid {pid}) exited"))).unwrap();
+    assert!(line.contains("killed by SIGSEGV"), "{line}\n{stderr}");
+    farm.signal(Signal::SIGTERM);
+    farm.wait_within(DEFAULT_TIMEOUT).assert_code(0);
+}
+
+// --- 2. a configuration source that returns something else than an array --
+
+/// A source written against php-lrpm's untyped interface (the copy an app
+/// ships in vendor/), whose loadConfiguration() returns `returned` (PHP).
+fn write_untyped_source(dir: &TempDir, returned: &str) -> PathBuf {
+    let path = dir.join("untyped_source.php");
+    let code = format!(
+        "<?php\nnamespace PHPLRPM {{\n    interface ConfigurationSource\n    {{\n        public function loadConfiguration();\n    }}\n}}\n\
+         namespace App {{\n    final class Source implements \\PHPLRPM\\ConfigurationSource\n    {{\n        public function loadConfiguration()\n        {{\n            return {returned};\n        }}\n    }}\n}}\n"
+    );
+    fs::write(&path, code).unwrap();
+    path
+}
+
+#[test]
+fn check_names_the_source_class_when_it_returns_a_non_array() {
+    for (returned, type_name) in [("'oops'", "string"), ("null", "null"), ("new \\ArrayObject([])", "ArrayObject")] {
+        let dir = TempDir::new("nonarray");
+        let source = write_untyped_source(&dir, returned);
+        let mut cmd = Command::new(bin());
+        cmd.arg("check").arg(&source).current_dir(dir.path());
+        let out = run_with_timeout(cmd, DEFAULT_TIMEOUT);
+        out.assert_code(1).assert_stderr_contains(&format!(
+            "App\\Source::loadConfiguration() returned {type_name}, expected an array of jobs"
+        ));
+        assert!(!out.stderr.contains("lrpm-host runner"), "must not blame the runner\n{}", out.dump());
+    }
+}
+
+#[test]
+fn a_farm_logs_a_non_array_configuration_and_the_config_process_exit() {
+    let dir = TempDir::new("nonarray-farm");
+    let source = write_untyped_source(&dir, "'oops'");
+    let mut farm = start_farm(&dir, &source, None);
+    wait_stderr(
+        &mut farm,
+        "App\\Source::loadConfiguration() returned string, expected an array of jobs",
+        DEFAULT_TIMEOUT,
+    );
+    wait_stderr(&mut farm, "(configuration source failed)", DEFAULT_TIMEOUT);
+    assert!(!farm.stderr_so_far().contains("lrpm-host runner"), "{}", farm.stderr_so_far());
+    farm.signal(Signal::SIGTERM);
+    farm.wait_within(DEFAULT_TIMEOUT).assert_code(0);
+}
+
+// --- 6. a single-file farm ------------------------------------------------------
+
+/// A source file that declares its worker class next to the configuration
+/// source, as a first farm does.
+fn write_single_file_farm(dir: &TempDir) -> PathBuf {
+    let path = dir.join("farm.php");
+    let code = r#"<?php
+namespace App;
+
+final class SingleWorker implements \Lrpm\Worker
+{
+    private int $cycles = 0;
+
+    public function start(array $job): void
+    {
+        echo "single-file worker started\n";
+    }
+
+    public function cycle(): void
+    {
+        $this->cycles++;
+        echo "single-file worker cycle {$this->cycles}\n";
+        \usleep(20000);
+    }
+}
+
+final class Source implements \Lrpm\ConfigurationSource
+{
+    public function loadConfiguration(): array
+    {
+        return [1 => ['name' => 'single', 'workerClass' => SingleWorker::class, 'mtime' => 1, 'workerConfig' => []]];
+    }
+}
+"#;
+    fs::write(&path, code).unwrap();
+    path
+}
+
+#[test]
+fn a_single_file_farm_runs_its_worker_cycles() {
+    let dir = TempDir::new("single");
+    let source = write_single_file_farm(&dir);
+    assert!(!Path::new("/tmp/vendor/autoload.php").exists() && !Path::new("/vendor/autoload.php").exists());
+    let mut farm = start_farm(&dir, &source, None);
+    farm.wait_for_stdout("single-file worker cycle 3", DEFAULT_TIMEOUT);
+    assert_eq!(farm.stdout_so_far().matches("single-file worker started").count(), 1, "{}", farm.stdout_so_far());
+    farm.signal(Signal::SIGTERM);
+    farm.wait_within(DEFAULT_TIMEOUT).assert_code(0);
+}
+
+#[test]
+fn check_refuses_a_worker_class_only_the_source_file_declares() {
+    let dir = TempDir::new("single-check");
+    let source = write_single_file_farm(&dir);
+    let bootstrap = dir.join("bootstrap.php");
+    fs::write(&bootstrap, "<?php\n// loads nothing\n").unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.arg("--bootstrap").arg(&bootstrap).arg("check").arg(&source).current_dir(dir.path());
+    let out = run_with_timeout(cmd, DEFAULT_TIMEOUT);
+    out.assert_code(1).assert_stdout_contains(
+        "class App\\SingleWorker is declared in the source file, which workers do not load (declare it in a file the bootstrap autoloads)",
+    );
+    // Without a bootstrap the workers load the source file: the same farm checks fine.
+    let mut cmd = Command::new(bin());
+    cmd.arg("check").arg(&source).current_dir(dir.path());
+    run_with_timeout(cmd, DEFAULT_TIMEOUT).assert_code(0).assert_stdout_contains("ok    1: single");
+}
+
+// --- 4. a user SIGTERM handler does not hang the stop -------------------------
+
+#[test]
+fn a_farm_worker_with_its_own_sigterm_handler_stops_promptly_and_its_handler_runs() {
+    let dir = TempDir::new("listener");
+    let jobs = json!({"1": job("Fixture\\StopListener", json!({}), json!({"shutdownTimeoutSeconds": 30}))});
+    let source = write_source(&dir, &jobs);
+    let mut farm = start_farm(&dir, &source, Some(&app_bootstrap()));
+    farm.wait_for_stdout("listening", DEFAULT_TIMEOUT);
+    let asked = Instant::now();
+    farm.signal(Signal::SIGTERM);
+    let out = farm.wait_within(Duration::from_secs(10));
+    out.assert_code(0).assert_stdout_contains("user handler ran 15");
+    assert!(asked.elapsed() < Duration::from_secs(3), "stop took {:?}\n{}", asked.elapsed(), out.dump());
+    assert!(!out.stderr.contains("SIGKILL"), "\n{}", out.dump());
+}
+
+#[test]
+fn sigterm_sigint_handlers_sig_ign_and_sig_dfl_keep_the_graceful_stop() {
+    for (handler, signal, stop) in [
+        ("callable", 15, Signal::SIGTERM),
+        ("callable", 2, Signal::SIGINT),
+        ("ignore", 15, Signal::SIGTERM),
+        ("default", 15, Signal::SIGTERM),
+    ] {
+        let job = json!({"workerConfig": {"handler": handler, "signal": signal}});
+        let mut worker = Running::spawn(worker_with_job("Fixture\\StopListener", &job, &[]));
+        worker.wait_for_stdout("listening", DEFAULT_TIMEOUT);
+        let pid = worker.worker_pid(DEFAULT_TIMEOUT);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), stop).unwrap();
+        let out = worker.wait_within(Duration::from_secs(5));
+        out.assert_code(0);
+        assert_eq!(
+            out.stdout.contains(&format!("user handler ran {signal}")),
+            handler == "callable",
+            "\n{}",
+            out.dump()
+        );
+        assert!(wait_gone(pid, DEFAULT_TIMEOUT).is_some(), "worker {pid} still runs");
+    }
+}
+
+#[test]
+fn the_worker_command_reports_a_replaced_stop_handler() {
+    let job = json!({"workerConfig": {}});
+    let mut worker = Running::spawn(worker_with_job("Fixture\\StopListener", &job, &[]));
+    worker.wait_for_stdout("listening", DEFAULT_TIMEOUT);
+    worker.signal(Signal::SIGTERM);
+    let out = worker.wait_within(Duration::from_secs(5));
+    out.assert_code(0)
+        .assert_stdout_contains("user handler ran 15")
+        .assert_stderr_contains("the worker installed its own SIGTERM/SIGINT handler (pcntl_signal)");
+}
+
+// --- 5. blocking reads and the stop signal ------------------------------------
+
+/// Runs Fixture\BlockingReader against a listener the test holds, waits
+/// until it blocks in its read, sends the worker SIGTERM and returns how
+/// long the worker took to exit (and its output).
+fn stop_a_blocked_reader(worker_config: Value, give_up_after: Duration) -> (Duration, Output) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = worker_config;
+    config["port"] = json!(listener.local_addr().unwrap().port());
+    let job = json!({ "workerConfig": config });
+    let mut worker = Running::spawn(worker_with_job("Fixture\\BlockingReader", &job, &[]));
+    let (_peer, _) = listener.accept().unwrap();
+    worker.wait_for_stdout("reading", DEFAULT_TIMEOUT);
+    let pid = worker.worker_pid(DEFAULT_TIMEOUT);
+    // The read is blocking once the worker sleeps in the kernel.
+    wait_until(&mut worker, DEFAULT_TIMEOUT, "the worker to block", |_| {
+        fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .filter(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('S')))
+    });
+    let asked = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    let out = worker.wait_within(give_up_after);
+    (asked.elapsed(), out)
+}
+
+#[test]
+fn a_socket_read_from_ext_sockets_is_interrupted_by_the_stop() {
+    let (took, out) = stop_a_blocked_reader(json!({"api": "sockets"}), DEFAULT_TIMEOUT);
+    out.assert_code(0).assert_stdout_contains("read returned false");
+    assert!(took < Duration::from_secs(1), "stop took {took:?}\n{}", out.dump());
+}
+
+#[test]
+fn a_stream_socket_read_with_a_read_timeout_stops_within_that_timeout() {
+    // PHP's stream layer retries its poll() after EINTR: the read ends at its
+    // timeout (counted again from the signal), then the loop stops.
+    let (took, out) = stop_a_blocked_reader(json!({"api": "stream", "timeout": 2}), DEFAULT_TIMEOUT);
+    out.assert_code(0).assert_stdout_contains("read returned ");
+    assert!(took < Duration::from_millis(3500), "stop took {took:?}\n{}", out.dump());
+    assert!(took >= Duration::from_millis(1500), "PHP resumed the read until its timeout: {took:?}\n{}", out.dump());
+}
