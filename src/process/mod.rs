@@ -281,16 +281,15 @@ fn prepare_child(setup: &ChildSetup, parent: Pid) {
 /// A pipe whose read end stays in the supervisor (non-blocking, close-on-exec).
 pub fn message_pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), ProcessError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ProcessError::Pipe).and_then(|(r, w)| {
-        set_nonblocking(r.as_raw_fd())?;
+        set_nonblocking(&r)?;
         Ok((r, w))
     })
 }
 
-pub fn set_nonblocking(fd: RawFd) -> Result<(), ProcessError> {
-    // SAFETY: the caller owns `fd` for the duration of the call.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let flags = nix::fcntl::fcntl(borrowed.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).map_err(ProcessError::Pipe)?;
+pub fn set_nonblocking(fd: impl AsFd) -> Result<(), ProcessError> {
+    let fd = fd.as_fd().as_raw_fd();
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).map_err(ProcessError::Pipe)?;
     let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-    nix::fcntl::fcntl(borrowed.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(ProcessError::Pipe)?;
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(ProcessError::Pipe)?;
     Ok(())
 }

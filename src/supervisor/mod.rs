@@ -13,10 +13,10 @@
 
 pub mod config_channel;
 mod requests;
+mod spawn;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::os::fd::{AsRawFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -29,7 +29,7 @@ use crate::farm::{Action, Event, Farm, HostExit, KillReason, LogLevel};
 use crate::job::{self, JobId};
 use crate::php::{self, Engine, PhpError};
 use crate::process::shared_page::{SharedPage, SharedSlots};
-use crate::process::{self, ChildSetup, ExitKind, ProcessError, SignalEvents};
+use crate::process::{self, ExitKind, ProcessError, SignalEvents};
 use config_channel::{ConfigChannel, ConfigMessage, PushRate, ReadOutcome};
 
 /// Forking stops for the turn once it took this long; the rest of the due
@@ -282,9 +282,7 @@ impl Supervisor<'_> {
     }
 
     fn child_exited(&mut self, pid: Pid, exit: ExitKind, now: Instant) {
-        if let (Some(page), Some(slots)) = (self.pages.remove(&pid.as_raw()), self.slots.as_mut()) {
-            slots.release(page);
-        }
+        self.release_page(pid);
         if self.farm.config_process().pid() == Some(pid.as_raw()) {
             // Whatever is still in the pipe was written before the exit.
             self.read_config_channel(now);
@@ -333,14 +331,6 @@ impl Supervisor<'_> {
         tracing::debug!(jobs = validated.jobs.len(), "configuration received");
         let actions = self.farm.handle(Event::Configuration(validated.jobs), now);
         self.apply(actions);
-    }
-
-    /// Descriptors a forked child must not keep.
-    fn supervisor_fds(&self) -> Vec<RawFd> {
-        let mut fds = vec![self.signals.raw_fd()];
-        fds.extend(self.control.all_fds());
-        fds.extend(self.config_channel.as_ref().map(ConfigChannel::raw_fd));
-        fds
     }
 
     fn apply(&mut self, actions: Vec<Action>) {
@@ -402,66 +392,5 @@ impl Supervisor<'_> {
                 Action::Exit(exit) => self.exit = Some(exit),
             }
         }
-    }
-
-    fn spawn_worker(&mut self, id: &JobId) -> Event {
-        let Some(state) = self.farm.job(id) else { return Event::WorkerSpawnFailed(id.clone()) };
-        let source_file = self.config.source_is_file.then(|| Path::new(&self.config.source));
-        let mut program = match php::farm_worker_program(
-            &state.job,
-            self.config.bootstrap.as_deref(),
-            source_file,
-            &self.config.argv,
-        ) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!("job {id}: cannot prepare the worker: {e}");
-                return Event::WorkerSpawnFailed(id.clone());
-            }
-        };
-        let page = self.slots.as_mut().and_then(SharedSlots::allocate);
-        if let Some(page) = &page {
-            program.set_shared_page(page.clone());
-        }
-        let setup = ChildSetup { nice: self.child_nice, close_fds: self.supervisor_fds() };
-        let engine = self.engine;
-        match process::spawn_child(&setup, |parent| program.run(engine, parent)) {
-            Ok(pid) => {
-                if let Some(page) = page {
-                    self.pages.insert(pid.as_raw(), page);
-                }
-                tracing::info!("job {id} ({}) started as pid {pid}", state.job.name);
-                Event::WorkerStarted { id: id.clone(), pid: pid.as_raw() }
-            }
-            Err(e) => {
-                if let (Some(page), Some(slots)) = (page, self.slots.as_mut()) {
-                    slots.release(page);
-                }
-                tracing::error!("job {id}: {e}");
-                Event::WorkerSpawnFailed(id.clone())
-            }
-        }
-    }
-
-    fn spawn_config_process(&mut self) -> Result<Pid, SupervisorError> {
-        let (read_end, write_end) = process::message_pipe()?;
-        let program = php::config_program(
-            &self.config.source,
-            self.config.source_is_file,
-            self.config.interval_seconds,
-            false,
-            self.config.bootstrap.as_deref(),
-            &self.config.argv,
-            write_end.as_raw_fd(),
-        )?;
-        let mut close_fds = self.supervisor_fds();
-        close_fds.push(read_end.as_raw_fd());
-        let setup = ChildSetup { nice: self.child_nice, close_fds };
-        let engine = self.engine;
-        let pid = process::spawn_child(&setup, |parent| program.run(engine, parent))?;
-        drop(write_end);
-        self.config_channel = Some(ConfigChannel::new(read_end));
-        tracing::debug!("configuration process started as pid {pid}");
-        Ok(pid)
     }
 }
