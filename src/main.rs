@@ -1,5 +1,5 @@
 //! lrpm-host entry point. anyhow lives only here.
-#![deny(clippy::undocumented_unsafe_blocks)]
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

@@ -1,6 +1,6 @@
 //! lrpmctl: talks to a running lrpm-host (or php-lrpm) over the control
 //! socket, with php-lrpm's wire format and exit codes.
-#![deny(clippy::undocumented_unsafe_blocks)]
+#![forbid(unsafe_code)]
 
 use std::io::{IsTerminal, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -212,10 +212,7 @@ fn main() -> ExitCode {
     // Rust ignores SIGPIPE, so printing into a closed pipe (`lrpmctl status
     // | head -1`) would panic. Like any Unix tool, die of SIGPIPE instead:
     // lrpmctl is a short-lived client that never forks.
-    // SAFETY: called before anything else runs; no other thread exists.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    lrpm_host::process::die_on_broken_pipe();
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {

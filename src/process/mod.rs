@@ -167,6 +167,15 @@ pub fn raise_supervisor_priority() -> Option<i32> {
     }
 }
 
+/// Restores SIGPIPE's default action (Rust's runtime ignores it): for a
+/// short-lived client whose output may go into a closed pipe.
+pub fn die_on_broken_pipe() {
+    // SAFETY: setting a default disposition installs no handler code.
+    if let Err(e) = unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) } {
+        tracing::debug!("cannot restore SIGPIPE's default action: {e}");
+    }
+}
+
 /// Raises the soft limit on open files to the hard limit: the supervisor
 /// uses poll(), not select(), so many descriptors cost nothing, and running
 /// out of them is what a big farm with many control clients would hit.
