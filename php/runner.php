@@ -221,14 +221,37 @@ function describe_jobs(array $configuration, ?string $sourceFile = null, bool $w
                 $entry['workerClassVisibility'] = class_visibility($job['workerClass'], $sourceFile, $workersLoadSource);
             }
             try {
-                \json_encode($job, \JSON_THROW_ON_ERROR);
+                $jobDigest = \md5(\json_encode($job, \JSON_THROW_ON_ERROR | \JSON_PRESERVE_ZERO_FRACTION));
                 $entry['job'] = $job;
             } catch (\JsonException $e) {
                 $entry['encodeError'] = $e->getMessage();
             }
         }
+        // What the entry says, job included, in 32 characters (the job was
+        // encoded once above; a large one is not encoded again).
+        $head = $entry;
+        unset($head['job']);
+        $entry['digest'] = \md5(\json_encode($head, \JSON_INVALID_UTF8_SUBSTITUTE) . ($jobDigest ?? ''));
+        unset($jobDigest);
         $described[] = $entry;
     }
+    return $described;
+}
+
+// Entries identical to the ones this process sent in its previous message
+// go as their id and digest only: the supervisor kept them, so a large
+// unchanged configuration is neither re-sent nor re-parsed at every poll.
+function elide_unchanged(array $described, array &$sent): array
+{
+    $now = [];
+    foreach ($described as $i => $entry) {
+        $key = (string) $entry['id'];
+        if (($sent[$key] ?? null) === $entry['digest']) {
+            $described[$i] = ['id' => $entry['id'], 'digest' => $entry['digest'], 'unchanged' => true];
+        }
+        $now[$key] = $entry['digest'];
+    }
+    $sent = $now;
     return $described;
 }
 
@@ -263,6 +286,8 @@ function run_config(array $params): void
     // (the supervisor warns about it).
     $pushMinInterval = 0.1;
     $lastCall = 0.0;
+    // Digest of each entry this process sent last time, by id.
+    $sent = [];
     while (true) {
         if ($interval === 0) {
             $since = \microtime(true) - $lastCall;
@@ -283,11 +308,11 @@ function run_config(array $params): void
                 . \get_debug_type($configuration) . ', expected an array of jobs']);
             exit(EXIT_CONFIG_SOURCE_FAILED);
         }
-        send_message(['type' => 'configuration', 'jobs' => describe_jobs(
+        send_message(['type' => 'configuration', 'jobs' => elide_unchanged(describe_jobs(
             $configuration,
             $params['sourceIsFile'] ? (string) $params['source'] : null,
             (bool) ($params['workersLoadSource'] ?? false)
-        )]);
+        ), $sent)]);
         if ($params['once'] ?? false) {
             exit(EXIT_OK);
         }

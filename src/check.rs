@@ -80,8 +80,9 @@ fn report(
         match message {
             Ok(ConfigMessage::Configuration { jobs }) => {
                 got_configuration = true;
-                let validated = job::validate_entries(&jobs);
-                writeln!(out, "{} job(s), {} valid", jobs.len(), validated.jobs.len())?;
+                let count = jobs.len();
+                let validated = job::validate_entries(jobs);
+                writeln!(out, "{count} job(s), {} valid", validated.jobs.len())?;
                 for job in &validated.jobs {
                     writeln!(
                         out,

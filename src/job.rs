@@ -4,7 +4,9 @@
 
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -53,19 +55,21 @@ pub struct Job {
     pub mtime: i64,
     pub short_run_time_seconds: u64,
     pub shutdown_timeout_seconds: u64,
-    pub config: Map<String, Value>,
-    /// `config` serialized once per configuration message, for `status`.
+    /// Shared: a job is handed to the core at every poll, and its
+    /// configuration may be large.
+    pub config: Arc<Map<String, Value>>,
+    /// `config` serialized once when the entry changed, for `status`.
     pub config_json: RawJson,
 }
 
-/// JSON text serialized once and shown many times.
+/// JSON text serialized once and shown many times; clones share it.
 #[derive(Debug, Clone)]
-pub struct RawJson(Box<serde_json::value::RawValue>);
+pub struct RawJson(Arc<serde_json::value::RawValue>);
 
 impl RawJson {
     pub fn of(value: &impl Serialize) -> RawJson {
         let text = serde_json::to_string(value).unwrap_or_else(|_| "null".to_string());
-        RawJson(serde_json::value::RawValue::from_string(text).expect("serde_json wrote valid JSON"))
+        RawJson(Arc::from(serde_json::value::RawValue::from_string(text).expect("serde_json wrote valid JSON")))
     }
 
     pub fn get(&self) -> &serde_json::value::RawValue {
@@ -145,9 +149,9 @@ fn entry_error(id: &str, problem: String) -> ValidationError {
 impl DescribedJob {
     /// Reads one entry of the configuration process's message. Each entry
     /// is read alone, so one broken entry is dropped alone.
-    pub fn from_entry(entry: &Value) -> Result<DescribedJob, ValidationError> {
-        let Value::Object(map) = entry else {
-            return Err(entry_error("?", format!("unreadable entry {}", short_json(entry))));
+    pub fn from_entry(entry: Value) -> Result<DescribedJob, ValidationError> {
+        let Value::Object(mut map) = entry else {
+            return Err(entry_error("?", format!("unreadable entry {}", short_json(&entry))));
         };
         let id = match map.get("id") {
             Some(Value::Number(n)) if n.is_i64() => JobId::Int(n.as_i64().unwrap_or_default()),
@@ -159,6 +163,8 @@ impl DescribedJob {
                 ))
             }
         };
+        // Moved, not copied: a job's configuration may be large.
+        let job = map.remove("job").unwrap_or(Value::Null);
         let text = |key: &str| map.get(key).and_then(Value::as_str).map(str::to_string);
         Ok(DescribedJob {
             id_error: map
@@ -167,7 +173,7 @@ impl DescribedJob {
                 .filter(|b| *b)
                 .map(|_| "the job id is not valid UTF-8".to_string()),
             php_type: text("type").unwrap_or_else(|| "unknown".to_string()),
-            job: map.get("job").cloned().unwrap_or(Value::Null),
+            job,
             // PHP encodes an empty array as [], not {}.
             field_types: match map.get("fieldTypes") {
                 Some(Value::Object(types)) => types.clone(),
@@ -242,13 +248,9 @@ impl DescribedJob {
         self.worker_class_visibility.as_deref() == Some("sourceOnly")
     }
 
-    fn field_type(&self, field: &str) -> Option<&str> {
-        self.field_types.get(field).and_then(Value::as_str)
-    }
-
     /// php-lrpm's ConfigurationValidator::isValid(), with every broken rule
     /// reported, plus the fields lrpm-host does not know.
-    pub fn validate(&self) -> Result<(Job, Vec<UnknownField>), Vec<ValidationError>> {
+    pub fn validate(mut self) -> Result<(Job, Vec<UnknownField>), Vec<ValidationError>> {
         let id = self.id.to_string();
         let error = |field: &str, problem: String, rule: &str| ValidationError {
             job_id: id.clone(),
@@ -273,10 +275,12 @@ impl DescribedJob {
                 "jobs must contain only arrays and scalars",
             )]);
         }
-        let mut config = match &self.job {
-            Value::Object(map) => map.clone(),
+        let field_types = std::mem::take(&mut self.field_types);
+        let field_type = |field: &str| field_types.get(field).and_then(Value::as_str);
+        let mut config = match std::mem::take(&mut self.job) {
+            Value::Object(map) => map,
             // An empty or list-shaped PHP array has no named fields.
-            Value::Array(items) => items.iter().enumerate().map(|(i, v)| (i.to_string(), v.clone())).collect(),
+            Value::Array(items) => items.into_iter().enumerate().map(|(i, v)| (i.to_string(), v)).collect(),
             _ => Map::new(),
         };
         let mut errors = Vec::new();
@@ -290,7 +294,7 @@ impl DescribedJob {
                 }
                 continue;
             };
-            let php_type = self.field_type(rule.name).unwrap_or_else(|| json_php_type(value));
+            let php_type = field_type(rule.name).unwrap_or_else(|| json_php_type(value));
             let valid = match rule.name {
                 "name" => php_type == "string",
                 "workerConfig" => php_type == "array",
@@ -335,7 +339,7 @@ impl DescribedJob {
             short_run_time_seconds: seconds("shortRunTimeSeconds"),
             shutdown_timeout_seconds: seconds("shutdownTimeoutSeconds"),
             config_json: RawJson::of(&config),
-            config,
+            config: Arc::new(config),
         };
         Ok((job, unknown))
     }
@@ -386,43 +390,109 @@ pub struct Validated {
     pub unknown_fields: Vec<UnknownField>,
 }
 
-/// Validates a whole configuration message (its `jobs` entries): each entry
-/// alone, so one broken entry never rejects the others. Two entries with
-/// the same id are both refused: silently running one of them would hide a
-/// job.
-pub fn validate_entries(entries: &[Value]) -> Validated {
+/// What a configuration process sent before, by id: the entry's digest and
+/// its validation. The runner sends an entry identical to its previous one
+/// as `{"id", "digest", "unchanged": true}`; it is taken from here instead of
+/// being parsed and validated again.
+#[derive(Debug, Default)]
+pub struct EntryCache {
+    /// Id (as text) to the entry's digest and its validation.
+    by_id: HashMap<String, (String, Outcome)>,
+}
+
+/// What validating one entry gave.
+type Outcome = Result<(Job, Vec<UnknownField>), Vec<ValidationError>>;
+
+impl EntryCache {
+    /// Forgets everything: a new configuration process sends every entry in full.
+    pub fn clear(&mut self) {
+        self.by_id.clear();
+    }
+}
+
+/// An elided entry that refers to nothing this supervisor kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownDigest {
+    pub job_id: String,
+}
+
+/// The key an entry's id has in the cache (the id as text).
+fn entry_key(entry: &Value) -> Option<String> {
+    match entry.get("id")? {
+        Value::String(text) => Some(text.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn record(validated: &mut Validated, outcome: &Outcome) {
+    match outcome {
+        Ok((job, fields)) => {
+            validated.jobs.push(job.clone());
+            validated.unknown_fields.extend(fields.iter().cloned());
+        }
+        Err(errors) => validated.errors.extend(errors.iter().cloned()),
+    }
+}
+
+/// Validates a whole configuration message (its `jobs` entries) for a farm:
+/// each entry alone, so one broken entry never rejects the others; entries
+/// marked unchanged come from `cache`, the others are validated and
+/// remembered. Two entries with the same id are both refused: silently
+/// running one of them would hide a job. Also returns the elided entries
+/// the cache does not know (a message was lost: the caller must not apply
+/// this configuration).
+pub fn validate_entries_cached(entries: Vec<Value>, cache: &mut EntryCache) -> (Validated, Vec<UnknownDigest>) {
     let mut validated = Validated::default();
-    let mut seen: std::collections::HashMap<JobId, usize> = std::collections::HashMap::new();
-    let mut candidates = Vec::new();
+    let mut unknown = Vec::new();
+    let mut kept = HashMap::new();
+    let mut described = Vec::new();
     for entry in entries {
-        match DescribedJob::from_entry(entry) {
-            Ok(described) => {
-                *seen.entry(described.id.clone()).or_default() += 1;
-                candidates.push(described);
+        let digest = entry.get("digest").and_then(Value::as_str).map(str::to_string);
+        if entry.get("unchanged").and_then(Value::as_bool) == Some(true) {
+            let key = entry_key(&entry).unwrap_or_else(|| "?".to_string());
+            match (cache.by_id.remove(&key), digest) {
+                (Some((known, outcome)), Some(digest)) if known == digest => {
+                    record(&mut validated, &outcome);
+                    kept.insert(key, (known, outcome));
+                }
+                _ => unknown.push(UnknownDigest { job_id: key }),
             }
+            continue;
+        }
+        match DescribedJob::from_entry(entry) {
+            Ok(job) => described.push((digest, job)),
             Err(error) => validated.errors.push(error),
         }
     }
-    for described in candidates {
-        if seen[&described.id] > 1 {
-            if seen.insert(described.id.clone(), usize::MAX) == Some(usize::MAX) {
-                continue;
+    let mut seen: HashMap<JobId, usize> = HashMap::new();
+    for (_, job) in &described {
+        *seen.entry(job.id.clone()).or_default() += 1;
+    }
+    for (digest, job) in described {
+        if seen[&job.id] > 1 {
+            if seen.insert(job.id.clone(), usize::MAX) != Some(usize::MAX) {
+                validated.errors.push(entry_error(
+                    &job.id.to_string(),
+                    "several jobs have this id; all of them are dropped".to_string(),
+                ));
             }
-            validated.errors.push(entry_error(
-                &described.id.to_string(),
-                "several jobs have this id; all of them are dropped".to_string(),
-            ));
             continue;
         }
-        match described.validate() {
-            Ok((job, mut unknown)) => {
-                validated.jobs.push(job);
-                validated.unknown_fields.append(&mut unknown);
-            }
-            Err(mut errors) => validated.errors.append(&mut errors),
+        let key = job.id.to_string();
+        let outcome = job.validate();
+        record(&mut validated, &outcome);
+        if let Some(digest) = digest {
+            kept.insert(key, (digest, outcome));
         }
     }
-    validated
+    cache.by_id = kept;
+    (validated, unknown)
+}
+
+/// `validate_entries_cached` without a cache (`check`, one message).
+pub fn validate_entries(entries: Vec<Value>) -> Validated {
+    validate_entries_cached(entries, &mut EntryCache::default()).0
 }
 
 #[cfg(test)]
@@ -504,7 +574,7 @@ mod tests {
             json!({"type": "array"}),
             entry(json!(4), good()),
         ];
-        let validated = validate_entries(&entries);
+        let validated = validate_entries(entries);
         let ids: Vec<String> = validated.jobs.iter().map(|j| j.id.to_string()).collect();
         assert_eq!(ids, ["1", "4"]);
         let failed: Vec<&str> = validated.errors.iter().map(|e| e.job_id.as_str()).collect();
@@ -550,10 +620,45 @@ mod tests {
     fn ids_that_are_not_utf8_or_repeated_are_refused() {
         let mut bad = entry(json!("q\\xff"), good());
         bad["idInvalidUtf8"] = json!(true);
-        let validated = validate_entries(&[bad, entry(json!(5), good()), entry(json!(5), good())]);
+        let validated = validate_entries(vec![bad, entry(json!(5), good()), entry(json!(5), good())]);
         assert!(validated.jobs.is_empty());
         assert!(validated.errors.iter().any(|e| e.problem.contains("not valid UTF-8")));
         assert_eq!(validated.errors.iter().filter(|e| e.problem.contains("several jobs")).count(), 1);
+    }
+
+    #[test]
+    fn unchanged_entries_come_from_the_cache() {
+        let with_digest = |id: Value, job: Value, digest: &str| {
+            let mut e = entry(id, job);
+            e["digest"] = json!(digest);
+            e
+        };
+        let unchanged = |id: Value, digest: &str| json!({"id": id, "digest": digest, "unchanged": true});
+        let mut bad = good();
+        bad["name"] = json!(3);
+        let mut cache = EntryCache::default();
+        let (first, lost) = validate_entries_cached(
+            vec![with_digest(json!(1), good(), "a"), with_digest(json!("b"), bad.clone(), "b")],
+            &mut cache,
+        );
+        assert!(lost.is_empty());
+        assert_eq!(first.jobs.len(), 1);
+        assert_eq!(first.errors.len(), 1);
+        // Both unchanged: the same outcome, from the cache.
+        let (second, lost) =
+            validate_entries_cached(vec![unchanged(json!(1), "a"), unchanged(json!("b"), "b")], &mut cache);
+        assert!(lost.is_empty());
+        assert_eq!(second.jobs, first.jobs);
+        assert_eq!(second.errors, first.errors);
+        // Job 1 left the configuration: a later "unchanged" for it is unknown.
+        validate_entries_cached(vec![unchanged(json!("b"), "b")], &mut cache);
+        let (_, lost) = validate_entries_cached(vec![unchanged(json!(1), "a")], &mut cache);
+        assert_eq!(lost, vec![UnknownDigest { job_id: "1".into() }]);
+        // A digest that does not match is unknown too.
+        let mut cache = EntryCache::default();
+        validate_entries_cached(vec![with_digest(json!(1), good(), "a")], &mut cache);
+        let (_, lost) = validate_entries_cached(vec![unchanged(json!(1), "z")], &mut cache);
+        assert_eq!(lost.len(), 1);
     }
 
     proptest::proptest! {
@@ -569,7 +674,7 @@ mod tests {
                 job.insert(rule.name.to_string(), value);
             }
             job.insert(extra, json!(1));
-            let validated = validate_entries(&[entry(json!(1), Value::Object(job))]);
+            let validated = validate_entries(vec![entry(json!(1), Value::Object(job))]);
             let mut farm = crate::farm::Farm::new();
             let now = std::time::Instant::now();
             farm.start();

@@ -354,7 +354,7 @@ fn worker_program_with_source(
         "sourceFile": source_file.map(|p| p.to_string_lossy()),
         "class": job.worker_class,
         "jobId": job.id.to_string(),
-        "job": job.config,
+        "job": &*job.config,
         "cycles": cycles,
     });
     let title = format!("lrpm-host: worker {} {}", job.id, job.name);

@@ -83,6 +83,9 @@ struct Supervisor<'e> {
     /// (job, field) pairs already warned about.
     warned_fields: HashSet<(JobId, String)>,
     push_rate: PushRate,
+    /// Entries the current configuration process sent, for the ones it
+    /// later sends as unchanged.
+    entry_cache: job::EntryCache,
     /// The nice value children go back to (the supervisor runs above them).
     child_nice: Option<i32>,
     /// Time spent forking workers in the current loop turn.
@@ -119,6 +122,7 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         out_of_descriptors_logged: false,
         warned_fields: HashSet::new(),
         push_rate: PushRate::default(),
+        entry_cache: job::EntryCache::default(),
         child_nice: process::raise_supervisor_priority(),
         forking: Duration::ZERO,
         slots: match SharedSlots::new(SHARED_SLOTS) {
@@ -303,15 +307,29 @@ impl Supervisor<'_> {
         }
         for message in messages {
             match message {
-                Ok(ConfigMessage::Configuration { jobs }) => self.configuration_received(&jobs, now),
+                Ok(ConfigMessage::Configuration { jobs }) => self.configuration_received(jobs, now),
                 Ok(ConfigMessage::Error { message }) => tracing::error!("configuration source error: {message}"),
                 Err(e) => tracing::error!("{e}"),
             }
         }
     }
 
-    fn configuration_received(&mut self, entries: &[serde_json::Value], now: Instant) {
-        let validated = job::validate_entries(entries);
+    fn configuration_received(&mut self, entries: Vec<serde_json::Value>, now: Instant) {
+        let (validated, lost) = job::validate_entries_cached(entries, &mut self.entry_cache);
+        if !lost.is_empty() {
+            // Cannot happen unless a message was lost: never apply a
+            // configuration with holes (its missing jobs would be stopped).
+            let ids: Vec<String> = lost.into_iter().map(|l| l.job_id).collect();
+            tracing::error!(
+                "the configuration process referred to entries this supervisor does not have (jobs {}); \
+                 ignoring this configuration and restarting the configuration process",
+                ids.join(", ")
+            );
+            if let Some(pid) = self.farm.config_process().pid() {
+                process::signal_group(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            return;
+        }
         for error in &validated.errors {
             tracing::error!("invalid configuration for {error}; the job is dropped, the others run");
         }

@@ -82,6 +82,8 @@ impl Supervisor<'_> {
         let pid = process::spawn_child(&setup, |parent| program.run(engine, parent))?;
         drop(write_end);
         self.config_channel = Some(ConfigChannel::new(read_end));
+        // A new process sends every entry in full.
+        self.entry_cache.clear();
         tracing::debug!("configuration process started as pid {pid}");
         Ok(pid)
     }
