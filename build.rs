@@ -106,6 +106,9 @@ fn main() {
 
     println!("cargo:rustc-link-search=native={}", lib_dir.display());
     println!("cargo:rustc-link-lib=dylib={lib_name}");
+    // The shim's poll() must be the one libphp and its extensions call
+    // (it bounds waits once a stop is pending): export it from the binary.
+    println!("cargo:rustc-link-arg-bin=lrpm-host=-Wl,--export-dynamic-symbol=poll");
     // Debian puts libphp8.2.so in /usr/lib, already on the loader path; for other
     // prefixes record it so the binary runs without LD_LIBRARY_PATH.
     if lib_dir != Path::new("/usr/lib") {

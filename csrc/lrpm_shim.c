@@ -45,7 +45,21 @@ static volatile sig_atomic_t forked_by_worker = 0;
 
 static void on_fork_in_child(void) { forked_by_worker = 1; }
 
-static void on_stop_signal(int signo) { (void)signo; stop_requested = 1; }
+/* When the first stop request arrived (CLOCK_MONOTONIC, ns; 0: none yet). */
+static volatile long long stop_requested_at_ns = 0;
+
+/* Called from the stop handlers: clock_gettime is async-signal-safe. */
+static void note_stop_request(void)
+{
+    if (!stop_requested_at_ns) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        stop_requested_at_ns = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+    }
+    stop_requested = 1;
+}
+
+static void on_stop_signal(int signo) { (void)signo; note_stop_request(); }
 static void on_reload_signal(int signo) { (void)signo; reload_requested = 1; }
 
 /* ------------------------------------------------------------------ */
@@ -75,7 +89,7 @@ static void mark_shared_flag(uint64_t bit)
 
 static void on_stop_signal_chained(int signo, siginfo_t *info, void *context)
 {
-    stop_requested = 1;
+    note_stop_request();
     if (signo <= 0 || signo >= NSIG || !chained_active[signo]) return;
     const struct sigaction *next = &chained_action[signo];
     if (next->sa_flags & SA_SIGINFO) {
@@ -234,6 +248,38 @@ static long long monotonic_coarse_ns(void)
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
     return (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+}
+
+/*
+ * Bounded waits once a stop is pending. PHP's stream layer (fread/fgets on
+ * sockets, and what is built on it: phpredis, mysqlnd, ...) polls again
+ * with its whole timeout after a signal interrupts poll(), so a worker
+ * blocked in such a read would sit out the stop until SIGKILL. The binary
+ * exports this poll() (build.rs), so libphp's and its extensions' calls
+ * land here: before a stop request it is plain poll(); after one, every
+ * wait ends by the stop's grace deadline (half the shutdown timeout), where
+ * it reports a timeout. Work that answers in time finishes normally; a read
+ * that would outlast the grace fails as a timed-out read, which the worker
+ * can handle before the SIGKILL that would otherwise come.
+ */
+int poll(struct pollfd *fds, nfds_t nfds, int timeout)
+{
+    if (stop_requested && stop_requested_at_ns && current_spec && current_spec->stop_grace_ms >= 0) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long long now_ns = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+        long long deadline_ns = stop_requested_at_ns + current_spec->stop_grace_ms * 1000000LL;
+        long long left_ms = deadline_ns > now_ns ? (deadline_ns - now_ns + 999999) / 1000000 : 0;
+        if (timeout < 0 || timeout > left_ms) timeout = (int)left_ms;
+    }
+    struct timespec wait;
+    struct timespec *wait_for = NULL;
+    if (timeout >= 0) {
+        wait.tv_sec = timeout / 1000;
+        wait.tv_nsec = (long)(timeout % 1000) * 1000000L;
+        wait_for = &wait;
+    }
+    return ppoll(fds, nfds, wait_for, NULL);
 }
 
 /* The worker loop's check between cycles, in C because it runs millions of
@@ -585,6 +631,7 @@ int lrpm_child_main(const lrpm_child_spec *spec)
 {
     current_spec = spec;
     stop_requested = 0;
+    stop_requested_at_ns = 0;
     forked_by_worker = 0;
     last_gc_between_cycles_ns = monotonic_coarse_ns();
     pthread_atfork(NULL, NULL, on_fork_in_child);

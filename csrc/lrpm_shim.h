@@ -58,6 +58,9 @@ typedef struct lrpm_child_spec {
     int setup_failed_exit;
     /* This child's shared page, or NULL. */
     lrpm_shared_page *shared_page;
+    /* Once a stop is requested, poll() waits end this many ms after it
+     * (see poll() in lrpm_shim.c); -1: never bounded. */
+    long long stop_grace_ms;
 } lrpm_child_spec;
 
 /*

@@ -301,10 +301,18 @@ fn the_worker_command_reports_a_replaced_stop_handler() {
 /// until it blocks in its read, sends the worker SIGTERM and returns how
 /// long the worker took to exit (and its output).
 fn stop_a_blocked_reader(worker_config: Value, give_up_after: Duration) -> (Duration, Output) {
+    stop_a_blocked_reader_in(json!({}), worker_config, give_up_after)
+}
+
+/// The same, with `fields` added to the job (shutdownTimeoutSeconds).
+fn stop_a_blocked_reader_in(fields: Value, worker_config: Value, give_up_after: Duration) -> (Duration, Output) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut config = worker_config;
     config["port"] = json!(listener.local_addr().unwrap().port());
-    let job = json!({ "workerConfig": config });
+    let mut job = json!({ "workerConfig": config });
+    if let (Some(job), Some(fields)) = (job.as_object_mut(), fields.as_object()) {
+        job.extend(fields.clone());
+    }
     let mut worker = Running::spawn(worker_with_job("Fixture\\BlockingReader", &job, &[]));
     let (_peer, _) = listener.accept().unwrap();
     worker.wait_for_stdout("reading", DEFAULT_TIMEOUT);
@@ -336,4 +344,18 @@ fn a_stream_socket_read_with_a_read_timeout_stops_within_that_timeout() {
     out.assert_code(0).assert_stdout_contains("read returned ");
     assert!(took < Duration::from_millis(3500), "stop took {took:?}\n{}", out.dump());
     assert!(took >= Duration::from_millis(1500), "PHP resumed the read until its timeout: {took:?}\n{}", out.dump());
+}
+
+#[test]
+fn a_stream_read_without_a_timeout_ends_half_a_shutdown_timeout_after_the_stop() {
+    // default_socket_timeout is 60 s: without the host's bound the read would
+    // go on for a minute (and a farm worker would be SIGKILLed first).
+    let (took, out) = stop_a_blocked_reader_in(
+        json!({"shutdownTimeoutSeconds": 4}),
+        json!({"api": "stream"}),
+        Duration::from_secs(10),
+    );
+    out.assert_code(0).assert_stdout_contains("read returned false");
+    assert!(took >= Duration::from_millis(1800), "the read ended before the grace: {took:?}\n{}", out.dump());
+    assert!(took < Duration::from_millis(3500), "stop took {took:?}\n{}", out.dump());
 }

@@ -244,6 +244,7 @@ pub struct ChildProgram {
     argv_ptrs: Vec<*mut libc::c_char>,
     message_fd: RawFd,
     shared_page: Option<SharedPage>,
+    stop_grace: Option<std::time::Duration>,
 }
 
 // The C layout of the shared page must be the one src/process/shared_page.rs maps.
@@ -275,6 +276,7 @@ impl ChildProgram {
             argv_ptrs,
             message_fd: message_fd.unwrap_or(-1),
             shared_page: None,
+            stop_grace: None,
         })
     }
 
@@ -282,6 +284,12 @@ impl ChildProgram {
     /// clone to read what the child reports).
     pub fn set_shared_page(&mut self, page: SharedPage) {
         self.shared_page = Some(page);
+    }
+
+    /// Once a stop is requested, blocking waits inside PHP (stream reads)
+    /// end this long after it (see `poll()` in csrc/lrpm_shim.c).
+    pub fn set_stop_grace(&mut self, grace: std::time::Duration) {
+        self.stop_grace = Some(grace);
     }
 
     /// Runs the PHP request in this (forked) process and returns the exit
@@ -298,6 +306,7 @@ impl ChildProgram {
             request_failed_exit: crate::exit_code::REQUEST_FAILED,
             setup_failed_exit: crate::exit_code::CHILD_SETUP_FAILED,
             shared_page: self.shared_page.as_ref().map_or(std::ptr::null_mut(), |p| p.as_ptr().cast()),
+            stop_grace_ms: self.stop_grace.map_or(-1, |g| i64::try_from(g.as_millis()).unwrap_or(i64::MAX)),
         };
         // SAFETY: the Engine token proves module startup happened in this
         // process image; every pointer in `spec` borrows from `self`, which
@@ -358,7 +367,11 @@ fn worker_program_with_source(
         "cycles": cycles,
     });
     let title = format!("lrpm-host: worker {} {}", job.id, job.name);
-    ChildProgram::new(&params, argv, &title, None)
+    let mut program = ChildProgram::new(&params, argv, &title, None)?;
+    // Half the shutdown timeout: a stopping worker's blocked stream reads
+    // end then, leaving it the other half to finish before SIGKILL.
+    program.set_stop_grace(std::time::Duration::from_millis(job.shutdown_timeout_seconds.saturating_mul(500)));
+    Ok(program)
 }
 
 /// The runner parameters for the configuration process.
@@ -382,5 +395,8 @@ pub fn config_program(
         "interval": interval,
         "once": once,
     });
-    ChildProgram::new(&params, argv, "lrpm-host: config", Some(message_fd))
+    let mut program = ChildProgram::new(&params, argv, "lrpm-host: config", Some(message_fd))?;
+    // Half the configuration process's 5 s stop timeout.
+    program.set_stop_grace(std::time::Duration::from_millis(2500));
+    Ok(program)
 }
