@@ -114,6 +114,8 @@ pub fn reap_exited(leads_group: impl Fn(Pid) -> bool) -> Vec<(Pid, ExitKind)> {
         match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) => reaped.push((pid, ExitKind::Code(code))),
             Ok(WaitStatus::Signaled(pid, sig, _)) => reaped.push((pid, ExitKind::Signal(sig as i32))),
+            // Not reapable after all (a tracer got in between): next SIGCHLD.
+            Ok(WaitStatus::StillAlive) => break,
             Ok(_) | Err(Errno::EINTR) => continue,
             Err(e) => {
                 tracing::error!(pid = pid.as_raw(), "waitpid failed: {e}");
@@ -148,7 +150,7 @@ pub fn signal_process(pid: Pid, sig: Signal) -> Result<(), Errno> {
 }
 
 /// How much higher than its workers the supervisor runs, when allowed.
-const SUPERVISOR_PRIORITY_BOOST: i32 = 10;
+const SUPERVISOR_PRIORITY_BOOST: i32 = 20;
 
 /// Puts the supervisor above its workers in the scheduler: thousands of
 /// workers starting at once would otherwise leave it a thousandth of a CPU,

@@ -34,7 +34,7 @@ use config_channel::{ConfigChannel, ConfigMessage, PushRate, ReadOutcome};
 
 /// Forking stops for the turn once it took this long; the rest of the due
 /// starts wait for the next turn, after signals and clients were served.
-const FORK_BUDGET: Duration = Duration::from_millis(10);
+const FORK_BUDGET: Duration = Duration::from_millis(5);
 
 /// Workers that can have a shared page at once (256 MiB of address space,
 /// one 4 KiB page of memory per live worker).
