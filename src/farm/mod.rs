@@ -226,7 +226,12 @@ impl Farm {
                     self.config.phase = ConfigPhase::Stopped;
                     self.finish_shutdown_if_done(&mut actions);
                 } else {
-                    self.config_attempt_failed(Duration::ZERO, now, &mut actions);
+                    self.config_attempt_failed(
+                        "the configuration process could not be started",
+                        Duration::ZERO,
+                        now,
+                        &mut actions,
+                    );
                 }
             }
             Event::WorkerStarted { id, pid } => self.worker_started(id, pid, now, &mut actions),
@@ -482,29 +487,20 @@ impl Farm {
         }
         let described = exit.describe(ProcessKind::ConfigProcess);
         let reason = if self.config.reload_pending { "; a reload was requested" } else { "" };
-        if !self.config.loaded {
-            actions.push(Action::Log(
-                LogLevel::Warn,
-                format!("configuration process {pid} ended before sending a configuration ({described}){reason}"),
-            ));
-            self.config_attempt_failed(now.saturating_duration_since(since), now, actions);
-            return;
-        }
-        let delay = self.config.backoff.delay_after(now.saturating_duration_since(since));
-        actions.push(Action::Log(
-            LogLevel::Warn,
-            format!(
-                "configuration process {pid} ended ({described}); keeping the last good configuration, restarting it in {}s{reason}",
-                delay.as_secs()
-            ),
-        ));
-        self.config.phase = ConfigPhase::Waiting { at: later(now, delay) };
+        let what = format!("configuration process {pid} ended ({described}){reason}");
+        self.config_attempt_failed(&what, now.saturating_duration_since(since), now, actions);
     }
 
-    /// The configuration process ended or could not start.
-    fn config_attempt_failed(&mut self, ran: Duration, now: Instant, actions: &mut Vec<Action>) {
+    /// The configuration process ended (after running for `ran`) or could
+    /// not start: retry with backoff, or give up if no configuration ever
+    /// loaded.
+    fn config_attempt_failed(&mut self, what: &str, ran: Duration, now: Instant, actions: &mut Vec<Action>) {
         if self.config.loaded {
             let delay = self.config.backoff.delay_after(ran);
+            actions.push(Action::Log(
+                LogLevel::Warn,
+                format!("{what}; keeping the last good configuration, restarting it in {}s", delay.as_secs()),
+            ));
             self.config.phase = ConfigPhase::Waiting { at: later(now, delay) };
             return;
         }
@@ -514,7 +510,7 @@ impl Farm {
             actions.push(Action::Log(
                 LogLevel::Error,
                 format!(
-                    "giving up: the configuration source failed {attempts} times and never produced a configuration (see the errors above)"
+                    "{what}; giving up: the configuration source failed {attempts} times and never produced a configuration (see the errors above)"
                 ),
             ));
             self.config.phase = ConfigPhase::Stopped;
@@ -524,7 +520,7 @@ impl Farm {
         actions.push(Action::Log(
             LogLevel::Warn,
             format!(
-                "no configuration yet: attempt {attempts} of {FIRST_CONFIGURATION_ATTEMPTS} failed, trying again in {}s",
+                "{what}; no configuration yet: attempt {attempts} of {FIRST_CONFIGURATION_ATTEMPTS} failed, trying again in {}s",
                 FIRST_CONFIGURATION_RETRY.as_secs()
             ),
         ));
