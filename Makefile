@@ -4,8 +4,10 @@
 #   make run    run the example farm (examples/farm.php)
 #   make test   formatting, clippy, then the whole test suite
 #   make bench  benchmarks against supervisord and a pcntl_fork parent: writes
-#               bench/results/*.json, docs/benchmarks.md and its plots (~25 min)
+#               bench/results/*.json, docs/benchmarks.md and its plots (~33 min)
 #   make bench-quick  the same with few repetitions, to try the harness out
+#   make bench-scale  only the scale measure (up to 10,000 workers, ~8 min):
+#               rewrites bench/results/scale.json, then the whole report
 
 SHELL := /bin/bash
 
@@ -23,7 +25,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Build exactly the locked dependency versions when a lock file exists.
 LOCKED := $(if $(wildcard Cargo.lock),--locked,)
 
-.PHONY: deps bench-deps install-packages build run test bench bench-quick
+.PHONY: deps bench-deps install-packages build run test bench bench-quick bench-scale
 
 deps:
 	@$(MAKE) --no-print-directory install-packages PACKAGES="$(DEB_PACKAGES)"
@@ -61,4 +63,8 @@ bench: bench-deps build
 
 bench-quick: bench-deps build
 	/usr/bin/python3 bench/harness.py --quick
+	/usr/bin/python3 bench/report.py
+
+bench-scale: bench-deps build
+	/usr/bin/python3 bench/harness.py --only scale
 	/usr/bin/python3 bench/report.py

@@ -12,6 +12,10 @@ All of them run the same workload (bench/app/src/SymfonyWorker.php). Each
 worker reports its first cycle() to the harness over a Unix datagram socket
 with a CLOCK_MONOTONIC timestamp, so nothing here polls.
 
+The scale measure (--only scale, `make bench-scale`) brings up to 10,000
+workers with an empty start() up and down under lrpm-host, and the php-cli
+contenders at up to 2,000, timing control requests meanwhile.
+
 Writes bench/results/*.json; bench/report.py turns them into docs/benchmarks.md.
 """
 
@@ -24,7 +28,9 @@ import http.client
 import json
 import os
 import platform
+import re
 import resource
+import select
 import shutil
 import signal
 import socket
@@ -33,6 +39,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xmlrpc.client
 from dataclasses import dataclass
@@ -47,6 +54,20 @@ WORKLOAD = "Bench\\SymfonyWorker"
 CYCLE_SLEEP_MS = 100
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT_S = 300.0
+# The scale measure: a worker whose start() does nothing and whose cycle()
+# sleeps this long, so that bring-up and stop time the managers, not the app,
+# and 10,000 sleeping workers do not load 2 CPUs with 100,000 wakeups a second.
+SCALE_CYCLE_SLEEP_MS = 1000
+# How often the harness sends a request to the manager's control interface
+# during a scale bring-up.
+PROBE_INTERVAL_S = 0.05
+# When the scale measure counts the workers still exiting, in seconds after
+# SIGTERM: just before their 10 s stop timeout (shutdownTimeoutSeconds) ends.
+STOP_WATCH_DEADLINE_S = 9.8
+# The php-cli contenders are tried at no more than 2,000 workers (supervisord
+# takes about 5 MB per php-cli worker: 10,000 would not fit in 24 GB), each
+# try bounded by this.
+SCALE_OTHERS_TIMEOUT_S = 240.0
 
 CONTENDERS = ["lrpm-host", "lrpm-host-preload", "supervisord", "fork-parent"]
 
@@ -131,6 +152,93 @@ def context_switches(pid: int) -> int:
     return total
 
 
+def nice_value(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[16])
+
+
+def source_constant(path: str, name: str) -> str | None:
+    """The value of a `const NAME: T = VALUE;` in the source the binary was built from."""
+    match = re.search(rf"const {name}: [^=]+= ([^;]+);", (ROOT / path).read_text())
+    return match.group(1).strip() if match else None
+
+
+def cpu_split_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of one process; zeros when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0, 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all CPUs."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / CLOCK_TICKS, sum(fields) / CLOCK_TICKS
+
+
+def run_seconds(pid: int) -> float:
+    """Time on a CPU (ns-precise, /proc/PID/schedstat); 0 when the process is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except OSError:
+        return 0.0
+
+
+def all_run_seconds() -> dict[int, float]:
+    """run_seconds of every process and kernel thread now."""
+    return {int(e): run_seconds(int(e)) for e in os.listdir("/proc") if e.isdigit()}
+
+
+def thread_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def kernel_threads() -> set[int]:
+    """kthreadd and its children."""
+    return {2, *children_map().get(2, [])}
+
+
+def machine_busy_fraction(seconds: float) -> float:
+    busy0, total0 = machine_cpu_seconds()
+    time.sleep(seconds)
+    busy1, total1 = machine_cpu_seconds()
+    return (busy1 - busy0) / max(total1 - total0, 1e-9)
+
+
+def wait_until_quiet(limit: float = 0.15, patience_s: float = 120.0) -> float:
+    """Waits (up to patience_s) until the machine is below `limit` busy over a
+    second: the previous farm's teardown is over, and nothing else runs.
+    Returns the last reading."""
+    deadline = time.monotonic() + patience_s
+    busy = machine_busy_fraction(1.0)
+    while busy > limit and time.monotonic() < deadline:
+        busy = machine_busy_fraction(1.0)
+    if busy > limit:
+        log(f"the machine is still {busy * 100:.0f}% busy; measuring anyway")
+    return busy
+
+
+def status_kb(pid: int, key: str) -> int:
+    """A kB field of /proc/PID/status (VmPTE, RssAnon, ...); 0 when the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def alive(pid: int) -> bool:
     """True while the process exists and is not a zombie."""
     try:
@@ -193,14 +301,16 @@ class EventSocket:
 # Contenders
 
 
-def make_jobs(count: int, events: Path, short_run_seconds: int = 5, framework: bool = True) -> dict[str, dict]:
+def make_jobs(
+    count: int, events: Path, short_run_seconds: int = 5, framework: bool = True, sleep_ms: int = CYCLE_SLEEP_MS
+) -> dict[str, dict]:
     return {
         str(i): {
             "name": f"bench worker {i}",
             "workerClass": WORKLOAD,
             "mtime": 1,
             "shortRunTimeSeconds": short_run_seconds,
-            "workerConfig": {"events": str(events), "id": str(i), "sleepMs": CYCLE_SLEEP_MS, "framework": framework},
+            "workerConfig": {"events": str(events), "id": str(i), "sleepMs": sleep_ms, "framework": framework},
         }
         for i in range(1, count + 1)
     }
@@ -235,11 +345,26 @@ class Contender:
         """The processes whose idle cost counts: role name -> pid."""
         return {"supervisor": self.pid}
 
-    def stop(self, timeout: float = 120.0) -> None:
-        """SIGTERM to the manager, then wait for it (and so its workers) to exit."""
+    # The request the scale measure times during bring-up, None when the
+    # manager has no control interface. It must be callable from another
+    # thread and fail with OSError when the manager is not listening yet.
+    probe_request: str | None = None
+
+    def probe(self, timeout: float) -> None:
+        raise NotImplementedError
+
+    def stop_timeouts(self) -> int | None:
+        """How many workers the manager's log says it killed after its stop timeout."""
+        return None
+
+    def stop(self, timeout: float = 120.0, then=None) -> None:
+        """SIGTERM to the manager, then (after calling `then`, if given) wait
+        for it, and so its workers, to exit."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+        if then is not None:
+            then()
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -278,15 +403,17 @@ class LrpmHost(Contender):
         self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
     def control(self, message: str) -> str:
-        def exchange() -> str:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-                client.connect(str(self.socket_path))
-                payload = message.encode()
-                client.sendall(struct.pack(">Q", len(payload)) + payload)
-                header = recv_exactly(client, 8)
-                return recv_exactly(client, struct.unpack(">Q", header)[0]).decode()
+        return once_listening(lambda: control_exchange(self.socket_path, message))
 
-        return once_listening(exchange)
+    probe_request = "`version` on the control socket"
+
+    def probe(self, timeout: float) -> None:
+        if not control_exchange(self.socket_path, "version", timeout).strip():
+            raise ConnectionError("empty answer to version")
+
+    def stop_timeouts(self) -> int:
+        self.log.flush()
+        return (self.work / f"{self.name}.log").read_text(errors="replace").count("did not stop within")
 
     def stop_job(self, job: str) -> None:
         self.control(f"stop {job}")
@@ -362,6 +489,18 @@ class Supervisord(Contender):
     def call(self, method: str, *args):
         return once_listening(lambda: getattr(self.rpc.supervisor, method)(*args))
 
+    probe_request = "XML-RPC `supervisor.getAPIVersion` on its Unix socket"
+
+    def probe(self, timeout: float) -> None:
+        proxy = xmlrpc.client.ServerProxy(
+            "http://127.0.0.1", transport=UnixStreamTransport(str(self.socket_path), timeout)
+        )
+        proxy.supervisor.getAPIVersion()
+
+    def stop_timeouts(self) -> int:
+        log = self.work / "supervisord.log"
+        return log.read_text(errors="replace").count("with SIGKILL") if log.exists() else 0
+
     def stop_job(self, job: str) -> None:
         self.call("stopProcess", f"jobs:jobs_{job}", False)
 
@@ -399,16 +538,18 @@ CONTENDER_CLASSES = {c.name: c for c in (LrpmHost, LrpmHostPreload, Supervisord,
 class UnixStreamTransport(xmlrpc.client.Transport):
     """XML-RPC over supervisord's Unix socket."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, timeout: float | None = None):
         super().__init__()
         self.path = path
+        self.timeout = timeout
 
     def make_connection(self, host):
-        path = self.path
+        path, timeout = self.path, self.timeout
 
         class Connection(http.client.HTTPConnection):
             def connect(self) -> None:
                 self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.settimeout(timeout)
                 self.sock.connect(path)
 
         return Connection("localhost")
@@ -426,6 +567,17 @@ def once_listening(request, timeout: float = 10.0):
             time.sleep(0.01)
 
 
+def control_exchange(path: Path, message: str, timeout: float | None = None) -> str:
+    """One request on lrpm-host's control socket: a length-prefixed frame each way."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(timeout)
+        client.connect(str(path))
+        payload = message.encode()
+        client.sendall(struct.pack(">Q", len(payload)) + payload)
+        header = recv_exactly(client, 8)
+        return recv_exactly(client, struct.unpack(">Q", header)[0]).decode()
+
+
 def recv_exactly(sock: socket.socket, size: int) -> bytes:
     data = b""
     while len(data) < size:
@@ -439,11 +591,18 @@ def recv_exactly(sock: socket.socket, size: int) -> bytes:
 class Farm:
     """A contender running `count` jobs, with its event socket, in a scratch folder."""
 
-    def __init__(self, contender: str, count: int, short_run_seconds: int = 5, framework: bool = True):
+    def __init__(
+        self,
+        contender: str,
+        count: int,
+        short_run_seconds: int = 5,
+        framework: bool = True,
+        sleep_ms: int = CYCLE_SLEEP_MS,
+    ):
         self.work = Path(tempfile.mkdtemp(prefix=f"lrpm-bench-{contender}-"))
         os.chmod(self.work, 0o755)
         self.events = EventSocket(self.work / "events.sock")
-        self.jobs = make_jobs(count, self.events.path, short_run_seconds, framework)
+        self.jobs = make_jobs(count, self.events.path, short_run_seconds, framework, sleep_ms)
         self.contender: Contender = CONTENDER_CLASSES[contender](self.work, self.jobs)
 
     def __enter__(self) -> "Farm":
@@ -509,6 +668,259 @@ def measure_memory(contender: str, count: int, settle_s: float) -> dict:
             "up_s": up_s,
             "stop_s": stop_s,
         }
+
+
+class Probe(threading.Thread):
+    """Times one request to the manager every PROBE_INTERVAL_S (from the end of
+    one answer to the next request) until stopped."""
+
+    def __init__(self, contender: Contender, started_ns: int, timeout: float = 60.0):
+        super().__init__(daemon=True)
+        self.contender = contender
+        self.started_ns = started_ns
+        self.timeout = timeout
+        self.done = threading.Event()
+        self.samples: list[tuple[float, float]] = []  # (seconds since the manager started, latency ms)
+        self.failures: list[str] = []
+        # How late the probe thread woke from its pause between requests: the
+        # client's own wait for a CPU, which every latency above includes.
+        self.late_ms: list[float] = []
+
+    def run(self) -> None:
+        listening = False
+        if not self.contender.probe_request:
+            return
+        while not self.done.is_set():
+            sent_ns = time.monotonic_ns()
+            try:
+                self.contender.probe(self.timeout)
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                if listening:  # it was listening: that is a failed request
+                    self.failures.append(f"{(sent_ns - self.started_ns) / 1e9:.1f} s: {exc!r}")
+                else:  # not listening yet: try again soon
+                    self.done.wait(0.005)
+                    continue
+            except (OSError, xmlrpc.client.Error, http.client.HTTPException) as exc:
+                self.failures.append(f"{(sent_ns - self.started_ns) / 1e9:.1f} s: {exc!r}")
+            else:
+                answered_ns = time.monotonic_ns()
+                listening = True
+                self.samples.append(((sent_ns - self.started_ns) / 1e9, (answered_ns - sent_ns) / 1e6))
+            paused_ns = time.monotonic_ns()
+            if not self.done.wait(PROBE_INTERVAL_S):
+                self.late_ms.append((time.monotonic_ns() - paused_ns) / 1e6 - PROBE_INTERVAL_S * 1000)
+
+    def finish(self) -> None:
+        self.done.set()
+        self.join()
+
+
+class StopWatch(threading.Thread):
+    """Counts the workers that have not finished exiting (not yet zombies or
+    gone) at fixed times after the manager got SIGTERM: every second, and at
+    STOP_WATCH_DEADLINE_S, just before the 10 s stop timeout ends.
+
+    Each count is one epoll_wait over pidfds (readable once the process has
+    exited): when thousands of workers wake at once on SIGTERM, even a nice
+    -20 thread gets about 1% of the CPUs (scheduler weights: 88761 against
+    1024 per nice-0 worker), so reading /proc for each worker would take
+    seconds and miss the deadline. This thread runs at nice -20 when allowed."""
+
+    def __init__(self, worker_pids: set[int]):
+        super().__init__(daemon=True)
+        self.epoll = select.epoll()
+        self.pidfds: list[int] = []
+        for pid in worker_pids:
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+            self.pidfds.append(fd)
+            self.epoll.register(fd, select.EPOLLIN)
+        self.total = len(worker_pids)
+        self.done = threading.Event()
+        self.started = time.monotonic()
+        self.counts: list[tuple[float, int]] = []
+
+    def sample(self) -> int:
+        exited = len(self.epoll.poll(0, maxevents=len(self.pidfds) or 1))
+        left = len(self.pidfds) - exited
+        self.counts.append((round(time.monotonic() - self.started, 2), left))
+        return left
+
+    def run(self) -> None:
+        with contextlib.suppress(PermissionError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -20)
+        marks = sorted({float(k) for k in range(1, 300)} | {STOP_WATCH_DEADLINE_S})
+        for mark in marks:
+            if self.done.wait(max(0.0, self.started + mark - time.monotonic())):
+                return
+            if not self.sample():
+                return
+
+    def finish(self) -> None:
+        """After the manager's exit: the last count (0 unless workers outlived it)."""
+        self.done.set()
+        self.join()
+        self.sample()
+        self.epoll.close()
+        for fd in self.pidfds:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def thread_priority(nice: int):
+    """Runs the calling thread at `nice` (when allowed: root), then at its old value."""
+    tid = threading.get_native_id()
+    old = os.getpriority(os.PRIO_PROCESS, tid)
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except PermissionError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        os.setpriority(os.PRIO_PROCESS, tid, old)
+
+
+def tree_pss_kb(root: int, worker_pids: set[int]) -> dict[str, int]:
+    """PSS of a manager's process tree split into supervisor, workers and other (kB)."""
+    pss = {"supervisor": 0, "workers": 0, "other": 0}
+    for pid in process_tree(root):
+        role = "supervisor" if pid == root else "workers" if pid in worker_pids else "other"
+        pss[role] += smaps_rollup_kb(pid).get("Pss", 0)
+    return pss
+
+
+def tree_page_tables_kb(root: int) -> int:
+    return sum(status_kb(pid, "VmPTE") for pid in process_tree(root))
+
+
+def measure_scale(contender: str, count: int, timeout_s: float, settle_s: float = 2.0) -> dict:
+    """Bring-up of `count` workers with an empty start(), the manager's
+    responsiveness meanwhile, memory with all of them up, and the stop."""
+    busy_before = wait_until_quiet()
+    with Farm(contender, count, framework=False, sleep_ms=SCALE_CYCLE_SLEEP_MS) as farm:
+        manager = farm.contender
+        run0 = all_run_seconds()
+        busy0, total0 = machine_cpu_seconds()
+        started_ns = time.monotonic_ns()
+        manager.start()
+        probe = Probe(manager, started_ns)
+        probe.start()
+        try:
+            return dict(scale_run(farm, probe, started_ns, settle_s, timeout_s, run0, busy0, total0),
+                        machine_busy_before=busy_before)
+        finally:
+            probe.finish()
+
+
+def scale_run(farm: Farm, probe: Probe, started_ns: int, settle_s: float, timeout_s: float,
+              run0: dict[int, float], busy0: float, total0: float) -> dict:
+    """measure_scale once the manager runs and the probe pings it."""
+    manager, contender, count = farm.contender, farm.contender.name, len(farm.jobs)
+    try:
+        first = farm.events.wait_for(set(farm.jobs), timeout_s)
+    except TimeoutError:
+        raise TimeoutError(f"{count} workers were not all up within {timeout_s:.0f} s") from None
+    up_ns = max(e.at_ns for e in first.values())
+    probe.finish()
+    busy1, total1 = machine_cpu_seconds()
+    run1 = all_run_seconds()
+    supervisor_cpu = cpu_split_seconds(manager.pid)
+    worker_pids = {e.pid for e in first.values()}
+    workers_run_s = [run1.get(pid, 0.0) for pid in worker_pids]
+    tree_now = set(process_tree(manager.pid))
+    # CPU time over the bring-up of everything that ran, by who ran it; what
+    # is left of the machine's busy time went to processes that exited
+    # meanwhile, interrupts, and the idle-time rounding of /proc/stat.
+    used = {pid: run1[pid] - run0.get(pid, 0.0) for pid in run1}
+    kthreads = kernel_threads()
+    cpu_by = {
+        "manager": used.get(manager.pid, 0.0),
+        "workers": sum(used.get(pid, 0.0) for pid in worker_pids),
+        "manager's other children": sum(used[p] for p in tree_now if p != manager.pid and p not in worker_pids and p in used),
+        "harness": used.get(os.getpid(), 0.0),
+        "kernel threads": sum(v for p, v in used.items() if p in kthreads),
+    }
+    cpu_by["other processes"] = sum(
+        v for p, v in used.items() if p not in tree_now and p not in kthreads and p != os.getpid()
+    )
+    cpu_by["unattributed"] = (busy1 - busy0) - sum(cpu_by.values())
+    busiest_kthreads = sorted(((used[p], p) for p in kthreads if p in used), reverse=True)[:3]
+    kthread_top = [[thread_name(p), round(v, 2)] for v, p in busiest_kthreads if v >= 0.1]
+    supervisor_rss_anon = status_kb(manager.pid, "RssAnon")
+    nice = {"manager": nice_value(manager.pid), "worker": nice_value(next(iter(worker_pids)))}
+    up_s = (up_ns - started_ns) / 1e9
+    # When each whole percent of the farm had run its first cycle.
+    at = sorted((e.at_ns - started_ns) / 1e9 for e in first.values())
+    ramp_s = [round(at[max(0, -(-k * count // 100) - 1)], 3) for k in range(101)]
+
+    time.sleep(settle_s)
+    tree = process_tree(manager.pid)
+    missing = worker_pids - set(tree)
+    if missing:
+        raise RuntimeError(f"{contender}: {len(missing)} workers left the tree before the reading")
+    pss = tree_pss_kb(manager.pid, worker_pids)
+    page_tables = tree_page_tables_kb(manager.pid)
+
+    outside0 = {p: v for p, v in all_run_seconds().items() if p not in tree_now}
+    busy2, _ = machine_cpu_seconds()
+    stop_started = time.monotonic()
+    watch = StopWatch(worker_pids)
+    # This thread only waits for the manager's exit, but the watch thread
+    # needs the GIL from it: at nice 0 among thousands of exiting workers it
+    # could hold the GIL, preempted, for seconds.
+    with thread_priority(-20):
+        manager.stop(timeout=300.0, then=watch.start)
+    stop_s = time.monotonic() - stop_started
+    busy3, _ = machine_cpu_seconds()
+    outside1 = all_run_seconds()
+    watch.finish()
+    stop_by = {
+        "kernel threads": sum(outside1.get(p, v) - v for p, v in outside0.items() if p in kthreads),
+        "other processes": sum(outside1.get(p, v) - v for p, v in outside0.items()
+                               if p not in kthreads and p != os.getpid()),
+    }
+    # The rest: the farm, the harness, and processes started meanwhile.
+    stop_by["farm"] = (busy3 - busy2) - sum(stop_by.values())
+    stragglers = [pid for pid in worker_pids if alive(pid)]
+    if stragglers:
+        raise RuntimeError(f"{contender}: {len(stragglers)} workers outlived their manager")
+    latencies = [ms for _, ms in probe.samples]
+    return {
+        "workers": count,
+        "processes": len(tree),
+        "up_s": up_s,
+        "ramp_s": ramp_s,
+        "cpu_busy_fraction_during_up": (busy1 - busy0) / (total1 - total0),
+        "machine_cpu_s_during_up": busy1 - busy0,
+        "supervisor_cpu_s": {"user": supervisor_cpu[0], "system": supervisor_cpu[1], "total": cpu_by["manager"]},
+        "workers_cpu_s_at_up": cpu_by["workers"],
+        "workers_cpu_ms_at_up_median": statistics.median(workers_run_s) * 1000,
+        "cpu_s_during_up_by": cpu_by,
+        "busiest_kernel_threads_during_up": kthread_top,
+        "supervisor_rss_anon_kb_at_up": supervisor_rss_anon,
+        "nice": nice,
+        "probe": {
+            "request": manager.probe_request,
+            "interval_s": PROBE_INTERVAL_S,
+            "samples": [[round(t, 3), round(ms, 3)] for t, ms in probe.samples],
+            "failures": probe.failures,
+            "median_ms": statistics.median(latencies) if latencies else None,
+            "max_ms": max(latencies) if latencies else None,
+            "client_late_ms": [round(ms, 3) for ms in probe.late_ms],
+        },
+        "pss_total_kb": sum(pss.values()),
+        "pss_kb": pss,
+        "page_tables_kb": page_tables,
+        "stop_s": stop_s,
+        "stop_workers_left": watch.counts,
+        "machine_cpu_s_during_stop": busy3 - busy2,
+        "cpu_s_during_stop_by": stop_by,
+        "stop_timeouts_logged": manager.stop_timeouts(),
+    }
 
 
 def measure_spawns(contender: str, spawns: int) -> dict:
@@ -619,6 +1031,12 @@ def environment() -> dict:
     php = subprocess.run(["/usr/bin/php", "-v"], capture_output=True, text=True).stdout.splitlines()[0]
     supervisord = subprocess.run(["/usr/bin/supervisord", "--version"], capture_output=True, text=True).stdout.strip()
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    # Uncommitted changes to what goes into the binary or the workload.
+    changes = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "src", "csrc", "php", "build.rs", "Cargo.toml",
+         "Cargo.lock", "bench/app"],
+        capture_output=True, text=True,
+    )
     cpu = next(
         (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
          if line.startswith("model name")),
@@ -627,6 +1045,7 @@ def environment() -> dict:
     return {
         "date": time.strftime("%Y-%m-%d"),
         "commit": commit.stdout.strip(),
+        "source_changes": sorted(line[3:] for line in changes.stdout.splitlines()),
         "kernel": platform.release(),
         "cpu": cpu,
         "cpus": os.cpu_count(),
@@ -662,10 +1081,52 @@ def write_result(name: str, data: dict) -> None:
     log(f"wrote bench/results/{name}.json")
 
 
+def measure_scale_all(quick: bool) -> dict:
+    """lrpm-host at up to 10,000 workers, one run per size; the php-cli
+    contenders at 2,000 workers, or 1,000 if 2,000 fails (each try bounded by
+    SCALE_OTHERS_TIMEOUT_S), and the reason of every failed try."""
+    sizes = [100, 500, 1000] if quick else [1000, 2000, 5000, 10_000]
+    # The largest farm, whose stop varies most, runs more than once.
+    largest_runs = 1 if quick else 3
+    others_tries = [200] if quick else [2000, 1000]
+    rows, attempts = [], []
+    for count in sizes:
+        runs = largest_runs if count == sizes[-1] else 1
+        for run in range(runs):
+            log(f"scale: lrpm-host, {count} workers (run {run + 1}/{runs})")
+            row = measure_scale("lrpm-host", count, timeout_s=START_TIMEOUT_S)
+            rows.append(dict(row, contender="lrpm-host", run=run))
+            log(f"scale: lrpm-host, {count} workers up in {row['up_s']:.1f} s, stopped in {row['stop_s']:.1f} s "
+                f"({row['stop_timeouts_logged']} stop timeouts logged)")
+    for name in ("supervisord", "fork-parent"):
+        for count in others_tries:
+            log(f"scale: {name}, {count} workers")
+            try:
+                row = measure_scale(name, count, timeout_s=SCALE_OTHERS_TIMEOUT_S)
+            except (TimeoutError, RuntimeError, OSError) as exc:
+                log(f"scale: {name} failed at {count} workers: {exc}")
+                attempts.append({"contender": name, "workers": count, "error": str(exc)})
+                continue
+            rows.append(dict(row, contender=name, run=0))
+            attempts.append({"contender": name, "workers": count, "error": None})
+            log(f"scale: {name}, {count} workers up in {row['up_s']:.1f} s, stopped in {row['stop_s']:.1f} s")
+            break
+    return {
+        "sizes": sizes,
+        "others_tried": others_tries,
+        "cycle_sleep_ms": SCALE_CYCLE_SLEEP_MS,
+        "stop_watch_deadline_s": STOP_WATCH_DEADLINE_S,
+        "fork_budget": source_constant("src/supervisor/mod.rs", "FORK_BUDGET"),
+        "cpus": os.cpu_count(),
+        "rows": rows,
+        "attempts": attempts,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few repetitions, for trying the harness out")
-    parser.add_argument("--only", nargs="+", choices=["memory", "spawn", "reaction", "loop", "idle"])
+    parser.add_argument("--only", nargs="+", choices=["memory", "spawn", "reaction", "loop", "idle", "scale"])
     args = parser.parse_args()
     if not LRPM_HOST.exists():
         sys.exit(f"{LRPM_HOST} is missing: run `make build` first")
@@ -676,11 +1137,18 @@ def main() -> None:
     global APP
     APP = stage_app()
     quick = args.quick
-    measures = args.only or ["memory", "spawn", "reaction", "loop", "idle"]
+    measures = args.only or ["memory", "spawn", "reaction", "loop", "idle", "scale"]
     sizes = [10, 50, 100] if quick else [10, 50, 100, 500]
     runs = 1 if quick else 3
     parameters = {"quick": quick, "runs": runs}
-    write_result("environment", dict(environment(), **parameters))
+    env = dict(environment(), **parameters)
+    if args.only and (RESULTS / "environment.json").exists():
+        # A partial run: environment.json keeps describing the run of the
+        # other results; each result this run writes names its own commit.
+        log("partial run: bench/results/environment.json kept")
+    else:
+        write_result("environment", env)
+    run = {key: env[key] for key in ("date", "commit", "source_changes", "quick")}
 
     if "memory" in measures:
         rows = []
@@ -715,10 +1183,13 @@ def main() -> None:
     if "idle" in measures:
         seconds = 10.0 if quick else 60.0
         result = []
-        for run in range(runs):
-            log(f"idle: all contenders, 100 workers each, {seconds:.0f} s (run {run + 1}/{runs})")
+        for n in range(runs):
+            log(f"idle: all contenders, 100 workers each, {seconds:.0f} s (run {n + 1}/{runs})")
             result.append(measure_idle(seconds, 100))
         write_result("idle", {"runs": result})
+
+    if "scale" in measures:
+        write_result("scale", dict(measure_scale_all(quick), run=run))
 
 
 if __name__ == "__main__":

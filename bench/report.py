@@ -9,10 +9,19 @@ hand-written analysis comes from bench/notes.md, included as it is.
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import sys
 from pathlib import Path
 
-import matplotlib
+try:
+    import matplotlib
+except ModuleNotFoundError:
+    # matplotlib comes from Debian's python3-matplotlib (make bench-deps): a
+    # pyenv or venv python3 first on PATH does not see it.
+    if sys.executable != "/usr/bin/python3" and os.path.exists("/usr/bin/python3"):
+        os.execv("/usr/bin/python3", ["/usr/bin/python3", *sys.argv])
+    raise
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -272,6 +281,244 @@ def idle_section(page: Page, idle: dict, summary: dict) -> None:
     page.table(["", "process", "CPU ms per minute", "wakeups per second"], rows)
 
 
+SCALE_COLOURS = {"lrpm-host": COLOURS["lrpm-host"], "supervisord": COLOURS["supervisord"],
+                 "fork-parent": COLOURS["fork-parent"]}
+
+
+def scale_groups(rows: list[dict]) -> list[list[dict]]:
+    """The runs of each (manager, size), lrpm-host first, by size."""
+    order = {"lrpm-host": 0, "supervisord": 1, "fork-parent": 2}
+    keys = sorted({(r["contender"], r["workers"]) for r in rows}, key=lambda k: (order.get(k[0], 9), k[1]))
+    return [[r for r in rows if (r["contender"], r["workers"]) == key] for key in keys]
+
+
+def scale_section(page: Page, scale: dict, summary: dict, env: dict) -> None:
+    rows = scale["rows"]
+    cpus = scale.get("cpus", env["cpus"])
+    groups = scale_groups(rows)
+    lrpm = [g for g in groups if g[0]["contender"] == BASE]
+    largest = lrpm[-1]
+    top = largest[0]["workers"]
+    repeated = max(len(g) for g in groups)
+    deadline = scale.get("stop_watch_deadline_s", 9.8)
+
+    def med(group: list[dict], key) -> float:
+        return statistics.median(key(r) for r in group)
+
+    def spread(group: list[dict], key, fmt: str) -> str:
+        """The median, with the range when there were several runs."""
+        values = [key(r) for r in group]
+        text = format(statistics.median(values), fmt)
+        if len(values) > 1:
+            text += f" ({format(min(values), fmt)}-{format(max(values), fmt)})"
+        return text
+
+    page.add("## Scale", "")
+    run = scale.get("run", {})
+    where = ""
+    if run and run.get("commit") != env.get("commit"):
+        where = (f" Measured on {run['date']} at commit {run['commit']} with `make bench-scale`"
+                 + (" in quick mode" if run.get("quick") else "") + ".")
+    if run.get("source_changes"):
+        where += " The source tree had uncommitted changes to " + ", ".join(run["source_changes"]) + "."
+    nice = largest[0].get("nice") or {}
+    budget = scale.get("fork_budget") or ""
+    budget_ms = budget.removeprefix("Duration::from_millis(").removesuffix(")")
+    setup = ""
+    if nice.get("manager") is not None:
+        setup += (f" Started as root, the supervisor ran at nice {nice['manager']} and its workers at nice "
+                  f"{nice['worker']} (`process::raise_supervisor_priority`)")
+        if budget_ms.isdigit():
+            setup += f"; it stops forking for a loop turn once forks took {budget_ms} ms (`FORK_BUDGET`)"
+        setup += "."
+    runs_text = (f"One run per size, {repeated} at {top:,} workers (median, and the range in brackets)"
+                 if repeated > 1 else "One run per size")
+    page.add(
+        f"lrpm-host bringing up to {top:,} workers on {cpus} CPUs, and stopping them. The worker is the "
+        "benchmark workload with `\"framework\": false`: `start()` does nothing and `cycle()` sleeps "
+        f"{scale['cycle_sleep_ms']} ms, so the figures are the manager's and PHP's start-up, not the app's. "
+        "Up: from starting the manager to the last first `cycle()` (the same first-cycle reports as above). "
+        f"Control: while the farm comes up, the harness sends one request every "
+        f"{rows[0]['probe']['interval_s'] * 1000:.0f} ms (after the previous answer) over the manager's Unix "
+        "socket, from a thread of its own with a raw socket (no client program to start), and times it to "
+        "the whole answer; the harness runs at nice 0 like the workers, and \"client late\" is how late its "
+        "thread woke from the pause between requests, a share of every latency that is the client's own wait "
+        "for a CPU. Stop: SIGTERM to the manager to its exit, every worker gone; \"stop timeouts\" counts the "
+        "workers the log says were killed after their 10 s stop timeout (lrpm-host's \"did not stop within\", "
+        f"supervisord's \"with SIGKILL\"), and \"exiting at {deadline} s\" how many workers had not finished "
+        f"exiting {deadline} s after the SIGTERM, just before that timeout. Memory: total PSS of the tree with "
+        "every worker up (the farm's peak: it only grows during bring-up), and the page tables (VmPTE), which "
+        f"PSS leaves out.{setup} {runs_text}.{where}",
+        "",
+    )
+
+    def probe_cells(group: list[dict]) -> list[str]:
+        if not group[0]["probe"]["request"]:
+            return ["no control interface", "", "", "", ""]
+        latencies = [ms for r in group for _, ms in r["probe"]["samples"]]
+        late = [ms for r in group for ms in r["probe"].get("client_late_ms", [])]
+        failures = sum(len(r["probe"]["failures"]) for r in group)
+        count = f"{len(latencies)}" + (f" ({failures} failed)" if failures else "")
+        if not latencies:
+            return ["no answer", "", "", count, ""]
+        return [f"{statistics.median(latencies):.1f}", f"{percentile(latencies, 0.99):.1f}",
+                f"{max(latencies):.1f}", count,
+                f"{statistics.median(late):.1f} / {percentile(late, 0.99):.1f}" if late else ""]
+
+    page.add("Bring-up, and the manager's answers meanwhile (ms; the runs of a size pooled):", "")
+    page.table(
+        ["manager", "workers", "up (s)", "workers/s", "control median", "p99", "max", "requests",
+         "client late, median / p99"],
+        [[g[0]["contender"], f"{g[0]['workers']:,}", spread(g, lambda r: r["up_s"], ".1f"),
+          f"{g[0]['workers'] / med(g, lambda r: r['up_s']):.0f}", *probe_cells(g)] for g in groups],
+    )
+
+    def left_at(r: dict, seconds: float) -> int | None:
+        """Workers not done exiting `seconds` after SIGTERM (the last count before)."""
+        counts = r.get("stop_workers_left")
+        if counts is None:
+            return None
+        if r["stop_s"] <= seconds:
+            return 0
+        before = [n for t, n in counts if t <= seconds + 0.1]
+        return before[-1] if before else None
+
+    def left_cell(group: list[dict]) -> str:
+        if any(left_at(r, deadline) is None for r in group):
+            return "n/a"
+        return spread(group, lambda r: left_at(r, deadline), ".0f")
+
+    def stop_cpu_cell(group: list[dict]) -> str:
+        if any("cpu_s_during_stop_by" not in r for r in group):
+            return "n/a"
+        return " / ".join(f"{med(group, lambda r, k=k: r['cpu_s_during_stop_by'][k]):.1f}"
+                          for k in ("farm", "kernel threads", "other processes"))
+
+    page.add("Stop and memory:", "")
+    page.table(
+        ["manager", "workers", "stop (s)", "stop timeouts", f"exiting at {deadline} s",
+         "CPU during the stop (s): farm / kernel threads / other", "PSS of the tree (MB)",
+         "PSS per worker (MB)", "page tables (MB)", "manager's anonymous RSS (MB)"],
+        [[g[0]["contender"], f"{g[0]['workers']:,}", spread(g, lambda r: r["stop_s"], ".1f"),
+          "n/a" if g[0]["stop_timeouts_logged"] is None else spread(g, lambda r: r["stop_timeouts_logged"], ".0f"),
+          left_cell(g), stop_cpu_cell(g),
+          f"{med(g, lambda r: r['pss_total_kb']) / 1024:,.0f}",
+          f"{med(g, lambda r: r['pss_kb']['workers'] / r['workers']) / 1024:.2f}",
+          f"{med(g, lambda r: r['page_tables_kb']) / 1024:,.0f}",
+          f"{med(g, lambda r: r['supervisor_rss_anon_kb_at_up']) / 1024:.0f}"] for g in groups],
+    )
+    page.add(
+        f"Where the bring-up time goes: the machine's busy CPU time over the bring-up (all {cpus} CPUs, "
+        "`/proc/stat`; in brackets the share of the time available) split by who ran (`/proc/PID/schedstat` "
+        "of every process and kernel thread at the start and at the last first cycle): the manager (user and "
+        "system time from `/proc/PID/stat`; forks are system time), its workers (including their few "
+        "sleeping cycles), kernel threads (the busiest named), and the rest (lrpm-host's configuration "
+        "process, the harness, other processes, interrupts, processes that exited meanwhile). Seconds of "
+        "CPU, medians; per worker in ms.",
+        "",
+    )
+
+    def cpu_cells(group: list[dict]) -> list[str]:
+        def by(key: str) -> float:
+            return med(group, lambda r: r["cpu_s_during_up_by"][key])
+
+        rest = med(group, lambda r: sum(v for k, v in r["cpu_s_during_up_by"].items()
+                                        if k not in ("manager", "workers", "kernel threads")))
+        tops = [dict(r.get("busiest_kernel_threads_during_up") or []) for r in group]
+        names = [next(iter(t)) for t in tops if t]
+        kthreads = f"{by('kernel threads'):.1f}"
+        if names:
+            name = max(set(names), key=names.count)
+            kthreads += f" ({name} {statistics.median(t.get(name, 0.0) for t in tops):.1f})"
+        n = group[0]["workers"]
+        return [
+            f"{med(group, lambda r: r['machine_cpu_s_during_up']):.1f} "
+            f"({med(group, lambda r: r['cpu_busy_fraction_during_up']) * 100:.0f}%)",
+            f"{by('manager'):.1f} ({med(group, lambda r: r['supervisor_cpu_s']['user']):.1f} user, "
+            f"{med(group, lambda r: r['supervisor_cpu_s']['system']):.1f} system)",
+            f"{by('workers'):.1f}",
+            kthreads,
+            f"{rest:.1f}",
+            f"{by('manager') * 1000 / n:.2f}",
+            f"{by('workers') * 1000 / n:.2f}",
+        ]
+
+    page.table(
+        ["manager", "workers", "machine busy", "manager", "workers", "kernel threads", "rest",
+         "manager per worker (ms)", "workers per worker (ms)"],
+        [[g[0]["contender"], f"{g[0]['workers']:,}", *cpu_cells(g)] for g in groups],
+    )
+    if len(lrpm) >= 2:
+        a, b = lrpm[-2], lrpm[-1]
+        na, nb = a[0]["workers"], b[0]["workers"]
+        marginal = (med(b, lambda r: r["pss_total_kb"]) - med(a, lambda r: r["pss_total_kb"])) / (nb - na) / 1024
+        tables = (med(b, lambda r: r["page_tables_kb"]) - med(a, lambda r: r["page_tables_kb"])) / (nb - na)
+        page.add(
+            f"One more lrpm-host worker between {na:,} and {nb:,} costs {marginal:.2f} MB of PSS and "
+            f"{tables:.0f} kB of page tables.",
+            "",
+        )
+        summary["scale_marginal_mb"] = marginal
+    tried = scale.get("others_tried", [])
+    notes = []
+    for name in ("supervisord", "fork-parent"):
+        attempts = [a for a in scale.get("attempts", []) if a["contender"] == name]
+        if not attempts:
+            continue
+        failed = [a for a in attempts if a["error"]]
+        reached = [a for a in attempts if not a["error"]]
+        text = f"**{name}**: "
+        text += "; ".join(f"{a['workers']:,} workers failed ({a['error']})" for a in failed)
+        if reached:
+            text += ("; then " if failed else "") + f"measured at {reached[0]['workers']:,} workers"
+        else:
+            text += "; skipped"
+        notes.append(text + ".")
+    if tried:
+        page.add(
+            f"supervisord and the fork parent (php-cli processes) are not run at {top:,}; the analysis below "
+            f"says what {top:,} would take. The harness tries them at {tried[0]:,} workers"
+            + (f", and at {', then '.join(f'{n:,}' for n in tried[1:])} if that fails" if len(tried) > 1 else "")
+            + " (each try bounded in time). " + " ".join(notes),
+            "",
+        )
+    page.add("![Bring-up of large farms](benchmarks/scale.png)", "")
+    summary["scale"] = largest
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    styles = ["-", "--", "-.", ":"]
+    for i, g in enumerate(lrpm):
+        r = sorted(g, key=lambda r: r["up_s"])[len(g) // 2]  # the run with the median bring-up
+        left.plot(r["ramp_s"], [k * r["workers"] / 100 for k in range(101)], color=COLOURS[BASE],
+                  linestyle=styles[i % len(styles)],
+                  label=f"lrpm-host, {r['workers']:,}" + (" (median run)" if len(g) > 1 else ""))
+    for g in groups:
+        r = g[0]
+        if r["contender"] != BASE:
+            left.plot(r["ramp_s"], [k * r["workers"] / 100 for k in range(101)],
+                      color=SCALE_COLOURS[r["contender"]], label=f"{r['contender']}, {r['workers']:,}")
+    left.set_xlabel("seconds since the manager started")
+    left.set_ylabel("workers past their first cycle()")
+    left.set_title("Bring-up")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    for i, r in enumerate(largest):
+        samples = r["probe"]["samples"]
+        right.plot([t for t, _ in samples], [ms for _, ms in samples], ".", markersize=3,
+                   color=COLOURS[BASE] if i == 0 else COLOURS["lrpm-host-preload"] if i == 1 else "#7f7f7f",
+                   label=f"run {i + 1}")
+    right.set_yscale("log")
+    right.set_title(f"Control requests while lrpm-host brings up {top:,}")
+    right.set_xlabel("seconds since the manager started")
+    right.set_ylabel("request to answer (ms, log scale)")
+    right.grid(alpha=0.3, which="both")
+    if len(largest) > 1:
+        right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(PLOTS / "scale.png", dpi=110)
+    plt.close(fig)
+
+
 def targets_section(page: Page, summary: dict) -> None:
     page.add("## Targets", "")
     rows = []
@@ -318,8 +565,8 @@ def main() -> None:
         "<!-- Generated by bench/report.py from bench/results/*.json; edit bench/notes.md instead. -->",
         "",
         "lrpm-host against the usual ways of running long-lived PHP workers, side by side in one run on one "
-        "machine. Rerun with `make bench` (about 25 minutes; `make bench-quick` for a smoke run); it rewrites "
-        "bench/results/*.json, this page and its plots.",
+        "machine. Rerun with `make bench` (about 33 minutes; `make bench-quick` for a smoke run, `make bench-scale` "
+        "for the scale measure alone); it rewrites bench/results/*.json, this page and its plots.",
         "",
         "Contenders:",
         "",
@@ -355,6 +602,9 @@ def main() -> None:
         result = load(name)
         if result is not None:
             render(body, result, summary)
+    scale = load("scale")
+    if scale is not None:
+        scale_section(body, scale, summary, env)
     targets_section(page, summary)
     page.add(*body.lines)
     notes = ROOT / "bench" / "notes.md"
