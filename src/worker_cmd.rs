@@ -80,7 +80,7 @@ pub fn run(
         for sig in signals.drain() {
             match sig {
                 Signal::SIGCHLD => {
-                    for (pid, exit) in process::reap_exited(|pid| pid == child) {
+                    for (pid, exit) in process::reap_exited(|pid| pid == child, usize::MAX).0 {
                         if pid == child {
                             if stop_requests > 0 && page.user_replaced_stop_handler() {
                                 eprintln!(

@@ -252,7 +252,7 @@ fn a_big_farm_starts_in_batches_and_stops_without_late_kills() {
         let mut all = serde_json::Map::new();
         for n in 0..JOBS {
             let id = n.to_string();
-            all.insert(id.clone(), jobs.job_with(&id, 1, json!({"sleep": 30}), json!({"shutdownTimeoutSeconds": 1})));
+            all.insert(id.clone(), jobs.job_with(&id, 1, json!({"sleep": 30}), json!({"shutdownTimeoutSeconds": 5})));
         }
         Value::Object(all)
     });

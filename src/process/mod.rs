@@ -89,9 +89,16 @@ impl SignalEvents {
 /// process group: whatever it left running in that group is SIGKILLed while
 /// the exited child is still a zombie, so the group id cannot have been
 /// recycled yet.
-pub fn reap_exited(leads_group: impl Fn(Pid) -> bool) -> Vec<(Pid, ExitKind)> {
+///
+/// At most `max` children are reaped per call (each wait scans the list of
+/// children, so thousands of exits at once would hold the caller for
+/// seconds); the second value is true when more may be waiting.
+pub fn reap_exited(leads_group: impl Fn(Pid) -> bool, max: usize) -> (Vec<(Pid, ExitKind)>, bool) {
     let mut reaped = Vec::new();
     loop {
+        if reaped.len() >= max {
+            return (reaped, true);
+        }
         // Look first (WNOWAIT), reap after: the zombie pins its pid and group id.
         let pid = match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT) {
             Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
@@ -123,7 +130,7 @@ pub fn reap_exited(leads_group: impl Fn(Pid) -> bool) -> Vec<(Pid, ExitKind)> {
             }
         }
     }
-    reaped
+    (reaped, false)
 }
 
 /// Sends `sig` to the process group a child leads (the child and what it
@@ -152,12 +159,43 @@ pub fn signal_process(pid: Pid, sig: Signal) -> Result<(), Errno> {
 /// How much higher than its workers the supervisor runs, when allowed.
 const SUPERVISOR_PRIORITY_BOOST: i32 = 20;
 
+/// How the supervisor stands above its workers in the scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SupervisorPriority {
+    /// SCHED_RR at the lowest real-time priority; children are reset to
+    /// normal scheduling by the kernel (SCHED_RESET_ON_FORK).
+    RealTime,
+    /// A lower nice value; children go back to `children`.
+    Nice { children: i32 },
+    /// As started (no CAP_SYS_NICE, or not wanted).
+    Unchanged,
+}
+
 /// Puts the supervisor above its workers in the scheduler: thousands of
-/// workers starting at once would otherwise leave it a thousandth of a CPU,
-/// and signals and control requests would wait for seconds. Needs
-/// CAP_SYS_NICE (root); returns the nice value children must go back to,
-/// or None when the priority stays as it was.
-pub fn raise_supervisor_priority() -> Option<i32> {
+/// workers starting or stopping at once would otherwise leave it a
+/// thousandth of a CPU, and signals and control requests would wait for
+/// seconds. A nice value alone does not do it (10,000 runnable workers
+/// outweigh nice -20), so the first choice is the lowest real-time priority,
+/// which the supervisor, asleep in poll() nearly all the time, uses for a
+/// few milliseconds at a time. Both need CAP_SYS_NICE (root).
+pub fn raise_supervisor_priority(realtime: bool) -> SupervisorPriority {
+    if realtime {
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: sched_setscheduler reads the sched_param it is given, which
+        // lives on this stack frame for the call.
+        let status = unsafe { libc::sched_setscheduler(0, libc::SCHED_RR | libc::SCHED_RESET_ON_FORK, &param) };
+        if status == 0 {
+            return SupervisorPriority::RealTime;
+        }
+        tracing::debug!("no real-time priority for the supervisor: {}", Errno::last());
+    }
+    match raise_nice() {
+        Some(children) => SupervisorPriority::Nice { children },
+        None => SupervisorPriority::Unchanged,
+    }
+}
+
+fn raise_nice() -> Option<i32> {
     let original = rustix::process::getpriority_process(None).ok()?;
     let raised = (original - SUPERVISOR_PRIORITY_BOOST).max(-20);
     match rustix::process::setpriority_process(None, raised) {

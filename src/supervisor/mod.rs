@@ -40,6 +40,9 @@ const FORK_BUDGET: Duration = Duration::from_millis(5);
 /// one 4 KiB page of memory per live worker).
 const SHARED_SLOTS: usize = 65_536;
 
+/// At most this many exited children are reaped per turn.
+const REAP_BATCH: usize = 128;
+
 /// A loop turn longer than this is logged at debug level.
 const SLOW_TURN: Duration = Duration::from_millis(20);
 
@@ -66,6 +69,8 @@ pub struct FarmConfig {
     pub control_socket: Option<PathBuf>,
     pub control_socket_mode: u32,
     pub argv: Vec<String>,
+    /// Run the supervisor at a real-time priority when allowed.
+    pub realtime: bool,
 }
 
 struct Supervisor<'e> {
@@ -90,6 +95,8 @@ struct Supervisor<'e> {
     child_nice: Option<i32>,
     /// Time spent forking workers in the current loop turn.
     forking: Duration,
+    /// More exited children may be waiting to be reaped (a turn reaps a batch).
+    reap_pending: bool,
     /// One shared page per worker, from one region mapped before the first fork.
     slots: Option<SharedSlots>,
     pages: HashMap<i32, SharedPage>,
@@ -97,6 +104,7 @@ struct Supervisor<'e> {
 
 /// Runs the farm until it has shut down; returns how it ended.
 pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorError> {
+    let realtime = config.realtime;
     let socket_path = config.control_socket.clone().unwrap_or_else(crate::control::server::default_socket_path);
     let control = ControlServer::bind(&socket_path, config.control_socket_mode)?;
     let signals = SignalEvents::new()?;
@@ -123,7 +131,11 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         warned_fields: HashSet::new(),
         push_rate: PushRate::default(),
         entry_cache: job::EntryCache::default(),
-        child_nice: process::raise_supervisor_priority(),
+        child_nice: match process::raise_supervisor_priority(realtime) {
+            process::SupervisorPriority::Nice { children } => Some(children),
+            process::SupervisorPriority::RealTime | process::SupervisorPriority::Unchanged => None,
+        },
+        reap_pending: false,
         forking: Duration::ZERO,
         slots: match SharedSlots::new(SHARED_SLOTS) {
             Ok(slots) => Some(slots),
@@ -164,10 +176,15 @@ impl Supervisor<'_> {
             if self.accept_paused_until.is_some_and(|until| until <= now) {
                 self.accept_paused_until = None;
             }
-            let deadline = [self.farm.next_deadline(), self.control.next_deadline(), self.accept_paused_until]
-                .into_iter()
-                .flatten()
-                .min();
+            let deadline = [
+                self.farm.next_deadline(),
+                self.control.next_deadline(),
+                self.accept_paused_until,
+                self.reap_pending.then_some(now),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let timeout = match deadline {
                 None => PollTimeout::NONE,
                 Some(at) => {
@@ -216,6 +233,9 @@ impl Supervisor<'_> {
             if ready[slots.signals] {
                 self.handle_signals(now);
             }
+            if self.reap_pending {
+                self.reap_children(now);
+            }
             if slots.listener.is_some_and(|i| ready[i]) {
                 self.accept_clients(now);
             }
@@ -229,8 +249,12 @@ impl Supervisor<'_> {
                 }
             }
             self.control.expire(now);
-            let actions = self.farm.handle(Event::Tick, now);
-            self.apply(actions);
+            // Deadlines only once every exited child is known to the core:
+            // a process that already exited is never declared stuck.
+            if !self.reap_pending {
+                let actions = self.farm.handle(Event::Tick, now);
+                self.apply(actions);
+            }
             let turn = turn_started.elapsed();
             if turn > SLOW_TURN {
                 tracing::debug!("slow loop turn: {:.1} ms", turn.as_secs_f64() * 1000.0);
@@ -263,13 +287,7 @@ impl Supervisor<'_> {
     fn handle_signals(&mut self, now: Instant) {
         for sig in self.signals.drain() {
             match sig {
-                Signal::SIGCHLD => {
-                    let farm = &self.farm;
-                    let exited = process::reap_exited(|pid| farm.knows_pid(pid.as_raw()));
-                    for (pid, exit) in exited {
-                        self.child_exited(pid, exit, now);
-                    }
-                }
+                Signal::SIGCHLD => self.reap_children(now),
                 Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT => {
                     tracing::info!("received {}", sig.as_str());
                     let actions = self.farm.handle(Event::Shutdown, now);
@@ -282,6 +300,16 @@ impl Supervisor<'_> {
                 }
                 other => tracing::debug!("ignoring {}", other.as_str()),
             }
+        }
+    }
+
+    /// Reaps a batch of exited children and tells the core.
+    fn reap_children(&mut self, now: Instant) {
+        let farm = &self.farm;
+        let (exited, more) = process::reap_exited(|pid| farm.knows_pid(pid.as_raw()), REAP_BATCH);
+        self.reap_pending = more;
+        for (pid, exit) in exited {
+            self.child_exited(pid, exit, now);
         }
     }
 
