@@ -42,12 +42,6 @@ pub struct FarmOptions {
     #[arg(long, value_name = "PATH", global = true)]
     pub control_socket: Option<PathBuf>,
 
-    /// Keep the supervisor at normal scheduling priority. By default, when
-    /// allowed (CAP_SYS_NICE), it runs at the lowest real-time priority so
-    /// thousands of busy workers cannot delay signals and control requests.
-    #[arg(long, global = true)]
-    pub no_realtime: bool,
-
     /// Permissions of the control socket, octal.
     #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_octal_mode, global = true)]
     pub control_socket_mode: u32,

@@ -68,7 +68,6 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 bootstrap,
                 control_socket: cli.farm.control_socket.clone(),
                 control_socket_mode: cli.farm.control_socket_mode,
-                realtime: !cli.farm.no_realtime,
                 argv,
             };
             if config.source_is_file && !std::path::Path::new(&config.source).is_file() {

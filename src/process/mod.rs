@@ -159,40 +159,15 @@ pub fn signal_process(pid: Pid, sig: Signal) -> Result<(), Errno> {
 /// How much higher than its workers the supervisor runs, when allowed.
 const SUPERVISOR_PRIORITY_BOOST: i32 = 20;
 
-/// How the supervisor stands above its workers in the scheduler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SupervisorPriority {
-    /// SCHED_RR at the lowest real-time priority; children are reset to
-    /// normal scheduling by the kernel (SCHED_RESET_ON_FORK).
-    RealTime,
-    /// A lower nice value; children go back to `children`.
-    Nice { children: i32 },
-    /// As started (no CAP_SYS_NICE, or not wanted).
-    Unchanged,
-}
-
 /// Puts the supervisor above its workers in the scheduler: thousands of
-/// workers starting or stopping at once would otherwise leave it a
-/// thousandth of a CPU, and signals and control requests would wait for
-/// seconds. A nice value alone does not do it (10,000 runnable workers
-/// outweigh nice -20), so the first choice is the lowest real-time priority,
-/// which the supervisor, asleep in poll() nearly all the time, uses for a
-/// few milliseconds at a time. Both need CAP_SYS_NICE (root).
-pub fn raise_supervisor_priority(realtime: bool) -> SupervisorPriority {
-    if realtime {
-        let param = libc::sched_param { sched_priority: 1 };
-        // SAFETY: sched_setscheduler reads the sched_param it is given, which
-        // lives on this stack frame for the call.
-        let status = unsafe { libc::sched_setscheduler(0, libc::SCHED_RR | libc::SCHED_RESET_ON_FORK, &param) };
-        if status == 0 {
-            return SupervisorPriority::RealTime;
-        }
-        tracing::debug!("no real-time priority for the supervisor: {}", Errno::last());
-    }
-    match raise_nice() {
-        Some(children) => SupervisorPriority::Nice { children },
-        None => SupervisorPriority::Unchanged,
-    }
+/// workers starting at once would otherwise leave it a thousandth of a CPU,
+/// and signals and control requests would wait for seconds. Needs
+/// CAP_SYS_NICE (root); returns the nice value children must go back to,
+/// or None when the priority stays as it was. (A real-time class was tried
+/// and measured worse: a real-time supervisor waiting in fork() on a lock
+/// held by a normal-priority kernel thread waited longer, not shorter.)
+pub fn raise_supervisor_priority() -> Option<i32> {
+    raise_nice()
 }
 
 fn raise_nice() -> Option<i32> {

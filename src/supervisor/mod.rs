@@ -69,8 +69,6 @@ pub struct FarmConfig {
     pub control_socket: Option<PathBuf>,
     pub control_socket_mode: u32,
     pub argv: Vec<String>,
-    /// Run the supervisor at a real-time priority when allowed.
-    pub realtime: bool,
 }
 
 struct Supervisor<'e> {
@@ -104,7 +102,6 @@ struct Supervisor<'e> {
 
 /// Runs the farm until it has shut down; returns how it ended.
 pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorError> {
-    let realtime = config.realtime;
     let socket_path = config.control_socket.clone().unwrap_or_else(crate::control::server::default_socket_path);
     let control = ControlServer::bind(&socket_path, config.control_socket_mode)?;
     let signals = SignalEvents::new()?;
@@ -131,10 +128,7 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         warned_fields: HashSet::new(),
         push_rate: PushRate::default(),
         entry_cache: job::EntryCache::default(),
-        child_nice: match process::raise_supervisor_priority(realtime) {
-            process::SupervisorPriority::Nice { children } => Some(children),
-            process::SupervisorPriority::RealTime | process::SupervisorPriority::Unchanged => None,
-        },
+        child_nice: process::raise_supervisor_priority(),
         reap_pending: false,
         forking: Duration::ZERO,
         slots: match SharedSlots::new(SHARED_SLOTS) {
