@@ -346,3 +346,23 @@ fn a_kill_after_the_stop_timeout_says_whether_user_code_replaced_the_handler() {
     // The user's handler ran: lrpm-host chains it.
     assert!(!farm.events_of("chained", "handler").is_empty(), "{}", farm.diagnostics());
 }
+
+/// The soft open-files limit of a process, from /proc/PID/limits.
+fn open_files_soft_limit(pid: i32) -> Option<u64> {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+#[test]
+fn the_raised_open_files_limit_is_the_supervisors_alone() {
+    let _g = shared();
+    let farm = Farm::start(
+        "nofile",
+        FarmOptions::default().wrapper(&["prlimit", "--nofile=100:4096", "--"]),
+        |jobs| json!({"1": jobs.job("1", 1)}),
+    );
+    let pids = farm.wait_running(&["1"], secs(10.0));
+    assert_eq!(open_files_soft_limit(farm.pid), Some(4096), "{}", farm.diagnostics());
+    assert_eq!(open_files_soft_limit(pids["1"]), Some(100), "{}", farm.diagnostics());
+}

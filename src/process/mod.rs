@@ -194,13 +194,21 @@ pub fn die_on_broken_pipe() {
 /// Raises the soft limit on open files to the hard limit: the supervisor
 /// uses poll(), not select(), so many descriptors cost nothing, and running
 /// out of them is what a big farm with many control clients would hit.
-pub fn raise_open_files_limit() {
+///
+/// Returns the soft limit children must go back to (as systemd advises: a
+/// raised limit is for the process that needs it, not for what it runs),
+/// or None when nothing changed.
+pub fn raise_open_files_limit() -> Option<u64> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                tracing::debug!("cannot raise the open-files limit from {soft} to {hard}: {e}");
-            }
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft >= hard {
+        return None;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => Some(soft),
+        Err(e) => {
+            tracing::debug!("cannot raise the open-files limit from {soft} to {hard}: {e}");
+            None
         }
     }
 }
@@ -211,6 +219,9 @@ pub struct ChildSetup {
     /// The nice value children run at, when the supervisor raised its own
     /// priority above theirs (`raise_supervisor_priority`).
     pub nice: Option<i32>,
+    /// The soft open-files limit children run with, when the supervisor
+    /// raised its own (`raise_open_files_limit`).
+    pub open_files: Option<u64>,
     /// Supervisor-only descriptors (control socket, signalfd, pipes of other
     /// children). Only these are closed: libraries started in the parent
     /// (OPcache's lock file) keep theirs.
@@ -287,6 +298,14 @@ fn prepare_child(setup: &ChildSetup, parent: Pid) {
         // priority needs no privilege).
         if let Err(e) = rustix::process::setpriority_process(None, nice) {
             setup_failed("setpriority", Errno::from_raw(e.raw_os_error()));
+        }
+    }
+    if let Some(soft) = setup.open_files {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let restored =
+            getrlimit(Resource::RLIMIT_NOFILE).and_then(|(_, hard)| setrlimit(Resource::RLIMIT_NOFILE, soft, hard));
+        if let Err(e) = restored {
+            setup_failed("setrlimit(RLIMIT_NOFILE)", e);
         }
     }
     // The parent may have died before prctl took effect.

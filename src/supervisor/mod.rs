@@ -91,6 +91,8 @@ struct Supervisor<'e> {
     entry_cache: job::EntryCache,
     /// The nice value children go back to (the supervisor runs above them).
     child_nice: Option<i32>,
+    /// The open-files soft limit children go back to.
+    child_open_files: Option<u64>,
     /// Time spent forking workers in the current loop turn.
     forking: Duration,
     /// More exited children may be waiting to be reaped (a turn reaps a batch).
@@ -105,7 +107,7 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
     let socket_path = config.control_socket.clone().unwrap_or_else(crate::control::server::default_socket_path);
     let control = ControlServer::bind(&socket_path, config.control_socket_mode)?;
     let signals = SignalEvents::new()?;
-    process::raise_open_files_limit();
+    let child_open_files = process::raise_open_files_limit();
     php::set_process_title(&format!("lrpm-host: supervisor {}", config.source));
     tracing::info!(
         source = %config.source,
@@ -129,6 +131,7 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         push_rate: PushRate::default(),
         entry_cache: job::EntryCache::default(),
         child_nice: process::raise_supervisor_priority(),
+        child_open_files,
         reap_pending: false,
         forking: Duration::ZERO,
         slots: match SharedSlots::new(SHARED_SLOTS) {

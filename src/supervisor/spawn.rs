@@ -44,7 +44,8 @@ impl Supervisor<'_> {
         if let Some(page) = &page {
             program.set_shared_page(page.clone());
         }
-        let setup = ChildSetup { nice: self.child_nice, close_fds: self.supervisor_fds() };
+        let setup =
+            ChildSetup { nice: self.child_nice, open_files: self.child_open_files, close_fds: self.supervisor_fds() };
         let engine = self.engine;
         match process::spawn_child(&setup, |parent| program.run(engine, parent)) {
             Ok(pid) => {
@@ -77,7 +78,7 @@ impl Supervisor<'_> {
         )?;
         let mut close_fds = self.supervisor_fds();
         close_fds.push(read_end.as_raw_fd());
-        let setup = ChildSetup { nice: self.child_nice, close_fds };
+        let setup = ChildSetup { nice: self.child_nice, open_files: self.child_open_files, close_fds };
         let engine = self.engine;
         let pid = process::spawn_child(&setup, |parent| program.run(engine, parent))?;
         drop(write_end);
