@@ -366,3 +366,16 @@ fn the_raised_open_files_limit_is_the_supervisors_alone() {
     assert_eq!(open_files_soft_limit(farm.pid), Some(4096), "{}", farm.diagnostics());
     assert_eq!(open_files_soft_limit(pids["1"]), Some(100), "{}", farm.diagnostics());
 }
+
+#[test]
+fn a_nul_byte_in_a_job_name_or_id_does_not_stop_the_job_from_running() {
+    let _g = shared();
+    let farm = Farm::start("nul_name", FarmOptions::default(), |jobs| {
+        let mut job = jobs.job("nul\u{0}id", 1);
+        job["name"] = json!("name with a \u{0} inside");
+        json!({ "nul\u{0}id": job })
+    });
+    let pids = farm.wait_running(&["nul\u{0}id"], secs(10.0));
+    let title = cmdline(pids["nul\u{0}id"]).unwrap_or_default();
+    assert!(title.contains(r"lrpm-host: worker nul\0id name with a \0 inside"), "{title:?}\n{}", farm.diagnostics());
+}

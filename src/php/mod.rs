@@ -366,7 +366,9 @@ fn worker_program_with_source(
         "job": &*job.config,
         "cycles": cycles,
     });
-    let title = format!("lrpm-host: worker {} {}", job.id, job.name);
+    // A name or id may hold any byte PHP strings hold, NUL included: the
+    // title is C text, so a NUL is shown instead of refusing the job.
+    let title = format!("lrpm-host: worker {} {}", job.id, job.name).replace('\0', "\\0");
     let mut program = ChildProgram::new(&params, argv, &title, None)?;
     // Half the shutdown timeout: a stopping worker's blocked stream reads
     // end then, leaving it the other half to finish before SIGKILL.
