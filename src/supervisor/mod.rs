@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config_channel;
+mod notify;
 mod requests;
 mod spawn;
 
@@ -93,6 +94,8 @@ struct Supervisor<'e> {
     child_nice: Option<i32>,
     /// The open-files soft limit children go back to.
     child_open_files: Option<u64>,
+    /// systemd's `Type=notify` protocol, when started that way.
+    notifier: Option<notify::Notifier>,
     /// Time spent forking workers in the current loop turn.
     forking: Duration,
     /// More exited children may be waiting to be reaped (a turn reaps a batch).
@@ -132,6 +135,7 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         entry_cache: job::EntryCache::default(),
         child_nice: process::raise_supervisor_priority(),
         child_open_files,
+        notifier: notify::Notifier::from_environment(Instant::now()),
         reap_pending: false,
         forking: Duration::ZERO,
         slots: match SharedSlots::new(SHARED_SLOTS) {
@@ -178,6 +182,7 @@ impl Supervisor<'_> {
                 self.control.next_deadline(),
                 self.accept_paused_until,
                 self.reap_pending.then_some(now),
+                self.notifier.as_ref().and_then(notify::Notifier::next_deadline),
             ]
             .into_iter()
             .flatten()
@@ -251,6 +256,9 @@ impl Supervisor<'_> {
             if !self.reap_pending {
                 let actions = self.farm.handle(Event::Tick, now);
                 self.apply(actions);
+            }
+            if let Some(notifier) = self.notifier.as_mut() {
+                notifier.update(&self.farm, now);
             }
             let turn = turn_started.elapsed();
             if turn > SLOW_TURN {

@@ -164,6 +164,8 @@ pub struct FarmOptions {
     /// A command (and its arguments) that runs lrpm-host, e.g. `unshare -r`;
     /// it must exec lrpm-host in the same process.
     pub wrapper: Vec<String>,
+    /// Extra environment variables for lrpm-host.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for FarmOptions {
@@ -174,6 +176,7 @@ impl Default for FarmOptions {
             extra_args: Vec::new(),
             socket: None,
             wrapper: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -192,6 +195,11 @@ impl FarmOptions {
 
     pub fn socket(mut self, path: PathBuf) -> Self {
         self.socket = Some(path);
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
         self
     }
 
@@ -256,6 +264,7 @@ impl Farm {
             .env("FARM_EVENTS", &log_file)
             .env("NO_COLOR", "1")
             .env_remove("LRPM_LOG")
+            .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(File::create(&stdout_file).expect("stdout file"))
