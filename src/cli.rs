@@ -42,6 +42,11 @@ pub struct FarmOptions {
     #[arg(long, value_name = "PATH", global = true)]
     pub control_socket: Option<PathBuf>,
 
+    /// Pidfile, locked for the host's life: a second lrpm-host on the same
+    /// file refuses to start; a stale one is taken over.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub pidfile: Option<PathBuf>,
+
     /// Permissions of the control socket, octal.
     #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_octal_mode, global = true)]
     pub control_socket_mode: u32,

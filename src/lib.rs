@@ -14,6 +14,7 @@ pub mod exit_code;
 pub mod farm;
 pub mod job;
 pub mod php;
+pub mod pidfile;
 pub mod process;
 pub mod supervisor;
 pub mod telemetry;

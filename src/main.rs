@@ -9,6 +9,7 @@ use clap::Parser;
 use lrpm_host::cli::{self, Cli, Command};
 use lrpm_host::farm::HostExit;
 use lrpm_host::php::{self, Engine, EngineSettings};
+use lrpm_host::pidfile::PidFile;
 use lrpm_host::{check, process, supervisor, telemetry, worker_cmd};
 
 use lrpm_host::exit_code::host::{CONFIG as EXIT_CONFIG, SOFTWARE as EXIT_SOFTWARE, USAGE as EXIT_USAGE};
@@ -69,10 +70,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 control_socket: cli.farm.control_socket.clone(),
                 control_socket_mode: cli.farm.control_socket_mode,
                 argv,
+                close_in_children: Vec::new(),
             };
             if config.source_is_file && !std::path::Path::new(&config.source).is_file() {
                 anyhow::bail!("configuration source {} does not exist", config.source);
             }
+            // Held until main returns: the file is removed on a clean exit.
+            let pidfile = cli.farm.pidfile.as_deref().map(PidFile::acquire).transpose()?;
+            let mut config = config;
+            config.close_in_children.extend(pidfile.as_ref().map(PidFile::raw_fd));
             // From here on a SIGTERM is an event for the loop, never a crash
             // that leaves the control socket behind.
             process::block_handled_signals()?;

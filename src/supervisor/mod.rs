@@ -70,6 +70,8 @@ pub struct FarmConfig {
     pub control_socket: Option<PathBuf>,
     pub control_socket_mode: u32,
     pub argv: Vec<String>,
+    /// Descriptors of the host (the pidfile's lock) no child may keep.
+    pub close_in_children: Vec<std::os::fd::RawFd>,
 }
 
 struct Supervisor<'e> {

@@ -22,6 +22,7 @@ impl Supervisor<'_> {
         let mut fds = vec![self.signals.raw_fd()];
         fds.extend(self.control.all_fds());
         fds.extend(self.config_channel.as_ref().map(ConfigChannel::raw_fd));
+        fds.extend(self.config.close_in_children.iter().copied());
         fds
     }
 
