@@ -47,6 +47,12 @@ pub struct FarmOptions {
     #[arg(long, value_name = "PATH", global = true)]
     pub pidfile: Option<PathBuf>,
 
+    /// Adopt and reap orphaned descendants (PR_SET_CHILD_SUBREAPER), as an
+    /// init would: for a container whose PID 1 is not lrpm-host and does not
+    /// reap, or under another supervisor. As PID 1, lrpm-host reaps them anyway.
+    #[arg(long, global = true)]
+    pub subreaper: bool,
+
     /// Permissions of the control socket, octal.
     #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_octal_mode, global = true)]
     pub control_socket_mode: u32,

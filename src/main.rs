@@ -71,6 +71,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 control_socket_mode: cli.farm.control_socket_mode,
                 argv,
                 close_in_children: Vec::new(),
+                subreaper: cli.farm.subreaper,
             };
             if config.source_is_file && !std::path::Path::new(&config.source).is_file() {
                 anyhow::bail!("configuration source {} does not exist", config.source);

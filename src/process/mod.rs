@@ -21,6 +21,8 @@ pub enum ProcessError {
     Signals(Errno),
     #[error("cannot create a pipe: {0}")]
     Pipe(Errno),
+    #[error("cannot become the subreaper of orphaned processes (PR_SET_CHILD_SUBREAPER): {0}")]
+    Subreaper(Errno),
 }
 
 pub use crate::farm::ExitKind;
@@ -180,6 +182,13 @@ fn raise_nice() -> Option<i32> {
             None
         }
     }
+}
+
+/// Makes this process the reaper of its orphaned descendants
+/// (PR_SET_CHILD_SUBREAPER): a process a worker started and left behind is
+/// reparented here, and the loop reaps it like any child, as an init would.
+pub fn become_subreaper() -> Result<(), ProcessError> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(ProcessError::Subreaper)
 }
 
 /// Restores SIGPIPE's default action (Rust's runtime ignores it): for a

@@ -72,6 +72,8 @@ pub struct FarmConfig {
     pub argv: Vec<String>,
     /// Descriptors of the host (the pidfile's lock) no child may keep.
     pub close_in_children: Vec<std::os::fd::RawFd>,
+    /// Adopt orphaned descendants (`--subreaper`).
+    pub subreaper: bool,
 }
 
 struct Supervisor<'e> {
@@ -112,6 +114,9 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
     let socket_path = config.control_socket.clone().unwrap_or_else(crate::control::server::default_socket_path);
     let control = ControlServer::bind(&socket_path, config.control_socket_mode)?;
     let signals = SignalEvents::new()?;
+    if config.subreaper {
+        process::become_subreaper()?;
+    }
     let child_open_files = process::raise_open_files_limit();
     php::set_process_title(&format!("lrpm-host: supervisor {}", config.source));
     tracing::info!(
@@ -321,6 +326,10 @@ impl Supervisor<'_> {
     }
 
     fn child_exited(&mut self, pid: Pid, exit: ExitKind, now: Instant) {
+        if !self.farm.knows_pid(pid.as_raw()) {
+            // An orphan adopted as PID 1 or subreaper: reaped, nothing more.
+            tracing::debug!("reaped orphaned process {pid} ({})", exit.describe(crate::farm::ProcessKind::Worker));
+        }
         self.release_page(pid);
         if self.farm.config_process().pid() == Some(pid.as_raw()) {
             // Whatever is still in the pipe was written before the exit.
