@@ -587,3 +587,18 @@ fn lrpmctl_into_a_closed_pipe_exits_quietly() {
         );
     }
 }
+
+#[test]
+fn restart_all_restarts_every_job() {
+    let _g = shared();
+    let (farm, before) = two_job_farm("restart_all", FarmOptions::default());
+    let reply = farm.request("restart all").unwrap();
+    assert_eq!(reply, "Scheduled immediate restart of 2 job(s)", "{}", farm.diagnostics());
+    let after = farm.wait_for(secs(10.0), "both jobs to run again with new pids", || {
+        let status = farm.try_status()?;
+        let pids: Vec<Option<i32>> = ["1", "2"].iter().map(|id| Farm::status_pid(&status, id)).collect();
+        let renewed = pids.iter().zip(["1", "2"]).all(|(pid, id)| pid.is_some_and(|p| p != before[id]));
+        renewed.then_some(pids)
+    });
+    assert_eq!(after.len(), 2);
+}

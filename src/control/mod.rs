@@ -14,6 +14,7 @@ pub const HELP: &str = "valid messages:
   help                 description of valid messages
   status, jsonstatus   information about worker processes (JSON keyed by job id)
   restart <job_id>     restart job <job_id> now, resetting its backoff
+  restart all          restart every job
   reload               poll the configuration source now
   stop                 shut down lrpm-host and all worker processes
   stop <job_id>        stop job <job_id> and keep it stopped across configuration polls
@@ -30,6 +31,8 @@ pub enum Request {
     Version,
     Reload,
     Shutdown,
+    /// `restart all`: every job, as `restart ID` would.
+    RestartAll,
     /// `restart ID`, `stop ID`, `start ID`: decided by the core.
     Job {
         id: JobId,
@@ -65,6 +68,7 @@ impl Request {
             ["reload"] => Ok(Request::Reload),
             ["stop"] => Ok(Request::Shutdown),
             ["stop", id] => Ok(job(id, JobCommand::Hold)),
+            ["restart", "all"] => Ok(Request::RestartAll),
             ["restart", id] => Ok(job(id, JobCommand::Restart)),
             ["restart"] => Err(ParseError::MissingJobId("restart")),
             ["start", id] => Ok(job(id, JobCommand::Start)),
@@ -131,6 +135,7 @@ mod tests {
         assert_eq!(Request::parse("status"), Ok(Request::Status));
         assert_eq!(Request::parse("jsonstatus"), Ok(Request::Status));
         assert_eq!(Request::parse("restart 42"), job(JobId::Int(42), JobCommand::Restart));
+        assert_eq!(Request::parse("restart all"), Ok(Request::RestartAll));
         assert_eq!(Request::parse("stop"), Ok(Request::Shutdown));
         assert_eq!(Request::parse("stop abc"), job(JobId::Str("abc".into()), JobCommand::Hold));
         assert_eq!(

@@ -32,6 +32,7 @@ impl Supervisor<'_> {
             Request::Reload => self.handle_reload(now),
             Request::Shutdown => self.handle_shutdown(now),
             Request::Job { id, command } => self.handle_job_command(&id, command, now),
+            Request::RestartAll => self.handle_restart_all(now),
             Request::Signal { id, signal } => self.handle_signal(&id, signal),
         }
     }
@@ -56,6 +57,25 @@ impl Supervisor<'_> {
         let (outcome, actions) = self.farm.job_command(id, command, now);
         self.apply(actions);
         control::job_reply(id, command, outcome)
+    }
+
+    /// Restarts every job the core would restart one by one (removed jobs
+    /// still stopping are left alone).
+    fn handle_restart_all(&mut self, now: Instant) -> String {
+        let ids: Vec<JobId> = self.farm.jobs().keys().cloned().collect();
+        let mut restarted = 0;
+        for id in &ids {
+            let (outcome, actions) = self.farm.job_command(id, JobCommand::Restart, now);
+            self.apply(actions);
+            match outcome {
+                Ok(()) => restarted += 1,
+                Err(Refusal::ShuttingDown) => {
+                    return format!("error: Will not restart, {}", control::refusal_reason(Refusal::ShuttingDown))
+                }
+                Err(_) => {}
+            }
+        }
+        format!("Scheduled immediate restart of {restarted} job(s)")
     }
 
     /// Delivers exactly the signal asked for to the worker process (not its
