@@ -145,6 +145,20 @@ function run_worker(array $params): void
     }
     // A process the worker forked itself (pcntl_fork) returns here too: it
     // leaves quietly instead of running a second copy of the loop.
+    if (\getmypid() !== $pid) {
+        exit(EXIT_OK);
+    }
+    // The optional stop hook, once, after the last cycle (flush, ack,
+    // close); the shutdown timeout still bounds it.
+    if ($worker instanceof \Lrpm\Stoppable) {
+        try {
+            $worker->stop();
+        } catch (\Throwable $e) {
+            say("{$label}: {$class}::stop() threw");
+            \fwrite(\STDERR, describe_throwable($e) . \PHP_EOL);
+            exit(EXIT_UNCAUGHT);
+        }
+    }
     exit(EXIT_OK);
 }
 

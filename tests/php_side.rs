@@ -359,3 +359,31 @@ fn a_stream_read_without_a_timeout_ends_half_a_shutdown_timeout_after_the_stop()
     assert!(took >= Duration::from_millis(1800), "the read ended before the grace: {took:?}\n{}", out.dump());
     assert!(took < Duration::from_millis(3500), "stop took {took:?}\n{}", out.dump());
 }
+
+// --- the optional stop hook --------------------------------------------------
+
+#[test]
+fn a_stoppable_worker_gets_one_stop_call_after_its_last_cycle() {
+    let mut worker = Running::spawn(worker_with_job("Fixture\\Flusher", &json!({"workerConfig": {}}), &[]));
+    worker.wait_for_stdout("cycle 2", DEFAULT_TIMEOUT);
+    worker.signal(Signal::SIGTERM);
+    let out = worker.wait_within(Duration::from_secs(5));
+    out.assert_code(0);
+    let flushed: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("flushed after")).collect();
+    assert_eq!(flushed.len(), 1, "{}", out.dump());
+    let last_cycle = out.stdout.lines().rev().find(|l| l.starts_with("cycle ")).unwrap_or("");
+    assert_eq!(
+        flushed[0],
+        format!("flushed after {} cycles", last_cycle.trim_start_matches("cycle ")),
+        "{}",
+        out.dump()
+    );
+    assert!(out.stdout.trim_end().ends_with(flushed[0]), "stop() must come after the last cycle\n{}", out.dump());
+}
+
+#[test]
+fn a_stop_hook_that_throws_is_reported_as_uncaught() {
+    let job = json!({"workerConfig": {"throwInStop": true}});
+    let out = run_with_timeout(worker_with_job("Fixture\\Flusher", &job, &["--cycles", "2"]), DEFAULT_TIMEOUT);
+    out.assert_code(70).assert_stderr_contains("Fixture\\Flusher::stop() threw").assert_stderr_contains("flush failed");
+}

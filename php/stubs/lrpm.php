@@ -13,6 +13,16 @@ namespace Lrpm {
         public function cycle(): void;
     }
 
+    /**
+     * Optional, next to Worker: stop() is called once after the last cycle
+     * of every graceful stop (flush a batch, ack, close a connection). The
+     * job's shutdownTimeoutSeconds still bounds it.
+     */
+    interface Stoppable
+    {
+        public function stop(): void;
+    }
+
     interface ConfigurationSource
     {
         /** @return array<int|string, array{name: string, workerClass: string, mtime: int, workerConfig: array, shortRunTimeSeconds?: int, shutdownTimeoutSeconds?: int}> */

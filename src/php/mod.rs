@@ -16,8 +16,9 @@ use crate::process::shared_page::{self, SharedPage};
 const RUNNER_SOURCE: &str = include_str!("../../php/runner.php");
 
 /// The interfaces the host provides, by lower-case class name (php/interfaces/).
-const INTERFACES: [(&str, &str, &str); 4] = [
+const INTERFACES: [(&str, &str, &str); 5] = [
     ("lrpm\\worker", "Lrpm_Worker.php", include_str!("../../php/interfaces/Lrpm_Worker.php")),
+    ("lrpm\\stoppable", "Lrpm_Stoppable.php", include_str!("../../php/interfaces/Lrpm_Stoppable.php")),
     (
         "lrpm\\configurationsource",
         "Lrpm_ConfigurationSource.php",

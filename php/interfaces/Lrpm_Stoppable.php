@@ -1,0 +1,7 @@
+<?php
+namespace Lrpm;
+
+interface Stoppable
+{
+    public function stop(): void;
+}
