@@ -126,9 +126,14 @@ function run_worker(array $params): void
         exit(EXIT_UNCAUGHT);
     }
     $cyclesLeft = $params['cycles'];
+    // Clock mode (cycleIntervalSeconds): cycle() at most once per interval,
+    // the rest slept in a wait that a stop ends at once.
+    $interval = isset($params['cycleInterval']) ? (float) $params['cycleInterval'] : null;
+    $overrunWarnedAt = null;
     // next_cycle() is false once a stop was requested, and in a process the
     // worker forked itself; it also collects cyclic garbage between cycles.
     while (\Lrpm\Internal\next_cycle()) {
+        $began = \hrtime(true);
         try {
             $worker->cycle();
         } catch (\Throwable $e) {
@@ -141,6 +146,16 @@ function run_worker(array $params): void
         }
         if ($cyclesLeft !== null && --$cyclesLeft <= 0) {
             break;
+        }
+        if ($interval !== null) {
+            $took = (\hrtime(true) - $began) / 1e9;
+            if ($took < $interval) {
+                wait($interval - $took);
+            } elseif ($took > $interval && ($overrunWarnedAt === null || \hrtime(true) - $overrunWarnedAt >= 60e9)) {
+                // At most once a minute: an always-late worker must not flood the log.
+                say(\sprintf('%s: warning: cycle() took %.3f s, longer than its cycleIntervalSeconds %s', $label, $took, $interval));
+                $overrunWarnedAt = \hrtime(true);
+            }
         }
     }
     // A process the worker forked itself (pcntl_fork) returns here too: it

@@ -84,9 +84,11 @@ fn report(
                 let validated = job::validate_entries(jobs);
                 writeln!(out, "{count} job(s), {} valid", validated.jobs.len())?;
                 for job in &validated.jobs {
+                    let clock =
+                        job.cycle_interval_seconds.map(|s| format!(", cycleIntervalSeconds {s}")).unwrap_or_default();
                     writeln!(
                         out,
-                        "  ok    {}: {} ({}, mtime {}, shortRunTimeSeconds {}, shutdownTimeoutSeconds {})",
+                        "  ok    {}: {} ({}, mtime {}, shortRunTimeSeconds {}, shutdownTimeoutSeconds {}{clock})",
                         job.id,
                         job.name,
                         job.worker_class,

@@ -53,6 +53,11 @@ pub struct FarmOptions {
     #[arg(long, global = true)]
     pub subreaper: bool,
 
+    /// Default `cycleIntervalSeconds` for jobs that do not set it: cycle()
+    /// runs at most once per this many seconds (clock mode).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_interval, global = true)]
+    pub cycle_interval_seconds: Option<f64>,
+
     /// Permissions of the control socket, octal.
     #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_octal_mode, global = true)]
     pub control_socket_mode: u32,
@@ -109,6 +114,13 @@ pub struct CheckArgs {
     /// Treat unknown job fields as errors (exit 1).
     #[arg(long)]
     pub strict: bool,
+}
+
+fn parse_interval(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| *s > 0.0 && *s <= crate::job::MAX_DURATION_SECONDS as f64)
+        .ok_or_else(|| format!("{text:?} is not a number of seconds above 0 and at most 86400"))
 }
 
 fn parse_octal_mode(text: &str) -> Result<u32, String> {

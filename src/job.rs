@@ -55,6 +55,8 @@ pub struct Job {
     pub mtime: i64,
     pub short_run_time_seconds: u64,
     pub shutdown_timeout_seconds: u64,
+    /// `cycleIntervalSeconds`: clock mode, when given.
+    pub cycle_interval_seconds: Option<f64>,
     /// Shared: a job is handed to the core at every poll, and its
     /// configuration may be large.
     pub config: Arc<Map<String, Value>>,
@@ -190,24 +192,51 @@ impl DescribedJob {
 struct FieldRule {
     name: &'static str,
     description: &'static str,
-    default: Option<u64>,
+    presence: Presence,
 }
 
-// php-lrpm's field order and descriptions.
-const FIELDS: [FieldRule; 6] = [
-    FieldRule { name: "mtime", description: "Time of last modification, must be a UTC Unix timestamp integer", default: None },
-    FieldRule { name: "name", description: "Descriptive job name, must be a string", default: None },
-    FieldRule { name: "workerConfig", description: "Worker-specific configuration, must be an array", default: None },
-    FieldRule { name: "workerClass", description: "Worker class, must be a string referencing an existing class", default: None },
+/// What happens when a job has no such field.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Presence {
+    Required,
+    /// Filled in with this value (php-lrpm's defaults: `start()` sees them).
+    Default(u64),
+    /// lrpm-host's own fields: left out of the job when not given.
+    Optional,
+}
+
+// php-lrpm's fields, order and descriptions, then lrpm-host's own.
+const FIELDS: [FieldRule; 7] = [
+    FieldRule {
+        name: "mtime",
+        description: "Time of last modification, must be a UTC Unix timestamp integer",
+        presence: Presence::Required,
+    },
+    FieldRule { name: "name", description: "Descriptive job name, must be a string", presence: Presence::Required },
+    FieldRule {
+        name: "workerConfig",
+        description: "Worker-specific configuration, must be an array",
+        presence: Presence::Required,
+    },
+    FieldRule {
+        name: "workerClass",
+        description: "Worker class, must be a string referencing an existing class",
+        presence: Presence::Required,
+    },
     FieldRule {
         name: "shortRunTimeSeconds",
         description: "Minimum number of seconds a process is expected to run; if the process terminates earlier then this, it will be restarted with backoff",
-        default: Some(DEFAULT_SHORT_RUN_TIME_SECONDS),
+        presence: Presence::Default(DEFAULT_SHORT_RUN_TIME_SECONDS),
     },
     FieldRule {
         name: "shutdownTimeoutSeconds",
         description: "Time in seconds to wait for SIGCHLD after sending SIGTERM to a child, before killing the child with SIGKILL",
-        default: Some(DEFAULT_SHUTDOWN_TIMEOUT_SECONDS),
+        presence: Presence::Default(DEFAULT_SHUTDOWN_TIMEOUT_SECONDS),
+    },
+    FieldRule {
+        name: "cycleIntervalSeconds",
+        description: "Call cycle() at most once per this many seconds (a number above 0), sleeping the rest of the interval",
+        presence: Presence::Optional,
     },
 ];
 
@@ -286,11 +315,12 @@ impl DescribedJob {
         let mut errors = Vec::new();
         for rule in &FIELDS {
             let Some(value) = config.get(rule.name) else {
-                match rule.default {
-                    Some(default) => {
+                match rule.presence {
+                    Presence::Default(default) => {
                         config.insert(rule.name.to_string(), Value::from(default));
                     }
-                    None => errors.push(error(rule.name, "Field missing".to_string(), rule.description)),
+                    Presence::Required => errors.push(error(rule.name, "Field missing".to_string(), rule.description)),
+                    Presence::Optional => {}
                 }
                 continue;
             };
@@ -300,10 +330,16 @@ impl DescribedJob {
                 "workerConfig" => php_type == "array",
                 "workerClass" => php_type == "string" && self.worker_class_exists && !self.hidden_from_workers(),
                 "mtime" => php_type == "integer" && value.as_i64().is_some_and(|n| n >= 0),
+                "cycleIntervalSeconds" => {
+                    (php_type == "integer" || php_type == "double")
+                        && value.as_f64().is_some_and(|n| n > 0.0 && n <= MAX_DURATION_SECONDS as f64)
+                }
                 _ => php_type == "integer" && value.as_u64().is_some_and(|n| n <= MAX_DURATION_SECONDS),
             };
             if !valid {
-                let got = if rule.name == "workerClass" && php_type == "string" && self.hidden_from_workers() {
+                let got = if rule.name == "cycleIntervalSeconds" && (php_type == "integer" || php_type == "double") {
+                    format!("{} is not above 0 and at most {MAX_DURATION_SECONDS}", short_json(value))
+                } else if rule.name == "workerClass" && php_type == "string" && self.hidden_from_workers() {
                     format!(
                         "class {} is declared in the source file, which workers do not load (declare it in a file the bootstrap autoloads)",
                         value.as_str().unwrap_or_default()
@@ -338,6 +374,7 @@ impl DescribedJob {
             mtime: int("mtime"),
             short_run_time_seconds: seconds("shortRunTimeSeconds"),
             shutdown_timeout_seconds: seconds("shutdownTimeoutSeconds"),
+            cycle_interval_seconds: config.get("cycleIntervalSeconds").and_then(Value::as_f64),
             config_json: RawJson::of(&config),
             config: Arc::new(config),
         };
@@ -604,6 +641,29 @@ mod tests {
     }
 
     #[test]
+    fn cycle_interval_is_an_optional_positive_number() {
+        let (job, _) = described(good()).validate().unwrap();
+        assert_eq!(job.cycle_interval_seconds, None);
+        assert!(!job.config.contains_key("cycleIntervalSeconds"), "not filled in: start() sees what php-lrpm gives");
+        for (value, ok) in [
+            (json!(0.25), true),
+            (json!(60), true),
+            (json!(0), false),
+            (json!(-1), false),
+            (json!("5"), false),
+            (json!(1e9), false),
+        ] {
+            let mut job = good();
+            job["cycleIntervalSeconds"] = value.clone();
+            let result = described(job).validate();
+            assert_eq!(result.is_ok(), ok, "{value}: {result:?}");
+            if let Ok((job, _)) = result {
+                assert_eq!(job.cycle_interval_seconds, value.as_f64());
+            }
+        }
+    }
+
+    #[test]
     fn unknown_fields_are_warned_with_a_suggestion() {
         let mut job = good();
         job["shutdownTimeout"] = json!(60);
@@ -666,7 +726,7 @@ mod tests {
         /// result) panic.
         #[test]
         fn no_field_value_panics(
-            values in proptest::collection::vec(any_json(), 6),
+            values in proptest::collection::vec(any_json(), FIELDS.len()),
             extra in "[a-zA-Z]{0,12}",
         ) {
             let mut job = Map::new();

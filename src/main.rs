@@ -72,6 +72,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 argv,
                 close_in_children: Vec::new(),
                 subreaper: cli.farm.subreaper,
+                cycle_interval_seconds: cli.farm.cycle_interval_seconds,
             };
             if config.source_is_file && !std::path::Path::new(&config.source).is_file() {
                 anyhow::bail!("configuration source {} does not exist", config.source);

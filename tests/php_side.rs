@@ -387,3 +387,47 @@ fn a_stop_hook_that_throws_is_reported_as_uncaught() {
     let out = run_with_timeout(worker_with_job("Fixture\\Flusher", &job, &["--cycles", "2"]), DEFAULT_TIMEOUT);
     out.assert_code(70).assert_stderr_contains("Fixture\\Flusher::stop() threw").assert_stderr_contains("flush failed");
 }
+
+// --- clock mode (cycleIntervalSeconds) ---------------------------------------
+
+fn ticks(stdout: &str) -> Vec<u64> {
+    stdout.lines().filter_map(|l| l.strip_prefix("tick ")).filter_map(|t| t.trim().parse().ok()).collect()
+}
+
+#[test]
+fn cycle_interval_paces_cycles_and_a_stop_ends_the_wait() {
+    let job = json!({"workerConfig": {}, "cycleIntervalSeconds": 0.2});
+    let out = run_with_timeout(worker_with_job("Fixture\\Ticker", &job, &["--cycles", "4"]), DEFAULT_TIMEOUT);
+    out.assert_code(0);
+    let stamps = ticks(&out.stdout);
+    assert_eq!(stamps.len(), 4, "{}", out.dump());
+    for pair in stamps.windows(2) {
+        let gap = Duration::from_nanos(pair[1] - pair[0]);
+        assert!(gap >= Duration::from_millis(195), "cycles {gap:?} apart\n{}", out.dump());
+    }
+    // A stop during the wait ends it at once.
+    let job = json!({"workerConfig": {}, "cycleIntervalSeconds": 30});
+    let mut worker = Running::spawn(worker_with_job("Fixture\\Ticker", &job, &[]));
+    worker.wait_for_stdout("tick ", DEFAULT_TIMEOUT);
+    let asked = Instant::now();
+    worker.signal(Signal::SIGTERM);
+    let out = worker.wait_within(Duration::from_secs(5));
+    out.assert_code(0);
+    assert!(asked.elapsed() < Duration::from_secs(2), "the stop waited {:?}\n{}", asked.elapsed(), out.dump());
+    assert_eq!(ticks(&out.stdout).len(), 1, "{}", out.dump());
+}
+
+#[test]
+fn a_cycle_longer_than_its_interval_is_logged_once() {
+    let job = json!({"workerConfig": {"busy": 0.15}, "cycleIntervalSeconds": 0.1});
+    let out = run_with_timeout(worker_with_job("Fixture\\Ticker", &job, &["--cycles", "3"]), DEFAULT_TIMEOUT);
+    out.assert_code(0);
+    assert_eq!(out.stderr.matches("longer than its cycleIntervalSeconds 0.1").count(), 1, "{}", out.dump());
+}
+
+#[test]
+fn a_bad_cycle_interval_is_refused() {
+    let job = json!({"workerConfig": {}, "cycleIntervalSeconds": "fast"});
+    let out = run_with_timeout(worker_with_job("Fixture\\Ticker", &job, &["--cycles", "1"]), DEFAULT_TIMEOUT);
+    out.assert_code(64).assert_stderr_contains("field 'cycleIntervalSeconds': Invalid data: got string");
+}

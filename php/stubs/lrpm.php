@@ -25,7 +25,7 @@ namespace Lrpm {
 
     interface ConfigurationSource
     {
-        /** @return array<int|string, array{name: string, workerClass: string, mtime: int, workerConfig: array, shortRunTimeSeconds?: int, shutdownTimeoutSeconds?: int}> */
+        /** @return array<int|string, array{name: string, workerClass: string, mtime: int, workerConfig: array, shortRunTimeSeconds?: int, shutdownTimeoutSeconds?: int, cycleIntervalSeconds?: int|float}> */
         public function loadConfiguration(): array;
     }
 

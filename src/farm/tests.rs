@@ -16,6 +16,7 @@ fn job(id: i64, mtime: i64) -> Job {
         mtime,
         short_run_time_seconds: 5,
         shutdown_timeout_seconds: 10,
+        cycle_interval_seconds: None,
         config: std::sync::Arc::new(Map::new()),
         config_json: RawJson::of(&Map::new()),
     }

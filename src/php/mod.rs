@@ -366,6 +366,7 @@ fn worker_program_with_source(
         "jobId": job.id.to_string(),
         "job": &*job.config,
         "cycles": cycles,
+        "cycleInterval": job.cycle_interval_seconds,
     });
     // A name or id may hold any byte PHP strings hold, NUL included: the
     // title is C text, so a NUL is shown instead of refusing the job.

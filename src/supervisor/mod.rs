@@ -74,6 +74,8 @@ pub struct FarmConfig {
     pub close_in_children: Vec<std::os::fd::RawFd>,
     /// Adopt orphaned descendants (`--subreaper`).
     pub subreaper: bool,
+    /// `cycleIntervalSeconds` for jobs that do not set it.
+    pub cycle_interval_seconds: Option<f64>,
 }
 
 struct Supervisor<'e> {
