@@ -94,6 +94,8 @@ pub mod host {
     pub const SOFTWARE: u8 = 70;
     /// The configuration source never produced a configuration (EX_CONFIG).
     pub const CONFIG: u8 = 78;
+    /// A job marked `essential` failed for good (EX_UNAVAILABLE).
+    pub const ESSENTIAL_JOB_FAILED: u8 = 69;
 }
 
 #[cfg(test)]

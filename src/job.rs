@@ -57,6 +57,11 @@ pub struct Job {
     pub shutdown_timeout_seconds: u64,
     /// `cycleIntervalSeconds`: clock mode, when given.
     pub cycle_interval_seconds: Option<f64>,
+    pub restart_policy: RestartPolicy,
+    /// `maxFailures`, when given.
+    pub max_failures: Option<u64>,
+    pub failure_window_seconds: u64,
+    pub essential: bool,
     /// Shared: a job is handed to the core at every poll, and its
     /// configuration may be large.
     pub config: Arc<Map<String, Value>>,
@@ -206,7 +211,7 @@ enum Presence {
 }
 
 // php-lrpm's fields, order and descriptions, then lrpm-host's own.
-const FIELDS: [FieldRule; 7] = [
+const FIELDS: [FieldRule; 11] = [
     FieldRule {
         name: "mtime",
         description: "Time of last modification, must be a UTC Unix timestamp integer",
@@ -238,7 +243,53 @@ const FIELDS: [FieldRule; 7] = [
         description: "Call cycle() at most once per this many seconds (a number above 0), sleeping the rest of the interval",
         presence: Presence::Optional,
     },
+    FieldRule {
+        name: "restartPolicy",
+        description: "When an exited process is started again: \"always\" (the default), \"on-failure\" (exit 0 means done) or \"never\"",
+        presence: Presence::Optional,
+    },
+    FieldRule {
+        name: "maxFailures",
+        description: "Failures (exits other than 0) within failureWindowSeconds after which the job is failed and not restarted, an integer from 1",
+        presence: Presence::Optional,
+    },
+    FieldRule {
+        name: "failureWindowSeconds",
+        description: "The window maxFailures counts in, an integer from 1 to 86400 (default 60)",
+        presence: Presence::Optional,
+    },
+    FieldRule {
+        name: "essential",
+        description: "When true, the job failing for good shuts the whole farm down (lrpm-host exits 69), a boolean",
+        presence: Presence::Optional,
+    },
 ];
+
+/// `failureWindowSeconds` when a job does not say.
+pub const DEFAULT_FAILURE_WINDOW_SECONDS: u64 = 60;
+
+/// `restartPolicy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// php-lrpm's behaviour: every exit leads to a restart (with backoff).
+    #[default]
+    Always,
+    /// Exit 0 means done; other exits restart.
+    OnFailure,
+    /// Nothing restarts: exit 0 is done, anything else failed.
+    Never,
+}
+
+impl RestartPolicy {
+    fn parse(text: &str) -> Option<RestartPolicy> {
+        match text {
+            "always" => Some(RestartPolicy::Always),
+            "on-failure" => Some(RestartPolicy::OnFailure),
+            "never" => Some(RestartPolicy::Never),
+            _ => None,
+        }
+    }
+}
 
 /// The PHP type of a JSON value as `gettype()` would name it.
 pub fn json_php_type(value: &Value) -> &'static str {
@@ -330,6 +381,12 @@ impl DescribedJob {
                 "workerConfig" => php_type == "array",
                 "workerClass" => php_type == "string" && self.worker_class_exists && !self.hidden_from_workers(),
                 "mtime" => php_type == "integer" && value.as_i64().is_some_and(|n| n >= 0),
+                "restartPolicy" => value.as_str().and_then(RestartPolicy::parse).is_some(),
+                "maxFailures" => php_type == "integer" && value.as_u64().is_some_and(|n| n >= 1),
+                "failureWindowSeconds" => {
+                    php_type == "integer" && value.as_u64().is_some_and(|n| (1..=MAX_DURATION_SECONDS).contains(&n))
+                }
+                "essential" => php_type == "boolean",
                 "cycleIntervalSeconds" => {
                     (php_type == "integer" || php_type == "double")
                         && value.as_f64().is_some_and(|n| n > 0.0 && n <= MAX_DURATION_SECONDS as f64)
@@ -375,6 +432,17 @@ impl DescribedJob {
             short_run_time_seconds: seconds("shortRunTimeSeconds"),
             shutdown_timeout_seconds: seconds("shutdownTimeoutSeconds"),
             cycle_interval_seconds: config.get("cycleIntervalSeconds").and_then(Value::as_f64),
+            restart_policy: config
+                .get("restartPolicy")
+                .and_then(Value::as_str)
+                .and_then(RestartPolicy::parse)
+                .unwrap_or_default(),
+            max_failures: config.get("maxFailures").and_then(Value::as_u64),
+            failure_window_seconds: config
+                .get("failureWindowSeconds")
+                .and_then(Value::as_u64)
+                .unwrap_or(DEFAULT_FAILURE_WINDOW_SECONDS),
+            essential: config.get("essential").and_then(Value::as_bool).unwrap_or(false),
             config_json: RawJson::of(&config),
             config: Arc::new(config),
         };

@@ -88,6 +88,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(match supervisor::run(&engine, config)? {
                 HostExit::Clean => 0,
                 HostExit::ConfigNeverLoaded => EXIT_CONFIG,
+                HostExit::EssentialJobFailed => lrpm_host::exit_code::host::ESSENTIAL_JOB_FAILED,
             })
         }
     }

@@ -379,3 +379,32 @@ fn a_nul_byte_in_a_job_name_or_id_does_not_stop_the_job_from_running() {
     let title = cmdline(pids["nul\u{0}id"]).unwrap_or_default();
     assert!(title.contains(r"lrpm-host: worker nul\0id name with a \0 inside"), "{title:?}\n{}", farm.diagnostics());
 }
+
+#[test]
+fn restart_policies_show_done_and_failed_and_an_essential_failure_ends_the_host() {
+    let _g = shared();
+    let farm = Farm::start("policies", FarmOptions::default(), |jobs| {
+        json!({
+            "done": jobs.job_with("done", 1, json!({"exitInStart": 0}), json!({"restartPolicy": "on-failure"})),
+            "failed": jobs.job_with("failed", 1, json!({"exitInStart": 2}), json!({"restartPolicy": "never"})),
+            "bad": jobs.job_with("bad", 1, json!({}), json!({"restartPolicy": "sometimes"})),
+            "ok": jobs.job("ok", 1),
+        })
+    });
+    farm.wait_for(secs(10.0), "done and failed", || {
+        let status = farm.try_status()?;
+        (status["done"]["state"]["status"] == "done" && status["failed"]["state"]["status"] == "failed").then_some(())
+    });
+    assert!(farm.stderr().contains("job bad: field 'restartPolicy'"), "{}", farm.diagnostics());
+    farm.request("restart failed").unwrap();
+    farm.wait_starts("failed", 2, secs(10.0));
+
+    let essential = Farm::start("essential", FarmOptions::default(), |jobs| {
+        json!({
+            "e": jobs.job_with("e", 1, json!({"exitInStart": 3}), json!({"restartPolicy": "never", "essential": true})),
+            "ok": jobs.job("ok", 1),
+        })
+    });
+    assert_eq!(essential.wait_exit(secs(20.0)).code(), Some(69), "{}", essential.diagnostics());
+    assert!(essential.stderr().contains("job e is essential: shutting the farm down"), "{}", essential.diagnostics());
+}

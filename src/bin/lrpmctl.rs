@@ -190,7 +190,7 @@ fn render_status(doc: &StatusDocument<Value>, color: bool) -> String {
         let code = match status.as_str() {
             "running" => "32",
             "backoff" | "stopping" => "33",
-            "exited" => "31",
+            "exited" | "failed" => "31",
             _ => "2",
         };
         out.push_str(&paint(text, code));

@@ -41,6 +41,12 @@ pub enum Phase {
     },
     /// No process, kept stopped by `stop ID`.
     Held,
+    /// Ended for good by its restart policy (`on-failure` after exit 0,
+    /// `never`); `restart ID` or a new mtime starts it again.
+    Done,
+    /// Too many failures (`maxFailures` within `failureWindowSeconds`, or a
+    /// failure under `never`); `restart ID` or a new mtime starts it again.
+    Failed,
 }
 
 /// The status name shown by `status` and `lrpmctl`.
@@ -52,6 +58,8 @@ pub enum StatusName {
     Stopping,
     Backoff,
     Stopped,
+    Done,
+    Failed,
 }
 
 impl StatusName {
@@ -62,6 +70,8 @@ impl StatusName {
             StatusName::Stopping => "stopping",
             StatusName::Backoff => "backoff",
             StatusName::Stopped => "stopped",
+            StatusName::Done => "done",
+            StatusName::Failed => "failed",
         }
     }
 }
@@ -70,7 +80,7 @@ impl Phase {
     pub fn pid(&self) -> Option<Pid> {
         match self {
             Phase::Running { pid, .. } | Phase::Stopping { pid, .. } => Some(*pid),
-            Phase::Waiting { .. } | Phase::Held => None,
+            Phase::Waiting { .. } | Phase::Held | Phase::Done | Phase::Failed => None,
         }
     }
 
@@ -78,7 +88,7 @@ impl Phase {
     pub fn since(&self) -> Option<Instant> {
         match self {
             Phase::Running { since, .. } | Phase::Stopping { since, .. } => Some(*since),
-            Phase::Waiting { .. } | Phase::Held => None,
+            Phase::Waiting { .. } | Phase::Held | Phase::Done | Phase::Failed => None,
         }
     }
 
@@ -87,7 +97,7 @@ impl Phase {
         match self {
             Phase::Waiting { at } => Some(*at),
             Phase::Stopping { kill_at, .. } => *kill_at,
-            Phase::Running { .. } | Phase::Held => None,
+            Phase::Running { .. } | Phase::Held | Phase::Done | Phase::Failed => None,
         }
     }
 
@@ -98,6 +108,8 @@ impl Phase {
             Phase::Running { .. } => StatusName::Running,
             Phase::Stopping { .. } => StatusName::Stopping,
             Phase::Held => StatusName::Stopped,
+            Phase::Done => StatusName::Done,
+            Phase::Failed => StatusName::Failed,
         }
     }
 }
@@ -111,6 +123,8 @@ pub struct JobState {
     pub last_exit: Option<ExitKind>,
     pub last_started_at: Option<Instant>,
     pub restarts: u64,
+    /// When recent failures happened (within `failureWindowSeconds`).
+    pub failures: std::collections::VecDeque<Instant>,
 }
 
 impl JobState {
@@ -122,6 +136,7 @@ impl JobState {
             last_exit: None,
             last_started_at: None,
             restarts: 0,
+            failures: std::collections::VecDeque::new(),
         }
     }
 

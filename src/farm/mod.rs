@@ -23,7 +23,7 @@ pub use config_process::{ConfigPhase, ConfigProcessState, CONFIG_STOP_TIMEOUT};
 pub use exit::{ExitKind, ProcessKind};
 pub use lifecycle::{AfterStop, JobState, Phase, StatusName};
 
-use crate::job::{Job, JobId};
+use crate::job::{Job, JobId, RestartPolicy};
 use config_process::{FIRST_CONFIGURATION_ATTEMPTS, FIRST_CONFIGURATION_RETRY};
 use lifecycle::later;
 
@@ -99,6 +99,8 @@ pub enum HostExit {
     Clean,
     /// The configuration source never produced a configuration.
     ConfigNeverLoaded,
+    /// A job marked `essential` failed for good.
+    EssentialJobFailed,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -282,12 +284,15 @@ impl Farm {
         match command {
             JobCommand::Restart => {
                 state.backoff.reset();
+                state.failures.clear();
                 match phase {
                     Phase::Running { pid, since } => self.stop(id, pid, since, AfterStop::Restart, now, &mut actions),
                     Phase::Stopping { pid, since, kill_at, .. } => {
                         self.set_phase(id, Phase::Stopping { pid, since, kill_at, then: AfterStop::Restart })
                     }
-                    Phase::Waiting { .. } | Phase::Held => self.set_phase(id, Phase::Waiting { at: now }),
+                    Phase::Waiting { .. } | Phase::Held | Phase::Done | Phase::Failed => {
+                        self.set_phase(id, Phase::Waiting { at: now })
+                    }
                 }
             }
             JobCommand::Start => match phase {
@@ -306,7 +311,7 @@ impl Farm {
                 Phase::Stopping { pid, since, kill_at, .. } => {
                     self.set_phase(id, Phase::Stopping { pid, since, kill_at, then: AfterStop::Hold })
                 }
-                Phase::Waiting { .. } | Phase::Held => self.set_phase(id, Phase::Held),
+                Phase::Waiting { .. } | Phase::Held | Phase::Done | Phase::Failed => self.set_phase(id, Phase::Held),
             },
         }
         (Ok(()), actions)
@@ -382,9 +387,12 @@ impl Farm {
                     ));
                     state.job = job;
                     state.backoff.reset();
+                    state.failures.clear();
                     match phase {
                         Phase::Running { pid, since } => self.stop(&id, pid, since, AfterStop::Restart, now, actions),
-                        Phase::Waiting { .. } => self.set_phase(&id, Phase::Waiting { at: now }),
+                        Phase::Waiting { .. } | Phase::Done | Phase::Failed => {
+                            self.set_phase(&id, Phase::Waiting { at: now })
+                        }
                         // Held stays held; a stop already under way restarts or holds as it was asked.
                         Phase::Stopping { .. } | Phase::Held => {}
                     }
@@ -407,7 +415,7 @@ impl Farm {
                 Phase::Stopping { pid, since, kill_at, .. } => {
                     self.set_phase(&id, Phase::Stopping { pid, since, kill_at, then: AfterStop::Remove })
                 }
-                Phase::Waiting { .. } | Phase::Held => self.remove_job(&id),
+                Phase::Waiting { .. } | Phase::Held | Phase::Done | Phase::Failed => self.remove_job(&id),
             }
         }
     }
@@ -436,8 +444,11 @@ impl Farm {
         let state = self.jobs.get_mut(&id).expect("the pid index only names known jobs");
         state.last_exit = Some(exit);
         let described = exit.describe(ProcessKind::Worker);
-        match state.phase.clone() {
+        let phase = state.phase.clone();
+        match phase {
+            Phase::Running { .. } if !self.restart_allowed(&id, exit, now, actions) => {}
             Phase::Running { since, .. } => {
+                let state = self.jobs.get_mut(&id).expect("checked above");
                 state.restarts += 1;
                 let ran = now.saturating_duration_since(since);
                 let delay = state.backoff.delay_after(ran, state.short_run());
@@ -454,7 +465,9 @@ impl Farm {
                 self.set_phase(&id, Phase::Waiting { at: later(now, delay) });
             }
             Phase::Stopping { then: AfterStop::Restart, .. } => {
-                state.restarts += 1;
+                if let Some(state) = self.jobs.get_mut(&id) {
+                    state.restarts += 1;
+                }
                 actions.push(Action::Log(
                     LogLevel::Info,
                     format!("job {id} (pid {pid}) stopped: {described}; starting it again"),
@@ -470,9 +483,54 @@ impl Farm {
                 actions.push(Action::Log(LogLevel::Info, format!("job {id} (pid {pid}) stopped: {described}{why}")));
                 self.remove_job(&id);
             }
-            Phase::Waiting { .. } | Phase::Held => {}
+            Phase::Waiting { .. } | Phase::Held | Phase::Done | Phase::Failed => {}
         }
         self.finish_shutdown_if_done(actions);
+    }
+
+    /// The restart policy and failure limit, for a process that ended on
+    /// its own: true when it restarts (with backoff as usual); otherwise the
+    /// job is now `Done` or `Failed` (and an essential failure ends the farm).
+    fn restart_allowed(&mut self, id: &JobId, exit: ExitKind, now: Instant, actions: &mut Vec<Action>) -> bool {
+        let Some(state) = self.jobs.get_mut(id) else { return false };
+        let failed = exit != ExitKind::Code(0);
+        let described = exit.describe(ProcessKind::Worker);
+        let policy = state.job.restart_policy;
+        if failed {
+            let window = Duration::from_secs(state.job.failure_window_seconds);
+            state.failures.push_back(now);
+            while state.failures.front().is_some_and(|t| now.saturating_duration_since(*t) > window) {
+                state.failures.pop_front();
+            }
+        }
+        let too_many = failed && state.job.max_failures.is_some_and(|max| state.failures.len() as u64 >= max);
+        let outcome = match (policy, failed) {
+            (_, true) if too_many => Some((
+                Phase::Failed,
+                format!(
+                    "job {id} failed {} times within {}s ({described}); not restarting it until `restart {id}` or a new mtime",
+                    state.failures.len(),
+                    state.job.failure_window_seconds
+                ),
+            )),
+            (RestartPolicy::Never, true) => {
+                Some((Phase::Failed, format!("job {id} failed ({described}) and its restartPolicy is never")))
+            }
+            (RestartPolicy::Never | RestartPolicy::OnFailure, false) => {
+                Some((Phase::Done, format!("job {id} finished ({described}); its restartPolicy does not restart it")))
+            }
+            _ => None,
+        };
+        let Some((phase, message)) = outcome else { return true };
+        let essential = state.job.essential && phase == Phase::Failed;
+        let level = if phase == Phase::Failed { LogLevel::Error } else { LogLevel::Info };
+        actions.push(Action::Log(level, message));
+        self.set_phase(id, phase);
+        if essential {
+            actions.push(Action::Log(LogLevel::Error, format!("job {id} is essential: shutting the farm down")));
+            self.shutdown(HostExit::EssentialJobFailed, now, actions);
+        }
+        false
     }
 
     fn config_exited(&mut self, pid: Pid, exit: ExitKind, now: Instant, actions: &mut Vec<Action>) {
@@ -564,7 +622,7 @@ impl Farm {
                 Phase::Stopping { pid, since, kill_at, .. } => {
                     self.set_phase(&id, Phase::Stopping { pid, since, kill_at, then: AfterStop::Remove })
                 }
-                Phase::Waiting { .. } | Phase::Held => self.remove_job(&id),
+                Phase::Waiting { .. } | Phase::Held | Phase::Done | Phase::Failed => self.remove_job(&id),
             }
         }
         self.finish_shutdown_if_done(actions);
@@ -609,7 +667,7 @@ impl Farm {
                     self.set_phase(&id, Phase::Stopping { pid, since, kill_at: None, then });
                     actions.push(Action::KillWorker { id, pid, reason });
                 }
-                Phase::Running { .. } | Phase::Held => {
+                Phase::Running { .. } | Phase::Held | Phase::Done | Phase::Failed => {
                     self.deadlines.remove(&(at, id));
                 }
             }

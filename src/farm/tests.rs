@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::Map;
 
 use super::*;
-use crate::job::RawJson;
+use crate::job::{RawJson, RestartPolicy};
 
 fn job(id: i64, mtime: i64) -> Job {
     Job {
@@ -17,6 +17,10 @@ fn job(id: i64, mtime: i64) -> Job {
         short_run_time_seconds: 5,
         shutdown_timeout_seconds: 10,
         cycle_interval_seconds: None,
+        restart_policy: RestartPolicy::Always,
+        max_failures: None,
+        failure_window_seconds: 60,
+        essential: false,
         config: std::sync::Arc::new(Map::new()),
         config_json: RawJson::of(&Map::new()),
     }
@@ -443,4 +447,78 @@ fn a_deferred_start_is_due_again_at_once() {
     assert_eq!(farm.next_deadline(), Some(t0));
     assert_eq!(tick(&mut farm, t0), vec![Action::StartWorker(id(1))]);
     assert_eq!(status(&farm, 1, t0), StatusName::Running);
+}
+
+fn with_policy(n: i64, policy: RestartPolicy, max_failures: Option<u64>, essential: bool) -> Job {
+    let mut j = job(n, 1);
+    j.restart_policy = policy;
+    j.max_failures = max_failures;
+    j.essential = essential;
+    j
+}
+
+#[test]
+fn restart_policies_decide_what_an_exit_leads_to() {
+    let t0 = Instant::now();
+    // (policy, exit code, status after the exit)
+    let table = [
+        (RestartPolicy::Always, 0, StatusName::Running),
+        (RestartPolicy::Always, 1, StatusName::Running),
+        (RestartPolicy::OnFailure, 0, StatusName::Done),
+        (RestartPolicy::OnFailure, 1, StatusName::Running),
+        (RestartPolicy::Never, 0, StatusName::Done),
+        (RestartPolicy::Never, 1, StatusName::Failed),
+    ];
+    for (policy, code, expected) in table {
+        let mut farm = running_farm(t0, &[with_policy(1, policy, None, false)]);
+        // A long run: a restart is immediate (no backoff).
+        step(&mut farm, exited(1, code), t0 + secs(60));
+        assert_eq!(status(&farm, 1, t0 + secs(60)), expected, "{policy:?} exit {code}");
+        if matches!(expected, StatusName::Done | StatusName::Failed) {
+            assert_eq!(farm.next_deadline(), None, "nothing is scheduled for an ended job");
+            // restart ID starts it again.
+            assert_eq!(command(&mut farm, 1, JobCommand::Restart, t0 + secs(61)).1, vec![Action::StartWorker(id(1))]);
+        }
+    }
+}
+
+#[test]
+fn max_failures_within_the_window_fail_the_job_until_a_new_mtime() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[with_policy(1, RestartPolicy::Always, Some(3), false)]);
+    let mut now = t0;
+    for _ in 0..2 {
+        step(&mut farm, exited(1, 1), now);
+        now = farm.next_deadline().unwrap();
+        tick(&mut farm, now);
+    }
+    step(&mut farm, exited(1, 1), now);
+    assert_eq!(status(&farm, 1, now), StatusName::Failed);
+    // Failures older than the window do not count: a new mtime clears them.
+    let mut changed = with_policy(1, RestartPolicy::Always, Some(3), false);
+    changed.mtime = 2;
+    assert_eq!(step(&mut farm, Event::Configuration(vec![changed]), now), vec![Action::StartWorker(id(1))]);
+    // Failures spread wider than the window never add up.
+    let mut farm = running_farm(t0, &[with_policy(2, RestartPolicy::Always, Some(2), false)]);
+    let mut now = t0;
+    for _ in 0..5 {
+        step(&mut farm, exited(2, 1), now);
+        assert_ne!(status(&farm, 2, now), StatusName::Failed);
+        now += secs(61);
+        tick(&mut farm, now);
+    }
+}
+
+#[test]
+fn an_essential_job_failing_for_good_shuts_the_farm_down() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[with_policy(1, RestartPolicy::Never, None, true), job(2, 1)]);
+    let actions = step(&mut farm, exited(1, 3), t0);
+    assert_eq!(actions, vec![Action::StopConfigProcess { pid: 1 }, term(2)]);
+    step(&mut farm, config_exited(1, 0), t0);
+    assert_eq!(step(&mut farm, exited(2, 0), t0), vec![Action::Exit(HostExit::EssentialJobFailed)]);
+    // Not essential: the farm goes on.
+    let mut farm = running_farm(t0, &[with_policy(1, RestartPolicy::Never, None, false), job(2, 1)]);
+    assert!(step(&mut farm, exited(1, 3), t0).is_empty());
+    assert!(!farm.is_shutting_down());
 }

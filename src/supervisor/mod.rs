@@ -162,6 +162,7 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
     match exit {
         HostExit::Clean => tracing::info!("lrpm-host shut down cleanly"),
         HostExit::ConfigNeverLoaded => tracing::error!("lrpm-host stopped: no configuration could be loaded"),
+        HostExit::EssentialJobFailed => tracing::error!("lrpm-host stopped: an essential job failed for good"),
     }
     Ok(exit)
 }
