@@ -58,6 +58,19 @@ pub struct FarmOptions {
     #[arg(long, value_name = "SECONDS", value_parser = parse_interval, global = true)]
     pub cycle_interval_seconds: Option<f64>,
 
+    /// Default `restartPolicy` for jobs that do not set it: always,
+    /// on-failure or never.
+    #[arg(long, value_name = "POLICY", value_parser = parse_restart_policy, global = true)]
+    pub restart_policy: Option<crate::job::RestartPolicy>,
+
+    /// Default `maxFailures` for jobs that do not set it.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub max_failures: Option<u64>,
+
+    /// Default `failureWindowSeconds` for jobs that do not set it.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400), global = true)]
+    pub failure_window_seconds: Option<u64>,
+
     /// Permissions of the control socket, octal.
     #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_octal_mode, global = true)]
     pub control_socket_mode: u32,
@@ -114,6 +127,11 @@ pub struct CheckArgs {
     /// Treat unknown job fields as errors (exit 1).
     #[arg(long)]
     pub strict: bool,
+}
+
+fn parse_restart_policy(text: &str) -> Result<crate::job::RestartPolicy, String> {
+    crate::job::RestartPolicy::parse(text)
+        .ok_or_else(|| format!("{text:?} is not a restart policy: use always, on-failure or never"))
 }
 
 fn parse_interval(text: &str) -> Result<f64, String> {

@@ -265,6 +265,34 @@ const FIELDS: [FieldRule; 11] = [
     },
 ];
 
+/// Host-wide defaults (command-line options) for lrpm-host's optional job
+/// fields, used by jobs that do not set the field themselves.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobDefaults {
+    pub cycle_interval_seconds: Option<f64>,
+    pub restart_policy: Option<RestartPolicy>,
+    pub max_failures: Option<u64>,
+    pub failure_window_seconds: Option<u64>,
+}
+
+impl JobDefaults {
+    pub fn apply(&self, job: &mut Job) {
+        let unset = |field: &str| !job.config.contains_key(field);
+        if unset("cycleIntervalSeconds") && self.cycle_interval_seconds.is_some() {
+            job.cycle_interval_seconds = self.cycle_interval_seconds;
+        }
+        if let (true, Some(policy)) = (unset("restartPolicy"), self.restart_policy) {
+            job.restart_policy = policy;
+        }
+        if unset("maxFailures") && self.max_failures.is_some() {
+            job.max_failures = self.max_failures;
+        }
+        if let (true, Some(window)) = (unset("failureWindowSeconds"), self.failure_window_seconds) {
+            job.failure_window_seconds = window;
+        }
+    }
+}
+
 /// `failureWindowSeconds` when a job does not say.
 pub const DEFAULT_FAILURE_WINDOW_SECONDS: u64 = 60;
 
@@ -281,7 +309,7 @@ pub enum RestartPolicy {
 }
 
 impl RestartPolicy {
-    fn parse(text: &str) -> Option<RestartPolicy> {
+    pub fn parse(text: &str) -> Option<RestartPolicy> {
         match text {
             "always" => Some(RestartPolicy::Always),
             "on-failure" => Some(RestartPolicy::OnFailure),

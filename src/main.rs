@@ -72,7 +72,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 argv,
                 close_in_children: Vec::new(),
                 subreaper: cli.farm.subreaper,
-                cycle_interval_seconds: cli.farm.cycle_interval_seconds,
+                job_defaults: lrpm_host::job::JobDefaults {
+                    cycle_interval_seconds: cli.farm.cycle_interval_seconds,
+                    restart_policy: cli.farm.restart_policy,
+                    max_failures: cli.farm.max_failures,
+                    failure_window_seconds: cli.farm.failure_window_seconds,
+                },
             };
             if config.source_is_file && !std::path::Path::new(&config.source).is_file() {
                 anyhow::bail!("configuration source {} does not exist", config.source);

@@ -408,3 +408,27 @@ fn restart_policies_show_done_and_failed_and_an_essential_failure_ends_the_host(
     assert_eq!(essential.wait_exit(secs(20.0)).code(), Some(69), "{}", essential.diagnostics());
     assert!(essential.stderr().contains("job e is essential: shutting the farm down"), "{}", essential.diagnostics());
 }
+
+#[test]
+fn host_wide_defaults_apply_to_jobs_without_their_own_fields() {
+    let _g = shared();
+    let options = FarmOptions {
+        extra_args: vec!["--restart-policy".into(), "on-failure".into(), "--max-failures".into(), "2".into()],
+        ..Default::default()
+    };
+    let farm = Farm::start("job_defaults", options, |jobs| {
+        json!({
+            "default": jobs.job_with("default", 1, json!({"exitInStart": 0}), json!({})),
+            "own": jobs.job_with("own", 1, json!({"exitInStart": 0}), json!({"restartPolicy": "always", "shortRunTimeSeconds": 0})),
+            "crashy": jobs.job_with("crashy", 1, json!({"exitInStart": 5}), json!({"shortRunTimeSeconds": 0})),
+        })
+    });
+    farm.wait_for(secs(10.0), "default done, crashy failed after 2 failures", || {
+        let status = farm.try_status()?;
+        (status["default"]["state"]["status"] == "done" && status["crashy"]["state"]["status"] == "failed")
+            .then_some(())
+    });
+    // The job's own policy wins: it keeps being restarted.
+    farm.wait_starts("own", 3, secs(10.0));
+    assert_eq!(farm.events_of("crashy", "start").len(), 2, "{}", farm.diagnostics());
+}

@@ -74,8 +74,8 @@ pub struct FarmConfig {
     pub close_in_children: Vec<std::os::fd::RawFd>,
     /// Adopt orphaned descendants (`--subreaper`).
     pub subreaper: bool,
-    /// `cycleIntervalSeconds` for jobs that do not set it.
-    pub cycle_interval_seconds: Option<f64>,
+    /// Defaults for jobs that do not set lrpm-host's optional fields.
+    pub job_defaults: job::JobDefaults,
 }
 
 struct Supervisor<'e> {
@@ -394,7 +394,11 @@ impl Supervisor<'_> {
             );
         }
         tracing::debug!(jobs = validated.jobs.len(), "configuration received");
-        let actions = self.farm.handle(Event::Configuration(validated.jobs), now);
+        let mut jobs = validated.jobs;
+        for job in &mut jobs {
+            self.config.job_defaults.apply(job);
+        }
+        let actions = self.farm.handle(Event::Configuration(jobs), now);
         self.apply(actions);
     }
 

@@ -29,11 +29,9 @@ impl Supervisor<'_> {
     pub(super) fn spawn_worker(&mut self, id: &JobId) -> Event {
         let Some(state) = self.farm.job(id) else { return Event::WorkerSpawnFailed(id.clone()) };
         let source_file = self.config.source_is_file.then(|| Path::new(&self.config.source));
-        // The host-wide default (--cycle-interval-seconds) for jobs without their own.
-        let mut job = state.job.clone();
-        job.cycle_interval_seconds = job.cycle_interval_seconds.or(self.config.cycle_interval_seconds);
+        let job = &state.job;
         let mut program =
-            match php::farm_worker_program(&job, self.config.bootstrap.as_deref(), source_file, &self.config.argv) {
+            match php::farm_worker_program(job, self.config.bootstrap.as_deref(), source_file, &self.config.argv) {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!("job {id}: cannot prepare the worker: {e}");
