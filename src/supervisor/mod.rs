@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config_channel;
+mod configuration;
 mod notify;
 mod requests;
 mod spawn;
@@ -31,7 +32,7 @@ use crate::job::{self, JobId};
 use crate::php::{self, Engine, PhpError};
 use crate::process::shared_page::{SharedPage, SharedSlots};
 use crate::process::{self, ExitKind, ProcessError, SignalEvents};
-use config_channel::{ConfigChannel, ConfigMessage, PushRate, ReadOutcome};
+use config_channel::{ConfigChannel, PushRate};
 
 /// Forking stops for the turn once it took this long; the rest of the due
 /// starts wait for the next turn, after signals and clients were served.
@@ -340,65 +341,6 @@ impl Supervisor<'_> {
             self.config_channel = None;
         }
         let actions = self.farm.handle(Event::ChildExited { pid: pid.as_raw(), exit }, now);
-        self.apply(actions);
-    }
-
-    fn read_config_channel(&mut self, now: Instant) {
-        let Some(channel) = self.config_channel.as_mut() else { return };
-        let (messages, closed) = match channel.read_available() {
-            ReadOutcome::Open(m) => (m, false),
-            ReadOutcome::Closed(m) => (m, true),
-        };
-        if closed {
-            self.config_channel = None;
-        }
-        for message in messages {
-            match message {
-                Ok(ConfigMessage::Configuration { jobs }) => self.configuration_received(jobs, now),
-                Ok(ConfigMessage::Error { message }) => tracing::error!("configuration source error: {message}"),
-                Err(e) => tracing::error!("{e}"),
-            }
-        }
-    }
-
-    fn configuration_received(&mut self, entries: Vec<serde_json::Value>, now: Instant) {
-        let (validated, lost) = job::validate_entries_cached(entries, &mut self.entry_cache);
-        if !lost.is_empty() {
-            // Cannot happen unless a message was lost: never apply a
-            // configuration with holes (its missing jobs would be stopped).
-            let ids: Vec<String> = lost.into_iter().map(|l| l.job_id).collect();
-            tracing::error!(
-                "the configuration process referred to entries this supervisor does not have (jobs {}); \
-                 ignoring this configuration and restarting the configuration process",
-                ids.join(", ")
-            );
-            if let Some(pid) = self.farm.config_process().pid() {
-                process::signal_group(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-            return;
-        }
-        for error in &validated.errors {
-            tracing::error!("invalid configuration for {error}; the job is dropped, the others run");
-        }
-        for unknown in validated.unknown_fields {
-            if self.warned_fields.insert((JobId::parse(&unknown.job_id), unknown.field.clone())) {
-                tracing::warn!("{unknown}");
-            }
-        }
-        if self.config.interval_seconds == 0 && self.push_rate.arrived(now) {
-            tracing::warn!(
-                "the configuration source returned {} or more configurations in one second in push mode (--interval=0): \
-                 loadConfiguration() should block until the configuration changes (with a timeout of a few seconds), \
-                 or use --interval=N; polls are paced to 10 per second",
-                PushRate::MAX_PER_SECOND
-            );
-        }
-        tracing::debug!(jobs = validated.jobs.len(), "configuration received");
-        let mut jobs = validated.jobs;
-        for job in &mut jobs {
-            self.config.job_defaults.apply(job);
-        }
-        let actions = self.farm.handle(Event::Configuration(jobs), now);
         self.apply(actions);
     }
 
