@@ -18,6 +18,17 @@ function define_exit_codes(array $codes): void
     }
 }
 
+// This process's resident set in bytes, from /proc/self/statm (0 if unreadable).
+function resident_bytes(): int
+{
+    $statm = @\file_get_contents('/proc/self/statm');
+    if ($statm === false) {
+        return 0;
+    }
+    $fields = \explode(' ', $statm);
+    return (int) ($fields[1] ?? 0) * 4096;
+}
+
 function say(string $message): void
 {
     \fwrite(\STDERR, 'lrpm-host: ' . $message . \PHP_EOL);
@@ -130,6 +141,15 @@ function run_worker(array $params): void
     // the rest slept in a wait that a stop ends at once.
     $interval = isset($params['cycleInterval']) ? (float) $params['cycleInterval'] : null;
     $overrunWarnedAt = null;
+    // Planned recycles: limits checked between cycles; the host starts a
+    // fresh process at once (EXIT_RECYCLE is never backed off).
+    $maxCycles = isset($params['maxCycles']) ? (int) $params['maxCycles'] : null;
+    $maxLifetime = isset($params['maxLifetime']) ? (float) $params['maxLifetime'] : null;
+    $memoryLimit = isset($params['memoryLimitMb']) ? (int) $params['memoryLimitMb'] * 1024 * 1024 : null;
+    $startedAt = \hrtime(true);
+    $cyclesDone = 0;
+    $memoryCheckedAt = 0;
+    $recycle = null;
     // next_cycle() is false once a stop was requested, and in a process the
     // worker forked itself; it also collects cyclic garbage between cycles.
     while (\Lrpm\Internal\next_cycle()) {
@@ -147,6 +167,24 @@ function run_worker(array $params): void
         if ($cyclesLeft !== null && --$cyclesLeft <= 0) {
             break;
         }
+        $cyclesDone++;
+        if ($maxCycles !== null && $cyclesDone >= $maxCycles) {
+            $recycle = "maxCycles {$maxCycles} reached";
+            break;
+        }
+        if ($maxLifetime !== null && (\hrtime(true) - $startedAt) / 1e9 >= $maxLifetime) {
+            $recycle = \sprintf('maxLifetimeSeconds %s reached after %d cycles', $maxLifetime, $cyclesDone);
+            break;
+        }
+        // The resident set costs a read of /proc: at most once a second.
+        if ($memoryLimit !== null && \hrtime(true) - $memoryCheckedAt >= 1e9) {
+            $memoryCheckedAt = \hrtime(true);
+            $used = \max(\memory_get_usage(true), resident_bytes());
+            if ($used > $memoryLimit) {
+                $recycle = \sprintf('memoryLimitMb %d exceeded: %.1f MB', $memoryLimit / 1048576, $used / 1048576);
+                break;
+            }
+        }
         if ($interval !== null) {
             $took = (\hrtime(true) - $began) / 1e9;
             if ($took < $interval) {
@@ -163,8 +201,8 @@ function run_worker(array $params): void
     if (\getmypid() !== $pid) {
         exit(EXIT_OK);
     }
-    // The optional stop hook, once, after the last cycle (flush, ack,
-    // close); the shutdown timeout still bounds it.
+    // The optional stop hook, once, after the last cycle of a stop or a
+    // recycle (flush, ack, close); the shutdown timeout still bounds it.
     if ($worker instanceof \Lrpm\Stoppable) {
         try {
             $worker->stop();
@@ -173,6 +211,10 @@ function run_worker(array $params): void
             \fwrite(\STDERR, describe_throwable($e) . \PHP_EOL);
             exit(EXIT_UNCAUGHT);
         }
+    }
+    if ($recycle !== null) {
+        say("{$label}: recycling: {$recycle}");
+        exit(EXIT_RECYCLE);
     }
     exit(EXIT_OK);
 }

@@ -38,12 +38,15 @@ pub const UNCAUGHT: i32 = 70;
 pub const REQUEST_FAILED: i32 = 71;
 /// The child's own setup failed (a signal mask, PDEATHSIG, a process group).
 pub const CHILD_SETUP_FAILED: i32 = 72;
+/// A planned recycle: a limit (maxCycles, maxLifetimeSeconds, memoryLimitMb)
+/// was reached between cycles; the worker is started again at once.
+pub const RECYCLE: i32 = 75;
 /// The bootstrap file is missing, has a syntax error, or threw.
 pub const BOOTSTRAP_FAILED: i32 = 78;
 /// A PHP fatal error (E_ERROR, out of memory, ...): PHP's own status.
 pub const PHP_FATAL: i32 = 255;
 
-pub const CHILD_EXITS: [ChildExit; 8] = [
+pub const CHILD_EXITS: [ChildExit; 9] = [
     ChildExit { name: "EXIT_OK", code: OK, kind: None, meaning: "clean stop" },
     ChildExit {
         name: "EXIT_CONFIG_SOURCE_FAILED",
@@ -65,6 +68,7 @@ pub const CHILD_EXITS: [ChildExit; 8] = [
         kind: None,
         meaning: "process setup failed",
     },
+    ChildExit { name: "EXIT_RECYCLE", code: RECYCLE, kind: Some(ProcessKind::Worker), meaning: "planned recycle" },
     ChildExit { name: "EXIT_BOOTSTRAP_FAILED", code: BOOTSTRAP_FAILED, kind: None, meaning: "bootstrap failed" },
     ChildExit { name: "EXIT_PHP_FATAL", code: PHP_FATAL, kind: None, meaning: "PHP fatal error" },
 ];

@@ -211,7 +211,7 @@ enum Presence {
 }
 
 // php-lrpm's fields, order and descriptions, then lrpm-host's own.
-const FIELDS: [FieldRule; 11] = [
+const FIELDS: [FieldRule; 14] = [
     FieldRule {
         name: "mtime",
         description: "Time of last modification, must be a UTC Unix timestamp integer",
@@ -256,6 +256,21 @@ const FIELDS: [FieldRule; 11] = [
     FieldRule {
         name: "failureWindowSeconds",
         description: "The window maxFailures counts in, an integer from 1 to 86400 (default 60)",
+        presence: Presence::Optional,
+    },
+    FieldRule {
+        name: "maxCycles",
+        description: "Recycle the worker (start a fresh process at once, no backoff) after this many cycles, an integer from 1",
+        presence: Presence::Optional,
+    },
+    FieldRule {
+        name: "maxLifetimeSeconds",
+        description: "Recycle the worker after it has run this many seconds, an integer from 1",
+        presence: Presence::Optional,
+    },
+    FieldRule {
+        name: "memoryLimitMb",
+        description: "Recycle the worker once its memory (the larger of the Zend heap and the resident set) exceeds this many MB, an integer from 1",
         presence: Presence::Optional,
     },
     FieldRule {
@@ -415,6 +430,9 @@ impl DescribedJob {
                     php_type == "integer" && value.as_u64().is_some_and(|n| (1..=MAX_DURATION_SECONDS).contains(&n))
                 }
                 "essential" => php_type == "boolean",
+                "maxCycles" | "maxLifetimeSeconds" | "memoryLimitMb" => {
+                    php_type == "integer" && value.as_u64().is_some_and(|n| n >= 1)
+                }
                 "cycleIntervalSeconds" => {
                     (php_type == "integer" || php_type == "double")
                         && value.as_f64().is_some_and(|n| n > 0.0 && n <= MAX_DURATION_SECONDS as f64)

@@ -432,3 +432,20 @@ fn host_wide_defaults_apply_to_jobs_without_their_own_fields() {
     farm.wait_starts("own", 3, secs(10.0));
     assert_eq!(farm.events_of("crashy", "start").len(), 2, "{}", farm.diagnostics());
 }
+
+#[test]
+fn planned_recycles_restart_at_once_without_backoff() {
+    let _g = shared();
+    let farm = Farm::start(
+        "recycle",
+        FarmOptions::default(),
+        |jobs| json!({"r": jobs.job_with("r", 1, json!({"sleep": 0.01}), json!({"maxCycles": 1}))}),
+    );
+    let starts = farm.wait_starts("r", 12, secs(10.0));
+    let span = starts[11].t - starts[1].t;
+    assert!(span < 2.0, "10 recycles took {span:.2}s\n{}", farm.diagnostics());
+    let status = farm.status();
+    assert!(status["r"]["state"]["recycles"].as_u64().unwrap_or(0) >= 10, "{status}");
+    assert_eq!(status["r"]["state"]["backoffInterval"], 1, "{status}");
+    assert!(farm.stderr().contains("recycled (a limit was reached)"), "{}", farm.diagnostics());
+}

@@ -431,3 +431,21 @@ fn a_bad_cycle_interval_is_refused() {
     let out = run_with_timeout(worker_with_job("Fixture\\Ticker", &job, &["--cycles", "1"]), DEFAULT_TIMEOUT);
     out.assert_code(64).assert_stderr_contains("field 'cycleIntervalSeconds': Invalid data: got string");
 }
+
+// --- planned recycles ----------------------------------------------------------
+
+#[test]
+fn limits_end_a_worker_with_the_recycle_code() {
+    let job = json!({"workerConfig": {}, "maxCycles": 3});
+    let out = run_with_timeout(worker_with_job("Fixture\\Ticker", &job, &[]), DEFAULT_TIMEOUT);
+    out.assert_code(75).assert_stderr_contains("recycling: maxCycles 3 reached");
+    assert_eq!(ticks(&out.stdout).len(), 3, "{}", out.dump());
+
+    let job = json!({"workerConfig": {}, "memoryLimitMb": 8});
+    let out = run_with_timeout(worker_with_job("Fixture\\Leaker", &job, &[]), DEFAULT_TIMEOUT);
+    out.assert_code(75).assert_stderr_contains("recycling: memoryLimitMb 8 exceeded");
+
+    let job = json!({"workerConfig": {}, "maxLifetimeSeconds": 1});
+    let out = run_with_timeout(worker_with_job("Fixture\\Leaker", &job, &[]), DEFAULT_TIMEOUT);
+    out.assert_code(75).assert_stderr_contains("recycling: maxLifetimeSeconds 1 reached");
+}

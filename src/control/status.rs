@@ -39,6 +39,9 @@ pub struct ProcessState {
     pub held: Option<bool>,
     #[serde(default)]
     pub restarts: Option<u64>,
+    /// Planned recycles (limits reached), also counted in `restarts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recycles: Option<u64>,
     #[serde(default)]
     pub last_exit: Option<LastExit>,
 }
@@ -95,6 +98,7 @@ pub fn process_state(state: &JobState, now: Instant, unix_now: f64) -> ProcessSt
         status: Some(state.status(now)),
         held: Some(state.held()),
         restarts: Some(state.restarts),
+        recycles: Some(state.recycles),
         last_exit: state.last_exit.map(last_exit),
     }
 }

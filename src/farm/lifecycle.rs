@@ -123,6 +123,8 @@ pub struct JobState {
     pub last_exit: Option<ExitKind>,
     pub last_started_at: Option<Instant>,
     pub restarts: u64,
+    /// Planned recycles (a limit reached), counted in `restarts` too.
+    pub recycles: u64,
     /// When recent failures happened (within `failureWindowSeconds`).
     pub failures: std::collections::VecDeque<Instant>,
 }
@@ -136,6 +138,7 @@ impl JobState {
             last_exit: None,
             last_started_at: None,
             restarts: 0,
+            recycles: 0,
             failures: std::collections::VecDeque::new(),
         }
     }

@@ -446,6 +446,17 @@ impl Farm {
         let described = exit.describe(ProcessKind::Worker);
         let phase = state.phase.clone();
         match phase {
+            Phase::Running { .. } if exit == ExitKind::Code(crate::exit_code::RECYCLE) => {
+                // Planned: neither a crash nor a short run; no backoff.
+                let state = self.jobs.get_mut(&id).expect("checked above");
+                state.restarts += 1;
+                state.recycles += 1;
+                actions.push(Action::Log(
+                    LogLevel::Info,
+                    format!("job {id} (pid {pid}) recycled (a limit was reached); starting a fresh process"),
+                ));
+                self.set_phase(&id, Phase::Waiting { at: now });
+            }
             Phase::Running { .. } if !self.restart_allowed(&id, exit, now, actions) => {}
             Phase::Running { since, .. } => {
                 let state = self.jobs.get_mut(&id).expect("checked above");

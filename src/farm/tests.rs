@@ -522,3 +522,13 @@ fn an_essential_job_failing_for_good_shuts_the_farm_down() {
     assert!(step(&mut farm, exited(1, 3), t0).is_empty());
     assert!(!farm.is_shutting_down());
 }
+
+#[test]
+fn a_planned_recycle_restarts_at_once_even_after_a_short_run() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[job(1, 1)]);
+    let actions = step(&mut farm, exited(1, crate::exit_code::RECYCLE), t0);
+    assert_eq!(actions, vec![Action::StartWorker(id(1))]);
+    let state = farm.job(&id(1)).unwrap();
+    assert_eq!((state.recycles, state.backoff.current()), (1, secs(1)));
+}

@@ -367,6 +367,9 @@ fn worker_program_with_source(
         "job": &*job.config,
         "cycles": cycles,
         "cycleInterval": job.cycle_interval_seconds,
+        "maxCycles": job.config.get("maxCycles"),
+        "maxLifetime": job.config.get("maxLifetimeSeconds"),
+        "memoryLimitMb": job.config.get("memoryLimitMb"),
     });
     // A name or id may hold any byte PHP strings hold, NUL included: the
     // title is C text, so a NUL is shown instead of refusing the job.
