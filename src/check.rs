@@ -84,20 +84,20 @@ fn report(
                 let validated = job::validate_entries(jobs);
                 writeln!(out, "{count} job(s), {} valid", validated.jobs.len())?;
                 for job in &validated.jobs {
-                    let mut clock =
+                    let mut extras =
                         job.cycle_interval_seconds.map(|s| format!(", cycleIntervalSeconds {s}")).unwrap_or_default();
                     if job.restart_policy != crate::job::RestartPolicy::Always {
-                        clock.push_str(&format!(", restartPolicy {:?}", job.restart_policy));
+                        extras.push_str(&format!(", restartPolicy {:?}", job.restart_policy));
                     }
                     if let Some(max) = job.max_failures {
-                        clock.push_str(&format!(", maxFailures {max} in {}s", job.failure_window_seconds));
+                        extras.push_str(&format!(", maxFailures {max} in {}s", job.failure_window_seconds));
                     }
                     if job.essential {
-                        clock.push_str(", essential");
+                        extras.push_str(", essential");
                     }
                     writeln!(
                         out,
-                        "  ok    {}: {} ({}, mtime {}, shortRunTimeSeconds {}, shutdownTimeoutSeconds {}{clock})",
+                        "  ok    {}: {} ({}, mtime {}, shortRunTimeSeconds {}, shutdownTimeoutSeconds {}{extras})",
                         job.id,
                         job.name,
                         job.worker_class,

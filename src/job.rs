@@ -620,9 +620,10 @@ pub fn validate_entries_cached(entries: Vec<Value>, cache: &mut EntryCache) -> (
     for (_, job) in &described {
         *seen.entry(job.id.clone()).or_default() += 1;
     }
+    let mut reported = std::collections::HashSet::new();
     for (digest, job) in described {
         if seen[&job.id] > 1 {
-            if seen.insert(job.id.clone(), usize::MAX) != Some(usize::MAX) {
+            if reported.insert(job.id.clone()) {
                 validated.errors.push(entry_error(
                     &job.id.to_string(),
                     "several jobs have this id; all of them are dropped".to_string(),

@@ -610,10 +610,13 @@ impl Farm {
                 .map(|(id, s)| (id.clone(), s.phase.clone()))
                 .collect();
             for (id, phase) in stopping {
-                if let Phase::Stopping { pid, since, then, .. } = with_then(phase) {
-                    self.set_phase(&id, Phase::Stopping { pid, since, kill_at: None, then });
-                    actions.push(Action::KillWorker { id, pid, reason: KillReason::SecondShutdown });
-                }
+                let (pid, since, then) = match phase {
+                    Phase::Stopping { pid, since, then, .. } => (pid, since, then),
+                    Phase::Running { pid, since } => (pid, since, AfterStop::Remove),
+                    _ => continue,
+                };
+                self.set_phase(&id, Phase::Stopping { pid, since, kill_at: None, then });
+                actions.push(Action::KillWorker { id, pid, reason: KillReason::SecondShutdown });
             }
             return;
         }
@@ -701,13 +704,5 @@ impl Farm {
             }
             _ => {}
         }
-    }
-}
-
-/// A process phase with its after-stop intent (a running process ends for good).
-fn with_then(phase: Phase) -> Phase {
-    match phase {
-        Phase::Running { pid, since } => Phase::Stopping { pid, since, kill_at: None, then: AfterStop::Remove },
-        other => other,
     }
 }

@@ -169,10 +169,6 @@ const SUPERVISOR_PRIORITY_BOOST: i32 = 20;
 /// and measured worse: a real-time supervisor waiting in fork() on a lock
 /// held by a normal-priority kernel thread waited longer, not shorter.)
 pub fn raise_supervisor_priority() -> Option<i32> {
-    raise_nice()
-}
-
-fn raise_nice() -> Option<i32> {
     let original = rustix::process::getpriority_process(None).ok()?;
     let raised = (original - SUPERVISOR_PRIORITY_BOOST).max(-20);
     match rustix::process::setpriority_process(None, raised) {

@@ -96,8 +96,7 @@ impl Notifier {
             }
             return;
         }
-        let status = status_line(farm, now);
-        let starting = farm.jobs().values().any(|s| s.status(now) == StatusName::Starting);
+        let (status, starting) = status_line(farm, now);
         if !self.ready_sent && farm.config_process().loaded && !starting {
             self.ready_sent = true;
             self.last_status = status.clone();
@@ -109,8 +108,8 @@ impl Notifier {
     }
 }
 
-/// "3 jobs: 2 running, 1 backoff".
-fn status_line(farm: &Farm, now: Instant) -> String {
+/// "3 jobs: 2 running, 1 backoff", and whether any job is still starting.
+fn status_line(farm: &Farm, now: Instant) -> (String, bool) {
     let mut counts: Vec<(StatusName, usize)> = Vec::new();
     for state in farm.jobs().values() {
         let name = state.status(now);
@@ -122,9 +121,7 @@ fn status_line(farm: &Farm, now: Instant) -> String {
     counts.sort_by_key(|(name, _)| name.as_str());
     let parts: Vec<String> = counts.iter().map(|(name, count)| format!("{count} {}", name.as_str())).collect();
     let total = farm.jobs().len();
-    if parts.is_empty() {
-        format!("{total} jobs")
-    } else {
-        format!("{total} jobs: {}", parts.join(", "))
-    }
+    let starting = counts.iter().any(|(name, _)| *name == StatusName::Starting);
+    let line = if parts.is_empty() { format!("{total} jobs") } else { format!("{total} jobs: {}", parts.join(", ")) };
+    (line, starting)
 }
