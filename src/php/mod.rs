@@ -272,7 +272,9 @@ impl ChildProgram {
         Ok(ChildProgram {
             runner: runner_code(),
             params: CString::new(params.to_string())?,
-            title: CString::new(title)?,
+            // A job's name or id may hold any byte PHP strings hold, NUL
+            // included: the title is C text, so a NUL is shown, not refused.
+            title: CString::new(title.replace('\0', "\\0"))?,
             _argv: argv,
             argv_ptrs,
             message_fd: message_fd.unwrap_or(-1),
@@ -371,9 +373,7 @@ fn worker_program_with_source(
         "maxLifetime": job.config.get("maxLifetimeSeconds"),
         "memoryLimitMb": job.config.get("memoryLimitMb"),
     });
-    // A name or id may hold any byte PHP strings hold, NUL included: the
-    // title is C text, so a NUL is shown instead of refusing the job.
-    let title = format!("lrpm-host: worker {} {}", job.id, job.name).replace('\0', "\\0");
+    let title = format!("lrpm-host: worker {} {}", job.id, job.name);
     let mut program = ChildProgram::new(&params, argv, &title, None)?;
     // Half the shutdown timeout: a stopping worker's blocked stream reads
     // end then, leaving it the other half to finish before SIGKILL.
