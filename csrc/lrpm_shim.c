@@ -80,10 +80,19 @@ static zif_handler original_pcntl_signal = NULL;
 static struct sigaction chained_action[NSIG];
 static volatile sig_atomic_t chained_active[NSIG];
 
+/* This process's shared page, or NULL: also NULL in a process the worker
+ * forked itself, which inherits the mapping but must not write the
+ * worker's facts into it. */
+static lrpm_shared_page *own_shared_page(void)
+{
+    return current_spec && !forked_by_worker ? current_spec->shared_page : NULL;
+}
+
 static void mark_shared_flag(uint64_t bit)
 {
-    if (current_spec && current_spec->shared_page) {
-        __atomic_fetch_or(&current_spec->shared_page->flags, bit, __ATOMIC_RELAXED);
+    lrpm_shared_page *page = own_shared_page();
+    if (page) {
+        __atomic_fetch_or(&page->flags, bit, __ATOMIC_RELAXED);
     }
 }
 
@@ -250,6 +259,28 @@ static long long monotonic_coarse_ns(void)
     return (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
 }
 
+static uint64_t monotonic_ns(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (uint64_t)now.tv_sec * 1000000000ULL + (uint64_t)now.tv_nsec;
+}
+
+/* When the running cycle began (CLOCK_MONOTONIC ns), 0 between cycles; kept
+ * here too so that the end of a cycle does not read the shared page back. */
+static uint64_t cycle_began_ns = 0;
+
+/* Only with a shared page: the worker command's tests and any child without
+ * one pay no clock read. CLOCK_MONOTONIC is a vDSO call, no syscall, so the
+ * supervisor can compare the page with its own clock_gettime(). */
+static void note_cycle_start(void)
+{
+    lrpm_shared_page *page = own_shared_page();
+    if (!page) return;
+    cycle_began_ns = monotonic_ns();
+    __atomic_store_n(&page->cycle_started_ns, cycle_began_ns, __ATOMIC_RELEASE);
+}
+
 /*
  * Bounded waits once a stop is pending. PHP's stream layer (fread/fgets on
  * sockets, and what is built on it: phpredis, mysqlnd, ...) polls again
@@ -306,7 +337,29 @@ static PHP_FUNCTION(lrpm_next_cycle)
             zend_gc_collect_cycles();
         }
     }
+    /* After the collection: it belongs to the time between cycles. */
+    note_cycle_start();
     RETURN_TRUE;
+}
+
+/* Called by the runner right after $worker->cycle() returned: records the
+ * cycle in the shared page (store order: lrpm_shim.h). */
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_cycle_done, 0, 0, IS_VOID, 0)
+ZEND_END_ARG_INFO()
+
+static PHP_FUNCTION(lrpm_cycle_done)
+{
+    ZEND_PARSE_PARAMETERS_NONE();
+    lrpm_shared_page *page = own_shared_page();
+    if (page && cycle_began_ns) {
+        uint64_t now = monotonic_ns();
+        __atomic_store_n(&page->last_cycle_ns, now > cycle_began_ns ? now - cycle_began_ns : 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&page->heap_bytes, (uint64_t)zend_memory_usage(1), __ATOMIC_RELAXED);
+        __atomic_store_n(&page->peak_heap_bytes, (uint64_t)zend_memory_peak_usage(1), __ATOMIC_RELAXED);
+        __atomic_store_n(&page->cycle_started_ns, 0, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&page->cycles, 1, __ATOMIC_RELEASE);
+    }
+    cycle_began_ns = 0;
 }
 
 ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_params, 0, 0, IS_STRING, 0)
@@ -434,6 +487,7 @@ static const zend_function_entry host_functions[] = {
     ZEND_RAW_FENTRY("Lrpm\\Internal\\next_cycle", zif_lrpm_next_cycle, arginfo_lrpm_next_cycle, 0)
     ZEND_RAW_FENTRY("Lrpm\\Internal\\send", zif_lrpm_send, arginfo_lrpm_send, 0)
     ZEND_RAW_FENTRY("Lrpm\\Internal\\wait", zif_lrpm_wait, arginfo_lrpm_wait, 0)
+    ZEND_RAW_FENTRY("Lrpm\\Internal\\cycle_done", zif_lrpm_cycle_done, arginfo_lrpm_cycle_done, 0)
     ZEND_FE(cli_set_process_title, arginfo_cli_set_process_title)
     ZEND_FE(cli_get_process_title, arginfo_cli_get_process_title)
     ZEND_FE_END
@@ -633,6 +687,7 @@ int lrpm_child_main(const lrpm_child_spec *spec)
     stop_requested = 0;
     stop_requested_at_ns = 0;
     forked_by_worker = 0;
+    cycle_began_ns = 0;
     last_gc_between_cycles_ns = monotonic_coarse_ns();
     pthread_atfork(NULL, NULL, on_fork_in_child);
     reload_requested = 0;

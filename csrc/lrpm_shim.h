@@ -12,26 +12,41 @@
 /*
  * One page of memory shared between the supervisor and one child
  * (mmap(MAP_SHARED|MAP_ANONYMOUS) by the parent before fork; Rust side:
- * src/process/shared_page.rs, which must keep the same layout). The child
- * writes, the supervisor reads; every field is 64-bit and updated with
- * atomic operations.
+ * src/process/shared_page.rs, which must keep the same layout and offsets).
+ * The child writes, the supervisor reads; every field is 64-bit (the header
+ * words 32-bit) and updated with atomic operations, never with a syscall.
  */
 #define LRPM_SHARED_PAGE_SIZE 4096
 #define LRPM_SHARED_PAGE_MAGIC 0x4d50524cu /* "LRPM" read as little-endian */
-#define LRPM_SHARED_PAGE_VERSION 1u
+#define LRPM_SHARED_PAGE_VERSION 2u
 
 /* Bits of lrpm_shared_page.flags. */
 /* User code called pcntl_signal(SIGTERM, ...) / pcntl_signal(SIGINT, ...). */
 #define LRPM_FLAG_USER_SIGTERM_HANDLER 0x1u
 #define LRPM_FLAG_USER_SIGINT_HANDLER 0x2u
 
+/*
+ * The cycle fields (version 2) are written by the worker loop: when a cycle
+ * is about to start (Lrpm\Internal\next_cycle() returning true) and right
+ * after cycle() returned (Lrpm\Internal\cycle_done()). At the end of a
+ * cycle the stores go in this order: last_cycle_ns, heap_bytes,
+ * peak_heap_bytes, cycle_started_ns = 0 (all relaxed), then cycles += 1
+ * with release. A reader that loads cycles with acquire first therefore
+ * never pairs the new count with the start time of the cycle it counts:
+ * it sees 0 or a later cycle's start, and figures at least as recent as
+ * the count.
+ */
 typedef struct lrpm_shared_page {
-    uint32_t magic;   /* LRPM_SHARED_PAGE_MAGIC, written by the parent */
-    uint32_t version; /* LRPM_SHARED_PAGE_VERSION */
-    uint64_t flags;   /* LRPM_FLAG_* */
-    /* Room for per-worker counters (cycle count, start of the current
-     * cycle, Zend heap size, ...); zero until a version defines them. */
-    uint64_t reserved[(LRPM_SHARED_PAGE_SIZE - 16) / 8];
+    uint32_t magic;            /* LRPM_SHARED_PAGE_MAGIC, written by the parent */
+    uint32_t version;          /* LRPM_SHARED_PAGE_VERSION */
+    uint64_t flags;            /* LRPM_FLAG_* */
+    uint64_t cycles;           /* completed cycle() calls of this process */
+    uint64_t cycle_started_ns; /* CLOCK_MONOTONIC ns the running cycle began; 0 between cycles */
+    uint64_t last_cycle_ns;    /* duration of the last completed cycle, ns */
+    uint64_t heap_bytes;       /* zend_memory_usage(1) at the end of the last cycle */
+    uint64_t peak_heap_bytes;  /* zend_memory_peak_usage(1) at the end of the last cycle */
+    /* Room for later versions; zero until one defines them. */
+    uint64_t reserved[(LRPM_SHARED_PAGE_SIZE - 56) / 8];
 } lrpm_shared_page;
 
 /* Status codes returned by lrpm_boot(). */

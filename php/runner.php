@@ -151,7 +151,8 @@ function run_worker(array $params): void
     $memoryCheckedAt = 0;
     $recycle = null;
     // next_cycle() is false once a stop was requested, and in a process the
-    // worker forked itself; it also collects cyclic garbage between cycles.
+    // worker forked itself; it also collects cyclic garbage between cycles
+    // and records in the shared page that a cycle starts.
     while (\Lrpm\Internal\next_cycle()) {
         $began = \hrtime(true);
         try {
@@ -164,6 +165,8 @@ function run_worker(array $params): void
             \fwrite(\STDERR, describe_throwable($e) . \PHP_EOL);
             exit(EXIT_UNCAUGHT);
         }
+        // Records the cycle (count, duration, heap) in the shared page.
+        cycle_done();
         if ($cyclesLeft !== null && --$cyclesLeft <= 0) {
             break;
         }

@@ -256,6 +256,18 @@ const _: () = {
     assert!(ffi::LRPM_SHARED_PAGE_VERSION == shared_page::VERSION);
     assert!(ffi::LRPM_FLAG_USER_SIGTERM_HANDLER as u64 == shared_page::FLAG_USER_SIGTERM_HANDLER);
     assert!(ffi::LRPM_FLAG_USER_SIGINT_HANDLER as u64 == shared_page::FLAG_USER_SIGINT_HANDLER);
+    use shared_page::Layout;
+    use std::mem::offset_of;
+    type C = ffi::lrpm_shared_page;
+    assert!(offset_of!(C, magic) == offset_of!(Layout, magic));
+    assert!(offset_of!(C, version) == offset_of!(Layout, version));
+    assert!(offset_of!(C, flags) == offset_of!(Layout, flags));
+    assert!(offset_of!(C, cycles) == offset_of!(Layout, cycles));
+    assert!(offset_of!(C, cycle_started_ns) == offset_of!(Layout, cycle_started_ns));
+    assert!(offset_of!(C, last_cycle_ns) == offset_of!(Layout, last_cycle_ns));
+    assert!(offset_of!(C, heap_bytes) == offset_of!(Layout, heap_bytes));
+    assert!(offset_of!(C, peak_heap_bytes) == offset_of!(Layout, peak_heap_bytes));
+    assert!(offset_of!(C, reserved) == offset_of!(Layout, reserved));
 };
 
 impl ChildProgram {

@@ -135,6 +135,15 @@ pub fn reap_exited(leads_group: impl Fn(Pid) -> bool, max: usize) -> (Vec<(Pid, 
     (reaped, false)
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock workers write their cycle
+/// times with (`shared_page::SharedPage::cycle_snapshot` compares against
+/// it). Not an `Instant`, whose readings cannot be built from raw ns.
+pub fn monotonic_now_ns() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    // Both fields are non-negative for CLOCK_MONOTONIC.
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
 /// Sends `sig` to the process group a child leads (the child and what it
 /// started). Only for children not yet reaped: their group id cannot have
 /// been recycled.

@@ -1,17 +1,20 @@
 //! One page of memory shared between the supervisor and one child: the
-//! child writes facts about itself (today: whether user code replaced the
-//! stop handler), the supervisor reads them without a syscall. The page is
+//! child writes facts about itself (whether user code replaced the stop
+//! handler; its cycle count, the start of its running cycle, the length of
+//! its last one and its Zend heap), the supervisor reads them without a
+//! syscall. The page is
 //! mapped `MAP_SHARED | MAP_ANONYMOUS` by the parent before fork, so the
 //! child inherits the same physical page. The supervisor maps one region of
 //! many pages once (`SharedSlots`) and hands out one page per worker, so a
 //! farm of any size adds one mapping to each process, not one per worker;
 //! only the pages of live workers ever take memory. Layout: `lrpm_shared_page` in
-//! csrc/lrpm_shim.h (src/php checks the constants against it at compile
-//! time).
+//! csrc/lrpm_shim.h (src/php checks the constants and offsets against it at
+//! compile time).
 
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use nix::errno::Errno;
 
@@ -19,8 +22,9 @@ use nix::errno::Errno;
 pub const PAGE_SIZE: usize = 4096;
 /// `LRPM_SHARED_PAGE_MAGIC`: "LRPM" read as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"LRPM");
-/// `LRPM_SHARED_PAGE_VERSION`: bump when a field changes meaning.
-pub const VERSION: u32 = 1;
+/// `LRPM_SHARED_PAGE_VERSION`: bump when a field is added or changes meaning.
+/// Version 2 added the cycle fields.
+pub const VERSION: u32 = 2;
 /// `LRPM_FLAG_USER_SIGTERM_HANDLER`: user code called `pcntl_signal(SIGTERM, ...)`.
 pub const FLAG_USER_SIGTERM_HANDLER: u64 = 0x1;
 /// `LRPM_FLAG_USER_SIGINT_HANDLER`: user code called `pcntl_signal(SIGINT, ...)`.
@@ -28,17 +32,49 @@ pub const FLAG_USER_SIGINT_HANDLER: u64 = 0x2;
 
 /// The `#[repr(C)]` twin of `lrpm_shared_page`. Every field is written
 /// atomically by the child and read atomically here.
+///
+/// The cycle fields are written by the worker loop in C. When a cycle ends
+/// the child stores `last_cycle_ns`, `heap_bytes`, `peak_heap_bytes` and
+/// `cycle_started_ns = 0`, then increments `cycles` with release ordering;
+/// readers load `cycles` with acquire first, so a count never comes with the
+/// start time of the cycle it already counts.
 #[repr(C)]
 pub struct Layout {
     pub magic: AtomicU32,
     pub version: AtomicU32,
     pub flags: AtomicU64,
-    /// Room for per-worker counters (cycle count, start of the current
-    /// cycle, Zend heap size); zero until a version defines them.
-    pub reserved: [AtomicU64; (PAGE_SIZE - 16) / 8],
+    /// Completed `cycle()` calls of this process.
+    pub cycles: AtomicU64,
+    /// CLOCK_MONOTONIC ns when the running cycle began; 0 between cycles
+    /// (clock-mode waits included) and before the first one.
+    pub cycle_started_ns: AtomicU64,
+    /// Duration of the last completed cycle, ns.
+    pub last_cycle_ns: AtomicU64,
+    /// `memory_get_usage(true)` at the end of the last cycle.
+    pub heap_bytes: AtomicU64,
+    /// `memory_get_peak_usage(true)` at the end of the last cycle.
+    pub peak_heap_bytes: AtomicU64,
+    /// Room for later versions; zero until one defines them.
+    pub reserved: [AtomicU64; (PAGE_SIZE - 56) / 8],
+}
+
+/// What a worker's page says about its cycles, read at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CycleSnapshot {
+    /// Completed `cycle()` calls.
+    pub cycles: u64,
+    /// How long the running cycle has taken so far; None between cycles.
+    pub current_cycle_running_for: Option<Duration>,
+    /// How long the last completed cycle took; None until one completed.
+    pub last_cycle: Option<Duration>,
+    /// Zend heap (`memory_get_usage(true)`) at the end of the last cycle.
+    pub heap_bytes: u64,
+    /// Zend heap peak (`memory_get_peak_usage(true)`) at the end of the last cycle.
+    pub peak_heap_bytes: u64,
 }
 
 const _: () = assert!(std::mem::size_of::<Layout>() == PAGE_SIZE);
+const _: () = assert!(std::mem::offset_of!(Layout, reserved) == 56);
 
 struct Mapping {
     pages: NonNull<Layout>,
@@ -94,7 +130,7 @@ pub struct SharedPage {
 
 impl std::fmt::Debug for SharedPage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedPage").field("flags", &self.flags()).finish()
+        f.debug_struct("SharedPage").field("flags", &self.flags()).field("cycles", &self.cycles()).finish()
     }
 }
 
@@ -107,10 +143,20 @@ impl SharedPage {
         Ok(page)
     }
 
-    /// Zero flags, then the header: the page as a new child must find it.
+    /// Zero flags and counters, then the header: the page as a new child
+    /// must find it.
     fn reset(&self) {
         let layout = self.layout();
-        layout.flags.store(0, Ordering::Relaxed);
+        for word in [
+            &layout.flags,
+            &layout.cycles,
+            &layout.cycle_started_ns,
+            &layout.last_cycle_ns,
+            &layout.heap_bytes,
+            &layout.peak_heap_bytes,
+        ] {
+            word.store(0, Ordering::Relaxed);
+        }
         for word in &layout.reserved {
             word.store(0, Ordering::Relaxed);
         }
@@ -150,6 +196,68 @@ impl SharedPage {
     /// Sets flag bits, as the child does from C (tests; Rust children).
     pub fn set_flags(&self, bits: u64) {
         self.layout().flags.fetch_or(bits, Ordering::AcqRel);
+    }
+
+    /// Completed cycles.
+    pub fn cycles(&self) -> u64 {
+        self.layout().cycles.load(Ordering::Acquire)
+    }
+
+    /// CLOCK_MONOTONIC ns when the running cycle began, 0 between cycles.
+    pub fn cycle_started_ns(&self) -> u64 {
+        self.layout().cycle_started_ns.load(Ordering::Acquire)
+    }
+
+    /// Duration of the last completed cycle in ns (0 before the first).
+    pub fn last_cycle_ns(&self) -> u64 {
+        self.layout().last_cycle_ns.load(Ordering::Relaxed)
+    }
+
+    /// Zend heap at the end of the last cycle, bytes.
+    pub fn heap_bytes(&self) -> u64 {
+        self.layout().heap_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Zend heap peak at the end of the last cycle, bytes.
+    pub fn peak_heap_bytes(&self) -> u64 {
+        self.layout().peak_heap_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The cycle fields at one moment. `now_monotonic_ns` is the reader's
+    /// [`monotonic_now_ns`](crate::process::monotonic_now_ns): the page holds
+    /// raw CLOCK_MONOTONIC readings, which mean the same in every process.
+    /// The count is loaded first (see [`Layout`] for why).
+    pub fn cycle_snapshot(&self, now_monotonic_ns: u64) -> CycleSnapshot {
+        let cycles = self.cycles();
+        let started = self.cycle_started_ns();
+        CycleSnapshot {
+            cycles,
+            // The child may have started the cycle after the reader read its
+            // clock: that is a cycle running for no time yet.
+            current_cycle_running_for: (started != 0)
+                .then(|| Duration::from_nanos(now_monotonic_ns.saturating_sub(started))),
+            last_cycle: (cycles > 0).then(|| Duration::from_nanos(self.last_cycle_ns())),
+            heap_bytes: self.heap_bytes(),
+            peak_heap_bytes: self.peak_heap_bytes(),
+        }
+    }
+
+    /// A cycle begins, as `Lrpm\Internal\next_cycle()` records it in C
+    /// (tests; Rust children).
+    pub fn record_cycle_start(&self, now_monotonic_ns: u64) {
+        self.layout().cycle_started_ns.store(now_monotonic_ns, Ordering::Release);
+    }
+
+    /// A cycle ends, with the stores in the order `Lrpm\Internal\cycle_done()`
+    /// uses in C (tests; Rust children).
+    pub fn record_cycle_end(&self, now_monotonic_ns: u64, heap_bytes: u64, peak_heap_bytes: u64) {
+        let layout = self.layout();
+        let began = layout.cycle_started_ns.load(Ordering::Relaxed);
+        layout.last_cycle_ns.store(now_monotonic_ns.saturating_sub(began), Ordering::Relaxed);
+        layout.heap_bytes.store(heap_bytes, Ordering::Relaxed);
+        layout.peak_heap_bytes.store(peak_heap_bytes, Ordering::Relaxed);
+        layout.cycle_started_ns.store(0, Ordering::Relaxed);
+        layout.cycles.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -236,5 +344,95 @@ mod tests {
         }
         assert!(page.user_replaced_stop_handler());
         assert_eq!(page.flags(), FLAG_USER_SIGINT_HANDLER);
+    }
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn a_snapshot_before_the_first_cycle_has_no_times() {
+        let page = SharedPage::new().unwrap();
+        let snapshot = page.cycle_snapshot(crate::process::monotonic_now_ns());
+        assert_eq!(
+            snapshot,
+            CycleSnapshot {
+                cycles: 0,
+                current_cycle_running_for: None,
+                last_cycle: None,
+                heap_bytes: 0,
+                peak_heap_bytes: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_snapshot_tells_a_running_cycle_from_the_time_between_cycles() {
+        let page = SharedPage::new().unwrap();
+        page.record_cycle_start(1_000 * MS);
+        let running = page.cycle_snapshot(1_250 * MS);
+        assert_eq!((running.cycles, running.last_cycle), (0, None));
+        assert_eq!(running.current_cycle_running_for, Some(Duration::from_millis(250)));
+        // A reader whose clock read came before the child's start store.
+        assert_eq!(page.cycle_snapshot(999 * MS).current_cycle_running_for, Some(Duration::ZERO));
+
+        page.record_cycle_end(1_300 * MS, 4 << 20, 6 << 20);
+        let between = page.cycle_snapshot(5_000 * MS);
+        assert_eq!(
+            between,
+            CycleSnapshot {
+                cycles: 1,
+                current_cycle_running_for: None,
+                last_cycle: Some(Duration::from_millis(300)),
+                heap_bytes: 4 << 20,
+                peak_heap_bytes: 6 << 20
+            }
+        );
+
+        page.record_cycle_start(5_000 * MS);
+        let second = page.cycle_snapshot(5_010 * MS);
+        assert_eq!(second.cycles, 1);
+        assert_eq!(second.current_cycle_running_for, Some(Duration::from_millis(10)));
+        assert_eq!(second.last_cycle, Some(Duration::from_millis(300)), "the last completed one");
+    }
+
+    #[test]
+    fn a_reused_slot_starts_with_no_cycles() {
+        let mut slots = SharedSlots::new(1).unwrap();
+        let page = slots.allocate().unwrap();
+        page.record_cycle_start(10 * MS);
+        page.record_cycle_end(20 * MS, 1, 2);
+        page.record_cycle_start(30 * MS);
+        slots.release(page);
+        let again = slots.allocate().unwrap();
+        assert_eq!(again.cycle_snapshot(40 * MS), SharedPage::new().unwrap().cycle_snapshot(40 * MS));
+    }
+
+    #[test]
+    fn monotonic_now_is_the_clock_a_forked_child_writes_with() {
+        let page = SharedPage::new().unwrap();
+        let before = crate::process::monotonic_now_ns();
+        // SAFETY: the child only reads the clock, does atomic stores and
+        // _exits; the test harness's other threads are not touched in it.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let began = crate::process::monotonic_now_ns();
+                page.record_cycle_start(began);
+                page.record_cycle_end(began + 7 * MS, 3 << 20, 5 << 20);
+                page.record_cycle_start(crate::process::monotonic_now_ns());
+                // SAFETY: leaving the forked test process without running
+                // the harness's destructors.
+                unsafe { libc::_exit(0) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                nix::sys::wait::waitpid(child, None).unwrap();
+            }
+        }
+        let after = crate::process::monotonic_now_ns();
+        let started = page.cycle_started_ns();
+        assert!(before <= started && started <= after, "{before} <= {started} <= {after}");
+        let snapshot = page.cycle_snapshot(after);
+        assert_eq!(snapshot.cycles, 1);
+        assert_eq!(snapshot.last_cycle, Some(Duration::from_millis(7)));
+        assert_eq!((snapshot.heap_bytes, snapshot.peak_heap_bytes), (3 << 20, 5 << 20));
+        assert_eq!(snapshot.current_cycle_running_for, Some(Duration::from_nanos(after - started)));
     }
 }
