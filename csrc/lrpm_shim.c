@@ -231,6 +231,17 @@ void lrpm_title_set(const char *title)
 
 const char *lrpm_php_version(void) { return PHP_VERSION; }
 
+/* Set once lrpm_boot() succeeded: before that PG(memory_limit) is a zeroed
+ * global, not a setting. */
+static bool module_started = false;
+
+long long lrpm_memory_limit_bytes(void)
+{
+    if (!module_started) return -1;
+    /* Any negative limit disables the check (zend_alloc compares as size_t). */
+    return PG(memory_limit) < 0 ? -1 : (long long)PG(memory_limit);
+}
+
 /* ------------------------------------------------------------------ */
 /* Host functions visible to PHP                                       */
 /* ------------------------------------------------------------------ */
@@ -600,6 +611,7 @@ int lrpm_boot(const char *ini_entries, const char *executable_location)
     if (lrpm_sapi_module.startup(&lrpm_sapi_module) == FAILURE) {
         return LRPM_BOOT_MODULE_FAILED;
     }
+    module_started = true;
     return LRPM_BOOT_OK;
 }
 

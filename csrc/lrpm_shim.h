@@ -102,6 +102,12 @@ void lrpm_title_init(void);
 /* Sets the title shown by ps (truncated to the available area). */
 void lrpm_title_set(const char *title);
 
+/*
+ * PHP's memory_limit in bytes as the module sees it after lrpm_boot()
+ * (php.ini, -d): -1 when unlimited, and before a successful boot.
+ */
+long long lrpm_memory_limit_bytes(void);
+
 /* PHP version string the library was built with (PHP_VERSION). */
 const char *lrpm_php_version(void);
 

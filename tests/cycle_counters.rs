@@ -221,7 +221,11 @@ fn a_worker_without_a_page_runs_as_before(engine: &Engine) {
 }
 
 fn main() {
-    let engine = Engine::boot(&EngineSettings::default()).expect("PHP module startup");
+    let settings = EngineSettings { ini_overrides: vec!["memory_limit=96M".into()], ..Default::default() };
+    assert_eq!(php::memory_limit_bytes(), None, "no limit before the module started");
+    let engine = Engine::boot(&settings).expect("PHP module startup");
+    assert_eq!(php::memory_limit_bytes(), Some(96 * MIB), "memory_limit as the module sees it");
+    println!("memory_limit_bytes: ok");
 
     counts_cycles_times_them_and_measures_the_heap(&engine);
     a_clock_mode_wait_is_not_a_running_cycle(&engine);

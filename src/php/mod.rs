@@ -214,6 +214,19 @@ impl Engine {
     }
 }
 
+/// PHP's `memory_limit` in bytes as the module started with it (php.ini,
+/// `-d`); None when unlimited (-1) or before [`Engine::boot`] succeeded.
+pub fn memory_limit_bytes() -> Option<u64> {
+    // SAFETY: reads one global of the module (or returns -1 before it
+    // started); no pointer crosses the call.
+    limit_from_raw(unsafe { ffi::lrpm_memory_limit_bytes() })
+}
+
+/// PHP's convention: a negative limit is no limit.
+fn limit_from_raw(raw: i64) -> Option<u64> {
+    u64::try_from(raw).ok()
+}
+
 /// The PHP version libphp was built as.
 pub fn php_version() -> &'static str {
     env!("LRPM_PHP_VERSION")
@@ -418,4 +431,16 @@ pub fn config_program(
     // Half the configuration process's 5 s stop timeout.
     program.set_stop_grace(std::time::Duration::from_millis(2500));
     Ok(program)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_negative_memory_limit_is_no_limit() {
+        assert_eq!(limit_from_raw(-1), None);
+        assert_eq!(limit_from_raw(i64::MIN), None);
+        assert_eq!(limit_from_raw(128 << 20), Some(128 << 20));
+    }
 }
