@@ -373,6 +373,60 @@ static PHP_FUNCTION(lrpm_cycle_done)
     cycle_began_ns = 0;
 }
 
+/* Which job and replica slot this worker runs, set by the runner before
+ * the bootstrap; unset (null to PHP) in the configuration process. Copied
+ * with malloc: it must outlive every request-bound allocation. */
+static char *identity_job_id = NULL;
+static size_t identity_job_id_len = 0;
+static zend_long identity_slot = 0;
+
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_set_identity, 0, 2, IS_VOID, 0)
+    ZEND_ARG_TYPE_INFO(0, jobId, IS_STRING, 0)
+    ZEND_ARG_TYPE_INFO(0, slot, IS_LONG, 0)
+ZEND_END_ARG_INFO()
+
+/* Only the first call counts: the runner makes it before any user code
+ * runs, so user code cannot make job_id() name another job. */
+static PHP_FUNCTION(lrpm_set_identity)
+{
+    zend_string *job_id;
+    zend_long slot;
+    ZEND_PARSE_PARAMETERS_START(2, 2)
+        Z_PARAM_STR(job_id)
+        Z_PARAM_LONG(slot)
+    ZEND_PARSE_PARAMETERS_END();
+    if (identity_job_id) return;
+    char *copy = malloc(ZSTR_LEN(job_id) + 1);
+    if (!copy) {
+        zend_throw_error(NULL, "out of memory");
+        RETURN_THROWS();
+    }
+    memcpy(copy, ZSTR_VAL(job_id), ZSTR_LEN(job_id) + 1);
+    identity_job_id = copy;
+    identity_job_id_len = ZSTR_LEN(job_id);
+    identity_slot = slot;
+}
+
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_job_id, 0, 0, IS_STRING, 1)
+ZEND_END_ARG_INFO()
+
+static PHP_FUNCTION(lrpm_job_id)
+{
+    ZEND_PARSE_PARAMETERS_NONE();
+    if (!identity_job_id) RETURN_NULL();
+    RETURN_STRINGL(identity_job_id, identity_job_id_len);
+}
+
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_slot, 0, 0, IS_LONG, 1)
+ZEND_END_ARG_INFO()
+
+static PHP_FUNCTION(lrpm_slot)
+{
+    ZEND_PARSE_PARAMETERS_NONE();
+    if (!identity_job_id) RETURN_NULL();
+    RETURN_LONG(identity_slot);
+}
+
 ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_params, 0, 0, IS_STRING, 0)
 ZEND_END_ARG_INFO()
 
@@ -499,6 +553,9 @@ static const zend_function_entry host_functions[] = {
     ZEND_RAW_FENTRY("Lrpm\\Internal\\send", zif_lrpm_send, arginfo_lrpm_send, 0)
     ZEND_RAW_FENTRY("Lrpm\\Internal\\wait", zif_lrpm_wait, arginfo_lrpm_wait, 0)
     ZEND_RAW_FENTRY("Lrpm\\Internal\\cycle_done", zif_lrpm_cycle_done, arginfo_lrpm_cycle_done, 0)
+    ZEND_RAW_FENTRY("Lrpm\\Internal\\set_identity", zif_lrpm_set_identity, arginfo_lrpm_set_identity, 0)
+    ZEND_RAW_FENTRY("Lrpm\\job_id", zif_lrpm_job_id, arginfo_lrpm_job_id, 0)
+    ZEND_RAW_FENTRY("Lrpm\\slot", zif_lrpm_slot, arginfo_lrpm_slot, 0)
     ZEND_FE(cli_set_process_title, arginfo_cli_set_process_title)
     ZEND_FE(cli_get_process_title, arginfo_cli_get_process_title)
     ZEND_FE_END

@@ -111,6 +111,18 @@ function include_source_file(string $file): void
     }
 }
 
+// Who this worker is, set before the bootstrap so that it can ask too:
+// Lrpm\job_id() and Lrpm\slot(), $_SERVER, and the environment (putenv),
+// which processes the worker starts inherit.
+function set_worker_identity(string $jobId, int $slot): void
+{
+    set_identity($jobId, $slot);
+    $_SERVER['LRPM_JOB_ID'] = $jobId;
+    $_SERVER['LRPM_SLOT'] = (string) $slot;
+    \putenv('LRPM_JOB_ID=' . $jobId);
+    \putenv('LRPM_SLOT=' . $slot);
+}
+
 function run_worker(array $params): void
 {
     $class = \ltrim((string) $params['class'], '\\');
@@ -406,6 +418,9 @@ function main(): void
     define_exit_codes($params['exitCodes']);
     // Freed now rather than kept as a possible GC root for the whole run.
     unset($params['exitCodes']);
+    if ($params['mode'] === 'worker') {
+        set_worker_identity((string) $params['jobId'], (int) ($params['slot'] ?? 0));
+    }
     bootstrap($params['bootstrap'] ?? null, $params['interfaces']);
     switch ($params['mode']) {
         case 'worker':

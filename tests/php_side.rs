@@ -449,3 +449,96 @@ fn limits_end_a_worker_with_the_recycle_code() {
     let out = run_with_timeout(worker_with_job("Fixture\\Leaker", &job, &[]), DEFAULT_TIMEOUT);
     out.assert_code(75).assert_stderr_contains("recycling: maxLifetimeSeconds 1 reached");
 }
+
+// --- who a worker is: Lrpm\job_id(), Lrpm\slot() -------------------------------
+
+/// What Fixture\IdentityProbe wrote from start().
+fn read_identity(path: &Path, diagnostics: impl FnOnce() -> String) -> Value {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}\n{}", path.display(), diagnostics()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn identity_bootstrap() -> PathBuf {
+    app_dir().join("identity_bootstrap.php")
+}
+
+#[test]
+fn the_worker_command_tells_the_worker_its_job_id_and_slot() {
+    let dir = TempDir::new("identity_cmd");
+    let out_file = dir.join("identity.json");
+    let job = json!({"workerConfig": {"out": out_file.to_string_lossy()}});
+    let bootstrap = identity_bootstrap();
+    let bootstrap = bootstrap.to_string_lossy();
+    let args = ["--id", "job-7", "--cycles", "1", "--bootstrap", &bootstrap];
+    let out = run_with_timeout(worker_with_job("Fixture\\IdentityProbe", &job, &args), DEFAULT_TIMEOUT);
+    out.assert_code(0);
+    let seen = read_identity(&out_file, || out.dump());
+    assert_eq!(seen["jobId"], "job-7", "{seen}");
+    assert_eq!(seen["slot"], 0, "{seen}");
+    assert_eq!(seen["serverJobId"], "job-7", "{seen}");
+    assert_eq!(seen["serverSlot"], "0", "{seen}");
+    assert_eq!(seen["envJobId"], "job-7", "{seen}");
+    assert_eq!(seen["envSlot"], "0", "{seen}");
+    assert_eq!(seen["childEnv"], "job-7/0", "a process the worker starts inherits them\n{seen}");
+    assert_eq!(seen["bootstrapSaw"], json!({"jobId": "job-7", "slot": 0}), "{seen}");
+    // start() gets the job exactly as before: nothing about the identity is added.
+    assert_eq!(
+        seen["job"],
+        json!({
+            "name": "Fixture\\IdentityProbe",
+            "workerClass": "Fixture\\IdentityProbe",
+            "mtime": 0,
+            "workerConfig": {"out": out_file.to_string_lossy()},
+            "shortRunTimeSeconds": 5,
+            "shutdownTimeoutSeconds": 10,
+        }),
+        "{seen}"
+    );
+}
+
+#[test]
+fn a_farm_worker_knows_its_job_id_and_the_configuration_process_has_none() {
+    let dir = TempDir::new("identity_farm");
+    let worker_file = dir.join("worker.json");
+    let config_file = dir.join("config.json");
+    let jobs = json!({"7": job("Fixture\\IdentityProbe", json!({"out": worker_file.to_string_lossy()}), json!({}))});
+    let source = dir.join("source.php");
+    let code = format!(
+        "<?php\nreturn new class implements Lrpm\\ConfigurationSource {{\n    public function loadConfiguration(): array\n    {{\n        \
+         file_put_contents({config:?}, json_encode(['jobId' => \\Lrpm\\job_id(), 'slot' => \\Lrpm\\slot(), \
+         'env' => getenv('LRPM_JOB_ID'), 'bootstrapSaw' => $GLOBALS['identityInBootstrap'] ?? null]));\n        \
+         return json_decode(<<<'JSON'\n{jobs}\nJSON, true);\n    }}\n}};\n",
+        config = config_file.to_string_lossy(),
+    );
+    fs::write(&source, code).unwrap();
+    let mut farm = start_farm(&dir, &source, Some(&identity_bootstrap()));
+    wait_until(&mut farm, DEFAULT_TIMEOUT, "the worker's identity file", |_| worker_file.exists().then_some(()));
+    let seen = read_identity(&worker_file, || farm.dump_so_far());
+    assert_eq!(seen["jobId"], "7", "an integer id is a string\n{seen}");
+    assert_eq!(seen["slot"], 0, "{seen}");
+    assert_eq!(seen["serverJobId"], "7", "{seen}");
+    assert_eq!(seen["envSlot"], "0", "{seen}");
+    assert_eq!(seen["childEnv"], "7/0", "{seen}");
+    assert_eq!(seen["bootstrapSaw"], json!({"jobId": "7", "slot": 0}), "{seen}");
+    assert_eq!(
+        seen["job"],
+        jobs["7"]
+            .as_object()
+            .map(|j| {
+                let mut j = j.clone();
+                j.insert("shortRunTimeSeconds".into(), json!(5));
+                j.insert("shutdownTimeoutSeconds".into(), json!(10));
+                Value::Object(j)
+            })
+            .unwrap(),
+        "{seen}"
+    );
+    let config = read_identity(&config_file, || farm.dump_so_far());
+    assert_eq!(
+        config,
+        json!({"jobId": null, "slot": null, "env": false, "bootstrapSaw": {"jobId": null, "slot": null}}),
+        "the configuration process is no job's worker"
+    );
+    farm.signal(Signal::SIGTERM);
+    farm.wait_within(DEFAULT_TIMEOUT).assert_code(0);
+}

@@ -31,6 +31,20 @@ namespace Lrpm {
 
     /** True once the host asked this process to stop (SIGTERM/SIGINT) or the supervisor is gone. */
     function should_stop(): bool {}
+
+    /**
+     * The id of the job this worker process runs (an integer id as a string,
+     * "42"), set before the bootstrap runs; null in the configuration process.
+     * Also in $_SERVER['LRPM_JOB_ID'] and the environment (LRPM_JOB_ID).
+     */
+    function job_id(): ?string {}
+
+    /**
+     * The replica slot of this worker process (0 for a job's first, today
+     * only, process); null in the configuration process. Also in
+     * $_SERVER['LRPM_SLOT'] and the environment (LRPM_SLOT).
+     */
+    function slot(): ?int {}
 }
 
 namespace PHPLRPM {

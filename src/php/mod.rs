@@ -360,19 +360,21 @@ pub fn worker_program(
     cycles: Option<u64>,
     argv: &[String],
 ) -> Result<ChildProgram, PhpError> {
-    worker_program_with_source(job, bootstrap, None, cycles, argv)
+    worker_program_with_source(job, bootstrap, None, cycles, argv, 0)
 }
 
 /// The runner parameters for a farm's worker process of `job`;
 /// `source_file` is the farm's source when it is a file: workers include it
-/// when there is no bootstrap ([`workers_load_source`]).
+/// when there is no bootstrap ([`workers_load_source`]). `slot` is the
+/// replica this process runs (`Lrpm\slot()`).
 pub fn farm_worker_program(
     job: &crate::job::Job,
     bootstrap: Option<&std::path::Path>,
     source_file: Option<&std::path::Path>,
     argv: &[String],
+    slot: u32,
 ) -> Result<ChildProgram, PhpError> {
-    worker_program_with_source(job, bootstrap, source_file, None, argv)
+    worker_program_with_source(job, bootstrap, source_file, None, argv, slot)
 }
 
 fn worker_program_with_source(
@@ -381,6 +383,7 @@ fn worker_program_with_source(
     source_file: Option<&std::path::Path>,
     cycles: Option<u64>,
     argv: &[String],
+    slot: u32,
 ) -> Result<ChildProgram, PhpError> {
     let source_file = source_file.filter(|_| workers_load_source(true, bootstrap));
     let params = serde_json::json!({
@@ -391,6 +394,7 @@ fn worker_program_with_source(
         "sourceFile": source_file.map(|p| p.to_string_lossy()),
         "class": job.worker_class,
         "jobId": job.id.to_string(),
+        "slot": slot,
         "job": &*job.config,
         "cycles": cycles,
         "cycleInterval": job.cycle_interval_seconds,

@@ -31,7 +31,7 @@ impl Supervisor<'_> {
         let source_file = self.config.source_is_file.then(|| Path::new(&self.config.source));
         let job = &state.job;
         let mut program =
-            match php::farm_worker_program(job, self.config.bootstrap.as_deref(), source_file, &self.config.argv) {
+            match php::farm_worker_program(job, self.config.bootstrap.as_deref(), source_file, &self.config.argv, 0) {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!("job {id}: cannot prepare the worker: {e}");
