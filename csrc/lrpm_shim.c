@@ -353,9 +353,20 @@ static PHP_FUNCTION(lrpm_next_cycle)
     RETURN_TRUE;
 }
 
+/* Set by Lrpm\recycle(); the worker loop ends at the next check. */
+static bool recycle_asked = false;
+
+/* A recycle the runner should carry out now: a pending stop ends the worker
+ * as a stop (exit 0), which is what whoever sent it waits for. */
+static bool recycle_due(void)
+{
+    return recycle_asked && !stop_requested;
+}
+
 /* Called by the runner right after $worker->cycle() returned: records the
- * cycle in the shared page (store order: lrpm_shim.h). */
-ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_cycle_done, 0, 0, IS_VOID, 0)
+ * cycle in the shared page (store order: lrpm_shim.h) and returns false
+ * once the worker asked for a recycle, so the check costs no second call. */
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_cycle_done, 0, 0, _IS_BOOL, 0)
 ZEND_END_ARG_INFO()
 
 static PHP_FUNCTION(lrpm_cycle_done)
@@ -371,6 +382,27 @@ static PHP_FUNCTION(lrpm_cycle_done)
         __atomic_fetch_add(&page->cycles, 1, __ATOMIC_RELEASE);
     }
     cycle_began_ns = 0;
+    RETURN_BOOL(!recycle_due());
+}
+
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_recycle, 0, 0, IS_VOID, 0)
+ZEND_END_ARG_INFO()
+
+/* Lrpm\recycle(): only a flag. Workers act on it after start() and after
+ * each cycle; the configuration process never looks. */
+static PHP_FUNCTION(lrpm_recycle)
+{
+    ZEND_PARSE_PARAMETERS_NONE();
+    recycle_asked = true;
+}
+
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_recycle_requested, 0, 0, _IS_BOOL, 0)
+ZEND_END_ARG_INFO()
+
+static PHP_FUNCTION(lrpm_recycle_requested)
+{
+    ZEND_PARSE_PARAMETERS_NONE();
+    RETURN_BOOL(recycle_due());
 }
 
 /* Which job and replica slot this worker runs, set by the runner before
@@ -553,7 +585,9 @@ static const zend_function_entry host_functions[] = {
     ZEND_RAW_FENTRY("Lrpm\\Internal\\send", zif_lrpm_send, arginfo_lrpm_send, 0)
     ZEND_RAW_FENTRY("Lrpm\\Internal\\wait", zif_lrpm_wait, arginfo_lrpm_wait, 0)
     ZEND_RAW_FENTRY("Lrpm\\Internal\\cycle_done", zif_lrpm_cycle_done, arginfo_lrpm_cycle_done, 0)
+    ZEND_RAW_FENTRY("Lrpm\\Internal\\recycle_requested", zif_lrpm_recycle_requested, arginfo_lrpm_recycle_requested, 0)
     ZEND_RAW_FENTRY("Lrpm\\Internal\\set_identity", zif_lrpm_set_identity, arginfo_lrpm_set_identity, 0)
+    ZEND_RAW_FENTRY("Lrpm\\recycle", zif_lrpm_recycle, arginfo_lrpm_recycle, 0)
     ZEND_RAW_FENTRY("Lrpm\\job_id", zif_lrpm_job_id, arginfo_lrpm_job_id, 0)
     ZEND_RAW_FENTRY("Lrpm\\slot", zif_lrpm_slot, arginfo_lrpm_slot, 0)
     ZEND_FE(cli_set_process_title, arginfo_cli_set_process_title)
@@ -756,6 +790,7 @@ int lrpm_child_main(const lrpm_child_spec *spec)
     stop_requested = 0;
     stop_requested_at_ns = 0;
     forked_by_worker = 0;
+    recycle_asked = false;
     cycle_began_ns = 0;
     last_gc_between_cycles_ns = monotonic_coarse_ns();
     pthread_atfork(NULL, NULL, on_fork_in_child);

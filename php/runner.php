@@ -111,6 +111,9 @@ function include_source_file(string $file): void
     }
 }
 
+// The recycle reason logged when the worker itself asked (Lrpm\recycle()).
+const RECYCLE_REQUESTED = 'requested by the worker (Lrpm\recycle())';
+
 // Who this worker is, set before the bootstrap so that it can ask too:
 // Lrpm\job_id() and Lrpm\slot(), $_SERVER, and the environment (putenv),
 // which processes the worker starts inherit.
@@ -148,6 +151,8 @@ function run_worker(array $params): void
         \fwrite(\STDERR, describe_throwable($e) . \PHP_EOL);
         exit(EXIT_UNCAUGHT);
     }
+    // Lrpm\recycle() from start(): no cycle runs.
+    $recycle = recycle_requested() ? RECYCLE_REQUESTED : null;
     $cyclesLeft = $params['cycles'];
     // Clock mode (cycleIntervalSeconds): cycle() at most once per interval,
     // the rest slept in a wait that a stop ends at once.
@@ -161,11 +166,10 @@ function run_worker(array $params): void
     $startedAt = \hrtime(true);
     $cyclesDone = 0;
     $memoryCheckedAt = 0;
-    $recycle = null;
     // next_cycle() is false once a stop was requested, and in a process the
     // worker forked itself; it also collects cyclic garbage between cycles
     // and records in the shared page that a cycle starts.
-    while (\Lrpm\Internal\next_cycle()) {
+    while ($recycle === null && \Lrpm\Internal\next_cycle()) {
         $began = \hrtime(true);
         try {
             $worker->cycle();
@@ -177,8 +181,13 @@ function run_worker(array $params): void
             \fwrite(\STDERR, describe_throwable($e) . \PHP_EOL);
             exit(EXIT_UNCAUGHT);
         }
-        // Records the cycle (count, duration, heap) in the shared page.
-        cycle_done();
+        // Records the cycle (count, duration, heap) in the shared page; false
+        // once the worker called Lrpm\recycle() (before any clock-mode wait,
+        // which could be long).
+        if (!cycle_done()) {
+            $recycle = RECYCLE_REQUESTED;
+            break;
+        }
         if ($cyclesLeft !== null && --$cyclesLeft <= 0) {
             break;
         }

@@ -39,7 +39,8 @@ pub const REQUEST_FAILED: i32 = 71;
 /// The child's own setup failed (a signal mask, PDEATHSIG, a process group).
 pub const CHILD_SETUP_FAILED: i32 = 72;
 /// A planned recycle: a limit (maxCycles, maxLifetimeSeconds, memoryLimitMb)
-/// was reached between cycles; the worker is started again at once.
+/// was reached between cycles, or the worker called `Lrpm\recycle()`; the
+/// worker is started again at once.
 pub const RECYCLE: i32 = 75;
 /// The bootstrap file is missing, has a syntax error, or threw.
 pub const BOOTSTRAP_FAILED: i32 = 78;

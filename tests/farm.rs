@@ -648,3 +648,51 @@ fn idle_farm_leaves_the_supervisor_and_the_config_process_asleep() {
     assert!(after.0 - before.0 <= 1, "supervisor woke {} times\n{}", after.0 - before.0, farm.diagnostics());
     assert!(after.1 - before.1 <= 1, "config process woke {} times\n{}", after.1 - before.1, farm.diagnostics());
 }
+
+const RECYCLER: &str = "FarmFixture\\Recycler";
+
+#[test]
+fn a_worker_that_asks_for_a_recycle_is_replaced_at_once_and_counted() {
+    let _g = shared();
+    let farm = Farm::start("ask_recycle", FarmOptions::default(), |jobs| {
+        json!({
+            "r": jobs.job_with("r", 1, json!({"recycleAfter": 2}), json!({"workerClass": RECYCLER})),
+            "s": jobs.job_with("s", 1, json!({"recycleInStart": true}), json!({"workerClass": RECYCLER})),
+        })
+    });
+    // Short runs (shortRunTimeSeconds 5): any other exit would back off
+    // 1 + 2 + 4 s before the fourth start.
+    let starts = farm.wait_starts("r", 4, secs(10.0));
+    let span = starts[3].t - starts[0].t;
+    assert!(span < 3.0, "3 recycles took {span:.2}s\n{}", farm.diagnostics());
+    let pids: std::collections::HashSet<i32> = starts.iter().map(|e| e.pid).collect();
+    assert_eq!(pids.len(), 4, "each start is a new process\n{}", farm.diagnostics());
+    // Every replaced process ran its stop hook after its second (last) cycle.
+    let events = farm.events();
+    for start in &starts[..3] {
+        let of_pid: Vec<&str> =
+            events.iter().filter(|e| e.tag == "r" && e.pid == start.pid).map(|e| e.kind.as_str()).collect();
+        assert_eq!(of_pid, ["start", "cycle", "cycle", "stop-hook"], "pid {}\n{}", start.pid, farm.diagnostics());
+    }
+    // From start(): no cycle, the stop hook, a fresh process at once.
+    let starts = farm.wait_starts("s", 4, secs(10.0));
+    assert!(starts[3].t - starts[0].t < 3.0, "{}", farm.diagnostics());
+    assert!(farm.events_of("s", "cycle").is_empty(), "{}", farm.diagnostics());
+    assert!(farm.events_of("s", "stop-hook").len() >= 3, "{}", farm.diagnostics());
+
+    let stderr = farm.stderr();
+    assert!(stderr.contains("job r: recycling: requested by the worker (Lrpm\\recycle())"), "{}", farm.diagnostics());
+    assert!(stderr.contains("job s: recycling: requested by the worker (Lrpm\\recycle())"), "{}", farm.diagnostics());
+    let status = farm.status();
+    for id in ["r", "s"] {
+        let recycles = state(&status, id)["recycles"].as_u64().unwrap_or(0);
+        assert!(recycles >= 3, "job {id}: {status}");
+        assert!(state(&status, id)["restarts"].as_u64().unwrap_or(0) >= recycles, "job {id}: {status}");
+        assert_eq!(state(&status, id)["backoffInterval"], 1, "job {id}: {status}");
+    }
+    // lrpmctl shows the same count.
+    let out = lrpmctl(&farm.socket, &["--json", "status"]);
+    out.assert_code(0);
+    let shown: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{}", out.dump()));
+    assert!(shown["r"]["state"]["recycles"].as_u64().unwrap_or(0) >= 3, "{}", out.dump());
+}

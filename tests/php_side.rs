@@ -542,3 +542,43 @@ fn a_farm_worker_knows_its_job_id_and_the_configuration_process_has_none() {
     farm.signal(Signal::SIGTERM);
     farm.wait_within(DEFAULT_TIMEOUT).assert_code(0);
 }
+
+// --- Lrpm\recycle() ------------------------------------------------------------
+
+fn cycle_lines(stdout: &str) -> usize {
+    stdout.lines().filter(|l| l.starts_with("cycle ")).count()
+}
+
+#[test]
+fn a_worker_that_asks_for_a_recycle_runs_its_stop_hook_and_exits_75() {
+    let job = json!({"workerConfig": {"recycleAfter": 3}});
+    let out = run_with_timeout(worker_with_job("Fixture\\Recycler", &job, &[]), DEFAULT_TIMEOUT);
+    out.assert_code(75).assert_stderr_contains("job debug: recycling: requested by the worker (Lrpm\\recycle())");
+    assert_eq!(cycle_lines(&out.stdout), 3, "the cycle that asked is the last\n{}", out.dump());
+    assert!(out.stdout.trim_end().ends_with("stop hook after 3 cycles"), "{}", out.dump());
+
+    // From start(): no cycle runs.
+    let job = json!({"workerConfig": {"recycleInStart": true}});
+    let out = run_with_timeout(worker_with_job("Fixture\\Recycler", &job, &[]), DEFAULT_TIMEOUT);
+    out.assert_code(75).assert_stderr_contains("recycling: requested by the worker (Lrpm\\recycle())");
+    assert_eq!(out.stdout_lines(), ["started", "stop hook after 0 cycles"], "{}", out.dump());
+}
+
+#[test]
+fn a_recycle_asked_for_in_clock_mode_does_not_wait_for_the_interval() {
+    let job = json!({"workerConfig": {"recycleAfter": 1}, "cycleIntervalSeconds": 3600});
+    let asked = Instant::now();
+    let out = run_with_timeout(worker_with_job("Fixture\\Recycler", &job, &[]), DEFAULT_TIMEOUT);
+    out.assert_code(75);
+    assert!(asked.elapsed() < Duration::from_secs(5), "took {:?}\n{}", asked.elapsed(), out.dump());
+    assert_eq!(cycle_lines(&out.stdout), 1, "{}", out.dump());
+}
+
+#[test]
+fn a_pending_stop_wins_over_a_requested_recycle() {
+    let job = json!({"workerConfig": {"recycleAfter": 2, "stopFirst": true}});
+    let out = run_with_timeout(worker_with_job("Fixture\\Recycler", &job, &[]), DEFAULT_TIMEOUT);
+    out.assert_code(0);
+    assert!(!out.stderr.contains("recycling"), "{}", out.dump());
+    assert!(out.stdout.trim_end().ends_with("stop hook after 2 cycles"), "{}", out.dump());
+}

@@ -45,6 +45,15 @@ namespace Lrpm {
      * $_SERVER['LRPM_SLOT'] and the environment (LRPM_SLOT).
      */
     function slot(): ?int {}
+
+    /**
+     * Asks for a planned recycle: once start() or the current cycle()
+     * returns, the stop hook runs (Lrpm\Stoppable) and the process exits 75;
+     * the host starts a fresh one at once, without backoff, and counts a
+     * recycle. A stop request that is already pending wins (exit 0). No
+     * effect in the configuration process.
+     */
+    function recycle(): void {}
 }
 
 namespace PHPLRPM {
