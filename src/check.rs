@@ -32,6 +32,7 @@ pub fn run(
     bootstrap: Option<&Path>,
     argv: &[String],
     strict: bool,
+    defaults: &job::JobDefaults,
 ) -> Result<Verdict, SupervisorError> {
     let is_file = crate::cli::source_is_file(source);
     let source = if is_file {
@@ -58,7 +59,7 @@ pub fn run(
     }
     let status = nix::sys::wait::waitpid(child, None).map(|s| format!("{s:?}")).unwrap_or_default();
     let mut out = std::io::stdout().lock();
-    match report(&mut out, messages, &status, strict) {
+    match report(&mut out, messages, &status, strict, defaults) {
         Ok(verdict) => Ok(verdict),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Verdict::OutputClosed),
         Err(e) => {
@@ -73,6 +74,7 @@ fn report(
     messages: Vec<Result<ConfigMessage, String>>,
     status: &str,
     strict: bool,
+    defaults: &job::JobDefaults,
 ) -> std::io::Result<Verdict> {
     let mut all_valid = true;
     let mut got_configuration = false;
@@ -81,11 +83,28 @@ fn report(
             Ok(ConfigMessage::Configuration { jobs }) => {
                 got_configuration = true;
                 let count = jobs.len();
-                let validated = job::validate_entries(jobs);
+                let mut validated = job::validate_entries(jobs);
                 writeln!(out, "{count} job(s), {} valid", validated.jobs.len())?;
+                for job in &mut validated.jobs {
+                    defaults.apply(job);
+                }
                 for job in &validated.jobs {
-                    let mut extras =
-                        job.cycle_interval_seconds.map(|s| format!(", cycleIntervalSeconds {s}")).unwrap_or_default();
+                    let mut extras = String::new();
+                    if job.replicas != 1 {
+                        extras.push_str(&format!(", replicas {}", job.replicas));
+                    }
+                    let optional = [
+                        ("cycleIntervalSeconds", job.cycle_interval_seconds.map(|s| s.to_string())),
+                        ("cycleTimeoutSeconds", job.cycle_timeout_seconds.map(|s| s.to_string())),
+                        ("maxCycles", job.max_cycles.map(|n| n.to_string())),
+                        ("maxLifetimeSeconds", job.max_lifetime_seconds.map(|n| n.to_string())),
+                        ("memoryLimitMb", job.memory_limit_mb.map(|n| n.to_string())),
+                    ];
+                    for (field, value) in optional {
+                        if let Some(value) = value {
+                            extras.push_str(&format!(", {field} {value}"));
+                        }
+                    }
                     if job.restart_policy != crate::job::RestartPolicy::Always {
                         extras.push_str(&format!(", restartPolicy {:?}", job.restart_policy));
                     }
@@ -112,6 +131,10 @@ fn report(
                 let label = if strict { "error" } else { "warn " };
                 for unknown in &validated.unknown_fields {
                     writeln!(out, "  {label} {unknown}")?;
+                }
+                let php_memory_limit = php::memory_limit_bytes();
+                for warning in validated.jobs.iter().filter_map(|j| job::memory_limit_warning(j, php_memory_limit)) {
+                    writeln!(out, "  warn  {warning}")?;
                 }
                 all_valid &= validated.errors.is_empty() && (!strict || validated.unknown_fields.is_empty());
             }

@@ -71,9 +71,47 @@ pub struct FarmOptions {
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400), global = true)]
     pub failure_window_seconds: Option<u64>,
 
+    /// Default `replicas` for jobs that do not set it: processes per job.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000), global = true)]
+    pub replicas: Option<u32>,
+
+    /// Default `cycleTimeoutSeconds` for jobs that do not set it: a cycle
+    /// running longer is stopped as stuck.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400), global = true)]
+    pub cycle_timeout_seconds: Option<u64>,
+
+    /// Default `maxCycles` for jobs that do not set it (planned recycle).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub max_cycles: Option<u64>,
+
+    /// Default `maxLifetimeSeconds` for jobs that do not set it (planned recycle).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub max_lifetime_seconds: Option<u64>,
+
+    /// Default `memoryLimitMb` for jobs that do not set it (planned recycle).
+    #[arg(long, value_name = "MB", value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub memory_limit_mb: Option<u64>,
+
     /// Permissions of the control socket, octal.
     #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_octal_mode, global = true)]
     pub control_socket_mode: u32,
+}
+
+impl FarmOptions {
+    /// The host-wide defaults for jobs' optional fields.
+    pub fn job_defaults(&self) -> crate::job::JobDefaults {
+        crate::job::JobDefaults {
+            cycle_interval_seconds: self.cycle_interval_seconds,
+            restart_policy: self.restart_policy,
+            max_failures: self.max_failures,
+            failure_window_seconds: self.failure_window_seconds,
+            replicas: self.replicas,
+            cycle_timeout_seconds: self.cycle_timeout_seconds,
+            max_cycles: self.max_cycles,
+            max_lifetime_seconds: self.max_lifetime_seconds,
+            memory_limit_mb: self.memory_limit_mb,
+        }
+    }
 }
 
 #[derive(Debug, Args, Clone, Default)]

@@ -16,6 +16,11 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT_SECONDS: u64 = 10;
 /// Upper bound of the duration fields: a day. Larger values are typos (or
 /// PHP_INT_MAX) and would put deadlines beyond any clock.
 pub const MAX_DURATION_SECONDS: u64 = 86_400;
+/// Integer fields whose smallest value is 1.
+const AT_LEAST_ONE: [&str; 6] =
+    ["maxFailures", "failureWindowSeconds", "maxCycles", "maxLifetimeSeconds", "memoryLimitMb", "cycleTimeoutSeconds"];
+/// The most processes one job may ask for (`replicas`).
+pub const MAX_REPLICAS: u64 = 10_000;
 
 /// A job id: PHP array keys are ints or strings.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -62,6 +67,14 @@ pub struct Job {
     pub max_failures: Option<u64>,
     pub failure_window_seconds: u64,
     pub essential: bool,
+    /// `replicas`: how many processes run this job (slots 0..replicas).
+    pub replicas: u32,
+    /// `cycleTimeoutSeconds`: a cycle running longer is stuck (watchdog).
+    pub cycle_timeout_seconds: Option<u64>,
+    /// `maxCycles`, `maxLifetimeSeconds`, `memoryLimitMb`: planned recycles.
+    pub max_cycles: Option<u64>,
+    pub max_lifetime_seconds: Option<u64>,
+    pub memory_limit_mb: Option<u64>,
     /// Shared: a job is handed to the core at every poll, and its
     /// configuration may be large.
     pub config: Arc<Map<String, Value>>,
@@ -211,7 +224,7 @@ enum Presence {
 }
 
 // php-lrpm's fields, order and descriptions, then lrpm-host's own.
-const FIELDS: [FieldRule; 14] = [
+const FIELDS: [FieldRule; 16] = [
     FieldRule {
         name: "mtime",
         description: "Time of last modification, must be a UTC Unix timestamp integer",
@@ -237,6 +250,11 @@ const FIELDS: [FieldRule; 14] = [
         name: "shutdownTimeoutSeconds",
         description: "Time in seconds to wait for SIGCHLD after sending SIGTERM to a child, before killing the child with SIGKILL",
         presence: Presence::Default(DEFAULT_SHUTDOWN_TIMEOUT_SECONDS),
+    },
+    FieldRule {
+        name: "replicas",
+        description: "How many processes run this job, each with its own slot number from 0, an integer from 1 to 10000 (default 1)",
+        presence: Presence::Optional,
     },
     FieldRule {
         name: "cycleIntervalSeconds",
@@ -274,6 +292,11 @@ const FIELDS: [FieldRule; 14] = [
         presence: Presence::Optional,
     },
     FieldRule {
+        name: "cycleTimeoutSeconds",
+        description: "A cycle running longer than this many seconds is stuck: the worker is stopped (SIGTERM, then SIGKILL) and the exit counts as a failure, an integer from 1 to 86400",
+        presence: Presence::Optional,
+    },
+    FieldRule {
         name: "essential",
         description: "When true, the job failing for good shuts the whole farm down (lrpm-host exits 69), a boolean",
         presence: Presence::Optional,
@@ -288,6 +311,11 @@ pub struct JobDefaults {
     pub restart_policy: Option<RestartPolicy>,
     pub max_failures: Option<u64>,
     pub failure_window_seconds: Option<u64>,
+    pub replicas: Option<u32>,
+    pub cycle_timeout_seconds: Option<u64>,
+    pub max_cycles: Option<u64>,
+    pub max_lifetime_seconds: Option<u64>,
+    pub memory_limit_mb: Option<u64>,
 }
 
 impl JobDefaults {
@@ -305,7 +333,38 @@ impl JobDefaults {
         if let (true, Some(window)) = (unset("failureWindowSeconds"), self.failure_window_seconds) {
             job.failure_window_seconds = window;
         }
+        if let (true, Some(replicas)) = (unset("replicas"), self.replicas) {
+            job.replicas = replicas;
+        }
+        let optional = [
+            ("cycleTimeoutSeconds", &mut job.cycle_timeout_seconds, self.cycle_timeout_seconds),
+            ("maxCycles", &mut job.max_cycles, self.max_cycles),
+            ("maxLifetimeSeconds", &mut job.max_lifetime_seconds, self.max_lifetime_seconds),
+            ("memoryLimitMb", &mut job.memory_limit_mb, self.memory_limit_mb),
+        ];
+        for (field, value, default) in optional {
+            if !job.config.contains_key(field) && default.is_some() {
+                *value = default;
+            }
+        }
     }
+}
+
+/// Why a job's `memoryLimitMb` can never fire: PHP's own `memory_limit`
+/// (in bytes; None when unlimited) is reached first, and that is a fatal
+/// error mid-cycle rather than a planned recycle between cycles.
+pub fn memory_limit_warning(job: &Job, php_memory_limit: Option<u64>) -> Option<String> {
+    let limit_mb = job.memory_limit_mb?;
+    let php_limit = php_memory_limit?;
+    (limit_mb.saturating_mul(1024 * 1024) >= php_limit).then(|| {
+        format!(
+            "job {}: memoryLimitMb {limit_mb} is at or above PHP's memory_limit ({} MB): the Zend heap hits \
+             memory_limit first, a fatal error in the middle of a cycle instead of a planned recycle; \
+             set memoryLimitMb below it (or raise memory_limit with -d memory_limit=...)",
+            job.id,
+            php_limit / (1024 * 1024)
+        )
+    })
 }
 
 /// `failureWindowSeconds` when a job does not say.
@@ -433,6 +492,10 @@ impl DescribedJob {
                 "maxCycles" | "maxLifetimeSeconds" | "memoryLimitMb" => {
                     php_type == "integer" && value.as_u64().is_some_and(|n| n >= 1)
                 }
+                "replicas" => php_type == "integer" && value.as_u64().is_some_and(|n| (1..=MAX_REPLICAS).contains(&n)),
+                "cycleTimeoutSeconds" => {
+                    php_type == "integer" && value.as_u64().is_some_and(|n| (1..=MAX_DURATION_SECONDS).contains(&n))
+                }
                 "cycleIntervalSeconds" => {
                     (php_type == "integer" || php_type == "double")
                         && value.as_f64().is_some_and(|n| n > 0.0 && n <= MAX_DURATION_SECONDS as f64)
@@ -449,6 +512,12 @@ impl DescribedJob {
                     )
                 } else if rule.name == "workerClass" && php_type == "string" {
                     format!("class {} does not exist", value.as_str().unwrap_or_default())
+                } else if rule.name == "replicas" && php_type == "integer" && value.as_i64().is_some_and(|n| n == 0) {
+                    "0 is below 1 (to run no process, hold the job with `lrpmctl stop ID`)".to_string()
+                } else if rule.name == "replicas" && php_type == "integer" && value.as_i64().is_some_and(|n| n > 0) {
+                    format!("{} is above the maximum of {MAX_REPLICAS}", short_json(value))
+                } else if php_type == "integer" && value.as_i64() == Some(0) && AT_LEAST_ONE.contains(&rule.name) {
+                    "0 is below the minimum of 1".to_string()
                 } else if php_type == "integer" && value.as_i64().is_some_and(|n| n < 0) {
                     format!("{} is negative", short_json(value))
                 } else if php_type == "integer" && rule.name != "mtime" {
@@ -489,6 +558,11 @@ impl DescribedJob {
                 .and_then(Value::as_u64)
                 .unwrap_or(DEFAULT_FAILURE_WINDOW_SECONDS),
             essential: config.get("essential").and_then(Value::as_bool).unwrap_or(false),
+            replicas: config.get("replicas").and_then(Value::as_u64).map_or(1, |n| n as u32),
+            cycle_timeout_seconds: config.get("cycleTimeoutSeconds").and_then(Value::as_u64),
+            max_cycles: config.get("maxCycles").and_then(Value::as_u64),
+            max_lifetime_seconds: config.get("maxLifetimeSeconds").and_then(Value::as_u64),
+            memory_limit_mb: config.get("memoryLimitMb").and_then(Value::as_u64),
             config_json: RawJson::of(&config),
             config: Arc::new(config),
         };
@@ -756,6 +830,71 @@ mod tests {
     }
 
     #[test]
+    fn replicas_and_cycle_timeout_are_bounded_integers() {
+        let (job, _) = described(good()).validate().unwrap();
+        assert_eq!((job.replicas, job.cycle_timeout_seconds), (1, None));
+        assert!(!job.config.contains_key("replicas"), "not filled in: start() sees what php-lrpm gives");
+        // (field, value, accepted, words the refusal must contain)
+        for (field, value, ok, says) in [
+            ("replicas", json!(1), true, ""),
+            ("replicas", json!(10_000), true, ""),
+            ("replicas", json!(0), false, "lrpmctl stop"),
+            ("replicas", json!(10_001), false, "maximum of 10000"),
+            ("replicas", json!(-2), false, "negative"),
+            ("replicas", json!("4"), false, "got string"),
+            ("replicas", json!(2.5), false, "got double"),
+            ("cycleTimeoutSeconds", json!(30), true, ""),
+            ("cycleTimeoutSeconds", json!(0), false, "below the minimum of 1"),
+            ("cycleTimeoutSeconds", json!(86_401), false, "maximum of 86400"),
+            ("cycleTimeoutSeconds", json!(true), false, "got boolean"),
+        ] {
+            let mut job = good();
+            job[field] = value.clone();
+            let result = described(job).validate();
+            assert_eq!(result.is_ok(), ok, "{field} = {value}: {result:?}");
+            match result {
+                Ok((job, _)) if field == "replicas" => assert_eq!(u64::from(job.replicas), value.as_u64().unwrap()),
+                Ok((job, _)) => assert_eq!(job.cycle_timeout_seconds, value.as_u64()),
+                Err(errors) => assert!(errors[0].problem.contains(says), "{field} = {value}: {errors:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn host_defaults_fill_only_what_a_job_leaves_out() {
+        let defaults = JobDefaults {
+            replicas: Some(3),
+            cycle_timeout_seconds: Some(60),
+            max_cycles: Some(100),
+            memory_limit_mb: Some(128),
+            ..JobDefaults::default()
+        };
+        let mut own = good();
+        own["replicas"] = json!(1);
+        own["maxCycles"] = json!(5);
+        let (mut job, _) = described(own).validate().unwrap();
+        defaults.apply(&mut job);
+        assert_eq!(
+            (job.replicas, job.cycle_timeout_seconds, job.max_cycles, job.memory_limit_mb, job.max_lifetime_seconds),
+            (1, Some(60), Some(5), Some(128), None)
+        );
+    }
+
+    #[test]
+    fn a_memory_limit_at_or_above_php_memory_limit_is_pointed_out() {
+        let mut limited = good();
+        limited["memoryLimitMb"] = json!(128);
+        let (job, _) = described(limited).validate().unwrap();
+        let mb = 1024 * 1024;
+        assert!(memory_limit_warning(&job, Some(128 * mb))
+            .unwrap()
+            .contains("at or above PHP's memory_limit (128 MB)"));
+        assert!(memory_limit_warning(&job, Some(64 * mb)).is_some());
+        assert_eq!(memory_limit_warning(&job, Some(256 * mb)), None);
+        assert_eq!(memory_limit_warning(&job, None), None, "memory_limit -1: no limit to hit first");
+    }
+
+    #[test]
     fn cycle_interval_is_an_optional_positive_number() {
         let (job, _) = described(good()).validate().unwrap();
         assert_eq!(job.cycle_interval_seconds, None);
@@ -855,10 +994,16 @@ mod tests {
             farm.start();
             farm.handle(crate::farm::Event::ConfigProcessStarted(1), now);
             farm.handle(crate::farm::Event::Configuration(validated.jobs.clone()), now);
-            farm.handle(crate::farm::Event::Tick, now);
-            for job in &validated.jobs {
-                farm.handle(crate::farm::Event::WorkerStarted { id: job.id.clone(), pid: 10 }, now);
+            for action in farm.handle(crate::farm::Event::Tick, now) {
+                if let crate::farm::Action::StartWorker(key) = action {
+                    farm.handle(crate::farm::Event::WorkerStarted { key, pid: 10 }, now);
+                }
             }
+            farm.handle(crate::farm::Event::CycleProgress {
+                key: crate::farm::WorkerKey::new(crate::job::JobId::Int(1), 0),
+                pid: 10,
+                progress: Some(crate::farm::CycleProgress { cycles: 0, current_cycle: Some(std::time::Duration::MAX) }),
+            }, now);
             farm.handle(crate::farm::Event::ChildExited { pid: 10, exit: crate::farm::ExitKind::Code(1) }, now);
             farm.handle(crate::farm::Event::Tick, now);
             farm.handle(crate::farm::Event::Shutdown, now);

@@ -47,7 +47,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Some(Command::Check(args)) => {
             let bootstrap = cli::resolve_bootstrap(cli.php.bootstrap.as_deref(), Some(&args.source));
             let engine = Engine::boot(&settings).context("starting PHP")?;
-            let verdict = check::run(&engine, &args.source, bootstrap.as_deref(), &argv, args.strict)?;
+            let verdict =
+                check::run(&engine, &args.source, bootstrap.as_deref(), &argv, args.strict, &cli.farm.job_defaults())?;
             Ok(match verdict {
                 check::Verdict::Valid => 0,
                 check::Verdict::Invalid => 1,
@@ -72,12 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 argv,
                 close_in_children: Vec::new(),
                 subreaper: cli.farm.subreaper,
-                job_defaults: lrpm_host::job::JobDefaults {
-                    cycle_interval_seconds: cli.farm.cycle_interval_seconds,
-                    restart_policy: cli.farm.restart_policy,
-                    max_failures: cli.farm.max_failures,
-                    failure_window_seconds: cli.farm.failure_window_seconds,
-                },
+                job_defaults: cli.farm.job_defaults(),
             };
             if config.source_is_file && !std::path::Path::new(&config.source).is_file() {
                 anyhow::bail!("configuration source {} does not exist", config.source);

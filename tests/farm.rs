@@ -55,7 +55,7 @@ fn three_jobs_start_and_cycle() {
     for (id, pid) in &pids {
         assert_eq!(
             cmdline(*pid).as_deref(),
-            Some(format!("lrpm-host: worker {id} job-{id}").as_str()),
+            Some(format!("lrpm-host: worker {id} job-{id} #0").as_str()),
             "title of job {id}"
         );
     }

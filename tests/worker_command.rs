@@ -248,7 +248,7 @@ fn worker_process_title_names_job_id_and_name() {
     let mut host = start_worker(&["Fixture\\Sleeper", "--id", "title-test", "--job", r#"{"name":"titled-job"}"#]);
     host.wait_for_stdout("cycle-start", DEFAULT_TIMEOUT);
     let worker = host.worker_pid(DEFAULT_TIMEOUT);
-    assert_eq!(ps_args(worker), "lrpm-host: worker title-test titled-job");
+    assert_eq!(ps_args(worker), "lrpm-host: worker title-test titled-job #0");
     host.signal(Signal::SIGTERM);
     host.wait_within(Duration::from_secs(5)).assert_code(0);
 
@@ -256,7 +256,7 @@ fn worker_process_title_names_job_id_and_name() {
     let mut host = start_worker(&["Fixture\\Sleeper"]);
     host.wait_for_stdout("cycle-start", DEFAULT_TIMEOUT);
     let worker = host.worker_pid(DEFAULT_TIMEOUT);
-    assert_eq!(ps_args(worker), "lrpm-host: worker debug Fixture\\Sleeper");
+    assert_eq!(ps_args(worker), "lrpm-host: worker debug Fixture\\Sleeper #0");
     host.signal(Signal::SIGTERM);
     host.wait_within(Duration::from_secs(5)).assert_code(0);
 }

@@ -14,6 +14,7 @@ use serde_json::Value;
 use lrpm_host::control::codec::{encode, FrameDecoder};
 use lrpm_host::control::server::client_socket_path;
 use lrpm_host::control::status::{JobStatus, ProcessState, StatusDocument};
+use lrpm_host::farm::StatusName;
 
 const EXIT_REFUSED: u8 = 1;
 const EXIT_USAGE: u8 = 64;
@@ -129,41 +130,89 @@ fn last_exit(state: &ProcessState) -> String {
     }
 }
 
+/// One row of the table: a job, or one slot of a job with replicas.
+struct Row<'a> {
+    id: String,
+    name: &'a str,
+    pid: Option<i64>,
+    status: Option<StatusName>,
+    started_at: Option<i64>,
+    restart_at: Option<i64>,
+    restarts: Option<u64>,
+    last_exit: String,
+    cycles: Option<u64>,
+}
+
+fn rows_of<'a>(id: &str, entry: &'a JobStatus<Value>) -> Vec<Row<'a>> {
+    let state = &entry.state;
+    let name = entry.config.get("name").and_then(Value::as_str).unwrap_or("");
+    let single = state.slots.len() <= 1 && state.replicas.unwrap_or(1) <= 1;
+    if single {
+        return vec![Row {
+            id: id.to_string(),
+            name,
+            pid: state.pid,
+            status: state.status,
+            started_at: state.started_at,
+            restart_at: state.restart_at,
+            restarts: state.restarts,
+            last_exit: last_exit(state),
+            cycles: state.slots.first().and_then(|s| s.cycles),
+        }];
+    }
+    state
+        .slots
+        .iter()
+        .map(|slot| Row {
+            id: format!("{id}#{}", slot.slot),
+            name,
+            pid: slot.pid,
+            status: slot.status,
+            started_at: slot.started_at,
+            restart_at: slot.restart_at,
+            restarts: slot.restarts,
+            last_exit: slot.last_exit.as_ref().map_or_else(|| "-".to_string(), ToString::to_string),
+            cycles: slot.cycles,
+        })
+        .collect()
+}
+
 fn render_status(doc: &StatusDocument<Value>, color: bool) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default();
-    let header = ["ID", "NAME", "STATE", "PID", "%CPU", "RSS", "UPTIME", "RESTARTS", "LAST EXIT", "NEXT START"];
+    let header =
+        ["ID", "NAME", "STATE", "PID", "%CPU", "RSS", "UPTIME", "CYCLES", "RESTARTS", "LAST EXIT", "NEXT START"];
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut states = Vec::new();
-    for (id, entry) in doc {
-        let state = &entry.state;
-        let info = state.pid.and_then(proc_info);
+    for row in doc.iter().flat_map(|(id, entry)| rows_of(id, entry)) {
+        let info = row.pid.and_then(proc_info);
         // php-lrpm's documents have no status: derive the basic one.
-        let status = match state.status {
+        let status = match row.status {
             Some(name) => name.as_str().to_string(),
-            None if state.pid.is_some() => "running".to_string(),
+            None if row.pid.is_some() => "running".to_string(),
             None => "exited".to_string(),
         };
-        let uptime = match (state.pid, state.started_at) {
+        let uptime = match (row.pid, row.started_at) {
             (Some(_), Some(started)) => human_duration(now - started),
             _ => "-".into(),
         };
-        let next_start = match (status.as_str(), state.restart_at) {
+        let next_start = match (status.as_str(), row.restart_at) {
             ("backoff", Some(at)) => format!("in {}", human_duration(at - now)),
             _ => "-".into(),
         };
         rows.push(vec![
-            id.clone(),
-            entry.config.get("name").and_then(Value::as_str).unwrap_or("").to_string(),
+            row.id,
+            row.name.to_string(),
             status.clone(),
-            state.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            row.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             info.as_ref().map(|i| format!("{:.1}", i.cpu_percent)).unwrap_or_else(|| "-".into()),
             info.as_ref().map(|i| human_bytes(i.rss_bytes)).unwrap_or_else(|| "-".into()),
             uptime,
-            state.restarts.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
-            last_exit(state),
+            row.cycles.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            row.restarts.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            row.last_exit,
             next_start,
         ]);
         states.push(status);

@@ -15,11 +15,14 @@ pub const HELP: &str = "valid messages:
   status, jsonstatus   information about worker processes (JSON keyed by job id)
   restart <job_id>     restart job <job_id> now, resetting its backoff
   restart all          restart every job
+  recycle <job_id>     replace the job's processes one at a time (rolling), each new one
+                       past its first cycle before the next old one stops
+  recycle all          recycle every job (each job rolls on its own)
   reload               poll the configuration source now
   stop                 shut down lrpm-host and all worker processes
   stop <job_id>        stop job <job_id> and keep it stopped across configuration polls
   start <job_id>       start a job held by `stop <job_id>`
-  signal <job_id> <SIG>  send a signal (TERM, HUP, USR1, ...) to the job's process
+  signal <job_id> <SIG>  send a signal (TERM, HUP, USR1, ...) to the job's processes
   version              lrpm-host and PHP versions";
 
 /// One control request, parsed once from its command line; the supervisor
@@ -33,6 +36,8 @@ pub enum Request {
     Shutdown,
     /// `restart all`: every job, as `restart ID` would.
     RestartAll,
+    /// `recycle all`: every job, as `recycle ID` would.
+    RecycleAll,
     /// `restart ID`, `stop ID`, `start ID`: decided by the core.
     Job {
         id: JobId,
@@ -72,6 +77,9 @@ impl Request {
             ["restart", id] => Ok(job(id, JobCommand::Restart)),
             ["restart"] => Err(ParseError::MissingJobId("restart")),
             ["start", id] => Ok(job(id, JobCommand::Start)),
+            ["recycle", "all"] => Ok(Request::RecycleAll),
+            ["recycle", id] => Ok(job(id, JobCommand::Recycle)),
+            ["recycle"] => Err(ParseError::MissingJobId("recycle")),
             ["start"] => Err(ParseError::MissingJobId("start")),
             ["signal", id, name] => match parse_signal(name) {
                 Some(signal) => Ok(Request::Signal { id: JobId::parse(id), signal }),
@@ -88,18 +96,25 @@ fn printable(text: &str) -> String {
     text.chars().take(80).filter(|c| !c.is_control()).collect()
 }
 
-/// The reply to a job request, php-lrpm's wording.
-pub fn job_reply(id: &JobId, command: JobCommand, outcome: Result<(), Refusal>) -> String {
-    let verb = match command {
+/// The command's word on the control socket.
+pub fn verb(command: JobCommand) -> &'static str {
+    match command {
         JobCommand::Restart => "restart",
         JobCommand::Hold => "stop",
         JobCommand::Start => "start",
-    };
+        JobCommand::Recycle => "recycle",
+    }
+}
+
+/// The reply to a job request, php-lrpm's wording.
+pub fn job_reply(id: &JobId, command: JobCommand, outcome: Result<(), Refusal>) -> String {
+    let verb = verb(command);
     match outcome {
         Ok(()) => match command {
             JobCommand::Restart => format!("Scheduled immediate restart of job {id}"),
             JobCommand::Start => format!("Job {id} will be started and kept running"),
             JobCommand::Hold => format!("Job {id} is being stopped and will stay stopped until `start {id}`"),
+            JobCommand::Recycle => format!("Scheduled rolling recycle of job {id}"),
         },
         Err(refusal) => format!("error: Will not {verb} job {id}, {}", refusal_reason(refusal)),
     }
@@ -136,6 +151,9 @@ mod tests {
         assert_eq!(Request::parse("jsonstatus"), Ok(Request::Status));
         assert_eq!(Request::parse("restart 42"), job(JobId::Int(42), JobCommand::Restart));
         assert_eq!(Request::parse("restart all"), Ok(Request::RestartAll));
+        assert_eq!(Request::parse("recycle all"), Ok(Request::RecycleAll));
+        assert_eq!(Request::parse("recycle 3"), job(JobId::Int(3), JobCommand::Recycle));
+        assert_eq!(Request::parse("recycle"), Err(ParseError::MissingJobId("recycle")));
         assert_eq!(Request::parse("stop"), Ok(Request::Shutdown));
         assert_eq!(Request::parse("stop abc"), job(JobId::Str("abc".into()), JobCommand::Hold));
         assert_eq!(

@@ -10,7 +10,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::farm::{ExitKind, Farm, JobState, StatusName};
+use crate::farm::{ExitKind, Farm, JobState, SlotState, StatusName};
 
 /// One job: its validated configuration (`C` is pre-serialized JSON in the
 /// server, any JSON value in a client) and its process state.
@@ -44,6 +44,64 @@ pub struct ProcessState {
     pub recycles: Option<u64>,
     #[serde(default)]
     pub last_exit: Option<LastExit>,
+    /// How many processes the job runs (`replicas`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// Completed cycles of the job's current processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cycles: Option<u64>,
+    /// Each slot's process; the fields above describe the job as a whole
+    /// (`pid` and `startedAt` are the lowest slot's, as php-lrpm shows one process).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slots: Vec<SlotStatus>,
+}
+
+/// One slot of a job: its process and that process's cycle counters (from
+/// the worker's shared page).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotStatus {
+    pub slot: u32,
+    #[serde(default)]
+    pub pid: Option<i64>,
+    #[serde(default)]
+    pub status: Option<StatusName>,
+    #[serde(default)]
+    pub started_at: Option<i64>,
+    #[serde(default)]
+    pub restart_at: Option<i64>,
+    #[serde(default)]
+    pub backoff_interval: Option<u64>,
+    #[serde(default)]
+    pub restarts: Option<u64>,
+    #[serde(default)]
+    pub recycles: Option<u64>,
+    #[serde(default)]
+    pub last_exit: Option<LastExit>,
+    /// Completed cycles of the current process.
+    #[serde(default)]
+    pub cycles: Option<u64>,
+    /// How long the last completed cycle took, in milliseconds.
+    #[serde(default)]
+    pub last_cycle_ms: Option<f64>,
+    /// How long the cycle running now has run, in milliseconds (absent between cycles).
+    #[serde(default)]
+    pub cycle_running_ms: Option<f64>,
+    /// The Zend heap (memory_get_usage(true)) at the end of the last cycle.
+    #[serde(default)]
+    pub heap_bytes: Option<u64>,
+    #[serde(default)]
+    pub peak_heap_bytes: Option<u64>,
+}
+
+/// A process's cycle counters, as the supervisor reads them from its page.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct CycleFigures {
+    pub cycles: u64,
+    pub last_cycle: Option<std::time::Duration>,
+    pub cycle_running: Option<std::time::Duration>,
+    pub heap_bytes: u64,
+    pub peak_heap_bytes: u64,
 }
 
 /// How the last process ended: `{"code": 3}` or `{"signal": "SIGKILL"}`.
@@ -87,32 +145,66 @@ fn last_exit(exit: ExitKind) -> LastExit {
     }
 }
 
-pub fn process_state(state: &JobState, now: Instant, unix_now: f64) -> ProcessState {
+fn slot_status(slot: u32, state: &SlotState, figures: Option<CycleFigures>, now: Instant, unix_now: f64) -> SlotStatus {
     let running_since = state.phase.since().or(state.last_started_at);
-    ProcessState {
+    let ms = |d: std::time::Duration| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+    SlotStatus {
+        slot,
         pid: state.phase.pid().map(i64::from),
+        status: Some(state.status(now)),
         started_at: running_since.map(|t| unix_at(t, now, unix_now)),
         restart_at: state.restart_at().map(|t| unix_at(t, now, unix_now)),
         backoff_interval: Some(state.backoff.current().as_secs()),
+        restarts: Some(state.restarts),
+        recycles: Some(state.recycles),
+        last_exit: state.last_exit.map(last_exit),
+        cycles: figures.map(|f| f.cycles),
+        last_cycle_ms: figures.and_then(|f| f.last_cycle).map(ms),
+        cycle_running_ms: figures.and_then(|f| f.cycle_running).map(ms),
+        heap_bytes: figures.map(|f| f.heap_bytes).filter(|b| *b > 0),
+        peak_heap_bytes: figures.map(|f| f.peak_heap_bytes).filter(|b| *b > 0),
+    }
+}
+
+/// A job's state; `figures` gives a running process's cycle counters.
+pub fn process_state(
+    state: &JobState,
+    figures: &dyn Fn(i32) -> Option<CycleFigures>,
+    now: Instant,
+    unix_now: f64,
+) -> ProcessState {
+    let slots: Vec<SlotStatus> =
+        state.slots.iter().map(|(n, s)| slot_status(*n, s, s.phase.pid().and_then(figures), now, unix_now)).collect();
+    let first = state.first_slot();
+    let running_since = first.and_then(|s| s.phase.since().or(s.last_started_at));
+    let cycles = slots.iter().filter_map(|s| s.cycles).reduce(|a, b| a + b);
+    ProcessState {
+        pid: first.and_then(|s| s.phase.pid()).map(i64::from),
+        started_at: running_since.map(|t| unix_at(t, now, unix_now)),
+        restart_at: state.restart_at().map(|t| unix_at(t, now, unix_now)),
+        backoff_interval: Some(state.slots.values().map(|s| s.backoff.current().as_secs()).max().unwrap_or(0)),
         last_exit_status: state.last_exit.map(|e| i64::from(e.as_status())),
         status: Some(state.status(now)),
         held: Some(state.held()),
         restarts: Some(state.restarts),
         recycles: Some(state.recycles),
         last_exit: state.last_exit.map(last_exit),
+        replicas: Some(state.job.replicas),
+        cycles,
+        slots,
     }
 }
 
 /// The whole document as JSON text. Each job's configuration was serialized
 /// once when it was validated; here it is only copied.
-pub fn status_json(farm: &Farm, now: Instant, unix_now: f64) -> String {
+pub fn status_json(farm: &Farm, figures: &dyn Fn(i32) -> Option<CycleFigures>, now: Instant, unix_now: f64) -> String {
     let doc: StatusDocument<&RawValue> = farm
         .jobs()
         .iter()
         .map(|(id, state)| {
             (
                 id.to_string(),
-                JobStatus { config: state.job.config_json.get(), state: process_state(state, now, unix_now) },
+                JobStatus { config: state.job.config_json.get(), state: process_state(state, figures, now, unix_now) },
             )
         })
         .collect();

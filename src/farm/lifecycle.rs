@@ -1,13 +1,14 @@
 //! The lifecycle of one job's process: an explicit phase, owned by the core,
 //! from which the public status name is derived.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::backoff::WorkerBackoff;
 use super::{ExitKind, Pid};
-use crate::job::Job;
+use crate::job::{Job, JobId};
 
 /// What happens once a stopping process is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,8 +17,16 @@ pub enum AfterStop {
     Restart,
     /// Keep it stopped until `start ID` or `restart ID`.
     Hold,
-    /// Forget the job (removed from the configuration, or the farm shuts down).
+    /// Forget the slot (removed from the configuration, fewer replicas, or
+    /// the farm shuts down).
     Remove,
+    /// The job failed for good (another slot reached `maxFailures`): `Failed`.
+    Fail,
+    /// The watchdog stopped a stuck cycle: the exit is a failure, whatever
+    /// its code (restart policy, backoff, `maxFailures`).
+    RestartAsFailure,
+    /// A planned recycle (`recycle ID`): start again at once, counted as a recycle.
+    Recycle,
 }
 
 /// Where a job's process is in its life.
@@ -114,41 +123,55 @@ impl Phase {
     }
 }
 
-/// One job as the core tracks it.
+/// One process of a job: the job's id and the slot (0..replicas) it fills.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkerKey {
+    pub id: JobId,
+    pub slot: u32,
+}
+
+impl WorkerKey {
+    pub fn new(id: JobId, slot: u32) -> WorkerKey {
+        WorkerKey { id, slot }
+    }
+}
+
+impl std::fmt::Display for WorkerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}#{}", self.id, self.slot)
+    }
+}
+
+/// One slot of a job: its process's phase and its own backoff and counters.
 #[derive(Debug, Clone, PartialEq)]
-pub struct JobState {
-    pub job: Job,
+pub struct SlotState {
     pub phase: Phase,
     pub backoff: WorkerBackoff,
     pub last_exit: Option<ExitKind>,
     pub last_started_at: Option<Instant>,
     pub restarts: u64,
-    /// Planned recycles (a limit reached), counted in `restarts` too.
+    /// Planned recycles (a limit reached, `recycle ID`), counted in `restarts` too.
     pub recycles: u64,
-    /// When recent failures happened (within `failureWindowSeconds`).
-    pub failures: std::collections::VecDeque<Instant>,
+    /// When the core next looks at this process's cycle counters (the
+    /// watchdog, a rolling recycle waiting for a first cycle).
+    pub(super) inspect_at: Option<Instant>,
 }
 
-impl JobState {
-    pub(super) fn new(job: Job, now: Instant) -> Self {
-        JobState {
-            job,
-            phase: Phase::Waiting { at: now },
+impl SlotState {
+    pub(super) fn new(phase: Phase) -> Self {
+        SlotState {
+            phase,
             backoff: WorkerBackoff::default(),
             last_exit: None,
             last_started_at: None,
             restarts: 0,
             recycles: 0,
-            failures: std::collections::VecDeque::new(),
+            inspect_at: None,
         }
     }
 
     pub fn status(&self, now: Instant) -> StatusName {
         self.phase.status(now)
-    }
-
-    pub fn held(&self) -> bool {
-        matches!(self.phase, Phase::Held | Phase::Stopping { then: AfterStop::Hold, .. })
     }
 
     /// When the next process starts, if one is scheduled.
@@ -158,6 +181,99 @@ impl JobState {
             _ => None,
         }
     }
+}
+
+/// A rolling replacement of a job's processes (`recycle ID`): one slot at a
+/// time, the next one only once the previous slot's new process has
+/// completed its first cycle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rolling {
+    /// Slots still to replace, lowest first.
+    pub remaining: std::collections::BTreeSet<u32>,
+    pub current: Option<RollingStep>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RollingStep {
+    /// The slot's old process was asked to stop.
+    Stopping { slot: u32 },
+    /// The slot's new process runs; waiting for its first completed cycle.
+    FirstCycle { slot: u32, pid: Pid, since: Instant },
+}
+
+/// One job as the core tracks it: the job and its slots.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobState {
+    pub job: Job,
+    pub slots: BTreeMap<u32, SlotState>,
+    /// Held by `stop ID` until `start ID` or `restart ID`.
+    pub held: bool,
+    /// Gone from the configuration (or the farm shuts down): the job is
+    /// forgotten once its last slot's process is gone.
+    pub removed: bool,
+    /// When recent failures of any slot happened (within `failureWindowSeconds`).
+    pub failures: std::collections::VecDeque<Instant>,
+    pub rolling: Option<Rolling>,
+    /// Totals over every slot the job ever had.
+    pub restarts: u64,
+    pub recycles: u64,
+    pub last_exit: Option<ExitKind>,
+}
+
+impl JobState {
+    pub(super) fn new(job: Job) -> Self {
+        JobState {
+            job,
+            slots: BTreeMap::new(),
+            held: false,
+            removed: false,
+            failures: std::collections::VecDeque::new(),
+            rolling: None,
+            restarts: 0,
+            recycles: 0,
+            last_exit: None,
+        }
+    }
+
+    /// The job's status: its slots' when they agree, otherwise the one
+    /// that most needs an operator's eye.
+    pub fn status(&self, now: Instant) -> StatusName {
+        let mut statuses = self.slots.values().map(|s| s.status(now));
+        let Some(first) = statuses.next() else { return StatusName::Stopped };
+        if statuses.all(|s| s == first) {
+            return first;
+        }
+        const ATTENTION: [StatusName; 7] = [
+            StatusName::Failed,
+            StatusName::Stopping,
+            StatusName::Backoff,
+            StatusName::Starting,
+            StatusName::Running,
+            StatusName::Done,
+            StatusName::Stopped,
+        ];
+        let present: Vec<StatusName> = self.slots.values().map(|s| s.status(now)).collect();
+        ATTENTION.into_iter().find(|s| present.contains(s)).unwrap_or(first)
+    }
+
+    pub fn held(&self) -> bool {
+        self.held
+    }
+
+    /// The lowest slot, whose process php-lrpm's tools show as the job's.
+    pub fn first_slot(&self) -> Option<&SlotState> {
+        self.slots.values().next()
+    }
+
+    /// Processes running now, by slot.
+    pub fn pids(&self) -> impl Iterator<Item = (u32, Pid)> + '_ {
+        self.slots.iter().filter_map(|(slot, s)| s.phase.pid().map(|pid| (*slot, pid)))
+    }
+
+    /// When the next process starts, if one is scheduled.
+    pub fn restart_at(&self) -> Option<Instant> {
+        self.slots.values().filter_map(SlotState::restart_at).min()
+    }
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.job.shutdown_timeout_seconds)
@@ -165,6 +281,16 @@ impl JobState {
 
     pub fn short_run(&self) -> Duration {
         Duration::from_secs(self.job.short_run_time_seconds)
+    }
+
+    /// How a slot is named in logs: `job 7` for a single-process job,
+    /// `job 7#2` once a job has replicas.
+    pub fn label(&self, slot: u32) -> String {
+        if self.job.replicas > 1 || slot > 0 {
+            format!("job {}#{slot}", self.job.id)
+        } else {
+            format!("job {}", self.job.id)
+        }
     }
 }
 

@@ -21,6 +21,11 @@ fn job(id: i64, mtime: i64) -> Job {
         max_failures: None,
         failure_window_seconds: 60,
         essential: false,
+        replicas: 1,
+        cycle_timeout_seconds: None,
+        max_cycles: None,
+        max_lifetime_seconds: None,
+        memory_limit_mb: None,
         config: std::sync::Arc::new(Map::new()),
         config_json: RawJson::of(&Map::new()),
     }
@@ -34,11 +39,34 @@ fn id(n: i64) -> JobId {
     JobId::Int(n)
 }
 
-fn pid_of(id: &JobId) -> Pid {
-    match id {
-        JobId::Int(n) => 100 + *n as Pid,
+fn key(n: i64) -> WorkerKey {
+    WorkerKey::new(id(n), 0)
+}
+
+fn slot_key(n: i64, slot: u32) -> WorkerKey {
+    WorkerKey::new(id(n), slot)
+}
+
+/// Pid 100 + id for slot 0, 1000 more for each further slot.
+fn pid_of(key: &WorkerKey) -> Pid {
+    let base = match key.id {
+        JobId::Int(n) => 100 + n as Pid,
         JobId::Str(_) => 999,
-    }
+    };
+    base + 1000 * key.slot as Pid
+}
+
+fn slot_key_of(job_id: &JobId, slot: u32) -> WorkerKey {
+    WorkerKey::new(job_id.clone(), slot)
+}
+
+fn slot_pid(n: i64, slot: u32) -> Pid {
+    pid_of(&slot_key(n, slot))
+}
+
+/// Slot 0 of job n.
+fn slot0(farm: &Farm, n: i64) -> &SlotState {
+    &farm.job(&id(n)).unwrap().slots[&0]
 }
 
 fn without_logs(actions: Vec<Action>) -> Vec<Action> {
@@ -53,7 +81,7 @@ fn step(farm: &mut Farm, event: Event, now: Instant) -> Vec<Action> {
     let actions = without_logs(actions);
     for action in &actions {
         if let Action::StartWorker(job_id) = action {
-            farm.handle(Event::WorkerStarted { id: job_id.clone(), pid: pid_of(job_id) }, now);
+            farm.handle(Event::WorkerStarted { key: job_id.clone(), pid: pid_of(job_id) }, now);
         }
     }
     actions
@@ -71,17 +99,19 @@ fn running_farm(t0: Instant, jobs: &[Job]) -> Farm {
     farm.handle(Event::ConfigProcessStarted(1), t0);
     let actions = step(&mut farm, Event::Configuration(jobs.to_vec()), t0);
     for j in jobs {
-        assert!(actions.contains(&Action::StartWorker(j.id.clone())), "{actions:?}");
+        for slot in 0..j.replicas {
+            assert!(actions.contains(&Action::StartWorker(slot_key_of(&j.id, slot))), "{actions:?}");
+        }
     }
     farm
 }
 
 fn term(n: i64) -> Action {
-    Action::StopWorker { id: id(n), pid: 100 + n as Pid }
+    Action::StopWorker { key: key(n), pid: 100 + n as Pid }
 }
 
 fn kill(n: i64) -> Action {
-    Action::KillWorker { id: id(n), pid: 100 + n as Pid, reason: KillReason::StopTimeout(secs(10)) }
+    Action::KillWorker { key: key(n), pid: 100 + n as Pid, reason: KillReason::StopTimeout(secs(10)) }
 }
 
 fn exited(n: i64, code: i32) -> Event {
@@ -100,7 +130,7 @@ fn status(farm: &Farm, n: i64, now: Instant) -> StatusName {
 fn new_jobs_start_at_once() {
     let t0 = Instant::now();
     let farm = running_farm(t0, &[job(1, 1), job(2, 1), job(3, 1)]);
-    assert!(farm.jobs().values().all(|s| matches!(s.phase, Phase::Running { .. })));
+    assert!(farm.jobs().values().flat_map(|s| s.slots.values()).all(|s| matches!(s.phase, Phase::Running { .. })));
 }
 
 #[test]
@@ -112,7 +142,7 @@ fn diff_rules_for_mtime_and_removal() {
         (vec![job(1, 0), job(2, 1)], vec![]),        // lower mtime: untouched
         (vec![job(1, 2), job(2, 1)], vec![term(1)]), // higher mtime: restart only that job
         (vec![job(2, 1)], vec![term(1)]),            // missing: stop
-        (vec![job(1, 1), job(2, 1), job(3, 1)], vec![Action::StartWorker(id(3))]),
+        (vec![job(1, 1), job(2, 1), job(3, 1)], vec![Action::StartWorker(key(3))]),
     ];
     for (configuration, expected) in cases {
         let mut farm = running_farm(t0, &[job(1, 1), job(2, 1)]);
@@ -132,7 +162,7 @@ fn changed_job_restarts_with_the_new_config_once_stopped() {
     let mut farm = running_farm(t0, &[job(1, 1)]);
     step(&mut farm, Event::Configuration(vec![job(1, 2)]), t0 + secs(1));
     assert_eq!(status(&farm, 1, t0 + secs(1)), StatusName::Stopping);
-    assert_eq!(step(&mut farm, exited(1, 0), t0 + secs(2)), vec![Action::StartWorker(id(1))]);
+    assert_eq!(step(&mut farm, exited(1, 0), t0 + secs(2)), vec![Action::StartWorker(key(1))]);
     assert_eq!(farm.job(&id(1)).unwrap().job.mtime, 2);
 }
 
@@ -152,7 +182,7 @@ fn removed_then_added_again_while_stopping_restarts_once_gone() {
     let mut farm = running_farm(t0, &[job(1, 1)]);
     step(&mut farm, Event::Configuration(vec![]), t0);
     assert!(step(&mut farm, Event::Configuration(vec![job(1, 1)]), t0).is_empty());
-    assert_eq!(step(&mut farm, exited(1, 0), t0 + secs(1)), vec![Action::StartWorker(id(1))]);
+    assert_eq!(step(&mut farm, exited(1, 0), t0 + secs(1)), vec![Action::StartWorker(key(1))]);
 }
 
 #[test]
@@ -168,12 +198,12 @@ fn short_runs_back_off_1_2_4_and_a_long_run_resets() {
         assert_eq!(status(&farm, 1, now), StatusName::Backoff);
         assert!(tick(&mut farm, now + secs(expected_delay) - Duration::from_millis(1)).is_empty());
         now += secs(expected_delay);
-        assert_eq!(tick(&mut farm, now), vec![Action::StartWorker(id(1))]);
+        assert_eq!(tick(&mut farm, now), vec![Action::StartWorker(key(1))]);
     }
     // Ran for 5 s (= shortRunTimeSeconds): immediate restart, backoff back to 1 s.
     now += secs(5);
-    assert_eq!(step(&mut farm, exited(1, 0), now), vec![Action::StartWorker(id(1))]);
-    assert_eq!(farm.job(&id(1)).unwrap().backoff.current(), secs(1));
+    assert_eq!(step(&mut farm, exited(1, 0), now), vec![Action::StartWorker(key(1))]);
+    assert_eq!(slot0(&farm, 1).backoff.current(), secs(1));
     assert_eq!(farm.job(&id(1)).unwrap().restarts, 4);
 }
 
@@ -240,15 +270,15 @@ fn shutdown_escalates_per_job_and_on_a_second_request() {
     step(&mut farm, Event::Shutdown, t0);
     assert_eq!(
         tick(&mut farm, t0 + secs(2)),
-        vec![Action::KillWorker { id: id(1), pid: 101, reason: KillReason::StopTimeout(secs(2)) }]
+        vec![Action::KillWorker { key: key(1), pid: 101, reason: KillReason::StopTimeout(secs(2)) }]
     );
     let second = step(&mut farm, Event::Shutdown, t0 + secs(3));
     assert_eq!(
         second,
         vec![
             Action::KillConfigProcess { pid: 1 },
-            Action::KillWorker { id: id(1), pid: 101, reason: KillReason::SecondShutdown },
-            Action::KillWorker { id: id(2), pid: 102, reason: KillReason::SecondShutdown },
+            Action::KillWorker { key: key(1), pid: 101, reason: KillReason::SecondShutdown },
+            Action::KillWorker { key: key(2), pid: 102, reason: KillReason::SecondShutdown },
         ]
     );
 }
@@ -314,7 +344,7 @@ fn command(farm: &mut Farm, n: i64, command: JobCommand, now: Instant) -> (Resul
     let actions = without_logs(actions);
     for action in &actions {
         if let Action::StartWorker(job_id) = action {
-            farm.handle(Event::WorkerStarted { id: job_id.clone(), pid: pid_of(job_id) }, now);
+            farm.handle(Event::WorkerStarted { key: job_id.clone(), pid: pid_of(job_id) }, now);
         }
     }
     (outcome, actions)
@@ -327,12 +357,12 @@ fn restart_command_resets_backoff_and_starts_a_waiting_job_at_once() {
     step(&mut farm, exited(1, 1), t0);
     tick(&mut farm, t0 + secs(1));
     step(&mut farm, exited(1, 1), t0 + secs(1));
-    assert_eq!(farm.job(&id(1)).unwrap().backoff.current(), secs(4));
-    assert_eq!(command(&mut farm, 1, JobCommand::Restart, t0 + secs(2)), (Ok(()), vec![Action::StartWorker(id(1))]));
-    assert_eq!(farm.job(&id(1)).unwrap().backoff.current(), secs(1));
+    assert_eq!(slot0(&farm, 1).backoff.current(), secs(4));
+    assert_eq!(command(&mut farm, 1, JobCommand::Restart, t0 + secs(2)), (Ok(()), vec![Action::StartWorker(key(1))]));
+    assert_eq!(slot0(&farm, 1).backoff.current(), secs(1));
     // A running job is stopped and started again.
     assert_eq!(command(&mut farm, 1, JobCommand::Restart, t0 + secs(3)), (Ok(()), vec![term(1)]));
-    assert_eq!(step(&mut farm, exited(1, 0), t0 + secs(3)), vec![Action::StartWorker(id(1))]);
+    assert_eq!(step(&mut farm, exited(1, 0), t0 + secs(3)), vec![Action::StartWorker(key(1))]);
 }
 
 #[test]
@@ -344,7 +374,7 @@ fn held_jobs_survive_config_polls_until_started() {
     assert!(step(&mut farm, exited(1, 0), t0).is_empty());
     assert_eq!(status(&farm, 1, t0), StatusName::Stopped);
     assert!(step(&mut farm, Event::Configuration(vec![job(1, 5)]), t0 + secs(1)).is_empty());
-    assert_eq!(command(&mut farm, 1, JobCommand::Start, t0 + secs(2)), (Ok(()), vec![Action::StartWorker(id(1))]));
+    assert_eq!(command(&mut farm, 1, JobCommand::Start, t0 + secs(2)), (Ok(()), vec![Action::StartWorker(key(1))]));
 }
 
 #[test]
@@ -353,7 +383,7 @@ fn start_while_a_hold_is_still_stopping_restarts_once_gone() {
     let mut farm = running_farm(t0, &[job(1, 1)]);
     assert!(command(&mut farm, 1, JobCommand::Hold, t0).0.is_ok());
     assert_eq!(command(&mut farm, 1, JobCommand::Start, t0), (Ok(()), vec![]));
-    assert_eq!(step(&mut farm, exited(1, 0), t0), vec![Action::StartWorker(id(1))]);
+    assert_eq!(step(&mut farm, exited(1, 0), t0), vec![Action::StartWorker(key(1))]);
 }
 
 #[test]
@@ -363,7 +393,7 @@ fn requests_for_unknown_or_removed_jobs_are_refused_like_php_lrpm() {
     assert_eq!(command(&mut farm, 9, JobCommand::Restart, t0), (Err(Refusal::NoSuchJob), vec![]));
     step(&mut farm, Event::Configuration(vec![]), t0);
     assert_eq!(command(&mut farm, 1, JobCommand::Restart, t0), (Err(Refusal::Removed), vec![]));
-    assert_eq!(farm.signal_target(&id(1)), Ok(101), "a stopping process can still be signalled");
+    assert_eq!(farm.signal_targets(&id(1)), Ok(vec![(0, 101)]), "a stopping process can still be signalled");
     step(&mut farm, Event::Shutdown, t0);
     assert_eq!(command(&mut farm, 1, JobCommand::Start, t0), (Err(Refusal::ShuttingDown), vec![]));
 }
@@ -372,10 +402,10 @@ fn requests_for_unknown_or_removed_jobs_are_refused_like_php_lrpm() {
 fn signal_targets_only_live_processes() {
     let t0 = Instant::now();
     let mut farm = running_farm(t0, &[job(1, 1)]);
-    assert_eq!(farm.signal_target(&id(1)), Ok(101));
+    assert_eq!(farm.signal_targets(&id(1)), Ok(vec![(0, 101)]));
     step(&mut farm, exited(1, 1), t0);
-    assert_eq!(farm.signal_target(&id(1)), Err(Refusal::NotRunning));
-    assert_eq!(farm.signal_target(&id(2)), Err(Refusal::NoSuchJob));
+    assert_eq!(farm.signal_targets(&id(1)), Err(Refusal::NotRunning));
+    assert_eq!(farm.signal_targets(&id(2)), Err(Refusal::NoSuchJob));
     assert!(!farm.knows_pid(101));
 }
 
@@ -410,7 +440,7 @@ fn big_farms_start_in_bounded_batches() {
         let started = without_logs(farm.handle(Event::Tick, t0));
         for action in &started {
             if let Action::StartWorker(job_id) = action {
-                farm.handle(Event::WorkerStarted { id: job_id.clone(), pid: pid_of(job_id) }, t0);
+                farm.handle(Event::WorkerStarted { key: job_id.clone(), pid: pid_of(job_id) }, t0);
             }
         }
         actions.extend(started.clone());
@@ -431,8 +461,8 @@ fn a_failed_fork_backs_off_like_a_zero_second_run() {
     let t0 = Instant::now();
     let mut farm = running_farm(t0, &[]);
     farm.handle(Event::Configuration(vec![job(1, 1)]), t0);
-    assert_eq!(without_logs(farm.handle(Event::Tick, t0)), vec![Action::StartWorker(id(1))]);
-    farm.handle(Event::WorkerSpawnFailed(id(1)), t0);
+    assert_eq!(without_logs(farm.handle(Event::Tick, t0)), vec![Action::StartWorker(key(1))]);
+    farm.handle(Event::WorkerSpawnFailed(key(1)), t0);
     assert_eq!(status(&farm, 1, t0), StatusName::Backoff);
     assert_eq!(farm.next_deadline(), Some(t0 + secs(1)));
 }
@@ -442,10 +472,10 @@ fn a_deferred_start_is_due_again_at_once() {
     let t0 = Instant::now();
     let mut farm = running_farm(t0, &[]);
     farm.handle(Event::Configuration(vec![job(1, 1)]), t0);
-    assert_eq!(without_logs(farm.handle(Event::Tick, t0)), vec![Action::StartWorker(id(1))]);
-    farm.handle(Event::WorkerStartDeferred(id(1)), t0);
+    assert_eq!(without_logs(farm.handle(Event::Tick, t0)), vec![Action::StartWorker(key(1))]);
+    farm.handle(Event::WorkerStartDeferred(key(1)), t0);
     assert_eq!(farm.next_deadline(), Some(t0));
-    assert_eq!(tick(&mut farm, t0), vec![Action::StartWorker(id(1))]);
+    assert_eq!(tick(&mut farm, t0), vec![Action::StartWorker(key(1))]);
     assert_eq!(status(&farm, 1, t0), StatusName::Running);
 }
 
@@ -477,7 +507,7 @@ fn restart_policies_decide_what_an_exit_leads_to() {
         if matches!(expected, StatusName::Done | StatusName::Failed) {
             assert_eq!(farm.next_deadline(), None, "nothing is scheduled for an ended job");
             // restart ID starts it again.
-            assert_eq!(command(&mut farm, 1, JobCommand::Restart, t0 + secs(61)).1, vec![Action::StartWorker(id(1))]);
+            assert_eq!(command(&mut farm, 1, JobCommand::Restart, t0 + secs(61)).1, vec![Action::StartWorker(key(1))]);
         }
     }
 }
@@ -497,7 +527,7 @@ fn max_failures_within_the_window_fail_the_job_until_a_new_mtime() {
     // Failures older than the window do not count: a new mtime clears them.
     let mut changed = with_policy(1, RestartPolicy::Always, Some(3), false);
     changed.mtime = 2;
-    assert_eq!(step(&mut farm, Event::Configuration(vec![changed]), now), vec![Action::StartWorker(id(1))]);
+    assert_eq!(step(&mut farm, Event::Configuration(vec![changed]), now), vec![Action::StartWorker(key(1))]);
     // Failures spread wider than the window never add up.
     let mut farm = running_farm(t0, &[with_policy(2, RestartPolicy::Always, Some(2), false)]);
     let mut now = t0;
@@ -528,7 +558,255 @@ fn a_planned_recycle_restarts_at_once_even_after_a_short_run() {
     let t0 = Instant::now();
     let mut farm = running_farm(t0, &[job(1, 1)]);
     let actions = step(&mut farm, exited(1, crate::exit_code::RECYCLE), t0);
-    assert_eq!(actions, vec![Action::StartWorker(id(1))]);
+    assert_eq!(actions, vec![Action::StartWorker(key(1))]);
     let state = farm.job(&id(1)).unwrap();
-    assert_eq!((state.recycles, state.backoff.current()), (1, secs(1)));
+    assert_eq!((state.recycles, slot0(&farm, 1).backoff.current()), (1, secs(1)));
+}
+
+fn replicated(n: i64, mtime: i64, replicas: u32) -> Job {
+    let mut j = job(n, mtime);
+    j.replicas = replicas;
+    // Only replicas and mtime differ between versions built here.
+    let mut config = Map::new();
+    config.insert("replicas".into(), replicas.into());
+    config.insert("mtime".into(), mtime.into());
+    j.config = std::sync::Arc::new(config);
+    j
+}
+
+fn slot_exited(n: i64, slot: u32, code: i32) -> Event {
+    Event::ChildExited { pid: slot_pid(n, slot), exit: ExitKind::Code(code) }
+}
+
+fn slot_term(n: i64, slot: u32) -> Action {
+    Action::StopWorker { key: slot_key(n, slot), pid: slot_pid(n, slot) }
+}
+
+fn slot_status(farm: &Farm, n: i64, slot: u32, now: Instant) -> Option<StatusName> {
+    farm.slot(&slot_key(n, slot)).map(|s| s.status(now))
+}
+
+#[test]
+fn replicas_start_one_process_per_slot() {
+    let t0 = Instant::now();
+    let farm = running_farm(t0, &[replicated(1, 1, 3)]);
+    let state = farm.job(&id(1)).unwrap();
+    assert_eq!(state.pids().collect::<Vec<_>>(), vec![(0, slot_pid(1, 0)), (1, slot_pid(1, 1)), (2, slot_pid(1, 2))]);
+    assert_eq!(state.status(t0), StatusName::Running);
+}
+
+#[test]
+fn changing_only_replicas_stops_the_highest_slots_or_adds_slots_without_touching_the_others() {
+    let t0 = Instant::now();
+    // (from, to, expected actions)
+    let table: Vec<(u32, u32, Vec<Action>)> = vec![
+        (4, 2, vec![slot_term(1, 3), slot_term(1, 2)]),
+        (2, 4, vec![Action::StartWorker(slot_key(1, 2)), Action::StartWorker(slot_key(1, 3))]),
+        // A higher mtime with nothing changed restarts, as in php-lrpm.
+        (2, 2, vec![slot_term(1, 0), slot_term(1, 1)]),
+    ];
+    for (from, to, expected) in table {
+        let mut farm = running_farm(t0, &[replicated(1, 1, from)]);
+        let actions = step(&mut farm, Event::Configuration(vec![replicated(1, 2, to)]), t0 + secs(1));
+        assert_eq!(actions, expected, "{from} -> {to}");
+        for slot in to..from {
+            step(&mut farm, slot_exited(1, slot, 0), t0 + secs(2));
+            assert_eq!(slot_status(&farm, 1, slot, t0 + secs(2)), None, "slot {slot} is forgotten once gone");
+        }
+        assert_eq!(farm.job(&id(1)).unwrap().slots.len(), to as usize);
+        if from != to {
+            assert!(tick(&mut farm, t0 + secs(100)).is_empty(), "nothing else happens");
+        }
+    }
+}
+
+#[test]
+fn a_real_change_restarts_every_slot_and_rescales() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[replicated(1, 1, 2)]);
+    let mut changed = replicated(1, 2, 3);
+    std::sync::Arc::make_mut(&mut changed.config).insert("workerConfig".into(), "new".into());
+    let actions = step(&mut farm, Event::Configuration(vec![changed]), t0);
+    assert_eq!(actions, vec![slot_term(1, 0), slot_term(1, 1), Action::StartWorker(slot_key(1, 2))]);
+}
+
+#[test]
+fn scaling_down_and_up_again_before_the_process_is_gone_restarts_that_slot() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[replicated(1, 1, 2)]);
+    assert_eq!(step(&mut farm, Event::Configuration(vec![replicated(1, 2, 1)]), t0), vec![slot_term(1, 1)]);
+    assert!(step(&mut farm, Event::Configuration(vec![replicated(1, 3, 2)]), t0).is_empty());
+    assert_eq!(step(&mut farm, slot_exited(1, 1, 0), t0), vec![Action::StartWorker(slot_key(1, 1))]);
+}
+
+#[test]
+fn each_slot_backs_off_alone_and_failures_count_for_the_job() {
+    let t0 = Instant::now();
+    let mut j = replicated(1, 1, 3);
+    j.max_failures = Some(2);
+    let mut farm = running_farm(t0, &[j]);
+    step(&mut farm, slot_exited(1, 0, 1), t0);
+    assert_eq!(slot_status(&farm, 1, 0, t0), Some(StatusName::Backoff));
+    assert_eq!(slot_status(&farm, 1, 1, t0), Some(StatusName::Running));
+    assert_eq!(farm.job(&id(1)).unwrap().status(t0), StatusName::Backoff);
+    // A second failure, in another slot: the job has failed; the running slot stops.
+    let actions = step(&mut farm, slot_exited(1, 1, 1), t0);
+    assert_eq!(actions, vec![slot_term(1, 2)]);
+    step(&mut farm, slot_exited(1, 2, 0), t0);
+    assert_eq!(farm.job(&id(1)).unwrap().status(t0), StatusName::Failed);
+    assert!(tick(&mut farm, t0 + secs(100)).is_empty());
+}
+
+#[test]
+fn job_commands_apply_to_every_slot() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[replicated(1, 1, 2)]);
+    assert_eq!(command(&mut farm, 1, JobCommand::Hold, t0), (Ok(()), vec![slot_term(1, 0), slot_term(1, 1)]));
+    step(&mut farm, slot_exited(1, 0, 0), t0);
+    step(&mut farm, slot_exited(1, 1, 0), t0);
+    assert_eq!(farm.job(&id(1)).unwrap().status(t0), StatusName::Stopped);
+    // Scaling a held job adds held slots.
+    step(&mut farm, Event::Configuration(vec![replicated(1, 2, 3)]), t0);
+    assert_eq!(slot_status(&farm, 1, 2, t0), Some(StatusName::Stopped));
+    let (outcome, actions) = command(&mut farm, 1, JobCommand::Start, t0);
+    assert_eq!(outcome, Ok(()));
+    assert_eq!(actions.len(), 3);
+    assert_eq!(farm.signal_targets(&id(1)).unwrap().len(), 3);
+}
+
+/// Answers an inspection as the supervisor would, from a page showing `cycles`.
+fn inspect(farm: &mut Farm, n: i64, slot: u32, cycles: u64, running: Option<Duration>, now: Instant) -> Vec<Action> {
+    let event = Event::CycleProgress {
+        key: slot_key(n, slot),
+        pid: slot_pid(n, slot),
+        progress: Some(CycleProgress { cycles, current_cycle: running }),
+    };
+    step(farm, event, now)
+}
+
+#[test]
+fn a_rolling_recycle_replaces_one_slot_at_a_time_after_its_first_cycle() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let mut farm = running_farm(t0, &[replicated(1, 1, 3)]);
+    assert_eq!(command(&mut farm, 1, JobCommand::Recycle, t0), (Ok(()), vec![slot_term(1, 0)]));
+    // Slot 0's replacement starts at once (no backoff, however short the run).
+    assert_eq!(step(&mut farm, slot_exited(1, 0, 0), t0), vec![Action::StartWorker(slot_key(1, 0))]);
+    let inspect_slot0 = Action::InspectCycles { key: slot_key(1, 0), pid: slot_pid(1, 0) };
+    assert_eq!(farm.next_deadline(), Some(t0 + ROLLING_INSPECT_INTERVAL));
+    assert_eq!(tick(&mut farm, t0 + ms(20)), vec![inspect_slot0.clone()]);
+    // No cycle yet: look again; slot 1 is untouched.
+    assert!(inspect(&mut farm, 1, 0, 0, Some(ms(5)), t0 + ms(20)).is_empty());
+    assert_eq!(tick(&mut farm, t0 + ms(40)), vec![inspect_slot0]);
+    // Past its first cycle: the next slot is stopped.
+    assert_eq!(inspect(&mut farm, 1, 0, 1, None, t0 + ms(40)), vec![slot_term(1, 1)]);
+    step(&mut farm, slot_exited(1, 1, 0), t0 + ms(50));
+    assert_eq!(inspect(&mut farm, 1, 1, 1, None, t0 + ms(60)), vec![slot_term(1, 2)]);
+    step(&mut farm, slot_exited(1, 2, 0), t0 + ms(70));
+    assert!(inspect(&mut farm, 1, 2, 1, None, t0 + ms(80)).is_empty());
+    let state = farm.job(&id(1)).unwrap();
+    assert_eq!((state.recycles, state.rolling.is_none()), (3, true));
+    assert!(state.slots.values().all(|s| s.recycles == 1 && s.backoff.current() == secs(1)));
+}
+
+#[test]
+fn a_rolling_recycle_stops_when_a_replacement_dies_before_its_first_cycle() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[replicated(1, 1, 2)]);
+    assert!(command(&mut farm, 1, JobCommand::Recycle, t0).0.is_ok());
+    step(&mut farm, slot_exited(1, 0, 0), t0);
+    // The new process crashes: slot 1 keeps its old process.
+    let actions = step(&mut farm, slot_exited(1, 0, 255), t0);
+    assert!(actions.is_empty(), "{actions:?}");
+    assert!(farm.job(&id(1)).unwrap().rolling.is_none());
+    assert_eq!(slot_status(&farm, 1, 1, t0), Some(StatusName::Running));
+}
+
+#[test]
+fn recycle_of_a_job_with_nothing_running_is_refused() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[job(1, 1)]);
+    step(&mut farm, exited(1, 1), t0);
+    assert_eq!(command(&mut farm, 1, JobCommand::Recycle, t0), (Err(Refusal::NotRunning), vec![]));
+}
+
+#[test]
+fn the_watchdog_stops_a_stuck_cycle_and_counts_a_failure() {
+    let t0 = Instant::now();
+    let mut j = job(1, 1);
+    j.cycle_timeout_seconds = Some(10);
+    j.max_failures = Some(1);
+    let mut farm = running_farm(t0, &[j]);
+    let inspect1 = Action::InspectCycles { key: key(1), pid: 101 };
+    assert_eq!(farm.next_deadline(), Some(t0 + secs(10)));
+    assert_eq!(tick(&mut farm, t0 + secs(10)), vec![inspect1.clone()]);
+    // A cycle running for 4 s: look again when it would reach 10 s.
+    assert!(inspect(&mut farm, 1, 0, 7, Some(secs(4)), t0 + secs(10)).is_empty());
+    assert_eq!(farm.next_deadline(), Some(t0 + secs(16)));
+    assert_eq!(tick(&mut farm, t0 + secs(16)), vec![inspect1]);
+    assert_eq!(inspect(&mut farm, 1, 0, 7, Some(secs(10)), t0 + secs(16)), vec![term(1)]);
+    // It exits 0 on SIGTERM, and that still is a failure (maxFailures 1: failed).
+    step(&mut farm, exited(1, 0), t0 + secs(17));
+    assert_eq!(status(&farm, 1, t0 + secs(17)), StatusName::Failed);
+}
+
+#[test]
+fn the_watchdog_restarts_a_stuck_worker_with_backoff() {
+    let t0 = Instant::now();
+    let mut j = job(1, 1);
+    j.cycle_timeout_seconds = Some(1);
+    let mut farm = running_farm(t0, &[j]);
+    tick(&mut farm, t0 + secs(1));
+    assert_eq!(inspect(&mut farm, 1, 0, 0, Some(secs(2)), t0 + secs(1)), vec![term(1)]);
+    assert!(step(&mut farm, exited(1, 0), t0 + secs(2)).is_empty(), "backs off like a crash");
+    assert_eq!(status(&farm, 1, t0 + secs(2)), StatusName::Backoff);
+    assert_eq!(farm.job(&id(1)).unwrap().failures.len(), 1);
+}
+
+#[test]
+fn without_a_page_a_rolling_recycle_moves_on_and_the_watchdog_waits() {
+    let t0 = Instant::now();
+    let mut j = replicated(1, 1, 2);
+    j.cycle_timeout_seconds = Some(5);
+    let mut farm = running_farm(t0, &[j]);
+    assert!(command(&mut farm, 1, JobCommand::Recycle, t0).0.is_ok());
+    step(&mut farm, slot_exited(1, 0, 0), t0);
+    let event = Event::CycleProgress { key: slot_key(1, 0), pid: slot_pid(1, 0), progress: None };
+    assert_eq!(step(&mut farm, event, t0 + secs(1)), vec![slot_term(1, 1)]);
+}
+
+#[test]
+fn a_rolling_recycle_goes_on_when_a_replacement_ends_as_planned_before_being_inspected() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[replicated(1, 1, 2)]);
+    assert!(command(&mut farm, 1, JobCommand::Recycle, t0).0.is_ok());
+    step(&mut farm, slot_exited(1, 0, 0), t0);
+    // maxCycles 1: the replacement recycles itself right after its first cycle.
+    let actions = step(&mut farm, slot_exited(1, 0, crate::exit_code::RECYCLE), t0);
+    assert_eq!(actions, vec![slot_term(1, 1), Action::StartWorker(slot_key(1, 0))]);
+}
+
+#[test]
+fn restart_does_not_bring_back_a_slot_being_scaled_away() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[replicated(1, 1, 2)]);
+    step(&mut farm, Event::Configuration(vec![replicated(1, 2, 1)]), t0);
+    assert_eq!(command(&mut farm, 1, JobCommand::Restart, t0), (Ok(()), vec![slot_term(1, 0)]));
+    assert!(step(&mut farm, slot_exited(1, 1, 0), t0).is_empty());
+    assert_eq!(slot_status(&farm, 1, 1, t0), None);
+}
+
+#[test]
+fn a_rolling_recycle_goes_on_when_its_slot_is_scaled_away() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[replicated(1, 1, 3)]);
+    // Replace slot 0, then slot 1 is being stopped when replicas drop to 1.
+    assert!(command(&mut farm, 1, JobCommand::Recycle, t0).0.is_ok());
+    step(&mut farm, slot_exited(1, 0, 0), t0);
+    assert_eq!(inspect(&mut farm, 1, 0, 1, None, t0), vec![slot_term(1, 1)]);
+    step(&mut farm, Event::Configuration(vec![replicated(1, 2, 1)]), t0);
+    step(&mut farm, slot_exited(1, 1, 0), t0);
+    step(&mut farm, slot_exited(1, 2, 0), t0);
+    assert!(farm.job(&id(1)).unwrap().rolling.is_none());
+    assert_eq!(farm.job(&id(1)).unwrap().slots.len(), 1);
 }

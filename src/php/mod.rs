@@ -398,11 +398,11 @@ fn worker_program_with_source(
         "job": &*job.config,
         "cycles": cycles,
         "cycleInterval": job.cycle_interval_seconds,
-        "maxCycles": job.config.get("maxCycles"),
-        "maxLifetime": job.config.get("maxLifetimeSeconds"),
-        "memoryLimitMb": job.config.get("memoryLimitMb"),
+        "maxCycles": job.max_cycles,
+        "maxLifetime": job.max_lifetime_seconds,
+        "memoryLimitMb": job.memory_limit_mb,
     });
-    let title = format!("lrpm-host: worker {} {}", job.id, job.name);
+    let title = format!("lrpm-host: worker {} {} #{slot}", job.id, job.name);
     let mut program = ChildProgram::new(&params, argv, &title, None)?;
     // Half the shutdown timeout: a stopping worker's blocked stream reads
     // end then, leaving it the other half to finish before SIGKILL.

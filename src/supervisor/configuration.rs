@@ -66,8 +66,15 @@ impl Supervisor<'_> {
         }
         tracing::debug!(jobs = validated.jobs.len(), "configuration received");
         let mut jobs = validated.jobs;
+        let php_memory_limit = crate::php::memory_limit_bytes();
         for job in &mut jobs {
             self.config.job_defaults.apply(job);
+            if let Some(warning) = job::memory_limit_warning(job, php_memory_limit) {
+                let key = format!("memoryLimitMb {:?}", job.memory_limit_mb);
+                if self.warned_fields.insert((job.id.clone(), key)) {
+                    tracing::warn!("{warning}");
+                }
+            }
         }
         let actions = self.farm.handle(Event::Configuration(jobs), now);
         self.apply(actions);

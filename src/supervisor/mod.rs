@@ -344,17 +344,33 @@ impl Supervisor<'_> {
         self.apply(actions);
     }
 
+    /// A worker's cycle counters from its shared page (None without one).
+    fn cycle_figures(&self, pid: i32) -> Option<crate::control::status::CycleFigures> {
+        let snapshot = self.pages.get(&pid)?.cycle_snapshot(process::monotonic_now_ns());
+        Some(crate::control::status::CycleFigures {
+            cycles: snapshot.cycles,
+            last_cycle: snapshot.last_cycle,
+            cycle_running: snapshot.current_cycle_running_for,
+            heap_bytes: snapshot.heap_bytes,
+            peak_heap_bytes: snapshot.peak_heap_bytes,
+        })
+    }
+
+    fn cycle_progress(&self, pid: i32) -> Option<crate::farm::CycleProgress> {
+        self.cycle_figures(pid).map(|f| crate::farm::CycleProgress { cycles: f.cycles, current_cycle: f.cycle_running })
+    }
+
     fn apply(&mut self, actions: Vec<Action>) {
         let mut queue: VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
             let now = Instant::now();
             match action {
-                Action::StartWorker(id) => {
+                Action::StartWorker(key) => {
                     let event = if self.forking >= FORK_BUDGET {
-                        Event::WorkerStartDeferred(id)
+                        Event::WorkerStartDeferred(key)
                     } else {
                         let fork_started = Instant::now();
-                        let event = self.spawn_worker(&id);
+                        let event = self.spawn_worker(&key);
                         self.forking += fork_started.elapsed();
                         event
                     };
@@ -363,7 +379,11 @@ impl Supervisor<'_> {
                 Action::StopWorker { pid, .. } | Action::StopConfigProcess { pid } => {
                     process::signal_group(Pid::from_raw(pid), Signal::SIGTERM)
                 }
-                Action::KillWorker { id, pid, reason } => {
+                Action::InspectCycles { key, pid } => {
+                    let progress = self.cycle_progress(pid);
+                    queue.extend(self.farm.handle(Event::CycleProgress { key, pid, progress }, now));
+                }
+                Action::KillWorker { key, pid, reason } => {
                     if let KillReason::StopTimeout(timeout) = reason {
                         let handler = match self.pages.get(&pid) {
                             Some(page) if page.user_replaced_stop_handler() => {
@@ -373,8 +393,9 @@ impl Supervisor<'_> {
                             Some(_) => "user code had not replaced the SIGTERM handler: cycle() did not return in time",
                             None => "cycle() did not return in time",
                         };
+                        let label = self.farm.job(&key.id).map_or_else(|| format!("job {key}"), |s| s.label(key.slot));
                         tracing::warn!(
-                            "job {id} (pid {pid}) did not stop within {}s of SIGTERM, sending SIGKILL ({handler}; \
+                            "{label} (pid {pid}) did not stop within {}s of SIGTERM, sending SIGKILL ({handler}; \
                              bound blocking calls with timeouts, see the README, \"Writing an app\")",
                             timeout.as_secs()
                         );

@@ -32,13 +32,14 @@ impl Supervisor<'_> {
             Request::Reload => self.handle_reload(now),
             Request::Shutdown => self.handle_shutdown(now),
             Request::Job { id, command } => self.handle_job_command(&id, command, now),
-            Request::RestartAll => self.handle_restart_all(now),
+            Request::RestartAll => self.handle_every_job(JobCommand::Restart, now),
+            Request::RecycleAll => self.handle_every_job(JobCommand::Recycle, now),
             Request::Signal { id, signal } => self.handle_signal(&id, signal),
         }
     }
 
     fn handle_status(&self, now: Instant) -> String {
-        status::status_json(&self.farm, now, status::unix_now())
+        status::status_json(&self.farm, &|pid| self.cycle_figures(pid), now, status::unix_now())
     }
 
     fn handle_reload(&mut self, now: Instant) -> String {
@@ -59,35 +60,56 @@ impl Supervisor<'_> {
         control::job_reply(id, command, outcome)
     }
 
-    /// Restarts every job the core would restart one by one (removed jobs
-    /// still stopping are left alone).
-    fn handle_restart_all(&mut self, now: Instant) -> String {
+    /// `restart all` and `recycle all`: the command on every job, as one
+    /// request per job would (removed jobs still stopping, and jobs with
+    /// nothing to recycle, are left alone).
+    fn handle_every_job(&mut self, command: JobCommand, now: Instant) -> String {
         let ids: Vec<JobId> = self.farm.jobs().keys().cloned().collect();
-        let mut restarted = 0;
+        let mut accepted = 0;
         for id in &ids {
-            let (outcome, actions) = self.farm.job_command(id, JobCommand::Restart, now);
+            let (outcome, actions) = self.farm.job_command(id, command, now);
             self.apply(actions);
             match outcome {
-                Ok(()) => restarted += 1,
+                Ok(()) => accepted += 1,
                 Err(Refusal::ShuttingDown) => {
-                    return format!("error: Will not restart, {}", control::refusal_reason(Refusal::ShuttingDown))
+                    let verb = control::verb(command);
+                    return format!("error: Will not {verb}, {}", control::refusal_reason(Refusal::ShuttingDown));
                 }
                 Err(_) => {}
             }
         }
-        format!("Scheduled immediate restart of {restarted} job(s)")
+        match command {
+            JobCommand::Recycle => format!("Scheduled rolling recycle of {accepted} job(s)"),
+            _ => format!("Scheduled immediate {} of {accepted} job(s)", control::verb(command)),
+        }
     }
 
-    /// Delivers exactly the signal asked for to the worker process (not its
-    /// group), through a pidfd.
+    /// Delivers exactly the signal asked for to each of the job's worker
+    /// processes (not their groups), through pidfds.
     fn handle_signal(&mut self, id: &JobId, signal: Signal) -> String {
-        match self.farm.signal_target(id) {
-            Err(Refusal::NoSuchJob) => format!("error: job {id} does not exist"),
-            Err(refusal) => format!("error: cannot signal job {id}: {}", control::refusal_reason(refusal)),
-            Ok(pid) => match process::signal_process(Pid::from_raw(pid), signal) {
-                Ok(()) => format!("Sent {} to job {id} (pid {pid})", signal.as_str()),
-                Err(e) => format!("error: cannot send {} to job {id} (pid {pid}): {e}", signal.as_str()),
-            },
+        let targets = match self.farm.signal_targets(id) {
+            Err(Refusal::NoSuchJob) => return format!("error: job {id} does not exist"),
+            Err(refusal) => return format!("error: cannot signal job {id}: {}", control::refusal_reason(refusal)),
+            Ok(targets) => targets,
+        };
+        let mut sent = Vec::new();
+        let mut failed = Vec::new();
+        for (_, pid) in targets {
+            match process::signal_process(Pid::from_raw(pid), signal) {
+                Ok(()) => sent.push(pid.to_string()),
+                Err(e) => failed.push(format!("pid {pid}: {e}")),
+            }
+        }
+        if failed.is_empty() {
+            let noun = if sent.len() == 1 { "pid" } else { "pids" };
+            format!("Sent {} to job {id} ({noun} {})", signal.as_str(), sent.join(", "))
+        } else {
+            format!(
+                "error: cannot send {} to job {id} ({}); sent to: {}",
+                signal.as_str(),
+                failed.join("; "),
+                if sent.is_empty() { "none".to_string() } else { sent.join(", ") }
+            )
         }
     }
 }

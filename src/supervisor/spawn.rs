@@ -10,8 +10,7 @@ use nix::unistd::Pid;
 
 use super::config_channel::ConfigChannel;
 use super::{Supervisor, SupervisorError};
-use crate::farm::Event;
-use crate::job::JobId;
+use crate::farm::{Event, WorkerKey};
 use crate::php;
 use crate::process::shared_page::SharedSlots;
 use crate::process::{self, ChildSetup};
@@ -26,18 +25,24 @@ impl Supervisor<'_> {
         fds
     }
 
-    pub(super) fn spawn_worker(&mut self, id: &JobId) -> Event {
-        let Some(state) = self.farm.job(id) else { return Event::WorkerSpawnFailed(id.clone()) };
+    pub(super) fn spawn_worker(&mut self, key: &WorkerKey) -> Event {
+        let Some(state) = self.farm.job(&key.id) else { return Event::WorkerSpawnFailed(key.clone()) };
+        let label = state.label(key.slot);
         let source_file = self.config.source_is_file.then(|| Path::new(&self.config.source));
         let job = &state.job;
-        let mut program =
-            match php::farm_worker_program(job, self.config.bootstrap.as_deref(), source_file, &self.config.argv, 0) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!("job {id}: cannot prepare the worker: {e}");
-                    return Event::WorkerSpawnFailed(id.clone());
-                }
-            };
+        let mut program = match php::farm_worker_program(
+            job,
+            self.config.bootstrap.as_deref(),
+            source_file,
+            &self.config.argv,
+            key.slot,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("{label}: cannot prepare the worker: {e}");
+                return Event::WorkerSpawnFailed(key.clone());
+            }
+        };
         let page = self.slots.as_mut().and_then(SharedSlots::allocate);
         if let Some(page) = &page {
             program.set_shared_page(page.clone());
@@ -50,15 +55,15 @@ impl Supervisor<'_> {
                 if let Some(page) = page {
                     self.pages.insert(pid.as_raw(), page);
                 }
-                tracing::info!("job {id} ({}) started as pid {pid}", state.job.name);
-                Event::WorkerStarted { id: id.clone(), pid: pid.as_raw() }
+                tracing::info!("{label} ({}) started as pid {pid}", state.job.name);
+                Event::WorkerStarted { key: key.clone(), pid: pid.as_raw() }
             }
             Err(e) => {
                 if let (Some(page), Some(slots)) = (page, self.slots.as_mut()) {
                     slots.release(page);
                 }
-                tracing::error!("job {id}: {e}");
-                Event::WorkerSpawnFailed(id.clone())
+                tracing::error!("{label}: {e}");
+                Event::WorkerSpawnFailed(key.clone())
             }
         }
     }
