@@ -51,7 +51,7 @@ RUN groupadd --system --gid 10001 lrpm \
  && install -d -o lrpm -g lrpm -m 0700 /run/lrpm-host
 COPY --from=build /src/target/release/lrpm-host /src/target/release/lrpmctl /usr/local/bin/
 # The example farm: code owned by root (read-only to the farm), var/ (the
-# spool consumer's folders) writable. Replace /app with your app (docs/deploy.md).
+# spool consumer's folders) writable. Your own app: docs/deploy.md, "Your app in the image".
 COPY examples/farm.php examples/jobs.json /app/
 COPY examples/src /app/src
 COPY examples/vendor /app/vendor
