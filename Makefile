@@ -8,6 +8,9 @@
 #   make bench-quick  the same with few repetitions, to try the harness out
 #   make bench-scale  only the scale measure (up to 10,000 workers, ~8 min):
 #               rewrites bench/results/scale.json, then the whole report
+#   make docker       build the container image lrpm-host:latest (DOCKER_IMAGE=...; docs/deploy.md)
+#   make docker-test  build it, then check it against the Docker engine
+#               (tests/docker/check.sh: graceful docker stop, PID 1, lrpmctl); not part of `make test`
 
 SHELL := /bin/bash
 
@@ -25,7 +28,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Build exactly the locked dependency versions when a lock file exists.
 LOCKED := $(if $(wildcard Cargo.lock),--locked,)
 
-.PHONY: deps bench-deps install-packages build run test bench bench-quick bench-scale
+# The image `make docker` builds and `make docker-test` checks.
+DOCKER_IMAGE ?= lrpm-host:latest
+
+.PHONY: deps bench-deps install-packages build run test bench bench-quick bench-scale docker docker-test
 
 deps:
 	@$(MAKE) --no-print-directory install-packages PACKAGES="$(DEB_PACKAGES)"
@@ -68,3 +74,11 @@ bench-quick: bench-deps build
 bench-scale: bench-deps build
 	/usr/bin/python3 bench/harness.py --only scale
 	/usr/bin/python3 bench/report.py
+
+# Needs a Docker engine; a machine that cannot pull debian:bookworm-slim can
+# make it first with tests/docker/base-image.sh.
+docker:
+	docker build -t $(DOCKER_IMAGE) .
+
+docker-test: docker
+	tests/docker/check.sh $(DOCKER_IMAGE)
