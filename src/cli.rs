@@ -92,6 +92,11 @@ pub struct FarmOptions {
     #[arg(long, value_name = "MB", value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub memory_limit_mb: Option<u64>,
 
+    /// Jobs that do not set `essential` are essential: one failing for good
+    /// shuts the farm down (exit 69).
+    #[arg(long, global = true)]
+    pub essential: bool,
+
     /// Permissions of the control socket, octal.
     #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_octal_mode, global = true)]
     pub control_socket_mode: u32,
@@ -110,6 +115,7 @@ impl FarmOptions {
             max_cycles: self.max_cycles,
             max_lifetime_seconds: self.max_lifetime_seconds,
             memory_limit_mb: self.memory_limit_mb,
+            essential: self.essential.then_some(true),
         }
     }
 }

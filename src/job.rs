@@ -316,6 +316,7 @@ pub struct JobDefaults {
     pub max_cycles: Option<u64>,
     pub max_lifetime_seconds: Option<u64>,
     pub memory_limit_mb: Option<u64>,
+    pub essential: Option<bool>,
 }
 
 impl JobDefaults {
@@ -335,6 +336,9 @@ impl JobDefaults {
         }
         if let (true, Some(replicas)) = (unset("replicas"), self.replicas) {
             job.replicas = replicas;
+        }
+        if let (true, Some(essential)) = (unset("essential"), self.essential) {
+            job.essential = essential;
         }
         let optional = [
             ("cycleTimeoutSeconds", &mut job.cycle_timeout_seconds, self.cycle_timeout_seconds),
@@ -383,6 +387,14 @@ pub enum RestartPolicy {
 }
 
 impl RestartPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Never => "never",
+        }
+    }
+
     pub fn parse(text: &str) -> Option<RestartPolicy> {
         match text {
             "always" => Some(RestartPolicy::Always),

@@ -140,9 +140,17 @@ fn recycle_replaces_every_slot_one_at_a_time() {
 fn host_wide_defaults_apply_to_jobs_without_their_own_fields_and_check_shows_them() {
     let _g = shared();
     let options = FarmOptions {
-        extra_args: ["--replicas", "2", "--cycle-timeout-seconds", "30", "--max-lifetime-seconds", "3600"]
-            .map(String::from)
-            .to_vec(),
+        extra_args: [
+            "--replicas",
+            "2",
+            "--cycle-timeout-seconds",
+            "30",
+            "--max-lifetime-seconds",
+            "3600",
+            "--essential",
+        ]
+        .map(String::from)
+        .to_vec(),
         ..Default::default()
     };
     let farm = Farm::start("defaults", options, |jobs| {
@@ -154,6 +162,19 @@ fn host_wide_defaults_apply_to_jobs_without_their_own_fields_and_check_shows_the
     });
     wait_slots(&farm, "d", 2);
     wait_slots(&farm, "own", 1);
+    // status shows the settings each job runs with; config only what the source gave.
+    let status = farm.status();
+    let settings = |id: &str| status[id]["state"]["settings"].clone();
+    assert_eq!(
+        (settings("d")["replicas"].clone(), settings("d")["cycleTimeoutSeconds"].clone()),
+        (json!(2), json!(30)),
+        "{status}"
+    );
+    assert_eq!(settings("d")["maxLifetimeSeconds"], 3600, "{status}");
+    assert_eq!(settings("d")["essential"], true, "{status}");
+    assert_eq!(settings("own")["cycleTimeoutSeconds"], 5, "{status}");
+    assert_eq!(settings("own")["restartPolicy"], "always", "{status}");
+    assert!(status["d"]["config"].get("replicas").is_none(), "{status}");
     let stderr = farm.wait_stderr("job bad: field 'replicas'", secs(5.0));
     assert!(stderr.contains("0 is below 1 (to run no process, hold the job with `lrpmctl stop ID`)"), "{stderr}");
 
