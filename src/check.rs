@@ -42,7 +42,7 @@ pub fn run(
     };
     let (read_end, write_end) = process::message_pipe()?;
     let program = php::config_program(&source, is_file, 0, true, bootstrap, argv, write_end.as_raw_fd())?;
-    let setup = ChildSetup { nice: None, open_files: None, close_fds: vec![read_end.as_raw_fd()] };
+    let setup = ChildSetup { close_fds: vec![read_end.as_raw_fd()], ..Default::default() };
     let child = process::spawn_child(&setup, |parent| program.run(engine, parent))?;
     drop(write_end);
     let mut channel = ConfigChannel::new(read_end);

@@ -97,9 +97,32 @@ pub struct FarmOptions {
     #[arg(long, global = true)]
     pub essential: bool,
 
+    /// Log format: text, or json (one object per line; worker output too).
+    #[arg(long, value_enum, default_value = "text", value_name = "FORMAT", global = true)]
+    pub log_format: crate::telemetry::LogFormat,
+
+    /// Log level or filter (env-filter syntax: info, debug, warn, ...);
+    /// default: LRPM_LOG, else info.
+    #[arg(long, value_name = "LEVEL", global = true)]
+    pub log_level: Option<String>,
+
+    /// Workers' stdout and stderr: capture (through pipes, forwarded a whole
+    /// line at a time with the job's name and slot) or inherit (the host's
+    /// own descriptors, untouched).
+    #[arg(long, value_enum, default_value = "capture", value_name = "MODE", global = true)]
+    pub worker_output: WorkerOutput,
+
     /// Permissions of the control socket, octal.
     #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_octal_mode, global = true)]
     pub control_socket_mode: u32,
+}
+
+/// What happens to workers' stdout and stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkerOutput {
+    #[default]
+    Capture,
+    Inherit,
 }
 
 impl FarmOptions {

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod control;
 pub mod exit_code;
 pub mod farm;
+pub mod host_output;
 pub mod job;
 pub mod php;
 pub mod pidfile;

@@ -74,6 +74,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 close_in_children: Vec::new(),
                 subreaper: cli.farm.subreaper,
                 job_defaults: cli.farm.job_defaults(),
+                capture_output: cli.farm.worker_output == lrpm_host::cli::WorkerOutput::Capture,
             };
             if config.source_is_file && !std::path::Path::new(&config.source).is_file() {
                 anyhow::bail!("configuration source {} does not exist", config.source);
@@ -105,7 +106,10 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    telemetry::init();
+    if let Err(e) = telemetry::init(cli.farm.log_format, cli.farm.log_level.as_deref()) {
+        eprintln!("lrpm-host: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -1,4 +1,10 @@
-//! Logging setup: tracing to stderr, level from LRPM_LOG (default info).
+//! Logging setup: tracing, written synchronously (no logging thread: the
+//! supervisor forks) through the host's stderr buffer (`host_output`), so
+//! log lines and forwarded worker lines never interleave.
+//!
+//! Level: `--log-level`, else `LRPM_LOG` (env-filter syntax), else info.
+//! Format: text, or JSON (one object per line: timestamp, level, message,
+//! and the job, name, slot and pid of the process the event is about).
 
 #![forbid(unsafe_code)]
 
@@ -6,12 +12,63 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-pub fn init() {
-    let filter = EnvFilter::try_from_env("LRPM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
+use crate::host_output::LogWriter;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// The format logging was set up with (worker output follows it).
+pub fn format() -> LogFormat {
+    FORMAT.get().copied().unwrap_or_default()
+}
+
+pub fn init(format: LogFormat, level: Option<&str>) -> Result<(), String> {
+    let filter = match level {
+        Some(level) => EnvFilter::try_new(level).map_err(|e| format!("--log-level {level}: {e}"))?,
+        None => EnvFilter::try_from_env("LRPM_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let _ = FORMAT.set(format);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(LogWriter).with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).try_init(),
+    };
+    Ok(())
+}
+
+/// The process a log line is about: in JSON logs, its job id, name, slot
+/// and pid are fields of their own (text logs say them in the message).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Subject<'a> {
+    pub job: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub slot: Option<u32>,
+    pub pid: Option<i32>,
+}
+
+/// Logs one line at a level chosen at run time, with its subject's fields in JSON.
+pub fn log(level: crate::farm::LogLevel, message: &str, subject: Subject<'_>) {
+    use crate::farm::LogLevel;
+    let fields = format() == LogFormat::Json;
+    let Subject { job, name, slot, pid } = subject;
+    macro_rules! at {
+        ($level:ident) => {
+            if fields {
+                tracing::$level!(job, name, slot, pid, "{message}")
+            } else {
+                tracing::$level!("{message}")
+            }
+        };
+    }
+    match level {
+        LogLevel::Info => at!(info),
+        LogLevel::Warn => at!(warn),
+        LogLevel::Error => at!(error),
+    }
 }

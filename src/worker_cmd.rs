@@ -66,7 +66,7 @@ pub fn run(
     let page = SharedPage::new().map_err(WorkerCmdError::SharedPage)?;
     program.set_shared_page(page.clone());
     let mut signals = SignalEvents::new()?;
-    let setup = ChildSetup { nice: None, open_files: None, close_fds: vec![signals.raw_fd()] };
+    let setup = ChildSetup { close_fds: vec![signals.raw_fd()], ..Default::default() };
     let child = process::spawn_child(&setup, |parent| program.run(engine, parent))?;
     tracing::debug!(pid = child.as_raw(), "worker started");
 

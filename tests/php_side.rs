@@ -117,7 +117,8 @@ fn lrpmctl_signal_segv_kills_a_farm_worker_the_first_time() {
     let source = write_source(&dir, &jobs);
     let mut farm = start_farm(&dir, &source, Some(&app_bootstrap()));
     let pid: i32 = wait_until(&mut farm, DEFAULT_TIMEOUT, "the worker's pid", |r| {
-        r.stdout_so_far().lines().find_map(|l| l.strip_prefix("pid ").and_then(|p| p.parse().ok()))
+        // Forwarded with the job's name and slot.
+        r.stdout_so_far().lines().find_map(|l| l.strip_prefix("[test job#0] pid ").and_then(|p| p.parse().ok()))
     });
     ctl(&dir, &["signal", "1", "SEGV"]).assert_code(0);
     wait_stderr(&mut farm, &format!("job 1 (pid {pid}) exited after"), DEFAULT_TIMEOUT);

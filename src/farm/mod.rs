@@ -155,9 +155,36 @@ pub enum Action {
         pid: Pid,
     },
     /// Something worth telling the operator.
-    Log(LogLevel, String),
+    Log(LogEvent),
     /// Shutdown is complete: every child is gone.
     Exit(HostExit),
+}
+
+/// A log line, and the process it is about (for structured logs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEvent {
+    pub level: LogLevel,
+    pub message: String,
+    /// The job (and slot, and process) the line is about, if any.
+    pub job: Option<JobId>,
+    pub slot: Option<u32>,
+    pub pid: Option<Pid>,
+}
+
+impl Action {
+    fn log(level: LogLevel, message: String) -> Action {
+        Action::Log(LogEvent { level, message, job: None, slot: None, pid: None })
+    }
+
+    /// A line about a job as a whole.
+    fn log_job(level: LogLevel, id: &JobId, message: String) -> Action {
+        Action::Log(LogEvent { level, message, job: Some(id.clone()), slot: None, pid: None })
+    }
+
+    /// A line about one slot's process.
+    fn log_about(level: LogLevel, key: &WorkerKey, pid: Option<Pid>, message: String) -> Action {
+        Action::Log(LogEvent { level, message, job: Some(key.id.clone()), slot: Some(key.slot), pid })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -512,20 +539,24 @@ impl Farm {
         if self.is_shutting_down() {
             return;
         }
+        let first = !self.config.loaded;
         self.config.loaded = true;
         self.config.failures_before_first = 0;
         let new_ids: BTreeSet<JobId> = jobs.iter().map(|j| j.id.clone()).collect();
+        let (mut added, mut changed) = (0, 0);
         for job in jobs {
             let id = job.id.clone();
             let Some(state) = self.jobs.get_mut(&id) else {
-                actions.push(Action::Log(LogLevel::Info, added_message(&job, "added")));
+                actions.push(Action::log_job(LogLevel::Info, &id, added_message(&job, "added")));
+                added += 1;
                 self.insert_job(job, now);
                 continue;
             };
             if state.removed {
                 // Removed and still stopping, now back: the new job runs
                 // once the old processes are gone.
-                actions.push(Action::Log(LogLevel::Info, added_message(&job, "added again")));
+                actions.push(Action::log_job(LogLevel::Info, &id, added_message(&job, "added again")));
+                added += 1;
                 state.job = job;
                 state.removed = false;
                 state.held = false;
@@ -541,16 +572,18 @@ impl Farm {
             let (old_replicas, new_replicas) = (state.job.replicas, job.replicas);
             let only_replicas = same_but_replicas(&state.job, &job);
             let mtimes = format!("mtime {} -> {}", state.job.mtime, job.mtime);
+            changed += 1;
             state.job = job;
             if only_replicas {
-                actions.push(Action::Log(
+                actions.push(Action::log_job(
                     LogLevel::Info,
+                    &id,
                     format!("job {id} changed ({mtimes}): replicas {old_replicas} -> {new_replicas}"),
                 ));
                 self.scale(&id, now, actions);
                 continue;
             }
-            actions.push(Action::Log(LogLevel::Info, format!("job {id} changed ({mtimes}), restarting it")));
+            actions.push(Action::log_job(LogLevel::Info, &id, format!("job {id} changed ({mtimes}), restarting it")));
             state.failures.clear();
             state.rolling = None;
             self.scale(&id, now, actions);
@@ -564,12 +597,23 @@ impl Farm {
         }
         let removed: Vec<JobId> =
             self.jobs.iter().filter(|(id, s)| !new_ids.contains(*id) && !s.removed).map(|(id, _)| id.clone()).collect();
+        let removed_count = removed.len();
         for id in removed {
-            actions.push(Action::Log(
+            actions.push(Action::log_job(
                 LogLevel::Info,
+                &id,
                 format!("job {id} removed from the configuration, stopping it for good"),
             ));
             self.remove_job(&id, now, actions);
+        }
+        if first || added + changed + removed_count > 0 {
+            actions.push(Action::log(
+                LogLevel::Info,
+                format!(
+                    "configuration loaded: {} job(s) ({added} added, {changed} changed, {removed_count} removed)",
+                    new_ids.len()
+                ),
+            ));
         }
     }
 
@@ -607,8 +651,10 @@ impl Farm {
         let short_run = state.short_run();
         let Some(slot) = self.slot_mut(key) else { return };
         let delay = slot.backoff.delay_after(Duration::ZERO, short_run);
-        actions.push(Action::Log(
+        actions.push(Action::log_about(
             LogLevel::Warn,
+            key,
+            None,
             format!("{label} could not be started; trying again in {}s (backoff)", delay.as_secs()),
         ));
         self.set_phase(key, Phase::Waiting { at: later(now, delay) });
@@ -619,7 +665,7 @@ impl Farm {
         let Some(slot) = self.slot_mut(&key) else {
             // Cannot happen (starts are applied before any other event), but
             // never leave an untracked process behind.
-            actions.push(Action::Log(LogLevel::Error, format!("pid {pid} started for unknown job {key}; stopping it")));
+            actions.push(Action::log(LogLevel::Error, format!("pid {pid} started for unknown job {key}; stopping it")));
             actions.push(Action::KillWorker { key, pid, reason: KillReason::SecondShutdown });
             return;
         };
@@ -665,8 +711,8 @@ impl Farm {
                 Some(ran) if ran >= timeout => {
                     let label = state.label(key.slot);
                     let grace = state.job.shutdown_timeout_seconds;
-                    actions.push(Action::Log(
-                        LogLevel::Warn,
+                    actions.push(Action::log_about(
+                        LogLevel::Warn, key, Some(pid),
                         format!(
                             "{label} (pid {pid}): cycle {} has been running for {:.1}s, longer than cycleTimeoutSeconds {}: \
                              stopping it as stuck (SIGTERM now, SIGKILL after {grace}s); this counts as a failure",
@@ -692,8 +738,10 @@ impl Farm {
                     let slow = now.saturating_duration_since(since) >= shutdown_timeout;
                     if cycled || slow {
                         if !cycled {
-                            actions.push(Action::Log(
+                            actions.push(Action::log_about(
                                 LogLevel::Info,
+                                key,
+                                Some(pid),
                                 format!(
                                     "{label}: its new process (pid {pid}) has not completed a cycle within {}s; \
                                      moving on with the rolling recycle",
@@ -745,7 +793,7 @@ impl Farm {
             }
             let Some(slot) = rolling.remaining.pop_first() else {
                 state.rolling = None;
-                actions.push(Action::Log(LogLevel::Info, format!("job {id}: rolling recycle complete")));
+                actions.push(Action::log_job(LogLevel::Info, id, format!("job {id}: rolling recycle complete")));
                 return;
             };
             let key = WorkerKey::new(id.clone(), slot);
@@ -755,8 +803,10 @@ impl Farm {
             };
             rolling.current = Some(RollingStep::Stopping { slot });
             let label = state.label(slot);
-            actions.push(Action::Log(
+            actions.push(Action::log_about(
                 LogLevel::Info,
+                &key,
+                Some(pid),
                 format!("{label} (pid {pid}): recycling (rolling recycle: one process at a time)"),
             ));
             self.stop(&key, pid, since, AfterStop::Recycle, now, actions);
@@ -779,8 +829,10 @@ impl Farm {
         let left = rolling.remaining.len();
         state.rolling = None;
         let label = state.label(key.slot);
-        actions.push(Action::Log(
+        actions.push(Action::log_about(
             LogLevel::Warn,
+            key,
+            None,
             format!("{label}: rolling recycle stopped: {why}; {left} other process(es) were left as they are"),
         ));
     }
@@ -832,8 +884,8 @@ impl Farm {
             Phase::Running { .. } if exit == ExitKind::Code(crate::exit_code::RECYCLE) => {
                 // Planned: neither a crash nor a short run; no backoff.
                 self.count_restart(&key, true);
-                actions.push(Action::Log(
-                    LogLevel::Info,
+                actions.push(Action::log_about(
+                    LogLevel::Info, &key, Some(pid),
                     format!("{label} (pid {pid}) recycled as planned (its reason is logged above); starting a fresh process"),
                 ));
                 self.set_phase(&key, Phase::Waiting { at: now });
@@ -845,26 +897,40 @@ impl Farm {
             Phase::Stopping { then: then @ (AfterStop::Restart | AfterStop::Recycle), .. } => {
                 self.count_restart(&key, then == AfterStop::Recycle);
                 let what = if then == AfterStop::Recycle { "recycled" } else { "stopped" };
-                actions.push(Action::Log(
+                actions.push(Action::log_about(
                     LogLevel::Info,
+                    &key,
+                    Some(pid),
                     format!("{label} (pid {pid}) {what}: {described}; starting it again"),
                 ));
                 self.set_phase(&key, Phase::Waiting { at: now });
             }
             Phase::Stopping { then: AfterStop::Hold, .. } => {
-                actions.push(Action::Log(LogLevel::Info, format!("{label} (pid {pid}) stopped: {described}; held")));
+                actions.push(Action::log_about(
+                    LogLevel::Info,
+                    &key,
+                    Some(pid),
+                    format!("{label} (pid {pid}) stopped: {described}; held"),
+                ));
                 self.set_phase(&key, Phase::Held);
             }
             Phase::Stopping { then: AfterStop::Fail, .. } => {
-                actions.push(Action::Log(
+                actions.push(Action::log_about(
                     LogLevel::Info,
+                    &key,
+                    Some(pid),
                     format!("{label} (pid {pid}) stopped: {described}; the job has failed"),
                 ));
                 self.set_phase(&key, Phase::Failed);
             }
             Phase::Stopping { then: AfterStop::Remove, .. } => {
                 let why = if self.is_shutting_down() { "" } else { "; removed for good" };
-                actions.push(Action::Log(LogLevel::Info, format!("{label} (pid {pid}) stopped: {described}{why}")));
+                actions.push(Action::log_about(
+                    LogLevel::Info,
+                    &key,
+                    Some(pid),
+                    format!("{label} (pid {pid}) stopped: {described}{why}"),
+                ));
                 self.remove_slot(&key);
                 // Scaled away while its rolling recycle was replacing it.
                 rolling_goes_on |= matches!(
@@ -915,8 +981,10 @@ impl Farm {
         let when = if delay.is_zero() { "now".to_string() } else { format!("in {}s (backoff)", delay.as_secs()) };
         let described = exit.describe(ProcessKind::Worker);
         let how = if watchdog { "stopped by the watchdog" } else { "exited" };
-        actions.push(Action::Log(
+        actions.push(Action::log_about(
             level,
+            key,
+            Some(pid),
             format!("{label} (pid {pid}) {how} after {:.1}s: {described}; restarting {when}", ran.as_secs_f64()),
         ));
         self.set_phase(key, Phase::Waiting { at: later(now, delay) });
@@ -968,13 +1036,17 @@ impl Farm {
         let Some((phase, message)) = outcome else { return true };
         let essential = state.job.essential && phase == Phase::Failed;
         let level = if phase == Phase::Failed { LogLevel::Error } else { LogLevel::Info };
-        actions.push(Action::Log(level, message));
+        actions.push(Action::log_about(level, key, None, message));
         self.set_phase(key, phase);
         if too_many {
             self.fail_other_slots(id, now, actions);
         }
         if essential {
-            actions.push(Action::Log(LogLevel::Error, format!("job {id} is essential: shutting the farm down")));
+            actions.push(Action::log_job(
+                LogLevel::Error,
+                id,
+                format!("job {id} is essential: shutting the farm down"),
+            ));
             self.shutdown(HostExit::EssentialJobFailed, now, actions);
         }
         false
@@ -1021,7 +1093,7 @@ impl Farm {
     fn config_attempt_failed(&mut self, what: &str, ran: Duration, now: Instant, actions: &mut Vec<Action>) {
         if self.config.loaded {
             let delay = self.config.backoff.delay_after(ran);
-            actions.push(Action::Log(
+            actions.push(Action::log(
                 LogLevel::Warn,
                 format!("{what}; keeping the last good configuration, restarting it in {}s", delay.as_secs()),
             ));
@@ -1031,7 +1103,7 @@ impl Farm {
         self.config.failures_before_first += 1;
         let attempts = self.config.failures_before_first;
         if attempts >= FIRST_CONFIGURATION_ATTEMPTS {
-            actions.push(Action::Log(
+            actions.push(Action::log(
                 LogLevel::Error,
                 format!(
                     "{what}; giving up: the configuration source failed {attempts} times and never produced a configuration (see the errors above)"
@@ -1041,7 +1113,7 @@ impl Farm {
             self.shutdown(HostExit::ConfigNeverLoaded, now, actions);
             return;
         }
-        actions.push(Action::Log(
+        actions.push(Action::log(
             LogLevel::Warn,
             format!(
                 "{what}; no configuration yet: attempt {attempts} of {FIRST_CONFIGURATION_ATTEMPTS} failed, trying again in {}s",
@@ -1053,7 +1125,7 @@ impl Farm {
 
     fn shutdown(&mut self, exit: HostExit, now: Instant, actions: &mut Vec<Action>) {
         if self.is_shutting_down() {
-            actions.push(Action::Log(LogLevel::Warn, "second stop request: killing every process now".into()));
+            actions.push(Action::log(LogLevel::Warn, "second stop request: killing every process now".into()));
             if let ConfigPhase::Running { pid, since } | ConfigPhase::Stopping { pid, since, .. } = self.config.phase {
                 self.config.phase = ConfigPhase::Stopping { pid, since, kill_at: None };
                 actions.push(Action::KillConfigProcess { pid });
@@ -1077,7 +1149,7 @@ impl Farm {
             return;
         }
         self.shutting_down = Some(exit);
-        actions.push(Action::Log(
+        actions.push(Action::log(
             LogLevel::Info,
             "shutting down: stopping the configuration process, then every worker".into(),
         ));
@@ -1154,7 +1226,7 @@ impl Farm {
         match self.config.phase {
             ConfigPhase::Stopping { pid, since, kill_at: Some(at) } if at <= now => {
                 self.config.phase = ConfigPhase::Stopping { pid, since, kill_at: None };
-                actions.push(Action::Log(
+                actions.push(Action::log(
                     LogLevel::Warn,
                     format!(
                         "configuration process {pid} did not stop within {}s of SIGTERM, sending SIGKILL",

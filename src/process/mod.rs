@@ -1,6 +1,7 @@
 //! fork, child setup, signals as events, reaping. With `php`, the only
 //! place that holds unsafe code.
 
+pub mod host_stream;
 pub mod shared_page;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -240,6 +241,37 @@ pub struct ChildSetup {
     /// children). Only these are closed: libraries started in the parent
     /// (OPcache's lock file) keep theirs.
     pub close_fds: Vec<RawFd>,
+    /// When set, every descriptor from 3 up that is not in this list is
+    /// closed (close_range, one call per gap): the supervisor's own
+    /// descriptors, however many (the output pipes of thousands of workers),
+    /// without a close per descriptor. The list holds what was open before
+    /// the supervisor started (libraries' descriptors) and what this child
+    /// needs (its message pipe). `close_fds` is still closed on kernels
+    /// without close_range.
+    pub keep_fds: Option<std::sync::Arc<Vec<RawFd>>>,
+    /// Pipes to put on the child's stdout and stderr (write ends).
+    pub stdio: Option<ChildStdio>,
+}
+
+/// The write ends of a child's output pipes.
+#[derive(Debug, Clone, Copy)]
+pub struct ChildStdio {
+    pub stdout: RawFd,
+    pub stderr: RawFd,
+}
+
+/// Descriptors open in this process now (from /proc/self/fd), sorted.
+pub fn open_fds() -> Vec<RawFd> {
+    let mut fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect();
+    // The listing includes the descriptor that read it, closed by now.
+    fds.retain(|fd| nix::fcntl::fcntl(*fd, nix::fcntl::FcntlArg::F_GETFD).is_ok());
+    fds.sort_unstable();
+    fds
 }
 
 /// Forks; the child resets signals, arms PR_SET_PDEATHSIG, leads a process
@@ -326,13 +358,59 @@ fn prepare_child(setup: &ChildSetup, parent: Pid) {
     if getppid() != parent {
         setup_failed("getppid (the supervisor died before PDEATHSIG was armed)", Errno::ESRCH);
     }
-    for &fd in &setup.close_fds {
+    if let Some(stdio) = setup.stdio {
+        for (from, to) in [(stdio.stdout, libc::STDOUT_FILENO), (stdio.stderr, libc::STDERR_FILENO)] {
+            // SAFETY: dup2 between two descriptors this process owns.
+            if unsafe { libc::dup2(from, to) } < 0 {
+                setup_failed("dup2", Errno::last());
+            }
+        }
+    }
+    let closed_by_range = setup.keep_fds.as_deref().is_some_and(|keep| close_all_but(keep));
+    if closed_by_range {
+        return;
+    }
+    for fd in setup.close_fds.iter().copied().chain(setup.stdio.iter().flat_map(|s| [s.stdout, s.stderr])) {
         // SAFETY: these descriptors belong to the supervisor's state, which
         // this process never touches again.
-        if unsafe { libc::close(fd) } != 0 {
+        if unsafe { libc::close(fd) } != 0 && Errno::last() != Errno::EBADF {
             setup_failed("close", Errno::last());
         }
     }
+}
+
+/// Closes every descriptor from 3 up except `keep` (sorted); false when the
+/// kernel has no close_range (before 5.9).
+fn close_all_but(keep: &[RawFd]) -> bool {
+    let mut from: u32 = 3;
+    for &fd in keep.iter().filter(|fd| **fd >= 3) {
+        let fd = fd.unsigned_abs();
+        if fd > from && !close_range(from, fd - 1) {
+            return false;
+        }
+        from = from.max(fd + 1);
+    }
+    close_range(from, u32::MAX)
+}
+
+fn close_range(first: u32, last: u32) -> bool {
+    // SAFETY: close_range takes two descriptor numbers and flags, no
+    // pointers; the descriptors closed belong to the supervisor's state.
+    let result = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
+    if result == 0 {
+        return true;
+    }
+    let error = Errno::last();
+    if error != Errno::ENOSYS {
+        setup_failed("close_range", error);
+    }
+    false
+}
+
+/// A child's output pipe: the read end stays in the supervisor
+/// (non-blocking), the write end becomes the child's stdout or stderr.
+pub fn output_pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), ProcessError> {
+    message_pipe()
 }
 
 /// A pipe whose read end stays in the supervisor (non-blocking, close-on-exec).

@@ -14,6 +14,7 @@
 pub mod config_channel;
 mod configuration;
 mod notify;
+mod output;
 mod requests;
 mod spawn;
 
@@ -77,6 +78,8 @@ pub struct FarmConfig {
     pub subreaper: bool,
     /// Defaults for jobs that do not set lrpm-host's optional fields.
     pub job_defaults: job::JobDefaults,
+    /// Capture workers' stdout and stderr (else they inherit the host's).
+    pub capture_output: bool,
 }
 
 struct Supervisor<'e> {
@@ -110,10 +113,31 @@ struct Supervisor<'e> {
     /// One shared page per worker, from one region mapped before the first fork.
     slots: Option<SharedSlots>,
     pages: HashMap<i32, SharedPage>,
+    /// Workers' output, when captured (`--worker-output=capture`).
+    output: Option<output::OutputRouter>,
+    /// The descriptors children keep (open before the supervisor started:
+    /// libraries' own); every other one is closed in a child.
+    keep_fds: std::sync::Arc<Vec<std::os::fd::RawFd>>,
 }
 
 /// Runs the farm until it has shut down; returns how it ended.
 pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorError> {
+    // Before the supervisor opens anything: what is open now is the
+    // libraries' (OPcache's lock file) and what the host was started with.
+    let keep_fds: Vec<std::os::fd::RawFd> =
+        process::open_fds().into_iter().filter(|fd| !config.close_in_children.contains(fd)).collect();
+    crate::host_output::install();
+    let output = if config.capture_output {
+        match output::OutputRouter::new(crate::telemetry::format()) {
+            Ok(router) => Some(router),
+            Err(e) => {
+                tracing::warn!("cannot capture workers' output ({e}); they write to the host's stdout and stderr");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let socket_path = config.control_socket.clone().unwrap_or_else(crate::control::server::default_socket_path);
     let control = ControlServer::bind(&socket_path, config.control_socket_mode)?;
     let signals = SignalEvents::new()?;
@@ -156,21 +180,36 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
             }
         },
         pages: HashMap::new(),
+        output,
+        keep_fds: std::sync::Arc::new(keep_fds),
     };
     let first = supervisor.farm.start();
     supervisor.apply(first);
-    let exit = supervisor.event_loop()?;
+    let exit = supervisor.event_loop();
+    // Every child is gone: what they wrote last is still in the pipes.
+    if let Some(output) = supervisor.output.as_mut() {
+        output.drain_all();
+    }
+    let exit = exit?;
     match exit {
         HostExit::Clean => tracing::info!("lrpm-host shut down cleanly"),
         HostExit::ConfigNeverLoaded => tracing::error!("lrpm-host stopped: no configuration could be loaded"),
         HostExit::EssentialJobFailed => tracing::error!("lrpm-host stopped: an essential job failed for good"),
     }
+    crate::host_output::finish(OUTPUT_FLUSH_AT_EXIT);
     Ok(exit)
 }
+
+/// How long the host waits at exit for a slow reader of its stdout and stderr.
+const OUTPUT_FLUSH_AT_EXIT: Duration = Duration::from_secs(5);
 
 /// Which poll slot holds what: positions in the descriptor list of one turn.
 struct PollSlots {
     signals: usize,
+    /// Workers' output pipes (one epoll descriptor), while the host's output keeps up.
+    output: Option<usize>,
+    /// The host's stdout/stderr, while output waits to be written.
+    host_streams: Vec<(usize, crate::host_output::Stream)>,
     listener: Option<usize>,
     config: Option<usize>,
     /// Clients from this index on, in `clients` order.
@@ -221,6 +260,19 @@ impl Supervisor<'_> {
                     fds.push(PollFd::new(channel.as_fd(), PollFlags::POLLIN));
                     fds.len() - 1
                 });
+                let output = match self.output.as_ref() {
+                    Some(router) if !crate::host_output::backed_up() => {
+                        fds.push(PollFd::new(router.as_fd(), PollFlags::POLLIN));
+                        Some(fds.len() - 1)
+                    }
+                    _ => None,
+                };
+                let waiting = crate::host_output::waiting();
+                let mut host_streams = Vec::new();
+                for (fd, stream) in waiting {
+                    fds.push(PollFd::new(fd, PollFlags::POLLOUT));
+                    host_streams.push((fds.len() - 1, stream));
+                }
                 let first_client = fds.len();
                 let mut clients = Vec::new();
                 for (id, fd, wants_write) in self.control.client_fds() {
@@ -232,7 +284,7 @@ impl Supervisor<'_> {
                     Err(e) => return Err(ProcessError::Signals(e).into()),
                 }
                 let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
-                (ready, PollSlots { signals, listener, config, first_client, clients })
+                (ready, PollSlots { signals, output, host_streams, listener, config, first_client, clients })
             };
             let now = Instant::now();
             let turn_started = now;
@@ -242,6 +294,16 @@ impl Supervisor<'_> {
             // read before its exit is handled.
             if slots.config.is_some_and(|i| ready[i]) {
                 self.read_config_channel(now);
+            }
+            for (index, stream) in &slots.host_streams {
+                if ready[*index] {
+                    crate::host_output::flush(*stream);
+                }
+            }
+            if slots.output.is_some_and(|i| ready[i]) {
+                if let Some(output) = self.output.as_mut() {
+                    output.read_ready();
+                }
             }
             if ready[slots.signals] {
                 self.handle_signals(now);
@@ -335,6 +397,10 @@ impl Supervisor<'_> {
             tracing::debug!("reaped orphaned process {pid} ({})", exit.describe(crate::farm::ProcessKind::Worker));
         }
         self.release_page(pid);
+        // Its last words before the line about its exit.
+        if let Some(output) = self.output.as_mut() {
+            output.drain(pid.as_raw());
+        }
         if self.farm.config_process().pid() == Some(pid.as_raw()) {
             // Whatever is still in the pipe was written before the exit.
             self.read_config_channel(now);
@@ -342,6 +408,14 @@ impl Supervisor<'_> {
         }
         let actions = self.farm.handle(Event::ChildExited { pid: pid.as_raw(), exit }, now);
         self.apply(actions);
+    }
+
+    /// A core log line, with the job's name looked up for structured logs.
+    fn log(&self, event: &crate::farm::LogEvent) {
+        let job = event.job.as_ref().map(ToString::to_string);
+        let name = event.job.as_ref().and_then(|id| self.farm.job(id)).map(|s| s.job.name.as_str());
+        let subject = crate::telemetry::Subject { job: job.as_deref(), name, slot: event.slot, pid: event.pid };
+        crate::telemetry::log(event.level, &event.message, subject);
     }
 
     /// A worker's cycle counters from its shared page (None without one).
@@ -394,11 +468,18 @@ impl Supervisor<'_> {
                             None => "cycle() did not return in time",
                         };
                         let label = self.farm.job(&key.id).map_or_else(|| format!("job {key}"), |s| s.label(key.slot));
-                        tracing::warn!(
+                        let message = format!(
                             "{label} (pid {pid}) did not stop within {}s of SIGTERM, sending SIGKILL ({handler}; \
                              bound blocking calls with timeouts, see the README, \"Writing an app\")",
                             timeout.as_secs()
                         );
+                        self.log(&crate::farm::LogEvent {
+                            level: LogLevel::Warn,
+                            message,
+                            job: Some(key.id.clone()),
+                            slot: Some(key.slot),
+                            pid: Some(pid),
+                        });
                     }
                     process::signal_group(Pid::from_raw(pid), Signal::SIGKILL);
                 }
@@ -418,9 +499,7 @@ impl Supervisor<'_> {
                     };
                     queue.extend(self.farm.handle(event, now));
                 }
-                Action::Log(LogLevel::Info, message) => tracing::info!("{message}"),
-                Action::Log(LogLevel::Warn, message) => tracing::warn!("{message}"),
-                Action::Log(LogLevel::Error, message) => tracing::error!("{message}"),
+                Action::Log(event) => self.log(&event),
                 Action::Exit(exit) => self.exit = Some(exit),
             }
         }

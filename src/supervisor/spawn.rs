@@ -9,11 +9,18 @@ use std::path::Path;
 use nix::unistd::Pid;
 
 use super::config_channel::ConfigChannel;
+use super::output;
 use super::{Supervisor, SupervisorError};
-use crate::farm::{Event, WorkerKey};
+use crate::farm::{Event, LogLevel, WorkerKey};
 use crate::php;
 use crate::process::shared_page::SharedSlots;
-use crate::process::{self, ChildSetup};
+use crate::process::{self, ChildSetup, ChildStdio};
+
+/// A child's output pipes: (read end, write end) each.
+struct OutputPipes {
+    stdout: (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+    stderr: (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+}
 
 impl Supervisor<'_> {
     /// Descriptors a forked child must not keep.
@@ -47,15 +54,25 @@ impl Supervisor<'_> {
         if let Some(page) = &page {
             program.set_shared_page(page.clone());
         }
-        let setup =
-            ChildSetup { nice: self.child_nice, open_files: self.child_open_files, close_fds: self.supervisor_fds() };
+        let pipes = self.output_pipes(&label);
+        let setup = self.child_setup(pipes.as_ref(), None);
         let engine = self.engine;
         match process::spawn_child(&setup, |parent| program.run(engine, parent)) {
             Ok(pid) => {
                 if let Some(page) = page {
                     self.pages.insert(pid.as_raw(), page);
                 }
-                tracing::info!("{label} ({}) started as pid {pid}", state.job.name);
+                let name = state.job.name.clone();
+                let job = key.id.to_string();
+                let subject = crate::telemetry::Subject {
+                    job: Some(&job),
+                    name: Some(&name),
+                    slot: Some(key.slot),
+                    pid: Some(pid.as_raw()),
+                };
+                crate::telemetry::log(LogLevel::Info, &format!("{label} ({name}) started as pid {pid}"), subject);
+                let source = output::Source::Worker { id: key.id.clone(), name, slot: key.slot, pid: pid.as_raw() };
+                self.capture(source, pipes);
                 Event::WorkerStarted { key: key.clone(), pid: pid.as_raw() }
             }
             Err(e) => {
@@ -79,17 +96,60 @@ impl Supervisor<'_> {
             &self.config.argv,
             write_end.as_raw_fd(),
         )?;
-        let mut close_fds = self.supervisor_fds();
-        close_fds.push(read_end.as_raw_fd());
-        let setup = ChildSetup { nice: self.child_nice, open_files: self.child_open_files, close_fds };
+        let pipes = self.output_pipes("the configuration process");
+        let mut setup = self.child_setup(pipes.as_ref(), Some(write_end.as_raw_fd()));
+        setup.close_fds.push(read_end.as_raw_fd());
         let engine = self.engine;
         let pid = process::spawn_child(&setup, |parent| program.run(engine, parent))?;
         drop(write_end);
+        self.capture(output::Source::Config { pid: pid.as_raw() }, pipes);
         self.config_channel = Some(ConfigChannel::new(read_end));
         // A new process sends every entry in full.
         self.entry_cache.clear();
         tracing::debug!("configuration process started as pid {pid}");
         Ok(pid)
+    }
+
+    /// What a child does before its body: the supervisor's descriptors
+    /// closed (all but `keep_fds` and `also_keep`), its output on `pipes`.
+    fn child_setup(&self, pipes: Option<&OutputPipes>, also_keep: Option<RawFd>) -> ChildSetup {
+        let keep_fds = match also_keep {
+            None => std::sync::Arc::clone(&self.keep_fds),
+            Some(fd) => {
+                let mut keep = (*self.keep_fds).clone();
+                keep.push(fd);
+                keep.sort_unstable();
+                std::sync::Arc::new(keep)
+            }
+        };
+        ChildSetup {
+            nice: self.child_nice,
+            open_files: self.child_open_files,
+            close_fds: self.supervisor_fds(),
+            keep_fds: Some(keep_fds),
+            stdio: pipes.map(|p| ChildStdio { stdout: p.stdout.1.as_raw_fd(), stderr: p.stderr.1.as_raw_fd() }),
+        }
+    }
+
+    /// A pair of pipes for a child's stdout and stderr, when output is
+    /// captured; without them (out of descriptors) the child writes to the
+    /// host's own stdout and stderr, which is logged.
+    fn output_pipes(&self, whose: &str) -> Option<OutputPipes> {
+        self.output.as_ref()?;
+        match (process::output_pipe(), process::output_pipe()) {
+            (Ok(stdout), Ok(stderr)) => Some(OutputPipes { stdout, stderr }),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!("{whose}: cannot create output pipes ({e}); it writes to the host's stdout and stderr");
+                None
+            }
+        }
+    }
+
+    /// Starts forwarding a forked child's output (the write ends close here).
+    fn capture(&mut self, source: output::Source, pipes: Option<OutputPipes>) {
+        if let (Some(router), Some(pipes)) = (self.output.as_mut(), pipes) {
+            router.register(source, pipes.stdout.0, pipes.stderr.0);
+        }
     }
 
     /// Gives a reaped worker's page back.

@@ -166,6 +166,9 @@ pub struct FarmOptions {
     pub wrapper: Vec<String>,
     /// Extra environment variables for lrpm-host.
     pub env: Vec<(String, String)>,
+    /// The supervisor's stdout is a pipe the test reads (`Farm::take_stdout`)
+    /// instead of the file stdout.log.
+    pub pipe_stdout: bool,
 }
 
 impl Default for FarmOptions {
@@ -177,6 +180,7 @@ impl Default for FarmOptions {
             socket: None,
             wrapper: Vec::new(),
             env: Vec::new(),
+            pipe_stdout: false,
         }
     }
 }
@@ -267,7 +271,11 @@ impl Farm {
             .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(dir.path())
             .stdin(Stdio::null())
-            .stdout(File::create(&stdout_file).expect("stdout file"))
+            .stdout(if options.pipe_stdout {
+                Stdio::piped()
+            } else {
+                Stdio::from(File::create(&stdout_file).expect("stdout file"))
+            })
             .stderr(File::create(&stderr_file).expect("stderr file"))
             .process_group(0);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
@@ -284,6 +292,16 @@ impl Farm {
             exit: Mutex::new(None),
             known: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The read end of the supervisor's stdout (`FarmOptions::pipe_stdout`).
+    pub fn take_stdout(&self) -> Option<std::process::ChildStdout> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner()).stdout.take()
+    }
+
+    /// The supervisor's stdout so far (the file stdout.log).
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout_file).unwrap_or_default()
     }
 
     /// Builds jobs logging to this farm's event log.

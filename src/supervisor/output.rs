@@ -1,0 +1,332 @@
+//! Workers' stdout and stderr (`--worker-output=capture`, the default):
+//! each child writes into pipes of its own; the supervisor reads them
+//! (through one epoll descriptor in its poll set, so a farm of thousands of
+//! workers adds one descriptor to each poll) and forwards whole lines to
+//! the host's stdout and stderr, prefixed with the job's name and slot
+//! (`[orders#2] ...`), or as JSON lines with `--log-format json`.
+//!
+//! - Lines of different workers never interleave: a line is forwarded only
+//!   once complete (or once it reaches `MAX_LINE`, when it is forwarded in
+//!   pieces, every piece after the first marked as a continuation).
+//! - Back-pressure: while the host's output buffer is full
+//!   (`host_output::backed_up`), pipes are not read; a chatty worker then
+//!   waits in its own write, loses nothing and slows no one else down.
+//! - Fairness: each ready pipe gets one read of at most `READ_CHUNK` per
+//!   loop turn, and a turn reads at most `EVENTS_PER_TURN` pipes.
+//! - Nothing written before a worker dies is lost: a reaped worker's pipes
+//!   are drained before its exit is handled (its last words come before the
+//!   supervisor's line about the exit), and a pipe is read until EOF, which
+//!   comes only once every process holding it is gone.
+
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+
+use crate::host_output::{self, Stream};
+use crate::job::JobId;
+use crate::telemetry::LogFormat;
+
+/// A longer line is forwarded in pieces of this size.
+pub const MAX_LINE: usize = 64 * 1024;
+/// The most one pipe is read per loop turn.
+const READ_CHUNK: usize = 64 * 1024;
+/// The most pipes read per loop turn.
+const EVENTS_PER_TURN: usize = 64;
+/// At a reap, the most of a worker's output read before its exit is handled.
+const DRAIN_AT_EXIT: usize = 4 << 20;
+
+/// Whose output a pipe carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    Worker { id: JobId, name: String, slot: u32, pid: i32 },
+    Config { pid: i32 },
+}
+
+impl Source {
+    fn pid(&self) -> i32 {
+        match self {
+            Source::Worker { pid, .. } | Source::Config { pid } => *pid,
+        }
+    }
+}
+
+struct Pipe {
+    fd: OwnedFd,
+    source: Arc<Source>,
+    stream: Stream,
+    /// Bytes of a line not complete yet.
+    partial: Vec<u8>,
+    /// The next piece continues a line already forwarded in part.
+    continuing: bool,
+}
+
+pub struct OutputRouter {
+    epoll: Epoll,
+    pipes: HashMap<RawFd, Pipe>,
+    by_pid: HashMap<i32, Vec<RawFd>>,
+    format: LogFormat,
+    buffer: Vec<u8>,
+    /// Lines (and pieces of long lines) forwarded so far.
+    pub lines_forwarded: u64,
+}
+
+impl OutputRouter {
+    pub fn new(format: LogFormat) -> Result<OutputRouter, Errno> {
+        Ok(OutputRouter {
+            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
+            pipes: HashMap::new(),
+            by_pid: HashMap::new(),
+            format,
+            buffer: vec![0; READ_CHUNK],
+            lines_forwarded: 0,
+        })
+    }
+
+    /// The descriptor to poll: readable when some pipe is.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.epoll.0.as_fd()
+    }
+
+    /// Starts reading a child's pipes (read ends, non-blocking).
+    pub fn register(&mut self, source: Source, stdout: OwnedFd, stderr: OwnedFd) {
+        let source = Arc::new(source);
+        for (fd, stream) in [(stdout, Stream::Stdout), (stderr, Stream::Stderr)] {
+            let raw = fd.as_raw_fd();
+            let event = EpollEvent::new(EpollFlags::EPOLLIN, raw as u64);
+            if let Err(e) = self.epoll.add(&fd, event) {
+                tracing::warn!("cannot watch the output of pid {}: {e}; it is discarded", source.pid());
+                continue;
+            }
+            self.by_pid.entry(source.pid()).or_default().push(raw);
+            self.pipes
+                .insert(raw, Pipe { fd, source: Arc::clone(&source), stream, partial: Vec::new(), continuing: false });
+        }
+    }
+
+    /// Reads the pipes that are ready, one chunk each, at most a turn's worth.
+    pub fn read_ready(&mut self) {
+        let mut events = [EpollEvent::empty(); EVENTS_PER_TURN];
+        let ready = match self.epoll.wait(&mut events, EpollTimeout::ZERO) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => return,
+            Err(e) => {
+                tracing::error!("reading workers' output: epoll_wait: {e}");
+                return;
+            }
+        };
+        for event in &events[..ready] {
+            if host_output::backed_up() {
+                break;
+            }
+            self.read_once(event.data() as RawFd);
+        }
+    }
+
+    /// Everything a reaped child left in its pipes (bounded), so that its
+    /// last lines come before the supervisor's line about its exit.
+    pub fn drain(&mut self, pid: i32) {
+        let fds = self.by_pid.get(&pid).cloned().unwrap_or_default();
+        for fd in fds {
+            let mut read = 0;
+            while read < DRAIN_AT_EXIT {
+                match self.read_once(fd) {
+                    Some(n) if n > 0 => read += n,
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    /// Reads until every pipe is at EOF or would block (the host is exiting:
+    /// its children are gone).
+    pub fn drain_all(&mut self) {
+        let fds: Vec<RawFd> = self.pipes.keys().copied().collect();
+        for fd in fds {
+            while let Some(n) = self.read_once(fd) {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        for pipe in self.pipes.values_mut() {
+            Self::flush_partial(pipe, self.format, &mut self.lines_forwarded);
+        }
+    }
+
+    /// One read of one pipe: Some(bytes read), Some(0) at EOF (the pipe is
+    /// then closed), None when it would block or is unknown.
+    fn read_once(&mut self, fd: RawFd) -> Option<usize> {
+        let pipe = self.pipes.get_mut(&fd)?;
+        let n = match nix::unistd::read(pipe.fd.as_raw_fd(), &mut self.buffer) {
+            Ok(n) => n,
+            Err(Errno::EAGAIN) | Err(Errno::EINTR) => return None,
+            Err(_) => 0,
+        };
+        if n == 0 {
+            Self::flush_partial(pipe, self.format, &mut self.lines_forwarded);
+            self.close(fd);
+            return Some(0);
+        }
+        let (format, lines) = (self.format, &mut self.lines_forwarded);
+        pipe.partial.extend_from_slice(&self.buffer[..n]);
+        Self::forward_complete(pipe, format, lines);
+        Some(n)
+    }
+
+    fn close(&mut self, fd: RawFd) {
+        if let Some(pipe) = self.pipes.remove(&fd) {
+            let _ = self.epoll.delete(&pipe.fd);
+            let pid = pipe.source.pid();
+            if let Some(fds) = self.by_pid.get_mut(&pid) {
+                fds.retain(|f| *f != fd);
+                if fds.is_empty() {
+                    self.by_pid.remove(&pid);
+                }
+            }
+        }
+    }
+
+    /// Forwards every complete line, and pieces of a line that grew past `MAX_LINE`.
+    fn forward_complete(pipe: &mut Pipe, format: LogFormat, lines: &mut u64) {
+        let mut start = 0;
+        let mut out = Vec::new();
+        while let Some(newline) = pipe.partial[start..].iter().position(|b| *b == b'\n') {
+            let end = start + newline;
+            render(&pipe.source, pipe.stream, &pipe.partial[start..end], pipe.continuing, format, &mut out);
+            pipe.continuing = false;
+            *lines += 1;
+            start = end + 1;
+        }
+        while pipe.partial.len() - start >= MAX_LINE {
+            let end = start + utf8_boundary(&pipe.partial[start..start + MAX_LINE]);
+            render(&pipe.source, pipe.stream, &pipe.partial[start..end], pipe.continuing, format, &mut out);
+            pipe.continuing = true;
+            *lines += 1;
+            start = end;
+        }
+        pipe.partial.drain(..start);
+        if !out.is_empty() {
+            host_output::write(pipe.stream, &out);
+        }
+    }
+
+    /// A last line without a newline (the pipe ended).
+    fn flush_partial(pipe: &mut Pipe, format: LogFormat, lines: &mut u64) {
+        if pipe.partial.is_empty() {
+            return;
+        }
+        let mut out = Vec::new();
+        render(&pipe.source, pipe.stream, &pipe.partial, pipe.continuing, format, &mut out);
+        *lines += 1;
+        pipe.partial.clear();
+        pipe.continuing = false;
+        host_output::write(pipe.stream, &out);
+    }
+}
+
+/// The length of the longest prefix of `piece` that does not end inside a
+/// UTF-8 sequence (so a split line stays valid text on both sides).
+fn utf8_boundary(piece: &[u8]) -> usize {
+    let len = piece.len();
+    for back in 1..=3.min(len) {
+        let byte = piece[len - back];
+        if byte & 0b1100_0000 == 0b1100_0000 {
+            // A lead byte: does its sequence fit?
+            let width = if byte >= 0xF0 {
+                4
+            } else if byte >= 0xE0 {
+                3
+            } else {
+                2
+            };
+            return if back >= width { len } else { len - back };
+        }
+        if byte & 0b1000_0000 == 0 {
+            return len;
+        }
+    }
+    len
+}
+
+fn render(source: &Source, stream: Stream, line: &[u8], continuation: bool, format: LogFormat, out: &mut Vec<u8>) {
+    match format {
+        LogFormat::Text => {
+            match source {
+                Source::Worker { name, slot, .. } => {
+                    out.push(b'[');
+                    out.extend_from_slice(name.as_bytes());
+                    out.extend_from_slice(format!("#{slot}").as_bytes());
+                }
+                Source::Config { .. } => out.extend_from_slice(b"[config"),
+            }
+            out.extend_from_slice(if continuation { b" +] " } else { b"] " });
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+        LogFormat::Json => {
+            let text = String::from_utf8_lossy(line);
+            let stream = match stream {
+                Stream::Stdout => "stdout",
+                Stream::Stderr => "stderr",
+            };
+            let mut record = match source {
+                Source::Worker { id, name, slot, pid } => serde_json::json!({
+                    "job": id, "name": name, "slot": slot, "pid": pid, "stream": stream, "line": text,
+                }),
+                Source::Config { pid } => serde_json::json!({
+                    "config": true, "pid": pid, "stream": stream, "line": text,
+                }),
+            };
+            if continuation {
+                record["continuation"] = serde_json::Value::Bool(true);
+            }
+            if serde_json::to_writer(&mut *out, &record).is_ok() {
+                out.push(b'\n');
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker() -> Source {
+        Source::Worker { id: JobId::Int(7), name: "orders".into(), slot: 2, pid: 42 }
+    }
+
+    #[test]
+    fn text_lines_carry_the_job_name_and_slot() {
+        let mut out = Vec::new();
+        render(&worker(), Stream::Stderr, b"PHP Warning: x", false, LogFormat::Text, &mut out);
+        render(&worker(), Stream::Stderr, b"rest", true, LogFormat::Text, &mut out);
+        render(&Source::Config { pid: 1 }, Stream::Stdout, b"hello", false, LogFormat::Text, &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "[orders#2] PHP Warning: x\n[orders#2 +] rest\n[config] hello\n");
+    }
+
+    #[test]
+    fn json_lines_parse_and_name_the_process() {
+        let mut out = Vec::new();
+        render(&worker(), Stream::Stdout, b"caf\xc3\xa9 \xff", true, LogFormat::Json, &mut out);
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["job"], 7);
+        assert_eq!((value["slot"].clone(), value["pid"].clone()), (2.into(), 42.into()));
+        assert_eq!(value["stream"], "stdout");
+        assert_eq!(value["line"], "café \u{fffd}");
+        assert_eq!(value["continuation"], true);
+    }
+
+    #[test]
+    fn splits_never_cut_a_utf8_sequence() {
+        assert_eq!(utf8_boundary(b"abc"), 3);
+        assert_eq!(utf8_boundary("aé".as_bytes()), 3);
+        assert_eq!(utf8_boundary(&"aé".as_bytes()[..2]), 1);
+        assert_eq!(utf8_boundary(&"a€".as_bytes()[..3]), 1);
+        assert_eq!(utf8_boundary("a€".as_bytes()), 4);
+    }
+}
