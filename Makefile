@@ -8,6 +8,8 @@
 #   make bench-quick  the same with few repetitions, to try the harness out
 #   make bench-scale  only the scale measure (up to 10,000 workers, ~8 min):
 #               rewrites bench/results/scale.json, then the whole report
+#   make bench-output only the worker-output measure (forwarded lines per second,
+#               2 and 50 chatty workers, ~3 min): bench/results/output.json, then the report
 #   make docker       build the container image lrpm-host:latest (DOCKER_IMAGE=...; docs/deploy.md)
 #   make docker-test  build it, then check it against the Docker engine
 #               (tests/docker/check.sh: graceful docker stop, PID 1, lrpmctl); not part of `make test`
@@ -31,7 +33,7 @@ LOCKED := $(if $(wildcard Cargo.lock),--locked,)
 # The image `make docker` builds and `make docker-test` checks.
 DOCKER_IMAGE ?= lrpm-host:latest
 
-.PHONY: deps bench-deps install-packages build run test bench bench-quick bench-scale docker docker-test
+.PHONY: deps bench-deps install-packages build run test bench bench-quick bench-scale bench-output docker docker-test
 
 deps:
 	@$(MAKE) --no-print-directory install-packages PACKAGES="$(DEB_PACKAGES)"
@@ -73,6 +75,10 @@ bench-quick: bench-deps build
 
 bench-scale: bench-deps build
 	/usr/bin/python3 bench/harness.py --only scale
+	/usr/bin/python3 bench/report.py
+
+bench-output: bench-deps build
+	/usr/bin/python3 bench/harness.py --only output
 	/usr/bin/python3 bench/report.py
 
 # Needs a Docker engine; a machine that cannot pull debian:bookworm-slim can

@@ -1024,6 +1024,95 @@ def measure_loop(short_cycles: int, long_cycles: int, runs: int) -> dict:
     return {"short_cycles": short_cycles, "long_cycles": long_cycles, "runs": runs, "sides": result}
 
 
+OUTPUT_FARM = r"""<?php
+// Workers that print as fast as they can: 1,000 lines of 80 bytes per cycle.
+// Each writes how many lines it printed to COUNTS/<pid> when it stops.
+final class Chatty implements Lrpm\Worker, Lrpm\Stoppable
+{
+    private int $lines = 0;
+    public function start(array $job): void {}
+    public function cycle(): void
+    {
+        for ($i = 0; $i < 1000; $i++) {
+            echo 'chatty line ', str_pad((string) $this->lines++, 12, '0', STR_PAD_LEFT), ' ', str_repeat('.', 53), "\n";
+        }
+    }
+    public function stop(): void
+    {
+        file_put_contents(getenv('COUNTS') . '/' . getmypid(), (string) $this->lines);
+    }
+}
+return new class implements Lrpm\ConfigurationSource {
+    public function loadConfiguration(): array
+    {
+        $replicas = (int) getenv('WORKERS');
+        return ['chatty' => ['name' => 'chatty', 'workerClass' => 'Chatty', 'mtime' => 1, 'workerConfig' => [],
+            'replicas' => $replicas]];
+    }
+};
+"""
+
+
+def measure_output(workers: int, seconds: float, mode: str) -> dict:
+    """Lines per second that `workers` chatty workers get through the host,
+    and the CPU the supervisor spends, with the host's stdout on /dev/null
+    (so the supervisor's forwarding, not a reader, is what is measured).
+    `mode` is --worker-output: capture (forwarded line by line) or inherit
+    (the workers write to /dev/null themselves: the baseline)."""
+    work = Path(tempfile.mkdtemp(prefix="lrpm-bench-output-"))
+    try:
+        counts = work / "counts"
+        counts.mkdir()
+        farm = work / "farm.php"
+        farm.write_text(OUTPUT_FARM)
+        socket_path = work / "control.sock"
+        env = dict(os.environ, COUNTS=str(counts), WORKERS=str(workers))
+        with open(os.devnull, "wb") as devnull:
+            proc = subprocess.Popen(
+                [str(LRPM_HOST), "--worker-output", mode, "--control-socket", str(socket_path), str(farm)],
+                stdout=devnull, stderr=subprocess.PIPE, env=env, cwd=work,
+            )
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:
+                try:
+                    doc = json.loads(control_exchange(socket_path, "status", timeout=5))
+                    if doc["chatty"]["state"].get("status") == "running":
+                        break
+                except (OSError, KeyError, ValueError):
+                    pass
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the chatty farm did not come up")
+                time.sleep(0.05)
+            started = time.monotonic()
+            cpu0 = cpu_seconds(proc.pid)
+            time.sleep(seconds)
+            cpu1 = cpu_seconds(proc.pid)
+            elapsed = time.monotonic() - started
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        written = [int(p.read_text() or 0) for p in counts.iterdir()]
+        if len(written) != workers:
+            raise RuntimeError(f"{len(written)} of {workers} workers reported their line count")
+        total = sum(written)
+        return {
+            "workers": workers,
+            "mode": mode,
+            "seconds": elapsed,
+            "lines": total,
+            # Counted over the measured window plus start-up and the stop's
+            # last cycle, which are short next to it.
+            "lines_per_second": total / elapsed,
+            "supervisor_cpu_percent": (cpu1 - cpu0) / elapsed * 100,
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------
 
 
@@ -1126,7 +1215,7 @@ def measure_scale_all(quick: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few repetitions, for trying the harness out")
-    parser.add_argument("--only", nargs="+", choices=["memory", "spawn", "reaction", "loop", "idle", "scale"])
+    parser.add_argument("--only", nargs="+", choices=["memory", "spawn", "reaction", "loop", "idle", "output", "scale"])
     args = parser.parse_args()
     if not LRPM_HOST.exists():
         sys.exit(f"{LRPM_HOST} is missing: run `make build` first")
@@ -1137,7 +1226,7 @@ def main() -> None:
     global APP
     APP = stage_app()
     quick = args.quick
-    measures = args.only or ["memory", "spawn", "reaction", "loop", "idle", "scale"]
+    measures = args.only or ["memory", "spawn", "reaction", "loop", "idle", "output", "scale"]
     sizes = [10, 50, 100] if quick else [10, 50, 100, 500]
     runs = 1 if quick else 3
     parameters = {"quick": quick, "runs": runs}
@@ -1187,6 +1276,16 @@ def main() -> None:
             log(f"idle: all contenders, 100 workers each, {seconds:.0f} s (run {n + 1}/{runs})")
             result.append(measure_idle(seconds, 100))
         write_result("idle", {"runs": result})
+
+    if "output" in measures:
+        seconds = 3.0 if quick else 10.0
+        rows = []
+        for n in range(runs):
+            for workers in (2, 50):
+                for mode in ("capture", "inherit"):
+                    log(f"output: {workers} chatty workers, {mode} (run {n + 1}/{runs})")
+                    rows.append(dict(measure_output(workers, seconds, mode), run=n))
+        write_result("output", {"runs": runs, "rows": rows, "run": run})
 
     if "scale" in measures:
         write_result("scale", dict(measure_scale_all(quick), run=run))

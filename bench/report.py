@@ -281,6 +281,33 @@ def idle_section(page: Page, idle: dict, summary: dict) -> None:
     page.table(["", "process", "CPU ms per minute", "wakeups per second"], rows)
 
 
+def output_section(page: Page, output: dict, summary: dict) -> None:
+    rows = output["rows"]
+    run = output.get("run", {})
+    page.add("## Worker output", "")
+    page.add(
+        "Workers that print 80-byte lines as fast as PHP can (1,000 `echo`s per cycle), one job with "
+        "`replicas` 2 or 50; the host's stdout is /dev/null, so what is measured is the supervisor's "
+        "forwarding (read, cut into lines, prefix with `[name#slot]`, write), not a reader. `capture` is the "
+        "default (`--worker-output=capture`); `inherit` lets the workers write to /dev/null themselves, the "
+        "ceiling. Lines per second are all the workers' lines (each counts what it printed) over the run; "
+        "supervisor CPU is its utime + stime over the run, as a share of one CPU. Median of "
+        f"{output['runs']} runs" + (f", commit {run['commit']}." if run.get("commit") else "."),
+        "",
+    )
+    table = []
+    for workers in sorted({r["workers"] for r in rows}):
+        for mode in ("capture", "inherit"):
+            mine = [r for r in rows if r["workers"] == workers and r["mode"] == mode]
+            if not mine:
+                continue
+            rate = statistics.median(r["lines_per_second"] for r in mine)
+            cpu = statistics.median(r["supervisor_cpu_percent"] for r in mine)
+            table.append([str(workers), mode, f"{rate / 1000:.0f} k", f"{cpu:.1f} %"])
+            summary.setdefault("output", {})[(workers, mode)] = (rate, cpu)
+    page.table(["workers", "output", "lines per second", "supervisor CPU"], table)
+
+
 SCALE_COLOURS = {"lrpm-host": COLOURS["lrpm-host"], "supervisord": COLOURS["supervisord"],
                  "fork-parent": COLOURS["fork-parent"]}
 
@@ -596,7 +623,7 @@ def main() -> None:
     body = Page()
     renderers = [
         ("memory", memory_section), ("spawn", spawn_section), ("reaction", reaction_section),
-        ("loop", loop_section), ("idle", idle_section),
+        ("loop", loop_section), ("idle", idle_section), ("output", output_section),
     ]
     for name, render in renderers:
         result = load(name)

@@ -115,6 +115,10 @@ struct Supervisor<'e> {
     pages: HashMap<i32, SharedPage>,
     /// Workers' output, when captured (`--worker-output=capture`).
     output: Option<output::OutputRouter>,
+    /// Creating output pipes failed and was logged (until it works again).
+    output_pipes_failed: bool,
+    /// Workers' pipes are read again from this moment (output pacing).
+    output_paused_until: Option<Instant>,
     /// The descriptors children keep (open before the supervisor started:
     /// libraries' own); every other one is closed in a child.
     keep_fds: std::sync::Arc<Vec<std::os::fd::RawFd>>,
@@ -181,6 +185,8 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         },
         pages: HashMap::new(),
         output,
+        output_pipes_failed: false,
+        output_paused_until: None,
         keep_fds: std::sync::Arc::new(keep_fds),
     };
     let first = supervisor.farm.start();
@@ -227,10 +233,14 @@ impl Supervisor<'_> {
             if self.accept_paused_until.is_some_and(|until| until <= now) {
                 self.accept_paused_until = None;
             }
+            if self.output_paused_until.is_some_and(|until| until <= now) {
+                self.output_paused_until = None;
+            }
             let deadline = [
                 self.farm.next_deadline(),
                 self.control.next_deadline(),
                 self.accept_paused_until,
+                self.output_paused_until,
                 self.reap_pending.then_some(now),
                 self.notifier.as_ref().and_then(notify::Notifier::next_deadline),
             ]
@@ -261,7 +271,7 @@ impl Supervisor<'_> {
                     fds.len() - 1
                 });
                 let output = match self.output.as_ref() {
-                    Some(router) if !crate::host_output::backed_up() => {
+                    Some(router) if self.output_paused_until.is_none() && !crate::host_output::backed_up() => {
                         fds.push(PollFd::new(router.as_fd(), PollFlags::POLLIN));
                         Some(fds.len() - 1)
                     }
@@ -302,7 +312,9 @@ impl Supervisor<'_> {
             }
             if slots.output.is_some_and(|i| ready[i]) {
                 if let Some(output) = self.output.as_mut() {
-                    output.read_ready();
+                    if output.read_ready() > 0 {
+                        self.output_paused_until = Some(now + output::READ_INTERVAL);
+                    }
                 }
             }
             if ready[slots.signals] {

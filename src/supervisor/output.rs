@@ -13,6 +13,10 @@
 //!   waits in its own write, loses nothing and slows no one else down.
 //! - Fairness: each ready pipe gets one read of at most `READ_CHUNK` per
 //!   loop turn, and a turn reads at most `EVENTS_PER_TURN` pipes.
+//! - Pacing: after a read that found output, pipes are read again only
+//!   `READ_INTERVAL` later (the supervisor's loop sets this), so a worker
+//!   printing many small lines is read in batches instead of waking the
+//!   supervisor for every write.
 //! - Nothing written before a worker dies is lost: a reaped worker's pipes
 //!   are drained before its exit is handled (its last words come before the
 //!   supervisor's line about the exit), and a pipe is read until EOF, which
@@ -37,6 +41,9 @@ pub const MAX_LINE: usize = 64 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 /// The most pipes read per loop turn.
 const EVENTS_PER_TURN: usize = 64;
+/// After reading output, pipes wait this long before the next read: small
+/// writes pile up in the pipes (64 KiB each) and are read in one go.
+pub const READ_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
 /// At a reap, the most of a worker's output read before its exit is handled.
 const DRAIN_AT_EXIT: usize = 4 << 20;
 
@@ -108,23 +115,26 @@ impl OutputRouter {
         }
     }
 
-    /// Reads the pipes that are ready, one chunk each, at most a turn's worth.
-    pub fn read_ready(&mut self) {
+    /// Reads the pipes that are ready, one chunk each, at most a turn's
+    /// worth; returns how many bytes it read.
+    pub fn read_ready(&mut self) -> usize {
         let mut events = [EpollEvent::empty(); EVENTS_PER_TURN];
         let ready = match self.epoll.wait(&mut events, EpollTimeout::ZERO) {
             Ok(n) => n,
-            Err(Errno::EINTR) => return,
+            Err(Errno::EINTR) => return 0,
             Err(e) => {
                 tracing::error!("reading workers' output: epoll_wait: {e}");
-                return;
+                return 0;
             }
         };
+        let mut read = 0;
         for event in &events[..ready] {
             if host_output::backed_up() {
                 break;
             }
-            self.read_once(event.data() as RawFd);
+            read += self.read_once(event.data() as RawFd).unwrap_or(0);
         }
+        read
     }
 
     /// Everything a reaped child left in its pipes (bounded), so that its
@@ -193,23 +203,7 @@ impl OutputRouter {
 
     /// Forwards every complete line, and pieces of a line that grew past `MAX_LINE`.
     fn forward_complete(pipe: &mut Pipe, format: LogFormat, lines: &mut u64) {
-        let mut start = 0;
-        let mut out = Vec::new();
-        while let Some(newline) = pipe.partial[start..].iter().position(|b| *b == b'\n') {
-            let end = start + newline;
-            render(&pipe.source, pipe.stream, &pipe.partial[start..end], pipe.continuing, format, &mut out);
-            pipe.continuing = false;
-            *lines += 1;
-            start = end + 1;
-        }
-        while pipe.partial.len() - start >= MAX_LINE {
-            let end = start + utf8_boundary(&pipe.partial[start..start + MAX_LINE]);
-            render(&pipe.source, pipe.stream, &pipe.partial[start..end], pipe.continuing, format, &mut out);
-            pipe.continuing = true;
-            *lines += 1;
-            start = end;
-        }
-        pipe.partial.drain(..start);
+        let out = take_records(&mut pipe.partial, &mut pipe.continuing, &pipe.source, pipe.stream, format, lines);
         if !out.is_empty() {
             host_output::write(pipe.stream, &out);
         }
@@ -227,6 +221,40 @@ impl OutputRouter {
         pipe.continuing = false;
         host_output::write(pipe.stream, &out);
     }
+}
+
+/// Renders the complete lines at the front of `partial` (and pieces of a
+/// line of `MAX_LINE` or more, complete or not) and removes them from it.
+fn take_records(
+    partial: &mut Vec<u8>,
+    continuing: &mut bool,
+    source: &Source,
+    stream: Stream,
+    format: LogFormat,
+    lines: &mut u64,
+) -> Vec<u8> {
+    let mut start = 0;
+    let mut out = Vec::new();
+    loop {
+        let newline = partial[start..].iter().position(|b| *b == b'\n').map(|n| start + n);
+        let line_end = newline.unwrap_or(partial.len());
+        if line_end - start >= MAX_LINE {
+            // Too long for one record, complete or not: a piece of it.
+            let end = start + utf8_boundary(&partial[start..start + MAX_LINE]);
+            render(source, stream, &partial[start..end], *continuing, format, &mut out);
+            *continuing = true;
+            *lines += 1;
+            start = end;
+            continue;
+        }
+        let Some(end) = newline else { break };
+        render(source, stream, &partial[start..end], *continuing, format, &mut out);
+        *continuing = false;
+        *lines += 1;
+        start = end + 1;
+    }
+    partial.drain(..start);
+    out
 }
 
 /// The length of the longest prefix of `piece` that does not end inside a
@@ -319,6 +347,27 @@ mod tests {
         assert_eq!(value["stream"], "stdout");
         assert_eq!(value["line"], "café \u{fffd}");
         assert_eq!(value["continuation"], true);
+    }
+
+    #[test]
+    fn a_long_line_is_cut_in_marked_pieces_whether_or_not_its_newline_came() {
+        let (mut lines, mut continuing) = (0, false);
+        let long = |n: usize| vec![b'x'; n];
+        // (bytes arriving, records expected, bytes left waiting)
+        let mut partial = [long(MAX_LINE * 2 + 10), b"\nshort\ntail".to_vec()].concat();
+        let out = take_records(&mut partial, &mut continuing, &worker(), Stream::Stdout, LogFormat::Text, &mut lines);
+        let text = String::from_utf8(out).unwrap();
+        let records: Vec<&str> = text.lines().collect();
+        assert_eq!(records.len(), 4, "three pieces and the short line");
+        assert!(records[0].starts_with("[orders#2] x") && records[0].len() == "[orders#2] ".len() + MAX_LINE);
+        assert!(records[1].starts_with("[orders#2 +] x") && records[2] == format!("[orders#2 +] {}", "x".repeat(10)));
+        assert_eq!(records[3], "[orders#2] short");
+        assert_eq!((partial, continuing, lines), (b"tail".to_vec(), false, 4));
+        // Without its newline yet: full pieces go, the rest waits.
+        let mut partial = long(MAX_LINE + 5);
+        let out = take_records(&mut partial, &mut continuing, &worker(), Stream::Stdout, LogFormat::Text, &mut lines);
+        assert_eq!(String::from_utf8(out).unwrap().lines().count(), 1);
+        assert_eq!((partial.len(), continuing), (5, true));
     }
 
     #[test]

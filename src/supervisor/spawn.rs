@@ -54,7 +54,11 @@ impl Supervisor<'_> {
         if let Some(page) = &page {
             program.set_shared_page(page.clone());
         }
+        let name = state.job.name.clone();
         let pipes = self.output_pipes(&label);
+        if pipes.is_some() {
+            self.output_pipes_failed = false;
+        }
         let setup = self.child_setup(pipes.as_ref(), None);
         let engine = self.engine;
         match process::spawn_child(&setup, |parent| program.run(engine, parent)) {
@@ -62,7 +66,6 @@ impl Supervisor<'_> {
                 if let Some(page) = page {
                     self.pages.insert(pid.as_raw(), page);
                 }
-                let name = state.job.name.clone();
                 let job = key.id.to_string();
                 let subject = crate::telemetry::Subject {
                     job: Some(&job),
@@ -134,12 +137,19 @@ impl Supervisor<'_> {
     /// A pair of pipes for a child's stdout and stderr, when output is
     /// captured; without them (out of descriptors) the child writes to the
     /// host's own stdout and stderr, which is logged.
-    fn output_pipes(&self, whose: &str) -> Option<OutputPipes> {
+    fn output_pipes(&mut self, whose: &str) -> Option<OutputPipes> {
         self.output.as_ref()?;
         match (process::output_pipe(), process::output_pipe()) {
             (Ok(stdout), Ok(stderr)) => Some(OutputPipes { stdout, stderr }),
             (Err(e), _) | (_, Err(e)) => {
-                tracing::warn!("{whose}: cannot create output pipes ({e}); it writes to the host's stdout and stderr");
+                // Once until pipes work again: out of descriptors, every start would say it.
+                if !self.output_pipes_failed {
+                    self.output_pipes_failed = true;
+                    tracing::warn!(
+                        "{whose}: cannot create output pipes ({e}); it writes to the host's stdout and stderr \
+                         (raise the open-files limit: ulimit -n, LimitNOFILE=)"
+                    );
+                }
                 None
             }
         }
