@@ -334,13 +334,18 @@ impl Supervisor<'_> {
             // An orphan adopted as PID 1 or subreaper: reaped, nothing more.
             tracing::debug!("reaped orphaned process {pid} ({})", exit.describe(crate::farm::ProcessKind::Worker));
         }
+        // The page is read before it goes back to the pool: the next worker
+        // to get it starts from zero.
+        let (recycle, cycles) = self.pages.get(&pid.as_raw()).map_or((None, 0), |page| {
+            (crate::farm::RecycleReason::from_worker_code(page.recycle_reason()), page.cycles())
+        });
         self.release_page(pid);
         if self.farm.config_process().pid() == Some(pid.as_raw()) {
             // Whatever is still in the pipe was written before the exit.
             self.read_config_channel(now);
             self.config_channel = None;
         }
-        let actions = self.farm.handle(Event::ChildExited { pid: pid.as_raw(), exit }, now);
+        let actions = self.farm.handle(Event::ChildExited { pid: pid.as_raw(), exit, recycle, cycles }, now);
         self.apply(actions);
     }
 
