@@ -13,6 +13,7 @@ pub mod control;
 pub mod exit_code;
 pub mod farm;
 pub mod job;
+pub mod metrics;
 pub mod php;
 pub mod pidfile;
 pub mod process;

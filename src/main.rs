@@ -74,6 +74,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 close_in_children: Vec::new(),
                 subreaper: cli.farm.subreaper,
                 job_defaults: cli.farm.job_defaults(),
+                metrics_listen: cli.farm.metrics_listen,
             };
             if config.source_is_file && !std::path::Path::new(&config.source).is_file() {
                 anyhow::bail!("configuration source {} does not exist", config.source);
