@@ -17,7 +17,8 @@
 SHELL := /bin/bash
 
 DEB_PACKAGES := libphp8.2-embed php8.2-dev php8.2-cli php8.2-opcache \
-	libclang-dev clang pkg-config procps
+	libclang-dev clang pkg-config procps \
+	python3 python3-prometheus-client
 # What only the benchmarks use: the contender, the workload's framework, and
 # Debian's Python with matplotlib for the harness and its plots.
 BENCH_PACKAGES := supervisor python3 python3-matplotlib \

@@ -405,6 +405,54 @@ static PHP_FUNCTION(lrpm_recycle_requested)
     RETURN_BOOL(recycle_due());
 }
 
+/* The runner's reason for the recycle it is about to carry out (exit 75),
+ * for the supervisor to read at the reap: the page is only handed out
+ * again after that. */
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_set_recycle_reason, 0, 1, IS_VOID, 0)
+    ZEND_ARG_TYPE_INFO(0, reason, IS_LONG, 0)
+ZEND_END_ARG_INFO()
+
+static PHP_FUNCTION(lrpm_set_recycle_reason)
+{
+    zend_long reason;
+    ZEND_PARSE_PARAMETERS_START(1, 1)
+        Z_PARAM_LONG(reason)
+    ZEND_PARSE_PARAMETERS_END();
+    lrpm_shared_page *page = own_shared_page();
+    if (page && reason >= 0) {
+        __atomic_store_n(&page->recycle_reason, (uint64_t)reason, __ATOMIC_RELEASE);
+    }
+}
+
+/* OPcache figures for the supervisor, which has no request and so cannot
+ * call opcache_get_status() itself. The time goes last, with release: a
+ * reader that sees it sees the figures stored before it. */
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_publish_opcache, 0, 4, IS_VOID, 0)
+    ZEND_ARG_TYPE_INFO(0, usedBytes, IS_LONG, 0)
+    ZEND_ARG_TYPE_INFO(0, freeBytes, IS_LONG, 0)
+    ZEND_ARG_TYPE_INFO(0, hits, IS_LONG, 0)
+    ZEND_ARG_TYPE_INFO(0, misses, IS_LONG, 0)
+ZEND_END_ARG_INFO()
+
+static PHP_FUNCTION(lrpm_publish_opcache)
+{
+    zend_long used, free_bytes, hits, misses;
+    ZEND_PARSE_PARAMETERS_START(4, 4)
+        Z_PARAM_LONG(used)
+        Z_PARAM_LONG(free_bytes)
+        Z_PARAM_LONG(hits)
+        Z_PARAM_LONG(misses)
+    ZEND_PARSE_PARAMETERS_END();
+    lrpm_shared_page *page = own_shared_page();
+    if (!page) return;
+    __atomic_store_n(&page->opcache_used_bytes, (uint64_t)(used > 0 ? used : 0), __ATOMIC_RELAXED);
+    __atomic_store_n(&page->opcache_free_bytes, (uint64_t)(free_bytes > 0 ? free_bytes : 0), __ATOMIC_RELAXED);
+    __atomic_store_n(&page->opcache_hits, (uint64_t)(hits > 0 ? hits : 0), __ATOMIC_RELAXED);
+    __atomic_store_n(&page->opcache_misses, (uint64_t)(misses > 0 ? misses : 0), __ATOMIC_RELAXED);
+    uint64_t now = monotonic_ns();
+    __atomic_store_n(&page->opcache_published_ns, now ? now : 1, __ATOMIC_RELEASE);
+}
+
 /* Which job and replica slot this worker runs, set by the runner before
  * the bootstrap; unset (null to PHP) in the configuration process. Copied
  * with malloc: it must outlive every request-bound allocation. */
@@ -587,6 +635,8 @@ static const zend_function_entry host_functions[] = {
     ZEND_RAW_FENTRY("Lrpm\\Internal\\cycle_done", zif_lrpm_cycle_done, arginfo_lrpm_cycle_done, 0)
     ZEND_RAW_FENTRY("Lrpm\\Internal\\recycle_requested", zif_lrpm_recycle_requested, arginfo_lrpm_recycle_requested, 0)
     ZEND_RAW_FENTRY("Lrpm\\Internal\\set_identity", zif_lrpm_set_identity, arginfo_lrpm_set_identity, 0)
+    ZEND_RAW_FENTRY("Lrpm\\Internal\\set_recycle_reason", zif_lrpm_set_recycle_reason, arginfo_lrpm_set_recycle_reason, 0)
+    ZEND_RAW_FENTRY("Lrpm\\Internal\\publish_opcache_figures", zif_lrpm_publish_opcache, arginfo_lrpm_publish_opcache, 0)
     ZEND_RAW_FENTRY("Lrpm\\recycle", zif_lrpm_recycle, arginfo_lrpm_recycle, 0)
     ZEND_RAW_FENTRY("Lrpm\\job_id", zif_lrpm_job_id, arginfo_lrpm_job_id, 0)
     ZEND_RAW_FENTRY("Lrpm\\slot", zif_lrpm_slot, arginfo_lrpm_slot, 0)

@@ -18,7 +18,7 @@
  */
 #define LRPM_SHARED_PAGE_SIZE 4096
 #define LRPM_SHARED_PAGE_MAGIC 0x4d50524cu /* "LRPM" read as little-endian */
-#define LRPM_SHARED_PAGE_VERSION 2u
+#define LRPM_SHARED_PAGE_VERSION 3u
 
 /* Bits of lrpm_shared_page.flags. */
 /* User code called pcntl_signal(SIGTERM, ...) / pcntl_signal(SIGINT, ...). */
@@ -45,8 +45,15 @@ typedef struct lrpm_shared_page {
     uint64_t last_cycle_ns;    /* duration of the last completed cycle, ns */
     uint64_t heap_bytes;       /* zend_memory_usage(1) at the end of the last cycle */
     uint64_t peak_heap_bytes;  /* zend_memory_peak_usage(1) at the end of the last cycle */
+    /* Version 3. */
+    uint64_t recycle_reason;       /* why the worker exits 75 (Lrpm\Internal\RECYCLE_*), set just before; 0 otherwise */
+    uint64_t opcache_published_ns; /* CLOCK_MONOTONIC ns of the last OPcache publication (0: never); stored last, release */
+    uint64_t opcache_used_bytes;   /* opcache_get_status(): memory_usage.used_memory */
+    uint64_t opcache_free_bytes;   /* memory_usage.free_memory */
+    uint64_t opcache_hits;         /* opcache_statistics.hits */
+    uint64_t opcache_misses;       /* opcache_statistics.misses */
     /* Room for later versions; zero until one defines them. */
-    uint64_t reserved[(LRPM_SHARED_PAGE_SIZE - 56) / 8];
+    uint64_t reserved[(LRPM_SHARED_PAGE_SIZE - 104) / 8];
 } lrpm_shared_page;
 
 /* Status codes returned by lrpm_boot(). */

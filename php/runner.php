@@ -112,7 +112,33 @@ function include_source_file(string $file): void
 }
 
 // The recycle reason logged when the worker itself asked (Lrpm\recycle()).
-const RECYCLE_REQUESTED = 'requested by the worker (Lrpm\recycle())';
+const RECYCLE_REQUESTED_MESSAGE = 'requested by the worker (Lrpm\recycle())';
+
+// How often a worker publishes the OPcache figures for the supervisor's
+// metrics (it has no request to call opcache_get_status() in): the call
+// takes OPcache's lock, so not after every cycle.
+const OPCACHE_PUBLISH_INTERVAL_NS = 10e9;
+
+// Publishes opcache_get_status()'s memory and hit figures into the shared
+// page; false when OPcache is not there or not enabled (nothing to publish,
+// ever: the caller stops asking).
+function publish_opcache(): bool
+{
+    if (!\function_exists('opcache_get_status')) {
+        return false;
+    }
+    $status = @\opcache_get_status(false);
+    if (!\is_array($status) || empty($status['opcache_enabled'])) {
+        return false;
+    }
+    publish_opcache_figures(
+        (int) ($status['memory_usage']['used_memory'] ?? 0),
+        (int) ($status['memory_usage']['free_memory'] ?? 0),
+        (int) ($status['opcache_statistics']['hits'] ?? 0),
+        (int) ($status['opcache_statistics']['misses'] ?? 0)
+    );
+    return true;
+}
 
 // Who this worker is, set before the bootstrap so that it can ask too:
 // Lrpm\job_id() and Lrpm\slot(), $_SERVER, and the environment (putenv),
@@ -151,8 +177,15 @@ function run_worker(array $params): void
         \fwrite(\STDERR, describe_throwable($e) . \PHP_EOL);
         exit(EXIT_UNCAUGHT);
     }
-    // Lrpm\recycle() from start(): no cycle runs.
-    $recycle = recycle_requested() ? RECYCLE_REQUESTED : null;
+    // Lrpm\recycle() from start(): no cycle runs. $recycle is what the log
+    // says, $recycleReason the code the supervisor reads from the page.
+    $recycle = null;
+    $recycleReason = 0;
+    if (recycle_requested()) {
+        [$recycle, $recycleReason] = [RECYCLE_REQUESTED_MESSAGE, RECYCLE_REQUESTED];
+    }
+    $opcache = publish_opcache();
+    $opcachePublishedAt = \hrtime(true);
     $cyclesLeft = $params['cycles'];
     // Clock mode (cycleIntervalSeconds): cycle() at most once per interval,
     // the rest slept in a wait that a stop ends at once.
@@ -185,7 +218,7 @@ function run_worker(array $params): void
         // once the worker called Lrpm\recycle() (before any clock-mode wait,
         // which could be long).
         if (!cycle_done()) {
-            $recycle = RECYCLE_REQUESTED;
+            [$recycle, $recycleReason] = [RECYCLE_REQUESTED_MESSAGE, RECYCLE_REQUESTED];
             break;
         }
         if ($cyclesLeft !== null && --$cyclesLeft <= 0) {
@@ -193,11 +226,12 @@ function run_worker(array $params): void
         }
         $cyclesDone++;
         if ($maxCycles !== null && $cyclesDone >= $maxCycles) {
-            $recycle = "maxCycles {$maxCycles} reached";
+            [$recycle, $recycleReason] = ["maxCycles {$maxCycles} reached", RECYCLE_MAX_CYCLES];
             break;
         }
         if ($maxLifetime !== null && (\hrtime(true) - $startedAt) / 1e9 >= $maxLifetime) {
             $recycle = \sprintf('maxLifetimeSeconds %s reached after %d cycles', $maxLifetime, $cyclesDone);
+            $recycleReason = RECYCLE_MAX_LIFETIME;
             break;
         }
         // The resident set costs a read of /proc: at most once a second.
@@ -206,8 +240,13 @@ function run_worker(array $params): void
             $used = \max(\memory_get_usage(true), resident_bytes());
             if ($used > $memoryLimit) {
                 $recycle = \sprintf('memoryLimitMb %d exceeded: %.1f MB', $memoryLimit / 1048576, $used / 1048576);
+                $recycleReason = RECYCLE_MEMORY;
                 break;
             }
+        }
+        if ($opcache && \hrtime(true) - $opcachePublishedAt >= OPCACHE_PUBLISH_INTERVAL_NS) {
+            $opcache = publish_opcache();
+            $opcachePublishedAt = \hrtime(true);
         }
         if ($interval !== null) {
             $took = (\hrtime(true) - $began) / 1e9;
@@ -238,6 +277,7 @@ function run_worker(array $params): void
     }
     if ($recycle !== null) {
         say("{$label}: recycling: {$recycle}");
+        set_recycle_reason($recycleReason);
         exit(EXIT_RECYCLE);
     }
     exit(EXIT_OK);
@@ -425,8 +465,10 @@ function main(): void
 {
     $params = \json_decode(params(), true, 512, \JSON_THROW_ON_ERROR);
     define_exit_codes($params['exitCodes']);
+    // Workers only: the codes of recycle reasons (src/farm/recycle.rs).
+    define_exit_codes($params['recycleReasons'] ?? []);
     // Freed now rather than kept as a possible GC root for the whole run.
-    unset($params['exitCodes']);
+    unset($params['exitCodes'], $params['recycleReasons']);
     if ($params['mode'] === 'worker') {
         set_worker_identity((string) $params['jobId'], (int) ($params['slot'] ?? 0));
     }

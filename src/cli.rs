@@ -111,6 +111,10 @@ pub struct FarmOptions {
     /// own descriptors, untouched).
     #[arg(long, value_enum, default_value = "capture", value_name = "MODE", global = true)]
     pub worker_output: WorkerOutput,
+    /// Serve /metrics (Prometheus), /healthz and /readyz over HTTP on this
+    /// address, e.g. 127.0.0.1:9464 or [::]:9464.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen_address, global = true)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 
     /// Permissions of the control socket, octal.
     #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_octal_mode, global = true)]
@@ -206,6 +210,19 @@ fn parse_interval(text: &str) -> Result<f64, String> {
         .ok()
         .filter(|s| *s > 0.0 && *s <= crate::job::MAX_DURATION_SECONDS as f64)
         .ok_or_else(|| format!("{text:?} is not a number of seconds above 0 and at most 86400"))
+}
+
+/// `127.0.0.1:9464`, `[::]:9464`, or a host name resolved once at startup
+/// (`localhost:9464`).
+fn parse_listen_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut addresses| addresses.next())
+        .ok_or_else(|| format!("{text:?} is not an address to listen on, such as 127.0.0.1:9464 or [::]:9464"))
 }
 
 fn parse_octal_mode(text: &str) -> Result<u32, String> {

@@ -14,6 +14,7 @@ pub mod exit_code;
 pub mod farm;
 pub mod host_output;
 pub mod job;
+pub mod metrics;
 pub mod php;
 pub mod pidfile;
 pub mod process;

@@ -683,6 +683,7 @@ fn a_worker_that_asks_for_a_recycle_is_replaced_at_once_and_counted() {
     let stderr = farm.stderr();
     assert!(stderr.contains("job r: recycling: requested by the worker (Lrpm\\recycle())"), "{}", farm.diagnostics());
     assert!(stderr.contains("job s: recycling: requested by the worker (Lrpm\\recycle())"), "{}", farm.diagnostics());
+    assert!(stderr.contains("recycled (Lrpm\\recycle()); starting a fresh process"), "{}", farm.diagnostics());
     let status = farm.status();
     for id in ["r", "s"] {
         let recycles = state(&status, id)["recycles"].as_u64().unwrap_or(0);

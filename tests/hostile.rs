@@ -450,5 +450,5 @@ fn planned_recycles_restart_at_once_without_backoff() {
     let status = farm.status();
     assert!(status["r"]["state"]["recycles"].as_u64().unwrap_or(0) >= 10, "{status}");
     assert_eq!(status["r"]["state"]["backoffInterval"], 1, "{status}");
-    assert!(farm.stderr().contains("recycled as planned"), "{}", farm.diagnostics());
+    assert!(farm.stderr().contains("recycled (maxCycles); starting a fresh process"), "{}", farm.diagnostics());
 }

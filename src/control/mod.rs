@@ -23,6 +23,7 @@ pub const HELP: &str = "valid messages:
   stop <job_id>        stop job <job_id> and keep it stopped across configuration polls
   start <job_id>       start a job held by `stop <job_id>`
   signal <job_id> <SIG>  send a signal (TERM, HUP, USR1, ...) to the job's processes
+  metrics              the Prometheus text of /metrics (see --metrics-listen)
   version              lrpm-host and PHP versions";
 
 /// One control request, parsed once from its command line; the supervisor
@@ -32,6 +33,8 @@ pub enum Request {
     Help,
     Status,
     Version,
+    /// `metrics`: the Prometheus text exposition, as `GET /metrics` serves it.
+    Metrics,
     Reload,
     Shutdown,
     /// `restart all`: every job, as `restart ID` would.
@@ -70,6 +73,7 @@ impl Request {
             ["help"] => Ok(Request::Help),
             ["status"] | ["jsonstatus"] => Ok(Request::Status),
             ["version"] => Ok(Request::Version),
+            ["metrics"] => Ok(Request::Metrics),
             ["reload"] => Ok(Request::Reload),
             ["stop"] => Ok(Request::Shutdown),
             ["stop", id] => Ok(job(id, JobCommand::Hold)),
@@ -149,6 +153,7 @@ mod tests {
         let job = |id: JobId, command| Ok(Request::Job { id, command });
         assert_eq!(Request::parse("status"), Ok(Request::Status));
         assert_eq!(Request::parse("jsonstatus"), Ok(Request::Status));
+        assert_eq!(Request::parse("metrics"), Ok(Request::Metrics));
         assert_eq!(Request::parse("restart 42"), job(JobId::Int(42), JobCommand::Restart));
         assert_eq!(Request::parse("restart all"), Ok(Request::RestartAll));
         assert_eq!(Request::parse("recycle all"), Ok(Request::RecycleAll));

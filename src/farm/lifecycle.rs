@@ -217,6 +217,14 @@ pub struct JobState {
     /// Totals over every slot the job ever had.
     pub restarts: u64,
     pub recycles: u64,
+    /// Recycles by reason (they add up to `recycles`).
+    pub recycles_by_reason: super::RecycleCounts,
+    /// Every failure counted against `maxFailures`, ever (`failures` only
+    /// holds the window).
+    pub failures_total: u64,
+    /// Cycles completed by the job's processes that have ended (the live
+    /// ones' counts are in their shared pages).
+    pub cycles_of_ended: u64,
     pub last_exit: Option<ExitKind>,
 }
 
@@ -231,6 +239,9 @@ impl JobState {
             rolling: None,
             restarts: 0,
             recycles: 0,
+            recycles_by_reason: super::RecycleCounts::default(),
+            failures_total: 0,
+            cycles_of_ended: 0,
             last_exit: None,
         }
     }

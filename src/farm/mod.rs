@@ -13,6 +13,7 @@ pub mod backoff;
 pub mod config_process;
 pub mod exit;
 pub mod lifecycle;
+pub mod recycle;
 #[cfg(test)]
 mod tests;
 
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 pub use config_process::{ConfigPhase, ConfigProcessState, CONFIG_STOP_TIMEOUT};
 pub use exit::{ExitKind, ProcessKind};
 pub use lifecycle::{AfterStop, JobState, Phase, Rolling, RollingStep, SlotState, StatusName, WorkerKey};
+pub use recycle::{RecycleCounts, RecycleReason};
 
 use crate::job::{Job, JobId, RestartPolicy};
 use config_process::{FIRST_CONFIGURATION_ATTEMPTS, FIRST_CONFIGURATION_RETRY};
@@ -59,10 +61,14 @@ pub enum Event {
         pid: Pid,
         progress: Option<CycleProgress>,
     },
-    /// A child was reaped (worker or config process).
+    /// A child was reaped (worker or config process). `recycle` is the
+    /// reason a worker wrote into its shared page before exiting 75;
+    /// `cycles` the cycles it completed (from its page; 0 without one).
     ChildExited {
         pid: Pid,
         exit: ExitKind,
+        recycle: Option<RecycleReason>,
+        cycles: u64,
     },
     /// Deadlines may have passed: start what is due (a batch at most) and
     /// escalate stops. Fed once per loop turn, after every other event, so
@@ -310,7 +316,9 @@ impl Farm {
                 }
             }
             Event::CycleProgress { key, pid, progress } => self.cycle_progress(&key, pid, progress, now, &mut actions),
-            Event::ChildExited { pid, exit } => self.child_exited(pid, exit, now, &mut actions),
+            Event::ChildExited { pid, exit, recycle, cycles } => {
+                self.child_exited(pid, exit, recycle, cycles, now, &mut actions)
+            }
             Event::Tick => self.run_due(now, &mut actions),
             Event::Shutdown => self.shutdown(HostExit::Clean, now, &mut actions),
             Event::Reload => match self.config.phase {
@@ -837,17 +845,28 @@ impl Farm {
         ));
     }
 
-    fn count_restart(&mut self, key: &WorkerKey, recycle: bool) {
+    fn count_restart(&mut self, key: &WorkerKey, recycle: Option<RecycleReason>) {
         let Some(state) = self.jobs.get_mut(&key.id) else { return };
         state.restarts += 1;
-        state.recycles += u64::from(recycle);
+        state.recycles += u64::from(recycle.is_some());
+        if let Some(reason) = recycle {
+            state.recycles_by_reason.add(reason);
+        }
         if let Some(slot) = state.slots.get_mut(&key.slot) {
             slot.restarts += 1;
-            slot.recycles += u64::from(recycle);
+            slot.recycles += u64::from(recycle.is_some());
         }
     }
 
-    fn child_exited(&mut self, pid: Pid, exit: ExitKind, now: Instant, actions: &mut Vec<Action>) {
+    fn child_exited(
+        &mut self,
+        pid: Pid,
+        exit: ExitKind,
+        recycle: Option<RecycleReason>,
+        cycles: u64,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
         if self.config.pid() == Some(pid) {
             self.config_exited(pid, exit, now, actions);
             return;
@@ -856,6 +875,7 @@ impl Farm {
         let label = self.label(&key);
         let state = self.jobs.get_mut(&key.id).expect("the pid index only names known jobs");
         state.last_exit = Some(exit);
+        state.cycles_of_ended += cycles;
         let slot = state.slots.get_mut(&key.slot).expect("the pid index only names known slots");
         slot.last_exit = Some(exit);
         let described = exit.describe(ProcessKind::Worker);
@@ -883,10 +903,13 @@ impl Farm {
         match phase {
             Phase::Running { .. } if exit == ExitKind::Code(crate::exit_code::RECYCLE) => {
                 // Planned: neither a crash nor a short run; no backoff.
-                self.count_restart(&key, true);
+                let reason = recycle.unwrap_or(RecycleReason::Unknown);
+                self.count_restart(&key, Some(reason));
                 actions.push(Action::log_about(
-                    LogLevel::Info, &key, Some(pid),
-                    format!("{label} (pid {pid}) recycled as planned (its reason is logged above); starting a fresh process"),
+                    LogLevel::Info,
+                    &key,
+                    Some(pid),
+                    format!("{label} (pid {pid}) recycled ({}); starting a fresh process", reason.describe()),
                 ));
                 self.set_phase(&key, Phase::Waiting { at: now });
             }
@@ -895,8 +918,9 @@ impl Farm {
                 self.ended_on_its_own(&key, pid, since, exit, true, now, actions)
             }
             Phase::Stopping { then: then @ (AfterStop::Restart | AfterStop::Recycle), .. } => {
-                self.count_restart(&key, then == AfterStop::Recycle);
-                let what = if then == AfterStop::Recycle { "recycled" } else { "stopped" };
+                let rolling = then == AfterStop::Recycle;
+                self.count_restart(&key, rolling.then_some(RecycleReason::Rolling));
+                let what = if rolling { "recycled (rolling recycle)" } else { "stopped" };
                 actions.push(Action::log_about(
                     LogLevel::Info,
                     &key,
@@ -966,7 +990,7 @@ impl Farm {
         if !self.restart_allowed(key, exit, watchdog, now, actions) {
             return;
         }
-        self.count_restart(key, false);
+        self.count_restart(key, None);
         let label = self.label(key);
         let Some(state) = self.jobs.get(&key.id) else { return };
         let short_run = state.short_run();
@@ -1009,6 +1033,7 @@ impl Farm {
         let described = exit.describe(ProcessKind::Worker);
         let policy = state.job.restart_policy;
         if failed {
+            state.failures_total += 1;
             let window = Duration::from_secs(state.job.failure_window_seconds);
             state.failures.push_back(now);
             while state.failures.front().is_some_and(|t| now.saturating_duration_since(*t) > window) {

@@ -115,11 +115,11 @@ fn kill(n: i64) -> Action {
 }
 
 fn exited(n: i64, code: i32) -> Event {
-    Event::ChildExited { pid: 100 + n as Pid, exit: ExitKind::Code(code) }
+    Event::ChildExited { pid: 100 + n as Pid, exit: ExitKind::Code(code), recycle: None, cycles: 0 }
 }
 
 fn config_exited(pid: Pid, code: i32) -> Event {
-    Event::ChildExited { pid, exit: ExitKind::Code(code) }
+    Event::ChildExited { pid, exit: ExitKind::Code(code), recycle: None, cycles: 0 }
 }
 
 fn status(farm: &Farm, n: i64, now: Instant) -> StatusName {
@@ -415,7 +415,7 @@ fn shutdown_with_nothing_running_exits_once_config_process_is_gone() {
     let mut farm = running_farm(t0, &[]);
     step(&mut farm, Event::Shutdown, t0);
     assert_eq!(
-        step(&mut farm, Event::ChildExited { pid: 1, exit: ExitKind::Signal(15) }, t0),
+        step(&mut farm, Event::ChildExited { pid: 1, exit: ExitKind::Signal(15), recycle: None, cycles: 0 }, t0),
         vec![Action::Exit(HostExit::Clean)]
     );
     assert!(farm.handle(Event::Tick, t0).is_empty());
@@ -561,6 +561,51 @@ fn a_planned_recycle_restarts_at_once_even_after_a_short_run() {
     assert_eq!(actions, vec![Action::StartWorker(key(1))]);
     let state = farm.job(&id(1)).unwrap();
     assert_eq!((state.recycles, slot0(&farm, 1).backoff.current()), (1, secs(1)));
+    assert_eq!(state.recycles_by_reason.get(RecycleReason::Unknown), 1, "no reason in the page");
+}
+
+#[test]
+fn recycles_are_counted_by_the_reason_the_worker_gave_and_logged_with_it() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[job(1, 1)]);
+    let recycled = |reason| Event::ChildExited {
+        pid: 101,
+        exit: ExitKind::Code(crate::exit_code::RECYCLE),
+        recycle: Some(reason),
+        cycles: 10,
+    };
+    let actions = farm.handle(recycled(RecycleReason::MaxCycles), t0);
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Log(e)
+            if e.message == "job 1 (pid 101) recycled (maxCycles); starting a fresh process"
+                && e.pid == Some(101) && e.slot == Some(0))),
+        "{actions:?}"
+    );
+    step(&mut farm, Event::Tick, t0);
+    step(&mut farm, recycled(RecycleReason::Memory), t0);
+    step(&mut farm, recycled(RecycleReason::Memory), t0);
+    let state = farm.job(&id(1)).unwrap();
+    let counts = state.recycles_by_reason;
+    assert_eq!((counts.get(RecycleReason::MaxCycles), counts.get(RecycleReason::Memory)), (1, 2));
+    assert_eq!((state.recycles, counts.total(), state.restarts), (3, 3, 3));
+    assert_eq!(state.cycles_of_ended, 30, "the cycles of ended processes add up");
+    assert_eq!((state.failures_total, state.failures.len()), (0, 0), "a recycle is no failure");
+}
+
+#[test]
+fn failures_are_counted_for_good_beyond_the_window() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[job(1, 1)]);
+    // Each exit after a long run restarts at once; the window is 60 s.
+    for i in 0..3u64 {
+        let at = t0 + secs(100 * (i + 1));
+        step(&mut farm, exited(1, 1), at);
+    }
+    let state = farm.job(&id(1)).unwrap();
+    assert_eq!((state.failures_total, state.failures.len()), (3, 1));
+    // A clean exit restarts without being a failure.
+    step(&mut farm, exited(1, 0), t0 + secs(1000));
+    assert_eq!(farm.job(&id(1)).unwrap().failures_total, 3);
 }
 
 fn replicated(n: i64, mtime: i64, replicas: u32) -> Job {
@@ -575,7 +620,7 @@ fn replicated(n: i64, mtime: i64, replicas: u32) -> Job {
 }
 
 fn slot_exited(n: i64, slot: u32, code: i32) -> Event {
-    Event::ChildExited { pid: slot_pid(n, slot), exit: ExitKind::Code(code) }
+    Event::ChildExited { pid: slot_pid(n, slot), exit: ExitKind::Code(code), recycle: None, cycles: 0 }
 }
 
 fn slot_term(n: i64, slot: u32) -> Action {
@@ -706,6 +751,7 @@ fn a_rolling_recycle_replaces_one_slot_at_a_time_after_its_first_cycle() {
     assert!(inspect(&mut farm, 1, 2, 1, None, t0 + ms(80)).is_empty());
     let state = farm.job(&id(1)).unwrap();
     assert_eq!((state.recycles, state.rolling.is_none()), (3, true));
+    assert_eq!(state.recycles_by_reason.get(RecycleReason::Rolling), 3);
     assert!(state.slots.values().all(|s| s.recycles == 1 && s.backoff.current() == secs(1)));
 }
 

@@ -280,6 +280,12 @@ const _: () = {
     assert!(offset_of!(C, last_cycle_ns) == offset_of!(Layout, last_cycle_ns));
     assert!(offset_of!(C, heap_bytes) == offset_of!(Layout, heap_bytes));
     assert!(offset_of!(C, peak_heap_bytes) == offset_of!(Layout, peak_heap_bytes));
+    assert!(offset_of!(C, recycle_reason) == offset_of!(Layout, recycle_reason));
+    assert!(offset_of!(C, opcache_published_ns) == offset_of!(Layout, opcache_published_ns));
+    assert!(offset_of!(C, opcache_used_bytes) == offset_of!(Layout, opcache_used_bytes));
+    assert!(offset_of!(C, opcache_free_bytes) == offset_of!(Layout, opcache_free_bytes));
+    assert!(offset_of!(C, opcache_hits) == offset_of!(Layout, opcache_hits));
+    assert!(offset_of!(C, opcache_misses) == offset_of!(Layout, opcache_misses));
     assert!(offset_of!(C, reserved) == offset_of!(Layout, reserved));
 };
 
@@ -390,6 +396,7 @@ fn worker_program_with_source(
         "mode": "worker",
         "interfaces": interfaces_param(),
         "exitCodes": exit_codes_param(),
+        "recycleReasons": crate::farm::RecycleReason::runner_constants(),
         "bootstrap": bootstrap.map(|p| p.to_string_lossy()),
         "sourceFile": source_file.map(|p| p.to_string_lossy()),
         "class": job.worker_class,

@@ -23,8 +23,9 @@ pub const PAGE_SIZE: usize = 4096;
 /// `LRPM_SHARED_PAGE_MAGIC`: "LRPM" read as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"LRPM");
 /// `LRPM_SHARED_PAGE_VERSION`: bump when a field is added or changes meaning.
-/// Version 2 added the cycle fields.
-pub const VERSION: u32 = 2;
+/// Version 2 added the cycle fields, version 3 the recycle reason and the
+/// OPcache figures.
+pub const VERSION: u32 = 3;
 /// `LRPM_FLAG_USER_SIGTERM_HANDLER`: user code called `pcntl_signal(SIGTERM, ...)`.
 pub const FLAG_USER_SIGTERM_HANDLER: u64 = 0x1;
 /// `LRPM_FLAG_USER_SIGINT_HANDLER`: user code called `pcntl_signal(SIGINT, ...)`.
@@ -54,8 +55,32 @@ pub struct Layout {
     pub heap_bytes: AtomicU64,
     /// `memory_get_peak_usage(true)` at the end of the last cycle.
     pub peak_heap_bytes: AtomicU64,
+    /// Why the worker is about to exit 75 (`RecycleReason::code`), written
+    /// just before the exit; 0 otherwise.
+    pub recycle_reason: AtomicU64,
+    /// CLOCK_MONOTONIC ns when the worker last published the OPcache
+    /// figures below (0: never). Stored last, with release.
+    pub opcache_published_ns: AtomicU64,
+    /// `opcache_get_status()`'s memory_usage used_memory and free_memory.
+    pub opcache_used_bytes: AtomicU64,
+    pub opcache_free_bytes: AtomicU64,
+    /// `opcache_get_status()`'s opcache_statistics hits and misses.
+    pub opcache_hits: AtomicU64,
+    pub opcache_misses: AtomicU64,
     /// Room for later versions; zero until one defines them.
-    pub reserved: [AtomicU64; (PAGE_SIZE - 56) / 8],
+    pub reserved: [AtomicU64; (PAGE_SIZE - 104) / 8],
+}
+
+/// The OPcache figures a worker published (OPcache's memory is shared by
+/// every process of the host, so any worker's are the host's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpcacheFigures {
+    /// CLOCK_MONOTONIC ns of the publication.
+    pub published_ns: u64,
+    pub used_bytes: u64,
+    pub free_bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
 }
 
 /// What a worker's page says about its cycles, read at one moment.
@@ -74,7 +99,7 @@ pub struct CycleSnapshot {
 }
 
 const _: () = assert!(std::mem::size_of::<Layout>() == PAGE_SIZE);
-const _: () = assert!(std::mem::offset_of!(Layout, reserved) == 56);
+const _: () = assert!(std::mem::offset_of!(Layout, reserved) == 104);
 
 struct Mapping {
     pages: NonNull<Layout>,
@@ -154,6 +179,12 @@ impl SharedPage {
             &layout.last_cycle_ns,
             &layout.heap_bytes,
             &layout.peak_heap_bytes,
+            &layout.recycle_reason,
+            &layout.opcache_published_ns,
+            &layout.opcache_used_bytes,
+            &layout.opcache_free_bytes,
+            &layout.opcache_hits,
+            &layout.opcache_misses,
         ] {
             word.store(0, Ordering::Relaxed);
         }
@@ -240,6 +271,43 @@ impl SharedPage {
             heap_bytes: self.heap_bytes(),
             peak_heap_bytes: self.peak_heap_bytes(),
         }
+    }
+
+    /// The recycle reason code the worker wrote before exiting 75 (0: none).
+    /// Read at the reap, before the page goes back to the pool.
+    pub fn recycle_reason(&self) -> u64 {
+        self.layout().recycle_reason.load(Ordering::Acquire)
+    }
+
+    /// Writes a recycle reason, as `Lrpm\Internal\set_recycle_reason()`
+    /// does in C (tests; Rust children).
+    pub fn set_recycle_reason(&self, code: u64) {
+        self.layout().recycle_reason.store(code, Ordering::Release);
+    }
+
+    /// The OPcache figures the worker last published; None if it never did.
+    /// The publication time is loaded first (stored last by the writer).
+    pub fn opcache(&self) -> Option<OpcacheFigures> {
+        let layout = self.layout();
+        let published_ns = layout.opcache_published_ns.load(Ordering::Acquire);
+        (published_ns != 0).then(|| OpcacheFigures {
+            published_ns,
+            used_bytes: layout.opcache_used_bytes.load(Ordering::Relaxed),
+            free_bytes: layout.opcache_free_bytes.load(Ordering::Relaxed),
+            hits: layout.opcache_hits.load(Ordering::Relaxed),
+            misses: layout.opcache_misses.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Publishes OPcache figures, with the stores in the order
+    /// `Lrpm\Internal\publish_opcache()` uses in C (tests; Rust children).
+    pub fn publish_opcache(&self, figures: OpcacheFigures) {
+        let layout = self.layout();
+        layout.opcache_used_bytes.store(figures.used_bytes, Ordering::Relaxed);
+        layout.opcache_free_bytes.store(figures.free_bytes, Ordering::Relaxed);
+        layout.opcache_hits.store(figures.hits, Ordering::Relaxed);
+        layout.opcache_misses.store(figures.misses, Ordering::Relaxed);
+        layout.opcache_published_ns.store(figures.published_ns.max(1), Ordering::Release);
     }
 
     /// A cycle begins, as `Lrpm\Internal\next_cycle()` records it in C
@@ -392,6 +460,20 @@ mod tests {
         assert_eq!(second.cycles, 1);
         assert_eq!(second.current_cycle_running_for, Some(Duration::from_millis(10)));
         assert_eq!(second.last_cycle, Some(Duration::from_millis(300)), "the last completed one");
+    }
+
+    #[test]
+    fn a_reused_slot_has_no_recycle_reason_and_no_opcache_figures() {
+        let mut slots = SharedSlots::new(1).unwrap();
+        let page = slots.allocate().unwrap();
+        assert_eq!((page.recycle_reason(), page.opcache()), (0, None));
+        page.set_recycle_reason(3);
+        let figures = OpcacheFigures { published_ns: 5, used_bytes: 1 << 20, free_bytes: 2 << 20, hits: 7, misses: 1 };
+        page.publish_opcache(figures);
+        assert_eq!((page.recycle_reason(), page.opcache()), (3, Some(figures)));
+        slots.release(page);
+        let again = slots.allocate().unwrap();
+        assert_eq!((again.recycle_reason(), again.opcache()), (0, None));
     }
 
     #[test]

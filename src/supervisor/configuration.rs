@@ -26,7 +26,10 @@ impl Supervisor<'_> {
         for message in messages {
             match message {
                 Ok(ConfigMessage::Configuration { jobs }) => self.configuration_received(jobs, now),
-                Ok(ConfigMessage::Error { message }) => tracing::error!("configuration source error: {message}"),
+                Ok(ConfigMessage::Error { message }) => {
+                    self.host.config_failed();
+                    tracing::error!("configuration source error: {message}")
+                }
                 Err(e) => tracing::error!("{e}"),
             }
         }
@@ -46,6 +49,7 @@ impl Supervisor<'_> {
             if let Some(pid) = self.farm.config_process().pid() {
                 process::signal_group(Pid::from_raw(pid), Signal::SIGKILL);
             }
+            self.host.config_failed();
             return;
         }
         for error in &validated.errors {
@@ -76,6 +80,7 @@ impl Supervisor<'_> {
                 }
             }
         }
+        self.host.config_loaded();
         let actions = self.farm.handle(Event::Configuration(jobs), now);
         self.apply(actions);
     }

@@ -13,6 +13,7 @@
 
 pub mod config_channel;
 mod configuration;
+mod metrics;
 mod notify;
 mod output;
 mod requests;
@@ -30,6 +31,7 @@ use thiserror::Error;
 use crate::control::server::{AcceptOutcome, ClientId, ControlError, ControlServer};
 use crate::farm::{Action, Event, Farm, HostExit, KillReason, LogLevel};
 use crate::job::{self, JobId};
+use crate::metrics::http::{HttpClientId, HttpServer};
 use crate::php::{self, Engine, PhpError};
 use crate::process::shared_page::{SharedPage, SharedSlots};
 use crate::process::{self, ExitKind, ProcessError, SignalEvents};
@@ -60,6 +62,8 @@ pub enum SupervisorError {
     Php(#[from] PhpError),
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error("cannot listen for metrics on {0}: {1}")]
+    Metrics(std::net::SocketAddr, std::io::Error),
 }
 
 /// What the farm runs, from the command line.
@@ -80,6 +84,8 @@ pub struct FarmConfig {
     pub job_defaults: job::JobDefaults,
     /// Capture workers' stdout and stderr (else they inherit the host's).
     pub capture_output: bool,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (`--metrics-listen`).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 struct Supervisor<'e> {
@@ -122,6 +128,11 @@ struct Supervisor<'e> {
     /// The descriptors children keep (open before the supervisor started:
     /// libraries' own); every other one is closed in a child.
     keep_fds: std::sync::Arc<Vec<std::os::fd::RawFd>>,
+    /// The metrics and health endpoints (`--metrics-listen`).
+    http: Option<HttpServer>,
+    /// Uptime and configuration loads, for the metrics.
+    host: crate::metrics::HostCounters,
+    rss: crate::metrics::rss::RssSampler,
 }
 
 /// Runs the farm until it has shut down; returns how it ended.
@@ -145,6 +156,10 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
     let socket_path = config.control_socket.clone().unwrap_or_else(crate::control::server::default_socket_path);
     let control = ControlServer::bind(&socket_path, config.control_socket_mode)?;
     let signals = SignalEvents::new()?;
+    let http = match config.metrics_listen {
+        Some(address) => Some(HttpServer::bind(address).map_err(|e| SupervisorError::Metrics(address, e))?),
+        None => None,
+    };
     if config.subreaper {
         process::become_subreaper()?;
     }
@@ -155,6 +170,7 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         interval = config.interval_seconds,
         bootstrap = %config.bootstrap.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into()),
         control_socket = %socket_path.display(),
+        metrics = %http.as_ref().map_or_else(|| "off".to_string(), |h| format!("http://{}/metrics", h.address())),
         php = php::php_version(),
         "lrpm-host supervisor started"
     );
@@ -188,6 +204,9 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         output_pipes_failed: false,
         output_paused_until: None,
         keep_fds: std::sync::Arc::new(keep_fds),
+        http,
+        host: crate::metrics::HostCounters::new(Instant::now()),
+        rss: Default::default(),
     };
     let first = supervisor.farm.start();
     supervisor.apply(first);
@@ -221,6 +240,11 @@ struct PollSlots {
     /// Clients from this index on, in `clients` order.
     first_client: usize,
     clients: Vec<(ClientId, bool)>,
+    /// The metrics listener (absent while it is full or resting) and its
+    /// clients from `first_http_client` on.
+    http_listener: Option<usize>,
+    first_http_client: usize,
+    http_clients: Vec<(HttpClientId, bool)>,
 }
 
 impl Supervisor<'_> {
@@ -236,6 +260,9 @@ impl Supervisor<'_> {
             if self.output_paused_until.is_some_and(|until| until <= now) {
                 self.output_paused_until = None;
             }
+            if let Some(http) = self.http.as_mut() {
+                http.resume(now);
+            }
             let deadline = [
                 self.farm.next_deadline(),
                 self.control.next_deadline(),
@@ -243,6 +270,7 @@ impl Supervisor<'_> {
                 self.output_paused_until,
                 self.reap_pending.then_some(now),
                 self.notifier.as_ref().and_then(notify::Notifier::next_deadline),
+                self.http.as_ref().and_then(HttpServer::next_deadline),
             ]
             .into_iter()
             .flatten()
@@ -289,12 +317,34 @@ impl Supervisor<'_> {
                     fds.push(PollFd::new(fd, if wants_write { PollFlags::POLLOUT } else { PollFlags::POLLIN }));
                     clients.push((id, wants_write));
                 }
+                let http_listener = self.http.as_ref().filter(|h| h.accepting()).map(|h| {
+                    fds.push(PollFd::new(h.listener(), PollFlags::POLLIN));
+                    fds.len() - 1
+                });
+                let first_http_client = fds.len();
+                let mut http_clients = Vec::new();
+                for (id, fd, wants_write) in self.http.iter().flat_map(HttpServer::client_fds) {
+                    fds.push(PollFd::new(fd, if wants_write { PollFlags::POLLOUT } else { PollFlags::POLLIN }));
+                    http_clients.push((id, wants_write));
+                }
                 match poll(&mut fds, timeout) {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                     Err(e) => return Err(ProcessError::Signals(e).into()),
                 }
                 let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
-                (ready, PollSlots { signals, output, host_streams, listener, config, first_client, clients })
+                let slots = PollSlots {
+                    signals,
+                    output,
+                    host_streams,
+                    listener,
+                    config,
+                    first_client,
+                    clients,
+                    http_listener,
+                    first_http_client,
+                    http_clients,
+                };
+                (ready, slots)
             };
             let now = Instant::now();
             let turn_started = now;
@@ -336,6 +386,7 @@ impl Supervisor<'_> {
                 }
             }
             self.control.expire(now);
+            self.serve_http(&slots, &ready, now);
             // Deadlines only once every exited child is known to the core:
             // a process that already exited is never declared stuck.
             if !self.reap_pending {
@@ -388,6 +439,7 @@ impl Supervisor<'_> {
                     let actions = self.farm.handle(Event::Reload, now);
                     self.apply(actions);
                 }
+                Signal::SIGUSR1 => self.log_status_report(now),
                 other => tracing::debug!("ignoring {}", other.as_str()),
             }
         }
@@ -408,6 +460,11 @@ impl Supervisor<'_> {
             // An orphan adopted as PID 1 or subreaper: reaped, nothing more.
             tracing::debug!("reaped orphaned process {pid} ({})", exit.describe(crate::farm::ProcessKind::Worker));
         }
+        // The page is read before it goes back to the pool: the next worker
+        // to get it starts from zero.
+        let (recycle, cycles) = self.pages.get(&pid.as_raw()).map_or((None, 0), |page| {
+            (crate::farm::RecycleReason::from_worker_code(page.recycle_reason()), page.cycles())
+        });
         self.release_page(pid);
         // Its last words before the line about its exit.
         if let Some(output) = self.output.as_mut() {
@@ -417,8 +474,9 @@ impl Supervisor<'_> {
             // Whatever is still in the pipe was written before the exit.
             self.read_config_channel(now);
             self.config_channel = None;
+            self.host.config_process_exited(exit, self.farm.is_shutting_down());
         }
-        let actions = self.farm.handle(Event::ChildExited { pid: pid.as_raw(), exit }, now);
+        let actions = self.farm.handle(Event::ChildExited { pid: pid.as_raw(), exit, recycle, cycles }, now);
         self.apply(actions);
     }
 
@@ -506,6 +564,7 @@ impl Supervisor<'_> {
                         Ok(pid) => Event::ConfigProcessStarted(pid.as_raw()),
                         Err(e) => {
                             tracing::error!("cannot start the configuration process: {e}");
+                            self.host.config_spawn_failed();
                             Event::ConfigSpawnFailed
                         }
                     };

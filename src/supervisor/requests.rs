@@ -29,6 +29,7 @@ impl Supervisor<'_> {
             Request::Help => handle_help(),
             Request::Status => self.handle_status(now),
             Request::Version => handle_version(),
+            Request::Metrics => self.metrics_text(now),
             Request::Reload => self.handle_reload(now),
             Request::Shutdown => self.handle_shutdown(now),
             Request::Job { id, command } => self.handle_job_command(&id, command, now),

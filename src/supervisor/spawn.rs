@@ -27,6 +27,7 @@ impl Supervisor<'_> {
     pub(super) fn supervisor_fds(&self) -> Vec<RawFd> {
         let mut fds = vec![self.signals.raw_fd()];
         fds.extend(self.control.all_fds());
+        fds.extend(self.http.iter().flat_map(crate::metrics::http::HttpServer::all_fds));
         fds.extend(self.config_channel.as_ref().map(ConfigChannel::raw_fd));
         fds.extend(self.config.close_in_children.iter().copied());
         fds
