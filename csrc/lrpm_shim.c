@@ -19,6 +19,12 @@
 #include <Zend/zend_gc.h>
 
 #include <errno.h>
+#include <dirent.h>
+#include <ext/random/php_random.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -626,6 +632,236 @@ static PHP_FUNCTION(cli_get_process_title)
     RETURN_STRING(current_title);
 }
 
+
+/* ------------------------------------------------------------------ */
+/* The zygote: forks workers from a process that ran the bootstrap     */
+/* ------------------------------------------------------------------ */
+
+static void child_setup_failed(const lrpm_child_spec *spec, const char *call);
+
+/* What "kind" of process this is, for Lrpm\process_kind(). */
+static const char *process_kind = "unknown";
+
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_set_process_kind, 0, 1, IS_VOID, 0)
+    ZEND_ARG_TYPE_INFO(0, kind, IS_STRING, 0)
+ZEND_END_ARG_INFO()
+
+static PHP_FUNCTION(lrpm_set_process_kind)
+{
+    zend_string *kind;
+    ZEND_PARSE_PARAMETERS_START(1, 1)
+        Z_PARAM_STR(kind)
+    ZEND_PARSE_PARAMETERS_END();
+    if (zend_string_equals_literal(kind, "worker")) process_kind = "worker";
+    else if (zend_string_equals_literal(kind, "config")) process_kind = "config";
+    else if (zend_string_equals_literal(kind, "zygote")) process_kind = "zygote";
+}
+
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_process_kind, 0, 0, IS_STRING, 0)
+ZEND_END_ARG_INFO()
+
+/* "worker", "config" or "zygote": a bootstrap can build what workers share
+ * only where it is worth it (not in the configuration process). */
+static PHP_FUNCTION(lrpm_process_kind)
+{
+    ZEND_PARSE_PARAMETERS_NONE();
+    RETURN_STRING(process_kind);
+}
+
+static void zygote_send(int fd, uint32_t kind, int32_t value, const char *text)
+{
+    char buffer[sizeof(lrpm_zygote_reply) + 1024];
+    lrpm_zygote_reply reply = {kind, value};
+    memcpy(buffer, &reply, sizeof(reply));
+    size_t len = sizeof(reply);
+    if (text) {
+        size_t text_len = strlen(text);
+        if (text_len > 1024) text_len = 1024;
+        memcpy(buffer + len, text, text_len);
+        len += text_len;
+    }
+    while (send(fd, buffer, len, MSG_NOSIGNAL) < 0 && errno == EINTR) {}
+}
+
+/* A zygote must not share a connection with its workers: after the
+ * bootstrap, any socket but its own request socket is a reason to refuse. */
+static bool zygote_descriptors_clean(int own_socket, char *why, size_t why_len)
+{
+    DIR *dir = opendir("/proc/self/fd");
+    if (!dir) return true;
+    int dir_fd = dirfd(dir);
+    bool clean = true;
+    struct dirent *entry;
+    while (clean && (entry = readdir(dir)) != NULL) {
+        int fd = atoi(entry->d_name);
+        if (entry->d_name[0] == '.' || fd <= 2 || fd == own_socket || fd == dir_fd) continue;
+        struct stat st;
+        if (fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode)) {
+            char link[64], target[256] = "";
+            snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+            ssize_t n = readlink(link, target, sizeof(target) - 1);
+            if (n > 0) target[n] = '\0';
+            snprintf(why, why_len,
+                     "the bootstrap left a socket open (descriptor %d, %s): workers forked from the zygote would "
+                     "share that connection; open connections in start() (or not in the zygote: "
+                     "Lrpm\\process_kind() says where the bootstrap runs)",
+                     fd, target);
+            clean = false;
+        }
+    }
+    closedir(dir);
+    return clean;
+}
+
+/* The zygote's copy of the spec, adjusted for each worker it forks. */
+static lrpm_child_spec worker_spec;
+
+/* In the worker a zygote forked (through an intermediate that exited):
+ * output on its own pipes, reparented to the supervisor (a child
+ * subreaper), PDEATHSIG armed, per-process state reset. */
+static void become_zygote_worker(int socket_fd, int *fds, int nfds, const lrpm_zygote_request *request,
+                                 const char *title)
+{
+    close(socket_fd);
+    if (nfds == 2) {
+        if (dup2(fds[0], STDOUT_FILENO) < 0 || dup2(fds[1], STDERR_FILENO) < 0) {
+            child_setup_failed(current_spec, "dup2");
+        }
+        close(fds[0]);
+        close(fds[1]);
+    }
+    pid_t supervisor = current_spec->parent_pid;
+    /* The intermediate exits right after forking: wait (at most a second)
+     * until this process is the supervisor's. */
+    for (int i = 0; getppid() != supervisor; i++) {
+        if (i >= 20000) child_setup_failed(current_spec, "reparenting to the supervisor");
+        usleep(50);
+    }
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) child_setup_failed(current_spec, "prctl(PR_SET_PDEATHSIG)");
+    if (getppid() != supervisor) child_setup_failed(current_spec, "getppid (the supervisor died)");
+    setpgid(0, 0);
+    worker_spec = *current_spec;
+    worker_spec.shared_page = (lrpm_shared_page *)(uintptr_t)request->shared_page;
+    worker_spec.stop_grace_ms = request->stop_grace_ms;
+    worker_spec.message_fd = -1;
+    current_spec = &worker_spec;
+    stop_requested = 0;
+    stop_requested_at_ns = 0;
+    reload_requested = 0;
+    forked_by_worker = 0;
+    recycle_asked = false;
+    cycle_began_ns = 0;
+    last_gc_between_cycles_ns = monotonic_coarse_ns();
+    process_kind = "worker";
+    lrpm_title_set(title);
+    /* Each worker draws its own random numbers: the generators seed again
+     * from the system's entropy at their next use. */
+    RANDOM_G(mt19937_seeded) = false;
+    RANDOM_G(combined_lcg_seeded) = false;
+}
+
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_zygote_serve, 0, 1, IS_STRING, 1)
+    ZEND_ARG_TYPE_INFO(0, socket, IS_LONG, 0)
+ZEND_END_ARG_INFO()
+
+/*
+ * The zygote's loop: waits for requests on the socket and forks a worker
+ * for each. Returns the worker's params (JSON) in that worker, and null in
+ * the zygote when it must end (the supervisor closed the socket, or a stop).
+ * Each worker is forked by a short-lived intermediate, so that it becomes
+ * the supervisor's child (the supervisor is a child subreaper): the
+ * supervisor reaps, signals and watches its workers as if it forked them.
+ */
+static PHP_FUNCTION(lrpm_zygote_serve)
+{
+    zend_long socket_fd;
+    ZEND_PARSE_PARAMETERS_START(1, 1)
+        Z_PARAM_LONG(socket_fd)
+    ZEND_PARSE_PARAMETERS_END();
+    int fd = (int)socket_fd;
+    char why[1024];
+    if (!zygote_descriptors_clean(fd, why, sizeof(why))) {
+        zygote_send(fd, LRPM_ZYGOTE_REFUSED, 0, why);
+        RETURN_NULL();
+    }
+    zygote_send(fd, LRPM_ZYGOTE_READY, 0, NULL);
+    size_t capacity = 1 << 20;
+    char *buffer = emalloc(capacity);
+    for (;;) {
+        if (stop_requested) break;
+        char control[CMSG_SPACE(2 * sizeof(int))];
+        struct iovec iov = {buffer, capacity};
+        struct msghdr msg;
+        memset(&msg, 0, sizeof(msg));
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof(control);
+        ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        int fds[2] = {-1, -1};
+        int nfds = 0;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+                nfds = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+                if (nfds > 2) nfds = 2;
+                memcpy(fds, CMSG_DATA(c), nfds * sizeof(int));
+            }
+        }
+        lrpm_zygote_request request;
+        bool usable = (size_t)n >= sizeof(request) && !(msg.msg_flags & MSG_TRUNC);
+        if (usable) {
+            memcpy(&request, buffer, sizeof(request));
+            usable = sizeof(request) + (size_t)request.title_len + request.params_len == (size_t)n;
+        }
+        if (!usable) {
+            for (int i = 0; i < nfds; i++) close(fds[i]);
+            zygote_send(fd, LRPM_ZYGOTE_FAILED, EINVAL, NULL);
+            continue;
+        }
+        const char *title_start = buffer + sizeof(request);
+        const char *params = title_start + request.title_len;
+        /* A stop sent to the new worker before it reset its flags must not
+         * be lost: the signals stay blocked until then. */
+        sigset_t stops, previous;
+        sigemptyset(&stops);
+        sigaddset(&stops, SIGTERM);
+        sigaddset(&stops, SIGINT);
+        sigaddset(&stops, SIGHUP);
+        sigprocmask(SIG_BLOCK, &stops, &previous);
+        pid_t intermediate = fork();
+        if (intermediate == 0) {
+            pid_t worker = fork();
+            if (worker == 0) {
+                char *title = estrndup(title_start, request.title_len);
+                become_zygote_worker(fd, fds, nfds, &request, title);
+                sigprocmask(SIG_SETMASK, &previous, NULL);
+                RETVAL_STRINGL(params, request.params_len);
+                efree(buffer);
+                return;
+            }
+            if (worker > 0) {
+                setpgid(worker, worker);
+                zygote_send(fd, LRPM_ZYGOTE_STARTED, worker, NULL);
+            } else {
+                zygote_send(fd, LRPM_ZYGOTE_FAILED, errno, NULL);
+            }
+            _exit(0);
+        }
+        int fork_error = errno;
+        sigprocmask(SIG_SETMASK, &previous, NULL);
+        for (int i = 0; i < nfds; i++) close(fds[i]);
+        if (intermediate < 0) {
+            zygote_send(fd, LRPM_ZYGOTE_FAILED, fork_error, NULL);
+            continue;
+        }
+        while (waitpid(intermediate, NULL, 0) < 0 && errno == EINTR) {}
+    }
+    efree(buffer);
+    RETURN_NULL();
+}
+
 static const zend_function_entry host_functions[] = {
     ZEND_RAW_FENTRY("Lrpm\\should_stop", zif_lrpm_should_stop, arginfo_lrpm_should_stop, 0)
     ZEND_RAW_FENTRY("Lrpm\\Internal\\params", zif_lrpm_params, arginfo_lrpm_params, 0)
@@ -635,6 +871,9 @@ static const zend_function_entry host_functions[] = {
     ZEND_RAW_FENTRY("Lrpm\\Internal\\cycle_done", zif_lrpm_cycle_done, arginfo_lrpm_cycle_done, 0)
     ZEND_RAW_FENTRY("Lrpm\\Internal\\recycle_requested", zif_lrpm_recycle_requested, arginfo_lrpm_recycle_requested, 0)
     ZEND_RAW_FENTRY("Lrpm\\Internal\\set_identity", zif_lrpm_set_identity, arginfo_lrpm_set_identity, 0)
+    ZEND_RAW_FENTRY("Lrpm\\Internal\\set_process_kind", zif_lrpm_set_process_kind, arginfo_lrpm_set_process_kind, 0)
+    ZEND_RAW_FENTRY("Lrpm\\Internal\\zygote_serve", zif_lrpm_zygote_serve, arginfo_lrpm_zygote_serve, 0)
+    ZEND_RAW_FENTRY("Lrpm\\process_kind", zif_lrpm_process_kind, arginfo_lrpm_process_kind, 0)
     ZEND_RAW_FENTRY("Lrpm\\Internal\\set_recycle_reason", zif_lrpm_set_recycle_reason, arginfo_lrpm_set_recycle_reason, 0)
     ZEND_RAW_FENTRY("Lrpm\\Internal\\publish_opcache_figures", zif_lrpm_publish_opcache, arginfo_lrpm_publish_opcache, 0)
     ZEND_RAW_FENTRY("Lrpm\\recycle", zif_lrpm_recycle, arginfo_lrpm_recycle, 0)

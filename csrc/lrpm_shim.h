@@ -56,6 +56,30 @@ typedef struct lrpm_shared_page {
     uint64_t reserved[(LRPM_SHARED_PAGE_SIZE - 104) / 8];
 } lrpm_shared_page;
 
+/*
+ * The zygote's protocol (a SOCK_SEQPACKET socketpair; src/supervisor/zygote.rs
+ * keeps the same layout). A request is one message: this header, the
+ * process title, then the worker's params JSON, with the worker's stdout
+ * and stderr write ends attached (SCM_RIGHTS; none when output is not
+ * captured). A reply is one `lrpm_zygote_reply`, optionally followed by text.
+ */
+typedef struct lrpm_zygote_request {
+    uint64_t shared_page; /* address of the worker's page (mapped before the zygote forked), or 0 */
+    int64_t stop_grace_ms;
+    uint32_t title_len;
+    uint32_t params_len;
+} lrpm_zygote_request;
+
+#define LRPM_ZYGOTE_READY 1     /* value: 0 */
+#define LRPM_ZYGOTE_REFUSED 2   /* value: 0; text: why */
+#define LRPM_ZYGOTE_STARTED 3   /* value: the worker's pid */
+#define LRPM_ZYGOTE_FAILED 4    /* value: errno of the failed fork */
+
+typedef struct lrpm_zygote_reply {
+    uint32_t kind;
+    int32_t value;
+} lrpm_zygote_reply;
+
 /* Status codes returned by lrpm_boot(). */
 #define LRPM_BOOT_OK 0
 #define LRPM_BOOT_MODULE_FAILED 2

@@ -469,6 +469,7 @@ function main(): void
     define_exit_codes($params['recycleReasons'] ?? []);
     // Freed now rather than kept as a possible GC root for the whole run.
     unset($params['exitCodes'], $params['recycleReasons']);
+    set_process_kind((string) $params['mode']);
     if ($params['mode'] === 'worker') {
         set_worker_identity((string) $params['jobId'], (int) ($params['slot'] ?? 0));
     }
@@ -480,7 +481,26 @@ function main(): void
         case 'config':
             run_config($params);
             break;
+        case 'zygote':
+            run_zygote($params);
+            break;
     }
+}
+
+// The zygote (--zygote): the bootstrap ran once, here; each request from
+// the supervisor forks a worker that continues below with that worker's
+// params, inside this request, with everything the bootstrap built. The
+// zygote itself never runs worker code.
+function run_zygote(array $params): void
+{
+    $request = zygote_serve((int) $params['socket']);
+    if ($request === null) {
+        exit(EXIT_OK);
+    }
+    $worker = \json_decode($request, true, 512, \JSON_THROW_ON_ERROR);
+    unset($worker['exitCodes'], $worker['recycleReasons']);
+    set_worker_identity((string) $worker['jobId'], (int) ($worker['slot'] ?? 0));
+    run_worker($worker);
 }
 
 main();

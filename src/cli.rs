@@ -116,6 +116,11 @@ pub struct FarmOptions {
     #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen_address, global = true)]
     pub metrics_listen: Option<std::net::SocketAddr>,
 
+    /// Fork workers from a zygote: one process that ran the bootstrap once
+    /// (workers share what it built, copy-on-write, and start faster).
+    #[arg(long, global = true)]
+    pub zygote: bool,
+
     /// Permissions of the control socket, octal.
     #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_octal_mode, global = true)]
     pub control_socket_mode: u32,

@@ -78,3 +78,12 @@ namespace {
 
     function cli_get_process_title(): ?string {}
 }
+
+namespace Lrpm {
+    /**
+     * Where this code runs: "worker", "config" (the configuration process)
+     * or "zygote" (--zygote: the process workers are forked from, which runs
+     * the bootstrap once).
+     */
+    function process_kind(): string {}
+}

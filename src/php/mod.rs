@@ -391,6 +391,28 @@ fn worker_program_with_source(
     argv: &[String],
     slot: u32,
 ) -> Result<ChildProgram, PhpError> {
+    let launch = worker_launch(job, bootstrap, source_file, cycles, slot);
+    let mut program = ChildProgram::new(&launch.params, argv, &launch.title, None)?;
+    program.set_stop_grace(launch.stop_grace);
+    Ok(program)
+}
+
+/// What a worker process is started with: the runner's params, the
+/// process title and the stop grace. The same for a worker forked from the
+/// supervisor and one forked by the zygote.
+pub struct WorkerLaunch {
+    pub params: serde_json::Value,
+    pub title: String,
+    pub stop_grace: std::time::Duration,
+}
+
+pub fn worker_launch(
+    job: &crate::job::Job,
+    bootstrap: Option<&std::path::Path>,
+    source_file: Option<&std::path::Path>,
+    cycles: Option<u64>,
+    slot: u32,
+) -> WorkerLaunch {
     let source_file = source_file.filter(|_| workers_load_source(true, bootstrap));
     let params = serde_json::json!({
         "mode": "worker",
@@ -409,12 +431,32 @@ fn worker_program_with_source(
         "maxLifetime": job.max_lifetime_seconds,
         "memoryLimitMb": job.memory_limit_mb,
     });
-    let title = format!("lrpm-host: worker {} {} #{slot}", job.id, job.name);
-    let mut program = ChildProgram::new(&params, argv, &title, None)?;
-    // Half the shutdown timeout: a stopping worker's blocked stream reads
-    // end then, leaving it the other half to finish before SIGKILL.
-    program.set_stop_grace(std::time::Duration::from_millis(job.shutdown_timeout_seconds.saturating_mul(500)));
-    Ok(program)
+    WorkerLaunch {
+        params,
+        title: format!("lrpm-host: worker {} {} #{slot}", job.id, job.name),
+        // Half the shutdown timeout: a stopping worker's blocked stream reads
+        // end then, leaving it the other half to finish before SIGKILL.
+        stop_grace: std::time::Duration::from_millis(job.shutdown_timeout_seconds.saturating_mul(500)),
+    }
+}
+
+/// The runner parameters for the zygote (`--zygote`): it runs the
+/// bootstrap once, then forks workers on the supervisor's requests that
+/// arrive on `socket_fd`.
+pub fn zygote_program(
+    bootstrap: Option<&std::path::Path>,
+    argv: &[String],
+    socket_fd: RawFd,
+) -> Result<ChildProgram, PhpError> {
+    let params = serde_json::json!({
+        "mode": "zygote",
+        "interfaces": interfaces_param(),
+        "exitCodes": exit_codes_param(),
+        "recycleReasons": crate::farm::RecycleReason::runner_constants(),
+        "bootstrap": bootstrap.map(|p| p.to_string_lossy()),
+        "socket": socket_fd,
+    });
+    ChildProgram::new(&params, argv, "lrpm-host: zygote", None)
 }
 
 /// The runner parameters for the configuration process.

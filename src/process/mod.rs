@@ -421,6 +421,14 @@ pub fn message_pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), Pr
     })
 }
 
+pub fn set_blocking(fd: impl AsFd) -> Result<(), ProcessError> {
+    let fd = fd.as_fd().as_raw_fd();
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).map_err(ProcessError::Pipe)?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) - nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(ProcessError::Pipe)?;
+    Ok(())
+}
+
 pub fn set_nonblocking(fd: impl AsFd) -> Result<(), ProcessError> {
     let fd = fd.as_fd().as_raw_fd();
     let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).map_err(ProcessError::Pipe)?;

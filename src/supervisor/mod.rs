@@ -18,6 +18,8 @@ mod notify;
 mod output;
 mod requests;
 mod spawn;
+mod zygote;
+mod zygote_host;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -86,6 +88,8 @@ pub struct FarmConfig {
     pub capture_output: bool,
     /// Where `/metrics`, `/healthz` and `/readyz` are served (`--metrics-listen`).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Fork workers from a zygote (`--zygote`).
+    pub zygote: bool,
 }
 
 struct Supervisor<'e> {
@@ -121,6 +125,11 @@ struct Supervisor<'e> {
     pages: HashMap<i32, SharedPage>,
     /// Workers' output, when captured (`--worker-output=capture`).
     output: Option<output::OutputRouter>,
+    /// The zygote (`--zygote`), and its restart backoff.
+    zygote: zygote::Zygote,
+    zygote_backoff: zygote::Backoff,
+    /// The zygote refused to serve: it is not started again.
+    zygote_refused: bool,
     /// Creating output pipes failed and was logged (until it works again).
     output_pipes_failed: bool,
     /// Workers' pipes are read again from this moment (output pacing).
@@ -160,7 +169,8 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         Some(address) => Some(HttpServer::bind(address).map_err(|e| SupervisorError::Metrics(address, e))?),
         None => None,
     };
-    if config.subreaper {
+    // Workers forked by the zygote's intermediate are reparented here.
+    if config.subreaper || config.zygote {
         process::become_subreaper()?;
     }
     let child_open_files = process::raise_open_files_limit();
@@ -201,6 +211,9 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         },
         pages: HashMap::new(),
         output,
+        zygote: zygote::Zygote::Off,
+        zygote_backoff: zygote::Backoff::default(),
+        zygote_refused: false,
         output_pipes_failed: false,
         output_paused_until: None,
         keep_fds: std::sync::Arc::new(keep_fds),
@@ -208,9 +221,13 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         host: crate::metrics::HostCounters::new(Instant::now()),
         rss: Default::default(),
     };
+    if supervisor.config.zygote {
+        supervisor.start_zygote(Instant::now());
+    }
     let first = supervisor.farm.start();
     supervisor.apply(first);
     let exit = supervisor.event_loop();
+    supervisor.reap_zygote();
     // Every child is gone: what they wrote last is still in the pipes.
     if let Some(output) = supervisor.output.as_mut() {
         output.drain_all();
@@ -235,6 +252,8 @@ struct PollSlots {
     output: Option<usize>,
     /// The host's stdout/stderr, while output waits to be written.
     host_streams: Vec<(usize, crate::host_output::Stream)>,
+    /// The zygote's socket (its replies).
+    zygote: Option<usize>,
     listener: Option<usize>,
     config: Option<usize>,
     /// Clients from this index on, in `clients` order.
@@ -263,6 +282,13 @@ impl Supervisor<'_> {
             if let Some(http) = self.http.as_mut() {
                 http.resume(now);
             }
+            if matches!(self.zygote, zygote::Zygote::Down { at } if at <= now) && !self.farm.is_shutting_down() {
+                self.start_zygote(now);
+            }
+            self.zygote_startup_overdue(now);
+            if self.farm.is_shutting_down() {
+                self.stop_zygote_if_idle();
+            }
             let deadline = [
                 self.farm.next_deadline(),
                 self.control.next_deadline(),
@@ -271,6 +297,11 @@ impl Supervisor<'_> {
                 self.reap_pending.then_some(now),
                 self.notifier.as_ref().and_then(notify::Notifier::next_deadline),
                 self.http.as_ref().and_then(HttpServer::next_deadline),
+                match &self.zygote {
+                    zygote::Zygote::Down { at } => Some(*at),
+                    zygote::Zygote::Running(running) => running.startup_deadline(),
+                    _ => None,
+                },
             ]
             .into_iter()
             .flatten()
@@ -301,6 +332,13 @@ impl Supervisor<'_> {
                 let output = match self.output.as_ref() {
                     Some(router) if self.output_paused_until.is_none() && !crate::host_output::backed_up() => {
                         fds.push(PollFd::new(router.as_fd(), PollFlags::POLLIN));
+                        Some(fds.len() - 1)
+                    }
+                    _ => None,
+                };
+                let zygote = match &self.zygote {
+                    zygote::Zygote::Running(running) => {
+                        fds.push(PollFd::new(running.as_fd(), PollFlags::POLLIN));
                         Some(fds.len() - 1)
                     }
                     _ => None,
@@ -336,6 +374,7 @@ impl Supervisor<'_> {
                     signals,
                     output,
                     host_streams,
+                    zygote,
                     listener,
                     config,
                     first_client,
@@ -366,6 +405,9 @@ impl Supervisor<'_> {
                         self.output_paused_until = Some(now + output::READ_INTERVAL);
                     }
                 }
+            }
+            if slots.zygote.is_some_and(|i| ready[i]) {
+                self.read_zygote(now);
             }
             if ready[slots.signals] {
                 self.handle_signals(now);
@@ -447,6 +489,9 @@ impl Supervisor<'_> {
 
     /// Reaps a batch of exited children and tells the core.
     fn reap_children(&mut self, now: Instant) {
+        // The pids of workers the zygote forked first: one that exited at
+        // once must be known as the farm's before it is reaped.
+        self.read_zygote(now);
         let farm = &self.farm;
         let (exited, more) = process::reap_exited(|pid| farm.knows_pid(pid.as_raw()), REAP_BATCH);
         self.reap_pending = more;
@@ -456,6 +501,12 @@ impl Supervisor<'_> {
     }
 
     fn child_exited(&mut self, pid: Pid, exit: ExitKind, now: Instant) {
+        if matches!(&self.zygote, zygote::Zygote::Running(running) if running.pid == pid.as_raw()) {
+            if let Some(output) = self.output.as_mut() {
+                output.drain(pid.as_raw());
+            }
+            return self.zygote_exited(exit, now);
+        }
         if !self.farm.knows_pid(pid.as_raw()) {
             // An orphan adopted as PID 1 or subreaper: reaped, nothing more.
             tracing::debug!("reaped orphaned process {pid} ({})", exit.describe(crate::farm::ProcessKind::Worker));
@@ -510,6 +561,10 @@ impl Supervisor<'_> {
             let now = Instant::now();
             match action {
                 Action::StartWorker(key) => {
+                    // The zygote's answer (the pid) comes later, as a reply.
+                    if self.start_through_zygote(&key, now).is_some() {
+                        continue;
+                    }
                     let event = if self.forking >= FORK_BUDGET {
                         Event::WorkerStartDeferred(key)
                     } else {

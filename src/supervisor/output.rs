@@ -52,12 +52,13 @@ const DRAIN_AT_EXIT: usize = 4 << 20;
 pub enum Source {
     Worker { id: JobId, name: String, slot: u32, pid: i32 },
     Config { pid: i32 },
+    Zygote { pid: i32 },
 }
 
 impl Source {
     fn pid(&self) -> i32 {
         match self {
-            Source::Worker { pid, .. } | Source::Config { pid } => *pid,
+            Source::Worker { pid, .. } | Source::Config { pid } | Source::Zygote { pid } => *pid,
         }
     }
 }
@@ -291,6 +292,7 @@ fn render(source: &Source, stream: Stream, line: &[u8], continuation: bool, form
                     out.extend_from_slice(format!("#{slot}").as_bytes());
                 }
                 Source::Config { .. } => out.extend_from_slice(b"[config"),
+                Source::Zygote { .. } => out.extend_from_slice(b"[zygote"),
             }
             out.extend_from_slice(if continuation { b" +] " } else { b"] " });
             out.extend_from_slice(line);
@@ -308,6 +310,9 @@ fn render(source: &Source, stream: Stream, line: &[u8], continuation: bool, form
                 }),
                 Source::Config { pid } => serde_json::json!({
                     "config": true, "pid": pid, "stream": stream, "line": text,
+                }),
+                Source::Zygote { pid } => serde_json::json!({
+                    "zygote": true, "pid": pid, "stream": stream, "line": text,
                 }),
             };
             if continuation {

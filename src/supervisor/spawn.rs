@@ -17,9 +17,9 @@ use crate::process::shared_page::SharedSlots;
 use crate::process::{self, ChildSetup, ChildStdio};
 
 /// A child's output pipes: (read end, write end) each.
-struct OutputPipes {
-    stdout: (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
-    stderr: (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+pub(super) struct OutputPipes {
+    pub stdout: (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+    pub stderr: (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
 }
 
 impl Supervisor<'_> {
@@ -116,7 +116,7 @@ impl Supervisor<'_> {
 
     /// What a child does before its body: the supervisor's descriptors
     /// closed (all but `keep_fds` and `also_keep`), its output on `pipes`.
-    fn child_setup(&self, pipes: Option<&OutputPipes>, also_keep: Option<RawFd>) -> ChildSetup {
+    pub(super) fn child_setup(&self, pipes: Option<&OutputPipes>, also_keep: Option<RawFd>) -> ChildSetup {
         let keep_fds = match also_keep {
             None => std::sync::Arc::clone(&self.keep_fds),
             Some(fd) => {
@@ -138,7 +138,7 @@ impl Supervisor<'_> {
     /// A pair of pipes for a child's stdout and stderr, when output is
     /// captured; without them (out of descriptors) the child writes to the
     /// host's own stdout and stderr, which is logged.
-    fn output_pipes(&mut self, whose: &str) -> Option<OutputPipes> {
+    pub(super) fn output_pipes(&mut self, whose: &str) -> Option<OutputPipes> {
         self.output.as_ref()?;
         match (process::output_pipe(), process::output_pipe()) {
             (Ok(stdout), Ok(stderr)) => Some(OutputPipes { stdout, stderr }),
@@ -157,7 +157,7 @@ impl Supervisor<'_> {
     }
 
     /// Starts forwarding a forked child's output (the write ends close here).
-    fn capture(&mut self, source: output::Source, pipes: Option<OutputPipes>) {
+    pub(super) fn capture(&mut self, source: output::Source, pipes: Option<OutputPipes>) {
         if let (Some(router), Some(pipes)) = (self.output.as_mut(), pipes) {
             router.register(source, pipes.stdout.0, pipes.stderr.0);
         }

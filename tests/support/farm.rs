@@ -263,6 +263,8 @@ impl Farm {
             .arg("--control-socket")
             .arg(&socket)
             .args(&options.extra_args)
+            // LRPM_TEST_ZYGOTE=1 runs every farm test with --zygote.
+            .args(std::env::var_os("LRPM_TEST_ZYGOTE").map(|_| "--zygote"))
             .arg(&options.source)
             .env("FARM_JOBS", &jobs_file)
             .env("FARM_EVENTS", &log_file)

@@ -1,0 +1,187 @@
+//! The zygote (`--zygote`): one process that ran the bootstrap once and
+//! forks workers on request, so that each worker starts inside a request
+//! that already has the autoloader and everything the bootstrap built
+//! (shared copy-on-write), instead of building it again.
+//!
+//! Protocol (csrc/lrpm_shim.h, `lrpm_zygote_request`/`lrpm_zygote_reply`):
+//! a SOCK_SEQPACKET socketpair. A request is one message (header, title,
+//! the worker's params JSON) with the worker's output pipes attached; the
+//! replies come in order: READY once (or REFUSED, with why), then STARTED
+//! with the worker's pid, or FAILED, for each request.
+//!
+//! Workers stay the supervisor's direct children: the zygote forks an
+//! intermediate that forks the worker and exits at once, and the supervisor
+//! is a child subreaper, so the worker is reparented to it (and only then
+//! arms PDEATHSIG). The supervisor learns the pid from the reply, which the
+//! intermediate sends before it exits: replies are always read before exits
+//! are reaped, so a worker that dies at once is never mistaken for an orphan.
+//!
+//! While the zygote is starting, down (restarting with backoff) or refused
+//! (the bootstrap left a socket open), workers are forked by the supervisor
+//! as without `--zygote`: the farm never waits for it.
+
+#![forbid(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::socket::{recv, sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType};
+
+use crate::farm::WorkerKey;
+use crate::process::shared_page::SharedPage;
+
+pub const READY: u32 = 1;
+pub const REFUSED: u32 = 2;
+pub const STARTED: u32 = 3;
+pub const FAILED: u32 = 4;
+
+/// The first restart waits this long, doubling up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A zygote that ran this long resets the backoff.
+const STABLE_RUN: Duration = Duration::from_secs(10);
+
+/// A worker asked of the zygote, waiting for its pid.
+pub struct PendingStart {
+    pub key: WorkerKey,
+    pub name: String,
+    pub label: String,
+    /// Read ends of its stdout and stderr pipes.
+    pub pipes: Option<(OwnedFd, OwnedFd)>,
+    pub page: Option<SharedPage>,
+}
+
+/// One reply of the zygote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Ready,
+    Refused(String),
+    Started(i32),
+    Failed(Errno),
+}
+
+pub struct Running {
+    pub pid: i32,
+    pub since: Instant,
+    socket: OwnedFd,
+    pub ready: bool,
+    pub pending: VecDeque<PendingStart>,
+    /// Starts asked for before it was ready: sent once it is (or forked by
+    /// the supervisor if it is not ready within `STARTUP_WAIT`).
+    pub awaiting: Vec<WorkerKey>,
+    /// SIGTERM was sent (the farm is shutting down).
+    pub stopping: bool,
+}
+
+/// How long starts wait for a zygote that is starting (running the bootstrap).
+pub const STARTUP_WAIT: Duration = Duration::from_secs(5);
+
+pub enum Zygote {
+    /// No `--zygote`.
+    Off,
+    Running(Running),
+    /// Died; started again at `at`.
+    Down {
+        at: Instant,
+    },
+    /// Refused to serve (the reason was logged): forks stay with the supervisor.
+    Refused,
+}
+
+/// The zygote's restart delay.
+#[derive(Default)]
+pub struct Backoff {
+    next: Option<Duration>,
+}
+
+impl Backoff {
+    pub fn after(&mut self, ran: Duration) -> Duration {
+        if ran >= STABLE_RUN {
+            self.next = None;
+        }
+        let delay = self.next.unwrap_or(FIRST_BACKOFF);
+        self.next = Some((delay * 2).min(MAX_BACKOFF));
+        delay
+    }
+}
+
+/// The two ends of a new zygote's socket: (the supervisor's, the zygote's).
+pub fn socket_pair() -> Result<(OwnedFd, OwnedFd), Errno> {
+    let (ours, theirs) =
+        socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)?;
+    // The zygote's end blocks: it waits for requests.
+    crate::process::set_blocking(&theirs).map_err(|_| Errno::EIO)?;
+    Ok((ours, theirs))
+}
+
+impl Running {
+    pub fn new(pid: i32, socket: OwnedFd, now: Instant) -> Running {
+        Running {
+            pid,
+            since: now,
+            socket,
+            ready: false,
+            pending: VecDeque::new(),
+            awaiting: Vec::new(),
+            stopping: false,
+        }
+    }
+
+    /// When starts waiting for it stop waiting.
+    pub fn startup_deadline(&self) -> Option<Instant> {
+        (!self.ready && !self.awaiting.is_empty()).then(|| self.since + STARTUP_WAIT)
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+
+    /// Sends one request; the write ends of the worker's pipes go with it
+    /// (the caller closes its copies). An error means: fork it yourself.
+    pub fn request(
+        &self,
+        title: &str,
+        params: &str,
+        page: Option<&SharedPage>,
+        stop_grace: Duration,
+        write_ends: Option<(RawFd, RawFd)>,
+    ) -> Result<(), Errno> {
+        let mut header = Vec::with_capacity(24 + title.len() + params.len());
+        header.extend_from_slice(&(page.map_or(0, |p| p.as_ptr() as usize as u64)).to_ne_bytes());
+        header.extend_from_slice(&(stop_grace.as_millis().min(i64::MAX as u128) as i64).to_ne_bytes());
+        header.extend_from_slice(&(u32::try_from(title.len()).map_err(|_| Errno::EMSGSIZE)?).to_ne_bytes());
+        header.extend_from_slice(&(u32::try_from(params.len()).map_err(|_| Errno::EMSGSIZE)?).to_ne_bytes());
+        let iov = [IoSlice::new(&header), IoSlice::new(title.as_bytes()), IoSlice::new(params.as_bytes())];
+        let fds: Vec<RawFd> = write_ends.map(|(out, err)| vec![out, err]).unwrap_or_default();
+        let control = [ControlMessage::ScmRights(&fds)];
+        let control: &[ControlMessage] = if fds.is_empty() { &[] } else { &control };
+        sendmsg::<()>(self.socket.as_raw_fd(), &iov, control, MsgFlags::MSG_NOSIGNAL, None).map(|_| ())
+    }
+
+    /// Every reply waiting in the socket.
+    pub fn replies(&self) -> Vec<Reply> {
+        let mut replies = Vec::new();
+        let mut buffer = [0u8; 2048];
+        loop {
+            match recv(self.socket.as_raw_fd(), &mut buffer, MsgFlags::MSG_DONTWAIT) {
+                Ok(n) if n >= 8 => {
+                    let kind = u32::from_ne_bytes(buffer[0..4].try_into().expect("4 bytes"));
+                    let value = i32::from_ne_bytes(buffer[4..8].try_into().expect("4 bytes"));
+                    replies.push(match kind {
+                        READY => Reply::Ready,
+                        REFUSED => Reply::Refused(String::from_utf8_lossy(&buffer[8..n]).into_owned()),
+                        STARTED => Reply::Started(value),
+                        FAILED => Reply::Failed(Errno::from_raw(value)),
+                        _ => Reply::Failed(Errno::EPROTO),
+                    });
+                }
+                Ok(_) | Err(Errno::EAGAIN) => return replies,
+                Err(Errno::EINTR) => continue,
+                Err(_) => return replies,
+            }
+        }
+    }
+}
