@@ -13,8 +13,9 @@ use serde_json::Value;
 
 use lrpm_host::control::codec::{encode, FrameDecoder};
 use lrpm_host::control::server::client_socket_path;
-use lrpm_host::control::status::{JobStatus, ProcessState, StatusDocument};
+use lrpm_host::control::status::{JobStatus, ProcessState, SlotStatus, StatusDocument};
 use lrpm_host::farm::StatusName;
+use lrpm_host::process::UsageReader;
 
 const EXIT_REFUSED: u8 = 1;
 const EXIT_USAGE: u8 = 64;
@@ -73,29 +74,6 @@ fn exchange(path: &PathBuf, request: &str) -> Result<String, (u8, String)> {
     }
 }
 
-struct ProcInfo {
-    cpu_percent: f64,
-    rss_bytes: u64,
-}
-
-/// %CPU as ps computes it (CPU time over lifetime) and RSS, from /proc.
-fn proc_info(pid: i64) -> Option<ProcInfo> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split_whitespace().collect();
-    // fields[0] is field 3 of stat(5).
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    let start_ticks: f64 = fields.get(19)?.parse().ok()?;
-    let rss_pages: u64 = fields.get(21)?.parse().ok()?;
-    use nix::unistd::{sysconf, SysconfVar};
-    let ticks = sysconf(SysconfVar::CLK_TCK).ok()?? as f64;
-    let page = sysconf(SysconfVar::PAGE_SIZE).ok()?? as u64;
-    let uptime: f64 = std::fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
-    let elapsed = uptime - start_ticks / ticks;
-    let cpu_percent = if elapsed > 0.0 { (utime + stime) / ticks / elapsed * 100.0 } else { 0.0 };
-    Some(ProcInfo { cpu_percent, rss_bytes: rss_pages * page })
-}
-
 fn human_bytes(bytes: u64) -> String {
     let units = ["B", "K", "M", "G", "T"];
     let mut value = bytes as f64;
@@ -130,10 +108,41 @@ fn last_exit(state: &ProcessState) -> String {
     }
 }
 
+/// A process's CPU and memory, as the host measured them or, for a
+/// document without them (php-lrpm's), as lrpmctl reads them itself.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    cpu_percent: Option<f64>,
+    rss_bytes: Option<u64>,
+}
+
+impl Usage {
+    /// From the document when it has the keys (null: the host has no
+    /// figure). Only for a document without them (php-lrpm's, an older
+    /// lrpm-host's) does lrpmctl read /proc itself: a pid in the document
+    /// names a process in the host's PID namespace, which may not be ours.
+    fn of(slot: Option<&SlotStatus>, pid: Option<i64>) -> Usage {
+        match slot {
+            Some(s) if s.cpu_percent.is_some() || s.rss_bytes.is_some() => {
+                Usage { cpu_percent: s.cpu_percent.flatten(), rss_bytes: s.rss_bytes.flatten() }
+            }
+            _ => Usage::read_locally(pid),
+        }
+    }
+
+    fn read_locally(pid: Option<i64>) -> Usage {
+        let reading = pid.and_then(|p| i32::try_from(p).ok()).and_then(|p| UsageReader::new().read(p));
+        match reading {
+            Some(u) => Usage { cpu_percent: Some(u.cpu_percent()), rss_bytes: Some(u.rss_bytes) },
+            None => Usage::default(),
+        }
+    }
+}
+
 /// One row of the table: a job, or one slot of a job with replicas.
-struct Row<'a> {
+struct Row {
     id: String,
-    name: &'a str,
+    name: String,
     pid: Option<i64>,
     status: Option<StatusName>,
     started_at: Option<i64>,
@@ -141,13 +150,15 @@ struct Row<'a> {
     restarts: Option<u64>,
     last_exit: String,
     cycles: Option<u64>,
+    usage: Usage,
 }
 
-fn rows_of<'a>(id: &str, entry: &'a JobStatus<Value>) -> Vec<Row<'a>> {
+fn rows_of(id: &str, entry: &JobStatus<Value>) -> Vec<Row> {
     let state = &entry.state;
-    let name = entry.config.get("name").and_then(Value::as_str).unwrap_or("");
+    let name = entry.config.get("name").and_then(Value::as_str).unwrap_or("").to_string();
     let single = state.slots.len() <= 1 && state.replicas.unwrap_or(1) <= 1;
     if single {
+        let slot = state.slots.first();
         return vec![Row {
             id: id.to_string(),
             name,
@@ -157,7 +168,8 @@ fn rows_of<'a>(id: &str, entry: &'a JobStatus<Value>) -> Vec<Row<'a>> {
             restart_at: state.restart_at,
             restarts: state.restarts,
             last_exit: last_exit(state),
-            cycles: state.slots.first().and_then(|s| s.cycles),
+            cycles: slot.and_then(|s| s.cycles),
+            usage: Usage::of(slot, state.pid),
         }];
     }
     state
@@ -165,7 +177,7 @@ fn rows_of<'a>(id: &str, entry: &'a JobStatus<Value>) -> Vec<Row<'a>> {
         .iter()
         .map(|slot| Row {
             id: format!("{id}#{}", slot.slot),
-            name,
+            name: name.clone(),
             pid: slot.pid,
             status: slot.status,
             started_at: slot.started_at,
@@ -173,6 +185,7 @@ fn rows_of<'a>(id: &str, entry: &'a JobStatus<Value>) -> Vec<Row<'a>> {
             restarts: slot.restarts,
             last_exit: slot.last_exit.as_ref().map_or_else(|| "-".to_string(), ToString::to_string),
             cycles: slot.cycles,
+            usage: Usage::of(Some(slot), slot.pid),
         })
         .collect()
 }
@@ -187,7 +200,6 @@ fn render_status(doc: &StatusDocument<Value>, color: bool) -> String {
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut states = Vec::new();
     for row in doc.iter().flat_map(|(id, entry)| rows_of(id, entry)) {
-        let info = row.pid.and_then(proc_info);
         // php-lrpm's documents have no status: derive the basic one.
         let status = match row.status {
             Some(name) => name.as_str().to_string(),
@@ -204,11 +216,11 @@ fn render_status(doc: &StatusDocument<Value>, color: bool) -> String {
         };
         rows.push(vec![
             row.id,
-            row.name.to_string(),
+            row.name,
             status.clone(),
             row.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            info.as_ref().map(|i| format!("{:.1}", i.cpu_percent)).unwrap_or_else(|| "-".into()),
-            info.as_ref().map(|i| human_bytes(i.rss_bytes)).unwrap_or_else(|| "-".into()),
+            row.usage.cpu_percent.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into()),
+            row.usage.rss_bytes.map(human_bytes).unwrap_or_else(|| "-".into()),
             uptime,
             row.cycles.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
             row.restarts.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),

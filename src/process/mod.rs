@@ -2,6 +2,9 @@
 //! place that holds unsafe code.
 
 pub mod shared_page;
+pub mod usage;
+
+pub use usage::{ProcessUsage, Reading, UsageCache, UsageReader};
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 

@@ -110,6 +110,8 @@ struct Supervisor<'e> {
     /// One shared page per worker, from one region mapped before the first fork.
     slots: Option<SharedSlots>,
     pages: HashMap<i32, SharedPage>,
+    /// Workers' CPU and memory as `status` last read them (`requests.rs`).
+    usage: process::UsageCache,
 }
 
 /// Runs the farm until it has shut down; returns how it ended.
@@ -156,6 +158,7 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
             }
         },
         pages: HashMap::new(),
+        usage: process::UsageCache::default(),
     };
     let first = supervisor.farm.start();
     supervisor.apply(first);

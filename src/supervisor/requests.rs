@@ -2,7 +2,7 @@
 //! by the core (`Farm::job_command`); these functions only turn requests
 //! into events and outcomes into replies.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -14,6 +14,12 @@ use crate::farm::{Event, JobCommand, Refusal};
 use crate::job::JobId;
 use crate::php;
 use crate::process;
+
+/// How long one `status` request may spend reading workers' /proc figures
+/// (3 to 8 µs each): the loop stays responsive on a farm of any size, and
+/// the figures of a farm too big for one request come from the requests
+/// before it (`usageAgeMs` says how old they are).
+const USAGE_READ_BUDGET: Duration = Duration::from_millis(5);
 
 impl Supervisor<'_> {
     pub(super) fn answer(&mut self, client: ClientId, text: &str, now: Instant) {
@@ -38,8 +44,25 @@ impl Supervisor<'_> {
         }
     }
 
-    fn handle_status(&self, now: Instant) -> String {
-        status::status_json(&self.farm, &|pid| self.cycle_figures(pid), now, status::unix_now())
+    fn handle_status(&mut self, now: Instant) -> String {
+        let processes: Vec<(i32, Instant)> = self
+            .farm
+            .jobs()
+            .values()
+            .flat_map(|job| job.slots.values())
+            .filter_map(|slot| Some((slot.phase.pid()?, slot.phase.since()?)))
+            .collect();
+        let refreshed = self.usage.refresh(&processes, USAGE_READ_BUDGET);
+        if refreshed.left > 0 {
+            tracing::debug!(
+                "status: read /proc for {} processes within {USAGE_READ_BUDGET:?}; {} keep an earlier reading",
+                refreshed.read,
+                refreshed.left
+            );
+        }
+        let read_at = Instant::now();
+        let figures = |pid| status::PidFigures { cycles: self.cycle_figures(pid), usage: self.usage.get(pid, read_at) };
+        status::status_json(&self.farm, &figures, now, status::unix_now())
     }
 
     fn handle_reload(&mut self, now: Instant) -> String {

@@ -1,0 +1,228 @@
+//! What `status` shows: CPU and memory measured by the supervisor, and
+//! lrpmctl's view of them, against real farms and against a fake host
+//! serving documents of its own.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+
+/// A pid no process can have (above the kernel's largest pid_max, 2^22).
+const NO_SUCH_PID: i64 = 2_147_483_000;
+
+/// The slots of job `id` in a status document.
+fn slots(status: &Value, id: &str) -> Vec<Value> {
+    status[id]["state"]["slots"].as_array().cloned().unwrap_or_default()
+}
+
+fn f64_of(value: &Value, what: &str) -> f64 {
+    value.as_f64().unwrap_or_else(|| panic!("{what} is not a number: {value}"))
+}
+
+#[test]
+fn status_reports_each_workers_cpu_and_memory_and_the_jobs_totals() {
+    // A worker keeps a CPU busy: nothing else of this binary runs meanwhile.
+    let _g = exclusive();
+    let farm = Farm::start("usage", FarmOptions::default(), |j| {
+        let spinner = json!({
+            "name": "busy",
+            "workerClass": "FarmFixture\\Spinner",
+            "mtime": 1,
+            "workerConfig": {"log": j.log.to_string_lossy(), "tag": "busy"},
+        });
+        json!({
+            "idle": j.job_with("idle", 1, json!({"sleep": 0.5}), json!({})),
+            "busy": spinner,
+            "pair": j.job_with("pair", 1, json!({"sleep": 0.5}), json!({"replicas": 2})),
+        })
+    });
+    farm.wait_running(&["idle", "busy", "pair"], secs(15.0));
+    let status = farm.wait_for(secs(20.0), "the busy worker's CPU to stand out", || {
+        let status = farm.try_status()?;
+        let cpu = |id: &str| slots(&status, id).first().and_then(|s| s["cpuPercent"].as_f64());
+        let busy_seconds = slots(&status, "busy").first().and_then(|s| s["cpuSeconds"].as_f64())?;
+        (busy_seconds >= 0.5 && cpu("busy")? > 10.0 && cpu("busy")? > cpu("idle")? + 5.0).then_some(status)
+    });
+    for id in ["idle", "busy", "pair"] {
+        let state = &status[id]["state"];
+        let slots = slots(&status, id);
+        assert_eq!(slots.len(), if id == "pair" { 2 } else { 1 }, "{status}");
+        for slot in &slots {
+            let pid = slot["pid"].as_i64().unwrap_or_else(|| panic!("job {id}: no pid: {status}"));
+            let rss = slot["rssBytes"].as_u64().unwrap_or_else(|| panic!("job {id}: rssBytes: {status}"));
+            // A PHP process: megabytes, not bytes nor gigabytes; as /proc says.
+            assert!((1 << 20..1 << 30).contains(&rss), "job {id}: rssBytes {rss}");
+            let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).expect("statm");
+            let resident: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("resident");
+            let ours = resident * rustix::param::page_size() as u64;
+            assert!(ours.abs_diff(rss) < 32 << 20, "job {id}: rssBytes {rss}, /proc now says {ours}");
+            let cpu = f64_of(&slot["cpuPercent"], "cpuPercent");
+            assert!((0.0..=200.0).contains(&cpu), "job {id}: cpuPercent {cpu}");
+            assert!(f64_of(&slot["cpuSeconds"], "cpuSeconds") >= 0.0);
+            assert!(slot["usageAgeMs"].is_u64(), "job {id}: usageAgeMs: {status}");
+        }
+        let sum = |key: &str| slots.iter().map(|s| f64_of(&s[key], key)).sum::<f64>();
+        assert!((f64_of(&state["cpuPercent"], "job cpuPercent") - sum("cpuPercent")).abs() < 0.011, "{status}");
+        assert!((f64_of(&state["cpuSeconds"], "job cpuSeconds") - sum("cpuSeconds")).abs() < 0.011, "{status}");
+        assert_eq!(state["rssBytes"].as_f64(), Some(sum("rssBytes")), "{status}");
+    }
+
+    // A held job has no process: its figures are null, not absent.
+    assert!(farm.request("stop idle").unwrap().starts_with("Job idle is being stopped"));
+    let status = farm.wait_for(secs(10.0), "job idle to be held", || {
+        let status = farm.try_status()?;
+        (status["idle"]["state"]["status"] == "stopped").then_some(status)
+    });
+    let slot = &slots(&status, "idle")[0];
+    for key in ["cpuPercent", "cpuSeconds", "rssBytes"] {
+        assert!(slot.get(key).is_some_and(Value::is_null), "held slot: {key} should be null: {slot}");
+        assert!(status["idle"]["state"][key].is_null(), "held job: {key} should be null: {status}");
+    }
+}
+
+/// A fake host: answers every request on `socket` with `document(request
+/// number)`, until dropped; remembers the requests.
+struct FakeHost {
+    stop: Arc<AtomicBool>,
+    requests: Arc<Mutex<Vec<String>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FakeHost {
+    fn serve(socket: &Path, document: impl Fn(usize) -> String + Send + 'static) -> FakeHost {
+        let listener = UnixListener::bind(socket).unwrap_or_else(|e| panic!("bind {}: {e}", socket.display()));
+        listener.set_nonblocking(true).expect("non-blocking listener");
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, requests2) = (stop.clone(), requests.clone());
+        let thread = thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                let mut stream = match listener.accept() {
+                    Ok((stream, _)) => stream,
+                    // The test's thread polls for its own conditions; this
+                    // one only needs to notice `stop` within a moment.
+                    Err(_) => {
+                        thread::sleep(POLL);
+                        continue;
+                    }
+                };
+                stream.set_nonblocking(false).unwrap();
+                stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut header = [0u8; 8];
+                if stream.read_exact(&mut header).is_err() {
+                    continue;
+                }
+                let mut body = vec![0u8; u64::from_be_bytes(header).min(4096) as usize];
+                if stream.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let n = {
+                    let mut requests = requests2.lock().unwrap();
+                    requests.push(String::from_utf8_lossy(&body).into_owned());
+                    requests.len() - 1
+                };
+                let _ = stream.write_all(&frame(document(n).as_bytes()));
+            }
+        });
+        FakeHost { stop, requests, thread: Some(thread) }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeHost {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// An lrpm-host document for processes that do not exist on this machine
+/// (a farm in another PID namespace): job 7 measured, job 8 with two slots
+/// the host could not measure.
+fn foreign_document() -> String {
+    let now = unix_now() as i64;
+    let slot = |n: u32, pid: i64, cpu: Value, rss: Value| {
+        json!({"slot": n, "pid": pid, "status": "running", "startedAt": now - 60, "restarts": 0,
+               "cycles": 5, "cpuPercent": cpu, "cpuSeconds": 7.5, "rssBytes": rss, "usageAgeMs": 0})
+    };
+    json!({
+        "7": {"config": {"name": "far"}, "state": {
+            "pid": NO_SUCH_PID, "startedAt": now - 60, "status": "running", "replicas": 1,
+            "cpuPercent": 12.5, "rssBytes": 104_857_600u64,
+            "slots": [slot(0, NO_SUCH_PID, json!(12.5), json!(104_857_600u64))]}},
+        "8": {"config": {"name": "unmeasured"}, "state": {
+            "pid": NO_SUCH_PID - 1, "status": "running", "replicas": 2,
+            "slots": [slot(0, NO_SUCH_PID - 1, Value::Null, Value::Null),
+                      slot(1, NO_SUCH_PID - 2, Value::Null, Value::Null)]}},
+    })
+    .to_string()
+}
+
+/// The cells of the table row whose first cell is `id`.
+fn row<'a>(out: &'a Output, id: &str) -> Vec<&'a str> {
+    out.stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .unwrap_or_else(|| panic!("no row {id}\n{}", out.dump()))
+        .split_whitespace()
+        .collect()
+}
+
+/// Columns of the table: ID NAME STATE PID %CPU RSS ...
+const CPU: usize = 4;
+const RSS: usize = 5;
+
+#[test]
+fn lrpmctl_shows_the_figures_of_the_document_for_pids_it_cannot_see() {
+    let _g = shared();
+    let dir = TempDir::new("foreign");
+    let socket = dir.join("fake.sock");
+    let host = FakeHost::serve(&socket, |_| foreign_document());
+    let out = lrpmctl(&socket, &["--color=never", "status"]);
+    out.assert_code(0);
+    let far = row(&out, "7");
+    assert_eq!((far[CPU], far[RSS]), ("12.5", "100.0M"), "{}", out.dump());
+    for id in ["8#0", "8#1"] {
+        let cells = row(&out, id);
+        assert_eq!((cells[CPU], cells[RSS]), ("-", "-"), "no figure from the host: '-'\n{}", out.dump());
+    }
+    assert_eq!(host.requests(), ["status"]);
+}
+
+#[test]
+fn lrpmctl_measures_processes_itself_for_documents_without_figures() {
+    let _g = shared();
+    let dir = TempDir::new("phplrpm");
+    let socket = dir.join("fake.sock");
+    // php-lrpm's document: a list (keys 0..n), no status, no slots, no figures.
+    let me = std::process::id();
+    let _host = FakeHost::serve(&socket, move |_| {
+        json!([
+            {"config": {"name": "mine"}, "state": {"pid": me, "startedAt": unix_now() as i64 - 5,
+             "restartAt": null, "backoffInterval": 1, "lastExitStatus": null}},
+            {"config": {"name": "gone"}, "state": {"pid": null, "startedAt": null,
+             "restartAt": null, "backoffInterval": 1, "lastExitStatus": 0}},
+        ])
+        .to_string()
+    });
+    let out = lrpmctl(&socket, &["--color=never", "status"]);
+    out.assert_code(0);
+    let mine = row(&out, "0");
+    assert_eq!(mine[3], me.to_string(), "{}", out.dump());
+    assert!(mine[RSS].ends_with('M') || mine[RSS].ends_with('K'), "RSS read from /proc\n{}", out.dump());
+    assert!(mine[CPU].parse::<f64>().is_ok(), "%CPU read from /proc\n{}", out.dump());
+    assert_eq!((row(&out, "1")[CPU], row(&out, "1")[RSS]), ("-", "-"), "no process\n{}", out.dump());
+}
