@@ -1,6 +1,6 @@
 //! What `status` shows: CPU and memory measured by the supervisor, and
-//! lrpmctl's view of them, against real farms and against a fake host
-//! serving documents of its own.
+//! lrpmctl's view of them (job filter), against real farms and against a
+//! fake host serving documents of its own.
 
 mod support;
 
@@ -199,7 +199,11 @@ fn lrpmctl_shows_the_figures_of_the_document_for_pids_it_cannot_see() {
         let cells = row(&out, id);
         assert_eq!((cells[CPU], cells[RSS]), ("-", "-"), "no figure from the host: '-'\n{}", out.dump());
     }
-    assert_eq!(host.requests(), ["status"]);
+    // Filtering happens in lrpmctl: the host gets php-lrpm's plain request.
+    let out = lrpmctl(&socket, &["--color=never", "status", "8"]);
+    out.assert_code(0);
+    assert!(!out.stdout.lines().any(|l| l.starts_with("7 ")), "{}", out.dump());
+    assert_eq!(host.requests().last().map(String::as_str), Some("status"));
 }
 
 #[test]
@@ -225,4 +229,40 @@ fn lrpmctl_measures_processes_itself_for_documents_without_figures() {
     assert!(mine[RSS].ends_with('M') || mine[RSS].ends_with('K'), "RSS read from /proc\n{}", out.dump());
     assert!(mine[CPU].parse::<f64>().is_ok(), "%CPU read from /proc\n{}", out.dump());
     assert_eq!((row(&out, "1")[CPU], row(&out, "1")[RSS]), ("-", "-"), "no process\n{}", out.dump());
+    // Filtering a list document keeps its ids (the positions).
+    let out = lrpmctl(&socket, &["--json", "status", "1"]);
+    out.assert_code(0);
+    let doc: Value = serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}\n{}", out.dump()));
+    assert_eq!(Farm::status_ids(&doc), ["1".to_string()].into(), "{doc}");
+    assert_eq!(doc["1"]["config"]["name"], "gone");
+}
+
+#[test]
+fn status_with_ids_shows_only_those_jobs_and_refuses_unknown_ones() {
+    let _g = shared();
+    let farm = Farm::start("filter", FarmOptions::default(), |j| {
+        json!({"1": j.job("1", 1), "2": j.job("2", 1),
+               "r": j.job_with("r", 1, json!({}), json!({"replicas": 2}))})
+    });
+    farm.wait_running(&["1", "2", "r"], secs(15.0));
+    let out = lrpmctl(&farm.socket, &["--color=never", "status", "2", "r"]);
+    out.assert_code(0);
+    let ids: Vec<&str> = out.stdout.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(ids, ["2", "r#0", "r#1"], "{}", out.dump());
+
+    for args in [&["--json", "status", "2"][..], &["status", "--json", "2"], &["jsonstatus", "2"]] {
+        let out = lrpmctl(&farm.socket, args);
+        out.assert_code(0);
+        let doc: Value = serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}\n{}", out.dump()));
+        assert_eq!(Farm::status_ids(&doc), ["2".to_string()].into(), "{args:?}: {doc}");
+        assert_eq!(doc["2"]["config"]["name"], "job-2");
+    }
+
+    for args in [&["status", "1", "nope"][..], &["--json", "status", "nope"]] {
+        let out = lrpmctl(&farm.socket, args);
+        out.assert_code(1).assert_stderr_contains("job nope does not exist");
+        assert!(out.stdout.trim().is_empty(), "{args:?}: no table\n{}", out.dump());
+    }
+    let out = lrpmctl(&farm.socket, &["status", "8", "9"]);
+    out.assert_code(1).assert_stderr_contains("jobs 8, 9 do not exist");
 }
