@@ -1,12 +1,13 @@
 //! What `status` shows: CPU and memory measured by the supervisor, and
-//! lrpmctl's view of them (job filter), against real farms and against a
-//! fake host serving documents of its own.
+//! lrpmctl's view of them (job filter, LRPM_SOCKET), against real
+//! farms and against a fake host serving documents of its own.
 
 mod support;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -265,4 +266,46 @@ fn status_with_ids_shows_only_those_jobs_and_refuses_unknown_ones() {
     }
     let out = lrpmctl(&farm.socket, &["status", "8", "9"]);
     out.assert_code(1).assert_stderr_contains("jobs 8, 9 do not exist");
+}
+
+/// lrpmctl without --socket, with `LRPM_SOCKET` set to `socket`.
+fn lrpmctl_env(socket: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(ctl_bin());
+    cmd.args(args).env("LRPM_SOCKET", socket);
+    run_with_timeout(cmd, DEFAULT_TIMEOUT)
+}
+
+#[test]
+fn lrpm_socket_names_the_socket_for_both_binaries_and_options_win() {
+    let _g = shared();
+    let dir = TempDir::new("envsock");
+    let socket = dir.join("from-env.sock");
+    let farm = Farm::start(
+        "envsock",
+        FarmOptions::default().socket(socket.clone()).socket_via_env(),
+        |j| json!({"1": j.job("1", 1)}),
+    );
+    farm.wait_running(&["1"], secs(10.0));
+    assert!(socket.exists(), "lrpm-host listens where LRPM_SOCKET says\n{}", farm.diagnostics());
+
+    let out = lrpmctl_env(&socket, &["--color=never", "status"]);
+    out.assert_code(0);
+    assert_eq!(row(&out, "1")[2], "running");
+    // --socket wins over LRPM_SOCKET.
+    let elsewhere = dir.join("nothing-here.sock");
+    let out = lrpmctl_env(&socket, &["--socket", elsewhere.to_str().unwrap(), "status"]);
+    out.assert_code(69).assert_stderr_contains(&elsewhere.display().to_string());
+    // An empty LRPM_SOCKET is no socket at all (the default path applies).
+    let out = lrpmctl_env(Path::new(""), &["--socket", socket.to_str().unwrap(), "version"]);
+    out.assert_code(0).assert_stdout_contains("lrpm-host");
+
+    // --control-socket wins over LRPM_SOCKET for lrpm-host.
+    let other = dir.join("ignored.sock");
+    let farm2 = Farm::start(
+        "envsock2",
+        FarmOptions::default().env("LRPM_SOCKET", other.to_str().unwrap()),
+        |j| json!({"1": j.job("1", 1)}),
+    );
+    farm2.wait_running(&["1"], secs(10.0));
+    assert!(farm2.socket.exists() && !other.exists(), "{}", farm2.diagnostics());
 }

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use lrpm_host::control::codec::{encode, FrameDecoder};
-use lrpm_host::control::server::client_socket_path;
+use lrpm_host::control::server::{client_socket_path, socket_from_env};
 use lrpm_host::control::status::{JobStatus, ProcessState, SlotStatus, StatusDocument};
 use lrpm_host::farm::StatusName;
 use lrpm_host::process::UsageReader;
@@ -45,7 +45,7 @@ enum Color {
                   stop, stop ID, start ID, signal ID SIG, version, help (the host's list)."
 )]
 struct Args {
-    /// Control socket (default: the first of /run/lrpm-host/control.sock,
+    /// Control socket (default: $LRPM_SOCKET, else the first of /run/lrpm-host/control.sock,
     /// $XDG_RUNTIME_DIR/lrpm-host/control.sock, /tmp/lrpm-host-UID/control.sock that exists).
     #[arg(long, value_name = "PATH", global = true)]
     socket: Option<PathBuf>,
@@ -417,7 +417,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let path = args.socket.clone().unwrap_or_else(client_socket_path);
+    let path = args.socket.clone().or_else(socket_from_env).unwrap_or_else(client_socket_path);
     let words = match &args.command {
         Command::Status(status) | Command::Jsonstatus(status) => {
             let json = args.json || matches!(args.command, Command::Jsonstatus(_));

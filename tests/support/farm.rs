@@ -166,6 +166,8 @@ pub struct FarmOptions {
     pub wrapper: Vec<String>,
     /// Extra environment variables for lrpm-host.
     pub env: Vec<(String, String)>,
+    /// Name the socket with LRPM_SOCKET instead of --control-socket.
+    pub socket_via_env: bool,
 }
 
 impl Default for FarmOptions {
@@ -177,6 +179,7 @@ impl Default for FarmOptions {
             socket: None,
             wrapper: Vec::new(),
             env: Vec::new(),
+            socket_via_env: false,
         }
     }
 }
@@ -200,6 +203,11 @@ impl FarmOptions {
 
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn socket_via_env(mut self) -> Self {
+        self.socket_via_env = true;
         self
     }
 
@@ -255,10 +263,13 @@ impl Farm {
             }
             None => Command::new(bin()),
         };
-        cmd.args(&options.interval_args)
-            .arg("--control-socket")
-            .arg(&socket)
-            .args(&options.extra_args)
+        cmd.args(&options.interval_args);
+        if options.socket_via_env {
+            cmd.env("LRPM_SOCKET", &socket);
+        } else {
+            cmd.arg("--control-socket").arg(&socket).env_remove("LRPM_SOCKET");
+        }
+        cmd.args(&options.extra_args)
             .arg(&options.source)
             .env("FARM_JOBS", &jobs_file)
             .env("FARM_EVENTS", &log_file)
