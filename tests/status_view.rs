@@ -1,5 +1,5 @@
 //! What `status` shows: CPU and memory measured by the supervisor, and
-//! lrpmctl's view of them (job filter, LRPM_SOCKET), against real
+//! lrpmctl's view of them (job filter, LRPM_SOCKET, --watch), against real
 //! farms and against a fake host serving documents of its own.
 
 mod support;
@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use support::*;
 
@@ -259,10 +260,10 @@ fn status_with_ids_shows_only_those_jobs_and_refuses_unknown_ones() {
         assert_eq!(doc["2"]["config"]["name"], "job-2");
     }
 
-    for args in [&["status", "1", "nope"][..], &["--json", "status", "nope"]] {
+    for args in [&["status", "1", "nope"][..], &["--json", "status", "nope"], &["status", "--watch", "nope"]] {
         let out = lrpmctl(&farm.socket, args);
         out.assert_code(1).assert_stderr_contains("job nope does not exist");
-        assert!(out.stdout.trim().is_empty(), "{args:?}: no table\n{}", out.dump());
+        assert!(out.stdout.trim().is_empty() || args.contains(&"--watch"), "{args:?}: no table\n{}", out.dump());
     }
     let out = lrpmctl(&farm.socket, &["status", "8", "9"]);
     out.assert_code(1).assert_stderr_contains("jobs 8, 9 do not exist");
@@ -308,4 +309,83 @@ fn lrpm_socket_names_the_socket_for_both_binaries_and_options_win() {
     );
     farm2.wait_running(&["1"], secs(10.0));
     assert!(farm2.socket.exists() && !other.exists(), "{}", farm2.diagnostics());
+}
+
+/// `lrpmctl --socket SOCKET status --watch --interval 0.2 ARGS...`, running.
+fn watch(socket: &Path, args: &[&str]) -> Running {
+    let mut all = vec!["status", "--watch", "--interval", "0.2"];
+    all.extend_from_slice(args);
+    Running::spawn(lrpmctl_command(socket, &all))
+}
+
+/// How many tables are in `text`.
+fn tables(text: &str) -> usize {
+    text.lines().filter(|l| l.starts_with("ID ")).count()
+}
+
+#[test]
+fn watch_without_a_terminal_prints_a_table_per_interval_until_sigint() {
+    let _g = shared();
+    let farm = Farm::start("watchpipe", FarmOptions::default(), |j| json!({"1": j.job("1", 1), "2": j.job("2", 1)}));
+    farm.wait_running(&["1", "2"], secs(10.0));
+    let mut watching = watch(&farm.socket, &["1"]);
+    watching.wait_for(secs(10.0), "three tables", |w| (tables(&w.stdout_so_far()) >= 3).then_some(()));
+    watching.signal(Signal::SIGINT);
+    let out = watching.wait_within(secs(5.0));
+    out.assert_code(0);
+    assert!(!out.stdout.contains('\u{1b}'), "no terminal sequences into a pipe\n{}", out.dump());
+    let frames: Vec<&str> = out.stdout.split("\n\n").collect();
+    assert!(frames.len() >= 3, "tables separated by a blank line\n{}", out.dump());
+    for frame in frames {
+        let lines: Vec<&str> = frame.lines().collect();
+        assert!(lines[0].starts_with("lrpmctl status: ") && lines[0].contains(" UTC"), "{frame}");
+        assert!(lines[1].starts_with("ID "), "{frame}");
+        let ids: Vec<&str> = lines[2..].iter().filter_map(|l| l.split_whitespace().next()).collect();
+        assert_eq!(ids, ["1"], "{frame}");
+    }
+}
+
+#[test]
+fn watch_keeps_retrying_while_the_host_is_away() {
+    let _g = shared();
+    let dir = TempDir::new("watchretry");
+    let socket = dir.join("later.sock");
+    let mut watching = watch(&socket, &[]);
+    watching.wait_for(secs(10.0), "two connection errors", |w| {
+        (w.stderr_so_far().matches("cannot connect to lrpm-host").count() >= 2).then_some(())
+    });
+    assert!(watching.stderr_so_far().contains("(retrying every 0.2s)"), "{}", watching.dump_so_far());
+    let _host = FakeHost::serve(&socket, |_| foreign_document());
+    watching.wait_for(secs(10.0), "a table once the host answers", |w| {
+        w.stdout_so_far().lines().any(|l| l.starts_with("7 ")).then_some(())
+    });
+    watching.signal(Signal::SIGTERM);
+    watching.wait_within(secs(5.0)).assert_code(0);
+}
+
+#[test]
+fn watch_on_a_terminal_redraws_in_place_and_restores_it_on_ctrl_c() {
+    let _g = shared();
+    let dir = TempDir::new("watchpty");
+    let socket = dir.join("fake.sock");
+    let _host = FakeHost::serve(&socket, |_| foreign_document());
+    // script(1) (util-linux) runs lrpmctl on a pseudo-terminal; what we
+    // write to its stdin is typed on that terminal.
+    let command = format!("exec {} --socket {} status --watch --interval 0.2", ctl_bin().display(), socket.display());
+    let mut cmd = Command::new("script");
+    cmd.args(["-q", "-e", "-f", "-c", &command, "/dev/null"]);
+    let mut watching = Running::spawn_with_stdin_pipe(cmd);
+    let mut typing = watching.take_stdin().expect("script's stdin");
+    let redraws = |text: &str| text.matches("\u{1b}[H").count();
+    watching.wait_for(secs(10.0), "three frames", |w| (redraws(&w.stdout_so_far()) >= 3).then_some(()));
+    typing.write_all(b"\x03").expect("typing Ctrl-C");
+    typing.flush().unwrap();
+    let out = watching.wait_within(secs(5.0));
+    out.assert_code(0);
+    let screen = &out.stdout;
+    assert!(screen.starts_with("\u{1b}[?1049h\u{1b}[?25l"), "alternate screen, no cursor\n{screen:?}");
+    assert!(screen.contains("\u{1b}[2J"), "the screen is cleared first\n{screen:?}");
+    assert!(screen.contains("12.5") && screen.contains("100.0M"), "the document's figures\n{screen:?}");
+    let restored = screen.rfind("\u{1b}[?25h\u{1b}[?1049l").expect("cursor and screen restored");
+    assert!(restored > screen.rfind("\u{1b}[H").unwrap(), "restored after the last frame\n{screen:?}");
 }
