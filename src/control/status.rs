@@ -154,7 +154,7 @@ pub struct SlotStatus {
     #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub rss_bytes: Option<Option<u64>>,
     /// How long ago the three figures above were read: 0 when read for
-    /// this document; on a farm too big to read within one request's
+    /// this document; on a farm too big for the supervisor's reading
     /// budget, some come from an earlier request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_age_ms: Option<u64>,

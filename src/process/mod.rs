@@ -4,7 +4,7 @@
 pub mod shared_page;
 pub mod usage;
 
-pub use usage::{ProcessUsage, Reading, UsageCache, UsageReader};
+pub use usage::{ProcessUsage, ReadBudget, Reading, UsageCache, UsageReader};
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 

@@ -6,8 +6,9 @@
 //! `status` reads this for every worker of the farm in the poll loop, so
 //! one reading is three syscalls (open, one read into a stack buffer,
 //! close) and no allocation. That still costs 3 to 8 µs per process, 8 ms
-//! for 1,000 workers on a small VM: [`UsageCache`] bounds what one request
-//! reads and keeps the other figures from earlier requests.
+//! for 1,000 workers on a small VM: [`UsageCache`] bounds the time spent
+//! reading ([`ReadBudget`]) and keeps the other figures from earlier
+//! requests.
 
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -106,6 +107,19 @@ impl Default for UsageReader {
 #[derive(Debug, Default)]
 pub struct UsageCache {
     entries: HashMap<i32, Cached>,
+    /// Reading time not yet spent ([`ReadBudget`]), as of `refilled_at`.
+    allowance: Duration,
+    refilled_at: Option<Instant>,
+}
+
+/// How long reading /proc may take: at most `burst` at once, and
+/// `1/share` of the time on average. A token bucket: many `status`
+/// requests at once (one loop turn, or several clients watching) share one
+/// burst instead of each taking its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadBudget {
+    pub burst: Duration,
+    pub share: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -133,13 +147,32 @@ pub struct Refreshed {
 }
 
 impl UsageCache {
-    /// Reads the usage of `processes` (pid, when it started) until `budget`
-    /// has passed: processes never read first, then the oldest readings, so
-    /// a farm too big for one request is read in full over a few. Forgets
+    /// Reads the usage of `processes` (pid, when it started) while `budget`
+    /// allows: processes never read first, then the oldest readings, so a
+    /// farm too big for one request is read in full over a few. Forgets
     /// every other process.
-    pub fn refresh(&mut self, processes: &[(i32, Instant)], budget: Duration) -> Refreshed {
-        let started_refresh = Instant::now();
-        self.refresh_while(processes, || started_refresh.elapsed() < budget)
+    pub fn refresh(&mut self, processes: &[(i32, Instant)], budget: ReadBudget) -> Refreshed {
+        let started = Instant::now();
+        let allowance = self.allowance(budget, started);
+        let refreshed = self.refresh_while(processes, || started.elapsed() < allowance);
+        self.spend(started.elapsed());
+        refreshed
+    }
+
+    /// The reading time available at `now`: what was left, plus `1/share`
+    /// of the time since, at most `burst` (all of it at first).
+    fn allowance(&mut self, budget: ReadBudget, now: Instant) -> Duration {
+        let refill = match self.refilled_at {
+            Some(at) => now.saturating_duration_since(at) / budget.share.max(1),
+            None => budget.burst,
+        };
+        self.allowance = self.allowance.saturating_add(refill).min(budget.burst);
+        self.refilled_at = Some(now);
+        self.allowance
+    }
+
+    fn spend(&mut self, spent: Duration) {
+        self.allowance = self.allowance.saturating_sub(spent);
     }
 
     fn refresh_while(&mut self, processes: &[(i32, Instant)], mut more: impl FnMut() -> bool) -> Refreshed {
@@ -253,17 +286,17 @@ mod tests {
         let parent = std::os::unix::process::parent_id() as i32;
         let started = Instant::now();
         let mut cache = UsageCache::default();
-        assert_eq!(cache.refresh(&[(me, started)], Duration::ZERO), Refreshed { read: 0, left: 1 });
+        assert_eq!(cache.refresh_while(&[(me, started)], || false), Refreshed { read: 0, left: 1 });
         assert_eq!(cache.get(me, Instant::now()), None, "nothing read within no budget");
-        assert_eq!(cache.refresh(&[(me, started), (parent, started)], Duration::from_secs(5)).read, 2);
+        assert_eq!(cache.refresh_while(&[(me, started), (parent, started)], || true).read, 2);
         let first = cache.get(me, Instant::now()).expect("read");
         assert!(first.usage.rss_bytes > 0);
         // A pid reused by another process is never given the old reading.
         let later = started + Duration::from_secs(1);
-        cache.refresh(&[(me, later)], Duration::ZERO);
+        cache.refresh_while(&[(me, later)], || false);
         assert_eq!(cache.get(me, Instant::now()), None);
         assert_eq!(cache.get(parent, Instant::now()), None, "a process not asked for is forgotten");
-        cache.refresh(&[(me, later), (parent, started)], Duration::from_secs(5));
+        cache.refresh_while(&[(me, later), (parent, started)], || true);
         let read_at = Instant::now();
         assert!(cache.get(me, read_at).is_some() && cache.get(parent, read_at).is_some());
         assert!(cache.get(me, read_at + Duration::from_secs(2)).expect("kept").age >= Duration::from_secs(2));
@@ -282,6 +315,25 @@ mod tests {
         let newest_before = read_at(&cache, newest);
         cache.refresh_while(&processes, one());
         assert!(read_at(&cache, newest) > newest_before, "then the other one");
+    }
+
+    #[test]
+    fn requests_share_the_reading_time_of_a_token_bucket() {
+        let budget = ReadBudget { burst: Duration::from_millis(5), share: 10 };
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut cache = UsageCache::default();
+        assert_eq!(cache.allowance(budget, t0), ms(5), "the whole burst at first");
+        cache.spend(ms(5));
+        assert_eq!(cache.allowance(budget, t0), ms(0), "a second request at once gets nothing");
+        assert_eq!(cache.allowance(budget, t0 + ms(20)), ms(2), "a tenth of the 20 ms since");
+        cache.spend(ms(1));
+        assert_eq!(cache.allowance(budget, t0 + ms(30)), ms(2));
+        assert_eq!(cache.allowance(budget, t0 + Duration::from_secs(10)), ms(5), "never more than the burst");
+        // The real thing reads at least this process within a fresh burst.
+        let me = std::process::id() as i32;
+        let refreshed = UsageCache::default().refresh(&[(me, t0)], budget);
+        assert_eq!(refreshed, Refreshed { read: 1, left: 0 });
     }
 
     #[test]

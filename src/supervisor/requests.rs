@@ -15,11 +15,12 @@ use crate::job::JobId;
 use crate::php;
 use crate::process;
 
-/// How long one `status` request may spend reading workers' /proc figures
-/// (3 to 8 µs each): the loop stays responsive on a farm of any size, and
-/// the figures of a farm too big for one request come from the requests
-/// before it (`usageAgeMs` says how old they are).
-const USAGE_READ_BUDGET: Duration = Duration::from_millis(5);
+/// How long `status` requests may spend reading workers' /proc figures
+/// (3 to 8 µs each): at most 5 ms at once, a tenth of the time on average,
+/// so the loop stays responsive on a farm of any size and with any number
+/// of clients asking; the figures a request has no time for come from
+/// earlier ones (`usageAgeMs` says how old they are).
+const USAGE_READ_BUDGET: process::ReadBudget = process::ReadBudget { burst: Duration::from_millis(5), share: 10 };
 
 impl Supervisor<'_> {
     pub(super) fn answer(&mut self, client: ClientId, text: &str, now: Instant) {
@@ -55,7 +56,7 @@ impl Supervisor<'_> {
         let refreshed = self.usage.refresh(&processes, USAGE_READ_BUDGET);
         if refreshed.left > 0 {
             tracing::debug!(
-                "status: read /proc for {} processes within {USAGE_READ_BUDGET:?}; {} keep an earlier reading",
+                "status: read /proc for {} processes within the budget; {} keep an earlier reading",
                 refreshed.read,
                 refreshed.left
             );
