@@ -37,7 +37,7 @@ pub struct Cli {
 
 #[derive(Debug, Args, Clone)]
 pub struct FarmOptions {
-    /// Control socket path (default: /run/lrpm-host/control.sock, else
+    /// Control socket path (default: $LRPM_SOCKET, else /run/lrpm-host/control.sock, else
     /// $XDG_RUNTIME_DIR/lrpm-host/control.sock, else /tmp/lrpm-host-UID/control.sock).
     #[arg(long, value_name = "PATH", global = true)]
     pub control_socket: Option<PathBuf>,

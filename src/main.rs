@@ -68,7 +68,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 },
                 interval_seconds: cli.interval,
                 bootstrap,
-                control_socket: cli.farm.control_socket.clone(),
+                control_socket: cli.farm.control_socket.clone().or_else(lrpm_host::control::server::socket_from_env),
                 control_socket_mode: cli.farm.control_socket_mode,
                 argv,
                 close_in_children: Vec::new(),

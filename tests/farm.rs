@@ -665,7 +665,8 @@ fn a_worker_that_asks_for_a_recycle_is_replaced_at_once_and_counted() {
     let starts = farm.wait_starts("r", 4, secs(10.0));
     let span = starts[3].t - starts[0].t;
     assert!(span < 3.0, "3 recycles took {span:.2}s\n{}", farm.diagnostics());
-    let pids: std::collections::HashSet<i32> = starts.iter().map(|e| e.pid).collect();
+    // More starts may have come by the time the wait saw four.
+    let pids: std::collections::HashSet<i32> = starts[..4].iter().map(|e| e.pid).collect();
     assert_eq!(pids.len(), 4, "each start is a new process\n{}", farm.diagnostics());
     // Every replaced process ran its stop hook after its second (last) cycle.
     let events = farm.events();

@@ -46,6 +46,15 @@ fn socket_dir_candidates() -> Vec<PathBuf> {
 
 const SOCKET_NAME: &str = "control.sock";
 
+/// Names the control socket for lrpm-host and lrpmctl when their option
+/// does not; an empty value counts as unset.
+pub const SOCKET_ENV: &str = "LRPM_SOCKET";
+
+/// The socket `LRPM_SOCKET` names, if set and not empty.
+pub fn socket_from_env() -> Option<PathBuf> {
+    std::env::var_os(SOCKET_ENV).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
 /// Default socket path for the server: the first candidate folder it can create and write.
 pub fn default_socket_path() -> PathBuf {
     let candidates = socket_dir_candidates();

@@ -50,6 +50,15 @@ pub struct ProcessState {
     /// Completed cycles of the job's current processes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cycles: Option<u64>,
+    /// The job's processes together, as the supervisor measured them
+    /// (`cpuPercent` is the sum of the slots', so above 100 for a job using
+    /// more than one CPU); null without a process.
+    #[serde(default)]
+    pub cpu_percent: Option<f64>,
+    #[serde(default)]
+    pub cpu_seconds: Option<f64>,
+    #[serde(default)]
+    pub rss_bytes: Option<u64>,
     /// lrpm-host's fields as the job runs with them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<JobSettings>,
@@ -130,6 +139,35 @@ pub struct SlotStatus {
     pub heap_bytes: Option<u64>,
     #[serde(default)]
     pub peak_heap_bytes: Option<u64>,
+    /// CPU time over the process's lifetime in percent of one CPU (ps's
+    /// `%CPU`), measured by the supervisor from /proc. The outer None means
+    /// the document has no such key (php-lrpm, an older lrpm-host), so a
+    /// client may measure it itself; `Some(None)`: no process, or it could
+    /// not be read.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<Option<f64>>,
+    /// User plus system CPU time of the process, in seconds: two documents
+    /// give the CPU used in between.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<Option<f64>>,
+    /// Resident set of the process (ps's `RSS`, in bytes).
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<Option<u64>>,
+    /// How long ago the three figures above were read: 0 when read for
+    /// this document; on a farm too big for the supervisor's reading
+    /// budget, some come from an earlier request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_age_ms: Option<u64>,
+}
+
+/// A key that is in the document, even as null, is `Some`: serde's
+/// default `Option<Option<T>>` reads null as None, like a missing key.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// A process's cycle counters, as the supervisor reads them from its page.
@@ -140,6 +178,14 @@ pub struct CycleFigures {
     pub cycle_running: Option<std::time::Duration>,
     pub heap_bytes: u64,
     pub peak_heap_bytes: u64,
+}
+
+/// What the supervisor measured of one process: its cycle counters (from
+/// its shared page) and its CPU and memory (from /proc).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct PidFigures {
+    pub cycles: Option<CycleFigures>,
+    pub usage: Option<crate::process::Reading>,
 }
 
 /// How the last process ended: `{"code": 3}` or `{"signal": "SIGKILL"}`.
@@ -183,9 +229,17 @@ fn last_exit(exit: ExitKind) -> LastExit {
     }
 }
 
-fn slot_status(slot: u32, state: &SlotState, figures: Option<CycleFigures>, now: Instant, unix_now: f64) -> SlotStatus {
+/// `x` with at most `places` decimals, so the document carries no noise digits.
+fn rounded(x: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    (x * scale).round() / scale
+}
+
+fn slot_status(slot: u32, state: &SlotState, pid_figures: PidFigures, now: Instant, unix_now: f64) -> SlotStatus {
     let running_since = state.phase.since().or(state.last_started_at);
-    let ms = |d: std::time::Duration| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+    let ms = |d: std::time::Duration| rounded(d.as_secs_f64() * 1000.0, 3);
+    let figures = pid_figures.cycles;
+    let usage = pid_figures.usage;
     SlotStatus {
         slot,
         pid: state.phase.pid().map(i64::from),
@@ -201,21 +255,31 @@ fn slot_status(slot: u32, state: &SlotState, figures: Option<CycleFigures>, now:
         cycle_running_ms: figures.and_then(|f| f.cycle_running).map(ms),
         heap_bytes: figures.map(|f| f.heap_bytes).filter(|b| *b > 0),
         peak_heap_bytes: figures.map(|f| f.peak_heap_bytes).filter(|b| *b > 0),
+        cpu_percent: Some(usage.map(|r| rounded(r.usage.cpu_percent(), 2))),
+        cpu_seconds: Some(usage.map(|r| rounded(r.usage.cpu_time.as_secs_f64(), 2))),
+        rss_bytes: Some(usage.map(|r| r.usage.rss_bytes)),
+        usage_age_ms: usage.map(|r| r.age.as_millis() as u64),
     }
 }
 
-/// A job's state; `figures` gives a running process's cycle counters.
+/// A job's state; `figures` measures one of its processes.
 pub fn process_state(
     state: &JobState,
-    figures: &dyn Fn(i32) -> Option<CycleFigures>,
+    figures: &dyn Fn(i32) -> PidFigures,
     now: Instant,
     unix_now: f64,
 ) -> ProcessState {
-    let slots: Vec<SlotStatus> =
-        state.slots.iter().map(|(n, s)| slot_status(*n, s, s.phase.pid().and_then(figures), now, unix_now)).collect();
+    let slots: Vec<SlotStatus> = state
+        .slots
+        .iter()
+        .map(|(n, s)| slot_status(*n, s, s.phase.pid().map(figures).unwrap_or_default(), now, unix_now))
+        .collect();
     let first = state.first_slot();
     let running_since = first.and_then(|s| s.phase.since().or(s.last_started_at));
     let cycles = slots.iter().filter_map(|s| s.cycles).reduce(|a, b| a + b);
+    let cpu_percent = slots.iter().filter_map(|s| s.cpu_percent.flatten()).reduce(|a, b| a + b);
+    let cpu_seconds = slots.iter().filter_map(|s| s.cpu_seconds.flatten()).reduce(|a, b| a + b);
+    let rss_bytes = slots.iter().filter_map(|s| s.rss_bytes.flatten()).reduce(|a, b| a + b);
     ProcessState {
         pid: first.and_then(|s| s.phase.pid()).map(i64::from),
         started_at: running_since.map(|t| unix_at(t, now, unix_now)),
@@ -229,6 +293,9 @@ pub fn process_state(
         last_exit: state.last_exit.map(last_exit),
         replicas: Some(state.job.replicas),
         cycles,
+        cpu_percent: cpu_percent.map(|p| rounded(p, 2)),
+        cpu_seconds: cpu_seconds.map(|c| rounded(c, 2)),
+        rss_bytes,
         settings: Some(JobSettings::of(&state.job)),
         slots,
     }
@@ -236,7 +303,7 @@ pub fn process_state(
 
 /// The whole document as JSON text. Each job's configuration was serialized
 /// once when it was validated; here it is only copied.
-pub fn status_json(farm: &Farm, figures: &dyn Fn(i32) -> Option<CycleFigures>, now: Instant, unix_now: f64) -> String {
+pub fn status_json(farm: &Farm, figures: &dyn Fn(i32) -> PidFigures, now: Instant, unix_now: f64) -> String {
     let doc: StatusDocument<&RawValue> = farm
         .jobs()
         .iter()

@@ -3,6 +3,9 @@
 
 pub mod host_stream;
 pub mod shared_page;
+pub mod usage;
+
+pub use usage::{ProcessUsage, ReadBudget, Reading, UsageCache, UsageReader};
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 

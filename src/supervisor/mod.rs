@@ -142,6 +142,8 @@ struct Supervisor<'e> {
     /// Uptime and configuration loads, for the metrics.
     host: crate::metrics::HostCounters,
     rss: crate::metrics::rss::RssSampler,
+    /// Workers' CPU and memory as `status` last read them (`requests.rs`).
+    usage: process::UsageCache,
 }
 
 /// Runs the farm until it has shut down; returns how it ended.
@@ -220,6 +222,7 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         http,
         host: crate::metrics::HostCounters::new(Instant::now()),
         rss: Default::default(),
+        usage: process::UsageCache::default(),
     };
     if supervisor.config.zygote {
         supervisor.start_zygote(Instant::now());

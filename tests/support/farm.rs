@@ -169,6 +169,8 @@ pub struct FarmOptions {
     /// The supervisor's stdout is a pipe the test reads (`Farm::take_stdout`)
     /// instead of the file stdout.log.
     pub pipe_stdout: bool,
+    /// Name the socket with LRPM_SOCKET instead of --control-socket.
+    pub socket_via_env: bool,
 }
 
 impl Default for FarmOptions {
@@ -181,6 +183,7 @@ impl Default for FarmOptions {
             wrapper: Vec::new(),
             env: Vec::new(),
             pipe_stdout: false,
+            socket_via_env: false,
         }
     }
 }
@@ -204,6 +207,11 @@ impl FarmOptions {
 
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn socket_via_env(mut self) -> Self {
+        self.socket_via_env = true;
         self
     }
 
@@ -259,10 +267,13 @@ impl Farm {
             }
             None => Command::new(bin()),
         };
-        cmd.args(&options.interval_args)
-            .arg("--control-socket")
-            .arg(&socket)
-            .args(&options.extra_args)
+        cmd.args(&options.interval_args);
+        if options.socket_via_env {
+            cmd.env("LRPM_SOCKET", &socket);
+        } else {
+            cmd.arg("--control-socket").arg(&socket).env_remove("LRPM_SOCKET");
+        }
+        cmd.args(&options.extra_args)
             // LRPM_TEST_ZYGOTE=1 runs every farm test with --zygote.
             .args(std::env::var_os("LRPM_TEST_ZYGOTE").map(|_| "--zygote"))
             .arg(&options.source)

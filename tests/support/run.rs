@@ -147,8 +147,17 @@ impl Running {
 
     /// Like [`Running::spawn`], with stdout going to `stdout` (captured
     /// only when it is `Stdio::piped()`).
-    pub fn spawn_with_stdout(mut cmd: Command, stdout: Stdio) -> Running {
-        cmd.stdin(Stdio::null()).stdout(stdout).stderr(Stdio::piped()).process_group(0);
+    pub fn spawn_with_stdout(cmd: Command, stdout: Stdio) -> Running {
+        Self::spawn_with(cmd, Stdio::null(), stdout)
+    }
+
+    /// Like [`Running::spawn`], with a pipe to its stdin ([`Running::take_stdin`]).
+    pub fn spawn_with_stdin_pipe(cmd: Command) -> Running {
+        Self::spawn_with(cmd, Stdio::piped(), Stdio::piped())
+    }
+
+    fn spawn_with(mut cmd: Command, stdin: Stdio, stdout: Stdio) -> Running {
+        cmd.stdin(stdin).stdout(stdout).stderr(Stdio::piped()).process_group(0);
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         let out = Arc::new(Mutex::new(Vec::new()));
         let err = Arc::new(Mutex::new(Vec::new()));
@@ -169,6 +178,11 @@ impl Running {
 
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// The write end of its stdin, when spawned with [`Running::spawn_with_stdin_pipe`].
+    pub fn take_stdin(&self) -> Option<std::process::ChildStdin> {
+        self.child.lock().unwrap().stdin.take()
     }
 
     pub fn stdout_so_far(&self) -> String {
