@@ -24,7 +24,7 @@ DEB_PACKAGES := libphp8.2-embed php8.2-dev php8.2-cli php8.2-opcache \
 BENCH_PACKAGES := supervisor python3 python3-matplotlib \
 	php-symfony-messenger php-symfony-console php-symfony-dependency-injection \
 	php-symfony-serializer php-symfony-event-dispatcher php-symfony-config \
-	php-symfony-property-access php-symfony-validator
+	php-symfony-property-access php-symfony-validator php8.2-xml
 
 # sudo only when not already root.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -4,6 +4,7 @@
 Contenders, run one after the other in this one run on this one machine:
   lrpm-host           the release binary, OPcache shared by forking
   lrpm-host-preload   the same with --preload bench/app/preload.php
+  lrpm-host-zygote    the same with --zygote: the bootstrap builds the framework once, in the zygote
   supervisord         Debian's supervisor running one `php bin/worker.php` per job
   fork-parent         bench/app/bin/fork-parent.php, a php-cli parent that forks
                       one child per job after loading nothing of the app
@@ -69,7 +70,7 @@ STOP_WATCH_DEADLINE_S = 9.8
 # try bounded by this.
 SCALE_OTHERS_TIMEOUT_S = 240.0
 
-CONTENDERS = ["lrpm-host", "lrpm-host-preload", "supervisord", "fork-parent"]
+CONTENDERS = ["lrpm-host", "lrpm-host-preload", "lrpm-host-zygote", "supervisord", "fork-parent"]
 
 
 def log(message: str) -> None:
@@ -119,11 +120,20 @@ def smaps_rollup_kb(pid: int) -> dict[str, int]:
     return values
 
 
+ZEND_MM_CHUNK = 2 << 20
+
+
 def private_dirty_by_mapping_kb(pid: int) -> dict[str, int]:
-    """Private_Dirty of one process split into the malloc heap, anonymous
-    mappings (the Zend allocator's chunks), the stack and everything else."""
-    totals = {"malloc heap": 0, "anonymous (Zend heap)": 0, "stack": 0, "other": 0}
+    """Private_Dirty of one process split by what the mapping is: the malloc
+    heap, the Zend heap (anonymous mappings of whole 2 MiB chunks on a 2 MiB
+    boundary: zend_alloc's chunks), .bss (the anonymous mapping that follows
+    a binary's or library's data), PCRE JIT code (anonymous, executable),
+    other anonymous mappings, the stack and everything else (file-backed)."""
+    totals = {"malloc heap": 0, "Zend heap": 0, ".bss": 0, "PCRE JIT": 0, "other anonymous": 0, "stack": 0,
+              "other": 0}
     kind = "other"
+    previous_name = ""
+    previous_end = -1
     try:
         lines = Path(f"/proc/{pid}/smaps").read_text().splitlines()
     except OSError:
@@ -131,17 +141,40 @@ def private_dirty_by_mapping_kb(pid: int) -> dict[str, int]:
     for line in lines:
         head = line.split(None, 5)
         if "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
+            start_s, end_s = head[0].split("-")
+            start, end = int(start_s, 16), int(end_s, 16)
+            perms = head[1]
             name = head[5].strip() if len(head) > 5 else ""
-            kind = {"[heap]": "malloc heap", "[stack]": "stack", "": "anonymous (Zend heap)"}.get(name, "other")
+            if name == "[heap]":
+                kind = "malloc heap"
+            elif name == "[stack]":
+                kind = "stack"
+            elif name:
+                kind = "other"
+            elif "x" in perms:
+                kind = "PCRE JIT"
+            elif start == previous_end and previous_name.startswith("/"):
+                kind = ".bss"
+            elif start % ZEND_MM_CHUNK == 0 and (end - start) % ZEND_MM_CHUNK == 0:
+                kind = "Zend heap"
+            else:
+                kind = "other anonymous"
+            previous_name, previous_end = name, end
         elif line.startswith("Private_Dirty:"):
             totals[kind] += int(line.split()[1])
     return totals
 
 
 def cpu_seconds(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+    """Time on a CPU, from /proc/PID/schedstat (nanoseconds): /proc/PID/stat
+    counts in 10 ms ticks and reports 0 for a process that uses a few ms a
+    minute."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, IndexError, ValueError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
 
 
 def context_switches(pid: int) -> int:
@@ -398,6 +431,8 @@ class LrpmHost(Contender):
         command += ["--control-socket", str(self.socket_path)]
         if self.preload:
             command += ["--preload", str(APP / "preload.php")]
+        if getattr(self, "zygote", False):
+            command.append("--zygote")
         command.append(str(farm))
         env = dict(os.environ, LRPM_LOG="warn")
         self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
@@ -437,6 +472,14 @@ class LrpmHost(Contender):
 class LrpmHostPreload(LrpmHost):
     name = "lrpm-host-preload"
     preload = True
+
+
+class LrpmHostZygote(LrpmHost):
+    """--zygote, with the bench app's warm-up: the framework is built once in
+    the zygote (vendor/autoload.php) and shared by the workers."""
+
+    name = "lrpm-host-zygote"
+    zygote = True
 
 
 class Supervisord(Contender):
@@ -532,7 +575,7 @@ class ForkParent(Contender):
         self.command(f"start {job}")
 
 
-CONTENDER_CLASSES = {c.name: c for c in (LrpmHost, LrpmHostPreload, Supervisord, ForkParent)}
+CONTENDER_CLASSES = {c.name: c for c in (LrpmHost, LrpmHostPreload, LrpmHostZygote, Supervisord, ForkParent)}
 
 
 class UnixStreamTransport(xmlrpc.client.Transport):

@@ -31,8 +31,9 @@ RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs"
 PLOTS = DOCS / "benchmarks"
 BASE = "lrpm-host"
-CONTENDERS = ["lrpm-host", "lrpm-host-preload", "supervisord", "fork-parent"]
-COLOURS = {"lrpm-host": "#1f77b4", "lrpm-host-preload": "#17becf", "supervisord": "#d62728", "fork-parent": "#ff7f0e"}
+CONTENDERS = ["lrpm-host", "lrpm-host-preload", "lrpm-host-zygote", "supervisord", "fork-parent"]
+COLOURS = {"lrpm-host": "#1f77b4", "lrpm-host-preload": "#17becf", "lrpm-host-zygote": "#2ca02c",
+           "supervisord": "#d62728", "fork-parent": "#ff7f0e"}
 
 # The targets the benchmark issue set.
 TARGET_MEMORY_RATIO_VS_SUPERVISORD = 20.0
@@ -585,6 +586,11 @@ def main() -> None:
     env = load("environment")
     if env is None:
         raise SystemExit("bench/results/environment.json is missing: run `make bench` first")
+    # Results from before a contender joined the harness do not name it.
+    memory = load("memory")
+    if memory is not None:
+        measured = {r["contender"] for r in memory["rows"]}
+        CONTENDERS[:] = [c for c in CONTENDERS if c in measured]
     page = Page()
     page.add(
         "# Benchmarks",

@@ -40,6 +40,14 @@ final class SymfonyWorker implements Worker
     private bool $reported = false;
     private int $startedAt = 0;
     private ?MessageBus $bus = null;
+    /** The framework built once in lrpm-host's zygote (--zygote), shared by the workers forked from it. */
+    private static ?MessageBus $warm = null;
+
+    /** The bootstrap's warm-up, in the zygote only (vendor/autoload.php). */
+    public static function warmUp(): void
+    {
+        self::$warm = self::loadFramework();
+    }
 
     public function start(array $job): void
     {
@@ -50,7 +58,7 @@ final class SymfonyWorker implements Worker
         $this->sleepMicroseconds = (int) ($config['sleepMs'] ?? 100) * 1000;
         // "framework": false leaves start() empty, to time the host alone.
         if ($config['framework'] ?? true) {
-            $this->bus = self::loadFramework();
+            $this->bus = self::$warm ?? self::loadFramework();
         }
     }
 

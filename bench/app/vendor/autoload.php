@@ -19,3 +19,10 @@ spl_autoload_register(static function (string $class): void {
         require __DIR__ . '/php-lrpm/PHPLRPM_' . substr($class, 8) . '.php';
     }
 });
+
+// With lrpm-host --zygote, the bootstrap runs once in the zygote: build the
+// framework there, and every worker forked from it shares it (the
+// contender lrpm-host-zygote; php-cli contenders never have this function).
+if (function_exists('Lrpm\\process_kind') && \Lrpm\process_kind() === 'zygote') {
+    \Bench\SymfonyWorker::warmUp();
+}
