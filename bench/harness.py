@@ -335,7 +335,12 @@ class EventSocket:
 
 
 def make_jobs(
-    count: int, events: Path, short_run_seconds: int = 5, framework: bool = True, sleep_ms: int = CYCLE_SLEEP_MS
+    count: int,
+    events: Path,
+    short_run_seconds: int = 5,
+    framework: bool = True,
+    sleep_ms: int = CYCLE_SLEEP_MS,
+    use_bus: bool = False,
 ) -> dict[str, dict]:
     return {
         str(i): {
@@ -343,7 +348,8 @@ def make_jobs(
             "workerClass": WORKLOAD,
             "mtime": 1,
             "shortRunTimeSeconds": short_run_seconds,
-            "workerConfig": {"events": str(events), "id": str(i), "sleepMs": sleep_ms, "framework": framework},
+            "workerConfig": {"events": str(events), "id": str(i), "sleepMs": sleep_ms, "framework": framework,
+                             "useBus": use_bus},
         }
         for i in range(1, count + 1)
     }
@@ -641,11 +647,12 @@ class Farm:
         short_run_seconds: int = 5,
         framework: bool = True,
         sleep_ms: int = CYCLE_SLEEP_MS,
+        use_bus: bool = False,
     ):
         self.work = Path(tempfile.mkdtemp(prefix=f"lrpm-bench-{contender}-"))
         os.chmod(self.work, 0o755)
         self.events = EventSocket(self.work / "events.sock")
-        self.jobs = make_jobs(count, self.events.path, short_run_seconds, framework, sleep_ms)
+        self.jobs = make_jobs(count, self.events.path, short_run_seconds, framework, sleep_ms, use_bus)
         self.contender: Contender = CONTENDER_CLASSES[contender](self.work, self.jobs)
 
     def __enter__(self) -> "Farm":
@@ -711,6 +718,47 @@ def measure_memory(contender: str, count: int, settle_s: float) -> dict:
             "up_s": up_s,
             "stop_s": stop_s,
         }
+
+
+def worker_memory_kb(pids: set[int]) -> dict[str, float]:
+    """PSS and the shared part of the resident set, summed over `pids`."""
+    totals = {"pss": 0, "rss": 0, "shared": 0}
+    for pid in pids:
+        rollup = smaps_rollup_kb(pid)
+        totals["pss"] += rollup.get("Pss", 0)
+        totals["rss"] += rollup.get("Rss", 0)
+        totals["shared"] += rollup.get("Shared_Clean", 0) + rollup.get("Shared_Dirty", 0)
+    return totals
+
+
+def measure_sharing(contender: str, count: int, cycles: int) -> dict:
+    """Workers that dispatch a message through the framework's bus every
+    cycle (1 ms sleeps): their PSS and the shared share of their resident
+    set at the first cycle and once each has run `cycles` cycles (read from
+    lrpm-host's status: each slot's cycle counter)."""
+    with Farm(contender, count, sleep_ms=1, use_bus=True) as farm:
+        _, first = farm.start_and_wait()
+        worker_pids = {e.pid for e in first.values()}
+        time.sleep(0.5)
+        at_first = worker_memory_kb(worker_pids)
+        deadline = time.monotonic() + 300
+        while True:
+            status = json.loads(farm.contender.control("jsonstatus"))
+            done = [job["state"].get("cycles") or 0 for job in status.values()]
+            if min(done) >= cycles:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{contender}: workers did not reach {cycles} cycles ({min(done)})")
+            time.sleep(0.5)
+        after = worker_memory_kb(worker_pids)
+        farm.contender.stop()
+    share = lambda m: m["shared"] / m["rss"] if m["rss"] else 0.0
+    return {
+        "workers": count,
+        "cycles": cycles,
+        "pss_per_worker_kb": {"first_cycle": at_first["pss"] / count, "after": after["pss"] / count},
+        "shared_fraction": {"first_cycle": share(at_first), "after": share(after)},
+    }
 
 
 class Probe(threading.Thread):
@@ -1258,7 +1306,7 @@ def measure_scale_all(quick: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few repetitions, for trying the harness out")
-    parser.add_argument("--only", nargs="+", choices=["memory", "spawn", "reaction", "loop", "idle", "output", "scale"])
+    parser.add_argument("--only", nargs="+", choices=["memory", "spawn", "reaction", "loop", "idle", "output", "sharing", "scale"])
     args = parser.parse_args()
     if not LRPM_HOST.exists():
         sys.exit(f"{LRPM_HOST} is missing: run `make build` first")
@@ -1269,7 +1317,7 @@ def main() -> None:
     global APP
     APP = stage_app()
     quick = args.quick
-    measures = args.only or ["memory", "spawn", "reaction", "loop", "idle", "output", "scale"]
+    measures = args.only or ["memory", "spawn", "reaction", "loop", "idle", "output", "sharing", "scale"]
     sizes = [10, 50, 100] if quick else [10, 50, 100, 500]
     runs = 1 if quick else 3
     parameters = {"quick": quick, "runs": runs}
@@ -1329,6 +1377,13 @@ def main() -> None:
                     log(f"output: {workers} chatty workers, {mode} (run {n + 1}/{runs})")
                     rows.append(dict(measure_output(workers, seconds, mode), run=n))
         write_result("output", {"runs": runs, "rows": rows, "run": run})
+
+    if "sharing" in measures:
+        rows = []
+        for name in ("lrpm-host", "lrpm-host-zygote"):
+            log(f"sharing: {name}, 20 workers, 1000 cycles using the bus")
+            rows.append(dict(measure_sharing(name, 20, 1000), contender=name))
+        write_result("sharing", {"rows": rows, "run": run})
 
     if "scale" in measures:
         write_result("scale", dict(measure_scale_all(quick), run=run))

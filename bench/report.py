@@ -309,6 +309,28 @@ def output_section(page: Page, output: dict, summary: dict) -> None:
     page.table(["workers", "output", "lines per second", "supervisor CPU"], table)
 
 
+def sharing_section(page: Page, sharing: dict, summary: dict) -> None:
+    rows = sharing["rows"]
+    run = sharing.get("run", {})
+    page.add("## Sharing after 1,000 cycles", "")
+    page.add(
+        f"{rows[0]['workers']} Symfony workers that each dispatch a message through the framework's bus every cycle "
+        "(1 ms sleeps). PSS per worker and the shared part of the workers' resident set (Shared_Clean + "
+        "Shared_Dirty over Rss, from smaps_rollup) at the first cycle and once every worker ran "
+        f"{rows[0]['cycles']} cycles. With `--zygote` the bench app's bootstrap builds the framework once, in the "
+        "zygote, and the workers use that copy; without it each worker builds its own in start()"
+        + (f". Commit {run['commit']}." if run.get("commit") else "."),
+        "",
+    )
+    page.table(
+        ["", "PSS per worker, first cycle", f"after {rows[0]['cycles']} cycles", "shared, first cycle",
+         f"shared after {rows[0]['cycles']} cycles"],
+        [[r["contender"], f"{r['pss_per_worker_kb']['first_cycle'] / 1024:.2f} MB",
+          f"{r['pss_per_worker_kb']['after'] / 1024:.2f} MB", f"{r['shared_fraction']['first_cycle'] * 100:.0f} %",
+          f"{r['shared_fraction']['after'] * 100:.0f} %"] for r in rows],
+    )
+
+
 SCALE_COLOURS = {"lrpm-host": COLOURS["lrpm-host"], "supervisord": COLOURS["supervisord"],
                  "fork-parent": COLOURS["fork-parent"]}
 
@@ -630,6 +652,7 @@ def main() -> None:
     renderers = [
         ("memory", memory_section), ("spawn", spawn_section), ("reaction", reaction_section),
         ("loop", loop_section), ("idle", idle_section), ("output", output_section),
+        ("sharing", sharing_section),
     ]
     for name, render in renderers:
         result = load(name)

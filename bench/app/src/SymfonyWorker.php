@@ -37,6 +37,8 @@ final class SymfonyWorker implements Worker
     private string $events = '';
     private string $jobId = '';
     private int $sleepMicroseconds = 100_000;
+    /** "useBus": each cycle dispatches a message through the (shared) bus. */
+    private bool $useBus = false;
     private bool $reported = false;
     private int $startedAt = 0;
     private ?MessageBus $bus = null;
@@ -56,6 +58,7 @@ final class SymfonyWorker implements Worker
         $this->events = (string) ($config['events'] ?? '');
         $this->jobId = (string) ($config['id'] ?? '');
         $this->sleepMicroseconds = (int) ($config['sleepMs'] ?? 100) * 1000;
+        $this->useBus = (bool) ($config['useBus'] ?? false);
         // "framework": false leaves start() empty, to time the host alone.
         if ($config['framework'] ?? true) {
             $this->bus = self::$warm ?? self::loadFramework();
@@ -83,6 +86,9 @@ final class SymfonyWorker implements Worker
                 ));
                 fclose($socket);
             }
+        }
+        if ($this->useBus && $this->bus !== null) {
+            $this->bus->dispatch(new Ping('cycle'));
         }
         usleep($this->sleepMicroseconds);
     }
