@@ -56,6 +56,19 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 check::Verdict::OutputClosed => 128 + libc::SIGPIPE as u8,
             })
         }
+        None if std::env::var_os(lrpm_host::supervisor::UPGRADE_CHECK_ENV).is_some() => {
+            // `lrpmctl upgrade` runs the binary on disk this way first: the
+            // same options, PHP booted and the configuration loaded once,
+            // before the running host replaces itself with it.
+            let source = cli.source.clone().context("missing SOURCE")?;
+            let bootstrap = cli::resolve_bootstrap(cli.php.bootstrap.as_deref(), Some(&source));
+            let engine = Engine::boot(&settings).context("starting PHP")?;
+            let verdict = check::run(&engine, &source, bootstrap.as_deref(), &argv, false, &cli.farm.job_defaults())?;
+            Ok(match verdict {
+                check::Verdict::Valid | check::Verdict::Invalid => 0,
+                check::Verdict::OutputClosed => 128 + libc::SIGPIPE as u8,
+            })
+        }
         None => {
             let source = cli.source.clone().context("missing SOURCE")?;
             let bootstrap = cli::resolve_bootstrap(cli.php.bootstrap.as_deref(), Some(&source));
@@ -77,6 +90,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 capture_output: cli.farm.worker_output == lrpm_host::cli::WorkerOutput::Capture,
                 metrics_listen: cli.farm.metrics_listen,
                 zygote: cli.farm.zygote,
+                program: std::env::current_exe().context("finding this program's path")?,
             };
             if config.source_is_file && !std::path::Path::new(&config.source).is_file() {
                 anyhow::bail!("configuration source {} does not exist", config.source);

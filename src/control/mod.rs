@@ -24,6 +24,8 @@ pub const HELP: &str = "valid messages:
   start <job_id>       start a job held by `stop <job_id>`
   signal <job_id> <SIG>  send a signal (TERM, HUP, USR1, ...) to the job's processes
   metrics              the Prometheus text of /metrics (see --metrics-listen)
+  upgrade              replace this host with the binary on disk (new code, new --preload) without
+                       stopping the farm: tried first, then every job recycled onto it
   version              lrpm-host and PHP versions";
 
 /// One control request, parsed once from its command line; the supervisor
@@ -41,6 +43,8 @@ pub enum Request {
     RestartAll,
     /// `recycle all`: every job, as `recycle ID` would.
     RecycleAll,
+    /// `upgrade`: re-execute the binary on disk, keeping the farm.
+    Upgrade,
     /// `restart ID`, `stop ID`, `start ID`: decided by the core.
     Job {
         id: JobId,
@@ -73,6 +77,7 @@ impl Request {
             ["help"] => Ok(Request::Help),
             ["status"] | ["jsonstatus"] => Ok(Request::Status),
             ["version"] => Ok(Request::Version),
+            ["upgrade"] => Ok(Request::Upgrade),
             ["metrics"] => Ok(Request::Metrics),
             ["reload"] => Ok(Request::Reload),
             ["stop"] => Ok(Request::Shutdown),

@@ -160,6 +160,14 @@ impl ControlServer {
         Ok(ControlServer { path: path.to_path_buf(), listener, clients: HashMap::new(), next_id: 0 })
     }
 
+    /// The listening socket a previous image of this host handed over
+    /// (`lrpmctl upgrade`): no client is refused while the host replaces itself.
+    pub fn adopt(listener: std::os::fd::OwnedFd, path: &Path) -> Result<Self, ControlError> {
+        let listener = UnixListener::from(listener);
+        listener.set_nonblocking(true).map_err(|e| ControlError::Bind(path.to_path_buf(), e))?;
+        Ok(ControlServer { path: path.to_path_buf(), listener, clients: HashMap::new(), next_id: 0 })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

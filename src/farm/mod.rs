@@ -333,6 +333,35 @@ impl Farm {
         actions
     }
 
+    /// Takes over a job whose processes were started by the previous image
+    /// of this host (`lrpmctl upgrade`): its slots' processes run as they
+    /// are (`running`: slot, pid, how long it has run, restarts, recycles);
+    /// the other slots start. The configuration counts as loaded.
+    pub fn adopt(&mut self, job: Job, held: bool, running: &[(u32, Pid, Duration, u64, u64)], now: Instant) {
+        self.config.loaded = true;
+        let id = job.id.clone();
+        let replicas = job.replicas;
+        let mut state = JobState::new(job);
+        state.held = held;
+        self.jobs.insert(id.clone(), state);
+        for &(slot, pid, ran, restarts, recycles) in running {
+            let key = WorkerKey::new(id.clone(), slot);
+            let since = now.checked_sub(ran).unwrap_or(now);
+            self.add_slot(&key, Phase::Running { pid, since });
+            if let Some(slot) = self.slot_mut(&key) {
+                slot.last_started_at = Some(since);
+                slot.restarts = restarts;
+                slot.recycles = recycles;
+            }
+        }
+        for slot in 0..replicas {
+            let key = WorkerKey::new(id.clone(), slot);
+            if self.slot(&key).is_none() {
+                self.add_slot(&key, if held { Phase::Held } else { Phase::Waiting { at: now } });
+            }
+        }
+    }
+
     /// A control request on one job: accepted (with what to do) or refused.
     pub fn job_command(&mut self, id: &JobId, command: JobCommand, now: Instant) -> (Result<(), Refusal>, Vec<Action>) {
         let mut actions = Vec::new();

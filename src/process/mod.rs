@@ -439,3 +439,79 @@ pub fn set_nonblocking(fd: impl AsFd) -> Result<(), ProcessError> {
     nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(ProcessError::Pipe)?;
     Ok(())
 }
+
+/// Runs another program as a child (fork, then exec), with every signal
+/// unblocked and the supervisor's descriptors closed (all but 0, 1, 2):
+/// the new binary's trial run before `lrpmctl upgrade` replaces the host.
+pub fn spawn_program(
+    path: &std::ffi::CStr,
+    argv: &[std::ffi::CString],
+    env: &[std::ffi::CString],
+) -> Result<Pid, ProcessError> {
+    // SAFETY: the supervisor is single-threaded when it forks; the child
+    // only calls async-signal-safe functions before execve.
+    match unsafe { fork() } {
+        Ok(ForkResult::Parent { child }) => Ok(child),
+        Ok(ForkResult::Child) => {
+            let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+            // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and no pointers.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+            // Its report on stdout is not the farm's output; errors stay on stderr.
+            if let Ok(null) = nix::fcntl::open(c"/dev/null", nix::fcntl::OFlag::O_WRONLY, nix::sys::stat::Mode::empty())
+            {
+                let _ = nix::unistd::dup2(null, libc::STDOUT_FILENO);
+            }
+            close_range(3, u32::MAX);
+            let _ = nix::unistd::execve(path, argv, env);
+            // SAFETY: leaving the forked child without running the parent's destructors.
+            unsafe { libc::_exit(127) }
+        }
+        Err(e) => Err(ProcessError::Fork(e)),
+    }
+}
+
+/// Replaces this process's image with `path` (same pid: the children stay
+/// its children). `keep` are descriptors the new image must inherit; every
+/// other one is close-on-exec already. Returns only on failure.
+pub fn exec_self(
+    path: &std::ffi::CStr,
+    argv: &[std::ffi::CString],
+    env: &[std::ffi::CString],
+    keep: &[RawFd],
+) -> Errno {
+    for &fd in keep {
+        let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).unwrap_or(0);
+        let flags = nix::fcntl::FdFlag::from_bits_truncate(flags) - nix::fcntl::FdFlag::FD_CLOEXEC;
+        if let Err(e) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(flags)) {
+            return e;
+        }
+    }
+    match nix::unistd::execve(path, argv, env) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    }
+}
+
+/// An anonymous file holding `bytes`, to hand to a new image by descriptor
+/// (inherited across exec: no close-on-exec), positioned at its start.
+pub fn memfd_with(bytes: &[u8]) -> Result<std::os::fd::OwnedFd, Errno> {
+    use std::io::{Seek, SeekFrom, Write};
+    let fd = nix::sys::memfd::memfd_create(c"lrpm-host-upgrade", nix::sys::memfd::MemFdCreateFlag::empty())?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes).map_err(|_| Errno::EIO)?;
+    file.seek(SeekFrom::Start(0)).map_err(|_| Errno::EIO)?;
+    Ok(std::os::fd::OwnedFd::from(file))
+}
+
+/// Takes ownership of a descriptor this process inherited for a purpose
+/// (the previous image's handoff), if it is open; it becomes close-on-exec.
+pub fn adopt_fd(fd: RawFd) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    if fd < 3 || nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_err() {
+        return None;
+    }
+    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    // SAFETY: the descriptor is open (checked above) and was handed to this
+    // image to own; no other value in this process refers to it.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}

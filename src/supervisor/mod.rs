@@ -18,8 +18,10 @@ mod notify;
 mod output;
 mod requests;
 mod spawn;
+pub mod upgrade;
 mod zygote;
 mod zygote_host;
+pub use upgrade::UPGRADE_CHECK_ENV;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -90,6 +92,8 @@ pub struct FarmConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Fork workers from a zygote (`--zygote`).
     pub zygote: bool,
+    /// This program's path (`lrpmctl upgrade` executes what is there now).
+    pub program: PathBuf,
 }
 
 struct Supervisor<'e> {
@@ -130,6 +134,8 @@ struct Supervisor<'e> {
     zygote_backoff: zygote::Backoff,
     /// The zygote refused to serve: it is not started again.
     zygote_refused: bool,
+    /// `lrpmctl upgrade` under way.
+    upgrade: Option<upgrade::Upgrade>,
     /// Creating output pipes failed and was logged (until it works again).
     output_pipes_failed: bool,
     /// Workers' pipes are read again from this moment (output pacing).
@@ -148,10 +154,24 @@ struct Supervisor<'e> {
 
 /// Runs the farm until it has shut down; returns how it ended.
 pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorError> {
+    // The previous image's state, when `lrpmctl upgrade` started this one.
+    let handoff = upgrade::take_handoff();
+    let handed: Vec<std::os::fd::RawFd> = handoff
+        .iter()
+        .flat_map(|h| {
+            std::iter::once(h.control_fd).chain(
+                h.jobs
+                    .iter()
+                    .flat_map(|j| j.slots.iter().flat_map(|s| [s.stdout_fd, s.stderr_fd].into_iter().flatten())),
+            )
+        })
+        .collect();
     // Before the supervisor opens anything: what is open now is the
     // libraries' (OPcache's lock file) and what the host was started with.
-    let keep_fds: Vec<std::os::fd::RawFd> =
-        process::open_fds().into_iter().filter(|fd| !config.close_in_children.contains(fd)).collect();
+    let keep_fds: Vec<std::os::fd::RawFd> = process::open_fds()
+        .into_iter()
+        .filter(|fd| !config.close_in_children.contains(fd) && !handed.contains(fd))
+        .collect();
     crate::host_output::install();
     let output = if config.capture_output {
         match output::OutputRouter::new(crate::telemetry::format()) {
@@ -165,7 +185,10 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         None
     };
     let socket_path = config.control_socket.clone().unwrap_or_else(crate::control::server::default_socket_path);
-    let control = ControlServer::bind(&socket_path, config.control_socket_mode)?;
+    let control = match handoff.as_ref().and_then(|h| process::adopt_fd(h.control_fd)) {
+        Some(listener) => ControlServer::adopt(listener, &socket_path)?,
+        None => ControlServer::bind(&socket_path, config.control_socket_mode)?,
+    };
     let signals = SignalEvents::new()?;
     let http = match config.metrics_listen {
         Some(address) => Some(HttpServer::bind(address).map_err(|e| SupervisorError::Metrics(address, e))?),
@@ -216,6 +239,7 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         zygote: zygote::Zygote::Off,
         zygote_backoff: zygote::Backoff::default(),
         zygote_refused: false,
+        upgrade: None,
         output_pipes_failed: false,
         output_paused_until: None,
         keep_fds: std::sync::Arc::new(keep_fds),
@@ -226,6 +250,9 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
     };
     if supervisor.config.zygote {
         supervisor.start_zygote(Instant::now());
+    }
+    if let Some(handoff) = handoff {
+        supervisor.adopt_handoff(handoff, Instant::now());
     }
     let first = supervisor.farm.start();
     supervisor.apply(first);
@@ -509,6 +536,9 @@ impl Supervisor<'_> {
                 output.drain(pid.as_raw());
             }
             return self.zygote_exited(exit, now);
+        }
+        if self.is_upgrade_check(pid.as_raw()) {
+            return self.upgrade_check_exited(exit);
         }
         if !self.farm.knows_pid(pid.as_raw()) {
             // An orphan adopted as PID 1 or subreaper: reaped, nothing more.

@@ -138,6 +138,18 @@ impl OutputRouter {
         read
     }
 
+    /// The read ends of a child's stdout and stderr pipes, if still open.
+    pub fn pipes_of(&self, pid: i32) -> [Option<RawFd>; 2] {
+        let mut pipes = [None, None];
+        for fd in self.by_pid.get(&pid).into_iter().flatten() {
+            if let Some(pipe) = self.pipes.get(fd) {
+                let index = if pipe.stream == Stream::Stdout { 0 } else { 1 };
+                pipes[index] = Some(*fd);
+            }
+        }
+        pipes
+    }
+
     /// Everything a reaped child left in its pipes (bounded), so that its
     /// last lines come before the supervisor's line about its exit.
     pub fn drain(&mut self, pid: i32) {

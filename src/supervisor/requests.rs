@@ -42,6 +42,7 @@ impl Supervisor<'_> {
             Request::Job { id, command } => self.handle_job_command(&id, command, now),
             Request::RestartAll => self.handle_every_job(JobCommand::Restart, now),
             Request::RecycleAll => self.handle_every_job(JobCommand::Recycle, now),
+            Request::Upgrade => self.handle_upgrade(),
             Request::Signal { id, signal } => self.handle_signal(&id, signal),
         }
     }
