@@ -761,6 +761,32 @@ def measure_sharing(contender: str, count: int, cycles: int) -> dict:
     }
 
 
+def measure_upgrade(contender: str, count: int) -> dict:
+    """`lrpmctl upgrade` of a `count`-worker farm (the same binary: a fresh
+    PHP boot): from the request to the last replacement's first cycle, and
+    that every job got exactly one new process."""
+    with Farm(contender, count) as farm:
+        _, first = farm.start_and_wait()
+        old = {job: e.pid for job, e in first.items()}
+        asked_ns = time.monotonic_ns()
+        reply = farm.contender.control("upgrade")
+        if not reply.startswith("Upgrade started"):
+            raise RuntimeError(f"{contender}: upgrade refused: {reply}")
+        new = farm.events.wait_for(set(old), timeout=120)
+        if any(new[job].pid == old[job] for job in old):
+            raise RuntimeError(f"{contender}: a worker was not replaced")
+        all_new_s = (max(e.at_ns for e in new.values()) - asked_ns) / 1e9
+        time.sleep(1.0)
+        extra = []
+        while True:
+            try:
+                extra.append(farm.events.next(time.monotonic() + 0.2))
+            except TimeoutError:
+                break
+        farm.contender.stop()
+    return {"workers": count, "all_new_s": all_new_s, "extra_starts": len(extra)}
+
+
 class Probe(threading.Thread):
     """Times one request to the manager every PROBE_INTERVAL_S (from the end of
     one answer to the next request) until stopped."""
@@ -1306,7 +1332,7 @@ def measure_scale_all(quick: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few repetitions, for trying the harness out")
-    parser.add_argument("--only", nargs="+", choices=["memory", "spawn", "reaction", "loop", "idle", "output", "sharing", "scale"])
+    parser.add_argument("--only", nargs="+", choices=["memory", "spawn", "reaction", "loop", "idle", "output", "sharing", "upgrade", "scale"])
     args = parser.parse_args()
     if not LRPM_HOST.exists():
         sys.exit(f"{LRPM_HOST} is missing: run `make build` first")
@@ -1317,7 +1343,7 @@ def main() -> None:
     global APP
     APP = stage_app()
     quick = args.quick
-    measures = args.only or ["memory", "spawn", "reaction", "loop", "idle", "output", "sharing", "scale"]
+    measures = args.only or ["memory", "spawn", "reaction", "loop", "idle", "output", "sharing", "upgrade", "scale"]
     sizes = [10, 50, 100] if quick else [10, 50, 100, 500]
     runs = 1 if quick else 3
     parameters = {"quick": quick, "runs": runs}
@@ -1384,6 +1410,13 @@ def main() -> None:
             log(f"sharing: {name}, 20 workers, 1000 cycles using the bus")
             rows.append(dict(measure_sharing(name, 20, 1000), contender=name))
         write_result("sharing", {"rows": rows, "run": run})
+
+    if "upgrade" in measures:
+        rows = []
+        for name in ("lrpm-host", "lrpm-host-zygote"):
+            log(f"upgrade: {name}, 100 workers")
+            rows.append(dict(measure_upgrade(name, 100), contender=name))
+        write_result("upgrade", {"rows": rows, "run": run})
 
     if "scale" in measures:
         write_result("scale", dict(measure_scale_all(quick), run=run))

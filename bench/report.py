@@ -331,6 +331,23 @@ def sharing_section(page: Page, sharing: dict, summary: dict) -> None:
     )
 
 
+def upgrade_section(page: Page, upgrade: dict, summary: dict) -> None:
+    rows = upgrade["rows"]
+    run = upgrade.get("run", {})
+    page.add("## Upgrade in place", "")
+    page.add(
+        f"`lrpmctl upgrade` of a {rows[0]['workers']}-worker Symfony farm (the same binary on disk: a trial run, "
+        "the exec, a fresh PHP boot, then every job recycled onto it): from the request to the last replacement's "
+        "first cycle, and the starts beyond one per job (none expected)"
+        + (f". Commit {run['commit']}." if run.get("commit") else "."),
+        "",
+    )
+    page.table(
+        ["", "all workers new after", "extra starts"],
+        [[r["contender"], f"{r['all_new_s']:.2f} s", str(r["extra_starts"])] for r in rows],
+    )
+
+
 SCALE_COLOURS = {"lrpm-host": COLOURS["lrpm-host"], "supervisord": COLOURS["supervisord"],
                  "fork-parent": COLOURS["fork-parent"]}
 
@@ -652,7 +669,7 @@ def main() -> None:
     renderers = [
         ("memory", memory_section), ("spawn", spawn_section), ("reaction", reaction_section),
         ("loop", loop_section), ("idle", idle_section), ("output", output_section),
-        ("sharing", sharing_section),
+        ("sharing", sharing_section), ("upgrade", upgrade_section),
     ]
     for name, render in renderers:
         result = load(name)
