@@ -28,7 +28,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use super::{output, Supervisor};
-use crate::farm::{JobCommand, Phase};
+use crate::farm::{AfterStop, JobCommand, Phase};
 use crate::job::{DescribedJob, JobId};
 use crate::process;
 
@@ -161,12 +161,30 @@ impl Supervisor<'_> {
         let mut jobs = Vec::new();
         for (id, state) in self.farm.jobs() {
             if state.removed {
+                // On their way out already: the new image would not know
+                // them, so they do not wait for their stop timeout.
+                for (_, pid) in state.pids() {
+                    process::signal_group(Pid::from_raw(pid), Signal::SIGKILL);
+                }
                 continue;
             }
             let mut slots = Vec::new();
             for (slot, slot_state) in &state.slots {
                 let (pid, since) = match slot_state.phase {
-                    Phase::Running { pid, since } | Phase::Stopping { pid, since, .. } => (pid, since),
+                    Phase::Running { pid, since } => (pid, since),
+                    // Stopping to start again: the new image replaces it anyway.
+                    Phase::Stopping {
+                        pid,
+                        since,
+                        then: AfterStop::Restart | AfterStop::Recycle | AfterStop::RestartAsFailure,
+                        ..
+                    } => (pid, since),
+                    // Stopping for good (held, scaled away, failed): not the
+                    // new image's to wait for.
+                    Phase::Stopping { pid, .. } => {
+                        process::signal_group(Pid::from_raw(pid), Signal::SIGKILL);
+                        continue;
+                    }
                     _ => continue,
                 };
                 let pipes = self.output.as_ref().map(|o| o.pipes_of(pid)).unwrap_or_default();
