@@ -1,7 +1,7 @@
 # lrpm-host: developer and CI entry points.
 #   make deps   install the Debian packages the build and the tests need (idempotent)
 #   make build  release build
-#   make run    run the example farm (examples/farm.php)
+#   make run    run the example farm (examples/sqlite: jobs in a SQLite file, no service)
 #   make test   formatting, clippy, then the whole test suite
 #   make bench  benchmarks against supervisord and a pcntl_fork parent: writes
 #               bench/results/*.json, docs/benchmarks.md and its plots (~33 min)
@@ -16,9 +16,15 @@
 
 SHELL := /bin/bash
 
+# What the examples (examples/*) and their tests use: the real services they
+# run against, started by the tests themselves on loopback, and PHP's clients.
+EXAMPLE_PACKAGES := php8.2-sqlite3 \
+	redis-server php8.2-redis php-symfony-messenger php-symfony-redis-messenger \
+	php-symfony-event-dispatcher
 DEB_PACKAGES := libphp8.2-embed php8.2-dev php8.2-cli php8.2-opcache \
 	libclang-dev clang pkg-config procps \
-	python3 python3-prometheus-client
+	python3 python3-prometheus-client \
+	$(EXAMPLE_PACKAGES)
 # What only the benchmarks use: the contender, the workload's framework, and
 # Debian's Python with matplotlib for the harness and its plots.
 BENCH_PACKAGES := supervisor python3 python3-matplotlib \
@@ -28,6 +34,10 @@ BENCH_PACKAGES := supervisor python3 python3-matplotlib \
 
 # sudo only when not already root.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Where cargo puts the binaries (CARGO_TARGET_DIR, as cargo itself reads it).
+BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/release
+# The example farm's files (its SQLite database, spool, control socket).
+EXAMPLE_VAR := examples/sqlite/var
 # Build exactly the locked dependency versions when a lock file exists.
 LOCKED := $(if $(wildcard Cargo.lock),--locked,)
 
@@ -58,7 +68,12 @@ build:
 	cargo build --release $(LOCKED)
 
 run: deps build
-	target/release/lrpm-host examples/farm.php
+	@mkdir -p $(EXAMPLE_VAR)
+	@echo "make run: the example farm (examples/sqlite/farm.php): jobs in $(EXAMPLE_VAR)/jobs.sqlite, polled every 5 s; Ctrl-C stops it"
+	@echo "  change a job:  php examples/sqlite/jobs.php set heartbeat every=1 replicas=2    (also: list, add ID CLASS, remove ID)"
+	@echo "  apply it now:  LRPM_SOCKET=$(EXAMPLE_VAR)/control.sock $(BIN_DIR)/lrpmctl reload"
+	@echo "  see the farm:  LRPM_SOCKET=$(EXAMPLE_VAR)/control.sock $(BIN_DIR)/lrpmctl status"
+	LRPM_SOCKET=$(CURDIR)/$(EXAMPLE_VAR)/control.sock $(BIN_DIR)/lrpm-host -i 5 examples/sqlite/farm.php
 
 test: deps
 	cargo fmt --check
