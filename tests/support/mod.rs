@@ -19,11 +19,13 @@
 pub mod control;
 pub mod farm;
 pub mod procfs;
+pub mod redis;
 pub mod run;
 
 pub use control::*;
 pub use farm::*;
 pub use procfs::*;
+pub use redis::*;
 pub use run::*;
 
 use std::fs;
