@@ -10,6 +10,8 @@
 #               rewrites bench/results/scale.json, then the whole report
 #   make bench-output only the worker-output measure (forwarded lines per second,
 #               2 and 50 chatty workers, ~3 min): bench/results/output.json, then the report
+#   make bench-messenger only examples/messenger's consumers, lrpm-host against 4 php-cli
+#               messenger:consume-style processes (throughput, PSS; ~2 min): bench/results/messenger.json
 #   make docker       build the container image lrpm-host:latest (DOCKER_IMAGE=...; docs/deploy.md)
 #   make docker-test  build it, then check it against the Docker engine
 #               (tests/docker/check.sh: graceful docker stop, PID 1, lrpmctl); not part of `make test`
@@ -44,7 +46,7 @@ LOCKED := $(if $(wildcard Cargo.lock),--locked,)
 # The image `make docker` builds and `make docker-test` checks.
 DOCKER_IMAGE ?= lrpm-host:latest
 
-.PHONY: deps bench-deps install-packages build run test bench bench-quick bench-scale bench-output docker docker-test
+.PHONY: deps bench-deps install-packages build run test bench bench-quick bench-scale bench-output bench-messenger docker docker-test
 
 deps:
 	@$(MAKE) --no-print-directory install-packages PACKAGES="$(DEB_PACKAGES)"
@@ -95,6 +97,10 @@ bench-scale: bench-deps build
 
 bench-output: bench-deps build
 	/usr/bin/python3 bench/harness.py --only output
+	/usr/bin/python3 bench/report.py
+
+bench-messenger: bench-deps build
+	/usr/bin/python3 bench/harness.py --only messenger
 	/usr/bin/python3 bench/report.py
 
 # Needs a Docker engine; a machine that cannot pull debian:bookworm-slim can
