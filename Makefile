@@ -21,6 +21,7 @@ SHELL := /bin/bash
 # What the examples (examples/*) and their tests use: the real services they
 # run against, started by the tests themselves on loopback, and PHP's clients.
 EXAMPLE_PACKAGES := php8.2-sqlite3 php8.2-apcu composer phpunit \
+	postgresql php8.2-pgsql util-linux \
 	redis-server php8.2-redis php-symfony-messenger php-symfony-redis-messenger \
 	php-symfony-event-dispatcher
 DEB_PACKAGES := libphp8.2-embed php8.2-dev php8.2-cli php8.2-opcache \
