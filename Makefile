@@ -1,7 +1,7 @@
 # lrpm-host: developer and CI entry points.
 #   make deps   install the Debian packages the build and the tests need (idempotent)
 #   make build  release build
-#   make run    run the example farm (examples/farm.php)
+#   make run    run the example farm (examples/sqlite: jobs in a SQLite file, no service)
 #   make test   formatting, clippy, then the whole test suite
 #   make bench  benchmarks against supervisord and a pcntl_fork parent: writes
 #               bench/results/*.json, docs/benchmarks.md and its plots (~33 min)
@@ -10,15 +10,24 @@
 #               rewrites bench/results/scale.json, then the whole report
 #   make bench-output only the worker-output measure (forwarded lines per second,
 #               2 and 50 chatty workers, ~3 min): bench/results/output.json, then the report
+#   make bench-messenger only examples/messenger's consumers, lrpm-host against 4 php-cli
+#               messenger:consume-style processes (throughput, PSS; ~2 min): bench/results/messenger.json
 #   make docker       build the container image lrpm-host:latest (DOCKER_IMAGE=...; docs/deploy.md)
 #   make docker-test  build it, then check it against the Docker engine
 #               (tests/docker/check.sh: graceful docker stop, PID 1, lrpmctl); not part of `make test`
 
 SHELL := /bin/bash
 
+# What the examples (examples/*) and their tests use: the real services they
+# run against, started by the tests themselves on loopback, and PHP's clients.
+EXAMPLE_PACKAGES := php8.2-sqlite3 php8.2-apcu composer phpunit \
+	postgresql php8.2-pgsql util-linux \
+	redis-server php8.2-redis php-symfony-messenger php-symfony-redis-messenger \
+	php-symfony-event-dispatcher
 DEB_PACKAGES := libphp8.2-embed php8.2-dev php8.2-cli php8.2-opcache \
 	libclang-dev clang pkg-config procps \
-	python3 python3-prometheus-client
+	python3 python3-prometheus-client \
+	$(EXAMPLE_PACKAGES)
 # What only the benchmarks use: the contender, the workload's framework, and
 # Debian's Python with matplotlib for the harness and its plots.
 BENCH_PACKAGES := supervisor python3 python3-matplotlib \
@@ -28,13 +37,17 @@ BENCH_PACKAGES := supervisor python3 python3-matplotlib \
 
 # sudo only when not already root.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Where cargo puts the binaries (CARGO_TARGET_DIR, as cargo itself reads it).
+BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/release
+# The example farm's files (its SQLite database, spool, control socket).
+EXAMPLE_VAR := examples/sqlite/var
 # Build exactly the locked dependency versions when a lock file exists.
 LOCKED := $(if $(wildcard Cargo.lock),--locked,)
 
 # The image `make docker` builds and `make docker-test` checks.
 DOCKER_IMAGE ?= lrpm-host:latest
 
-.PHONY: deps bench-deps install-packages build run test bench bench-quick bench-scale bench-output docker docker-test
+.PHONY: deps bench-deps install-packages build run test bench bench-quick bench-scale bench-output bench-messenger docker docker-test
 
 deps:
 	@$(MAKE) --no-print-directory install-packages PACKAGES="$(DEB_PACKAGES)"
@@ -58,7 +71,12 @@ build:
 	cargo build --release $(LOCKED)
 
 run: deps build
-	target/release/lrpm-host examples/farm.php
+	@mkdir -p $(EXAMPLE_VAR)
+	@echo "make run: the example farm (examples/sqlite/farm.php): jobs in $(EXAMPLE_VAR)/jobs.sqlite, polled every 5 s; Ctrl-C stops it"
+	@echo "  change a job:  php examples/sqlite/jobs.php set heartbeat every=1 replicas=2    (also: list, add ID CLASS, remove ID)"
+	@echo "  apply it now:  LRPM_SOCKET=$(EXAMPLE_VAR)/control.sock $(BIN_DIR)/lrpmctl reload"
+	@echo "  see the farm:  LRPM_SOCKET=$(EXAMPLE_VAR)/control.sock $(BIN_DIR)/lrpmctl status"
+	LRPM_SOCKET=$(CURDIR)/$(EXAMPLE_VAR)/control.sock $(BIN_DIR)/lrpm-host -i 5 examples/sqlite/farm.php
 
 test: deps
 	cargo fmt --check
@@ -80,6 +98,10 @@ bench-scale: bench-deps build
 
 bench-output: bench-deps build
 	/usr/bin/python3 bench/harness.py --only output
+	/usr/bin/python3 bench/report.py
+
+bench-messenger: bench-deps build
+	/usr/bin/python3 bench/harness.py --only messenger
 	/usr/bin/python3 bench/report.py
 
 # Needs a Docker engine; a machine that cannot pull debian:bookworm-slim can

@@ -49,7 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # The workload app; main() points this at a world-readable copy.
 APP = ROOT / "bench" / "app"
-LRPM_HOST = ROOT / "target" / "release" / "lrpm-host"
+LRPM_HOST = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "release" / "lrpm-host"
 RESULTS = ROOT / "bench" / "results"
 WORKLOAD = "Bench\\SymfonyWorker"
 CYCLE_SLEEP_MS = 100
@@ -1230,6 +1230,128 @@ def measure_output(workers: int, seconds: float, mode: str) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+MESSENGER = ROOT / "examples" / "messenger"
+
+
+class Redis:
+    """A redis-server on a free loopback port in `work`, and one RESP connection to it."""
+
+    def __init__(self, work: Path):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(work)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+                self.file = self.sock.makefile("rb")
+                if self.command("PING") == "PONG":
+                    break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("redis-server did not come up")
+                time.sleep(0.02)
+
+    def command(self, *args: str):
+        out = f"*{len(args)}\r\n".encode() + b"".join(
+            f"${len(a.encode())}\r\n".encode() + a.encode() + b"\r\n" for a in args)
+        self.sock.sendall(out)
+        return self.read()
+
+    def read(self):
+        line = self.file.readline().rstrip(b"\r\n")
+        kind, rest = line[:1], line[1:].decode()
+        if kind == b"+":
+            return rest
+        if kind == b"-":
+            raise RuntimeError(rest)
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            if int(rest) < 0:
+                return None
+            data = self.file.read(int(rest) + 2)[:-2]
+            return data.decode()
+        if kind == b"*":
+            return [self.read() for _ in range(int(rest))] if int(rest) >= 0 else None
+        raise RuntimeError(f"bad reply {line!r}")
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def measure_messenger(contender: str, messages: int) -> dict:
+    """examples/messenger's consumers, 4 of them, on `messages` published
+    messages: under lrpm-host (one job, replicas 4) or as 4 php-cli
+    processes running the same Symfony Worker (bin/consume.php, what
+    `bin/console messenger:consume` does). Throughput is counted from the
+    first message handled to the last (start-up excluded); PSS is the sum
+    over the consumers (and lrpm-host's supervisor) halfway through."""
+    work = Path(tempfile.mkdtemp(prefix="lrpm-bench-messenger-"))
+    redis = Redis(work)
+    procs: list[subprocess.Popen] = []
+    try:
+        dsn = f"redis://127.0.0.1:{redis.port}/messages"
+        env = dict(os.environ, MESSENGER_DSN=dsn)
+        subprocess.run(["/usr/bin/php", str(MESSENGER / "bin" / "publish.php"), str(messages)], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        if contender == "lrpm-host":
+            procs.append(subprocess.Popen(
+                [str(LRPM_HOST), "--control-socket", str(work / "control.sock"), str(MESSENGER / "farm.php")],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work))
+        else:
+            for slot in range(4):
+                procs.append(subprocess.Popen(
+                    ["/usr/bin/php", str(MESSENGER / "bin" / "consume.php"), f"consumer-{slot}"],
+                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work))
+        started = time.monotonic()
+        first = None
+        pss_kb = None
+        deadline = started + 600
+        while True:
+            handled = int(redis.command("GET", "handled") or 0)
+            now = time.monotonic()
+            if first is None and handled > 0:
+                first = (now, handled)
+            if pss_kb is None and handled >= messages // 2:
+                pids = [p for proc in procs for p in [proc.pid, *process_tree(proc.pid)]]
+                pss_kb = sum(smaps_rollup_kb(p).get("Pss", 0) for p in set(pids))
+            if handled >= messages:
+                break
+            if now > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"messenger: {contender} stopped at {handled} of {messages}")
+            time.sleep(0.01)
+        finished = time.monotonic()
+        duplicates = int(redis.command("GET", "duplicates") or 0)
+        return {
+            "contender": contender,
+            "consumers": 4,
+            "messages": messages,
+            "seconds": finished - first[0],
+            "messages_per_second": (messages - first[1]) / (finished - first[0]),
+            "first_message_s": first[0] - started,
+            "pss_kb": pss_kb,
+            "duplicates": duplicates,
+        }
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        redis.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------
 
 
@@ -1332,7 +1454,8 @@ def measure_scale_all(quick: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few repetitions, for trying the harness out")
-    parser.add_argument("--only", nargs="+", choices=["memory", "spawn", "reaction", "loop", "idle", "output", "sharing", "upgrade", "scale"])
+    parser.add_argument("--only", nargs="+", choices=["memory", "spawn", "reaction", "loop", "idle", "output",
+                                                         "sharing", "upgrade", "scale", "messenger"])
     args = parser.parse_args()
     if not LRPM_HOST.exists():
         sys.exit(f"{LRPM_HOST} is missing: run `make build` first")
@@ -1343,7 +1466,8 @@ def main() -> None:
     global APP
     APP = stage_app()
     quick = args.quick
-    measures = args.only or ["memory", "spawn", "reaction", "loop", "idle", "output", "sharing", "upgrade", "scale"]
+    measures = args.only or ["memory", "spawn", "reaction", "loop", "idle", "output", "sharing", "upgrade", "scale",
+                             "messenger"]
     sizes = [10, 50, 100] if quick else [10, 50, 100, 500]
     runs = 1 if quick else 3
     parameters = {"quick": quick, "runs": runs}
@@ -1420,6 +1544,17 @@ def main() -> None:
 
     if "scale" in measures:
         write_result("scale", dict(measure_scale_all(quick), run=run))
+
+    if "messenger" in measures:
+        messages = 20_000 if quick else 100_000
+        rows = []
+        for n in range(runs):
+            for name in ("lrpm-host", "php-cli"):
+                log(f"messenger: {name}, 4 consumers, {messages} messages (run {n + 1}/{runs})")
+                rows.append(dict(measure_messenger(name, messages), run=n))
+                log(f"messenger: {name}: {rows[-1]['messages_per_second']:.0f} messages/s, "
+                    f"PSS {rows[-1]['pss_kb'] / 1024:.1f} MB")
+        write_result("messenger", {"runs": runs, "messages": messages, "rows": rows, "run": run})
 
 
 if __name__ == "__main__":

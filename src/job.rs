@@ -742,6 +742,32 @@ mod tests {
         DescribedJob::from_json(JobId::Int(42), job)
     }
 
+    /// php/tests/job-cases.json: the cases Lrpm\JobValidator (the PHP
+    /// package, php/tests/JobValidatorTest.php) is tested against too, so
+    /// the two sets of rules and messages cannot drift apart.
+    #[test]
+    fn agrees_with_the_php_job_validator_on_the_shared_cases() {
+        let cases: Vec<Value> = serde_json::from_str(include_str!("../php/tests/job-cases.json")).unwrap();
+        assert!(cases.len() >= 20);
+        for case in cases {
+            let id = match &case["id"] {
+                Value::Number(n) => JobId::Int(n.as_i64().unwrap()),
+                other => JobId::Str(other.as_str().unwrap().to_string()),
+            };
+            let mut job = DescribedJob::from_json(id, case["job"].clone());
+            job.worker_class_exists = case.get("classExists").and_then(Value::as_bool).unwrap_or(true);
+            let (errors, unknown): (Vec<String>, Vec<String>) = match job.validate() {
+                Ok((_, unknown)) => (Vec::new(), unknown.iter().map(ToString::to_string).collect()),
+                Err(errors) => (errors.iter().map(ToString::to_string).collect(), Vec::new()),
+            };
+            let strings = |key: &str| -> Vec<String> {
+                case[key].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
+            };
+            assert_eq!(errors, strings("errors"), "case {}", case["case"]);
+            assert_eq!(unknown, strings("unknown"), "case {}", case["case"]);
+        }
+    }
+
     #[test]
     fn fills_php_lrpm_defaults() {
         let job =

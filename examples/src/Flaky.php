@@ -18,7 +18,7 @@ final class Flaky implements Worker
         if (random_int(1, $this->oneIn) === 1) {
             throw new \RuntimeException('simulated failure');
         }
-        fwrite(STDOUT, "[flaky] fine this time" . PHP_EOL);
+        fwrite(STDOUT, "fine this time" . PHP_EOL);
         sleep(1);
     }
 }

@@ -12,13 +12,13 @@ final class Heartbeat implements Worker
     public function start(array $job): void
     {
         $this->every = (int) ($job['workerConfig']['every'] ?? 1);
-        fwrite(STDOUT, "[heartbeat] started as pid " . getmypid() . PHP_EOL);
+        fwrite(STDOUT, "started as pid " . getmypid() . PHP_EOL);
     }
 
     public function cycle(): void
     {
         $this->beats++;
-        fwrite(STDOUT, "[heartbeat] beat {$this->beats}" . PHP_EOL);
+        fwrite(STDOUT, "beat {$this->beats}" . PHP_EOL);
         sleep($this->every); // cut short by SIGTERM: stops are immediate
     }
 }

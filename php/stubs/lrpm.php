@@ -40,8 +40,9 @@ namespace Lrpm {
     function job_id(): ?string {}
 
     /**
-     * The replica slot of this worker process (0 for a job's first, today
-     * only, process); null in the configuration process. Also in
+     * The replica slot of this worker process (0 .. replicas-1: a job with
+     * `replicas: 4` runs slots 0 to 3, one process each, and a replacement
+     * takes its predecessor's slot); null in the configuration process. Also in
      * $_SERVER['LRPM_SLOT'] and the environment (LRPM_SLOT).
      */
     function slot(): ?int {}

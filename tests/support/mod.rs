@@ -18,12 +18,16 @@
 
 pub mod control;
 pub mod farm;
+pub mod postgres;
 pub mod procfs;
+pub mod redis;
 pub mod run;
 
 pub use control::*;
 pub use farm::*;
+pub use postgres::*;
 pub use procfs::*;
+pub use redis::*;
 pub use run::*;
 
 use std::fs;

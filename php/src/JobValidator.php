@@ -1,0 +1,180 @@
+<?php
+namespace Lrpm;
+
+/**
+ * lrpm-host's job rules (src/job.rs), for your own tests: the same fields,
+ * limits and messages as the host logs them ("job 7: field 'replicas':
+ * Invalid data: 0 is below 1 (...)"). Both are tested against the same
+ * cases (php/tests/job-cases.json), so they cannot drift.
+ *
+ *     $validator = new Lrpm\JobValidator();
+ *     self::assertSame([], $validator->errors($id, $job));
+ *     // or, for a whole configuration:
+ *     self::assertSame([], $validator->configurationErrors($source->loadConfiguration()));
+ */
+final class JobValidator
+{
+    public const MAX_DURATION_SECONDS = 86400;
+    public const MAX_REPLICAS = 10000;
+    public const DEFAULTS = ['shortRunTimeSeconds' => 5, 'shutdownTimeoutSeconds' => 10];
+    private const AT_LEAST_ONE = ['maxFailures', 'failureWindowSeconds', 'maxCycles', 'maxLifetimeSeconds',
+        'memoryLimitMb', 'cycleTimeoutSeconds'];
+
+    /** Field => [description, required]: php-lrpm's fields, order and descriptions, then lrpm-host's own. */
+    public const FIELDS = [
+        'mtime' => ['Time of last modification, must be a UTC Unix timestamp integer', true],
+        'name' => ['Descriptive job name, must be a string', true],
+        'workerConfig' => ['Worker-specific configuration, must be an array', true],
+        'workerClass' => ['Worker class, must be a string referencing an existing class', true],
+        'shortRunTimeSeconds' => ['Minimum number of seconds a process is expected to run; if the process terminates earlier then this, it will be restarted with backoff', false],
+        'shutdownTimeoutSeconds' => ['Time in seconds to wait for SIGCHLD after sending SIGTERM to a child, before killing the child with SIGKILL', false],
+        'replicas' => ['How many processes run this job, each with its own slot number from 0, an integer from 1 to 10000 (default 1)', false],
+        'cycleIntervalSeconds' => ['Call cycle() at most once per this many seconds (a number above 0), sleeping the rest of the interval', false],
+        'restartPolicy' => ['When an exited process is started again: "always" (the default), "on-failure" (exit 0 means done) or "never"', false],
+        'maxFailures' => ['Failures (exits other than 0) within failureWindowSeconds after which the job is failed and not restarted, an integer from 1', false],
+        'failureWindowSeconds' => ['The window maxFailures counts in, an integer from 1 to 86400 (default 60)', false],
+        'maxCycles' => ['Recycle the worker (start a fresh process at once, no backoff) after this many cycles, an integer from 1', false],
+        'maxLifetimeSeconds' => ['Recycle the worker after it has run this many seconds, an integer from 1', false],
+        'memoryLimitMb' => ['Recycle the worker once its memory (the larger of the Zend heap and the resident set) exceeds this many MB, an integer from 1', false],
+        'cycleTimeoutSeconds' => ['A cycle running longer than this many seconds is stuck: the worker is stopped (SIGTERM, then SIGKILL) and the exit counts as a failure, an integer from 1 to 86400', false],
+        'essential' => ['When true, the job failing for good shuts the whole farm down (lrpm-host exits 69), a boolean', false],
+    ];
+
+    /** @var callable(string): bool */
+    private $classExists;
+
+    /** @param null|callable(string): bool $classExists default: class_exists() with autoloading */
+    public function __construct(?callable $classExists = null)
+    {
+        $this->classExists = $classExists ?? static fn (string $class): bool => class_exists($class);
+    }
+
+    /** @return list<string> every broken rule of the job, as lrpm-host logs it; [] when valid */
+    public function errors(int|string $id, mixed $job): array
+    {
+        $error = static fn (string $field, string $problem, string $rule): string =>
+            "job {$id}: field '{$field}': {$problem} ({$rule})";
+        if (!is_array($job)) {
+            return [$error('*', 'the job must be an array, got ' . gettype($job), 'each job is an array of fields')];
+        }
+        $errors = [];
+        foreach (self::FIELDS as $field => [$description, $required]) {
+            if (!array_key_exists($field, $job)) {
+                if ($required) {
+                    $errors[] = $error($field, 'Field missing', $description);
+                }
+                continue;
+            }
+            $value = $job[$field];
+            if (!$this->valid($field, $value)) {
+                $errors[] = $error($field, 'Invalid data: ' . $this->problem($field, $value), $description);
+            }
+        }
+        return $errors;
+    }
+
+    public function isValid(int|string $id, mixed $job): bool
+    {
+        return $this->errors($id, $job) === [];
+    }
+
+    /** @return list<string> the fields lrpm-host does not know (no effect; logged once, `check --strict` fails) */
+    public function unknownFields(int|string $id, array $job): array
+    {
+        $warnings = [];
+        foreach (array_keys($job) as $field) {
+            $field = (string) $field;
+            if (isset(self::FIELDS[$field])) {
+                continue;
+            }
+            $near = self::nearestField($field);
+            $warnings[] = "job {$id}: unknown field '{$field}' is ignored" . ($near !== null
+                ? " (did you mean '{$near}'?)"
+                : ' (known fields: ' . implode(', ', array_keys(self::FIELDS)) . ')');
+        }
+        return $warnings;
+    }
+
+    /** @return list<string> the errors of every job of a configuration (what loadConfiguration() returns) */
+    public function configurationErrors(mixed $configuration): array
+    {
+        if (!is_array($configuration)) {
+            return ['the configuration must be an array of jobs, got ' . gettype($configuration)];
+        }
+        $errors = [];
+        foreach ($configuration as $id => $job) {
+            array_push($errors, ...$this->errors($id, $job));
+        }
+        return $errors;
+    }
+
+    /** The job as start() receives it: php-lrpm's defaults filled in, arrays as a JSON round trip gives them. */
+    public function withDefaults(array $job): array
+    {
+        $job += self::DEFAULTS;
+        return json_decode(json_encode($job, JSON_THROW_ON_ERROR), true, 512, JSON_THROW_ON_ERROR);
+    }
+
+    private function valid(string $field, mixed $value): bool
+    {
+        $int = is_int($value);
+        return match ($field) {
+            'name' => is_string($value),
+            'workerConfig' => is_array($value),
+            'workerClass' => is_string($value) && ($this->classExists)($value),
+            'mtime' => $int && $value >= 0,
+            'restartPolicy' => in_array($value, ['always', 'on-failure', 'never'], true),
+            'maxFailures', 'maxCycles', 'maxLifetimeSeconds', 'memoryLimitMb' => $int && $value >= 1,
+            'failureWindowSeconds', 'cycleTimeoutSeconds' => $int && $value >= 1 && $value <= self::MAX_DURATION_SECONDS,
+            'essential' => is_bool($value),
+            'replicas' => $int && $value >= 1 && $value <= self::MAX_REPLICAS,
+            'cycleIntervalSeconds' => ($int || is_float($value)) && $value > 0 && $value <= self::MAX_DURATION_SECONDS,
+            default => $int && $value >= 0 && $value <= self::MAX_DURATION_SECONDS,
+        };
+    }
+
+    private function problem(string $field, mixed $value): string
+    {
+        $type = gettype($value);
+        $int = is_int($value);
+        $max = self::MAX_DURATION_SECONDS;
+        return match (true) {
+            $field === 'cycleIntervalSeconds' && ($int || is_float($value)) =>
+                self::short($value) . " is not above 0 and at most {$max}",
+            $field === 'workerClass' && is_string($value) => "class {$value} does not exist",
+            $field === 'replicas' && $value === 0 =>
+                '0 is below 1 (to run no process, hold the job with `lrpmctl stop ID`)',
+            $field === 'replicas' && $int && $value > 0 =>
+                self::short($value) . ' is above the maximum of ' . self::MAX_REPLICAS,
+            $value === 0 && in_array($field, self::AT_LEAST_ONE, true) => '0 is below the minimum of 1',
+            $int && $value < 0 => self::short($value) . ' is negative',
+            $int && $field !== 'mtime' => self::short($value) . " is above the maximum of {$max} (one day)",
+            default => "got {$type} " . self::short($value),
+        };
+    }
+
+    /** The value as JSON, cut after 60 characters (as the host shows it). */
+    private static function short(mixed $value): string
+    {
+        $json = json_encode($value, JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE | JSON_PRESERVE_ZERO_FRACTION);
+        if ($json === false) {
+            $json = 'null';
+        }
+        // 60 characters (not bytes), without needing mbstring.
+        return preg_match('/^.{60}(?=.)/us', $json, $cut) === 1 ? $cut[0] . '…' : $json;
+    }
+
+    /** A misspelt field's most likely meaning (same rule as the host). */
+    private static function nearestField(string $field): ?string
+    {
+        $lower = strtolower($field);
+        foreach (array_keys(self::FIELDS) as $known) {
+            $knownLower = strtolower($known);
+            if ($knownLower === $lower || (strlen($lower) >= 4 && str_starts_with($knownLower, $lower))
+                || levenshtein($knownLower, $lower) <= 2) {
+                return $known;
+            }
+        }
+        return null;
+    }
+}

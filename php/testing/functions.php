@@ -1,0 +1,45 @@
+<?php
+// Lrpm\should_stop(), Lrpm\job_id(), Lrpm\slot(), Lrpm\recycle() and
+// Lrpm\process_kind() outside lrpm-host (php-cli, PHPUnit), answered by the
+// running Lrpm\Testing\WorkerHarness (or as a configuration-less process
+// when none runs). Inside lrpm-host the functions are native and already
+// defined before the bootstrap loads this file: nothing is declared then.
+
+namespace Lrpm;
+
+use Lrpm\Testing\WorkerHarness;
+
+if (!\function_exists('Lrpm\should_stop')) {
+    function should_stop(): bool
+    {
+        return WorkerHarness::current()?->stopRequested() ?? false;
+    }
+}
+
+if (!\function_exists('Lrpm\job_id')) {
+    function job_id(): ?string
+    {
+        return WorkerHarness::current()?->jobId();
+    }
+}
+
+if (!\function_exists('Lrpm\slot')) {
+    function slot(): ?int
+    {
+        return WorkerHarness::current()?->slot();
+    }
+}
+
+if (!\function_exists('Lrpm\recycle')) {
+    function recycle(): void
+    {
+        WorkerHarness::current()?->requestRecycle();
+    }
+}
+
+if (!\function_exists('Lrpm\process_kind')) {
+    function process_kind(): string
+    {
+        return WorkerHarness::current() !== null ? 'worker' : 'config';
+    }
+}
