@@ -12,6 +12,11 @@
 #               2 and 50 chatty workers, ~3 min): bench/results/output.json, then the report
 #   make bench-messenger only examples/messenger's consumers, lrpm-host against 4 php-cli
 #               messenger:consume-style processes (throughput, PSS; ~2 min): bench/results/messenger.json
+#   make php    build PHP $(PHP_VERSION) (default 8.4) from source into build/php-8.4/prefix
+#               (Debian's source package, or PHP_SRC=tarball-or-folder), then lrpm-host
+#               against it into build/php-8.4/dist; PHP_STATIC=1: PHP linked into the
+#               binary (build/php-8.4/dist-static). Incremental. php-src-config/README.md
+#   make test-php84   make php PHP_VERSION=8.4, then the whole test suite against it
 #   make docker       build the container image lrpm-host:latest (DOCKER_IMAGE=...; docs/deploy.md)
 #   make docker-test  build it, then check it against the Docker engine
 #               (tests/docker/check.sh: graceful docker stop, PID 1, lrpmctl); not part of `make test`
@@ -47,7 +52,20 @@ LOCKED := $(if $(wildcard Cargo.lock),--locked,)
 # The image `make docker` builds and `make docker-test` checks.
 DOCKER_IMAGE ?= lrpm-host:latest
 
-.PHONY: deps bench-deps install-packages build run test bench bench-quick bench-scale bench-output bench-messenger docker docker-test
+# PHP built from source (make php, make test-php84).
+PHP_VERSION ?= 8.4
+PHP_BUILD ?= $(CURDIR)/build/php-$(PHP_VERSION)
+PHP_JOBS ?= 2
+PHP_STATIC ?= 0
+PHP_PREFIX := $(PHP_BUILD)/prefix
+# Each PHP flavour has its own cargo target folder: switching between
+# them (or back to Debian's PHP) never rebuilds the other.
+PHP_FLAVOUR := $(if $(filter 1,$(PHP_STATIC)),-static,)
+PHP_CARGO_TARGET := $(PHP_BUILD)/target$(PHP_FLAVOUR)
+PHP_CARGO := PHP_CONFIG=$(PHP_PREFIX)/bin/php-config LRPM_PHP_STATIC=$(PHP_STATIC) \
+	CARGO_TARGET_DIR=$(PHP_CARGO_TARGET) cargo
+
+.PHONY: deps bench-deps install-packages build run test bench bench-quick bench-scale bench-output bench-messenger docker docker-test php php-lib php-test test-php84 docker-static
 
 deps:
 	@$(MAKE) --no-print-directory install-packages PACKAGES="$(DEB_PACKAGES)"
@@ -83,6 +101,35 @@ test: deps
 	cargo clippy --all-targets -- -D warnings
 	cargo test
 
+# Builds (or finds up to date) PHP, then lrpm-host and lrpmctl against it.
+php: php-lib
+	$(PHP_CARGO) build --release $(LOCKED) --bins
+	@mkdir -p $(PHP_BUILD)/dist$(PHP_FLAVOUR)
+	@# The static binary is the one that ships: without line tables (as the
+	@# default image builds its binaries), symbols stay for backtraces.
+	@for bin in lrpm-host lrpmctl; do \
+		if [ "$(PHP_STATIC)" = 1 ]; then \
+			objcopy --strip-debug $(PHP_CARGO_TARGET)/release/$$bin $(PHP_BUILD)/dist$(PHP_FLAVOUR)/$$bin; \
+		else \
+			cp -p $(PHP_CARGO_TARGET)/release/$$bin $(PHP_BUILD)/dist$(PHP_FLAVOUR)/; \
+		fi; \
+	done
+	@$(PHP_BUILD)/dist$(PHP_FLAVOUR)/lrpm-host --version
+	@echo "make php: $(PHP_BUILD)/dist$(PHP_FLAVOUR)/lrpm-host"
+
+php-lib:
+	@PHP_VERSION=$(PHP_VERSION) PHP_BUILD=$(PHP_BUILD) PHP_JOBS=$(PHP_JOBS) PHP_STATIC=$(PHP_STATIC) \
+		php-src-config/build-php.sh
+
+# The whole suite against PHP 8.4 built from source (cached in build/php-8.4).
+test-php84:
+	@$(MAKE) --no-print-directory deps
+	@$(MAKE) --no-print-directory php-lib PHP_VERSION=8.4 PHP_STATIC=0
+	$(MAKE) --no-print-directory php-test PHP_VERSION=8.4 PHP_STATIC=0
+
+php-test:
+	LRPM_EXPECT_PHP=$(PHP_VERSION) $(PHP_CARGO) test $(LOCKED)
+
 # Debian's python3 (not a pyenv or venv one): matplotlib comes from apt.
 bench: bench-deps build
 	/usr/bin/python3 bench/harness.py
@@ -108,6 +155,11 @@ bench-messenger: bench-deps build
 # make it first with tests/docker/base-image.sh.
 docker:
 	docker build -t $(DOCKER_IMAGE) .
+
+# The static binary of `make php PHP_STATIC=1` alone on a slim base.
+docker-static:
+	@$(MAKE) --no-print-directory php PHP_STATIC=1
+	docker build --target static -t $(DOCKER_IMAGE:latest=static) .
 
 docker-test: docker
 	tests/docker/check.sh $(DOCKER_IMAGE)

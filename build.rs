@@ -1,5 +1,8 @@
-//! Finds libphp (embed SAPI, NTS), generates bindings for the C shim with
-//! bindgen and compiles the shim with cc. Every failure names the fix.
+//! Finds libphp (embed SAPI, NTS), checks that its PHP version is one the
+//! shim supports, generates bindings for the C shim with bindgen and
+//! compiles the shim with cc. Links libphp as a shared library, or, with
+//! `LRPM_PHP_STATIC=1`, its static archive (`make php PHP_STATIC=1`). Every
+//! failure names the fix.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -47,6 +50,38 @@ fn php_config(tool: &Path, flag: &str) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
+/// PHP API numbers (`PHP_API_VERSION` in main/php.h) of the versions the
+/// shim supports.
+/// 8.2 and 8.4 are built and tested (Debian's package, `make test-php84`);
+/// 8.3 and 8.5 take the same code paths as their neighbours (csrc/lrpm_shim.c).
+const SUPPORTED_APIS: &[(&str, &str)] =
+    &[("20220829", "8.2"), ("20230831", "8.3"), ("20240924", "8.4"), ("20250925", "8.5")];
+
+/// php-config 8.2 has `--phpapi`, 8.4's no longer does: the header is
+/// what every version has.
+fn check_version(tool: &Path, version: &str, include_dir: &str) {
+    let php_h = Path::new(include_dir).join("main/php.h");
+    let header = std::fs::read_to_string(&php_h)
+        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}. Install: {INSTALL_HINT}", php_h.display())));
+    let api = header
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("#define PHP_API_VERSION").map(|v| v.trim().to_string()))
+        .unwrap_or_else(|| fail(&format!("{} defines no PHP_API_VERSION", php_h.display())));
+    let major_minor: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
+    let supported = SUPPORTED_APIS.iter().map(|(_, v)| *v).collect::<Vec<_>>().join(", ");
+    match SUPPORTED_APIS.iter().find(|(number, _)| *number == api) {
+        Some((_, expected)) if *expected == major_minor => {}
+        Some((_, expected)) => fail(&format!(
+            "{} reports PHP {version} but API {api}, which is PHP {expected}'s: a mixed installation? Point PHP_CONFIG at one build",
+            tool.display()
+        )),
+        None => fail(&format!(
+            "{} is PHP {version} (API {api}); lrpm-host supports PHP {supported}. Install one of those (`make php PHP_VERSION=8.4` builds 8.4 from source) and set PHP_CONFIG",
+            tool.display()
+        )),
+    }
+}
+
 /// libphp's SONAME is libphp.so; Debian installs it as libphp<version>.so.
 fn find_libphp(prefix: &str, version: &str) -> (PathBuf, String) {
     let major_minor: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
@@ -60,6 +95,67 @@ fn find_libphp(prefix: &str, version: &str) -> (PathBuf, String) {
         }
     }
     fail(&format!("libphp (the embed SAPI library) was not found under {dirs:?}. Install it: {INSTALL_HINT}"));
+}
+
+#[derive(PartialEq)]
+enum Link {
+    Shared,
+    Static,
+    /// A static archive that holds OPcache's objects (before PHP 8.5 OPcache
+    /// is only ever a shared Zend extension; `make php` adds its objects to
+    /// the archive and the shim registers it at startup).
+    StaticWithOpcache,
+}
+
+fn link_shared(prefix: &str, version: &str) -> Link {
+    let (lib_dir, lib_name) = find_libphp(prefix, version);
+    println!("cargo:rustc-link-search=native={}", lib_dir.display());
+    println!("cargo:rustc-link-lib=dylib={lib_name}");
+    // Debian puts libphp8.2.so in /usr/lib, already on the loader path; for other
+    // prefixes record it so the binary runs without LD_LIBRARY_PATH.
+    if lib_dir != Path::new("/usr/lib") {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
+    }
+    Link::Shared
+}
+
+/// libphp.a and the libraries its extensions need (`php-config --libs`:
+/// the C library, libxml2, OpenSSL, ICU, ... stay shared).
+fn link_static(tool: &Path, prefix: &str) -> Link {
+    let lib_dir = Path::new(prefix).join("lib");
+    let archive = lib_dir.join("libphp.a");
+    if !archive.is_file() {
+        fail(&format!(
+            "LRPM_PHP_STATIC=1 but {} does not exist: build it with `make php PHP_STATIC=1`",
+            archive.display()
+        ));
+    }
+    println!("cargo:rerun-if-changed={}", archive.display());
+    println!("cargo:rustc-link-search=native={}", lib_dir.display());
+    println!("cargo:rustc-link-lib=static:-bundle=php");
+    let flags = format!("{} {}", php_config(tool, "--ldflags"), php_config(tool, "--libs"));
+    let mut seen = std::collections::HashSet::new();
+    // php-config repeats libraries (-lxml2 once per XML extension); one
+    // mention each is enough for shared libraries.
+    for flag in flags.split_whitespace().filter(|f| seen.insert(*f)) {
+        if let Some(dir) = flag.strip_prefix("-L") {
+            println!("cargo:rustc-link-search=native={dir}");
+        } else if let Some(lib) = flag.strip_prefix("-l") {
+            println!("cargo:rustc-link-lib=dylib={lib}");
+        } else {
+            println!("cargo:rustc-link-arg={flag}");
+        }
+    }
+    let members = Command::new("ar")
+        .arg("t")
+        .arg(&archive)
+        .output()
+        .unwrap_or_else(|e| fail(&format!("cannot list {} with ar: {e}", archive.display())));
+    if String::from_utf8_lossy(&members.stdout).lines().any(|m| m == "ZendAccelerator.o") {
+        Link::StaticWithOpcache
+    } else {
+        Link::Static
+    }
 }
 
 fn main() {
@@ -94,26 +190,34 @@ fn main() {
     // use it to start PHP subprocesses (Symfony's PhpExecutableFinder, ...).
     println!("cargo:rustc-env=LRPM_PHP_CLI_BINARY={}", php_config(&tool, "--php-binary"));
     let version = php_config(&tool, "--version");
+    check_version(&tool, &version, &include_dir);
     let prefix = php_config(&tool, "--prefix");
-    let (lib_dir, lib_name) = find_libphp(&prefix, &version);
+
+    println!("cargo:rerun-if-env-changed=LRPM_PHP_STATIC");
+    let link = if env::var("LRPM_PHP_STATIC").is_ok_and(|v| v == "1") {
+        link_static(&tool, &prefix)
+    } else {
+        link_shared(&prefix, &version)
+    };
 
     let mut build = cc::Build::new();
     build.file("csrc/lrpm_shim.c").warnings(false).flag_if_supported("-Wno-unused-parameter");
     for dir in &includes {
         build.include(dir);
     }
+    if link != Link::Shared {
+        build.define("LRPM_STATIC_PHP", "1");
+    }
+    if link == Link::StaticWithOpcache {
+        build.define("LRPM_STATIC_OPCACHE", "1");
+    }
     build.compile("lrpm_shim");
 
-    println!("cargo:rustc-link-search=native={}", lib_dir.display());
-    println!("cargo:rustc-link-lib=dylib={lib_name}");
     // The shim's poll() must be the one libphp and its extensions call
     // (it bounds waits once a stop is pending): export it from the binary.
+    // A static libphp binds to it at link time; shared libraries it uses
+    // (libcurl, libpq) still look it up dynamically.
     println!("cargo:rustc-link-arg-bin=lrpm-host=-Wl,--export-dynamic-symbol=poll");
-    // Debian puts libphp8.2.so in /usr/lib, already on the loader path; for other
-    // prefixes record it so the binary runs without LD_LIBRARY_PATH.
-    if lib_dir != Path::new("/usr/lib") {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
-    }
 
     let mut builder = bindgen::Builder::default()
         .header("csrc/wrapper.h")

@@ -17,6 +17,7 @@
 #include <Zend/zend_exceptions.h>
 #include <Zend/zend_constants.h>
 #include <Zend/zend_gc.h>
+#include <Zend/zend_extensions.h>
 
 #include <errno.h>
 #include <dirent.h>
@@ -862,23 +863,31 @@ static PHP_FUNCTION(lrpm_zygote_serve)
     RETURN_NULL();
 }
 
+/* PHP 8.4 gave zend_function_entry two more fields (frameless handlers, a
+ * doc comment), and ZEND_RAW_FENTRY two more arguments. */
+#if PHP_VERSION_ID >= 80400
+# define LRPM_FENTRY(name, handler, arginfo) ZEND_RAW_FENTRY(name, handler, arginfo, 0, NULL, NULL)
+#else
+# define LRPM_FENTRY(name, handler, arginfo) ZEND_RAW_FENTRY(name, handler, arginfo, 0)
+#endif
+
 static const zend_function_entry host_functions[] = {
-    ZEND_RAW_FENTRY("Lrpm\\should_stop", zif_lrpm_should_stop, arginfo_lrpm_should_stop, 0)
-    ZEND_RAW_FENTRY("Lrpm\\Internal\\params", zif_lrpm_params, arginfo_lrpm_params, 0)
-    ZEND_RAW_FENTRY("Lrpm\\Internal\\next_cycle", zif_lrpm_next_cycle, arginfo_lrpm_next_cycle, 0)
-    ZEND_RAW_FENTRY("Lrpm\\Internal\\send", zif_lrpm_send, arginfo_lrpm_send, 0)
-    ZEND_RAW_FENTRY("Lrpm\\Internal\\wait", zif_lrpm_wait, arginfo_lrpm_wait, 0)
-    ZEND_RAW_FENTRY("Lrpm\\Internal\\cycle_done", zif_lrpm_cycle_done, arginfo_lrpm_cycle_done, 0)
-    ZEND_RAW_FENTRY("Lrpm\\Internal\\recycle_requested", zif_lrpm_recycle_requested, arginfo_lrpm_recycle_requested, 0)
-    ZEND_RAW_FENTRY("Lrpm\\Internal\\set_identity", zif_lrpm_set_identity, arginfo_lrpm_set_identity, 0)
-    ZEND_RAW_FENTRY("Lrpm\\Internal\\set_process_kind", zif_lrpm_set_process_kind, arginfo_lrpm_set_process_kind, 0)
-    ZEND_RAW_FENTRY("Lrpm\\Internal\\zygote_serve", zif_lrpm_zygote_serve, arginfo_lrpm_zygote_serve, 0)
-    ZEND_RAW_FENTRY("Lrpm\\process_kind", zif_lrpm_process_kind, arginfo_lrpm_process_kind, 0)
-    ZEND_RAW_FENTRY("Lrpm\\Internal\\set_recycle_reason", zif_lrpm_set_recycle_reason, arginfo_lrpm_set_recycle_reason, 0)
-    ZEND_RAW_FENTRY("Lrpm\\Internal\\publish_opcache_figures", zif_lrpm_publish_opcache, arginfo_lrpm_publish_opcache, 0)
-    ZEND_RAW_FENTRY("Lrpm\\recycle", zif_lrpm_recycle, arginfo_lrpm_recycle, 0)
-    ZEND_RAW_FENTRY("Lrpm\\job_id", zif_lrpm_job_id, arginfo_lrpm_job_id, 0)
-    ZEND_RAW_FENTRY("Lrpm\\slot", zif_lrpm_slot, arginfo_lrpm_slot, 0)
+    LRPM_FENTRY("Lrpm\\should_stop", zif_lrpm_should_stop, arginfo_lrpm_should_stop)
+    LRPM_FENTRY("Lrpm\\Internal\\params", zif_lrpm_params, arginfo_lrpm_params)
+    LRPM_FENTRY("Lrpm\\Internal\\next_cycle", zif_lrpm_next_cycle, arginfo_lrpm_next_cycle)
+    LRPM_FENTRY("Lrpm\\Internal\\send", zif_lrpm_send, arginfo_lrpm_send)
+    LRPM_FENTRY("Lrpm\\Internal\\wait", zif_lrpm_wait, arginfo_lrpm_wait)
+    LRPM_FENTRY("Lrpm\\Internal\\cycle_done", zif_lrpm_cycle_done, arginfo_lrpm_cycle_done)
+    LRPM_FENTRY("Lrpm\\Internal\\recycle_requested", zif_lrpm_recycle_requested, arginfo_lrpm_recycle_requested)
+    LRPM_FENTRY("Lrpm\\Internal\\set_identity", zif_lrpm_set_identity, arginfo_lrpm_set_identity)
+    LRPM_FENTRY("Lrpm\\Internal\\set_process_kind", zif_lrpm_set_process_kind, arginfo_lrpm_set_process_kind)
+    LRPM_FENTRY("Lrpm\\Internal\\zygote_serve", zif_lrpm_zygote_serve, arginfo_lrpm_zygote_serve)
+    LRPM_FENTRY("Lrpm\\process_kind", zif_lrpm_process_kind, arginfo_lrpm_process_kind)
+    LRPM_FENTRY("Lrpm\\Internal\\set_recycle_reason", zif_lrpm_set_recycle_reason, arginfo_lrpm_set_recycle_reason)
+    LRPM_FENTRY("Lrpm\\Internal\\publish_opcache_figures", zif_lrpm_publish_opcache, arginfo_lrpm_publish_opcache)
+    LRPM_FENTRY("Lrpm\\recycle", zif_lrpm_recycle, arginfo_lrpm_recycle)
+    LRPM_FENTRY("Lrpm\\job_id", zif_lrpm_job_id, arginfo_lrpm_job_id)
+    LRPM_FENTRY("Lrpm\\slot", zif_lrpm_slot, arginfo_lrpm_slot)
     ZEND_FE(cli_set_process_title, arginfo_cli_set_process_title)
     ZEND_FE(cli_get_process_title, arginfo_cli_get_process_title)
     ZEND_FE_END
@@ -951,7 +960,10 @@ static int lrpm_deactivate(void)
     return SUCCESS;
 }
 
-/* Named "cli" on purpose: OPcache only enables itself for SAPIs it knows. */
+/* Named "cli" on purpose: before PHP 8.5 OPcache only enables itself for
+ * SAPIs on its allow-list (accel_find_sapi(), where "cli" needs
+ * opcache.enable_cli); 8.5 drops the list but still asks enable_cli of
+ * "cli". Apps also test PHP_SAPI === 'cli'. */
 static sapi_module_struct lrpm_sapi_module = {
     "cli",
     "lrpm-host embedded CLI",
@@ -976,8 +988,88 @@ static sapi_module_struct lrpm_sapi_module = {
     STANDARD_SAPI_MODULE_PROPERTIES
 };
 
+/*
+ * Defaults below php.ini (php.ini and -d still win): PHP errors are logged
+ * to stderr, which the supervisor forwards line by line, and not displayed
+ * on stdout. Debian's php.ini says the same; PHP's built-in defaults (a
+ * source build without php.ini, the static binary) are the opposite,
+ * which would mix error messages into a worker's output.
+ */
+static void lrpm_ini_defaults(HashTable *configuration_hash)
+{
+    static const char *const defaults[][2] = {
+        {"log_errors", "1"},
+        {"display_errors", "0"},
+    };
+    for (size_t i = 0; i < sizeof(defaults) / sizeof(*defaults); i++) {
+        zval value;
+        ZVAL_NEW_STR(&value, zend_string_init(defaults[i][1], strlen(defaults[i][1]), 1));
+        zend_hash_str_update(configuration_hash, defaults[i][0], strlen(defaults[i][0]), &value);
+    }
+}
+
+#if defined(LRPM_STATIC_OPCACHE) && PHP_VERSION_ID < 80500
+/*
+ * A static libphp with OPcache linked in (make php PHP_STATIC=1, build.rs):
+ * before 8.5 OPcache exists only as a Zend extension that php.ini loads
+ * with dlopen(), which a binary with PHP inside cannot offer it. Its entry
+ * point is registered here instead, at the moment dlopen()ed extensions
+ * are (after the built-in modules, before php.ini's extensions), so it
+ * starts first as zend_extension=opcache would. From 8.5 on PHP registers
+ * its built-in OPcache itself.
+ */
+extern zend_extension zend_extension_entry;
+static int (*register_builtin_extensions)(void) = NULL;
+
+static int register_builtin_extensions_and_opcache(void)
+{
+    if (register_builtin_extensions() == FAILURE) return FAILURE;
+    zend_register_extension(&zend_extension_entry, NULL);
+    return SUCCESS;
+}
+#endif
+
+#ifdef LRPM_STATIC_PHP
+/*
+ * The static binary's php.ini: /etc/lrpm-host/php.ini and
+ * /etc/lrpm-host/conf.d/*.ini, unless PHPRC / PHP_INI_SCAN_DIR say
+ * otherwise. The paths compiled into libphp name the build's prefix, which
+ * does not exist where the binary is shipped to, and on the build machine
+ * holds the shared build's conf.d, whose zend_extension=opcache.so this
+ * binary (OPcache inside) must not load.
+ */
+#define LRPM_STATIC_INI_DIR "/etc/lrpm-host"
+static char static_scan_dir_env[] = "PHP_INI_SCAN_DIR=" LRPM_STATIC_INI_DIR "/conf.d";
+static bool static_scan_dir_set = false;
+
+static void use_static_ini_paths(void)
+{
+    const char *phprc = getenv("PHPRC");
+    if (!phprc || !*phprc) {
+        lrpm_sapi_module.php_ini_path_override = LRPM_STATIC_INI_DIR;
+    }
+    /* PHP reads the scan folder from the environment only; set it for the
+     * module startup alone (putenv of a static string: PHP keeps the
+     * pointer), so workers do not inherit it. */
+    if (!getenv("PHP_INI_SCAN_DIR")) {
+        static_scan_dir_set = putenv(static_scan_dir_env) == 0;
+    }
+}
+
+static void forget_static_scan_dir(void)
+{
+    if (static_scan_dir_set) unsetenv("PHP_INI_SCAN_DIR");
+}
+#endif
+
 int lrpm_boot(const char *ini_entries, const char *executable_location)
 {
+#if defined(LRPM_STATIC_OPCACHE) && PHP_VERSION_ID < 80500
+    if (!register_builtin_extensions) {
+        register_builtin_extensions = php_register_internal_extensions_func;
+        php_register_internal_extensions_func = register_builtin_extensions_and_opcache;
+    }
+#endif
     zend_signal_startup();
     sapi_startup(&lrpm_sapi_module);
     /* sapi_startup() resets the module's ini_entries: set them afterwards. */
@@ -985,10 +1077,18 @@ int lrpm_boot(const char *ini_entries, const char *executable_location)
     lrpm_sapi_module.php_ini_ignore_cwd = 1;
     lrpm_sapi_module.phpinfo_as_text = 1;
     lrpm_sapi_module.additional_functions = host_functions;
+    lrpm_sapi_module.ini_defaults = lrpm_ini_defaults;
     if (executable_location) {
         lrpm_sapi_module.executable_location = strdup(executable_location);
     }
-    if (lrpm_sapi_module.startup(&lrpm_sapi_module) == FAILURE) {
+#ifdef LRPM_STATIC_PHP
+    use_static_ini_paths();
+#endif
+    int started = lrpm_sapi_module.startup(&lrpm_sapi_module);
+#ifdef LRPM_STATIC_PHP
+    forget_static_scan_dir();
+#endif
+    if (started == FAILURE) {
         return LRPM_BOOT_MODULE_FAILED;
     }
     module_started = true;

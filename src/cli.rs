@@ -10,7 +10,9 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "lrpm-host",
-    version,
+    // The PHP it was built against: with several PHP builds around
+    // (Debian's, `make php`), which one a binary holds matters.
+    version = concat!(env!("CARGO_PKG_VERSION"), " (PHP ", env!("LRPM_PHP_VERSION"), ")"),
     about = "Runs farms of long-running PHP workers from one embedded, warmed-up PHP (php-lrpm compatible)",
     subcommand_negates_reqs = true,
     subcommand_precedence_over_arg = true

@@ -31,7 +31,22 @@ fn worker(args: &[&str]) -> Output {
 fn probe_sees_opcache_enabled_cli_sapi_and_std_constants() {
     let out = worker(&["Fixture\\Probe", "--cycles", "1"]);
     out.assert_code(0);
-    assert_eq!(out.stdout_lines(), ["true", "'cli'", "true"], "\n{}", out.dump());
+    let lines = out.stdout_lines();
+    assert_eq!(lines[..3], ["true", "'cli'", "true"], "\n{}", out.dump());
+    // The PHP that runs is the one the binary reports (`--version`).
+    let version = run(["--version"]);
+    version.assert_code(0);
+    assert!(
+        version.stdout.trim().ends_with(&format!("(PHP {})", lines[3])),
+        "worker PHP {} vs {}",
+        lines[3],
+        version.stdout
+    );
+    // `make test-php84` names the PHP it built: the suite must not have
+    // quietly run against another one.
+    if let Ok(expected) = std::env::var("LRPM_EXPECT_PHP") {
+        assert!(lines[3].starts_with(&format!("{expected}.")), "expected PHP {expected}, the worker runs {}", lines[3]);
+    }
 }
 
 #[test]
@@ -81,7 +96,7 @@ fn php_binary_is_the_php_cli_of_the_same_version() {
 fn cycles_option_limits_the_number_of_cycles() {
     let out = worker(&["Fixture\\Probe", "--cycles", "3"]);
     out.assert_code(0);
-    assert_eq!(out.stdout_lines().len(), 9, "3 cycles of 3 lines each\n{}", out.dump());
+    assert_eq!(out.stdout_lines().len(), 12, "3 cycles of 4 lines each\n{}", out.dump());
 }
 
 #[test]
@@ -104,7 +119,7 @@ fn default_bootstrap_is_the_nearest_vendor_autoload_above_the_current_dir() {
     cmd.current_dir(app_dir().join("src"));
     let out = run_with_timeout(cmd, DEFAULT_TIMEOUT);
     out.assert_code(0);
-    assert_eq!(out.stdout_lines(), ["true", "'cli'", "true"], "\n{}", out.dump());
+    assert_eq!(out.stdout_lines()[..3], ["true", "'cli'", "true"], "\n{}", out.dump());
 }
 
 // --- the job ---------------------------------------------------------------

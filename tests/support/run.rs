@@ -106,11 +106,12 @@ impl Output {
         )
     }
 
-    /// A missing libphp8.2-embed must fail the test loudly, not look like
-    /// some other exit code.
+    /// A missing libphp (Debian's libphp8.2-embed, or the prefix of
+    /// `make php`) must fail the test loudly, not look like some other
+    /// exit code.
     fn check_loadable(&self) {
         if self.status.code() == Some(127) && self.stderr.contains("error while loading shared libraries") {
-            panic!("lrpm-host cannot load its shared libraries (is libphp8.2-embed installed?)\n{}", self.dump());
+            panic!("lrpm-host cannot load its shared libraries (is libphp8.2-embed installed, or the prefix PHP_CONFIG named still there?)\n{}", self.dump());
         }
     }
 }
