@@ -965,27 +965,21 @@ static int lrpm_deactivate(void)
  * opcache.enable_cli); 8.5 drops the list but still asks enable_cli of
  * "cli". Apps also test PHP_SAPI === 'cli'. */
 static sapi_module_struct lrpm_sapi_module = {
-    "cli",
-    "lrpm-host embedded CLI",
-    lrpm_startup,
-    php_module_shutdown_wrapper,
-    NULL,
-    lrpm_deactivate,
-    lrpm_ub_write,
-    lrpm_flush,
-    NULL,
-    NULL,
-    php_error,
-    NULL,
-    NULL,
-    lrpm_send_header,
-    NULL,
-    lrpm_read_cookies,
-    lrpm_register_variables,
-    lrpm_log_message,
-    NULL,
-    NULL,
-    STANDARD_SAPI_MODULE_PROPERTIES
+    /* Designated: the struct has gained and retyped fields across PHP
+     * versions; whatever is not named here is zero, as
+     * STANDARD_SAPI_MODULE_PROPERTIES would set it. */
+    .name = "cli",
+    .pretty_name = "lrpm-host embedded CLI",
+    .startup = lrpm_startup,
+    .shutdown = php_module_shutdown_wrapper,
+    .deactivate = lrpm_deactivate,
+    .ub_write = lrpm_ub_write,
+    .flush = lrpm_flush,
+    .sapi_error = php_error,
+    .send_header = lrpm_send_header,
+    .read_cookies = lrpm_read_cookies,
+    .register_server_variables = lrpm_register_variables,
+    .log_message = lrpm_log_message,
 };
 
 /*
