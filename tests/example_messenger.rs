@@ -208,7 +208,8 @@ fn soak(name: &str, sigkill: bool) {
             let actions = if sigkill { 3 } else { 2 };
             match rng.next() % actions {
                 0 => {
-                    if farm.request("recycle messenger").is_ok_and(|r| r.starts_with("Scheduled")) {
+                    // As an operator would: `lrpmctl recycle messenger`.
+                    if lrpmctl(&farm.socket, &["recycle", "messenger"]).stdout.starts_with("Scheduled") {
                         rolling += 1;
                     }
                 }
