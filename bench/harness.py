@@ -1292,6 +1292,10 @@ def measure_messenger(contender: str, messages: int) -> dict:
     `bin/console messenger:consume` does). Throughput is counted from the
     first message handled to the last (start-up excluded); PSS is the sum
     over the consumers (and lrpm-host's supervisor) halfway through."""
+    # The example's vendor/ comes from its composer.json (offline: a path
+    # repository to php/ and Debian's Symfony autoloaders).
+    subprocess.run(["composer", "install", "--no-interaction", "--no-progress", "--quiet"], cwd=MESSENGER, check=True,
+                   env=dict(os.environ, COMPOSER_DISABLE_NETWORK="1", COMPOSER_ALLOW_SUPERUSER="1"))
     work = Path(tempfile.mkdtemp(prefix="lrpm-bench-messenger-"))
     redis = Redis(work)
     procs: list[subprocess.Popen] = []

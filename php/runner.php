@@ -199,6 +199,7 @@ function run_worker(array $params): void
     $startedAt = \hrtime(true);
     $cyclesDone = 0;
     $memoryCheckedAt = 0;
+    $resident = 0;
     // next_cycle() is false once a stop was requested, and in a process the
     // worker forked itself; it also collects cyclic garbage between cycles
     // and records in the shared page that a cycle starts.
@@ -234,10 +235,16 @@ function run_worker(array $params): void
             $recycleReason = RECYCLE_MAX_LIFETIME;
             break;
         }
-        // The resident set costs a read of /proc: at most once a second.
-        if ($memoryLimit !== null && \hrtime(true) - $memoryCheckedAt >= 1e9) {
-            $memoryCheckedAt = \hrtime(true);
-            $used = \max(\memory_get_usage(true), resident_bytes());
+        // The Zend heap after every cycle (it costs nothing: a worker whose
+        // heap grows fast must not reach memory_limit, a fatal error in the
+        // middle of a cycle, between two checks); the resident set costs a
+        // read of /proc: at most once a second, the last figure in between.
+        if ($memoryLimit !== null) {
+            if (\hrtime(true) - $memoryCheckedAt >= 1e9) {
+                $memoryCheckedAt = \hrtime(true);
+                $resident = resident_bytes();
+            }
+            $used = \max(\memory_get_usage(true), $resident);
             if ($used > $memoryLimit) {
                 $recycle = \sprintf('memoryLimitMb %d exceeded: %.1f MB', $memoryLimit / 1048576, $used / 1048576);
                 $recycleReason = RECYCLE_MEMORY;

@@ -83,8 +83,17 @@ fn missing(redis: &mut RedisClient, n: u64) -> Vec<u64> {
     missing
 }
 
-/// The messenger farm on `dsn`, recycling on memory (the handler keeps 20 KB a message: a
-/// recycle every thousand messages or so).
+/// What the handler keeps per message: 20 KB at 100,000 messages (a
+/// memoryLimitMb recycle every thousand messages or so per worker), more
+/// for fewer messages so that memory recycles still happen (up to 200 KB:
+/// 20 MB per batch of 100, which the host must catch between batches,
+/// before PHP's memory_limit of 128 MB).
+fn leak_bytes() -> u64 {
+    (2_000_000_000 / messages().max(1)).clamp(2_000, 200_000)
+}
+
+/// The messenger farm on `dsn`, recycling on memory (the handler keeps
+/// `leak_bytes()` a message).
 fn start_farm(name: &str, dsn: &str) -> Farm {
     let dir = TempDir::new(name);
     std::fs::write(dir.join("jobs.json"), "{}").unwrap();
@@ -93,7 +102,7 @@ fn start_farm(name: &str, dsn: &str) -> Farm {
         env: vec![
             ("MESSENGER_DSN".into(), dsn.into()),
             ("MESSENGER_MEMORY_LIMIT_MB".into(), "40".into()),
-            ("MESSENGER_LEAK_BYTES".into(), "20000".into()),
+            ("MESSENGER_LEAK_BYTES".into(), leak_bytes().to_string()),
         ],
         ..Default::default()
     };
@@ -161,6 +170,9 @@ fn publish(dsn: &str, n: u64) {
 /// Consumes `n` published messages while recycling and signalling workers;
 /// with `sigkill`, SIGKILL is one of the actions. Returns the counts.
 fn soak(name: &str, sigkill: bool) {
+    // The example's own composer.json: the lrpm-host/lrpm package from php/
+    // (a path repository) and Debian's Symfony autoloaders.
+    composer_install(&example_dir());
     let n = messages();
     let dir = TempDir::new(name);
     let redis_server = RedisServer::start(dir.path());
@@ -196,7 +208,8 @@ fn soak(name: &str, sigkill: bool) {
             let actions = if sigkill { 3 } else { 2 };
             match rng.next() % actions {
                 0 => {
-                    if farm.request("recycle messenger").is_ok_and(|r| r.starts_with("Scheduled")) {
+                    // As an operator would: `lrpmctl recycle messenger`.
+                    if lrpmctl(&farm.socket, &["recycle", "messenger"]).stdout.starts_with("Scheduled") {
                         rolling += 1;
                     }
                 }

@@ -8,7 +8,10 @@
 // `loader` publishes a lookup table every 5 s; the 4 `callers` share one
 // rate limiter ($APCU_PER_SECOND calls a second, default 20, for all of them
 // together) and read the table; `churn` ($APCU_CHURN_REPLICAS, default 1)
-// overwrites big entries non-stop: kill -9 it and the others do not notice.
+// overwrites big entries non-stop: recycle or stop it (`lrpmctl recycle
+// churn`) and the others do not notice. Never kill -9 an APCu writer: one
+// killed inside apcu_store() leaves APCu's lock held and blocks every
+// worker (see the README's APCu caveats).
 
 use Example\Apcu\CacheChurn;
 use Example\Apcu\RateLimitedCaller;

@@ -127,6 +127,20 @@ impl PostgresServer {
         out.stdout
     }
 
+    /// Runs statements with one psql, each in its own transaction (one -c
+    /// each); returns what they print.
+    pub fn psql_statements(&self, statements: &[&str]) -> String {
+        let mut cmd = Command::new("psql");
+        cmd.args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
+            .args(["-p", &self.port.to_string()]);
+        for statement in statements {
+            cmd.args(["-c", statement]);
+        }
+        let out = run_with_timeout(cmd, secs(30.0));
+        out.assert_code(0);
+        out.stdout
+    }
+
     /// Runs a SQL file with psql.
     pub fn psql_file(&self, file: &Path) {
         let mut cmd = Command::new("psql");

@@ -292,3 +292,20 @@ impl Drop for Running {
         }
     }
 }
+
+/// `composer install` (Debian's composer, offline: the examples need only
+/// path repositories) in `dir`, an example app with its own composer.json,
+/// so that its vendor/autoload.php is Composer's. Serialized between test
+/// processes with an flock on a file in `dir`.
+pub fn composer_install(dir: &Path) {
+    let lock = std::fs::File::create(dir.join(".composer-install.lock"))
+        .unwrap_or_else(|e| panic!("creating the lock in {}: {e}", dir.display()));
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("flock in {}: {e}", dir.display()));
+    let mut cmd = Command::new("composer");
+    cmd.args(["install", "--no-interaction", "--no-progress"])
+        .current_dir(dir)
+        .env("COMPOSER_DISABLE_NETWORK", "1")
+        .env("COMPOSER_ALLOW_SUPERUSER", "1");
+    run_with_timeout(cmd, Duration::from_secs(120)).assert_code(0);
+}

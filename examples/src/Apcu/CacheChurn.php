@@ -5,8 +5,10 @@ use Lrpm\Worker;
 
 /**
  * Writes 256 KB blobs with their checksum into APCu as fast as it can
- * (16 keys, overwritten again and again): kill -9 it at any moment and the
- * other workers still read whole, valid entries (RateLimitedCaller checks).
+ * (16 keys, overwritten again and again): stop or recycle it at any moment
+ * and the other workers still read whole, valid entries (RateLimitedCaller
+ * checks). Not kill -9: a writer killed inside apcu_store() leaves APCu's
+ * lock held, and the other workers block on it.
  */
 final class CacheChurn implements Worker
 {

@@ -1,0 +1,27 @@
+//! memoryLimitMb against a heap that grows fast: the runner reads the Zend
+//! heap after every cycle (only the resident set, from /proc, at most once
+//! a second), so a worker that grows by 20 MB a cycle is recycled at the
+//! limit, never killed by PHP's memory_limit (a fatal error mid-cycle:
+//! found by examples/messenger's soak, where a handler growing 10 MB a
+//! batch died at 128 MB with a 40 MB memoryLimitMb).
+
+mod support;
+
+use serde_json::json;
+use support::*;
+
+#[test]
+fn a_fast_growing_heap_is_recycled_at_memory_limit_mb_not_killed_by_memory_limit() {
+    let _g = shared();
+    let farm = Farm::start("recycle_memory", FarmOptions::default(), |jobs| {
+        json!({"grow": jobs.job_with("grow", 1, json!({"keepBytes": 20 * 1024 * 1024}),
+            json!({"workerClass": "FarmFixture\\Recycler", "memoryLimitMb": 60}))})
+    });
+    farm.wait_for(secs(20.0), "three memoryLimitMb recycles", || {
+        (farm.stderr().matches("recycled (memoryLimitMb)").count() >= 3).then_some(())
+    });
+    let stderr = farm.stderr();
+    assert!(!stderr.contains("Allowed memory size"), "a worker reached memory_limit\n{}", farm.diagnostics());
+    assert!(!stderr.contains("exit code 255"), "{}", farm.diagnostics());
+    farm.stop(secs(15.0));
+}
