@@ -37,38 +37,8 @@ RUN CARGO_PROFILE_RELEASE_DEBUG=0 cargo build --release --locked --bins \
  && target/release/lrpm-host --version \
  && target/release/lrpmctl --version
 
-# --- target `static`: the self-contained binary of `make php PHP_STATIC=1` ---
-#   make docker-static   (= make php PHP_STATIC=1, then docker build --target static)
-# PHP (8.4 by default) is inside lrpm-host: no libphp, no php.ini, no PHP
-# package; only the shared libraries of the extensions compiled in (the
-# list is `ldd build/php-8.4/dist-static/lrpm-host`, php-src-config/README.md).
-# It copies the binary from the build context instead of building PHP in
-# the image: the PHP build takes long and is cached in build/ on the host.
-# The default target (the last stage) is unchanged: Debian's PHP 8.2.
-FROM ${DEBIAN_IMAGE} AS static
-ARG PHP_VERSION=8.4
-RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        ca-certificates libxml2 libssl3 libcurl4 libicu72 libsqlite3-0 libpq5 \
-        libonig5 libzip4 libsodium23 zlib1g libstdc++6 \
- && rm -rf /var/lib/apt/lists/*
-RUN groupadd --system --gid 10001 lrpm \
- && useradd --system --uid 10001 --gid lrpm --home-dir /app --no-create-home \
-        --shell /usr/sbin/nologin lrpm \
- && install -d -o lrpm -g lrpm -m 0700 /run/lrpm-host
-COPY build/php-${PHP_VERSION}/dist-static/lrpm-host build/php-${PHP_VERSION}/dist-static/lrpmctl /usr/local/bin/
-COPY examples/farm.php examples/jobs.json /app/
-COPY examples/src /app/src
-COPY examples/vendor /app/vendor
-RUN install -d -o lrpm -g lrpm -m 0755 /app/var && lrpm-host --version
-WORKDIR /app
-USER 10001:10001
-STOPSIGNAL SIGTERM
-HEALTHCHECK --interval=30s --timeout=5s --start-period=10s CMD ["lrpmctl", "version"]
-ENTRYPOINT ["lrpm-host"]
-CMD ["/app/farm.php"]
-
-# --- default target: Debian's PHP 8.2 (libphp8.2-embed) ---
+# --- the image: Debian's PHP 8.2 (libphp8.2-embed); the self-contained
+# binary of `make php PHP_STATIC=1` has its own file, Dockerfile.static ---
 FROM ${DEBIAN_IMAGE}
 # libphp8.2-embed brings php8.2-opcache and php8.2-cli (PHP_BINARY in workers).
 # Add the extensions your app needs in an image built FROM this one, e.g.

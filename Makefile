@@ -159,7 +159,7 @@ docker:
 # The static binary of `make php PHP_STATIC=1` alone on a slim base.
 docker-static:
 	@$(MAKE) --no-print-directory php PHP_STATIC=1
-	docker build --target static -t $(DOCKER_IMAGE:latest=static) .
+	docker build -f Dockerfile.static -t $(DOCKER_IMAGE:latest=static) .
 
 docker-test: docker
 	tests/docker/check.sh $(DOCKER_IMAGE)

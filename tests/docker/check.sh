@@ -174,7 +174,7 @@ new_container "$c" --read-only --tmpfs /tmp \
     --tmpfs /run/lrpm-host:uid=10001,gid=10001,mode=0700 --tmpfs /app/var:uid=10001,gid=10001 "$image"
 docker start "$c" >/dev/null
 wait_until 30 "spool running on a read-only root" job_running "$c" spool
-wait_until 30 "the spool consumer consumed its first file" logs_have "$c" "[spool] consumed hello.job"
+wait_until 30 "the spool consumer consumed its first file" logs_have "$c" "consumed hello-0.job"
 logs_have "$c" "control_socket=/run/lrpm-host/control.sock" || fail "the socket is not in the /run/lrpm-host tmpfs"
 took=$(timed_stop "$c")
 [ "$(exit_code "$c")" = 0 ] || fail "exit code $(exit_code "$c") on a read-only root, not 0"
