@@ -79,6 +79,13 @@ pub fn children_of(pid: i32) -> Vec<i32> {
 }
 
 /// Every live descendant of `root`.
+/// The farm's processes among `pids`: all but a zygote (`--zygote`, or
+/// every farm with LRPM_TEST_ZYGOTE=1), which tests that count a farm's
+/// configuration process and workers leave out.
+pub fn farm_count(pids: &[i32]) -> usize {
+    pids.iter().filter(|p| cmdline(**p).as_deref() != Some("lrpm-host: zygote")).count()
+}
+
 pub fn descendants(root: i32) -> Vec<i32> {
     let parents = live_children_by_parent();
     let mut found = Vec::new();
