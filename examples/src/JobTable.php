@@ -68,8 +68,20 @@ final class JobTable
     /** @return array<string, array<string, mixed>> the jobs as lrpm-host wants them */
     public function jobs(): array
     {
+        return self::fromRows($this->db->query('SELECT * FROM jobs ORDER BY id', PDO::FETCH_ASSOC));
+    }
+
+    /**
+     * Rows of a jobs table (this one, or PostgresSource's of the same shape)
+     * as lrpm-host's jobs, keyed by id.
+     *
+     * @param iterable<array<string, mixed>> $rows
+     * @return array<string, array<string, mixed>>
+     */
+    public static function fromRows(iterable $rows): array
+    {
         $jobs = [];
-        foreach ($this->db->query('SELECT * FROM jobs ORDER BY id', PDO::FETCH_ASSOC) as $row) {
+        foreach ($rows as $row) {
             $job = [
                 'name' => $row['name'],
                 'workerClass' => $row['worker_class'],

@@ -76,21 +76,6 @@ final class PostgresSource implements ConfigurationSource
 
     private function read(): array
     {
-        $jobs = [];
-        foreach ($this->db->query('SELECT * FROM jobs ORDER BY id', PDO::FETCH_ASSOC) as $row) {
-            $job = [
-                'name' => $row['name'],
-                'workerClass' => $row['worker_class'],
-                'mtime' => (int) $row['mtime'],
-                'workerConfig' => json_decode($row['worker_config'], true),
-            ];
-            foreach (JobTable::FIELDS as $field => $column) {
-                if ($row[$column] !== null) {
-                    $job[$field] = $column === 'cycle_interval_seconds' ? (float) $row[$column] : (int) $row[$column];
-                }
-            }
-            $jobs[(string) $row['id']] = $job;
-        }
-        return $jobs;
+        return JobTable::fromRows($this->db->query('SELECT * FROM jobs ORDER BY id', PDO::FETCH_ASSOC));
     }
 }

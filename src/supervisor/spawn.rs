@@ -64,19 +64,8 @@ impl Supervisor<'_> {
         let engine = self.engine;
         match process::spawn_child(&setup, |parent| program.run(engine, parent)) {
             Ok(pid) => {
-                if let Some(page) = page {
-                    self.pages.insert(pid.as_raw(), page);
-                }
-                let job = key.id.to_string();
-                let subject = crate::telemetry::Subject {
-                    job: Some(&job),
-                    name: Some(&name),
-                    slot: Some(key.slot),
-                    pid: Some(pid.as_raw()),
-                };
-                crate::telemetry::log(LogLevel::Info, &format!("{label} ({name}) started as pid {pid}"), subject);
-                let source = output::Source::Worker { id: key.id.clone(), name, slot: key.slot, pid: pid.as_raw() };
-                self.capture(source, pipes);
+                let read_ends = pipes.map(|p| (p.stdout.0, p.stderr.0));
+                self.worker_forked(key, &label, name, pid.as_raw(), page, read_ends, "");
                 Event::WorkerStarted { key: key.clone(), pid: pid.as_raw() }
             }
             Err(e) => {
@@ -112,6 +101,31 @@ impl Supervisor<'_> {
         self.entry_cache.clear();
         tracing::debug!("configuration process started as pid {pid}");
         Ok(pid)
+    }
+
+    /// A worker process exists (forked here or by the zygote): its page and
+    /// output are its own from now on, and its start is logged once.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn worker_forked(
+        &mut self,
+        key: &WorkerKey,
+        label: &str,
+        name: String,
+        pid: i32,
+        page: Option<crate::process::shared_page::SharedPage>,
+        read_ends: Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
+        how: &str,
+    ) {
+        if let Some(page) = page {
+            self.pages.insert(pid, page);
+        }
+        let job = key.id.to_string();
+        let subject =
+            crate::telemetry::Subject { job: Some(&job), name: Some(&name), slot: Some(key.slot), pid: Some(pid) };
+        crate::telemetry::log(LogLevel::Info, &format!("{label} ({name}) started as pid {pid}{how}"), subject);
+        if let (Some(router), Some((stdout, stderr))) = (self.output.as_mut(), read_ends) {
+            router.register(output::Source::Worker { id: key.id.clone(), name, slot: key.slot, pid }, stdout, stderr);
+        }
     }
 
     /// What a child does before its body: the supervisor's descriptors

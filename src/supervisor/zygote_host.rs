@@ -82,11 +82,16 @@ impl Supervisor<'_> {
         };
         for key in awaiting {
             if self.request_from_zygote(&key).is_none() {
-                let event = self.spawn_worker(&key);
-                let actions = self.farm.handle(event, now);
-                self.apply(actions);
+                self.start_directly(&key, now);
             }
         }
+    }
+
+    /// Forks the worker of `key` here, as without a zygote.
+    fn start_directly(&mut self, key: &WorkerKey, now: Instant) {
+        let event = self.spawn_worker(key);
+        let actions = self.farm.handle(event, now);
+        self.apply(actions);
     }
 
     /// Starts waiting for a zygote that did not become ready in time.
@@ -102,9 +107,7 @@ impl Supervisor<'_> {
                 _ => Vec::new(),
             };
             for key in awaiting {
-                let event = self.spawn_worker(&key);
-                let actions = self.farm.handle(event, now);
-                self.apply(actions);
+                self.start_directly(&key, now);
             }
         }
     }
@@ -194,23 +197,7 @@ impl Supervisor<'_> {
     fn zygote_started(&mut self, pid: i32, now: Instant) {
         let Zygote::Running(running) = &mut self.zygote else { return };
         let Some(start) = running.pending.pop_front() else { return };
-        if let Some(page) = start.page {
-            self.pages.insert(pid, page);
-        }
-        let job = start.key.id.to_string();
-        let subject = crate::telemetry::Subject {
-            job: Some(&job),
-            name: Some(&start.name),
-            slot: Some(start.key.slot),
-            pid: Some(pid),
-        };
-        let message = format!("{} ({}) started as pid {pid} (from the zygote)", start.label, start.name);
-        crate::telemetry::log(LogLevel::Info, &message, subject);
-        if let (Some(router), Some((stdout, stderr))) = (self.output.as_mut(), start.pipes) {
-            let source =
-                output::Source::Worker { id: start.key.id.clone(), name: start.name, slot: start.key.slot, pid };
-            router.register(source, stdout, stderr);
-        }
+        self.worker_forked(&start.key, &start.label, start.name, pid, start.page, start.pipes, " (from the zygote)");
         let actions = self.farm.handle(Event::WorkerStarted { key: start.key, pid }, now);
         self.apply(actions);
     }
