@@ -65,7 +65,7 @@ PHP_CARGO_TARGET := $(PHP_BUILD)/target$(PHP_FLAVOUR)
 PHP_CARGO := PHP_CONFIG=$(PHP_PREFIX)/bin/php-config LRPM_PHP_STATIC=$(PHP_STATIC) \
 	CARGO_TARGET_DIR=$(PHP_CARGO_TARGET) cargo
 
-.PHONY: deps bench-deps install-packages build run test bench bench-quick bench-scale bench-output bench-messenger docker docker-test php php-lib php-test test-php84 docker-static
+.PHONY: deps bench-deps install-packages build run test test-no-zygote bench bench-quick bench-scale bench-output bench-messenger docker docker-test php php-lib php-test test-php84 docker-static
 
 deps:
 	@$(MAKE) --no-print-directory install-packages PACKAGES="$(DEB_PACKAGES)"
@@ -96,10 +96,19 @@ run: deps build
 	@echo "  see the farm:  LRPM_SOCKET=$(EXAMPLE_VAR)/control.sock $(BIN_DIR)/lrpmctl status"
 	LRPM_SOCKET=$(CURDIR)/$(EXAMPLE_VAR)/control.sock $(BIN_DIR)/lrpm-host -i 5 examples/sqlite/farm.php
 
+# The farm-harness suites, run a second time with workers forked by the
+# supervisor (--no-zygote): the path a farm takes when the zygote refused,
+# is down or is still starting.
+FARM_SUITES := farm hostile replicas worker_output metrics status_view control_socket clock_mode upgrade
+
 test: deps
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo test
+	$(MAKE) --no-print-directory test-no-zygote
+
+test-no-zygote:
+	LRPM_TEST_NO_ZYGOTE=1 cargo test $(addprefix --test ,$(FARM_SUITES))
 
 # Builds (or finds up to date) PHP, then lrpm-host and lrpmctl against it.
 php: php-lib

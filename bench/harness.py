@@ -2,9 +2,13 @@
 """Benchmarks lrpm-host against the usual ways of running PHP workers.
 
 Contenders, run one after the other in this one run on this one machine:
-  lrpm-host           the release binary, OPcache shared by forking
+  lrpm-host           the release binary with --no-zygote: workers forked by the
+                      supervisor, each starting its own request (OPcache shared)
   lrpm-host-preload   the same with --preload bench/app/preload.php
-  lrpm-host-zygote    the same with --zygote: the bootstrap builds the framework once, in the zygote
+  lrpm-host-zygote    the default (the zygote), with the bench app's warm-up: the
+                      bootstrap builds the framework once, in the zygote
+  lrpm-host-zygote-cold  the zygote without that warm-up: each worker's start()
+                      builds the framework
   supervisord         Debian's supervisor running one `php bin/worker.php` per job
   fork-parent         bench/app/bin/fork-parent.php, a php-cli parent that forks
                       one child per job after loading nothing of the app
@@ -70,7 +74,8 @@ STOP_WATCH_DEADLINE_S = 9.8
 # try bounded by this.
 SCALE_OTHERS_TIMEOUT_S = 240.0
 
-CONTENDERS = ["lrpm-host", "lrpm-host-preload", "lrpm-host-zygote", "supervisord", "fork-parent"]
+CONTENDERS = ["lrpm-host", "lrpm-host-preload", "lrpm-host-zygote", "lrpm-host-zygote-cold", "supervisord",
+              "fork-parent"]
 
 
 def log(message: str) -> None:
@@ -437,10 +442,12 @@ class LrpmHost(Contender):
         command += ["--control-socket", str(self.socket_path)]
         if self.preload:
             command += ["--preload", str(APP / "preload.php")]
-        if getattr(self, "zygote", False):
-            command.append("--zygote")
+        if not getattr(self, "zygote", False):
+            command.append("--no-zygote")
         command.append(str(farm))
         env = dict(os.environ, LRPM_LOG="warn")
+        if getattr(self, "cold", False):
+            env["BENCH_NO_WARMUP"] = "1"
         self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
     def control(self, message: str) -> str:
@@ -486,6 +493,14 @@ class LrpmHostZygote(LrpmHost):
 
     name = "lrpm-host-zygote"
     zygote = True
+
+
+class LrpmHostZygoteCold(LrpmHostZygote):
+    """--zygote with a bootstrap that only autoloads: each worker's start()
+    builds the framework, as without --zygote."""
+
+    name = "lrpm-host-zygote-cold"
+    cold = True
 
 
 class Supervisord(Contender):
@@ -581,7 +596,8 @@ class ForkParent(Contender):
         self.command(f"start {job}")
 
 
-CONTENDER_CLASSES = {c.name: c for c in (LrpmHost, LrpmHostPreload, LrpmHostZygote, Supervisord, ForkParent)}
+CONTENDER_CLASSES = {c.name: c for c in (LrpmHost, LrpmHostPreload, LrpmHostZygote, LrpmHostZygoteCold, Supervisord,
+                                         ForkParent)}
 
 
 class UnixStreamTransport(xmlrpc.client.Transport):
@@ -675,9 +691,11 @@ class Farm:
 # Measures
 
 
-def measure_memory(contender: str, count: int, settle_s: float) -> dict:
-    """Total PSS of the process tree, per role; bring-up and graceful stop times."""
-    with Farm(contender, count) as farm:
+def measure_memory(contender: str, count: int, settle_s: float, framework: bool = True) -> dict:
+    """Total PSS of the process tree, per role, and its page tables; bring-up
+    and graceful stop times. `framework=False`: workers whose start() does
+    nothing (the empty-worker floor)."""
+    with Farm(contender, count, framework=framework) as farm:
         started_ns, first = farm.start_and_wait()
         up_s = (max(e.at_ns for e in first.values()) - started_ns) / 1e9
         time.sleep(settle_s)
@@ -696,6 +714,7 @@ def measure_memory(contender: str, count: int, settle_s: float) -> dict:
                 private_dirty.append(rollup.get("Private_Dirty", 0))
         # Up to 100 workers spread over the start order: the first ones to
         # start may have compiled the app themselves before OPcache had it.
+        page_tables_kb = tree_page_tables_kb(farm.contender.pid)
         ordered = sorted(worker_pids)
         sample = ordered[:: max(1, len(ordered) // 100)]
         breakdown = [private_dirty_by_mapping_kb(pid) for pid in sample]
@@ -711,6 +730,7 @@ def measure_memory(contender: str, count: int, settle_s: float) -> dict:
             "processes": len(tree),
             "pss_total_kb": sum(pss.values()),
             "pss_kb": pss,
+            "page_tables_kb": page_tables_kb,
             "private_dirty_per_worker_kb": statistics.median(private_dirty),
             "private_dirty_by_mapping_kb": private_dirty_by_mapping,
             "php_heap_kb": statistics.median(e.heap for e in first.values()) / 1024,
@@ -1491,7 +1511,17 @@ def main() -> None:
                 for name in CONTENDERS:
                     log(f"memory: {name} with {count} workers (run {run + 1}/{runs})")
                     rows.append(dict(measure_memory(name, count, settle_s=2.0), contender=name, run=run))
-        write_result("memory", {"sizes": sizes, "runs": runs, "rows": rows})
+        # The empty-worker floor: what the host itself costs per worker.
+        floor_sizes = [10, 100]
+        floor_rows = []
+        for run in range(runs):
+            for count in floor_sizes:
+                for name in ("lrpm-host", "lrpm-host-zygote"):
+                    log(f"memory: {name} with {count} empty workers (run {run + 1}/{runs})")
+                    floor_rows.append(dict(measure_memory(name, count, settle_s=2.0, framework=False), contender=name,
+                                           run=run))
+        write_result("memory", {"sizes": sizes, "runs": runs, "rows": rows, "floor_sizes": floor_sizes,
+                                "floor_rows": floor_rows})
 
     if "spawn" in measures:
         spawns = 100 if quick else 1000

@@ -31,9 +31,10 @@ RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs"
 PLOTS = DOCS / "benchmarks"
 BASE = "lrpm-host"
-CONTENDERS = ["lrpm-host", "lrpm-host-preload", "lrpm-host-zygote", "supervisord", "fork-parent"]
+CONTENDERS = ["lrpm-host", "lrpm-host-preload", "lrpm-host-zygote", "lrpm-host-zygote-cold", "supervisord",
+              "fork-parent"]
 COLOURS = {"lrpm-host": "#1f77b4", "lrpm-host-preload": "#17becf", "lrpm-host-zygote": "#2ca02c",
-           "supervisord": "#d62728", "fork-parent": "#ff7f0e"}
+           "lrpm-host-zygote-cold": "#98df8a", "supervisord": "#d62728", "fork-parent": "#ff7f0e"}
 
 # The targets the benchmark issue set.
 TARGET_MEMORY_RATIO_VS_SUPERVISORD = 20.0
@@ -110,12 +111,49 @@ def memory_section(page: Page, memory: dict, summary: dict) -> None:
         ["workers"] + CONTENDERS,
         [[str(n)] + [f"{mb(totals[c][n])} ({ratio(totals[c][n], totals[BASE][n])})" for c in CONTENDERS] for n in sizes],
     )
-    page.add("Marginal cost of one more worker (least-squares slope of total PSS over N):", "")
-    page.table(
-        ["", *CONTENDERS],
-        [["MB per worker"] + [f"{slopes[c] / 1024:.2f}" for c in CONTENDERS],
-         ["ratio to lrpm-host"] + [ratio(slopes[c], slopes[BASE]) for c in CONTENDERS]],
+    page.add(
+        "Marginal cost of one more worker (least-squares slope of total PSS over N; the slope between the two "
+        "largest farms; and the page tables (VmPTE) of the tree, which PSS does not count, per worker):",
+        "",
     )
+    big = sorted(sizes)[-2:]
+    slopes_large = {c: (totals[c][big[1]] - totals[c][big[0]]) / (big[1] - big[0]) for c in CONTENDERS}
+    has_tables = all("page_tables_kb" in r for r in rows)
+    table_rows = [["MB per worker"] + [f"{slopes[c] / 1024:.2f}" for c in CONTENDERS],
+                  ["ratio to lrpm-host"] + [ratio(slopes[c], slopes[BASE]) for c in CONTENDERS],
+                  [f"MB per worker, {big[0]} to {big[1]}"] + [f"{slopes_large[c] / 1024:.2f}" for c in CONTENDERS]]
+    if has_tables:
+        tables = {c: slope([(n, median_of(c, n, lambda r: r["page_tables_kb"])) for n in sizes]) for c in CONTENDERS}
+        summary["page_table_slopes"] = tables
+        table_rows.append(["page tables, kB per worker"] + [f"{tables[c]:.0f}" for c in CONTENDERS])
+    summary["slopes_large"] = slopes_large
+    page.table(["", *CONTENDERS], table_rows)
+    floor_rows = memory.get("floor_rows") or []
+    if floor_rows:
+        floor_sizes = memory["floor_sizes"]
+        floor_contenders = sorted({r["contender"] for r in floor_rows}, key=CONTENDERS.index)
+
+        def floor_median(c: str, n: int, key) -> float:
+            return statistics.median(key(r) for r in floor_rows if r["contender"] == c and r["workers"] == n)
+
+        floors = {c: slope([(n, floor_median(c, n, lambda r: r["pss_total_kb"])) for n in floor_sizes])
+                  for c in floor_contenders}
+        summary["floor"] = floors
+        page.add(
+            f"The empty-worker floor: the same farms with a `start()` that does nothing, at N = "
+            f"{' and '.join(str(n) for n in floor_sizes)} (medians of {memory['runs']} runs): marginal PSS per worker, "
+            f"and a worker's Private_Dirty by mapping at N = {floor_sizes[-1]} (kB).",
+            "",
+        )
+        floor_keys = list(floor_rows[0]["private_dirty_by_mapping_kb"])
+        page.table(
+            ["", "MB per worker", "private dirty", *floor_keys],
+            [[c, f"{floors[c] / 1024:.2f}",
+              f"{floor_median(c, floor_sizes[-1], lambda r: r['private_dirty_per_worker_kb']):.0f}",
+              *[f"{floor_median(c, floor_sizes[-1], lambda r, k=k: r['private_dirty_by_mapping_kb'][k]):.0f}"
+                for k in floor_keys]]
+             for c in floor_contenders],
+        )
     reference = 100 if 100 in sizes else largest
     page.add(
         f"Where a worker's private memory goes, at N = {reference} (medians over up to 100 workers, kB): "

@@ -3,6 +3,9 @@
  * this split exists (zend_try is setjmp/longjmp; a longjmp across Rust
  * frames is undefined behaviour).
  */
+#ifndef _GNU_SOURCE
+# define _GNU_SOURCE /* memmem */
+#endif
 #include "lrpm_shim.h"
 
 #include <main/php.h>
@@ -17,6 +20,7 @@
 #include <Zend/zend_exceptions.h>
 #include <Zend/zend_constants.h>
 #include <Zend/zend_gc.h>
+#include <Zend/zend_alloc_sizes.h>
 #include <Zend/zend_extensions.h>
 
 #include <errno.h>
@@ -684,8 +688,31 @@ static void zygote_send(int fd, uint32_t kind, int32_t value, const char *text)
     while (send(fd, buffer, len, MSG_NOSIGNAL) < 0 && errno == EINTR) {}
 }
 
-/* A zygote must not share a connection with its workers: after the
- * bootstrap, any socket but its own request socket is a reason to refuse. */
+/* Whether descriptor `fd` carries a lock its copies share after fork():
+ * flock() and open-file-description locks (a POSIX fcntl() lock belongs
+ * to the process and is not inherited). Linux lists a descriptor's locks
+ * in /proc/self/fdinfo. */
+static bool holds_shared_lock(int fd)
+{
+    char path[64], text[4096];
+    snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+    int info = open(path, O_RDONLY | O_CLOEXEC);
+    if (info < 0) return false;
+    ssize_t n = read(info, text, sizeof(text) - 1);
+    close(info);
+    if (n <= 0) return false;
+    text[n] = '\0';
+    for (const char *line = strstr(text, "lock:"); line; line = strstr(line + 5, "lock:")) {
+        const char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+        if (memmem(line, len, "FLOCK", 5) || memmem(line, len, "OFDLCK", 6)) return true;
+    }
+    return false;
+}
+
+/* A zygote must not share a connection or a lock with its workers: after
+ * the bootstrap, any socket but its own request socket, or a descriptor
+ * holding a flock(), is a reason to refuse. */
 static bool zygote_descriptors_clean(int own_socket, char *why, size_t why_len)
 {
     DIR *dir = opendir("/proc/self/fd");
@@ -697,21 +724,162 @@ static bool zygote_descriptors_clean(int own_socket, char *why, size_t why_len)
         int fd = atoi(entry->d_name);
         if (entry->d_name[0] == '.' || fd <= 2 || fd == own_socket || fd == dir_fd) continue;
         struct stat st;
-        if (fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode)) {
-            char link[64], target[256] = "";
-            snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
-            ssize_t n = readlink(link, target, sizeof(target) - 1);
-            if (n > 0) target[n] = '\0';
+        if (fstat(fd, &st) != 0) continue;
+        bool socket = S_ISSOCK(st.st_mode);
+        if (!socket && !holds_shared_lock(fd)) continue;
+        char link[64], target[256] = "";
+        snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(link, target, sizeof(target) - 1);
+        if (n > 0) target[n] = '\0';
+        if (socket) {
             snprintf(why, why_len,
                      "the bootstrap left a socket open (descriptor %d, %s): workers forked from the zygote would "
                      "share that connection; open connections in start() (or not in the zygote: "
                      "Lrpm\\process_kind() says where the bootstrap runs)",
                      fd, target);
-            clean = false;
+        } else {
+            snprintf(why, why_len,
+                     "the bootstrap holds a file lock (flock) on descriptor %d (%s): workers forked from the zygote "
+                     "would all hold it, and one releasing it would release it for all; take locks in start() "
+                     "(or not in the zygote: Lrpm\\process_kind() says where the bootstrap runs)",
+                     fd, target);
         }
+        clean = false;
     }
     closedir(dir);
     return clean;
+}
+
+/*
+ * Why a worker forked from the zygote copies so little of the zygote's
+ * Zend heap. After the bootstrap, the zygote's heap has free slots
+ * scattered over pages that also hold what the bootstrap built: Zend MM
+ * keeps one free list per size class, most recently freed first. A worker
+ * whose first allocations took those slots would write into (and so copy)
+ * one shared page per allocation, tens of pages per worker for a few KB of
+ * its own data. So before serving, the zygote collects its garbage and then
+ * takes every free slot of every small size class, until an allocation
+ * comes from a fresh run (the first element of a run is page-aligned and
+ * the next one follows it), and keeps them: a worker's small allocations
+ * then fill fresh pages of their own, densely. What is taken is counted in
+ * memory_get_usage() (the zygote's and so each worker's), and reported with
+ * READY (in KiB), which the supervisor logs.
+ */
+#if !ZEND_DEBUG
+# define LRPM_BIN_SIZE(num, size, elements, pages, x, y) size,
+static const uint32_t zend_mm_bin_sizes[] = {ZEND_MM_BINS_INFO(LRPM_BIN_SIZE, x, y)};
+# undef LRPM_BIN_SIZE
+#endif
+
+/* Free slots taken are never given back; at most this much per size. */
+#define ZYGOTE_FREE_SLOTS_LIMIT (4u << 20)
+
+static size_t take_zygote_free_slots(void)
+{
+#if ZEND_DEBUG
+    return 0;
+#else
+    if (!is_zend_mm()) return 0;
+    size_t taken = 0;
+    for (size_t bin = 0; bin < sizeof(zend_mm_bin_sizes) / sizeof(zend_mm_bin_sizes[0]); bin++) {
+        size_t size = zend_mm_bin_sizes[bin];
+        for (size_t spent = 0; spent < ZYGOTE_FREE_SLOTS_LIMIT; spent += size) {
+            uintptr_t slot = (uintptr_t)emalloc(size);
+            taken += size;
+            if (slot % 4096 != 0) continue;
+            uintptr_t next = (uintptr_t)emalloc(size);
+            taken += size;
+            if (next == slot + size) break;
+        }
+    }
+    return taken;
+#endif
+}
+
+/*
+ * A deploy while the zygote runs. Workers forked from it would run the code
+ * it loaded (the bootstrap, the autoloader's class maps, what the warm-up
+ * loaded) next to newer files they autoload themselves. So the zygote
+ * remembers every file it included, and the bootstrap's path as given and
+ * as resolved (a deploy that switches a symlink changes no old file), and,
+ * at most once a second when asked for a worker, looks again: on a change
+ * it answers STALE and ends, and the supervisor starts a new zygote for
+ * that request and the ones after it.
+ */
+typedef struct {
+    char *path;
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+    struct timespec ctime;
+} loaded_file;
+
+static loaded_file *loaded_files = NULL;
+static size_t loaded_count = 0;
+static char *bootstrap_given = NULL;
+static char *bootstrap_resolved = NULL;
+static long long last_code_check_ns = 0;
+#define CODE_CHECK_INTERVAL_NS 1000000000LL
+
+static void remember_loaded_code(const char *bootstrap)
+{
+    size_t capacity = zend_hash_num_elements(&EG(included_files));
+    loaded_files = calloc(capacity ? capacity : 1, sizeof(*loaded_files));
+    loaded_count = 0;
+    zend_string *name;
+    if (loaded_files) {
+        ZEND_HASH_FOREACH_STR_KEY(&EG(included_files), name) {
+            struct stat st;
+            if (!name || loaded_count >= capacity || stat(ZSTR_VAL(name), &st) != 0) continue;
+            char *path = strdup(ZSTR_VAL(name));
+            if (!path) continue;
+            loaded_files[loaded_count++] = (loaded_file){path, st.st_dev, st.st_ino, st.st_size, st.st_mtim, st.st_ctim};
+        } ZEND_HASH_FOREACH_END();
+    }
+    if (bootstrap && *bootstrap) {
+        bootstrap_given = strdup(bootstrap);
+        bootstrap_resolved = realpath(bootstrap, NULL);
+    }
+    last_code_check_ns = monotonic_coarse_ns();
+}
+
+static bool same_time(struct timespec a, struct timespec b)
+{
+    return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
+}
+
+/* Whether the code the zygote loaded changed on disk (checked at most once
+ * a second); `why` says what changed. */
+static bool zygote_code_changed(char *why, size_t why_len)
+{
+    long long now = monotonic_coarse_ns();
+    if (now - last_code_check_ns < CODE_CHECK_INTERVAL_NS) return false;
+    last_code_check_ns = now;
+    if (bootstrap_given) {
+        char *resolved = realpath(bootstrap_given, NULL);
+        bool moved = !resolved || !bootstrap_resolved || strcmp(resolved, bootstrap_resolved) != 0;
+        if (moved) {
+            snprintf(why, why_len, "the bootstrap %s now resolves to %s", bootstrap_given,
+                     resolved ? resolved : "nothing");
+        }
+        free(resolved);
+        if (moved) return true;
+    }
+    for (size_t i = 0; i < loaded_count; i++) {
+        const loaded_file *f = &loaded_files[i];
+        struct stat st;
+        if (stat(f->path, &st) != 0) {
+            snprintf(why, why_len, "%s, which it loaded, is gone", f->path);
+            return true;
+        }
+        if (st.st_dev != f->dev || st.st_ino != f->ino || st.st_size != f->size || !same_time(st.st_mtim, f->mtime)
+            || !same_time(st.st_ctim, f->ctime)) {
+            snprintf(why, why_len, "%s, which it loaded, changed", f->path);
+            return true;
+        }
+    }
+    return false;
 }
 
 /* The zygote's copy of the spec, adjusted for each worker it forks. */
@@ -761,8 +929,9 @@ static void become_zygote_worker(int socket_fd, int *fds, int nfds, const lrpm_z
     RANDOM_G(combined_lcg_seeded) = false;
 }
 
-ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_zygote_serve, 0, 1, IS_STRING, 1)
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_zygote_serve, 0, 2, IS_STRING, 1)
     ZEND_ARG_TYPE_INFO(0, socket, IS_LONG, 0)
+    ZEND_ARG_TYPE_INFO(0, bootstrap, IS_STRING, 0)
 ZEND_END_ARG_INFO()
 
 /*
@@ -776,8 +945,10 @@ ZEND_END_ARG_INFO()
 static PHP_FUNCTION(lrpm_zygote_serve)
 {
     zend_long socket_fd;
-    ZEND_PARSE_PARAMETERS_START(1, 1)
+    zend_string *bootstrap;
+    ZEND_PARSE_PARAMETERS_START(2, 2)
         Z_PARAM_LONG(socket_fd)
+        Z_PARAM_STR(bootstrap)
     ZEND_PARSE_PARAMETERS_END();
     int fd = (int)socket_fd;
     char why[1024];
@@ -785,9 +956,12 @@ static PHP_FUNCTION(lrpm_zygote_serve)
         zygote_send(fd, LRPM_ZYGOTE_REFUSED, 0, why);
         RETURN_NULL();
     }
-    zygote_send(fd, LRPM_ZYGOTE_READY, 0, NULL);
     size_t capacity = 1 << 20;
     char *buffer = emalloc(capacity);
+    remember_loaded_code(ZSTR_VAL(bootstrap));
+    zend_gc_collect_cycles();
+    size_t taken = take_zygote_free_slots();
+    zygote_send(fd, LRPM_ZYGOTE_READY, (int32_t)(taken / 1024), NULL);
     for (;;) {
         if (stop_requested) break;
         char control[CMSG_SPACE(2 * sizeof(int))];
@@ -820,6 +994,12 @@ static PHP_FUNCTION(lrpm_zygote_serve)
             for (int i = 0; i < nfds; i++) close(fds[i]);
             zygote_send(fd, LRPM_ZYGOTE_FAILED, EINVAL, NULL);
             continue;
+        }
+        char changed[1024];
+        if (zygote_code_changed(changed, sizeof(changed))) {
+            for (int i = 0; i < nfds; i++) close(fds[i]);
+            zygote_send(fd, LRPM_ZYGOTE_STALE, 0, changed);
+            break;
         }
         const char *title_start = buffer + sizeof(request);
         const char *params = title_start + request.title_len;

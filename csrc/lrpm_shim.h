@@ -70,10 +70,11 @@ typedef struct lrpm_zygote_request {
     uint32_t params_len;
 } lrpm_zygote_request;
 
-#define LRPM_ZYGOTE_READY 1     /* value: 0 */
+#define LRPM_ZYGOTE_READY 1     /* value: KiB of free heap slots kept */
 #define LRPM_ZYGOTE_REFUSED 2   /* value: 0; text: why */
 #define LRPM_ZYGOTE_STARTED 3   /* value: the worker's pid */
 #define LRPM_ZYGOTE_FAILED 4    /* value: errno of the failed fork */
+#define LRPM_ZYGOTE_STALE 5     /* value: 0; text: what changed; the zygote exits, unanswered requests are not served */
 
 typedef struct lrpm_zygote_reply {
     uint32_t kind;

@@ -494,13 +494,13 @@ function main(): void
     }
 }
 
-// The zygote (--zygote): the bootstrap ran once, here; each request from
+// The zygote (the default; not with --no-zygote): the bootstrap ran once, here; each request from
 // the supervisor forks a worker that continues below with that worker's
 // params, inside this request, with everything the bootstrap built. The
 // zygote itself never runs worker code.
 function run_zygote(array $params): void
 {
-    $request = zygote_serve((int) $params['socket']);
+    $request = zygote_serve((int) $params['socket'], (string) ($params['bootstrap'] ?? ''));
     if ($request === null) {
         exit(EXIT_OK);
     }

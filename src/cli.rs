@@ -118,10 +118,15 @@ pub struct FarmOptions {
     #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen_address, global = true)]
     pub metrics_listen: Option<std::net::SocketAddr>,
 
-    /// Fork workers from a zygote: one process that ran the bootstrap once
-    /// (workers share what it built, copy-on-write, and start faster).
-    #[arg(long, global = true)]
+    /// Fork workers from a zygote (the default): one process that ran the
+    /// bootstrap once (workers share what it built, copy-on-write, and
+    /// start faster).
+    #[arg(long, global = true, overrides_with = "no_zygote")]
     pub zygote: bool,
+    /// Fork workers from the supervisor itself: each worker starts its own
+    /// PHP request and runs the bootstrap.
+    #[arg(long, global = true, overrides_with = "zygote")]
+    pub no_zygote: bool,
 
     /// Permissions of the control socket, octal.
     #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_octal_mode, global = true)]

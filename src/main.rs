@@ -89,7 +89,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 job_defaults: cli.farm.job_defaults(),
                 capture_output: cli.farm.worker_output == lrpm_host::cli::WorkerOutput::Capture,
                 metrics_listen: cli.farm.metrics_listen,
-                zygote: cli.farm.zygote,
+                zygote: !cli.farm.no_zygote,
                 program: std::env::current_exe().context("finding this program's path")?,
             };
             if config.source_is_file && !std::path::Path::new(&config.source).is_file() {

@@ -48,7 +48,12 @@ fn job(class: &str, worker_config: Value, extra: Value) -> Value {
 
 /// `lrpm-host --bootstrap APP SOURCE` with its control socket in `dir`.
 fn start_farm(dir: &TempDir, source: &Path, bootstrap: Option<&Path>) -> Running {
+    start_farm_with(dir, source, bootstrap, &[])
+}
+
+fn start_farm_with(dir: &TempDir, source: &Path, bootstrap: Option<&Path>, extra_args: &[&str]) -> Running {
     let mut cmd = Command::new(bin());
+    cmd.args(extra_args);
     if let Some(bootstrap) = bootstrap {
         cmd.arg("--bootstrap").arg(bootstrap);
     }
@@ -499,6 +504,18 @@ fn the_worker_command_tells_the_worker_its_job_id_and_slot() {
 
 #[test]
 fn a_farm_worker_knows_its_job_id_and_the_configuration_process_has_none() {
+    // The bootstrap ran once, in the zygote, which is no job's worker.
+    farm_worker_identity(&[], json!({"jobId": null, "slot": null}));
+}
+
+#[test]
+fn without_the_zygote_the_bootstrap_already_knows_the_workers_job_id() {
+    farm_worker_identity(&["--no-zygote"], json!({"jobId": "7", "slot": 0}));
+}
+
+/// A farm's worker's identity, as the worker and its bootstrap (which saw
+/// `bootstrap_saw`) and the configuration process see it.
+fn farm_worker_identity(extra_args: &[&str], bootstrap_saw: Value) {
     let dir = TempDir::new("identity_farm");
     let worker_file = dir.join("worker.json");
     let config_file = dir.join("config.json");
@@ -512,7 +529,7 @@ fn a_farm_worker_knows_its_job_id_and_the_configuration_process_has_none() {
         config = config_file.to_string_lossy(),
     );
     fs::write(&source, code).unwrap();
-    let mut farm = start_farm(&dir, &source, Some(&identity_bootstrap()));
+    let mut farm = start_farm_with(&dir, &source, Some(&identity_bootstrap()), extra_args);
     wait_until(&mut farm, DEFAULT_TIMEOUT, "the worker's identity file", |_| worker_file.exists().then_some(()));
     let seen = read_identity(&worker_file, || farm.dump_so_far());
     assert_eq!(seen["jobId"], "7", "an integer id is a string\n{seen}");
@@ -520,7 +537,7 @@ fn a_farm_worker_knows_its_job_id_and_the_configuration_process_has_none() {
     assert_eq!(seen["serverJobId"], "7", "{seen}");
     assert_eq!(seen["envSlot"], "0", "{seen}");
     assert_eq!(seen["childEnv"], "7/0", "{seen}");
-    assert_eq!(seen["bootstrapSaw"], json!({"jobId": "7", "slot": 0}), "{seen}");
+    assert_eq!(seen["bootstrapSaw"], bootstrap_saw, "{seen}");
     assert_eq!(
         seen["job"],
         jobs["7"]

@@ -1,4 +1,5 @@
-//! `--zygote`: workers forked from one process that ran the bootstrap once.
+//! The zygote (the default; `--no-zygote` turns it off): workers forked
+//! from one process that ran the bootstrap once.
 
 mod support;
 
@@ -108,6 +109,22 @@ fn a_bootstrap_that_leaves_a_socket_open_is_refused_and_workers_are_forked_as_be
 }
 
 #[test]
+fn a_bootstrap_that_leaves_a_file_locked_is_refused_and_workers_are_forked_as_before() {
+    let _g = shared();
+    let dir = TempDir::new("zygote_lock");
+    let lock = dir.join("singleton.lock");
+    let farm = Farm::start(
+        "zygote_lock",
+        options(&[("ZYGOTE_LEAK_LOCK", &lock.to_string_lossy())]),
+        |jobs| json!({"l": probe_job(jobs, "l", std::path::Path::new("probe-%slot%.json"), 1)}),
+    );
+    let stderr = farm.wait_stderr("zygote refused to serve: the bootstrap holds a file lock (flock)", secs(10.0));
+    assert!(stderr.contains("singleton.lock"), "names the file: {stderr}");
+    let seen = probes(&farm, "probe-%slot%.json", 1);
+    assert_eq!(seen[&0]["warmBuiltBy"], seen[&0]["pid"], "it ran the bootstrap itself: {}", seen[&0]);
+}
+
+#[test]
 fn a_zygote_that_dies_is_started_again_and_workers_come_from_it_again() {
     let _g = shared();
     let farm = Farm::start(
@@ -130,4 +147,100 @@ fn a_zygote_that_dies_is_started_again_and_workers_come_from_it_again() {
     kill(Pid::from_raw(worker), Signal::SIGKILL).unwrap();
     let again = probes(&farm, "probe-%slot%.json", 1);
     assert_eq!(again[&0]["warmBuiltBy"], new_zygote, "{}", again[&0]);
+}
+
+#[test]
+fn a_farm_asked_for_all_at_once_comes_entirely_from_the_zygote() {
+    let _g = shared();
+    // 300 requests of about 1 KB each, asked for in one turn, are more than
+    // the zygote's socket buffers: the supervisor keeps the rest queued
+    // until replies make room, and never forks one itself.
+    let farm = Farm::start(
+        "zygote_burst",
+        options(&[]),
+        |jobs| json!({"b": probe_job(jobs, "b", std::path::Path::new("probe-%slot%.json"), 300)}),
+    );
+    let seen = probes(&farm, "probe-%slot%.json", 300);
+    let zygote = zygote_pid(&farm);
+    let direct: Vec<u32> = seen.iter().filter(|(_, p)| p["warmBuiltBy"] != zygote).map(|(slot, _)| *slot).collect();
+    assert!(direct.is_empty(), "slots not forked by the zygote: {direct:?}\n{}", farm.diagnostics());
+}
+
+#[test]
+fn a_stuck_zygote_is_killed_and_the_start_it_owed_is_retried() {
+    let _g = shared();
+    let farm = Farm::start(
+        "zygote_stuck",
+        options(&[]),
+        |jobs| json!({"s": probe_job(jobs, "s", std::path::Path::new("probe-%slot%.json"), 1)}),
+    );
+    let first = probes(&farm, "probe-%slot%.json", 1);
+    let stuck = zygote_pid(&farm);
+    kill(Pid::from_raw(stuck), Signal::SIGSTOP).unwrap();
+    std::fs::remove_file(farm.dir.join("probe-0.json")).unwrap();
+    kill(Pid::from_raw(first[&0]["pid"].as_i64().unwrap() as i32), Signal::SIGKILL).unwrap();
+    farm.wait_stderr(&format!("zygote: pid {stuck} left a start unanswered for 5s; killing it"), secs(15.0));
+    let again = probes(&farm, "probe-%slot%.json", 1);
+    assert_ne!(again[&0]["pid"], first[&0]["pid"]);
+    assert!(!is_lrpm_process(stuck), "the stuck zygote is gone");
+}
+
+#[test]
+fn code_the_zygote_loaded_that_changes_on_disk_brings_a_new_zygote() {
+    let _g = shared();
+    let dir = TempDir::new("zygote_deploy");
+    let code = dir.join("code.php");
+    write_atomically(&code, b"<?php return 'v1';");
+    let farm = Farm::start(
+        "zygote_deploy",
+        options(&[("ZYGOTE_CODE_FILE", &code.to_string_lossy())]),
+        |jobs| json!({"d": probe_job(jobs, "d", std::path::Path::new("probe-%slot%.json"), 1)}),
+    );
+    let first = probes(&farm, "probe-%slot%.json", 1);
+    assert_eq!(first[&0]["code"], "v1");
+    let old_zygote = zygote_pid(&farm);
+    write_atomically(&code, b"<?php return 'v2';");
+    // The zygote looks at its files at most once a second, when asked for
+    // a worker: restart the job until a worker runs the new code.
+    let again = farm.wait_for(secs(20.0), "a worker with the new code", || {
+        std::fs::remove_file(farm.dir.join("probe-0.json")).ok();
+        farm.request("restart d").ok()?;
+        let seen = probes(&farm, "probe-%slot%.json", 1);
+        (seen[&0]["code"] == "v2").then_some(seen)
+    });
+    let new_zygote = zygote_pid(&farm);
+    assert_ne!(new_zygote, old_zygote);
+    assert_eq!(again[&0]["warmBuiltBy"], new_zygote, "forked from the new zygote: {}", again[&0]);
+    let stderr = farm.stderr();
+    assert!(stderr.contains(&format!("{}, which it loaded, changed", code.display())), "{stderr}");
+    assert!(!is_lrpm_process(old_zygote), "the old zygote ended");
+}
+
+#[test]
+fn a_deploy_that_switches_the_bootstraps_symlink_brings_a_new_zygote() {
+    let _g = shared();
+    let dir = TempDir::new("zygote_symlink");
+    for release in ["r1", "r2"] {
+        std::fs::create_dir_all(dir.join(release)).unwrap();
+        let text = format!("<?php\nrequire {:?};\n$GLOBALS['code'] = '{release}';\n", bootstrap().to_string_lossy());
+        std::fs::write(dir.join(release).join("bootstrap.php"), text).unwrap();
+    }
+    std::os::unix::fs::symlink(dir.join("r1"), dir.join("current")).unwrap();
+    let mut options = options(&[]);
+    options.extra_args = vec!["--bootstrap".into(), dir.join("current/bootstrap.php").to_string_lossy().into_owned()];
+    let farm = Farm::start(
+        "zygote_symlink",
+        options,
+        |jobs| json!({"s": probe_job(jobs, "s", std::path::Path::new("probe-%slot%.json"), 1)}),
+    );
+    assert_eq!(probes(&farm, "probe-%slot%.json", 1)[&0]["code"], "r1");
+    // A deploy: `current` now points at the new release; no old file changed.
+    std::os::unix::fs::symlink(dir.join("r2"), dir.join("next")).unwrap();
+    std::fs::rename(dir.join("next"), dir.join("current")).unwrap();
+    farm.wait_for(secs(20.0), "a worker of the new release", || {
+        std::fs::remove_file(farm.dir.join("probe-0.json")).ok();
+        farm.request("restart s").ok()?;
+        (probes(&farm, "probe-%slot%.json", 1)[&0]["code"] == "r2").then_some(())
+    });
+    assert!(farm.stderr().contains("now resolves to"), "{}", farm.stderr());
 }

@@ -440,7 +440,7 @@ pub fn worker_launch(
     }
 }
 
-/// The runner parameters for the zygote (`--zygote`): it runs the
+/// The runner parameters for the zygote (unless `--no-zygote`): it runs the
 /// bootstrap once, then forks workers on the supervisor's requests that
 /// arrive on `socket_fd`.
 pub fn zygote_program(

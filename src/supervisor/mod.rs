@@ -90,7 +90,7 @@ pub struct FarmConfig {
     pub capture_output: bool,
     /// Where `/metrics`, `/healthz` and `/readyz` are served (`--metrics-listen`).
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// Fork workers from a zygote (`--zygote`).
+    /// Fork workers from a zygote (the default; `--no-zygote` turns it off).
     pub zygote: bool,
     /// This program's path (`lrpmctl upgrade` executes what is there now).
     pub program: PathBuf,
@@ -129,11 +129,13 @@ struct Supervisor<'e> {
     pages: HashMap<i32, SharedPage>,
     /// Workers' output, when captured (`--worker-output=capture`).
     output: Option<output::OutputRouter>,
-    /// The zygote (`--zygote`), and its restart backoff.
+    /// The zygote (off with `--no-zygote`), and its restart backoff.
     zygote: zygote::Zygote,
     zygote_backoff: zygote::Backoff,
     /// The zygote refused to serve: it is not started again.
     zygote_refused: bool,
+    /// Zygotes replaced after a code change, not reaped yet.
+    retired_zygotes: Vec<i32>,
     /// `lrpmctl upgrade` under way.
     upgrade: Option<upgrade::Upgrade>,
     /// Creating output pipes failed and was logged (until it works again).
@@ -239,6 +241,7 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         zygote: zygote::Zygote::Off,
         zygote_backoff: zygote::Backoff::default(),
         zygote_refused: false,
+        retired_zygotes: Vec::new(),
         upgrade: None,
         output_pipes_failed: false,
         output_paused_until: None,
@@ -315,7 +318,7 @@ impl Supervisor<'_> {
             if matches!(self.zygote, zygote::Zygote::Down { at } if at <= now) && !self.farm.is_shutting_down() {
                 self.start_zygote(now);
             }
-            self.zygote_startup_overdue(now);
+            self.zygote_overdue(now);
             if self.farm.is_shutting_down() {
                 self.stop_zygote_if_idle();
             }
@@ -329,7 +332,7 @@ impl Supervisor<'_> {
                 self.http.as_ref().and_then(HttpServer::next_deadline),
                 match &self.zygote {
                     zygote::Zygote::Down { at } => Some(*at),
-                    zygote::Zygote::Running(running) => running.startup_deadline(),
+                    zygote::Zygote::Running(running) => running.deadline(),
                     _ => None,
                 },
             ]
@@ -536,6 +539,9 @@ impl Supervisor<'_> {
                 output.drain(pid.as_raw());
             }
             return self.zygote_exited(exit, now);
+        }
+        if self.retired_zygote_exited(pid.as_raw()) {
+            return;
         }
         if self.is_upgrade_check(pid.as_raw()) {
             return self.upgrade_check_exited(exit);

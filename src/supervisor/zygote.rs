@@ -1,4 +1,4 @@
-//! The zygote (`--zygote`): one process that ran the bootstrap once and
+//! The zygote (the default; off with `--no-zygote`): one process that ran the bootstrap once and
 //! forks workers on request, so that each worker starts inside a request
 //! that already has the autoloader and everything the bootstrap built
 //! (shared copy-on-write), instead of building it again.
@@ -7,7 +7,8 @@
 //! a SOCK_SEQPACKET socketpair. A request is one message (header, title,
 //! the worker's params JSON) with the worker's output pipes attached; the
 //! replies come in order: READY once (or REFUSED, with why), then STARTED
-//! with the worker's pid, or FAILED, for each request.
+//! with the worker's pid, or FAILED, for each request; or STALE (code it
+//! loaded changed on disk), after which it ends without serving the rest.
 //!
 //! Workers stay the supervisor's direct children: the zygote forks an
 //! intermediate that forks the worker and exits at once, and the supervisor
@@ -18,7 +19,7 @@
 //!
 //! While the zygote is starting, down (restarting with backoff) or refused
 //! (the bootstrap left a socket open), workers are forked by the supervisor
-//! as without `--zygote`: the farm never waits for it.
+//! as with `--no-zygote`: the farm never waits for it.
 
 #![forbid(unsafe_code)]
 
@@ -37,6 +38,7 @@ pub const READY: u32 = 1;
 pub const REFUSED: u32 = 2;
 pub const STARTED: u32 = 3;
 pub const FAILED: u32 = 4;
+pub const STALE: u32 = 5;
 
 /// The first restart waits this long, doubling up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -47,6 +49,8 @@ const STABLE_RUN: Duration = Duration::from_secs(10);
 /// A worker asked of the zygote, waiting for its pid.
 pub struct PendingStart {
     pub key: WorkerKey,
+    /// When the request was sent (see `REPLY_WAIT`).
+    pub sent: Instant,
     pub name: String,
     pub label: String,
     /// Read ends of its stdout and stderr pipes.
@@ -57,10 +61,14 @@ pub struct PendingStart {
 /// One reply of the zygote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    Ready,
+    /// With the KiB of free heap slots it took (csrc: take_zygote_free_slots).
+    Ready(u32),
     Refused(String),
     Started(i32),
     Failed(Errno),
+    /// Code it loaded changed on disk (what, in words): it has ended, and
+    /// left every request not yet answered unserved.
+    Stale(String),
 }
 
 pub struct Running {
@@ -69,9 +77,10 @@ pub struct Running {
     socket: OwnedFd,
     pub ready: bool,
     pub pending: VecDeque<PendingStart>,
-    /// Starts asked for before it was ready: sent once it is (or forked by
-    /// the supervisor if it is not ready within `STARTUP_WAIT`).
-    pub awaiting: Vec<WorkerKey>,
+    /// Starts not sent yet, in order: asked for before it was ready (sent
+    /// once it is, or forked by the supervisor if it is not ready within
+    /// `STARTUP_WAIT`), or while `MAX_IN_FLIGHT` requests were unanswered.
+    pub awaiting: VecDeque<WorkerKey>,
     /// SIGTERM was sent (the farm is shutting down).
     pub stopping: bool,
 }
@@ -79,8 +88,20 @@ pub struct Running {
 /// How long starts wait for a zygote that is starting (running the bootstrap).
 pub const STARTUP_WAIT: Duration = Duration::from_secs(5);
 
+/// Requests sent and not yet answered, at most. A farm of thousands asks
+/// for all its workers in one turn: the rest wait in `awaiting` and go out
+/// as replies come in, so the socket's buffer never fills (a full buffer
+/// would make each further start fall back to a fork by the supervisor,
+/// without the zygote's sharing).
+pub const MAX_IN_FLIGHT: usize = 32;
+
+/// A zygote that leaves a request unanswered this long is stuck (a fork
+/// that hangs, a stopped process): it is killed and started again, and the
+/// starts it owed are retried.
+pub const REPLY_WAIT: Duration = Duration::from_secs(5);
+
 pub enum Zygote {
-    /// No `--zygote`.
+    /// `--no-zygote`.
     Off,
     Running(Running),
     /// Died; started again at `at`.
@@ -125,7 +146,7 @@ impl Running {
             socket,
             ready: false,
             pending: VecDeque::new(),
-            awaiting: Vec::new(),
+            awaiting: VecDeque::new(),
             stopping: false,
         }
     }
@@ -133,6 +154,22 @@ impl Running {
     /// When starts waiting for it stop waiting.
     pub fn startup_deadline(&self) -> Option<Instant> {
         (!self.ready && !self.awaiting.is_empty()).then(|| self.since + STARTUP_WAIT)
+    }
+
+    /// When the oldest unanswered request makes it count as stuck.
+    pub fn reply_deadline(&self) -> Option<Instant> {
+        self.pending.front().map(|start| start.sent + REPLY_WAIT)
+    }
+
+    /// The next moment the supervisor must look at it.
+    pub fn deadline(&self) -> Option<Instant> {
+        [self.startup_deadline(), self.reply_deadline()].into_iter().flatten().min()
+    }
+
+    /// Another request may be sent now (ready, below the window, and
+    /// nothing queued before it).
+    pub fn can_send(&self) -> bool {
+        self.ready && !self.stopping && self.pending.len() < MAX_IN_FLIGHT
     }
 
     pub fn as_fd(&self) -> BorrowedFd<'_> {
@@ -171,10 +208,11 @@ impl Running {
                     let kind = u32::from_ne_bytes(buffer[0..4].try_into().expect("4 bytes"));
                     let value = i32::from_ne_bytes(buffer[4..8].try_into().expect("4 bytes"));
                     replies.push(match kind {
-                        READY => Reply::Ready,
+                        READY => Reply::Ready(u32::try_from(value).unwrap_or(0)),
                         REFUSED => Reply::Refused(String::from_utf8_lossy(&buffer[8..n]).into_owned()),
                         STARTED => Reply::Started(value),
                         FAILED => Reply::Failed(Errno::from_raw(value)),
+                        STALE => Reply::Stale(String::from_utf8_lossy(&buffer[8..n]).into_owned()),
                         _ => Reply::Failed(Errno::EPROTO),
                     });
                 }

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,15 @@ use nix::unistd::Pid;
 
 use super::output;
 use super::zygote::{self, PendingStart, Reply, Zygote};
+
+/// What became of a request to the zygote.
+enum Request {
+    Sent,
+    /// Its socket is full: queued until replies make room.
+    Busy,
+    /// It cannot take it: fork it here.
+    Fallback,
+}
 use super::Supervisor;
 use crate::farm::{Event, LogLevel, WorkerKey};
 use crate::php;
@@ -57,32 +67,64 @@ impl Supervisor<'_> {
         self.zygote = Zygote::Down { at: crate::farm::lifecycle::later(now, delay) };
     }
 
-    /// Hands the start of `key` to the zygote: asked now when it is ready,
-    /// kept until it is when it is starting. None means: fork it yourself.
+    /// Hands the start of `key` to the zygote: asked now when it is ready
+    /// and has room, queued until then. None means: fork it yourself.
     pub(super) fn start_through_zygote(&mut self, key: &WorkerKey, now: Instant) -> Option<()> {
-        let Zygote::Running(running) = &mut self.zygote else { return None };
         if self.farm.is_shutting_down() {
             return None;
         }
-        if !running.ready {
-            if now.saturating_duration_since(running.since) >= zygote::STARTUP_WAIT {
-                return None;
-            }
-            running.awaiting.push(key.clone());
+        let Zygote::Running(running) = &mut self.zygote else { return None };
+        if running.stopping {
+            return None;
+        }
+        if !running.ready && now.saturating_duration_since(running.since) >= zygote::STARTUP_WAIT {
+            return None;
+        }
+        if !running.ready || !running.awaiting.is_empty() || !running.can_send() {
+            running.awaiting.push_back(key.clone());
             return Some(());
         }
-        self.request_from_zygote(key)
+        match self.request_from_zygote(key) {
+            Request::Sent => Some(()),
+            Request::Busy => {
+                if let Zygote::Running(running) = &mut self.zygote {
+                    running.awaiting.push_back(key.clone());
+                }
+                Some(())
+            }
+            Request::Fallback => None,
+        }
     }
 
-    /// Starts that waited for the zygote: to it once ready, else directly.
-    pub(super) fn release_awaiting(&mut self, now: Instant) {
-        let awaiting = match &mut self.zygote {
-            Zygote::Running(running) => std::mem::take(&mut running.awaiting),
-            _ => return,
-        };
-        for key in awaiting {
-            if self.request_from_zygote(&key).is_none() {
+    /// Starts that wait: to the zygote as far as its window allows when it
+    /// is ready (a zygote still starting keeps them); forked here when it
+    /// cannot take them (`fallback`: refused or ended), or when the farm is
+    /// shutting down.
+    pub(super) fn release_awaiting(&mut self, now: Instant, fallback: bool) {
+        let shutting_down = self.farm.is_shutting_down();
+        loop {
+            let Zygote::Running(running) = &mut self.zygote else { return };
+            let to_zygote = running.ready && !running.stopping && !shutting_down && !fallback;
+            if !to_zygote && !fallback && !shutting_down && !running.ready && !running.stopping {
+                return;
+            }
+            if to_zygote && !running.can_send() {
+                return;
+            }
+            let Some(key) = running.awaiting.pop_front() else { return };
+            if !to_zygote {
                 self.start_directly(&key, now);
+                continue;
+            }
+            match self.request_from_zygote(&key) {
+                Request::Sent => {}
+                Request::Busy => {
+                    if let Zygote::Running(running) = &mut self.zygote {
+                        running.awaiting.push_front(key);
+                    }
+                    return;
+                }
+                Request::Fallback => self.start_directly(&key, now),
             }
         }
     }
@@ -94,31 +136,40 @@ impl Supervisor<'_> {
         self.apply(actions);
     }
 
-    /// Starts waiting for a zygote that did not become ready in time.
-    pub(super) fn zygote_startup_overdue(&mut self, now: Instant) {
-        let overdue = matches!(&self.zygote, Zygote::Running(r) if r.startup_deadline().is_some_and(|at| at <= now));
-        if overdue {
+    /// A zygote past a deadline: not ready `STARTUP_WAIT` after it started
+    /// (the starts waiting for it are forked here), or a request unanswered
+    /// for `REPLY_WAIT` (it is killed; its exit retries what it owed).
+    pub(super) fn zygote_overdue(&mut self, now: Instant) {
+        let Zygote::Running(running) = &mut self.zygote else { return };
+        if running.startup_deadline().is_some_and(|at| at <= now) {
             tracing::warn!(
                 "zygote: not ready {}s after it started (a slow bootstrap?); forking waiting workers directly",
                 zygote::STARTUP_WAIT.as_secs()
             );
-            let awaiting = match &mut self.zygote {
-                Zygote::Running(running) => std::mem::take(&mut running.awaiting),
-                _ => Vec::new(),
-            };
+            let awaiting = std::mem::take(&mut running.awaiting);
             for key in awaiting {
                 self.start_directly(&key, now);
             }
+        } else if !running.stopping && running.reply_deadline().is_some_and(|at| at <= now) {
+            tracing::error!(
+                "zygote: pid {} left a start unanswered for {}s; killing it (it is started again, and the {} start(s) \
+                 it owed are retried)",
+                running.pid,
+                zygote::REPLY_WAIT.as_secs(),
+                running.pending.len()
+            );
+            running.stopping = true;
+            process::signal_group(Pid::from_raw(running.pid), Signal::SIGKILL);
         }
     }
 
-    /// Asks the ready zygote for the worker of `key`; None means: fork it yourself.
-    fn request_from_zygote(&mut self, key: &WorkerKey) -> Option<()> {
-        let Zygote::Running(running) = &self.zygote else { return None };
-        if !running.ready || self.farm.is_shutting_down() {
-            return None;
+    /// Asks the ready zygote for the worker of `key`.
+    fn request_from_zygote(&mut self, key: &WorkerKey) -> Request {
+        let Zygote::Running(running) = &self.zygote else { return Request::Fallback };
+        if !running.ready || running.stopping || self.farm.is_shutting_down() {
+            return Request::Fallback;
         }
-        let state = self.farm.job(&key.id)?;
+        let Some(state) = self.farm.job(&key.id) else { return Request::Fallback };
         let label = state.label(key.slot);
         let name = state.job.name.clone();
         let source_file = self.config.source_is_file.then(|| std::path::Path::new(&self.config.source));
@@ -126,56 +177,69 @@ impl Supervisor<'_> {
         let params = launch.params.to_string();
         let page = self.slots.as_mut().and_then(crate::process::shared_page::SharedSlots::allocate);
         let pipes = self.output_pipes(&label);
-        let Zygote::Running(running) = &mut self.zygote else { return None };
+        let Zygote::Running(running) = &mut self.zygote else { return Request::Fallback };
         let write_ends = pipes.as_ref().map(|p| (p.stdout.1.as_raw_fd(), p.stderr.1.as_raw_fd()));
         // A NUL in a job's name or id is shown, as on the direct path (C text).
         let title = launch.title.replace('\0', "\\0");
-        match running.request(&title, &params, page.as_ref(), launch.stop_grace, write_ends) {
-            Ok(()) => {
-                running.pending.push_back(PendingStart {
-                    key: key.clone(),
-                    name,
-                    label,
-                    pipes: pipes.map(|p| (p.stdout.0, p.stderr.0)),
-                    page,
-                });
-                Some(())
-            }
-            Err(e) => {
-                tracing::debug!("{label}: the zygote cannot take the request ({e}); forking it directly");
-                if let (Some(page), Some(slots)) = (page, self.slots.as_mut()) {
-                    slots.release(page);
-                }
-                None
-            }
+        let sent = running.request(&title, &params, page.as_ref(), launch.stop_grace, write_ends);
+        if sent.is_ok() {
+            running.pending.push_back(PendingStart {
+                key: key.clone(),
+                sent: Instant::now(),
+                name,
+                label,
+                pipes: pipes.map(|p| (p.stdout.0, p.stderr.0)),
+                page,
+            });
+            return Request::Sent;
         }
+        let busy = sent == Err(nix::errno::Errno::EAGAIN) && !running.pending.is_empty();
+        if let (Some(page), Some(slots)) = (page, self.slots.as_mut()) {
+            slots.release(page);
+        }
+        if busy {
+            // Its replies will make room.
+            return Request::Busy;
+        }
+        let e = sent.expect_err("not sent");
+        tracing::debug!("{label}: the zygote cannot take the request ({e}); forking it directly");
+        Request::Fallback
     }
 
-    /// Handles every reply the zygote has sent.
+    /// Handles every reply the zygote has sent, then sends the starts that
+    /// waited for room.
     pub(super) fn read_zygote(&mut self, now: Instant) {
         let Zygote::Running(running) = &self.zygote else { return };
-        for reply in running.replies() {
+        let replies = running.replies();
+        let answered = !replies.is_empty();
+        for reply in replies {
             match reply {
-                Reply::Ready => {
+                Reply::Ready(reserved_kib) => {
                     if let Zygote::Running(running) = &mut self.zygote {
                         running.ready = true;
                         let subject = crate::telemetry::Subject { pid: Some(running.pid), ..Default::default() };
-                        crate::telemetry::log(LogLevel::Info, "zygote ready: workers are forked from it", subject);
+                        let message = format!(
+                            "zygote ready: workers are forked from it ({reserved_kib} KiB of the bootstrap's free \
+                             heap slots kept, so that workers allocate on pages of their own)"
+                        );
+                        crate::telemetry::log(LogLevel::Info, &message, subject);
                     }
-                    self.release_awaiting(now);
+                    self.release_awaiting(now, false);
                 }
                 Reply::Refused(why) => {
-                    tracing::error!(
-                        "zygote refused to serve: {why}; workers are forked by the supervisor (without --zygote's sharing)"
+                    tracing::warn!(
+                        "zygote refused to serve: {why}; workers are forked by the supervisor, each running the \
+                         bootstrap itself (as with --no-zygote)"
                     );
                     if let Zygote::Running(running) = &mut self.zygote {
                         process::signal_group(Pid::from_raw(running.pid), Signal::SIGTERM);
                         running.ready = false;
                     }
                     self.zygote_refused = true;
-                    self.release_awaiting(now);
+                    self.release_awaiting(now, true);
                 }
                 Reply::Started(pid) => self.zygote_started(pid, now),
+                Reply::Stale(what) => return self.replace_stale_zygote(&what, now),
                 Reply::Failed(errno) => {
                     let Zygote::Running(running) = &mut self.zygote else { return };
                     let Some(start) = running.pending.pop_front() else { continue };
@@ -192,6 +256,51 @@ impl Supervisor<'_> {
                 }
             }
         }
+        if answered {
+            self.release_awaiting(now, false);
+        }
+    }
+
+    /// The zygote found that code it loaded changed (a deploy) and ended: a
+    /// new one is started, and the starts the old one had not answered, and
+    /// those waiting, go to it (or are forked here if it cannot start).
+    fn replace_stale_zygote(&mut self, what: &str, now: Instant) {
+        let Zygote::Running(old) = std::mem::replace(&mut self.zygote, Zygote::Off) else { return };
+        let subject = crate::telemetry::Subject { pid: Some(old.pid), ..Default::default() };
+        let message = format!(
+            "zygote: {what}; starting a new zygote with the code now on disk (running workers keep the code they \
+             have until they are replaced)"
+        );
+        crate::telemetry::log(LogLevel::Info, &message, subject);
+        let mut awaiting = VecDeque::new();
+        for start in old.pending {
+            if let (Some(page), Some(slots)) = (start.page, self.slots.as_mut()) {
+                slots.release(page);
+            }
+            awaiting.push_back(start.key);
+        }
+        awaiting.extend(old.awaiting);
+        self.retired_zygotes.push(old.pid);
+        self.start_zygote(now);
+        match &mut self.zygote {
+            Zygote::Running(new) => new.awaiting = awaiting,
+            _ => {
+                for key in awaiting {
+                    self.start_directly(&key, now);
+                }
+            }
+        }
+    }
+
+    /// A zygote replaced after a code change, reaped: nothing to do but
+    /// forward its last output.
+    pub(super) fn retired_zygote_exited(&mut self, pid: i32) -> bool {
+        let Some(index) = self.retired_zygotes.iter().position(|p| *p == pid) else { return false };
+        self.retired_zygotes.swap_remove(index);
+        if let Some(output) = self.output.as_mut() {
+            output.drain(pid);
+        }
+        true
     }
 
     fn zygote_started(&mut self, pid: i32, now: Instant) {
@@ -209,7 +318,7 @@ impl Supervisor<'_> {
         if let Zygote::Running(running) = &mut self.zygote {
             running.ready = false;
         }
-        self.release_awaiting(now);
+        self.release_awaiting(now, true);
         let Zygote::Running(running) = std::mem::replace(&mut self.zygote, Zygote::Off) else { return };
         let ran = now.saturating_duration_since(running.since);
         for start in running.pending {

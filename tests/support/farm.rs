@@ -274,8 +274,9 @@ impl Farm {
             cmd.arg("--control-socket").arg(&socket).env_remove("LRPM_SOCKET");
         }
         cmd.args(&options.extra_args)
-            // LRPM_TEST_ZYGOTE=1 runs every farm test with --zygote.
-            .args(std::env::var_os("LRPM_TEST_ZYGOTE").map(|_| "--zygote"))
+            // LRPM_TEST_NO_ZYGOTE=1 runs every farm test with --no-zygote
+            // (workers forked by the supervisor itself).
+            .args(std::env::var_os("LRPM_TEST_NO_ZYGOTE").map(|_| "--no-zygote"))
             .arg(&options.source)
             .env("FARM_JOBS", &jobs_file)
             .env("FARM_EVENTS", &log_file)

@@ -79,8 +79,8 @@ pub fn children_of(pid: i32) -> Vec<i32> {
 }
 
 /// Every live descendant of `root`.
-/// The farm's processes among `pids`: all but a zygote (`--zygote`, or
-/// every farm with LRPM_TEST_ZYGOTE=1), which tests that count a farm's
+/// The farm's processes among `pids`: all but a zygote (the default;
+/// not with LRPM_TEST_NO_ZYGOTE=1), which tests that count a farm's
 /// configuration process and workers leave out.
 pub fn farm_count(pids: &[i32]) -> usize {
     pids.iter().filter(|p| cmdline(**p).as_deref() != Some("lrpm-host: zygote")).count()

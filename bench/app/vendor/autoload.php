@@ -23,6 +23,8 @@ spl_autoload_register(static function (string $class): void {
 // With lrpm-host --zygote, the bootstrap runs once in the zygote: build the
 // framework there, and every worker forked from it shares it (the
 // contender lrpm-host-zygote; php-cli contenders never have this function).
-if (function_exists('Lrpm\\process_kind') && \Lrpm\process_kind() === 'zygote') {
+// BENCH_NO_WARMUP=1 (the contender lrpm-host-zygote-cold) leaves it to
+// each worker's start(), to measure the zygote without a warm-up.
+if (function_exists('Lrpm\\process_kind') && \Lrpm\process_kind() === 'zygote' && getenv('BENCH_NO_WARMUP') !== '1') {
     \Bench\SymfonyWorker::warmUp();
 }
