@@ -1011,7 +1011,14 @@ static PHP_FUNCTION(lrpm_zygote_serve)
         sigaddset(&stops, SIGINT);
         sigaddset(&stops, SIGHUP);
         sigprocmask(SIG_BLOCK, &stops, &previous);
-        pid_t intermediate = fork();
+        /* The intermediate is a vfork() child: it shares the zygote's
+         * memory (the zygote waits meanwhile), so it costs no copy of the
+         * zygote's page tables and no teardown at its exit, which the
+         * worker would wait for to be reparented. It only forks the
+         * worker (a single-threaded process's fork() touches no shared
+         * state that outlives the call), replies and _exits, and never
+         * returns from this function. */
+        pid_t intermediate = vfork();
         if (intermediate == 0) {
             pid_t worker = fork();
             if (worker == 0) {
