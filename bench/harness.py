@@ -473,8 +473,15 @@ class LrpmHost(Contender):
         workers = {int(p) for p in self.worker_pids()}
         others = [p for p in process_tree(self.pid)[1:] if p not in workers]
         roles = {"supervisor": self.pid}
-        if len(others) == 1:
-            roles["config process"] = others[0]
+        for pid in others:
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            except OSError:
+                continue
+            if title.startswith("lrpm-host: config"):
+                roles["config process"] = pid
+            elif title.startswith("lrpm-host: zygote"):
+                roles["zygote"] = pid
         return roles
 
     def worker_pids(self) -> list[int]:
