@@ -12,8 +12,8 @@
 #               2 and 50 chatty workers, ~3 min): bench/results/output.json, then the report
 #   make bench-messenger only examples/messenger's consumers, lrpm-host against 4 php-cli
 #               messenger:consume-style processes (throughput, PSS; ~2 min): bench/results/messenger.json
-#   make php    build PHP $(PHP_VERSION) (default 8.4) from source into build/php-8.4/prefix
-#               (Debian's source package, or PHP_SRC=tarball-or-folder), then lrpm-host
+#   make php    build PHP $(PHP_VERSION) (default 8.4) from source, with APCu and phpredis, into build/php-8.4/prefix
+#               (Debian's source packages, or PHP_SRC= PHP_APCU_SRC= PHP_REDIS_SRC=), then lrpm-host
 #               against it into build/php-8.4/dist; PHP_STATIC=1: PHP linked into the
 #               binary (build/php-8.4/dist-static). Incremental. php-src-config/README.md
 #   make test-php84   make php PHP_VERSION=8.4, then the whole test suite against it
@@ -119,6 +119,7 @@ php: php-lib
 
 php-lib:
 	@PHP_VERSION=$(PHP_VERSION) PHP_BUILD=$(PHP_BUILD) PHP_JOBS=$(PHP_JOBS) PHP_STATIC=$(PHP_STATIC) \
+		PHP_SRC="$(PHP_SRC)" PHP_APCU_SRC="$(PHP_APCU_SRC)" PHP_REDIS_SRC="$(PHP_REDIS_SRC)" \
 		php-src-config/build-php.sh
 
 # The whole suite against PHP 8.4 built from source (cached in build/php-8.4).
