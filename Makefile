@@ -20,6 +20,9 @@
 #   make docker       build the container image lrpm-host:latest (DOCKER_IMAGE=...; docs/deploy.md)
 #   make docker-test  build it, then check it against the Docker engine
 #               (tests/docker/check.sh: graceful docker stop, PID 1, lrpmctl); not part of `make test`
+#   make docker-static       the image of the self-contained binary (make php PHP_STATIC=1,
+#               Dockerfile.static): lrpm-host:static (DOCKER_STATIC_IMAGE=...)
+#   make docker-static-test  build it, then the same checks, plus: no libphp and no php in it
 
 SHELL := /bin/bash
 
@@ -51,6 +54,8 @@ LOCKED := $(if $(wildcard Cargo.lock),--locked,)
 
 # The image `make docker` builds and `make docker-test` checks.
 DOCKER_IMAGE ?= lrpm-host:latest
+# The image of the self-contained binary (make docker-static, docker-static-test).
+DOCKER_STATIC_IMAGE ?= lrpm-host:static
 
 # PHP built from source (make php, make test-php84).
 PHP_VERSION ?= 8.4
@@ -65,7 +70,7 @@ PHP_CARGO_TARGET := $(PHP_BUILD)/target$(PHP_FLAVOUR)
 PHP_CARGO := PHP_CONFIG=$(PHP_PREFIX)/bin/php-config LRPM_PHP_STATIC=$(PHP_STATIC) \
 	CARGO_TARGET_DIR=$(PHP_CARGO_TARGET) cargo
 
-.PHONY: deps bench-deps install-packages build run test bench bench-quick bench-scale bench-output bench-messenger docker docker-test php php-lib php-test test-php84 docker-static
+.PHONY: deps bench-deps install-packages build run test bench bench-quick bench-scale bench-output bench-messenger docker docker-test php php-lib php-test test-php84 docker-static docker-static-test
 
 deps:
 	@$(MAKE) --no-print-directory install-packages PACKAGES="$(DEB_PACKAGES)"
@@ -160,7 +165,10 @@ docker:
 # The static binary of `make php PHP_STATIC=1` alone on a slim base.
 docker-static:
 	@$(MAKE) --no-print-directory php PHP_STATIC=1
-	docker build -f Dockerfile.static -t $(DOCKER_IMAGE:latest=static) .
+	docker build -f Dockerfile.static --build-arg PHP_VERSION=$(PHP_VERSION) -t $(DOCKER_STATIC_IMAGE) .
 
 docker-test: docker
 	tests/docker/check.sh $(DOCKER_IMAGE)
+
+docker-static-test: docker-static
+	tests/docker/check.sh $(DOCKER_STATIC_IMAGE) static
