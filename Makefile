@@ -12,14 +12,17 @@
 #               2 and 50 chatty workers, ~3 min): bench/results/output.json, then the report
 #   make bench-messenger only examples/messenger's consumers, lrpm-host against 4 php-cli
 #               messenger:consume-style processes (throughput, PSS; ~2 min): bench/results/messenger.json
-#   make php    build PHP $(PHP_VERSION) (default 8.4) from source into build/php-8.4/prefix
-#               (Debian's source package, or PHP_SRC=tarball-or-folder), then lrpm-host
+#   make php    build PHP $(PHP_VERSION) (default 8.4) from source, with APCu and phpredis, into build/php-8.4/prefix
+#               (Debian's source packages, or PHP_SRC= PHP_APCU_SRC= PHP_REDIS_SRC=), then lrpm-host
 #               against it into build/php-8.4/dist; PHP_STATIC=1: PHP linked into the
 #               binary (build/php-8.4/dist-static). Incremental. php-src-config/README.md
 #   make test-php84   make php PHP_VERSION=8.4, then the whole test suite against it
 #   make docker       build the container image lrpm-host:latest (DOCKER_IMAGE=...; docs/deploy.md)
 #   make docker-test  build it, then check it against the Docker engine
 #               (tests/docker/check.sh: graceful docker stop, PID 1, lrpmctl); not part of `make test`
+#   make docker-static       the image of the self-contained binary (make php PHP_STATIC=1,
+#               Dockerfile.static): lrpm-host:static (DOCKER_STATIC_IMAGE=...)
+#   make docker-static-test  build it, then the same checks, plus: no libphp and no php in it
 
 SHELL := /bin/bash
 
@@ -51,6 +54,8 @@ LOCKED := $(if $(wildcard Cargo.lock),--locked,)
 
 # The image `make docker` builds and `make docker-test` checks.
 DOCKER_IMAGE ?= lrpm-host:latest
+# The image of the self-contained binary (make docker-static, docker-static-test).
+DOCKER_STATIC_IMAGE ?= lrpm-host:static
 
 # PHP built from source (make php, make test-php84).
 PHP_VERSION ?= 8.4
@@ -65,7 +70,7 @@ PHP_CARGO_TARGET := $(PHP_BUILD)/target$(PHP_FLAVOUR)
 PHP_CARGO := PHP_CONFIG=$(PHP_PREFIX)/bin/php-config LRPM_PHP_STATIC=$(PHP_STATIC) \
 	CARGO_TARGET_DIR=$(PHP_CARGO_TARGET) cargo
 
-.PHONY: deps bench-deps install-packages build run test test-no-zygote bench bench-quick bench-scale bench-output bench-messenger docker docker-test php php-lib php-test test-php84 docker-static
+.PHONY: deps bench-deps install-packages build run test test-no-zygote bench bench-quick bench-scale bench-output bench-messenger docker docker-test php php-lib php-test test-php84 docker-static docker-static-test
 
 deps:
 	@$(MAKE) --no-print-directory install-packages PACKAGES="$(DEB_PACKAGES)"
@@ -128,6 +133,7 @@ php: php-lib
 
 php-lib:
 	@PHP_VERSION=$(PHP_VERSION) PHP_BUILD=$(PHP_BUILD) PHP_JOBS=$(PHP_JOBS) PHP_STATIC=$(PHP_STATIC) \
+		PHP_SRC="$(PHP_SRC)" PHP_APCU_SRC="$(PHP_APCU_SRC)" PHP_REDIS_SRC="$(PHP_REDIS_SRC)" \
 		php-src-config/build-php.sh
 
 # The whole suite against PHP 8.4 built from source (cached in build/php-8.4).
@@ -168,7 +174,10 @@ docker:
 # The static binary of `make php PHP_STATIC=1` alone on a slim base.
 docker-static:
 	@$(MAKE) --no-print-directory php PHP_STATIC=1
-	docker build -f Dockerfile.static -t $(DOCKER_IMAGE:latest=static) .
+	docker build -f Dockerfile.static --build-arg PHP_VERSION=$(PHP_VERSION) -t $(DOCKER_STATIC_IMAGE) .
 
 docker-test: docker
 	tests/docker/check.sh $(DOCKER_IMAGE)
+
+docker-static-test: docker-static
+	tests/docker/check.sh $(DOCKER_STATIC_IMAGE) static

@@ -5,13 +5,15 @@
 # Environment (the Makefile passes these through):
 #   PHP_VERSION    major.minor wanted from Debian (default 8.4)
 #   PHP_SRC        a PHP source tarball or folder; unset: Debian's source package
-#   PHP_REDIS_SRC  a phpredis (PECL redis) tarball or folder to compile in; optional
+#   PHP_APCU_SRC   an APCu (PECL apcu) tarball or folder; unset: Debian's php-apcu source
+#   PHP_REDIS_SRC  a phpredis (PECL redis) tarball or folder; unset: Debian's php-redis source
 #   PHP_BUILD      the build folder (default build/php-$PHP_VERSION)
 #   PHP_STATIC     1: also make $PHP_BUILD/prefix/lib/libphp.a
 #   PHP_JOBS       make -j (default 2)
 #
-# Incremental: the configuration key (sources, flags, RECIPE) is kept next
-# to the build; with the same key and an installed prefix nothing runs.
+# Incremental: the configuration key (the sources' content, flags, prefix,
+# RECIPE) is kept next to the build; with the same key and an installed
+# prefix nothing runs.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -27,7 +29,7 @@ SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
 # Part of the configuration key: raise it when a change to this script
 # changes what configure or make produce (not for every edit, since a new
 # key means a build from scratch).
-RECIPE=1
+RECIPE=2
 
 # The Debian suites the source package comes from: PHP 8.4 is trixie's PHP.
 DEBIAN_SUITES=${DEBIAN_SUITES:-trixie trixie-updates}
@@ -39,8 +41,9 @@ DEBIAN_SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-se
 BUILD_PACKAGES="build-essential autoconf bison re2c pkg-config xz-utils
     libxml2-dev libsqlite3-dev libonig-dev libicu-dev libpq-dev libzip-dev
     libcurl4-openssl-dev libssl-dev libsodium-dev zlib1g-dev"
-# Only for fetching Debian's source package: dget checks the .dsc's
-# signature against debian-keyring and every file against the .dsc.
+# Only for fetching Debian's source packages: apt checks the files against
+# the signed Sources index, dget (the fallback) the .dsc's signature against
+# debian-keyring and every file against the .dsc.
 FETCH_PACKAGES="ca-certificates curl dpkg-dev devscripts debian-keyring"
 
 log() { echo "php: $*" >&2; }
@@ -70,14 +73,17 @@ apt_private() {
         -o APT::Sandbox::User=root "$@"
 }
 
-# The newest orig tarball of php$PHP_VERSION that Debian's archive serves,
-# into $downloads. First `apt-get source` of the version the suites list;
-# when the archive does not serve that one (mirrors and proxies lag behind
-# the index), the earlier versions Debian's own changelog names, newest
-# first, fetched with dget.
-fetch_debian_source() {
+# The PECL extensions compiled into libphp: name (ext/NAME), Debian's
+# source package, the variable that names another source, configure flag.
+PECL_EXTENSIONS="apcu:php-apcu:PHP_APCU_SRC:--enable-apcu
+redis:php-redis:PHP_REDIS_SRC:--enable-redis"
+
+# The private apt configuration, once per run: sources list, index
+# folders; removed when the script ends.
+aptdir=""
+private_apt_ready() {
+    [ -n "$aptdir" ] && return 0
     install_packages $FETCH_PACKAGES
-    local pkg=php$PHP_VERSION
     aptdir=$PHP_BUILD/apt
     rm -rf "$aptdir"
     mkdir -p "$aptdir/lists/partial" "$aptdir/cache/archives/partial" "$downloads"
@@ -95,65 +101,103 @@ fetch_debian_source() {
     } >"$aptdir/sources.list"
     log "reading Debian's indexes ($DEBIAN_SUITES $DEBIAN_SECURITY_SUITES)"
     apt_private apt-get update -qq || die "apt-get update of the private deb-src list failed"
-    apt_private apt-cache showsrc "$pkg" >/dev/null 2>&1 || die "Debian ($DEBIAN_SUITES) has no source package $pkg; name a source with PHP_SRC=..."
-    local work=$aptdir/work
+}
+
+# The newest orig tarball of Debian's source package $1 that the archive
+# serves, into $downloads ($2: a binary package of it whose changelog lists
+# its versions; $3: the variable that names a source instead). In order:
+#  1. `apt-get source` of the version the suites list (apt checks every
+#     file against the signed Sources index);
+#  2. when the archive serves that version's orig tarball but not its
+#     .dsc or Debian diff (mirrors and proxies lag behind the index): that
+#     tarball alone, checked against the SHA-256 the signed index lists;
+#  3. when it does not serve that version at all: the earlier versions
+#     Debian's own changelog names, newest first, fetched with dget.
+fetch_debian_source() {
+    local pkg=$1 changelog_pkg=$2 variable=$3
+    private_apt_ready
+    apt_private apt-cache showsrc "$pkg" >/dev/null 2>&1 || die "Debian ($DEBIAN_SUITES) has no source package $pkg; name a source with $variable=..."
+    local work=$aptdir/work-$pkg
+    rm -rf "$work"
     mkdir -p "$work"
-    if (cd "$work" && apt_private apt-get source --download-only -qq "$pkg" >"$aptdir/source.log" 2>&1); then
+    # What apt-get source fetches: 'URL' NAME SIZE SHA256:HASH, from the signed index.
+    local uris
+    uris=$(cd "$work" && apt_private apt-get source --print-uris -qq "$pkg") || die "apt-get source --print-uris $pkg failed"
+    if (cd "$work" && apt_private apt-get source --download-only -qq "$pkg" >"$aptdir/source-$pkg.log" 2>&1); then
         log "fetched $(cd "$work" && ls ./*.dsc)"
     else
-        log "apt-get source $pkg failed ($(grep -m1 -o '[0-9][0-9][0-9]  *Not Found' "$aptdir/source.log" || tail -1 "$aptdir/source.log")); trying the versions Debian's changelog lists"
-        rm -f "$work"/*
-        (cd "$work" && apt_private apt-get download -qq "$pkg-common" >/dev/null 2>&1) \
-            || die "cannot download $pkg-common to read Debian's changelog; name a source with PHP_SRC=..."
-        local versions
-        versions=$(dpkg-deb --fsys-tarfile "$work"/*.deb | tar -xO "./usr/share/doc/$pkg-common/changelog.Debian.gz" \
-            | zcat | sed -n "s/^$pkg (\([^)]*\)).*/\1/p" | head -12)
-        rm -f "$work"/*.deb
-        local version upstream url base found=""
-        for version in $versions; do
-            upstream=${version%-*}
-            for base in "$DEBIAN_SECURITY_MIRROR/pool/updates/main" "$DEBIAN_MIRROR/pool/main"; do
-                url="$base/p/$pkg/${pkg}_${version}.dsc"
-                if curl -fsSI -o /dev/null "$url" 2>/dev/null; then
-                    (cd "$work" && dget --download-only --quiet "$url") \
-                        || die "dget $url failed (signature or checksum)"
-                    found=$version
-                    break 2
-                fi
+        local failure orig url name hash
+        failure=$(grep -m1 -o '[0-9][0-9][0-9]  *Not Found' "$aptdir/source-$pkg.log" || tail -1 "$aptdir/source-$pkg.log")
+        orig=$(grep "^'[^']*' [^ ]*\.orig\.tar\.[a-z0-9]* [0-9]* SHA256:[0-9a-f]\{64\}$" <<<"$uris" | head -1)
+        [ -n "$orig" ] || die "Debian's index lists no orig tarball with a SHA-256 for $pkg"
+        url=$(cut -d"'" -f2 <<<"$orig")
+        name=$(cut -d' ' -f2 <<<"$orig")
+        hash=${orig##*SHA256:}
+        [ -f "$work/$name" ] || curl -fsS -o "$work/$name" "$url" 2>/dev/null || rm -f "$work/$name"
+        if [ -f "$work/$name" ] && [ "$(sha256sum <"$work/$name" | cut -d' ' -f1)" = "$hash" ]; then
+            log "apt-get source $pkg failed ($failure); the archive serves $name, whose SHA-256 matches Debian's signed index: taking it"
+            find "$work" -maxdepth 1 -type f -not -name "$name" -delete
+        else
+            log "apt-get source $pkg failed ($failure), $name too; trying the versions Debian's changelog lists"
+            rm -f "$work"/*
+            (cd "$work" && apt_private apt-get download -qq "$changelog_pkg" >/dev/null 2>&1) \
+                || die "cannot download $changelog_pkg to read Debian's changelog of $pkg; name a source with $variable=..."
+            local versions
+            versions=$(dpkg-deb --fsys-tarfile "$work"/*.deb | tar -xO "./usr/share/doc/$changelog_pkg/changelog.Debian.gz" \
+                | zcat | sed -n "s/^$pkg (\([^)]*\)).*/\1/p" | head -12)
+            rm -f "$work"/*.deb
+            local version base found=""
+            for version in $versions; do
+                for base in "$DEBIAN_SECURITY_MIRROR/pool/updates/main" "$DEBIAN_MIRROR/pool/main"; do
+                    url="$base/${pkg:0:1}/$pkg/${pkg}_${version}.dsc"
+                    if curl -fsSI -o /dev/null "$url" 2>/dev/null; then
+                        (cd "$work" && dget --download-only --quiet "$url") \
+                            || die "dget $url failed (signature or checksum)"
+                        found=$version
+                        break 2
+                    fi
+                done
             done
-        done
-        [ -n "$found" ] || die "Debian's archive serves none of the $pkg versions its changelog lists; name a source with PHP_SRC=..."
-        log "fetched $pkg $found with dget (the index lists $(apt_private apt-cache showsrc "$pkg" | sed -n 's/^Version: //p' | sort -V | tail -1))"
+            [ -n "$found" ] || die "Debian's archive serves none of the $pkg versions its changelog lists; name a source with $variable=..."
+            log "fetched $pkg $found with dget (the index lists $(apt_private apt-cache showsrc "$pkg" | sed -n 's/^Version: //p' | sort -V | tail -1))"
+        fi
     fi
     mv "$work"/*.orig.tar.* "$downloads"/
     rm -f "$downloads"/*.asc
-    rm -rf "$aptdir"
-    trap - EXIT
+    rm -rf "$work"
 }
 
-# Prints the source to build: PHP_SRC, or the Debian orig tarball
-# (fetched once: delete $downloads to fetch a newer one).
-php_source() {
-    if [ -n "${PHP_SRC:-}" ]; then
-        [ -e "$PHP_SRC" ] || die "PHP_SRC=$PHP_SRC does not exist"
-        realpath "$PHP_SRC"
-        return
+# Sets $picked to the newest orig tarball of Debian's source package $1 in
+# $downloads, fetched first when there is none (delete $downloads to fetch
+# newer ones).
+debian_source() {
+    picked=$(ls "$downloads/$1"_*.orig.tar.* 2>/dev/null | sort -V | tail -1 || true)
+    if [ -z "$picked" ]; then
+        fetch_debian_source "$@" >&2
+        picked=$(ls "$downloads/$1"_*.orig.tar.* | sort -V | tail -1)
     fi
-    local found
-    found=$(ls "$downloads"/php"$PHP_VERSION"_*.orig.tar.* 2>/dev/null | sort -V | tail -1 || true)
-    if [ -z "$found" ]; then
-        fetch_debian_source >&2
-        found=$(ls "$downloads"/php"$PHP_VERSION"_*.orig.tar.* | sort -V | tail -1)
-    fi
-    echo "$found"
 }
 
-# What identifies a source for the configuration key.
+# Sets $picked to a source to build: the tarball or folder the variable $1
+# names, or else Debian's source package $2 ($3: debian_source).
+source_of() {
+    local variable=$1
+    if [ -n "${!variable:-}" ]; then
+        [ -e "${!variable}" ] || die "$variable=${!variable} does not exist"
+        picked=$(realpath "${!variable}")
+    else
+        debian_source "$2" "$3" "$variable"
+    fi
+}
+
+# What identifies a source for the configuration key: its content only
+# (a tarball's bytes; a folder's file names and contents), not where it
+# lies, nor file times.
 source_id() {
     if [ -d "$1" ]; then
-        echo "folder $1 $(cd "$1" && find . -type f -not -path './.git/*' -printf '%P %T@ %s\n' | sort | sha256sum)"
+        echo "folder $(cd "$1" && find . -type f -not -path './.git/*' -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum | sha256sum)"
     else
-        echo "file $1 $(sha256sum <"$1")"
+        echo "file $(sha256sum <"$1")"
     fi
 }
 
@@ -170,16 +214,45 @@ unpack() {
 
 flags() { grep -v '^[[:space:]]*\(#\|$\)' "$here/configure-flags"; }
 
+# Copies the sources of PECL extension $1 from $2 (a tarball or folder)
+# to ext/$1 of the PHP tree. A PECL tarball has package.xml next to the
+# extension's folder (unpack strips that level); a folder may have the
+# sources one level down.
+add_extension() {
+    local name=$1 from=$2 dir=$tree/ext/$1 inner
+    log "adding $name from $from as ext/$name"
+    unpack "$from" "$dir"
+    if [ ! -f "$dir/config.m4" ]; then
+        inner=$(find "$dir" -mindepth 2 -maxdepth 2 -name config.m4 | head -1)
+        [ -n "$inner" ] || die "$from holds no config.m4 (not the sources of a PHP extension)"
+        mv "$(dirname "$inner")" "$PHP_BUILD/$name-tmp" && rm -rf "$dir" && mv "$PHP_BUILD/$name-tmp" "$dir"
+    fi
+    grep -q "PHP_ARG_ENABLE(\[\{0,1\}$name\]\{0,1\}," "$dir/config.m4" || die "$from: ext/$name/config.m4 has no --enable-$name"
+}
+
 main() {
     mkdir -p "$PHP_BUILD"
     install_packages $BUILD_PACKAGES
-    local src redis_src="" key
-    src=$(php_source)
-    [ -n "${PHP_REDIS_SRC:-}" ] && { [ -e "$PHP_REDIS_SRC" ] || die "PHP_REDIS_SRC=$PHP_REDIS_SRC does not exist"; redis_src=$(realpath "$PHP_REDIS_SRC"); }
+    local src key name pkg variable flag i picked
+    # The PECL extensions' names, sources and configure flags.
+    local ext_names=() ext_srcs=() ext_flags=()
+    source_of PHP_SRC "php$PHP_VERSION" "php$PHP_VERSION-common"
+    src=$picked
+    while IFS=: read -r name pkg variable flag; do
+        source_of "$variable" "$pkg" "$pkg"
+        ext_names+=("$name") ext_srcs+=("$picked") ext_flags+=("$flag")
+    done <<<"$PECL_EXTENSIONS"
+    if [ -n "$aptdir" ]; then
+        rm -rf "$aptdir"
+        trap - EXIT
+    fi
+    # The prefix is part of the key: configure writes it into libphp (the
+    # php.ini paths, OPcache's extension_dir) and php-config.
     key=$( {
-        source_id "$src"
-        [ -n "$redis_src" ] && source_id "$redis_src"
+        echo "php $(source_id "$src")"
+        for i in "${!ext_names[@]}"; do echo "${ext_names[i]} $(source_id "${ext_srcs[i]}")"; done
         flags
+        echo "prefix $prefix"
         echo "recipe $RECIPE"
     } | sha256sum | cut -d' ' -f1)
 
@@ -191,28 +264,17 @@ main() {
             log "unpacking $src"
             unpack "$src" "$tree"
             [ -x "$tree/configure" ] || [ -x "$tree/buildconf" ] || die "$src is not a PHP source tree (no configure, no buildconf)"
-            local extra=()
-            if [ -n "$redis_src" ]; then
-                log "adding phpredis from $redis_src as ext/redis"
-                unpack "$redis_src" "$tree/ext/redis"
-                # The PECL tarball has package.xml next to the folder;
-                # an unpacked one may have the sources one level down.
-                if [ ! -f "$tree/ext/redis/config.m4" ]; then
-                    local inner
-                    inner=$(dirname "$(find "$tree/ext/redis" -maxdepth 2 -name config.m4 | head -1)")
-                    [ -f "$inner/config.m4" ] || die "$redis_src holds no config.m4 (not phpredis sources)"
-                    mv "$inner" "$PHP_BUILD/redis-tmp" && rm -rf "$tree/ext/redis" && mv "$PHP_BUILD/redis-tmp" "$tree/ext/redis"
-                fi
-                extra+=(--enable-redis)
-            fi
-            # A git checkout has no configure; an added extension needs a new one.
-            if [ ! -x "$tree/configure" ] || [ -n "$redis_src" ]; then
+            for i in "${!ext_names[@]}"; do
+                add_extension "${ext_names[i]}" "${ext_srcs[i]}"
+            done
+            # A git checkout has no configure; the added extensions need a new one.
+            if [ ! -x "$tree/configure" ] || [ ${#ext_names[@]} -gt 0 ]; then
                 log "buildconf"
                 (cd "$tree" && ./buildconf --force >"$PHP_BUILD/buildconf.log" 2>&1) || { tail -20 "$PHP_BUILD/buildconf.log"; die "buildconf failed (log: $PHP_BUILD/buildconf.log)"; }
             fi
             log "configure (log: $PHP_BUILD/configure.log)"
             # shellcheck disable=SC2046
-            (cd "$tree" && ./configure $(flags) "${extra[@]}" --prefix="$prefix" \
+            (cd "$tree" && ./configure $(flags) "${ext_flags[@]}" --prefix="$prefix" \
                 --with-config-file-path="$prefix/etc" --with-config-file-scan-dir="$prefix/etc/conf.d" \
                 >"$PHP_BUILD/configure.log" 2>&1) || { tail -30 "$PHP_BUILD/configure.log"; die "configure failed (log: $PHP_BUILD/configure.log)"; }
             echo "$key" >"$PHP_BUILD/.configured"

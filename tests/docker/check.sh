@@ -2,8 +2,12 @@
 # Checks the lrpm-host image against a real Docker engine: `make docker-test`
 # (not part of `make test`). Every wait polls a condition until a deadline.
 #
-#   tests/docker/check.sh [IMAGE]        (default lrpm-host:latest)
+#   tests/docker/check.sh [IMAGE]          (default lrpm-host:latest)
+#   tests/docker/check.sh IMAGE static     the image of Dockerfile.static
 #
+# 0. The image's lrpm-host finds every shared library it links, and says
+#    which PHP it holds. With `static`: PHP 8.x is inside the binary, and
+#    the image has no libphp and no php at all.
 # 1. The example farm as the image runs it: lrpm-host is PID 1, as the
 #    image's non-root user; its workers run; `docker exec C lrpmctl status`
 #    answers on the default socket; the image's HEALTHCHECK passes; an
@@ -20,6 +24,8 @@
 set -euo pipefail
 
 image=${1:-lrpm-host:latest}
+static=${2:-}
+[ -z "$static" ] || [ "$static" = static ] || { echo "usage: $0 [IMAGE [static]]" >&2; exit 2; }
 here=$(cd "$(dirname "$0")" && pwd)
 prefix=lrpm-check-$$
 containers=()
@@ -73,11 +79,12 @@ new_container() {
     docker create --name "$name" "$@" >/dev/null
 }
 
-# A field of a job's state in `lrpmctl --json status`, read with the
-# image's php (libphp8.2-embed brings php8.2-cli): "absent" if no such job.
+# A field of a job's state in `lrpmctl --json status` (run in the
+# container), read with the host's php (the static image has none):
+# "absent" if no such job.
 job_state() {
-    docker exec "$1" php -r '
-        $doc = json_decode((string) shell_exec("lrpmctl --json status"), true);
+    docker exec "$1" lrpmctl --json status | php -r '
+        $doc = json_decode(stream_get_contents(STDIN), true);
         echo $doc[$argv[1]]["state"][$argv[2]] ?? "absent";' -- "$2" "$3"
 }
 job_running() { [ "$(job_state "$1" "$2" status)" = running ]; }
@@ -105,6 +112,23 @@ timed_stop() {
 
 docker image inspect "$image" >/dev/null 2>&1 || fail "no image $image (make docker)"
 echo "# image $image: $(docker image inspect -f '{{.Size}}' "$image" | awk '{ printf "%.0f MB", $1 / 1e6 }')"
+
+# ---------------------------------------------------------------- 0. the binary
+current=""
+# `ldd` is a shell script of libc-bin (in every Debian image); run as root.
+libs=$(docker run --rm --user 0 --entrypoint ldd "$image" /usr/local/bin/lrpm-host 2>&1) \
+    || fail "ldd /usr/local/bin/lrpm-host in the image exited $?: $libs"
+! grep -q "not found" <<<"$libs" || fail "lrpm-host lacks shared libraries in the image: $(grep "not found" <<<"$libs")"
+version=$(docker run --rm "$image" --version 2>&1) || fail "lrpm-host --version exited $?: $version"
+ok "ldd: lrpm-host finds all $(grep -c '=> /' <<<"$libs") shared libraries it loads; $version"
+if [ "$static" = static ]; then
+    [[ $version == *"(PHP 8."* ]] || fail "lrpm-host --version names no PHP: $version"
+    ! grep -q libphp <<<"$libs" || fail "the static lrpm-host links a libphp: $(grep libphp <<<"$libs")"
+    found=$(docker run --rm --user 0 --entrypoint sh "$image" -c \
+        'find / -xdev \( -name "libphp*" -o -name "php*.ini" -o -name "php" -o -name "php[0-9]*" -o -name "opcache.so" \) -print; command -v php') || true
+    [ -z "$found" ] || fail "the static image has PHP files: $found"
+    ok "static: PHP inside lrpm-host; no libphp, php, php.ini or opcache.so in the image"
+fi
 
 # ---------------------------------------------------------------- 1. example farm
 c=$prefix-farm
