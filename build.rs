@@ -213,11 +213,14 @@ fn main() {
     }
     build.compile("lrpm_shim");
 
-    // The shim's poll() must be the one libphp and its extensions call
-    // (it bounds waits once a stop is pending): export it from the binary.
-    // A static libphp binds to it at link time; shared libraries it uses
-    // (libcurl, libpq) still look it up dynamically.
-    println!("cargo:rustc-link-arg-bin=lrpm-host=-Wl,--export-dynamic-symbol=poll");
+    // The shim's poll(), select() and sleeps must be the ones libphp and
+    // its extensions call (they bound waits once a stop is pending): export
+    // them from the binary. A static libphp binds to them at link time;
+    // shared libraries it uses (libcurl, libpq) still look them up
+    // dynamically.
+    for symbol in ["poll", "select", "nanosleep", "usleep", "sleep"] {
+        println!("cargo:rustc-link-arg-bin=lrpm-host=-Wl,--export-dynamic-symbol={symbol}");
+    }
 
     let mut builder = bindgen::Builder::default()
         .header("csrc/wrapper.h")

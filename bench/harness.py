@@ -2,13 +2,12 @@
 """Benchmarks lrpm-host against the usual ways of running PHP workers.
 
 Contenders, run one after the other in this one run on this one machine:
-  lrpm-host           the release binary with --no-zygote: workers forked by the
-                      supervisor, each starting its own request (OPcache shared)
-  lrpm-host-preload   the same with --preload bench/app/preload.php
-  lrpm-host-zygote    the default (the zygote), with the bench app's warm-up: the
-                      bootstrap builds the framework once, in the zygote
-  lrpm-host-zygote-cold  the zygote without that warm-up: each worker's start()
-                      builds the framework
+  lrpm-host           the release binary as it runs by default: workers forked from the
+                      zygote, whose bootstrap (the bench app's) builds the framework once
+  lrpm-host-cold      the same without that warm-up: each worker's start() builds the framework
+  lrpm-host-no-zygote --no-zygote: workers forked by the supervisor, each starting its own
+                      request (OPcache shared)
+  lrpm-host-preload   --no-zygote with --preload bench/app/preload.php
   supervisord         Debian's supervisor running one `php bin/worker.php` per job
   fork-parent         bench/app/bin/fork-parent.php, a php-cli parent that forks
                       one child per job after loading nothing of the app
@@ -74,8 +73,7 @@ STOP_WATCH_DEADLINE_S = 9.8
 # try bounded by this.
 SCALE_OTHERS_TIMEOUT_S = 240.0
 
-CONTENDERS = ["lrpm-host", "lrpm-host-preload", "lrpm-host-zygote", "lrpm-host-zygote-cold", "supervisord",
-              "fork-parent"]
+CONTENDERS = ["lrpm-host", "lrpm-host-cold", "lrpm-host-no-zygote", "lrpm-host-preload", "supervisord", "fork-parent"]
 
 
 def log(message: str) -> None:
@@ -442,7 +440,7 @@ class LrpmHost(Contender):
         command += ["--control-socket", str(self.socket_path)]
         if self.preload:
             command += ["--preload", str(APP / "preload.php")]
-        if not getattr(self, "zygote", False):
+        if getattr(self, "no_zygote", False):
             command.append("--no-zygote")
         command.append(str(farm))
         env = dict(os.environ, LRPM_LOG="warn")
@@ -489,25 +487,24 @@ class LrpmHost(Contender):
         return [job["state"]["pid"] for job in status.values() if job["state"].get("pid")]
 
 
-class LrpmHostPreload(LrpmHost):
+class LrpmHostCold(LrpmHost):
+    """The default (the zygote) with a bootstrap that only autoloads: each
+    worker's start() builds the framework."""
+
+    name = "lrpm-host-cold"
+    cold = True
+
+
+class LrpmHostNoZygote(LrpmHost):
+    """--no-zygote: each worker starts its own request and runs the bootstrap."""
+
+    name = "lrpm-host-no-zygote"
+    no_zygote = True
+
+
+class LrpmHostPreload(LrpmHostNoZygote):
     name = "lrpm-host-preload"
     preload = True
-
-
-class LrpmHostZygote(LrpmHost):
-    """--zygote, with the bench app's warm-up: the framework is built once in
-    the zygote (vendor/autoload.php) and shared by the workers."""
-
-    name = "lrpm-host-zygote"
-    zygote = True
-
-
-class LrpmHostZygoteCold(LrpmHostZygote):
-    """--zygote with a bootstrap that only autoloads: each worker's start()
-    builds the framework, as without --zygote."""
-
-    name = "lrpm-host-zygote-cold"
-    cold = True
 
 
 class Supervisord(Contender):
@@ -603,7 +600,7 @@ class ForkParent(Contender):
         self.command(f"start {job}")
 
 
-CONTENDER_CLASSES = {c.name: c for c in (LrpmHost, LrpmHostPreload, LrpmHostZygote, LrpmHostZygoteCold, Supervisord,
+CONTENDER_CLASSES = {c.name: c for c in (LrpmHost, LrpmHostCold, LrpmHostNoZygote, LrpmHostPreload, Supervisord,
                                          ForkParent)}
 
 
@@ -1523,7 +1520,7 @@ def main() -> None:
         floor_rows = []
         for run in range(runs):
             for count in floor_sizes:
-                for name in ("lrpm-host", "lrpm-host-zygote"):
+                for name in ("lrpm-host", "lrpm-host-no-zygote"):
                     log(f"memory: {name} with {count} empty workers (run {run + 1}/{runs})")
                     floor_rows.append(dict(measure_memory(name, count, settle_s=2.0, framework=False), contender=name,
                                            run=run))
@@ -1571,14 +1568,14 @@ def main() -> None:
 
     if "sharing" in measures:
         rows = []
-        for name in ("lrpm-host", "lrpm-host-zygote"):
+        for name in ("lrpm-host", "lrpm-host-no-zygote"):
             log(f"sharing: {name}, 20 workers, 1000 cycles using the bus")
             rows.append(dict(measure_sharing(name, 20, 1000), contender=name))
         write_result("sharing", {"rows": rows, "run": run})
 
     if "upgrade" in measures:
         rows = []
-        for name in ("lrpm-host", "lrpm-host-zygote"):
+        for name in ("lrpm-host", "lrpm-host-no-zygote"):
             log(f"upgrade: {name}, 100 workers")
             rows.append(dict(measure_upgrade(name, 100), contender=name))
         write_result("upgrade", {"rows": rows, "run": run})

@@ -27,6 +27,8 @@
 #include <dirent.h>
 #include <ext/random/php_random.h>
 #include <sys/prctl.h>
+#include <sys/select.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -315,14 +317,24 @@ static void note_cycle_start(void)
  * that would outlast the grace fails as a timed-out read, which the worker
  * can handle before the SIGKILL that would otherwise come.
  */
+/* With a stop pending and a grace set: nanoseconds left until the grace
+ * deadline (0 once it passed); -1 otherwise (no stop, or no grace: the
+ * worker command without a job, the supervisor itself). */
+static long long stop_grace_left_ns(void)
+{
+    if (!(stop_requested && stop_requested_at_ns && current_spec && current_spec->stop_grace_ms >= 0)) return -1;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long long now_ns = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+    long long deadline_ns = stop_requested_at_ns + current_spec->stop_grace_ms * 1000000LL;
+    return deadline_ns > now_ns ? deadline_ns - now_ns : 0;
+}
+
 int poll(struct pollfd *fds, nfds_t nfds, int timeout)
 {
-    if (stop_requested && stop_requested_at_ns && current_spec && current_spec->stop_grace_ms >= 0) {
-        struct timespec now;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        long long now_ns = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
-        long long deadline_ns = stop_requested_at_ns + current_spec->stop_grace_ms * 1000000LL;
-        long long left_ms = deadline_ns > now_ns ? (deadline_ns - now_ns + 999999) / 1000000 : 0;
+    long long left_ns = stop_grace_left_ns();
+    if (left_ns >= 0) {
+        long long left_ms = (left_ns + 999999) / 1000000;
         if (timeout < 0 || timeout > left_ms) timeout = (int)left_ms;
     }
     struct timespec wait;
@@ -333,6 +345,75 @@ int poll(struct pollfd *fds, nfds_t nfds, int timeout)
         wait_for = &wait;
     }
     return ppoll(fds, nfds, wait_for, NULL);
+}
+
+/*
+ * Sleeps and select() get the same bound as poll(): a worker whose cycle
+ * begins a long sleep after the stop signal arrived (the signal interrupts
+ * only a sleep already in progress) would otherwise sit it out until its
+ * SIGKILL. Before a stop these are the C library's own: nanosleep() and
+ * select() as system calls, usleep() and sleep() on top of nanosleep().
+ * A sleep cut at the grace deadline reports an interruption (EINTR, and
+ * what was left), as a signal would have. Exported from the binary
+ * (build.rs), like poll().
+ */
+int nanosleep(const struct timespec *request, struct timespec *remaining)
+{
+    long long left_ns = stop_grace_left_ns();
+    if (request && left_ns >= 0) {
+        long long asked_ns = (long long)request->tv_sec * 1000000000LL + request->tv_nsec;
+        if (asked_ns > left_ns) {
+            struct timespec capped = {(time_t)(left_ns / 1000000000LL), (long)(left_ns % 1000000000LL)};
+            while (clock_nanosleep(CLOCK_MONOTONIC, 0, &capped, &capped) == EINTR) {}
+            if (remaining) {
+                long long rest_ns = asked_ns - left_ns;
+                remaining->tv_sec = (time_t)(rest_ns / 1000000000LL);
+                remaining->tv_nsec = (long)(rest_ns % 1000000000LL);
+            }
+            errno = EINTR;
+            return -1;
+        }
+    }
+    long result = syscall(SYS_nanosleep, request, remaining);
+    return result == 0 ? 0 : -1;
+}
+
+int usleep(useconds_t microseconds)
+{
+    struct timespec wait = {(time_t)(microseconds / 1000000), (long)(microseconds % 1000000) * 1000L};
+    return nanosleep(&wait, NULL);
+}
+
+unsigned int sleep(unsigned int seconds)
+{
+    struct timespec wait = {(time_t)seconds, 0}, rest = {0, 0};
+    if (nanosleep(&wait, &rest) == 0) return 0;
+    return (unsigned int)rest.tv_sec + (rest.tv_nsec > 0 ? 1 : 0);
+}
+
+int select(int nfds, fd_set *readfds, fd_set *writefds, fd_set *exceptfds, struct timeval *timeout)
+{
+    /* As the select system call (which not every architecture has): the
+     * wait through pselect6, and what is left written back to *timeout. */
+    struct timespec wait;
+    struct timespec *wait_for = NULL;
+    if (timeout) {
+        wait.tv_sec = timeout->tv_sec;
+        wait.tv_nsec = (long)timeout->tv_usec * 1000L;
+        wait_for = &wait;
+    }
+    long long left_ns = stop_grace_left_ns();
+    if (left_ns >= 0 && (!wait_for || (long long)wait.tv_sec * 1000000000LL + wait.tv_nsec > left_ns)) {
+        wait.tv_sec = (time_t)(left_ns / 1000000000LL);
+        wait.tv_nsec = (long)(left_ns % 1000000000LL);
+        wait_for = &wait;
+    }
+    int result = (int)syscall(SYS_pselect6, nfds, readfds, writefds, exceptfds, wait_for, NULL);
+    if (timeout && wait_for) {
+        timeout->tv_sec = wait.tv_sec;
+        timeout->tv_usec = (suseconds_t)(wait.tv_nsec / 1000L);
+    }
+    return result;
 }
 
 /* The worker loop's check between cycles, in C because it runs millions of

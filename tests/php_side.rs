@@ -366,6 +366,43 @@ fn a_stream_read_without_a_timeout_ends_half_a_shutdown_timeout_after_the_stop()
     assert!(took < Duration::from_millis(3500), "stop took {took:?}\n{}", out.dump());
 }
 
+/// A worker whose cycle starts a 30 s wait (`api`) after a stop is already
+/// pending, with shutdownTimeoutSeconds 4: the wait ends at the grace
+/// (2 s after the stop), the cycle returns, and the worker exits 0.
+fn a_wait_begun_after_the_stop(api: &str) {
+    let job = json!({"shutdownTimeoutSeconds": 4, "workerConfig": {"api": api}});
+    let mut worker = Running::spawn(worker_with_job("Fixture\\LateSleeper", &job, &[]));
+    worker.wait_for_stdout("waiting for a stop", DEFAULT_TIMEOUT);
+    let pid = worker.worker_pid(DEFAULT_TIMEOUT);
+    let asked = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    let out = worker.wait_within(Duration::from_secs(10));
+    let took = asked.elapsed();
+    out.assert_code(0).assert_stdout_contains(&format!("{api} after the stop took"));
+    assert!(took >= Duration::from_millis(1800), "the wait ended before the grace: {took:?}\n{}", out.dump());
+    assert!(took < Duration::from_millis(3500), "stop took {took:?}\n{}", out.dump());
+}
+
+#[test]
+fn a_usleep_begun_after_the_stop_ends_at_the_grace() {
+    a_wait_begun_after_the_stop("usleep");
+}
+
+#[test]
+fn a_sleep_begun_after_the_stop_ends_at_the_grace() {
+    a_wait_begun_after_the_stop("sleep");
+}
+
+#[test]
+fn a_time_nanosleep_begun_after_the_stop_ends_at_the_grace() {
+    a_wait_begun_after_the_stop("time_nanosleep");
+}
+
+#[test]
+fn a_stream_select_begun_after_the_stop_ends_at_the_grace() {
+    a_wait_begun_after_the_stop("stream_select");
+}
+
 // --- the optional stop hook --------------------------------------------------
 
 #[test]

@@ -20,10 +20,10 @@ spl_autoload_register(static function (string $class): void {
     }
 });
 
-// With lrpm-host --zygote, the bootstrap runs once in the zygote: build the
+// With lrpm-host (its zygote, the default), the bootstrap runs once in the zygote: build the
 // framework there, and every worker forked from it shares it (the
-// contender lrpm-host-zygote; php-cli contenders never have this function).
-// BENCH_NO_WARMUP=1 (the contender lrpm-host-zygote-cold) leaves it to
+// contender lrpm-host; php-cli contenders never have this function).
+// BENCH_NO_WARMUP=1 (the contender lrpm-host-cold) leaves it to
 // each worker's start(), to measure the zygote without a warm-up.
 if (function_exists('Lrpm\\process_kind') && \Lrpm\process_kind() === 'zygote' && getenv('BENCH_NO_WARMUP') !== '1') {
     \Bench\SymfonyWorker::warmUp();
