@@ -156,10 +156,12 @@ def private_dirty_by_mapping_kb(pid: int) -> dict[str, int]:
                 kind = "other"
             elif "x" in perms:
                 kind = "PCRE JIT"
-            elif start == previous_end and previous_name.startswith("/"):
-                kind = ".bss"
+            # Before .bss: a Zend chunk mapped right after a library's data
+            # would look like its .bss.
             elif start % ZEND_MM_CHUNK == 0 and (end - start) % ZEND_MM_CHUNK == 0:
                 kind = "Zend heap"
+            elif start == previous_end and previous_name.startswith("/"):
+                kind = ".bss"
             else:
                 kind = "other anonymous"
             previous_name, previous_end = name, end
@@ -1506,24 +1508,25 @@ def main() -> None:
         log("partial run: bench/results/environment.json kept")
     else:
         write_result("environment", env)
-    run = {key: env[key] for key in ("date", "commit", "source_changes", "quick")}
+    # Which commit each result ran on (the memory loops below count runs in `n`).
+    stamp = {key: env[key] for key in ("date", "commit", "source_changes", "quick")}
 
     if "memory" in measures:
         rows = []
-        for run in range(runs):
+        for n in range(runs):
             for count in sizes:
                 for name in CONTENDERS:
-                    log(f"memory: {name} with {count} workers (run {run + 1}/{runs})")
-                    rows.append(dict(measure_memory(name, count, settle_s=2.0), contender=name, run=run))
+                    log(f"memory: {name} with {count} workers (run {n + 1}/{runs})")
+                    rows.append(dict(measure_memory(name, count, settle_s=2.0), contender=name, run=n))
         # The empty-worker floor: what the host itself costs per worker.
         floor_sizes = [10, 100]
         floor_rows = []
-        for run in range(runs):
+        for n in range(runs):
             for count in floor_sizes:
                 for name in ("lrpm-host", "lrpm-host-no-zygote"):
-                    log(f"memory: {name} with {count} empty workers (run {run + 1}/{runs})")
+                    log(f"memory: {name} with {count} empty workers (run {n + 1}/{runs})")
                     floor_rows.append(dict(measure_memory(name, count, settle_s=2.0, framework=False), contender=name,
-                                           run=run))
+                                           run=n))
         write_result("memory", {"sizes": sizes, "runs": runs, "rows": rows, "floor_sizes": floor_sizes,
                                 "floor_rows": floor_rows})
 
@@ -1564,24 +1567,24 @@ def main() -> None:
                 for mode in ("capture", "inherit"):
                     log(f"output: {workers} chatty workers, {mode} (run {n + 1}/{runs})")
                     rows.append(dict(measure_output(workers, seconds, mode), run=n))
-        write_result("output", {"runs": runs, "rows": rows, "run": run})
+        write_result("output", {"runs": runs, "rows": rows, "run": stamp})
 
     if "sharing" in measures:
         rows = []
         for name in ("lrpm-host", "lrpm-host-no-zygote"):
             log(f"sharing: {name}, 20 workers, 1000 cycles using the bus")
             rows.append(dict(measure_sharing(name, 20, 1000), contender=name))
-        write_result("sharing", {"rows": rows, "run": run})
+        write_result("sharing", {"rows": rows, "run": stamp})
 
     if "upgrade" in measures:
         rows = []
         for name in ("lrpm-host", "lrpm-host-no-zygote"):
             log(f"upgrade: {name}, 100 workers")
             rows.append(dict(measure_upgrade(name, 100), contender=name))
-        write_result("upgrade", {"rows": rows, "run": run})
+        write_result("upgrade", {"rows": rows, "run": stamp})
 
     if "scale" in measures:
-        write_result("scale", dict(measure_scale_all(quick), run=run))
+        write_result("scale", dict(measure_scale_all(quick), run=stamp))
 
     if "messenger" in measures:
         messages = 20_000 if quick else 100_000
@@ -1592,7 +1595,7 @@ def main() -> None:
                 rows.append(dict(measure_messenger(name, messages), run=n))
                 log(f"messenger: {name}: {rows[-1]['messages_per_second']:.0f} messages/s, "
                     f"PSS {rows[-1]['pss_kb'] / 1024:.1f} MB")
-        write_result("messenger", {"runs": runs, "messages": messages, "rows": rows, "run": run})
+        write_result("messenger", {"runs": runs, "messages": messages, "rows": rows, "run": stamp})
 
 
 if __name__ == "__main__":

@@ -455,10 +455,18 @@ static bool recycle_due(void)
     return recycle_asked && !stop_requested;
 }
 
+/* How often the runner publishes OPcache's figures (opcache_get_status()
+ * takes OPcache's lock, so not after every cycle); timed here with the
+ * coarse clock, which costs no system call and no PHP call per cycle. */
+#define OPCACHE_PUBLISH_INTERVAL_NS 10000000000LL
+
+static long long opcache_published_at_ns = 0;
+
 /* Called by the runner right after $worker->cycle() returned: records the
- * cycle in the shared page (store order: lrpm_shim.h) and returns false
- * once the worker asked for a recycle, so the check costs no second call. */
-ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_cycle_done, 0, 0, _IS_BOOL, 0)
+ * cycle in the shared page (store order: lrpm_shim.h) and says what is
+ * due, so the per-cycle checks cost one call: 0 once the worker asked for
+ * a recycle, 2 when OPcache's figures are due for publishing, else 1. */
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_cycle_done, 0, 0, IS_LONG, 0)
 ZEND_END_ARG_INFO()
 
 static PHP_FUNCTION(lrpm_cycle_done)
@@ -474,7 +482,13 @@ static PHP_FUNCTION(lrpm_cycle_done)
         __atomic_fetch_add(&page->cycles, 1, __ATOMIC_RELEASE);
     }
     cycle_began_ns = 0;
-    RETURN_BOOL(!recycle_due());
+    if (recycle_due()) RETURN_LONG(0);
+    long long now = monotonic_coarse_ns();
+    if (now - opcache_published_at_ns >= OPCACHE_PUBLISH_INTERVAL_NS) {
+        opcache_published_at_ns = now;
+        RETURN_LONG(2);
+    }
+    RETURN_LONG(1);
 }
 
 ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_recycle, 0, 0, IS_VOID, 0)
@@ -1002,6 +1016,7 @@ static void become_zygote_worker(int socket_fd, int *fds, int nfds, const lrpm_z
     recycle_asked = false;
     cycle_began_ns = 0;
     last_gc_between_cycles_ns = monotonic_coarse_ns();
+    opcache_published_at_ns = last_gc_between_cycles_ns;
     process_kind = "worker";
     lrpm_title_set(title);
     /* Each worker draws its own random numbers: the generators seed again
@@ -1444,6 +1459,7 @@ int lrpm_child_main(const lrpm_child_spec *spec)
     recycle_asked = false;
     cycle_began_ns = 0;
     last_gc_between_cycles_ns = monotonic_coarse_ns();
+    opcache_published_at_ns = last_gc_between_cycles_ns;
     pthread_atfork(NULL, NULL, on_fork_in_child);
     reload_requested = 0;
     if (spec->title) lrpm_title_set(spec->title);

@@ -114,10 +114,10 @@ function include_source_file(string $file): void
 // The recycle reason logged when the worker itself asked (Lrpm\recycle()).
 const RECYCLE_REQUESTED_MESSAGE = 'requested by the worker (Lrpm\recycle())';
 
-// How often a worker publishes the OPcache figures for the supervisor's
-// metrics (it has no request to call opcache_get_status() in): the call
-// takes OPcache's lock, so not after every cycle.
-const OPCACHE_PUBLISH_INTERVAL_NS = 10e9;
+// What cycle_done() says after each cycle (it also times OPcache's figures,
+// published for the supervisor's metrics every 10 s: csrc/lrpm_shim.c).
+const CYCLE_RECYCLE = 0;
+const CYCLE_PUBLISH_OPCACHE = 2;
 
 // Publishes opcache_get_status()'s memory and hit figures into the shared
 // page; false when OPcache is not there or not enabled (nothing to publish,
@@ -185,7 +185,6 @@ function run_worker(array $params): void
         [$recycle, $recycleReason] = [RECYCLE_REQUESTED_MESSAGE, RECYCLE_REQUESTED];
     }
     $opcache = publish_opcache();
-    $opcachePublishedAt = \hrtime(true);
     $cyclesLeft = $params['cycles'];
     // Clock mode (cycleIntervalSeconds): cycle() at most once per interval,
     // the rest slept in a wait that a stop ends at once.
@@ -204,7 +203,8 @@ function run_worker(array $params): void
     // worker forked itself; it also collects cyclic garbage between cycles
     // and records in the shared page that a cycle starts.
     while ($recycle === null && \Lrpm\Internal\next_cycle()) {
-        $began = \hrtime(true);
+        // Read only in clock mode: an empty cycle is a few tens of ns.
+        $began = $interval !== null ? \hrtime(true) : 0;
         try {
             $worker->cycle();
         } catch (\Throwable $e) {
@@ -215,10 +215,11 @@ function run_worker(array $params): void
             \fwrite(\STDERR, describe_throwable($e) . \PHP_EOL);
             exit(EXIT_UNCAUGHT);
         }
-        // Records the cycle (count, duration, heap) in the shared page; false
-        // once the worker called Lrpm\recycle() (before any clock-mode wait,
-        // which could be long).
-        if (!cycle_done()) {
+        // Records the cycle (count, duration, heap) in the shared page;
+        // CYCLE_RECYCLE once the worker called Lrpm\recycle() (checked before
+        // any clock-mode wait, which could be long).
+        $done = cycle_done();
+        if ($done === CYCLE_RECYCLE) {
             [$recycle, $recycleReason] = [RECYCLE_REQUESTED_MESSAGE, RECYCLE_REQUESTED];
             break;
         }
@@ -251,9 +252,8 @@ function run_worker(array $params): void
                 break;
             }
         }
-        if ($opcache && \hrtime(true) - $opcachePublishedAt >= OPCACHE_PUBLISH_INTERVAL_NS) {
+        if ($done === CYCLE_PUBLISH_OPCACHE && $opcache) {
             $opcache = publish_opcache();
-            $opcachePublishedAt = \hrtime(true);
         }
         if ($interval !== null) {
             $took = (\hrtime(true) - $began) / 1e9;
