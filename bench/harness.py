@@ -1528,7 +1528,7 @@ def main() -> None:
                     floor_rows.append(dict(measure_memory(name, count, settle_s=2.0, framework=False), contender=name,
                                            run=n))
         write_result("memory", {"sizes": sizes, "runs": runs, "rows": rows, "floor_sizes": floor_sizes,
-                                "floor_rows": floor_rows})
+                                "floor_rows": floor_rows, "run": stamp})
 
     if "spawn" in measures:
         spawns = 100 if quick else 1000
@@ -1549,7 +1549,8 @@ def main() -> None:
 
     if "loop" in measures:
         log("loop overhead")
-        write_result("loop", measure_loop(1_000_000, 21_000_000 if quick else 41_000_000, runs=3 if quick else 5))
+        write_result("loop", dict(measure_loop(1_000_000, 21_000_000 if quick else 41_000_000, runs=3 if quick else 5),
+                                  run=stamp))
 
     if "idle" in measures:
         seconds = 10.0 if quick else 60.0

@@ -103,7 +103,8 @@ def memory_section(page: Page, memory: dict, summary: dict) -> None:
     page.add("## Memory", "")
     page.add(
         f"Total PSS (`/proc/PID/smaps_rollup`) of the whole process tree (manager, workers, and lrpm-host's "
-        f"configuration process), in MB, median of {memory['runs']} runs; in brackets the ratio to lrpm-host.",
+        f"configuration process and zygote), in MB, median of {memory['runs']} runs; in brackets the ratio to "
+        "lrpm-host" + (f". Commit {memory['run']['commit']}." if memory.get("run") else "."),
         "",
     )
     page.table(
@@ -286,7 +287,8 @@ def loop_section(page: Page, loop: dict, summary: dict) -> None:
         "An empty `cycle()` run in a loop: lrpm-host's worker loop (`lrpm-host worker --cycles N`) against a "
         "plain `while` loop over `cycle()` in php-cli (bench/app/bin/loop.php). Each side runs "
         f"{loop['short_cycles']:,} and {loop['long_cycles']:,} cycles, {loop['runs']} times each; the "
-        "difference of the median times over the difference of the counts cancels process start-up.",
+        "difference of the median times over the difference of the counts cancels process start-up"
+        + (f". Commit {loop['run']['commit']}." if loop.get("run") else "."),
         "",
     )
     base = sides["lrpm-host"]["cycles_per_second"]
