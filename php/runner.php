@@ -506,6 +506,11 @@ function run_zygote(array $params): void
     }
     $worker = \json_decode($request, true, 512, \JSON_THROW_ON_ERROR);
     unset($worker['exitCodes'], $worker['recycleReasons']);
+    // The request began in the zygote, maybe hours ago: as far as the
+    // worker can tell, it began now, as a php-cli script's would.
+    $now = \microtime(true);
+    $_SERVER['REQUEST_TIME_FLOAT'] = $now;
+    $_SERVER['REQUEST_TIME'] = (int) $now;
     set_worker_identity((string) $worker['jobId'], (int) ($worker['slot'] ?? 0));
     run_worker($worker);
 }

@@ -244,3 +244,33 @@ fn a_deploy_that_switches_the_bootstraps_symlink_brings_a_new_zygote() {
     });
     assert!(farm.stderr().contains("now resolves to"), "{}", farm.stderr());
 }
+
+/// Seconds since the boot at which `pid` started (/proc/PID/stat field 22).
+fn started_at_s(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let ticks: f64 = stat.rsplit_once(") ").unwrap().1.split(' ').nth(19).unwrap().parse().unwrap();
+    ticks / 100.0
+}
+
+fn uptime_s() -> f64 {
+    std::fs::read_to_string("/proc/uptime").unwrap().split(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_worker_forked_long_after_the_zygote_started_has_its_own_request_time() {
+    let _g = shared();
+    let farm = Farm::start(
+        "zygote_request_time",
+        options(&[]),
+        |jobs| json!({"t": probe_job(jobs, "t", std::path::Path::new("probe-%slot%.json"), 1)}),
+    );
+    let first = probes(&farm, "probe-%slot%.json", 1);
+    let zygote = zygote_pid(&farm);
+    farm.wait_for(secs(15.0), "a zygote 3 s old", || (uptime_s() - started_at_s(zygote) >= 3.0).then_some(()));
+    std::fs::remove_file(farm.dir.join("probe-0.json")).unwrap();
+    kill(Pid::from_raw(first[&0]["pid"].as_i64().unwrap() as i32), Signal::SIGKILL).unwrap();
+    let again = probes(&farm, "probe-%slot%.json", 1);
+    assert_eq!(again[&0]["warmBuiltBy"], zygote, "{}", again[&0]);
+    let age = again[&0]["startedAt"].as_f64().unwrap() - again[&0]["requestTime"].as_f64().unwrap();
+    assert!((0.0..1.5).contains(&age), "REQUEST_TIME_FLOAT is {age:.3} s before start(): {}", again[&0]);
+}
