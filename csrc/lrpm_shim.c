@@ -867,7 +867,7 @@ static const uint32_t zend_mm_bin_sizes[] = {ZEND_MM_BINS_INFO(LRPM_BIN_SIZE, x,
 #endif
 
 /* Free slots taken are never given back; at most this much per size. */
-#define ZYGOTE_FREE_SLOTS_LIMIT (4u << 20)
+#define ZYGOTE_FREE_SLOTS_LIMIT (1u << 20)
 
 static size_t take_zygote_free_slots(void)
 {
@@ -878,13 +878,23 @@ static size_t take_zygote_free_slots(void)
     size_t taken = 0;
     for (size_t bin = 0; bin < sizeof(zend_mm_bin_sizes) / sizeof(zend_mm_bin_sizes[0]); bin++) {
         size_t size = zend_mm_bin_sizes[bin];
-        for (size_t spent = 0; spent < ZYGOTE_FREE_SLOTS_LIMIT; spent += size) {
-            uintptr_t slot = (uintptr_t)emalloc(size);
+        /* A size class this build never hands out as such (PHP 8.4 serves
+         * 8-byte requests from the 16-byte class, whose free slots hold a
+         * shadow pointer) is taken through the class it rounds up to. */
+        void *probe = emalloc(size);
+        if (zend_mem_block_size(probe) != size) {
+            efree(probe);
+            continue;
+        }
+        uintptr_t slot = (uintptr_t)probe;
+        for (size_t spent = size; spent < ZYGOTE_FREE_SLOTS_LIMIT; spent += size) {
             taken += size;
-            if (slot % 4096 != 0) continue;
-            uintptr_t next = (uintptr_t)emalloc(size);
-            taken += size;
-            if (next == slot + size) break;
+            if (slot % 4096 == 0) {
+                uintptr_t next = (uintptr_t)emalloc(size);
+                taken += size;
+                if (next == slot + size) break;
+            }
+            slot = (uintptr_t)emalloc(size);
         }
     }
     return taken;
