@@ -70,7 +70,7 @@ PHP_CARGO_TARGET := $(PHP_BUILD)/target$(PHP_FLAVOUR)
 PHP_CARGO := PHP_CONFIG=$(PHP_PREFIX)/bin/php-config LRPM_PHP_STATIC=$(PHP_STATIC) \
 	CARGO_TARGET_DIR=$(PHP_CARGO_TARGET) cargo
 
-.PHONY: deps bench-deps install-packages build run test test-no-zygote bench bench-quick bench-scale bench-output bench-messenger docker docker-test php php-lib php-test test-php84 docker-static docker-static-test
+.PHONY: deps bench-deps install-packages build run test test-no-zygote bench bench-static bench-quick bench-scale bench-output bench-messenger docker docker-test php php-lib php-test test-php84 docker-static docker-static-test
 
 deps:
 	@$(MAKE) --no-print-directory install-packages PACKAGES="$(DEB_PACKAGES)"
@@ -148,6 +148,13 @@ php-test:
 # Debian's python3 (not a pyenv or venv one): matplotlib comes from apt.
 bench: bench-deps build
 	/usr/bin/python3 bench/harness.py
+	/usr/bin/python3 bench/report.py
+
+# The self-contained binary's memory next to the default build's (needs
+# make php PHP_STATIC=1 first; PHP 8.4 from source).
+bench-static: bench-deps build
+	@test -x build/php-8.4/dist-static/lrpm-host || $(MAKE) --no-print-directory php PHP_VERSION=8.4 PHP_STATIC=1
+	cd bench && /usr/bin/python3 static_memory.py
 	/usr/bin/python3 bench/report.py
 
 bench-quick: bench-deps build

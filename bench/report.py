@@ -670,6 +670,32 @@ def scale_section(page: Page, scale: dict, summary: dict, env: dict) -> None:
     plt.close(fig)
 
 
+def static_memory_section(page: Page, result: dict, summary: dict) -> None:
+    rows = result["rows"]
+    sizes = result["sizes"]
+    run = result.get("run", {})
+    page.add("## The self-contained binary", "")
+    page.add(
+        "`make bench-static`: the memory measure above (Symfony workload) with the default build (Debian's shared "
+        "libphp) and with the self-contained binary (`make php PHP_STATIC=1`: PHP built from source and linked "
+        f"in), run side by side, at N = {' and '.join(str(n) for n in sizes)}, median of {result['runs']} runs: "
+        "total PSS of the tree, and the marginal cost of a worker between the two sizes; each binary's file size "
+        "as built (the shared build's with line tables and without libphp, which is 5.6 MB more; "
+        "php-src-config/README.md compares stripped sizes)"
+        + (f". Commit {run['commit']}." if run.get("commit") else "."),
+        "",
+    )
+    table = []
+    for binary, version in result["versions"].items():
+        for contender in ("lrpm-host", "lrpm-host-no-zygote"):
+            totals = {n: statistics.median(r["pss_total_kb"] for r in rows if r["binary"] == binary
+                                           and r["contender"] == contender and r["workers"] == n) for n in sizes}
+            per_worker = (totals[sizes[-1]] - totals[sizes[0]]) / (sizes[-1] - sizes[0])
+            table.append([f"{binary}: {version}, {result['sizes_bytes'][binary] / 1e6:.1f} MB", contender,
+                          *[mb(totals[n]) for n in sizes], f"{per_worker / 1024:.2f}"])
+    page.table(["binary", "", *[f"PSS at {n} (MB)" for n in sizes], "MB per worker"], table)
+
+
 def targets_section(page: Page, summary: dict) -> None:
     page.add("## Targets", "")
     rows = []
@@ -793,7 +819,7 @@ def main() -> None:
         ("memory", memory_section), ("spawn", spawn_section), ("reaction", reaction_section),
         ("loop", loop_section), ("idle", idle_section), ("output", output_section),
         ("sharing", sharing_section), ("upgrade", upgrade_section),
-        ("messenger", messenger_section),
+        ("messenger", messenger_section), ("static_memory", static_memory_section),
     ]
     for name, render in renderers:
         result = load(name)
