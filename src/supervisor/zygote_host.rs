@@ -104,10 +104,11 @@ impl Supervisor<'_> {
         let shutting_down = self.farm.is_shutting_down();
         loop {
             let Zygote::Running(running) = &mut self.zygote else { return };
-            let to_zygote = running.ready && !running.stopping && !shutting_down && !fallback;
-            if !to_zygote && !fallback && !shutting_down && !running.ready && !running.stopping {
+            let still_starting = !running.ready && !running.stopping;
+            if still_starting && !fallback && !shutting_down {
                 return;
             }
+            let to_zygote = running.ready && !running.stopping && !shutting_down && !fallback;
             if to_zygote && !running.can_send() {
                 return;
             }
