@@ -26,14 +26,21 @@ fn options(extra_env: &[(&str, &str)]) -> FarmOptions {
     options
 }
 
-fn probe_job(jobs: &Jobs, id: &str, out: &std::path::Path, replicas: u32) -> Value {
-    jobs.job_with(
-        id,
-        1,
-        json!({"out": out.to_string_lossy()}),
-        json!({"workerClass": "ZygoteFixture\\Probe", "replicas": replicas}),
-    )
+/// A farm of one job `id` running the probe (`replicas` slots), each slot
+/// writing what it found to `PROBES` in the farm's folder.
+fn probe_farm(name: &str, options: FarmOptions, id: &str, replicas: u32) -> Farm {
+    Farm::start(name, options, |jobs| {
+        let job = jobs.job_with(
+            id,
+            1,
+            json!({"out": PROBES}),
+            json!({"workerClass": "ZygoteFixture\\Probe", "replicas": replicas}),
+        );
+        json!({ id: job })
+    })
 }
+
+const PROBES: &str = "probe-%slot%.json";
 
 /// What each slot's probe wrote, once all `n` did.
 fn probes(farm: &Farm, out: &str, n: u32) -> BTreeMap<u32, Value> {
@@ -59,12 +66,8 @@ fn workers_share_what_the_bootstrap_built_once_and_stay_the_supervisors_children
     let dir = TempDir::new("zygote_boot_log");
     let boot_log = dir.join("boot.log");
     let boot_log_text = boot_log.to_string_lossy().into_owned();
-    let farm = Farm::start(
-        "zygote",
-        options(&[("ZYGOTE_BOOT_LOG", &boot_log_text)]),
-        |jobs| json!({"z": probe_job(jobs, "z", std::path::Path::new("probe-%slot%.json"), 3)}),
-    );
-    let seen = probes(&farm, "probe-%slot%.json", 3);
+    let farm = probe_farm("zygote", options(&[("ZYGOTE_BOOT_LOG", &boot_log_text)]), "z", 3);
+    let seen = probes(&farm, PROBES, 3);
     let zygote = zygote_pid(&farm);
     for probe in seen.values() {
         assert_eq!(probe["kind"], "worker", "{probe}");
@@ -97,14 +100,10 @@ fn workers_share_what_the_bootstrap_built_once_and_stay_the_supervisors_children
 #[test]
 fn a_bootstrap_that_leaves_a_socket_open_is_refused_and_workers_are_forked_as_before() {
     let _g = shared();
-    let farm = Farm::start(
-        "zygote_socket",
-        options(&[("ZYGOTE_LEAK_SOCKET", "1")]),
-        |jobs| json!({"s": probe_job(jobs, "s", std::path::Path::new("probe-%slot%.json"), 1)}),
-    );
+    let farm = probe_farm("zygote_socket", options(&[("ZYGOTE_LEAK_SOCKET", "1")]), "s", 1);
     let stderr = farm.wait_stderr("zygote refused to serve: the bootstrap left a socket open", secs(10.0));
     assert!(stderr.contains("open connections in start()"), "{stderr}");
-    let seen = probes(&farm, "probe-%slot%.json", 1);
+    let seen = probes(&farm, PROBES, 1);
     assert_eq!(seen[&0]["warmBuiltBy"], seen[&0]["pid"], "it ran the bootstrap itself: {}", seen[&0]);
 }
 
@@ -113,26 +112,18 @@ fn a_bootstrap_that_leaves_a_file_locked_is_refused_and_workers_are_forked_as_be
     let _g = shared();
     let dir = TempDir::new("zygote_lock");
     let lock = dir.join("singleton.lock");
-    let farm = Farm::start(
-        "zygote_lock",
-        options(&[("ZYGOTE_LEAK_LOCK", &lock.to_string_lossy())]),
-        |jobs| json!({"l": probe_job(jobs, "l", std::path::Path::new("probe-%slot%.json"), 1)}),
-    );
+    let farm = probe_farm("zygote_lock", options(&[("ZYGOTE_LEAK_LOCK", &lock.to_string_lossy())]), "l", 1);
     let stderr = farm.wait_stderr("zygote refused to serve: the bootstrap holds a file lock (flock)", secs(10.0));
     assert!(stderr.contains("singleton.lock"), "names the file: {stderr}");
-    let seen = probes(&farm, "probe-%slot%.json", 1);
+    let seen = probes(&farm, PROBES, 1);
     assert_eq!(seen[&0]["warmBuiltBy"], seen[&0]["pid"], "it ran the bootstrap itself: {}", seen[&0]);
 }
 
 #[test]
 fn a_zygote_that_dies_is_started_again_and_workers_come_from_it_again() {
     let _g = shared();
-    let farm = Farm::start(
-        "zygote_dies",
-        options(&[]),
-        |jobs| json!({"d": probe_job(jobs, "d", std::path::Path::new("probe-%slot%.json"), 1)}),
-    );
-    let first = probes(&farm, "probe-%slot%.json", 1);
+    let farm = probe_farm("zygote_dies", options(&[]), "d", 1);
+    let first = probes(&farm, PROBES, 1);
     let old_zygote = zygote_pid(&farm);
     kill(Pid::from_raw(old_zygote), Signal::SIGKILL).unwrap();
     farm.wait_stderr(&format!("zygote: pid {old_zygote} ended (killed by SIGKILL)"), secs(10.0));
@@ -145,7 +136,7 @@ fn a_zygote_that_dies_is_started_again_and_workers_come_from_it_again() {
     assert!(is_lrpm_process(worker));
     std::fs::remove_file(farm.dir.join("probe-0.json")).unwrap();
     kill(Pid::from_raw(worker), Signal::SIGKILL).unwrap();
-    let again = probes(&farm, "probe-%slot%.json", 1);
+    let again = probes(&farm, PROBES, 1);
     assert_eq!(again[&0]["warmBuiltBy"], new_zygote, "{}", again[&0]);
 }
 
@@ -155,12 +146,8 @@ fn a_farm_asked_for_all_at_once_comes_entirely_from_the_zygote() {
     // 300 requests of about 1 KB each, asked for in one turn, are more than
     // the zygote's socket buffers: the supervisor keeps the rest queued
     // until replies make room, and never forks one itself.
-    let farm = Farm::start(
-        "zygote_burst",
-        options(&[]),
-        |jobs| json!({"b": probe_job(jobs, "b", std::path::Path::new("probe-%slot%.json"), 300)}),
-    );
-    let seen = probes(&farm, "probe-%slot%.json", 300);
+    let farm = probe_farm("zygote_burst", options(&[]), "b", 300);
+    let seen = probes(&farm, PROBES, 300);
     let zygote = zygote_pid(&farm);
     let direct: Vec<u32> = seen.iter().filter(|(_, p)| p["warmBuiltBy"] != zygote).map(|(slot, _)| *slot).collect();
     assert!(direct.is_empty(), "slots not forked by the zygote: {direct:?}\n{}", farm.diagnostics());
@@ -169,18 +156,14 @@ fn a_farm_asked_for_all_at_once_comes_entirely_from_the_zygote() {
 #[test]
 fn a_stuck_zygote_is_killed_and_the_start_it_owed_is_retried() {
     let _g = shared();
-    let farm = Farm::start(
-        "zygote_stuck",
-        options(&[]),
-        |jobs| json!({"s": probe_job(jobs, "s", std::path::Path::new("probe-%slot%.json"), 1)}),
-    );
-    let first = probes(&farm, "probe-%slot%.json", 1);
+    let farm = probe_farm("zygote_stuck", options(&[]), "s", 1);
+    let first = probes(&farm, PROBES, 1);
     let stuck = zygote_pid(&farm);
     kill(Pid::from_raw(stuck), Signal::SIGSTOP).unwrap();
     std::fs::remove_file(farm.dir.join("probe-0.json")).unwrap();
     kill(Pid::from_raw(first[&0]["pid"].as_i64().unwrap() as i32), Signal::SIGKILL).unwrap();
     farm.wait_stderr(&format!("zygote: pid {stuck} left a start unanswered for 5s; killing it"), secs(15.0));
-    let again = probes(&farm, "probe-%slot%.json", 1);
+    let again = probes(&farm, PROBES, 1);
     assert_ne!(again[&0]["pid"], first[&0]["pid"]);
     assert!(!is_lrpm_process(stuck), "the stuck zygote is gone");
 }
@@ -191,12 +174,8 @@ fn code_the_zygote_loaded_that_changes_on_disk_brings_a_new_zygote() {
     let dir = TempDir::new("zygote_deploy");
     let code = dir.join("code.php");
     write_atomically(&code, b"<?php return 'v1';");
-    let farm = Farm::start(
-        "zygote_deploy",
-        options(&[("ZYGOTE_CODE_FILE", &code.to_string_lossy())]),
-        |jobs| json!({"d": probe_job(jobs, "d", std::path::Path::new("probe-%slot%.json"), 1)}),
-    );
-    let first = probes(&farm, "probe-%slot%.json", 1);
+    let farm = probe_farm("zygote_deploy", options(&[("ZYGOTE_CODE_FILE", &code.to_string_lossy())]), "d", 1);
+    let first = probes(&farm, PROBES, 1);
     assert_eq!(first[&0]["code"], "v1");
     let old_zygote = zygote_pid(&farm);
     write_atomically(&code, b"<?php return 'v2';");
@@ -205,7 +184,7 @@ fn code_the_zygote_loaded_that_changes_on_disk_brings_a_new_zygote() {
     let again = farm.wait_for(secs(20.0), "a worker with the new code", || {
         std::fs::remove_file(farm.dir.join("probe-0.json")).ok();
         farm.request("restart d").ok()?;
-        let seen = probes(&farm, "probe-%slot%.json", 1);
+        let seen = probes(&farm, PROBES, 1);
         (seen[&0]["code"] == "v2").then_some(seen)
     });
     let new_zygote = zygote_pid(&farm);
@@ -228,48 +207,29 @@ fn a_deploy_that_switches_the_bootstraps_symlink_brings_a_new_zygote() {
     std::os::unix::fs::symlink(dir.join("r1"), dir.join("current")).unwrap();
     let mut options = options(&[]);
     options.extra_args = vec!["--bootstrap".into(), dir.join("current/bootstrap.php").to_string_lossy().into_owned()];
-    let farm = Farm::start(
-        "zygote_symlink",
-        options,
-        |jobs| json!({"s": probe_job(jobs, "s", std::path::Path::new("probe-%slot%.json"), 1)}),
-    );
-    assert_eq!(probes(&farm, "probe-%slot%.json", 1)[&0]["code"], "r1");
+    let farm = probe_farm("zygote_symlink", options, "s", 1);
+    assert_eq!(probes(&farm, PROBES, 1)[&0]["code"], "r1");
     // A deploy: `current` now points at the new release; no old file changed.
     std::os::unix::fs::symlink(dir.join("r2"), dir.join("next")).unwrap();
     std::fs::rename(dir.join("next"), dir.join("current")).unwrap();
     farm.wait_for(secs(20.0), "a worker of the new release", || {
         std::fs::remove_file(farm.dir.join("probe-0.json")).ok();
         farm.request("restart s").ok()?;
-        (probes(&farm, "probe-%slot%.json", 1)[&0]["code"] == "r2").then_some(())
+        (probes(&farm, PROBES, 1)[&0]["code"] == "r2").then_some(())
     });
     assert!(farm.stderr().contains("now resolves to"), "{}", farm.stderr());
-}
-
-/// Seconds since the boot at which `pid` started (/proc/PID/stat field 22).
-fn started_at_s(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let ticks: f64 = stat.rsplit_once(") ").unwrap().1.split(' ').nth(19).unwrap().parse().unwrap();
-    ticks / 100.0
-}
-
-fn uptime_s() -> f64 {
-    std::fs::read_to_string("/proc/uptime").unwrap().split(' ').next().unwrap().parse().unwrap()
 }
 
 #[test]
 fn a_worker_forked_long_after_the_zygote_started_has_its_own_request_time() {
     let _g = shared();
-    let farm = Farm::start(
-        "zygote_request_time",
-        options(&[]),
-        |jobs| json!({"t": probe_job(jobs, "t", std::path::Path::new("probe-%slot%.json"), 1)}),
-    );
-    let first = probes(&farm, "probe-%slot%.json", 1);
+    let farm = probe_farm("zygote_request_time", options(&[]), "t", 1);
+    let first = probes(&farm, PROBES, 1);
     let zygote = zygote_pid(&farm);
-    farm.wait_for(secs(15.0), "a zygote 3 s old", || (uptime_s() - started_at_s(zygote) >= 3.0).then_some(()));
+    farm.wait_for(secs(15.0), "a zygote 3 s old", || (age(zygote)? >= secs(3.0)).then_some(()));
     std::fs::remove_file(farm.dir.join("probe-0.json")).unwrap();
     kill(Pid::from_raw(first[&0]["pid"].as_i64().unwrap() as i32), Signal::SIGKILL).unwrap();
-    let again = probes(&farm, "probe-%slot%.json", 1);
+    let again = probes(&farm, PROBES, 1);
     assert_eq!(again[&0]["warmBuiltBy"], zygote, "{}", again[&0]);
     let age = again[&0]["startedAt"].as_f64().unwrap() - again[&0]["requestTime"].as_f64().unwrap();
     assert!((0.0..1.5).contains(&age), "REQUEST_TIME_FLOAT is {age:.3} s before start(): {}", again[&0]);
@@ -278,12 +238,8 @@ fn a_worker_forked_long_after_the_zygote_started_has_its_own_request_time() {
 #[test]
 fn the_free_heap_slots_the_zygote_keeps_stay_a_fraction_of_its_heap() {
     let _g = shared();
-    let farm = Farm::start(
-        "zygote_slots",
-        options(&[]),
-        |jobs| json!({"k": probe_job(jobs, "k", std::path::Path::new("probe-%slot%.json"), 1)}),
-    );
-    probes(&farm, "probe-%slot%.json", 1);
+    let farm = probe_farm("zygote_slots", options(&[]), "k", 1);
+    probes(&farm, PROBES, 1);
     let stderr = farm.wait_stderr("zygote ready", secs(10.0));
     let kib: u64 = stderr
         .split("zygote ready: workers are forked from it (")

@@ -13,7 +13,7 @@ use super::output;
 use super::{Supervisor, SupervisorError};
 use crate::farm::{Event, LogLevel, WorkerKey};
 use crate::php;
-use crate::process::shared_page::SharedSlots;
+use crate::process::shared_page::{SharedPage, SharedSlots};
 use crate::process::{self, ChildSetup, ChildStdio};
 
 /// A child's output pipes: (read end, write end) each.
@@ -69,9 +69,7 @@ impl Supervisor<'_> {
                 Event::WorkerStarted { key: key.clone(), pid: pid.as_raw() }
             }
             Err(e) => {
-                if let (Some(page), Some(slots)) = (page, self.slots.as_mut()) {
-                    slots.release(page);
-                }
+                self.give_back_page(page);
                 tracing::error!("{label}: {e}");
                 Event::WorkerSpawnFailed(key.clone())
             }
@@ -179,7 +177,14 @@ impl Supervisor<'_> {
 
     /// Gives a reaped worker's page back.
     pub(super) fn release_page(&mut self, pid: Pid) {
-        if let (Some(page), Some(slots)) = (self.pages.remove(&pid.as_raw()), self.slots.as_mut()) {
+        let page = self.pages.remove(&pid.as_raw());
+        self.give_back_page(page);
+    }
+
+    /// Returns a page that no process took (a failed fork, a start the
+    /// zygote did not answer) to the pool.
+    pub(super) fn give_back_page(&mut self, page: Option<SharedPage>) {
+        if let (Some(page), Some(slots)) = (page, self.slots.as_mut()) {
             slots.release(page);
         }
     }

@@ -147,10 +147,7 @@ impl Supervisor<'_> {
                 "zygote: not ready {}s after it started (a slow bootstrap?); forking waiting workers directly",
                 zygote::STARTUP_WAIT.as_secs()
             );
-            let awaiting = std::mem::take(&mut running.awaiting);
-            for key in awaiting {
-                self.start_directly(&key, now);
-            }
+            self.release_awaiting(now, true);
         } else if !running.stopping && running.reply_deadline().is_some_and(|at| at <= now) {
             tracing::error!(
                 "zygote: pid {} left a start unanswered for {}s; killing it (it is started again, and the {} start(s) \
@@ -195,9 +192,7 @@ impl Supervisor<'_> {
             return Request::Sent;
         }
         let busy = sent == Err(nix::errno::Errno::EAGAIN) && !running.pending.is_empty();
-        if let (Some(page), Some(slots)) = (page, self.slots.as_mut()) {
-            slots.release(page);
-        }
+        self.give_back_page(page);
         if busy {
             // Its replies will make room.
             return Request::Busy;
@@ -244,9 +239,7 @@ impl Supervisor<'_> {
                 Reply::Failed(errno) => {
                     let Zygote::Running(running) = &mut self.zygote else { return };
                     let Some(start) = running.pending.pop_front() else { continue };
-                    if let (Some(page), Some(slots)) = (start.page, self.slots.as_mut()) {
-                        slots.release(page);
-                    }
+                    self.give_back_page(start.page);
                     crate::telemetry::log(
                         LogLevel::Error,
                         &format!("{}: the zygote could not fork it: {errno}", start.label),
@@ -275,9 +268,7 @@ impl Supervisor<'_> {
         crate::telemetry::log(LogLevel::Info, &message, subject);
         let mut awaiting = VecDeque::new();
         for start in old.pending {
-            if let (Some(page), Some(slots)) = (start.page, self.slots.as_mut()) {
-                slots.release(page);
-            }
+            self.give_back_page(start.page);
             awaiting.push_back(start.key);
         }
         awaiting.extend(old.awaiting);
@@ -323,9 +314,7 @@ impl Supervisor<'_> {
         let Zygote::Running(running) = std::mem::replace(&mut self.zygote, Zygote::Off) else { return };
         let ran = now.saturating_duration_since(running.since);
         for start in running.pending {
-            if let (Some(page), Some(slots)) = (start.page, self.slots.as_mut()) {
-                slots.release(page);
-            }
+            self.give_back_page(start.page);
             let actions = self.farm.handle(Event::WorkerSpawnFailed(start.key), now);
             self.apply(actions);
         }

@@ -16,6 +16,8 @@ pub struct Stat {
     pub ppid: i32,
     /// User plus system CPU time, in clock ticks.
     pub cpu_ticks: u64,
+    /// When it started, in clock ticks after the boot.
+    pub start_ticks: u64,
 }
 
 /// /proc/PID/stat, None when the process does not exist.
@@ -29,7 +31,16 @@ pub fn stat(pid: i32) -> Option<Stat> {
         state: fields.first()?.chars().next()?,
         ppid: fields.get(1)?.parse().ok()?,
         cpu_ticks: ticks(11)? + ticks(12)?,
+        start_ticks: ticks(19)?,
     })
+}
+
+/// How long the process has existed (its start time against /proc/uptime).
+pub fn age(pid: i32) -> Option<Duration> {
+    // Clock ticks are USER_HZ, 100 on Linux.
+    let started = stat(pid)?.start_ticks as f64 / 100.0;
+    let uptime: f64 = fs::read_to_string("/proc/uptime").ok()?.split(' ').next()?.parse().ok()?;
+    Some(Duration::from_secs_f64((uptime - started).max(0.0)))
 }
 
 /// True while the process exists and is not a zombie.
