@@ -265,3 +265,55 @@ fn a_memory_limit_php_would_hit_first_is_pointed_out_once() {
     }
     assert_eq!(farm.stderr().matches("memoryLimitMb 64 is at or above").count(), 1, "{}", farm.diagnostics());
 }
+
+/// Live processes titled as slots of job `id` (the zygote's or the
+/// supervisor's children alike), by slot.
+fn live_slot_processes(farm: &Farm, id: &str) -> BTreeMap<u64, Vec<i32>> {
+    let prefix = format!("lrpm-host: worker {id} job-{id} #");
+    let mut found: BTreeMap<u64, Vec<i32>> = BTreeMap::new();
+    for pid in descendants(farm.pid) {
+        let Some(slot) = cmdline(pid).and_then(|c| c.strip_prefix(&prefix).and_then(|s| s.parse().ok())) else {
+            continue;
+        };
+        found.entry(slot).or_default().push(pid);
+    }
+    found
+}
+
+#[test]
+fn back_to_back_restarts_never_leave_two_processes_in_a_slot() {
+    let _g = shared();
+    let farm = Farm::start(
+        "restart-hammer",
+        FarmOptions::default(),
+        |jobs| json!({"h": jobs.job_with("h", 1, json!({"sleep": 0.02}), json!({"replicas": 2}))}),
+    );
+    wait_slots(&farm, "h", 2);
+    // Two restarts back to back, the second while the first one's new
+    // processes are being started (by the zygote, by default), then
+    // `restart all` in a row.
+    for _ in 0..50 {
+        for _ in 0..2 {
+            let reply = farm.request("restart h").unwrap();
+            assert!(!reply.starts_with("error"), "{reply}");
+        }
+    }
+    for _ in 0..50 {
+        farm.request("restart all").unwrap();
+    }
+    // Settled: one live process per slot, the one status shows.
+    let settled = farm.wait_for(secs(30.0), "one live process per slot, the one status shows", || {
+        let status = farm.try_status()?;
+        let shown = running_slots(&status, "h");
+        let live = live_slot_processes(&farm, "h");
+        let one_each: BTreeMap<u64, i32> =
+            live.iter().filter(|(_, pids)| pids.len() == 1).map(|(slot, pids)| (*slot, pids[0])).collect();
+        (live.len() == 2 && one_each == shown).then_some(shown)
+    });
+    assert_eq!(settled.keys().copied().collect::<Vec<_>>(), vec![0, 1]);
+    let pids: Vec<i32> = farm.descendants();
+    farm.stop(secs(20.0));
+    farm.assert_all_gone(&pids, secs(10.0), "after the hammer");
+    let stderr = farm.stderr();
+    assert!(!stderr.contains("ERROR"), "no error in a farm that was only restarted:\n{stderr}");
+}

@@ -66,6 +66,11 @@ impl Farm {
                             slot.backoff.reset();
                             self.set_phase(&key, Phase::Stopping { pid, since, kill_at, then: AfterStop::Restart });
                         }
+                        // Stopped and started again before its process came:
+                        // the process it starts is kept.
+                        Phase::Starting { since, stop_then: Some(AfterStop::Hold) } => {
+                            self.set_phase(&key, Phase::Starting { since, stop_then: None })
+                        }
                         _ => {}
                     }
                 }
@@ -83,6 +88,10 @@ impl Farm {
                         Phase::Stopping { then: AfterStop::Remove, .. } => {}
                         Phase::Stopping { pid, since, kill_at, .. } => {
                             self.set_phase(&key, Phase::Stopping { pid, since, kill_at, then: AfterStop::Hold })
+                        }
+                        Phase::Starting { stop_then: Some(AfterStop::Remove), .. } => {}
+                        Phase::Starting { since, .. } => {
+                            self.set_phase(&key, Phase::Starting { since, stop_then: Some(AfterStop::Hold) })
                         }
                         Phase::Waiting { .. } | Phase::Held | Phase::Done | Phase::Failed => {
                             self.set_phase(&key, Phase::Held)
@@ -111,6 +120,11 @@ impl Farm {
             Phase::Stopping { pid, since, kill_at, .. } => {
                 self.set_phase(key, Phase::Stopping { pid, since, kill_at, then })
             }
+            // The process being started is stopped as soon as it is known,
+            // then started again: one live process per slot.
+            Phase::Starting { stop_then: Some(AfterStop::Remove), .. } => {}
+            Phase::Starting { stop_then: Some(AfterStop::Hold), .. } if held => {}
+            Phase::Starting { since, .. } => self.set_phase(key, Phase::Starting { since, stop_then: Some(then) }),
             Phase::Held if held => {}
             Phase::Waiting { .. } | Phase::Held | Phase::Done | Phase::Failed => {
                 self.set_phase(key, Phase::Waiting { at: now })

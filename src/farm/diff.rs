@@ -26,11 +26,18 @@ impl Farm {
                 (true, Phase::Stopping { pid, since, kill_at, .. }) => {
                     self.set_phase(&key, Phase::Stopping { pid, since, kill_at, then: AfterStop::Remove })
                 }
+                (true, Phase::Starting { since, .. }) => {
+                    self.set_phase(&key, Phase::Starting { since, stop_then: Some(AfterStop::Remove) })
+                }
                 (true, _) => self.remove_slot(&key),
                 // Scaled down and up again before the process was gone.
                 (false, Phase::Stopping { pid, since, kill_at, then: AfterStop::Remove }) => {
                     let then = if held { AfterStop::Hold } else { AfterStop::Restart };
                     self.set_phase(&key, Phase::Stopping { pid, since, kill_at, then })
+                }
+                (false, Phase::Starting { since, stop_then: Some(AfterStop::Remove) }) => {
+                    let stop_then = held.then_some(AfterStop::Hold);
+                    self.set_phase(&key, Phase::Starting { since, stop_then })
                 }
                 (false, _) => {}
             }
@@ -142,6 +149,9 @@ impl Farm {
                 Phase::Running { pid, since } => self.stop(&key, pid, since, AfterStop::Remove, now, actions),
                 Phase::Stopping { pid, since, kill_at, .. } => {
                     self.set_phase(&key, Phase::Stopping { pid, since, kill_at, then: AfterStop::Remove })
+                }
+                Phase::Starting { since, .. } => {
+                    self.set_phase(&key, Phase::Starting { since, stop_then: Some(AfterStop::Remove) })
                 }
                 Phase::Waiting { .. } | Phase::Held | Phase::Done | Phase::Failed => self.remove_slot(&key),
             }

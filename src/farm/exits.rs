@@ -4,7 +4,52 @@
 use super::*;
 
 impl Farm {
+    /// The request a start in flight carries: `None` when its process is
+    /// still wanted, or what a request that came meanwhile decided.
+    fn pending_stop(&self, key: &WorkerKey) -> Option<AfterStop> {
+        match self.slot(key).map(|s| &s.phase) {
+            Some(Phase::Starting { stop_then, .. }) => *stop_then,
+            _ => None,
+        }
+    }
+
+    /// False when a start in flight is no longer wanted (its slot was
+    /// restarted, stopped or removed meanwhile): the supervisor then does
+    /// not fork it at all but reports it deferred.
+    pub fn start_wanted(&self, key: &WorkerKey) -> bool {
+        matches!(self.slot(key).map(|s| &s.phase), Some(Phase::Starting { stop_then: None, .. }))
+    }
+
+    /// A start in flight that produced no process, and a request came
+    /// meanwhile: the slot goes where that request wanted it.
+    fn start_overtaken(&mut self, key: &WorkerKey, then: AfterStop, now: Instant, actions: &mut Vec<Action>) {
+        match then {
+            AfterStop::Remove => self.remove_slot(key),
+            AfterStop::Hold => self.set_phase(key, Phase::Held),
+            AfterStop::Fail => self.set_phase(key, Phase::Failed),
+            AfterStop::Restart | AfterStop::Recycle | AfterStop::RestartAsFailure => {
+                self.set_phase(key, Phase::Waiting { at: now })
+            }
+        }
+        self.finish_shutdown_if_done(actions);
+    }
+
+    /// The supervisor could not start it now (its fork budget for the turn,
+    /// or the start was no longer wanted): it is asked again next turn.
+    pub(super) fn worker_start_deferred(&mut self, key: &WorkerKey, now: Instant, actions: &mut Vec<Action>) {
+        if !matches!(self.slot(key).map(|s| &s.phase), Some(Phase::Starting { .. })) {
+            return;
+        }
+        match self.pending_stop(key) {
+            Some(then) => self.start_overtaken(key, then, now, actions),
+            None => self.set_phase(key, Phase::Waiting { at: now }),
+        }
+    }
+
     pub(super) fn worker_spawn_failed(&mut self, key: &WorkerKey, now: Instant, actions: &mut Vec<Action>) {
+        if let Some(then) = self.pending_stop(key) {
+            return self.start_overtaken(key, then, now, actions);
+        }
         if self.is_shutting_down() {
             self.remove_slot(key);
             self.finish_shutdown_if_done(actions);
@@ -26,15 +71,30 @@ impl Farm {
     }
 
     pub(super) fn worker_started(&mut self, key: WorkerKey, pid: Pid, now: Instant, actions: &mut Vec<Action>) {
-        let Some(slot) = self.slot_mut(&key) else {
-            // Cannot happen (starts are applied before any other event), but
-            // never leave an untracked process behind.
-            actions.push(Action::log(LogLevel::Error, format!("pid {pid} started for unknown job {key}; stopping it")));
-            actions.push(Action::KillWorker { key, pid, reason: KillReason::SecondShutdown });
-            return;
+        let stop_then = match self.slot(&key).map(|s| &s.phase) {
+            Some(Phase::Starting { stop_then, .. }) => *stop_then,
+            _ => {
+                // Cannot happen (a slot's start is tracked from its request
+                // on, and only one is in flight), but never leave an
+                // untracked process behind.
+                actions.push(Action::log(
+                    LogLevel::Error,
+                    format!("pid {pid} started for {key}, which was not starting; stopping it"),
+                ));
+                actions.push(Action::KillWorker { key, pid, reason: KillReason::SecondShutdown });
+                return;
+            }
         };
-        slot.last_started_at = Some(now);
+        if let Some(slot) = self.slot_mut(&key) {
+            slot.last_started_at = Some(now);
+        }
         self.set_phase(&key, Phase::Running { pid, since: now });
+        if let Some(then) = stop_then {
+            // A restart, stop or removal came while it was starting: what
+            // it started is stopped like any running process.
+            self.stop(&key, pid, now, then, now, actions);
+            return;
+        }
         if self.is_shutting_down() {
             self.stop(&key, pid, now, AfterStop::Remove, now, actions);
             return;
@@ -170,7 +230,7 @@ impl Farm {
                     Some(RollingStep::Stopping { slot }) if slot == key.slot
                 );
             }
-            Phase::Waiting { .. } | Phase::Held | Phase::Done | Phase::Failed => {}
+            Phase::Waiting { .. } | Phase::Starting { .. } | Phase::Held | Phase::Done | Phase::Failed => {}
         }
         if rolling_goes_on {
             if let Some(rolling) = self.jobs.get_mut(&key.id).and_then(|s| s.rolling.as_mut()) {
@@ -299,6 +359,10 @@ impl Farm {
                     self.set_phase(&key, Phase::Stopping { pid, since, kill_at, then: AfterStop::Fail })
                 }
                 Phase::Waiting { .. } => self.set_phase(&key, Phase::Failed),
+                Phase::Starting { stop_then: Some(AfterStop::Remove | AfterStop::Hold), .. } => {}
+                Phase::Starting { since, .. } => {
+                    self.set_phase(&key, Phase::Starting { since, stop_then: Some(AfterStop::Fail) })
+                }
                 Phase::Held | Phase::Done | Phase::Failed => {}
             }
         }

@@ -37,6 +37,15 @@ pub enum Phase {
     Waiting {
         at: Instant,
     },
+    /// A start was asked of the supervisor (a fork, or a request to the
+    /// zygote) and its pid is not known yet. `stop_then`: a request that
+    /// came meanwhile (`restart`, `stop`, a removal, the shutdown) wants
+    /// the new process stopped as soon as its pid is known, then `then`,
+    /// so that a slot never has two live processes.
+    Starting {
+        since: Instant,
+        stop_then: Option<AfterStop>,
+    },
     Running {
         pid: Pid,
         since: Instant,
@@ -89,7 +98,7 @@ impl Phase {
     pub fn pid(&self) -> Option<Pid> {
         match self {
             Phase::Running { pid, .. } | Phase::Stopping { pid, .. } => Some(*pid),
-            Phase::Waiting { .. } | Phase::Held | Phase::Done | Phase::Failed => None,
+            Phase::Waiting { .. } | Phase::Starting { .. } | Phase::Held | Phase::Done | Phase::Failed => None,
         }
     }
 
@@ -97,7 +106,7 @@ impl Phase {
     pub fn since(&self) -> Option<Instant> {
         match self {
             Phase::Running { since, .. } | Phase::Stopping { since, .. } => Some(*since),
-            Phase::Waiting { .. } | Phase::Held | Phase::Done | Phase::Failed => None,
+            Phase::Waiting { .. } | Phase::Starting { .. } | Phase::Held | Phase::Done | Phase::Failed => None,
         }
     }
 
@@ -106,14 +115,14 @@ impl Phase {
         match self {
             Phase::Waiting { at } => Some(*at),
             Phase::Stopping { kill_at, .. } => *kill_at,
-            Phase::Running { .. } | Phase::Held | Phase::Done | Phase::Failed => None,
+            Phase::Starting { .. } | Phase::Running { .. } | Phase::Held | Phase::Done | Phase::Failed => None,
         }
     }
 
     pub fn status(&self, now: Instant) -> StatusName {
         match self {
             Phase::Waiting { at } if *at > now => StatusName::Backoff,
-            Phase::Waiting { .. } => StatusName::Starting,
+            Phase::Waiting { .. } | Phase::Starting { .. } => StatusName::Starting,
             Phase::Running { .. } => StatusName::Running,
             Phase::Stopping { .. } => StatusName::Stopping,
             Phase::Held => StatusName::Stopped,

@@ -315,11 +315,7 @@ impl Farm {
             }
             Event::WorkerStarted { key, pid } => self.worker_started(key, pid, now, &mut actions),
             Event::WorkerSpawnFailed(key) => self.worker_spawn_failed(&key, now, &mut actions),
-            Event::WorkerStartDeferred(key) => {
-                if matches!(self.slot(&key).map(|s| &s.phase), Some(Phase::Waiting { .. })) {
-                    self.set_phase(&key, Phase::Waiting { at: now });
-                }
-            }
+            Event::WorkerStartDeferred(key) => self.worker_start_deferred(&key, now, &mut actions),
             Event::CycleProgress { key, pid, progress } => self.cycle_progress(&key, pid, progress, now, &mut actions),
             Event::ChildExited { pid, exit, recycle, cycles } => {
                 self.child_exited(pid, exit, recycle, cycles, now, &mut actions)
@@ -442,9 +438,9 @@ impl Farm {
                         break;
                     }
                     started += 1;
-                    // Out of the deadline index until the supervisor reports
-                    // the fork (WorkerStarted) or its failure.
-                    self.deadlines.remove(&(at, key.clone()));
+                    // Tracked from the request on, until the supervisor reports
+                    // the fork (WorkerStarted), its failure, or a deferral.
+                    self.set_phase(&key, Phase::Starting { since: now, stop_then: None });
                     actions.push(Action::StartWorker(key));
                 }
                 Phase::Stopping { pid, since, then, .. } => {
@@ -452,7 +448,7 @@ impl Farm {
                     self.set_phase(&key, Phase::Stopping { pid, since, kill_at: None, then });
                     actions.push(Action::KillWorker { key, pid, reason });
                 }
-                Phase::Running { .. } | Phase::Held | Phase::Done | Phase::Failed => {
+                Phase::Starting { .. } | Phase::Running { .. } | Phase::Held | Phase::Done | Phase::Failed => {
                     self.deadlines.remove(&(at, key));
                 }
             }

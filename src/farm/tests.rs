@@ -122,6 +122,8 @@ fn config_exited(pid: Pid, code: i32) -> Event {
     Event::ChildExited { pid, exit: ExitKind::Code(code), recycle: None, cycles: 0 }
 }
 
+mod one_process_per_slot;
+
 fn status(farm: &Farm, n: i64, now: Instant) -> StatusName {
     farm.job(&id(n)).unwrap().status(now)
 }

@@ -113,6 +113,10 @@ impl Supervisor<'_> {
                 return;
             }
             let Some(key) = running.awaiting.pop_front() else { return };
+            if !self.farm.start_wanted(&key) {
+                self.start_not_wanted(key, now);
+                continue;
+            }
             if !to_zygote {
                 self.start_directly(&key, now);
                 continue;
@@ -130,8 +134,19 @@ impl Supervisor<'_> {
         }
     }
 
+    /// A start that waited for the zygote and was overtaken meanwhile (its
+    /// slot restarted, stopped or removed, the farm shutting down): nothing
+    /// is forked, and the core decides what its slot does now.
+    fn start_not_wanted(&mut self, key: WorkerKey, now: Instant) {
+        let actions = self.farm.handle(Event::WorkerStartDeferred(key), now);
+        self.apply(actions);
+    }
+
     /// Forks the worker of `key` here, as without a zygote.
     fn start_directly(&mut self, key: &WorkerKey, now: Instant) {
+        if !self.farm.start_wanted(key) {
+            return self.start_not_wanted(key.clone(), now);
+        }
         let event = self.spawn_worker(key);
         let actions = self.farm.handle(event, now);
         self.apply(actions);
