@@ -1527,5 +1527,13 @@ int lrpm_child_main(const lrpm_child_spec *spec)
     } zend_end_try();
     fflush(stdout);
     fflush(stderr);
+    /* Its stop is done (shutdown functions and destructors ran): what is
+     * left is the kernel's teardown, which thousands of processes ending
+     * at once can make last seconds. The supervisor does not take that for
+     * a worker stuck past its stop deadline. */
+    lrpm_shared_page *page = own_shared_page();
+    if (page) {
+        __atomic_store_n(&page->ended_status, (uint64_t)(uint32_t)status + 1, __ATOMIC_RELEASE);
+    }
     return status;
 }

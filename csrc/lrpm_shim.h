@@ -18,7 +18,7 @@
  */
 #define LRPM_SHARED_PAGE_SIZE 4096
 #define LRPM_SHARED_PAGE_MAGIC 0x4d50524cu /* "LRPM" read as little-endian */
-#define LRPM_SHARED_PAGE_VERSION 3u
+#define LRPM_SHARED_PAGE_VERSION 4u
 
 /* Bits of lrpm_shared_page.flags. */
 /* User code called pcntl_signal(SIGTERM, ...) / pcntl_signal(SIGINT, ...). */
@@ -52,8 +52,10 @@ typedef struct lrpm_shared_page {
     uint64_t opcache_free_bytes;   /* memory_usage.free_memory */
     uint64_t opcache_hits;         /* opcache_statistics.hits */
     uint64_t opcache_misses;       /* opcache_statistics.misses */
+    /* Version 4. */
+    uint64_t ended_status; /* 1 + the status the process exits with, once its PHP request has ended; 0 before */
     /* Room for later versions; zero until one defines them. */
-    uint64_t reserved[(LRPM_SHARED_PAGE_SIZE - 104) / 8];
+    uint64_t reserved[(LRPM_SHARED_PAGE_SIZE - 112) / 8];
 } lrpm_shared_page;
 
 /*

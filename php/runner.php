@@ -414,8 +414,37 @@ function send_message(array $message): void
     }
 }
 
+// A configuration too large for memory_limit ends the process with PHP's
+// bare "Allowed memory size ... exhausted": this says, before it ends, how
+// far it got (how many jobs, when it knows) and which setting to raise.
+// `$stage` is updated by run_config as it goes.
+function explain_memory_exhaustion(array &$stage): void
+{
+    \register_shutdown_function(static function () use (&$stage): void {
+        $error = \error_get_last();
+        if ($error === null || $error['type'] !== \E_ERROR || !\str_starts_with($error['message'], 'Allowed memory size')) {
+            return;
+        }
+        $limit = (string) \ini_get('memory_limit');
+        // The exhausted heap still holds the configuration: room to report.
+        \ini_set('memory_limit', '-1');
+        $where = $stage['jobs'] === null
+            ? 'while ' . $stage['what'] . ' ran (in ' . $error['file'] . ' on line ' . $error['line'] . ')'
+            : \sprintf('while describing the %s jobs %s returned', \number_format($stage['jobs']), $stage['what']);
+        send_message(['type' => 'error', 'message' => \sprintf(
+            'the configuration process ran out of PHP memory (memory_limit %s) %s; a configuration this large needs '
+            . 'a higher memory_limit: start lrpm-host with -d memory_limit=1G (or -1 for no limit), or set it in '
+            . 'the php.ini lrpm-host reads',
+            $limit,
+            $where
+        )]);
+    });
+}
+
 function run_config(array $params): void
 {
+    $stage = ['what' => 'the configuration source loaded', 'jobs' => null];
+    explain_memory_exhaustion($stage);
     try {
         $source = load_configuration_source((string) $params['source'], (bool) $params['sourceIsFile']);
     } catch (\Throwable $e) {
@@ -438,6 +467,7 @@ function run_config(array $params): void
             }
             $lastCall = \microtime(true);
         }
+        $stage = ['what' => class_label($source) . '::loadConfiguration()', 'jobs' => null];
         try {
             $configuration = $source->loadConfiguration();
         } catch (\Throwable $e) {
@@ -450,6 +480,7 @@ function run_config(array $params): void
                 . \get_debug_type($configuration) . ', expected an array of jobs']);
             exit(EXIT_CONFIG_SOURCE_FAILED);
         }
+        $stage['jobs'] = \count($configuration);
         send_message(['type' => 'configuration', 'jobs' => elide_unchanged(describe_jobs(
             $configuration,
             $params['sourceIsFile'] ? (string) $params['source'] : null,

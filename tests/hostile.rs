@@ -452,3 +452,94 @@ fn planned_recycles_restart_at_once_without_backoff() {
     assert_eq!(status["r"]["state"]["backoffInterval"], 1, "{status}");
     assert!(farm.stderr().contains("recycled (maxCycles); starting a fresh process"), "{}", farm.diagnostics());
 }
+
+/// Holds `pid` at its exit (PTRACE_O_TRACEEXIT) once it ends: it is then in
+/// the kernel's exit path, its status decided, as thousands of workers
+/// tearing down at once are for seconds. Signals on the way are passed on.
+fn hold_at_exit(pid: i32, timeout: Duration) {
+    use nix::sys::ptrace;
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let pid = nix::unistd::Pid::from_raw(pid);
+    ptrace::seize(pid, ptrace::Options::PTRACE_O_TRACEEXIT)
+        .expect("PTRACE_SEIZE the worker (needs root or CAP_SYS_PTRACE)");
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < timeout, "worker {pid} did not reach its exit within {timeout:?}");
+        match waitpid(pid, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)).expect("waitpid on the tracee") {
+            WaitStatus::PtraceEvent(_, _, event) if event == ptrace::Event::PTRACE_EVENT_EXIT as i32 => return,
+            WaitStatus::Stopped(_, signal) => ptrace::cont(pid, signal).expect("PTRACE_CONT"),
+            WaitStatus::PtraceEvent(..) => ptrace::cont(pid, None).expect("PTRACE_CONT"),
+            _ => std::thread::sleep(POLL),
+        }
+    }
+}
+
+#[test]
+fn a_worker_already_ending_at_its_stop_deadline_is_neither_killed_nor_reported_stuck() {
+    let _g = shared();
+    let farm = Farm::start(
+        "ending_at_deadline",
+        FarmOptions::default().env("LRPM_LOG", "debug"),
+        |jobs| json!({"ending": jobs.job_with("ending", 1, json!({"sleep": 0.05}), json!({"shutdownTimeoutSeconds": 1}))}),
+    );
+    let pid = farm.wait_running(&["ending"], secs(10.0))["ending"];
+    // Removed from the configuration: stopped with a 1 s deadline, and held
+    // in its exit past it.
+    farm.write_jobs(&json!({}));
+    // ptrace requests come from the thread that attached, and the tracee
+    // is let go when that thread ends: it holds the worker until told.
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let tracer = std::thread::spawn(move || {
+        hold_at_exit(pid, secs(30.0));
+        held_tx.send(()).unwrap();
+        let _ = release_rx.recv();
+        nix::sys::ptrace::detach(nix::unistd::Pid::from_raw(pid), None).expect("PTRACE_DETACH");
+    });
+    farm.signal(Signal::SIGHUP);
+    held_rx.recv().expect("the worker held at its exit");
+    let verdict = farm.wait_for(secs(20.0), "the stop deadline handled", || {
+        let stderr = farm.stderr();
+        if stderr.contains("reached its stop deadline already ending") {
+            Some(true)
+        } else if stderr.contains("did not stop within") {
+            Some(false)
+        } else {
+            None
+        }
+    });
+    release_tx.send(()).unwrap();
+    tracer.join().expect("tracer thread");
+    assert!(verdict, "a worker in its exit was reported stuck and killed\n{}", farm.diagnostics());
+    farm.wait_for(secs(20.0), "the job gone", || {
+        farm.try_status().filter(|s| s.as_object().is_some_and(|o| o.is_empty()))
+    });
+    assert!(!farm.stderr().contains("SIGKILL"), "{}", farm.diagnostics());
+    farm.stop(secs(20.0));
+}
+
+/// Runs the host on tests/fixtures/farm/many_jobs_source.php with a small
+/// memory_limit until it gives up on the configuration.
+fn many_jobs_host(name: &str, env: &[(&str, &str)]) -> Output {
+    let dir = TempDir::new(name);
+    let source = farm_fixtures().join("many_jobs_source.php");
+    let mut cmd = lrpm_host(["-d", "memory_limit=16M", "--bootstrap", &farm_bootstrap(), "--control-socket"]);
+    cmd.arg(dir.join("control.sock")).arg(source).envs(env.iter().copied()).current_dir(dir.path());
+    run_with_timeout(cmd, secs(60.0))
+}
+
+#[test]
+fn a_configuration_too_large_for_memory_limit_says_how_many_jobs_and_what_to_raise() {
+    let _g = shared();
+    // Built within the limit, then too many to describe: the count is known.
+    let out = many_jobs_host("many_jobs", &[("MANY_JOBS", "100000")]);
+    out.assert_code(78)
+        .assert_stderr_contains("ran out of PHP memory (memory_limit 16M) while describing the 100,000 jobs")
+        .assert_stderr_contains("start lrpm-host with -d memory_limit=");
+    // Out of memory in the source itself: where, and the same advice.
+    let out = many_jobs_host("many_jobs_in_source", &[("MANY_JOBS", "100000000"), ("MANY_JOBS_DISTINCT", "1")]);
+    out.assert_code(78)
+        .assert_stderr_contains("ran out of PHP memory (memory_limit 16M) while the anonymous class in ")
+        .assert_stderr_contains("many_jobs_source.php::loadConfiguration() ran (in ")
+        .assert_stderr_contains("start lrpm-host with -d memory_limit=");
+}

@@ -40,6 +40,11 @@ pub type Pid = i32;
 /// signals and the control socket) between batches.
 pub const START_BATCH: usize = 32;
 
+/// At most this many stop deadlines escalate per tick: the supervisor looks
+/// at each process before it kills it (one has often just ended), and the
+/// loop polls between batches, as for starts.
+pub const KILL_BATCH: usize = 256;
+
 /// How often a rolling recycle looks for the new process's first cycle.
 pub const ROLLING_INSPECT_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -423,7 +428,7 @@ impl Farm {
     /// Starts what is due (at most a batch), escalates stops whose timeout
     /// passed, and asks for the cycle inspections that are due.
     fn run_due(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        let mut started = 0;
+        let (mut started, mut killed) = (0, 0);
         while let Some((at, key)) = self.deadlines.first().cloned() {
             if at > now {
                 break;
@@ -444,6 +449,10 @@ impl Farm {
                     actions.push(Action::StartWorker(key));
                 }
                 Phase::Stopping { pid, since, then, .. } => {
+                    if killed == KILL_BATCH {
+                        break;
+                    }
+                    killed += 1;
                     let reason = KillReason::StopTimeout(self.jobs[&key.id].shutdown_timeout());
                     self.set_phase(&key, Phase::Stopping { pid, since, kill_at: None, then });
                     actions.push(Action::KillWorker { key, pid, reason });

@@ -459,6 +459,44 @@ fn big_farms_start_in_bounded_batches() {
 }
 
 #[test]
+fn stop_deadlines_escalate_in_bounded_batches() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[]);
+    let jobs: Vec<Job> = (0..1000).map(|n| job(n, 1)).collect();
+    farm.handle(Event::Configuration(jobs), t0);
+    while farm.jobs().values().any(|s| s.status(t0) != StatusName::Running) {
+        for action in farm.handle(Event::Tick, t0) {
+            if let Action::StartWorker(key) = action {
+                farm.handle(Event::WorkerStarted { pid: pid_of(&key), key }, t0);
+            }
+        }
+    }
+    farm.handle(Event::Shutdown, t0);
+    let late = t0 + secs(11);
+    let mut killed = BTreeSet::new();
+    let mut turns = 0;
+    loop {
+        let kills: Vec<Pid> = without_logs(farm.handle(Event::Tick, late))
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::KillWorker { pid, .. } => Some(pid),
+                _ => None,
+            })
+            .collect();
+        if kills.is_empty() {
+            break;
+        }
+        assert!(kills.len() <= KILL_BATCH);
+        killed.extend(kills);
+        // More is due at once: the loop polls with a zero timeout.
+        assert!(farm.next_deadline().map_or(true, |at| at <= late));
+        turns += 1;
+    }
+    assert_eq!(killed.len(), 1000, "every stuck process is killed once");
+    assert_eq!(turns, 1000usize.div_ceil(KILL_BATCH));
+}
+
+#[test]
 fn a_failed_fork_backs_off_like_a_zero_second_run() {
     let t0 = Instant::now();
     let mut farm = running_farm(t0, &[]);

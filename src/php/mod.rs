@@ -286,6 +286,7 @@ const _: () = {
     assert!(offset_of!(C, opcache_free_bytes) == offset_of!(Layout, opcache_free_bytes));
     assert!(offset_of!(C, opcache_hits) == offset_of!(Layout, opcache_hits));
     assert!(offset_of!(C, opcache_misses) == offset_of!(Layout, opcache_misses));
+    assert!(offset_of!(C, ended_status) == offset_of!(Layout, ended_status));
     assert!(offset_of!(C, reserved) == offset_of!(Layout, reserved));
 };
 

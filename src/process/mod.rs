@@ -139,6 +139,48 @@ pub fn reap_exited(leads_group: impl Fn(Pid) -> bool, max: usize) -> (Vec<(Pid, 
     (reaped, false)
 }
 
+/// How far a child is in ending, as the kernel knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitProgress {
+    /// Not ending (or its state could not be read).
+    Alive,
+    /// In the kernel's exit path (`PF_EXITING`): its exit status is
+    /// decided, only the teardown of its memory is left. Thousands of
+    /// processes ending at once on a few CPUs can spend seconds there.
+    Exiting,
+    /// Ended, not reaped yet.
+    Exited,
+}
+
+/// `PF_EXITING` in /proc/PID/stat's flags (include/linux/sched.h).
+const PF_EXITING: u64 = 0x4;
+
+/// Whether a child of this process is ending: one waitid for its pid
+/// (O(1) on Linux 5.13 and later, unlike a wait for any child) and, if it
+/// has not ended, its flags from /proc. Never blocks.
+pub fn exit_progress(pid: Pid) -> ExitProgress {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(pid), flags) {
+        Ok(WaitStatus::StillAlive) => {}
+        Ok(_) => return ExitProgress::Exited,
+        Err(_) => return ExitProgress::Alive,
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return ExitProgress::Alive };
+    // Fields after the command name (which may hold spaces and parentheses):
+    // state is the 3rd field of the line, flags the 9th.
+    let Some((_, rest)) = stat.rsplit_once(')') else { return ExitProgress::Alive };
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next();
+    let flags = fields.nth(5).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    if matches!(state, Some("Z" | "X")) {
+        ExitProgress::Exited
+    } else if flags & PF_EXITING != 0 {
+        ExitProgress::Exiting
+    } else {
+        ExitProgress::Alive
+    }
+}
+
 /// CLOCK_MONOTONIC in nanoseconds: the clock workers write their cycle
 /// times with (`shared_page::SharedPage::cycle_snapshot` compares against
 /// it). Not an `Instant`, whose readings cannot be built from raw ns.

@@ -25,7 +25,7 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"LRPM");
 /// `LRPM_SHARED_PAGE_VERSION`: bump when a field is added or changes meaning.
 /// Version 2 added the cycle fields, version 3 the recycle reason and the
 /// OPcache figures.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// `LRPM_FLAG_USER_SIGTERM_HANDLER`: user code called `pcntl_signal(SIGTERM, ...)`.
 pub const FLAG_USER_SIGTERM_HANDLER: u64 = 0x1;
 /// `LRPM_FLAG_USER_SIGINT_HANDLER`: user code called `pcntl_signal(SIGINT, ...)`.
@@ -67,8 +67,11 @@ pub struct Layout {
     /// `opcache_get_status()`'s opcache_statistics hits and misses.
     pub opcache_hits: AtomicU64,
     pub opcache_misses: AtomicU64,
+    /// Version 4: 1 + the status the process exits with, stored once its
+    /// PHP request has ended (its stop is done); 0 before.
+    pub ended_status: AtomicU64,
     /// Room for later versions; zero until one defines them.
-    pub reserved: [AtomicU64; (PAGE_SIZE - 104) / 8],
+    pub reserved: [AtomicU64; (PAGE_SIZE - 112) / 8],
 }
 
 /// The OPcache figures a worker published (OPcache's memory is shared by
@@ -99,7 +102,7 @@ pub struct CycleSnapshot {
 }
 
 const _: () = assert!(std::mem::size_of::<Layout>() == PAGE_SIZE);
-const _: () = assert!(std::mem::offset_of!(Layout, reserved) == 104);
+const _: () = assert!(std::mem::offset_of!(Layout, reserved) == 112);
 
 struct Mapping {
     pages: NonNull<Layout>,
@@ -185,6 +188,7 @@ impl SharedPage {
             &layout.opcache_free_bytes,
             &layout.opcache_hits,
             &layout.opcache_misses,
+            &layout.ended_status,
         ] {
             word.store(0, Ordering::Relaxed);
         }
@@ -283,6 +287,19 @@ impl SharedPage {
     /// does in C (tests; Rust children).
     pub fn set_recycle_reason(&self, code: u64) {
         self.layout().recycle_reason.store(code, Ordering::Release);
+    }
+
+    /// The status the worker is exiting with, once its PHP request has
+    /// ended (shutdown functions and destructors done); None before.
+    pub fn ended_status(&self) -> Option<i32> {
+        let stored = self.layout().ended_status.load(Ordering::Acquire);
+        stored.checked_sub(1).map(|status| status as i32)
+    }
+
+    /// Writes the ended status, as the C side does at the end of a worker's
+    /// request (tests).
+    pub fn set_ended_status(&self, status: i32) {
+        self.layout().ended_status.store(u64::from(status as u32) + 1, Ordering::Release);
     }
 
     /// The OPcache figures the worker last published; None if it never did.

@@ -623,6 +623,24 @@ impl Supervisor<'_> {
                 }
                 Action::KillWorker { key, pid, reason } => {
                     if let KillReason::StopTimeout(timeout) = reason {
+                        // Exits collected this turn were handled before the
+                        // deadlines; one that came since, or a process still
+                        // in the kernel's teardown, has stopped: it is reaped
+                        // next turn, neither killed nor reported as stuck.
+                        let ended = self.pages.get(&pid).and_then(SharedPage::ended_status);
+                        match (ended, process::exit_progress(Pid::from_raw(pid))) {
+                            (None, process::ExitProgress::Alive) => {}
+                            (ended, progress) => {
+                                let how =
+                                    ended.map_or_else(String::new, |s| format!(", its PHP request ended with {s}"));
+                                tracing::debug!(
+                                    "{key} (pid {pid}) reached its stop deadline already ending ({progress:?}{how}): \
+                                     not killed"
+                                );
+                                self.reap_pending |= progress == process::ExitProgress::Exited;
+                                continue;
+                            }
+                        }
                         let handler = match self.pages.get(&pid) {
                             Some(page) if page.user_replaced_stop_handler() => {
                                 "user code had installed its own SIGTERM/SIGINT handler (pcntl_signal), which lrpm-host chains: \
