@@ -159,8 +159,9 @@ fn link_static(tool: &Path, prefix: &str) -> Link {
 }
 
 fn main() {
-    println!("cargo:rerun-if-changed=csrc/lrpm_shim.c");
-    println!("cargo:rerun-if-changed=csrc/lrpm_shim.h");
+    for file in ["lrpm_shim.c", "lrpm_waits.c", "lrpm_zygote.c", "lrpm_shim.h", "lrpm_shim_internal.h"] {
+        println!("cargo:rerun-if-changed=csrc/{file}");
+    }
     println!("cargo:rerun-if-changed=csrc/wrapper.h");
     println!("cargo:rerun-if-env-changed=LIBCLANG_PATH");
 
@@ -201,7 +202,10 @@ fn main() {
     };
 
     let mut build = cc::Build::new();
-    build.file("csrc/lrpm_shim.c").warnings(false).flag_if_supported("-Wno-unused-parameter");
+    build
+        .files(["csrc/lrpm_shim.c", "csrc/lrpm_waits.c", "csrc/lrpm_zygote.c"])
+        .warnings(false)
+        .flag_if_supported("-Wno-unused-parameter");
     for dir in &includes {
         build.include(dir);
     }

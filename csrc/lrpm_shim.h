@@ -106,7 +106,7 @@ typedef struct lrpm_child_spec {
     /* This child's shared page, or NULL. */
     lrpm_shared_page *shared_page;
     /* Once a stop is requested, poll() waits end this many ms after it
-     * (see poll() in lrpm_shim.c); -1: never bounded. */
+     * (see poll() in lrpm_waits.c); -1: never bounded. */
     long long stop_grace_ms;
 } lrpm_child_spec;
 

@@ -10,13 +10,13 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+mod commands;
 pub mod config_process;
+mod diff;
 pub mod exit;
+mod exits;
 pub mod lifecycle;
 pub mod recycle;
-mod commands;
-mod diff;
-mod exits;
 mod rolling;
 mod shutdown;
 #[cfg(test)]

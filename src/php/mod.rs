@@ -321,7 +321,7 @@ impl ChildProgram {
     }
 
     /// Once a stop is requested, blocking waits inside PHP (stream reads)
-    /// end this long after it (see `poll()` in csrc/lrpm_shim.c).
+    /// end this long after it (see `poll()` in csrc/lrpm_waits.c).
     pub fn set_stop_grace(&mut self, grace: std::time::Duration) {
         self.stop_grace = Some(grace);
     }
