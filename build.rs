@@ -158,6 +158,26 @@ fn link_static(tool: &Path, prefix: &str) -> Link {
     }
 }
 
+/// What csrc/lrpm_waits.c defines for every library of the process to bind to.
+const WAIT_EXPORTS: &[&str] = &[
+    "poll",
+    "__poll_chk",
+    "ppoll",
+    "__ppoll_chk",
+    "select",
+    "pselect",
+    "epoll_wait",
+    "epoll_pwait",
+    "recv",
+    "__recv_chk",
+    "read",
+    "__read_chk",
+    "nanosleep",
+    "usleep",
+    "sleep",
+    "dlopen",
+];
+
 fn main() {
     for file in ["lrpm_shim.c", "lrpm_waits.c", "lrpm_zygote.c", "lrpm_shim.h", "lrpm_shim_internal.h"] {
         println!("cargo:rerun-if-changed=csrc/{file}");
@@ -217,12 +237,13 @@ fn main() {
     }
     build.compile("lrpm_shim");
 
-    // The shim's poll(), select() and sleeps must be the ones libphp and
-    // its extensions call (they bound waits once a stop is pending): export
-    // them from the binary. A static libphp binds to them at link time;
-    // shared libraries it uses (libcurl, libpq) still look them up
-    // dynamically.
-    for symbol in ["poll", "select", "nanosleep", "usleep", "sleep"] {
+    // The shim's waits (csrc/lrpm_waits.c) must be the ones libphp, its
+    // extensions and their libraries call (they bound waits once a stop is
+    // pending): export them from the binary. A static libphp binds to them
+    // at link time; shared libraries (libcurl, libpq, libgearman) look them
+    // up dynamically, and find them because the exported dlopen() drops
+    // RTLD_DEEPBIND.
+    for symbol in WAIT_EXPORTS {
         println!("cargo:rustc-link-arg-bin=lrpm-host=-Wl,--export-dynamic-symbol={symbol}");
     }
 

@@ -269,6 +269,7 @@ const _: () = {
     assert!(ffi::LRPM_SHARED_PAGE_VERSION == shared_page::VERSION);
     assert!(ffi::LRPM_FLAG_USER_SIGTERM_HANDLER as u64 == shared_page::FLAG_USER_SIGTERM_HANDLER);
     assert!(ffi::LRPM_FLAG_USER_SIGINT_HANDLER as u64 == shared_page::FLAG_USER_SIGINT_HANDLER);
+    assert!(ffi::LRPM_FLAG_STOP_SIGNALLED as u64 == shared_page::FLAG_STOP_SIGNALLED);
     use shared_page::Layout;
     use std::mem::offset_of;
     type C = ffi::lrpm_shared_page;

@@ -633,3 +633,69 @@ fn slot_term(n: i64, slot: u32) -> Action {
 fn slot_status(farm: &Farm, n: i64, slot: u32, now: Instant) -> Option<StatusName> {
     farm.slot(&slot_key(n, slot)).map(|s| s.status(now))
 }
+
+/// A clean exit after a stop signal from outside (the supervisor's page
+/// read says a SIGTERM reached the worker), by run length and exit.
+#[test]
+fn a_clean_stop_by_a_signal_from_outside_restarts_at_once_and_is_no_failure() {
+    let t0 = Instant::now();
+    // (signalled, exit code, expected delay of the restart, failures counted)
+    let table = [(true, 0, 0, 0), (false, 0, 1, 0), (true, 1, 1, 1), (false, 1, 1, 1)];
+    for (signalled, code, delay, failures) in table {
+        let mut farm = running_farm(t0, &[job(1, 1)]);
+        let mut now = t0;
+        // Three short runs stopped from outside: never backed off.
+        for _ in 0..3 {
+            now += secs(1);
+            if signalled {
+                step(&mut farm, Event::StopSignalled { pid: 101 }, now);
+            }
+            let actions = step(&mut farm, exited(1, code), now);
+            if delay == 0 {
+                assert_eq!(actions, vec![Action::StartWorker(key(1))], "signalled {signalled}, code {code}");
+            } else {
+                assert!(actions.is_empty(), "signalled {signalled}, code {code}: backed off, got {actions:?}");
+                assert_eq!(status(&farm, 1, now), StatusName::Backoff);
+                now += slot0(&farm, 1).backoff.current();
+                tick(&mut farm, now);
+            }
+        }
+        let state = farm.job(&id(1)).unwrap();
+        assert_eq!(state.failures_total, 3 * failures, "signalled {signalled}, code {code}");
+        if delay == 0 {
+            assert_eq!(slot0(&farm, 1).backoff.current(), secs(1), "the backoff stays at rest");
+        }
+    }
+}
+
+#[test]
+fn a_stop_signal_is_forgotten_with_its_process() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[job(1, 1)]);
+    step(&mut farm, Event::StopSignalled { pid: 101 }, t0 + secs(1));
+    assert_eq!(step(&mut farm, exited(1, 0), t0 + secs(1)), vec![Action::StartWorker(key(1))]);
+    // The next process (same pid in these tables) was not signalled: a short run backs off.
+    assert!(step(&mut farm, exited(1, 0), t0 + secs(2)).is_empty());
+    assert_eq!(status(&farm, 1, t0 + secs(2)), StatusName::Backoff);
+}
+
+#[test]
+fn a_start_in_flight_when_the_shutdown_began_is_stopped_without_an_error() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[job(1, 1)]);
+    step(&mut farm, exited(1, 1), t0 + secs(1));
+    // The backoff's restart is asked for, and in flight (the zygote forks
+    // it) as the shutdown begins.
+    let actions = farm.handle(Event::Tick, t0 + secs(2));
+    assert_eq!(without_logs(actions), vec![Action::StartWorker(key(1))]);
+    let actions = farm.handle(Event::Shutdown, t0 + secs(2));
+    assert!(!actions.iter().any(|a| matches!(a, Action::StartWorker(_))));
+    let actions = farm.handle(Event::WorkerStarted { key: key(1), pid: 555 }, t0 + secs(2));
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::KillWorker { pid: 555, .. } | Action::StopWorker { pid: 555, .. })),
+        "{actions:?}"
+    );
+    let errors: Vec<_> =
+        actions.iter().filter(|a| matches!(a, Action::Log(event) if event.level == LogLevel::Error)).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+}

@@ -13,7 +13,7 @@ fn inspect(farm: &mut Farm, n: i64, slot: u32, cycles: u64, running: Option<Dura
 }
 
 #[test]
-fn a_rolling_recycle_replaces_one_slot_at_a_time_after_its_first_cycle() {
+fn a_rolling_recycle_replaces_one_slot_at_a_time_once_it_entered_its_first_cycle() {
     let t0 = Instant::now();
     let ms = Duration::from_millis;
     let mut farm = running_farm(t0, &[replicated(1, 1, 3)]);
@@ -23,11 +23,12 @@ fn a_rolling_recycle_replaces_one_slot_at_a_time_after_its_first_cycle() {
     let inspect_slot0 = Action::InspectCycles { key: slot_key(1, 0), pid: slot_pid(1, 0) };
     assert_eq!(farm.next_deadline(), Some(t0 + ROLLING_INSPECT_INTERVAL));
     assert_eq!(tick(&mut farm, t0 + ms(20)), vec![inspect_slot0.clone()]);
-    // No cycle yet: look again; slot 1 is untouched.
-    assert!(inspect(&mut farm, 1, 0, 0, Some(ms(5)), t0 + ms(20)).is_empty());
+    // Still in start() (no cycle began): look again; slot 1 is untouched.
+    assert!(inspect(&mut farm, 1, 0, 0, None, t0 + ms(20)).is_empty());
     assert_eq!(tick(&mut farm, t0 + ms(40)), vec![inspect_slot0]);
-    // Past its first cycle: the next slot is stopped.
-    assert_eq!(inspect(&mut farm, 1, 0, 1, None, t0 + ms(40)), vec![slot_term(1, 1)]);
+    // In its first cycle (an idle consumer blocked there may never complete
+    // it): up, the next slot is stopped.
+    assert_eq!(inspect(&mut farm, 1, 0, 0, Some(ms(5)), t0 + ms(40)), vec![slot_term(1, 1)]);
     step(&mut farm, slot_exited(1, 1, 0), t0 + ms(50));
     assert_eq!(inspect(&mut farm, 1, 1, 1, None, t0 + ms(60)), vec![slot_term(1, 2)]);
     step(&mut farm, slot_exited(1, 2, 0), t0 + ms(70));
@@ -138,4 +139,15 @@ fn a_rolling_recycle_goes_on_when_its_slot_is_scaled_away() {
     step(&mut farm, slot_exited(1, 2, 0), t0);
     assert!(farm.job(&id(1)).unwrap().rolling.is_none());
     assert_eq!(farm.job(&id(1)).unwrap().slots.len(), 1);
+}
+
+#[test]
+fn a_rolling_replacement_still_in_start_after_the_shutdown_timeout_lets_the_recycle_go_on() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[replicated(1, 1, 2)]);
+    assert!(command(&mut farm, 1, JobCommand::Recycle, t0).0.is_ok());
+    step(&mut farm, slot_exited(1, 0, 0), t0);
+    assert!(inspect(&mut farm, 1, 0, 0, None, t0 + secs(9)).is_empty());
+    // shutdownTimeoutSeconds (10) bounds how long start() may take.
+    assert!(inspect(&mut farm, 1, 0, 0, None, t0 + secs(10)).contains(&slot_term(1, 1)));
 }
