@@ -359,15 +359,17 @@ pub fn workers_load_source(source_is_file: bool, bootstrap: Option<&std::path::P
     source_is_file && bootstrap.is_none()
 }
 
-/// The runner parameters for a worker process of `job` (no source file:
-/// the `worker` command).
+/// The runner parameters for the `worker` command's process of `job`;
+/// `source_file` (the farm's file, when given) is included as a farm's
+/// workers include it: only without a bootstrap.
 pub fn worker_program(
     job: &crate::job::Job,
     bootstrap: Option<&std::path::Path>,
+    source_file: Option<&std::path::Path>,
     cycles: Option<u64>,
     argv: &[String],
 ) -> Result<ChildProgram, PhpError> {
-    worker_program_with_source(job, bootstrap, None, cycles, argv, 0)
+    worker_program_with_source(job, bootstrap, source_file, cycles, argv, 0)
 }
 
 /// The runner parameters for a farm's worker process of `job`;
