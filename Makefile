@@ -32,7 +32,8 @@ EXAMPLE_PACKAGES := php8.2-sqlite3 php8.2-apcu composer phpunit \
 	postgresql php8.2-pgsql util-linux \
 	redis-server php8.2-redis php-symfony-messenger php-symfony-redis-messenger \
 	php-symfony-event-dispatcher \
-	gearman-job-server php8.2-gearman beanstalkd php-pda-pheanstalk php8.2-curl
+	gearman-job-server php8.2-gearman beanstalkd php-pda-pheanstalk php8.2-curl \
+	rabbitmq-server php-amqplib
 DEB_PACKAGES := libphp8.2-embed php8.2-dev php8.2-cli php8.2-opcache \
 	libclang-dev clang pkg-config procps \
 	python3 python3-prometheus-client \

@@ -200,3 +200,50 @@ fn a_rolling_recycle_of_idle_blocking_consumers_hands_over_at_the_first_cycle() 
     assert!(new.iter().all(|p| !old.contains(p)), "every process replaced: {old:?} -> {new:?}");
     farm.stop(secs(20.0));
 }
+
+/// php-amqplib consumers on a real RabbitMQ, one broker for the whole test
+/// (it takes seconds to start): idle consumers blocked in `wait()` stop
+/// within the grace; a SIGTERM that lands in `start()` between connecting
+/// and declaring the queue is a stop, not a failure; a rolling recycle of
+/// 4 idle consumers hands over at each replacement's first cycle.
+#[test]
+fn php_amqplib_consumers_stop_cleanly_in_wait_in_start_and_in_a_rolling_recycle() {
+    let _g = shared();
+    let dir = TempDir::new("rabbitmq");
+    let rabbit = RabbitServer::start(dir.path());
+
+    let farm = farm_of("stop_amqp", "amqp", json!({"port": rabbit.port}), 2);
+    wait_blocked(&farm, 2);
+    assert_farm_stops_within_the_grace(&farm, 2, "amqp");
+
+    let farm = Farm::start(
+        "stop_amqp_in_start",
+        FarmOptions::default(),
+        |jobs| json!({"c": client_job(jobs, "amqp", json!({"port": rabbit.port, "connectSleep": 600}), json!({"maxFailures": 1}))}),
+    );
+    let first = farm.wait_for(secs(30.0), "start() between connecting and declaring", || {
+        farm.events().iter().find(|e| e.kind == "connected").map(|e| e.pid).filter(|p| in_wait_syscall(*p))
+    });
+    kill(Pid::from_raw(first), Signal::SIGTERM).unwrap();
+    farm.wait_for(secs(30.0), "a new process in start()", || {
+        farm.events().iter().any(|e| e.kind == "connected" && e.pid != first).then_some(())
+    });
+    let stderr = farm.stderr();
+    assert!(stderr.contains("start() was interrupted by the stop"), "{}", farm.diagnostics());
+    assert!(!stderr.contains("not restarting it"), "{}", farm.diagnostics());
+    farm.stop(secs(30.0));
+
+    let farm = farm_of("rolling_amqp", "amqp", json!({"port": rabbit.port}), 4);
+    let old = wait_blocked(&farm, 4);
+    let began = Instant::now();
+    lrpmctl(&farm.socket, &["recycle", "c"]).assert_code(0);
+    farm.wait_stderr("rolling recycle complete", secs(SHUTDOWN_TIMEOUT as f64 * 8.0));
+    let took = began.elapsed();
+    println!("amqp: rolling recycle of 4 idle consumers: {:.0} ms", took.as_secs_f64() * 1000.0);
+    // Waiting for a first cycle to complete took a shutdown timeout per slot.
+    assert!(took < secs(SHUTDOWN_TIMEOUT as f64), "{took:?}\n{}", farm.diagnostics());
+    assert!(!farm.stderr().contains("has not entered its first cycle"), "{}", farm.diagnostics());
+    let new = wait_blocked(&farm, 4);
+    assert!(new.iter().all(|p| !old.contains(p)), "every process replaced: {old:?} -> {new:?}");
+    assert_farm_stops_within_the_grace(&farm, 4, "amqp after the rolling recycle");
+}
