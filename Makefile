@@ -31,7 +31,9 @@ SHELL := /bin/bash
 EXAMPLE_PACKAGES := php8.2-sqlite3 php8.2-apcu composer phpunit \
 	postgresql php8.2-pgsql util-linux \
 	redis-server php8.2-redis php-symfony-messenger php-symfony-redis-messenger \
-	php-symfony-event-dispatcher
+	php-symfony-event-dispatcher \
+	gearman-job-server php8.2-gearman beanstalkd php-pda-pheanstalk php8.2-curl \
+	rabbitmq-server php-amqplib
 DEB_PACKAGES := libphp8.2-embed php8.2-dev php8.2-cli php8.2-opcache \
 	libclang-dev clang pkg-config procps \
 	python3 python3-prometheus-client \
@@ -104,7 +106,7 @@ run: deps build
 # The farm-harness suites, run a second time with workers forked by the
 # supervisor (--no-zygote): the path a farm takes when the zygote refused,
 # is down or is still starting.
-FARM_SUITES := farm hostile replicas worker_output metrics status_view control_socket clock_mode upgrade
+FARM_SUITES := farm hostile replicas worker_output metrics status_view control_socket clock_mode upgrade stops
 
 test: deps
 	cargo fmt --check

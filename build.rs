@@ -158,9 +158,30 @@ fn link_static(tool: &Path, prefix: &str) -> Link {
     }
 }
 
+/// What csrc/lrpm_waits.c defines for every library of the process to bind to.
+const WAIT_EXPORTS: &[&str] = &[
+    "poll",
+    "__poll_chk",
+    "ppoll",
+    "__ppoll_chk",
+    "select",
+    "pselect",
+    "epoll_wait",
+    "epoll_pwait",
+    "recv",
+    "__recv_chk",
+    "read",
+    "__read_chk",
+    "nanosleep",
+    "usleep",
+    "sleep",
+    "dlopen",
+];
+
 fn main() {
-    println!("cargo:rerun-if-changed=csrc/lrpm_shim.c");
-    println!("cargo:rerun-if-changed=csrc/lrpm_shim.h");
+    for file in ["lrpm_shim.c", "lrpm_waits.c", "lrpm_zygote.c", "lrpm_shim.h", "lrpm_shim_internal.h"] {
+        println!("cargo:rerun-if-changed=csrc/{file}");
+    }
     println!("cargo:rerun-if-changed=csrc/wrapper.h");
     println!("cargo:rerun-if-env-changed=LIBCLANG_PATH");
 
@@ -201,7 +222,10 @@ fn main() {
     };
 
     let mut build = cc::Build::new();
-    build.file("csrc/lrpm_shim.c").warnings(false).flag_if_supported("-Wno-unused-parameter");
+    build
+        .files(["csrc/lrpm_shim.c", "csrc/lrpm_waits.c", "csrc/lrpm_zygote.c"])
+        .warnings(false)
+        .flag_if_supported("-Wno-unused-parameter");
     for dir in &includes {
         build.include(dir);
     }
@@ -213,12 +237,13 @@ fn main() {
     }
     build.compile("lrpm_shim");
 
-    // The shim's poll(), select() and sleeps must be the ones libphp and
-    // its extensions call (they bound waits once a stop is pending): export
-    // them from the binary. A static libphp binds to them at link time;
-    // shared libraries it uses (libcurl, libpq) still look them up
-    // dynamically.
-    for symbol in ["poll", "select", "nanosleep", "usleep", "sleep"] {
+    // The shim's waits (csrc/lrpm_waits.c) must be the ones libphp, its
+    // extensions and their libraries call (they bound waits once a stop is
+    // pending): export them from the binary. A static libphp binds to them
+    // at link time; shared libraries (libcurl, libpq, libgearman) look them
+    // up dynamically, and find them because the exported dlopen() drops
+    // RTLD_DEEPBIND.
+    for symbol in WAIT_EXPORTS {
         println!("cargo:rustc-link-arg-bin=lrpm-host=-Wl,--export-dynamic-symbol={symbol}");
     }
 

@@ -24,6 +24,9 @@
 /* User code called pcntl_signal(SIGTERM, ...) / pcntl_signal(SIGINT, ...). */
 #define LRPM_FLAG_USER_SIGTERM_HANDLER 0x1u
 #define LRPM_FLAG_USER_SIGINT_HANDLER 0x2u
+/* A stop signal (SIGTERM, SIGINT) reached the worker: an exit 0 after it is a
+ * stop, whoever sent it. */
+#define LRPM_FLAG_STOP_SIGNALLED 0x4u
 
 /*
  * The cycle fields (version 2) are written by the worker loop: when a cycle
@@ -108,7 +111,7 @@ typedef struct lrpm_child_spec {
     /* This child's shared page, or NULL. */
     lrpm_shared_page *shared_page;
     /* Once a stop is requested, poll() waits end this many ms after it
-     * (see poll() in lrpm_shim.c); -1: never bounded. */
+     * (see poll() in lrpm_waits.c); -1: never bounded. */
     long long stop_grace_ms;
 } lrpm_child_spec;
 

@@ -40,6 +40,13 @@ function describe_throwable(\Throwable $e): string
         . '  thrown in ' . $e->getFile() . ' on line ' . $e->getLine();
 }
 
+// One line: the class, the message and where it was thrown.
+function describe_brief(\Throwable $e): string
+{
+    return \get_class($e) . ': ' . \str_replace(["\r", "\n"], ' ', $e->getMessage())
+        . ' (' . $e->getFile() . ':' . $e->getLine() . ')';
+}
+
 // Lrpm\* and the php-lrpm names, defined only when nobody else defines them:
 // an app that ships php-lrpm in vendor/ keeps its own copy. The sources come
 // from php/interfaces/ through the params (a single source of truth shared
@@ -173,6 +180,13 @@ function run_worker(array $params): void
         $worker = new $class();
         $worker->start($job);
     } catch (\Throwable $e) {
+        // A stop that lands in start() (a connection handshake the signal
+        // interrupts, a wait the stop's grace cut short) is a stop, not a
+        // failure: the exception is its doing.
+        if (\Lrpm\should_stop()) {
+            say("{$label}: {$class}::start() was interrupted by the stop: " . describe_brief($e));
+            exit(EXIT_OK);
+        }
         say("{$label}: {$class}::start() failed");
         \fwrite(\STDERR, describe_throwable($e) . \PHP_EOL);
         exit(EXIT_UNCAUGHT);
@@ -210,6 +224,13 @@ function run_worker(array $params): void
         } catch (\Throwable $e) {
             if (\getmypid() !== $pid) {
                 exit(EXIT_UNCAUGHT);
+            }
+            // Once a stop is pending, what it interrupted (a read the
+            // stop's grace ended, a client that gave up on EINTR) is the
+            // stop's doing: the loop ends as a stop, with the stop hook.
+            if (\Lrpm\should_stop()) {
+                say("{$label}: {$class}::cycle() was interrupted by the stop: " . describe_brief($e));
+                break;
             }
             say("{$label}: {$class}::cycle() threw");
             \fwrite(\STDERR, describe_throwable($e) . \PHP_EOL);

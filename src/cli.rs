@@ -15,7 +15,12 @@ use clap::{Args, Parser, Subcommand};
     version = concat!(env!("CARGO_PKG_VERSION"), " (PHP ", env!("LRPM_PHP_VERSION"), ")"),
     about = "Runs farms of long-running PHP workers from one embedded, warmed-up PHP (php-lrpm compatible)",
     subcommand_negates_reqs = true,
-    subcommand_precedence_over_arg = true
+    subcommand_precedence_over_arg = true,
+    // clap's own usage line reads `[SOURCE] <COMMAND>`: SOURCE goes after a
+    // subcommand's name (before it is accepted too: `source_for_command`).
+    override_usage = "lrpm-host [OPTIONS] SOURCE\n       \
+                      lrpm-host [OPTIONS] worker CLASS [SOURCE] [--job JSON] [--id ID] [--cycles N]\n       \
+                      lrpm-host [OPTIONS] check [--strict] SOURCE"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -188,9 +193,15 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+#[command(override_usage = "lrpm-host [OPTIONS] worker CLASS [SOURCE] [--job JSON] [--id ID] [--cycles N]")]
 pub struct WorkerArgs {
     /// Worker class (implements Lrpm\Worker or PHPLRPM\Worker).
     pub class: String,
+    /// The farm's configuration source file, optional: the bootstrap is
+    /// looked for from its folder, and without one the worker includes the
+    /// file (a single-file farm), as the farm's workers do.
+    #[arg(value_name = "SOURCE")]
+    pub source: Option<String>,
     /// The job array as JSON; missing fields are filled (name and workerClass
     /// from CLASS, mtime 0, workerConfig []).
     #[arg(long, value_name = "JSON")]
@@ -204,12 +215,23 @@ pub struct WorkerArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(override_usage = "lrpm-host [OPTIONS] check [--strict] SOURCE")]
 pub struct CheckArgs {
     /// Configuration source, as for running a farm.
-    pub source: String,
+    #[arg(value_name = "SOURCE")]
+    pub source: Option<String>,
     /// Treat unknown job fields as errors (exit 1).
     #[arg(long)]
     pub strict: bool,
+}
+
+/// The source of a subcommand, given after its name or before it
+/// (`lrpm-host farm.php check`); both at once is a usage error.
+pub fn source_for_command(before: Option<&str>, after: Option<&str>) -> Result<Option<String>, String> {
+    match (before, after) {
+        (Some(a), Some(b)) if a != b => Err(format!("two configuration sources given: {a} and {b}")),
+        (a, b) => Ok(b.or(a).map(str::to_string)),
+    }
 }
 
 fn parse_restart_policy(text: &str) -> Result<crate::job::RestartPolicy, String> {
@@ -304,6 +326,45 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(cli.php.define, ["memory_limit=64M"]);
+    }
+
+    /// The orders people type: options before or after CLASS, a source
+    /// file after CLASS or before the subcommand.
+    #[test]
+    fn worker_arguments_in_every_natural_order() {
+        let table: &[&[&str]] = &[
+            &["worker", "App\\W", "--cycles", "3", "farm.php"],
+            &["worker", "--cycles", "3", "App\\W", "farm.php"],
+            &["worker", "App\\W", "farm.php", "--cycles", "3"],
+            &["--bootstrap", "b.php", "worker", "App\\W", "farm.php", "--cycles=3"],
+            &["farm.php", "worker", "App\\W", "--cycles", "3"],
+        ];
+        for args in table {
+            let cli = Cli::try_parse_from(std::iter::once("lrpm-host").chain(args.iter().copied()))
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let Some(Command::Worker(w)) = &cli.command else { panic!("{args:?}: {:?}", cli.command) };
+            assert_eq!((w.class.as_str(), w.cycles), ("App\\W", Some(3)), "{args:?}");
+            let source = source_for_command(cli.source.as_deref(), w.source.as_deref()).unwrap();
+            assert_eq!(source.as_deref(), Some("farm.php"), "{args:?}");
+        }
+        let cli = Cli::try_parse_from(["lrpm-host", "worker", "App\\W"]).unwrap();
+        let Some(Command::Worker(w)) = &cli.command else { panic!() };
+        assert_eq!(source_for_command(cli.source.as_deref(), w.source.as_deref()).unwrap(), None);
+        assert!(source_for_command(Some("a.php"), Some("b.php")).is_err());
+        assert!(Cli::try_parse_from(["lrpm-host", "worker", "App\\W", "a.php", "b.php"]).is_err());
+    }
+
+    #[test]
+    fn check_takes_its_source_after_or_before_it() {
+        for args in [["check", "--strict", "farm.php"], ["farm.php", "check", "--strict"]] {
+            let cli = Cli::try_parse_from(std::iter::once("lrpm-host").chain(args)).unwrap();
+            let Some(Command::Check(c)) = &cli.command else { panic!() };
+            assert!(c.strict);
+            assert_eq!(
+                source_for_command(cli.source.as_deref(), c.source.as_deref()).unwrap().as_deref(),
+                Some("farm.php")
+            );
+        }
     }
 
     #[test]

@@ -23,6 +23,12 @@ fn engine_settings(options: &cli::PhpOptions) -> EngineSettings {
     }
 }
 
+/// A usage error of a subcommand: one line, exit 64 (as clap's own).
+fn usage_error(message: &str) -> u8 {
+    eprintln!("lrpm-host: {message}");
+    EXIT_USAGE
+}
+
 fn run(cli: Cli) -> anyhow::Result<u8> {
     let argv: Vec<String> = std::env::args().collect();
     let settings = engine_settings(&cli.php);
@@ -31,24 +37,37 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     }
     match cli.command {
         Some(Command::Worker(args)) => {
+            let source = match cli::source_for_command(cli.source.as_deref(), args.source.as_deref()) {
+                Ok(source) => source,
+                Err(e) => return Ok(usage_error(&e)),
+            };
             let job = match worker_cmd::debug_job(&args.class, &args.id, args.job.as_deref()) {
                 Ok(job) => job,
-                Err(e) => {
-                    eprintln!("lrpm-host: {e}");
-                    return Ok(EXIT_USAGE);
-                }
+                Err(e) => return Ok(usage_error(&e.to_string())),
             };
-            let bootstrap = cli::resolve_bootstrap(cli.php.bootstrap.as_deref(), None);
+            if let Some(source) = source.as_deref().filter(|s| !std::path::Path::new(s).is_file()) {
+                return Ok(usage_error(&format!(
+                    "{source}: no such source file (SOURCE after CLASS is the farm's file)"
+                )));
+            }
+            let bootstrap = cli::resolve_bootstrap(cli.php.bootstrap.as_deref(), source.as_deref());
+            let source_file = source.as_deref().map(|s| cli::absolute(std::path::Path::new(s)));
             process::block_handled_signals()?;
             let engine = Engine::boot(&settings).context("starting PHP")?;
-            let code = worker_cmd::run(&engine, &job, bootstrap.as_deref(), args.cycles, &argv)?;
+            let code =
+                worker_cmd::run(&engine, &job, bootstrap.as_deref(), source_file.as_deref(), args.cycles, &argv)?;
             Ok(code.clamp(0, 255) as u8)
         }
         Some(Command::Check(args)) => {
-            let bootstrap = cli::resolve_bootstrap(cli.php.bootstrap.as_deref(), Some(&args.source));
+            let source = match cli::source_for_command(cli.source.as_deref(), args.source.as_deref()) {
+                Ok(Some(source)) => source,
+                Ok(None) => return Ok(usage_error("check needs a configuration SOURCE")),
+                Err(e) => return Ok(usage_error(&e)),
+            };
+            let bootstrap = cli::resolve_bootstrap(cli.php.bootstrap.as_deref(), Some(&source));
             let engine = Engine::boot(&settings).context("starting PHP")?;
             let verdict =
-                check::run(&engine, &args.source, bootstrap.as_deref(), &argv, args.strict, &cli.farm.job_defaults())?;
+                check::run(&engine, &source, bootstrap.as_deref(), &argv, args.strict, &cli.farm.job_defaults())?;
             Ok(match verdict {
                 check::Verdict::Valid => 0,
                 check::Verdict::Invalid => 1,

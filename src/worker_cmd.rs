@@ -59,10 +59,11 @@ pub fn run(
     engine: &Engine,
     job: &crate::job::Job,
     bootstrap: Option<&Path>,
+    source_file: Option<&Path>,
     cycles: Option<u64>,
     argv: &[String],
 ) -> Result<i32, WorkerCmdError> {
-    let mut program = php::worker_program(job, bootstrap, cycles, argv)?;
+    let mut program = php::worker_program(job, bootstrap, source_file, cycles, argv)?;
     let page = SharedPage::new().map_err(WorkerCmdError::SharedPage)?;
     program.set_shared_page(page.clone());
     let mut signals = SignalEvents::new()?;

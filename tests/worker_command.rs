@@ -409,3 +409,61 @@ fn garbage_cycles_are_collected_between_cycles_about_once_a_second() {
         out.dump()
     );
 }
+
+// --- the arguments ---------------------------------------------------------
+
+/// A single-file farm: its worker class is declared next to its source.
+fn write_single_file_farm(dir: &TempDir) -> std::path::PathBuf {
+    let path = dir.join("farm.php");
+    let code = r#"<?php
+namespace App;
+
+final class SingleWorker implements \Lrpm\Worker
+{
+    private int $cycles = 0;
+    public function start(array $job): void {}
+    public function cycle(): void { $this->cycles++; echo "single-file worker cycle {$this->cycles}\n"; }
+}
+
+final class Source implements \Lrpm\ConfigurationSource
+{
+    public function loadConfiguration(): array { return []; }
+}
+"#;
+    std::fs::write(&path, code).unwrap();
+    path
+}
+
+/// `lrpm-host worker CLASS [SOURCE]` as the README and `--help` show it,
+/// with the options before or after CLASS and the source file after CLASS
+/// (or before the subcommand): the worker comes from the source file.
+#[test]
+fn worker_takes_its_source_file_and_options_in_any_natural_order() {
+    let dir = TempDir::new("worker-args");
+    let source = write_single_file_farm(&dir);
+    let source = source.to_str().unwrap();
+    let orders: [&[&str]; 4] = [
+        &["worker", "App\\SingleWorker", "--cycles", "2", source],
+        &["worker", "--cycles", "2", "App\\SingleWorker", source],
+        &["worker", "App\\SingleWorker", source, "--cycles=2"],
+        &[source, "worker", "App\\SingleWorker", "--cycles", "2"],
+    ];
+    for args in orders {
+        let mut cmd = lrpm_host(args);
+        cmd.current_dir(dir.path());
+        let out = run_with_timeout(cmd, DEFAULT_TIMEOUT);
+        out.assert_code(0);
+        assert!(out.stdout.contains("single-file worker cycle 2"), "{args:?}\n{}", out.dump());
+        assert!(!out.stdout.contains("cycle 3"), "{args:?}\n{}", out.dump());
+    }
+    let mut two = lrpm_host([source, "worker", "App\\SingleWorker", "other.php"]);
+    two.current_dir(dir.path());
+    let out = run_with_timeout(two, DEFAULT_TIMEOUT);
+    out.assert_code(64);
+    assert!(out.stderr.contains("two configuration sources given"), "{}", out.dump());
+    let help = run(["worker", "--help"]);
+    help.assert_code(0);
+    assert!(help.stdout.contains("worker CLASS [SOURCE]"), "{}", help.dump());
+    let top = run(["--help"]);
+    assert!(!top.stdout.contains("[SOURCE] <COMMAND>"), "{}", top.dump());
+}

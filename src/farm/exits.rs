@@ -3,6 +3,19 @@
 
 use super::*;
 
+/// Why a running process ended without the farm asking it to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum EndedBy {
+    /// It exited or died on its own.
+    Itself,
+    /// The cycle watchdog stopped it: a failure, whatever the exit.
+    Watchdog,
+    /// A stop signal from outside the farm (`kill`, a container runtime):
+    /// an exit 0 after it is a stop, so it is neither a failure nor a
+    /// short run and is restarted at once; any other end counts as usual.
+    StopSignal,
+}
+
 impl Farm {
     /// The request a start in flight carries: `None` when its process is
     /// still wanted, or what a request that came meanwhile decided.
@@ -74,13 +87,16 @@ impl Farm {
         let stop_then = match self.slot(&key).map(|s| &s.phase) {
             Some(Phase::Starting { stop_then, .. }) => *stop_then,
             _ => {
-                // Cannot happen (a slot's start is tracked from its request
-                // on, and only one is in flight), but never leave an
-                // untracked process behind.
-                actions.push(Action::log(
-                    LogLevel::Error,
-                    format!("pid {pid} started for {key}, which was not starting; stopping it"),
-                ));
+                // A start still in flight when a shutdown removed its slot;
+                // otherwise it cannot happen (a slot's start is tracked from
+                // its request on, and only one is in flight). Either way,
+                // never leave an untracked process behind.
+                let (level, what) = if self.is_shutting_down() {
+                    (LogLevel::Info, format!("pid {pid} of {key} started as the shutdown began; stopping it"))
+                } else {
+                    (LogLevel::Error, format!("pid {pid} started for {key}, which was not starting; stopping it"))
+                };
+                actions.push(Action::log(level, what));
                 actions.push(Action::KillWorker { key, pid, reason: KillReason::SecondShutdown });
                 return;
             }
@@ -139,6 +155,7 @@ impl Farm {
             self.config_exited(pid, exit, now, actions);
             return;
         }
+        let stop_signalled = self.stop_signalled.remove(&pid);
         let Some(key) = self.by_pid.get(&pid).cloned() else { return };
         let label = self.label(&key);
         let state = self.jobs.get_mut(&key.id).expect("the pid index only names known jobs");
@@ -181,9 +198,13 @@ impl Farm {
                 ));
                 self.set_phase(&key, Phase::Waiting { at: now });
             }
-            Phase::Running { since, .. } => self.ended_on_its_own(&key, pid, since, exit, false, now, actions),
+            Phase::Running { since, .. } => {
+                let by =
+                    if stop_signalled && exit == ExitKind::Code(0) { EndedBy::StopSignal } else { EndedBy::Itself };
+                self.ended_on_its_own(&key, pid, since, exit, by, now, actions)
+            }
             Phase::Stopping { since, then: AfterStop::RestartAsFailure, .. } => {
-                self.ended_on_its_own(&key, pid, since, exit, true, now, actions)
+                self.ended_on_its_own(&key, pid, since, exit, EndedBy::Watchdog, now, actions)
             }
             Phase::Stopping { then: then @ (AfterStop::Restart | AfterStop::Recycle), .. } => {
                 let rolling = then == AfterStop::Recycle;
@@ -243,7 +264,8 @@ impl Farm {
 
     /// A process ended without being asked to (or was stopped by the
     /// watchdog, `failed` forced): restart with backoff, or not, by the
-    /// restart policy and the failure limit.
+    /// restart policy and the failure limit. A clean stop by a signal from
+    /// outside restarts at once and leaves the backoff as it was.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn ended_on_its_own(
         &mut self,
@@ -251,10 +273,11 @@ impl Farm {
         pid: Pid,
         since: Instant,
         exit: ExitKind,
-        watchdog: bool,
+        by: EndedBy,
         now: Instant,
         actions: &mut Vec<Action>,
     ) {
+        let watchdog = by == EndedBy::Watchdog;
         if !self.restart_allowed(key, exit, watchdog, now, actions) {
             return;
         }
@@ -264,15 +287,19 @@ impl Farm {
         let short_run = state.short_run();
         let Some(slot) = self.slot_mut(key) else { return };
         let ran = now.saturating_duration_since(since);
-        let delay = if watchdog {
-            slot.backoff.delay_after(Duration::ZERO, short_run)
-        } else {
-            slot.backoff.delay_after(ran, short_run)
+        let delay = match by {
+            EndedBy::Watchdog => slot.backoff.delay_after(Duration::ZERO, short_run),
+            EndedBy::Itself => slot.backoff.delay_after(ran, short_run),
+            EndedBy::StopSignal => Duration::ZERO,
         };
         let level = if exit == ExitKind::Code(0) && !watchdog { LogLevel::Info } else { LogLevel::Warn };
         let when = if delay.is_zero() { "now".to_string() } else { format!("in {}s (backoff)", delay.as_secs()) };
         let described = exit.describe(ProcessKind::Worker);
-        let how = if watchdog { "stopped by the watchdog" } else { "exited" };
+        let how = match by {
+            EndedBy::Itself => "exited",
+            EndedBy::Watchdog => "stopped by the watchdog",
+            EndedBy::StopSignal => "was stopped by a signal from outside the farm",
+        };
         actions.push(Action::log_about(
             level,
             key,

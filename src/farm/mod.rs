@@ -22,7 +22,7 @@ mod shutdown;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 pub use config_process::{ConfigPhase, ConfigProcessState, CONFIG_STOP_TIMEOUT};
@@ -79,6 +79,12 @@ pub enum Event {
         exit: ExitKind,
         recycle: Option<RecycleReason>,
         cycles: u64,
+    },
+    /// Fed just before `ChildExited` for a worker whose shared page says a
+    /// stop signal (SIGTERM, SIGINT) reached it, whoever sent it: its clean
+    /// exit is a stop, not a run that ended on its own (no backoff).
+    StopSignalled {
+        pid: Pid,
     },
     /// Deadlines may have passed: start what is due (a batch at most) and
     /// escalate stops. Fed once per loop turn, after every other event, so
@@ -221,6 +227,8 @@ pub struct Farm {
     config: ConfigProcessState,
     shutting_down: Option<HostExit>,
     exited: bool,
+    /// Workers a stop signal reached (`Event::StopSignalled`), until their exit.
+    stop_signalled: HashSet<Pid>,
 }
 
 impl Default for Farm {
@@ -239,6 +247,7 @@ impl Farm {
             config: ConfigProcessState::new(),
             shutting_down: None,
             exited: false,
+            stop_signalled: HashSet::new(),
         }
     }
 
@@ -324,6 +333,9 @@ impl Farm {
             Event::CycleProgress { key, pid, progress } => self.cycle_progress(&key, pid, progress, now, &mut actions),
             Event::ChildExited { pid, exit, recycle, cycles } => {
                 self.child_exited(pid, exit, recycle, cycles, now, &mut actions)
+            }
+            Event::StopSignalled { pid } => {
+                self.stop_signalled.insert(pid);
             }
             Event::Tick => self.run_due(now, &mut actions),
             Event::Shutdown => self.shutdown(HostExit::Clean, now, &mut actions),

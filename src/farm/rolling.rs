@@ -49,7 +49,9 @@ impl Farm {
         if let Some(rolling) = self.jobs.get_mut(&key.id).and_then(|s| s.rolling.as_mut()) {
             if let Some(RollingStep::FirstCycle { slot, pid: new_pid, since }) = rolling.current {
                 if slot == key.slot && new_pid == pid {
-                    let cycled = progress.map_or(true, |p| p.cycles >= 1);
+                    // Up once start() returned and its first cycle() began: an
+                    // idle blocking consumer may never complete one.
+                    let cycled = progress.map_or(true, |p| p.cycles >= 1 || p.current_cycle.is_some());
                     let slow = now.saturating_duration_since(since) >= shutdown_timeout;
                     if cycled || slow {
                         if !cycled {
@@ -58,7 +60,7 @@ impl Farm {
                                 key,
                                 Some(pid),
                                 format!(
-                                    "{label}: its new process (pid {pid}) has not completed a cycle within {}s; \
+                                    "{label}: its new process (pid {pid}) has not entered its first cycle within {}s; \
                                      moving on with the rolling recycle",
                                     shutdown_timeout.as_secs()
                                 ),

@@ -269,6 +269,7 @@ const _: () = {
     assert!(ffi::LRPM_SHARED_PAGE_VERSION == shared_page::VERSION);
     assert!(ffi::LRPM_FLAG_USER_SIGTERM_HANDLER as u64 == shared_page::FLAG_USER_SIGTERM_HANDLER);
     assert!(ffi::LRPM_FLAG_USER_SIGINT_HANDLER as u64 == shared_page::FLAG_USER_SIGINT_HANDLER);
+    assert!(ffi::LRPM_FLAG_STOP_SIGNALLED as u64 == shared_page::FLAG_STOP_SIGNALLED);
     use shared_page::Layout;
     use std::mem::offset_of;
     type C = ffi::lrpm_shared_page;
@@ -322,7 +323,7 @@ impl ChildProgram {
     }
 
     /// Once a stop is requested, blocking waits inside PHP (stream reads)
-    /// end this long after it (see `poll()` in csrc/lrpm_shim.c).
+    /// end this long after it (see `poll()` in csrc/lrpm_waits.c).
     pub fn set_stop_grace(&mut self, grace: std::time::Duration) {
         self.stop_grace = Some(grace);
     }
@@ -359,15 +360,17 @@ pub fn workers_load_source(source_is_file: bool, bootstrap: Option<&std::path::P
     source_is_file && bootstrap.is_none()
 }
 
-/// The runner parameters for a worker process of `job` (no source file:
-/// the `worker` command).
+/// The runner parameters for the `worker` command's process of `job`;
+/// `source_file` (the farm's file, when given) is included as a farm's
+/// workers include it: only without a bootstrap.
 pub fn worker_program(
     job: &crate::job::Job,
     bootstrap: Option<&std::path::Path>,
+    source_file: Option<&std::path::Path>,
     cycles: Option<u64>,
     argv: &[String],
 ) -> Result<ChildProgram, PhpError> {
-    worker_program_with_source(job, bootstrap, None, cycles, argv, 0)
+    worker_program_with_source(job, bootstrap, source_file, cycles, argv, 0)
 }
 
 /// The runner parameters for a farm's worker process of `job`;

@@ -30,6 +30,8 @@ pub const VERSION: u32 = 4;
 pub const FLAG_USER_SIGTERM_HANDLER: u64 = 0x1;
 /// `LRPM_FLAG_USER_SIGINT_HANDLER`: user code called `pcntl_signal(SIGINT, ...)`.
 pub const FLAG_USER_SIGINT_HANDLER: u64 = 0x2;
+/// `LRPM_FLAG_STOP_SIGNALLED`: a stop signal (SIGTERM, SIGINT) reached the child.
+pub const FLAG_STOP_SIGNALLED: u64 = 0x4;
 
 /// The `#[repr(C)]` twin of `lrpm_shared_page`. Every field is written
 /// atomically by the child and read atomically here.
@@ -221,6 +223,12 @@ impl SharedPage {
     /// handler (`pcntl_signal`); the host's graceful stop still applies.
     pub fn user_replaced_stop_handler(&self) -> bool {
         self.flags() & (FLAG_USER_SIGTERM_HANDLER | FLAG_USER_SIGINT_HANDLER) != 0
+    }
+
+    /// True once a stop signal reached the child, whoever sent it: an exit 0
+    /// after it is a stop, not a run that ended on its own.
+    pub fn stop_signalled(&self) -> bool {
+        self.flags() & FLAG_STOP_SIGNALLED != 0
     }
 
     /// The magic and version words (for the child, and for tests).

@@ -552,8 +552,8 @@ impl Supervisor<'_> {
         }
         // The page is read before it goes back to the pool: the next worker
         // to get it starts from zero.
-        let (recycle, cycles) = self.pages.get(&pid.as_raw()).map_or((None, 0), |page| {
-            (crate::farm::RecycleReason::from_worker_code(page.recycle_reason()), page.cycles())
+        let (recycle, cycles, stop_signalled) = self.pages.get(&pid.as_raw()).map_or((None, 0, false), |page| {
+            (crate::farm::RecycleReason::from_worker_code(page.recycle_reason()), page.cycles(), page.stop_signalled())
         });
         self.release_page(pid);
         // Its last words before the line about its exit.
@@ -565,6 +565,10 @@ impl Supervisor<'_> {
             self.read_config_channel(now);
             self.config_channel = None;
             self.host.config_process_exited(exit, self.farm.is_shutting_down());
+        }
+        if stop_signalled {
+            let actions = self.farm.handle(Event::StopSignalled { pid: pid.as_raw() }, now);
+            self.apply(actions);
         }
         let actions = self.farm.handle(Event::ChildExited { pid: pid.as_raw(), exit, recycle, cycles }, now);
         self.apply(actions);

@@ -8,7 +8,9 @@
 //! - [`procfs`]: what /proc says about a process (state, parent, children,
 //!   title, CPU time, the system call it blocks in);
 //! - [`control`]: a raw control-socket client;
-//! - [`farm`]: a running farm of FarmFixture\EventWorker jobs.
+//! - [`farm`]: a running farm of FarmFixture\EventWorker jobs;
+//! - [`redis`], [`postgres`], [`servers`]: real servers on loopback (Redis,
+//!   PostgreSQL, gearmand, beanstalkd, a silent TCP server).
 //!
 //! No test waits with a fixed sleep: a wait polls an observable condition
 //! (an event line, a pid, a status field) until a deadline, then fails with
@@ -22,6 +24,7 @@ pub mod postgres;
 pub mod procfs;
 pub mod redis;
 pub mod run;
+pub mod servers;
 
 pub use control::*;
 pub use farm::*;
@@ -29,6 +32,7 @@ pub use postgres::*;
 pub use procfs::*;
 pub use redis::*;
 pub use run::*;
+pub use servers::*;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -118,6 +118,25 @@ pub fn in_sleep_syscall(pid: i32) -> bool {
     number.is_some_and(|n| n == libc::SYS_nanosleep || n == libc::SYS_clock_nanosleep)
 }
 
+/// True while `pid` blocks in a wait on descriptors or a socket read
+/// (poll, ppoll, select, pselect6, epoll_wait, epoll_pwait, recvfrom, read),
+/// as /proc/PID/syscall tells.
+pub fn in_wait_syscall(pid: i32) -> bool {
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/syscall")) else { return false };
+    let number = text.split_whitespace().next().and_then(|n| n.parse::<i64>().ok());
+    let waits = [
+        libc::SYS_poll,
+        libc::SYS_ppoll,
+        libc::SYS_select,
+        libc::SYS_pselect6,
+        libc::SYS_epoll_wait,
+        libc::SYS_epoll_pwait,
+        libc::SYS_recvfrom,
+        libc::SYS_read,
+    ];
+    number.is_some_and(|n| waits.contains(&n))
+}
+
 /// Voluntary plus involuntary context switches: one per wakeup of a
 /// sleeping process.
 pub fn context_switches(pid: i32) -> u64 {

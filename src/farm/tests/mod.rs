@@ -8,6 +8,10 @@ use serde_json::Map;
 use super::*;
 use crate::job::{RawJson, RestartPolicy};
 
+mod one_process_per_slot;
+mod replicas;
+mod rolling;
+
 fn job(id: i64, mtime: i64) -> Job {
     Job {
         id: JobId::Int(id),
@@ -121,8 +125,6 @@ fn exited(n: i64, code: i32) -> Event {
 fn config_exited(pid: Pid, code: i32) -> Event {
     Event::ChildExited { pid, exit: ExitKind::Code(code), recycle: None, cycles: 0 }
 }
-
-mod one_process_per_slot;
 
 fn status(farm: &Farm, n: i64, now: Instant) -> StatusName {
     farm.job(&id(n)).unwrap().status(now)
@@ -671,228 +673,68 @@ fn slot_status(farm: &Farm, n: i64, slot: u32, now: Instant) -> Option<StatusNam
     farm.slot(&slot_key(n, slot)).map(|s| s.status(now))
 }
 
+/// A clean exit after a stop signal from outside (the supervisor's page
+/// read says a SIGTERM reached the worker), by run length and exit.
 #[test]
-fn replicas_start_one_process_per_slot() {
+fn a_clean_stop_by_a_signal_from_outside_restarts_at_once_and_is_no_failure() {
     let t0 = Instant::now();
-    let farm = running_farm(t0, &[replicated(1, 1, 3)]);
-    let state = farm.job(&id(1)).unwrap();
-    assert_eq!(state.pids().collect::<Vec<_>>(), vec![(0, slot_pid(1, 0)), (1, slot_pid(1, 1)), (2, slot_pid(1, 2))]);
-    assert_eq!(state.status(t0), StatusName::Running);
-}
-
-#[test]
-fn changing_only_replicas_stops_the_highest_slots_or_adds_slots_without_touching_the_others() {
-    let t0 = Instant::now();
-    // (from, to, expected actions)
-    let table: Vec<(u32, u32, Vec<Action>)> = vec![
-        (4, 2, vec![slot_term(1, 3), slot_term(1, 2)]),
-        (2, 4, vec![Action::StartWorker(slot_key(1, 2)), Action::StartWorker(slot_key(1, 3))]),
-        // A higher mtime with nothing changed restarts, as in php-lrpm.
-        (2, 2, vec![slot_term(1, 0), slot_term(1, 1)]),
-    ];
-    for (from, to, expected) in table {
-        let mut farm = running_farm(t0, &[replicated(1, 1, from)]);
-        let actions = step(&mut farm, Event::Configuration(vec![replicated(1, 2, to)]), t0 + secs(1));
-        assert_eq!(actions, expected, "{from} -> {to}");
-        for slot in to..from {
-            step(&mut farm, slot_exited(1, slot, 0), t0 + secs(2));
-            assert_eq!(slot_status(&farm, 1, slot, t0 + secs(2)), None, "slot {slot} is forgotten once gone");
+    // (signalled, exit code, expected delay of the restart, failures counted)
+    let table = [(true, 0, 0, 0), (false, 0, 1, 0), (true, 1, 1, 1), (false, 1, 1, 1)];
+    for (signalled, code, delay, failures) in table {
+        let mut farm = running_farm(t0, &[job(1, 1)]);
+        let mut now = t0;
+        // Three short runs stopped from outside: never backed off.
+        for _ in 0..3 {
+            now += secs(1);
+            if signalled {
+                step(&mut farm, Event::StopSignalled { pid: 101 }, now);
+            }
+            let actions = step(&mut farm, exited(1, code), now);
+            if delay == 0 {
+                assert_eq!(actions, vec![Action::StartWorker(key(1))], "signalled {signalled}, code {code}");
+            } else {
+                assert!(actions.is_empty(), "signalled {signalled}, code {code}: backed off, got {actions:?}");
+                assert_eq!(status(&farm, 1, now), StatusName::Backoff);
+                now += slot0(&farm, 1).backoff.current();
+                tick(&mut farm, now);
+            }
         }
-        assert_eq!(farm.job(&id(1)).unwrap().slots.len(), to as usize);
-        if from != to {
-            assert!(tick(&mut farm, t0 + secs(100)).is_empty(), "nothing else happens");
+        let state = farm.job(&id(1)).unwrap();
+        assert_eq!(state.failures_total, 3 * failures, "signalled {signalled}, code {code}");
+        if delay == 0 {
+            assert_eq!(slot0(&farm, 1).backoff.current(), secs(1), "the backoff stays at rest");
         }
     }
 }
 
 #[test]
-fn a_real_change_restarts_every_slot_and_rescales() {
-    let t0 = Instant::now();
-    let mut farm = running_farm(t0, &[replicated(1, 1, 2)]);
-    let mut changed = replicated(1, 2, 3);
-    std::sync::Arc::make_mut(&mut changed.config).insert("workerConfig".into(), "new".into());
-    let actions = step(&mut farm, Event::Configuration(vec![changed]), t0);
-    assert_eq!(actions, vec![slot_term(1, 0), slot_term(1, 1), Action::StartWorker(slot_key(1, 2))]);
-}
-
-#[test]
-fn scaling_down_and_up_again_before_the_process_is_gone_restarts_that_slot() {
-    let t0 = Instant::now();
-    let mut farm = running_farm(t0, &[replicated(1, 1, 2)]);
-    assert_eq!(step(&mut farm, Event::Configuration(vec![replicated(1, 2, 1)]), t0), vec![slot_term(1, 1)]);
-    assert!(step(&mut farm, Event::Configuration(vec![replicated(1, 3, 2)]), t0).is_empty());
-    assert_eq!(step(&mut farm, slot_exited(1, 1, 0), t0), vec![Action::StartWorker(slot_key(1, 1))]);
-}
-
-#[test]
-fn each_slot_backs_off_alone_and_failures_count_for_the_job() {
-    let t0 = Instant::now();
-    let mut j = replicated(1, 1, 3);
-    j.max_failures = Some(2);
-    let mut farm = running_farm(t0, &[j]);
-    step(&mut farm, slot_exited(1, 0, 1), t0);
-    assert_eq!(slot_status(&farm, 1, 0, t0), Some(StatusName::Backoff));
-    assert_eq!(slot_status(&farm, 1, 1, t0), Some(StatusName::Running));
-    assert_eq!(farm.job(&id(1)).unwrap().status(t0), StatusName::Backoff);
-    // A second failure, in another slot: the job has failed; the running slot stops.
-    let actions = step(&mut farm, slot_exited(1, 1, 1), t0);
-    assert_eq!(actions, vec![slot_term(1, 2)]);
-    step(&mut farm, slot_exited(1, 2, 0), t0);
-    assert_eq!(farm.job(&id(1)).unwrap().status(t0), StatusName::Failed);
-    assert!(tick(&mut farm, t0 + secs(100)).is_empty());
-}
-
-#[test]
-fn job_commands_apply_to_every_slot() {
-    let t0 = Instant::now();
-    let mut farm = running_farm(t0, &[replicated(1, 1, 2)]);
-    assert_eq!(command(&mut farm, 1, JobCommand::Hold, t0), (Ok(()), vec![slot_term(1, 0), slot_term(1, 1)]));
-    step(&mut farm, slot_exited(1, 0, 0), t0);
-    step(&mut farm, slot_exited(1, 1, 0), t0);
-    assert_eq!(farm.job(&id(1)).unwrap().status(t0), StatusName::Stopped);
-    // Scaling a held job adds held slots.
-    step(&mut farm, Event::Configuration(vec![replicated(1, 2, 3)]), t0);
-    assert_eq!(slot_status(&farm, 1, 2, t0), Some(StatusName::Stopped));
-    let (outcome, actions) = command(&mut farm, 1, JobCommand::Start, t0);
-    assert_eq!(outcome, Ok(()));
-    assert_eq!(actions.len(), 3);
-    assert_eq!(farm.signal_targets(&id(1)).unwrap().len(), 3);
-}
-
-/// Answers an inspection as the supervisor would, from a page showing `cycles`.
-fn inspect(farm: &mut Farm, n: i64, slot: u32, cycles: u64, running: Option<Duration>, now: Instant) -> Vec<Action> {
-    let event = Event::CycleProgress {
-        key: slot_key(n, slot),
-        pid: slot_pid(n, slot),
-        progress: Some(CycleProgress { cycles, current_cycle: running }),
-    };
-    step(farm, event, now)
-}
-
-#[test]
-fn a_rolling_recycle_replaces_one_slot_at_a_time_after_its_first_cycle() {
-    let t0 = Instant::now();
-    let ms = Duration::from_millis;
-    let mut farm = running_farm(t0, &[replicated(1, 1, 3)]);
-    assert_eq!(command(&mut farm, 1, JobCommand::Recycle, t0), (Ok(()), vec![slot_term(1, 0)]));
-    // Slot 0's replacement starts at once (no backoff, however short the run).
-    assert_eq!(step(&mut farm, slot_exited(1, 0, 0), t0), vec![Action::StartWorker(slot_key(1, 0))]);
-    let inspect_slot0 = Action::InspectCycles { key: slot_key(1, 0), pid: slot_pid(1, 0) };
-    assert_eq!(farm.next_deadline(), Some(t0 + ROLLING_INSPECT_INTERVAL));
-    assert_eq!(tick(&mut farm, t0 + ms(20)), vec![inspect_slot0.clone()]);
-    // No cycle yet: look again; slot 1 is untouched.
-    assert!(inspect(&mut farm, 1, 0, 0, Some(ms(5)), t0 + ms(20)).is_empty());
-    assert_eq!(tick(&mut farm, t0 + ms(40)), vec![inspect_slot0]);
-    // Past its first cycle: the next slot is stopped.
-    assert_eq!(inspect(&mut farm, 1, 0, 1, None, t0 + ms(40)), vec![slot_term(1, 1)]);
-    step(&mut farm, slot_exited(1, 1, 0), t0 + ms(50));
-    assert_eq!(inspect(&mut farm, 1, 1, 1, None, t0 + ms(60)), vec![slot_term(1, 2)]);
-    step(&mut farm, slot_exited(1, 2, 0), t0 + ms(70));
-    assert!(inspect(&mut farm, 1, 2, 1, None, t0 + ms(80)).is_empty());
-    let state = farm.job(&id(1)).unwrap();
-    assert_eq!((state.recycles, state.rolling.is_none()), (3, true));
-    assert_eq!(state.recycles_by_reason.get(RecycleReason::Rolling), 3);
-    assert!(state.slots.values().all(|s| s.recycles == 1 && s.backoff.current() == secs(1)));
-}
-
-#[test]
-fn a_rolling_recycle_stops_when_a_replacement_dies_before_its_first_cycle() {
-    let t0 = Instant::now();
-    let mut farm = running_farm(t0, &[replicated(1, 1, 2)]);
-    assert!(command(&mut farm, 1, JobCommand::Recycle, t0).0.is_ok());
-    step(&mut farm, slot_exited(1, 0, 0), t0);
-    // The new process crashes: slot 1 keeps its old process.
-    let actions = step(&mut farm, slot_exited(1, 0, 255), t0);
-    assert!(actions.is_empty(), "{actions:?}");
-    assert!(farm.job(&id(1)).unwrap().rolling.is_none());
-    assert_eq!(slot_status(&farm, 1, 1, t0), Some(StatusName::Running));
-}
-
-#[test]
-fn recycle_of_a_job_with_nothing_running_is_refused() {
+fn a_stop_signal_is_forgotten_with_its_process() {
     let t0 = Instant::now();
     let mut farm = running_farm(t0, &[job(1, 1)]);
-    step(&mut farm, exited(1, 1), t0);
-    assert_eq!(command(&mut farm, 1, JobCommand::Recycle, t0), (Err(Refusal::NotRunning), vec![]));
-}
-
-#[test]
-fn the_watchdog_stops_a_stuck_cycle_and_counts_a_failure() {
-    let t0 = Instant::now();
-    let mut j = job(1, 1);
-    j.cycle_timeout_seconds = Some(10);
-    j.max_failures = Some(1);
-    let mut farm = running_farm(t0, &[j]);
-    let inspect1 = Action::InspectCycles { key: key(1), pid: 101 };
-    assert_eq!(farm.next_deadline(), Some(t0 + secs(10)));
-    assert_eq!(tick(&mut farm, t0 + secs(10)), vec![inspect1.clone()]);
-    // A cycle running for 4 s: look again when it would reach 10 s.
-    assert!(inspect(&mut farm, 1, 0, 7, Some(secs(4)), t0 + secs(10)).is_empty());
-    assert_eq!(farm.next_deadline(), Some(t0 + secs(16)));
-    assert_eq!(tick(&mut farm, t0 + secs(16)), vec![inspect1]);
-    assert_eq!(inspect(&mut farm, 1, 0, 7, Some(secs(10)), t0 + secs(16)), vec![term(1)]);
-    // It exits 0 on SIGTERM, and that still is a failure (maxFailures 1: failed).
-    step(&mut farm, exited(1, 0), t0 + secs(17));
-    assert_eq!(status(&farm, 1, t0 + secs(17)), StatusName::Failed);
-}
-
-#[test]
-fn the_watchdog_restarts_a_stuck_worker_with_backoff() {
-    let t0 = Instant::now();
-    let mut j = job(1, 1);
-    j.cycle_timeout_seconds = Some(1);
-    let mut farm = running_farm(t0, &[j]);
-    tick(&mut farm, t0 + secs(1));
-    assert_eq!(inspect(&mut farm, 1, 0, 0, Some(secs(2)), t0 + secs(1)), vec![term(1)]);
-    assert!(step(&mut farm, exited(1, 0), t0 + secs(2)).is_empty(), "backs off like a crash");
+    step(&mut farm, Event::StopSignalled { pid: 101 }, t0 + secs(1));
+    assert_eq!(step(&mut farm, exited(1, 0), t0 + secs(1)), vec![Action::StartWorker(key(1))]);
+    // The next process (same pid in these tables) was not signalled: a short run backs off.
+    assert!(step(&mut farm, exited(1, 0), t0 + secs(2)).is_empty());
     assert_eq!(status(&farm, 1, t0 + secs(2)), StatusName::Backoff);
-    assert_eq!(farm.job(&id(1)).unwrap().failures.len(), 1);
 }
 
 #[test]
-fn without_a_page_a_rolling_recycle_moves_on_and_the_watchdog_waits() {
+fn a_start_in_flight_when_the_shutdown_began_is_stopped_without_an_error() {
     let t0 = Instant::now();
-    let mut j = replicated(1, 1, 2);
-    j.cycle_timeout_seconds = Some(5);
-    let mut farm = running_farm(t0, &[j]);
-    assert!(command(&mut farm, 1, JobCommand::Recycle, t0).0.is_ok());
-    step(&mut farm, slot_exited(1, 0, 0), t0);
-    let event = Event::CycleProgress { key: slot_key(1, 0), pid: slot_pid(1, 0), progress: None };
-    assert_eq!(step(&mut farm, event, t0 + secs(1)), vec![slot_term(1, 1)]);
-}
-
-#[test]
-fn a_rolling_recycle_goes_on_when_a_replacement_ends_as_planned_before_being_inspected() {
-    let t0 = Instant::now();
-    let mut farm = running_farm(t0, &[replicated(1, 1, 2)]);
-    assert!(command(&mut farm, 1, JobCommand::Recycle, t0).0.is_ok());
-    step(&mut farm, slot_exited(1, 0, 0), t0);
-    // maxCycles 1: the replacement recycles itself right after its first cycle.
-    let actions = step(&mut farm, slot_exited(1, 0, crate::exit_code::RECYCLE), t0);
-    assert_eq!(actions, vec![slot_term(1, 1), Action::StartWorker(slot_key(1, 0))]);
-}
-
-#[test]
-fn restart_does_not_bring_back_a_slot_being_scaled_away() {
-    let t0 = Instant::now();
-    let mut farm = running_farm(t0, &[replicated(1, 1, 2)]);
-    step(&mut farm, Event::Configuration(vec![replicated(1, 2, 1)]), t0);
-    assert_eq!(command(&mut farm, 1, JobCommand::Restart, t0), (Ok(()), vec![slot_term(1, 0)]));
-    assert!(step(&mut farm, slot_exited(1, 1, 0), t0).is_empty());
-    assert_eq!(slot_status(&farm, 1, 1, t0), None);
-}
-
-#[test]
-fn a_rolling_recycle_goes_on_when_its_slot_is_scaled_away() {
-    let t0 = Instant::now();
-    let mut farm = running_farm(t0, &[replicated(1, 1, 3)]);
-    // Replace slot 0, then slot 1 is being stopped when replicas drop to 1.
-    assert!(command(&mut farm, 1, JobCommand::Recycle, t0).0.is_ok());
-    step(&mut farm, slot_exited(1, 0, 0), t0);
-    assert_eq!(inspect(&mut farm, 1, 0, 1, None, t0), vec![slot_term(1, 1)]);
-    step(&mut farm, Event::Configuration(vec![replicated(1, 2, 1)]), t0);
-    step(&mut farm, slot_exited(1, 1, 0), t0);
-    step(&mut farm, slot_exited(1, 2, 0), t0);
-    assert!(farm.job(&id(1)).unwrap().rolling.is_none());
-    assert_eq!(farm.job(&id(1)).unwrap().slots.len(), 1);
+    let mut farm = running_farm(t0, &[job(1, 1)]);
+    step(&mut farm, exited(1, 1), t0 + secs(1));
+    // The backoff's restart is asked for, and in flight (the zygote forks
+    // it) as the shutdown begins.
+    let actions = farm.handle(Event::Tick, t0 + secs(2));
+    assert_eq!(without_logs(actions), vec![Action::StartWorker(key(1))]);
+    let actions = farm.handle(Event::Shutdown, t0 + secs(2));
+    assert!(!actions.iter().any(|a| matches!(a, Action::StartWorker(_))));
+    let actions = farm.handle(Event::WorkerStarted { key: key(1), pid: 555 }, t0 + secs(2));
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::KillWorker { pid: 555, .. } | Action::StopWorker { pid: 555, .. })),
+        "{actions:?}"
+    );
+    let errors: Vec<_> =
+        actions.iter().filter(|a| matches!(a, Action::Log(event) if event.level == LogLevel::Error)).collect();
+    assert!(errors.is_empty(), "{errors:?}");
 }

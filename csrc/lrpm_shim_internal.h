@@ -1,0 +1,49 @@
+/*
+ * What the shim's C files share (lrpm_shim.c, lrpm_waits.c, lrpm_zygote.c);
+ * never read by bindgen. Per-process state of a child: set once after fork,
+ * read by host functions; signal handlers only store into the sig_atomic_t
+ * flags. Hidden: none of it is exported from the binary.
+ */
+#ifndef LRPM_SHIM_INTERNAL_H
+#define LRPM_SHIM_INTERNAL_H
+
+#include "lrpm_shim.h"
+
+#include <main/php.h>
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#pragma GCC visibility push(hidden)
+
+/* The stop (lrpm_waits.c). */
+extern volatile sig_atomic_t stop_requested;
+/* When the first stop request arrived (CLOCK_MONOTONIC, ns; 0: none yet). */
+extern volatile long long stop_requested_at_ns;
+void note_stop_request(void);
+
+/* lrpm_shim.c. */
+extern volatile sig_atomic_t reload_requested;
+extern const lrpm_child_spec *current_spec;
+/* Set in any process the worker forks itself (pcntl_fork): such a copy must
+ * leave the worker loop instead of running a second copy of it. */
+extern volatile sig_atomic_t forked_by_worker;
+/* Set by Lrpm\recycle(); the worker loop ends at the next check. */
+extern bool recycle_asked;
+/* When the running cycle began (CLOCK_MONOTONIC ns), 0 between cycles. */
+extern uint64_t cycle_began_ns;
+extern long long last_gc_between_cycles_ns;
+extern long long opcache_published_at_ns;
+/* "worker", "config" or "zygote", for Lrpm\process_kind(). */
+extern const char *process_kind;
+long long monotonic_coarse_ns(void);
+/* Names the failed call on stderr and exits CHILD_SETUP_FAILED. */
+void child_setup_failed(const lrpm_child_spec *spec, const char *call);
+
+/* lrpm_zygote.c: Lrpm\Internal\zygote_serve(). */
+PHP_FUNCTION(lrpm_zygote_serve);
+
+#pragma GCC visibility pop
+
+#endif
