@@ -117,7 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             // Held until main returns: the file is removed on a clean exit.
             let pidfile = cli.farm.pidfile.as_deref().map(PidFile::acquire).transpose()?;
             let mut config = config;
-            config.close_in_children.extend(pidfile.as_ref().map(PidFile::raw_fd));
+            config.close_in_children.extend(pidfile.iter().flat_map(PidFile::raw_fds));
             // From here on a SIGTERM is an event for the loop, never a crash
             // that leaves the control socket behind.
             process::block_handled_signals()?;
