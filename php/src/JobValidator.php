@@ -2,7 +2,7 @@
 namespace Lrpm;
 
 /**
- * lrpm-host's job rules (src/job.rs), for your own tests: the same fields,
+ * lrpm-host's job rules (src/job/), for your own tests: the same fields,
  * limits and messages as the host logs them ("job 7: field 'replicas':
  * Invalid data: 0 is below 1 (...)"). Both are tested against the same
  * cases (php/tests/job-cases.json), so they cannot drift.

@@ -4,7 +4,7 @@ namespace Lrpm\Tests;
 use Lrpm\JobValidator;
 use PHPUnit\Framework\TestCase;
 
-/** The shared cases (job-cases.json), which src/job.rs's unit test also reads. */
+/** The shared cases (job-cases.json), which src/job/tests.rs also reads. */
 final class JobValidatorTest extends TestCase
 {
     public function cases(): iterable
