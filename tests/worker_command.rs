@@ -185,10 +185,12 @@ fn stop_sleeper_with(sig: Signal) {
     });
     let sent = Instant::now();
     host.signal(sig);
-    let out = host.wait_within(Duration::from_secs(5));
+    let out = host.wait_within(Duration::from_secs(10));
     let after_signal = sent.elapsed();
     out.assert_code(0);
-    assert!(after_signal < Duration::from_secs(1), "took {after_signal:?} after {sig}\n{}", out.dump());
+    // Not a latency figure: a sleep the signal does not cut short ends
+    // after sleep(30), so anything well under 30 s tells them apart.
+    assert!(after_signal < Duration::from_secs(10), "took {after_signal:?} after {sig}\n{}", out.dump());
     assert_eq!(out.stdout_lines(), ["cycle-start", "cycle-end"], "the cycle must return, once\n{}", out.dump());
     out.assert_stderr_contains(STOP_MESSAGE);
 }
@@ -227,7 +229,9 @@ fn second_sigterm_kills_a_worker_that_never_returns() {
     host.signal(Signal::SIGTERM);
     let out = host.wait_within(Duration::from_secs(5));
     out.assert_code(128 + libc::SIGKILL);
-    assert!(sent.elapsed() < Duration::from_secs(1), "second SIGTERM took {:?}\n{}", sent.elapsed(), out.dump());
+    // A second SIGTERM that only waited for the job's shutdown timeout
+    // (10 s) instead of killing at once would take 10 s or more.
+    assert!(sent.elapsed() < Duration::from_secs(5), "second SIGTERM took {:?}\n{}", sent.elapsed(), out.dump());
     assert!(is_gone(worker), "worker {worker} survived");
     out.assert_stderr_contains(STOP_MESSAGE);
 }
@@ -400,7 +404,10 @@ fn garbage_cycles_are_collected_between_cycles_about_once_a_second() {
         .collect();
     assert_eq!(counters.len(), 25, "\n{}", out.dump());
     let (max_roots, last) = (counters.iter().map(|c| c.0).max().unwrap(), counters[24]);
-    assert!(max_roots <= 15, "garbage must not wait for PHP's 10,000-root threshold\n{}", out.dump());
+    // Once a second is about 10 cycles of 100 ms; a loaded machine may stretch
+    // that a little. Without collections between cycles (PHP's 10,000-root
+    // threshold) the roots would reach 24 in 25 cycles.
+    assert!(max_roots <= 20, "garbage must not wait for PHP's 10,000-root threshold\n{}", out.dump());
     assert!(last.2 >= 10, "the garbage cycles were collected\n{}", out.dump());
     assert!(
         (1..=4).contains(&last.1),
