@@ -355,8 +355,9 @@ fn second_sigterm_kills_everything_at_once() {
 
     let sent = Instant::now();
     farm.signal(Signal::SIGTERM);
-    let status = farm.wait_exit(secs(5.0));
-    assert!(sent.elapsed() < secs(1.0), "the second SIGTERM should end everything at once, took {:?}", sent.elapsed());
+    let status = farm.wait_exit(secs(15.0));
+    // Not at once would be job 1's own 30 s shutdown timeout.
+    assert!(sent.elapsed() < secs(10.0), "the second SIGTERM should end everything at once, took {:?}", sent.elapsed());
     assert_eq!(status.code(), Some(0), "exit status after two SIGTERMs\n{}", farm.diagnostics());
     farm.assert_all_gone(&children, secs(1.0), "after the second SIGTERM");
     assert!(farm.stderr().contains("second stop request"), "{}", farm.diagnostics());
