@@ -3,17 +3,25 @@
 //! buffer per stream so that the two never interleave inside a line, and
 //! without blocking the supervisor's loop on a slow reader.
 //!
-//! Worker output is forwarded only while the buffer is below
-//! `FORWARD_LIMIT`; above it the supervisor stops reading workers' pipes
-//! and they wait in their writes (back-pressure), so nothing is lost and
-//! memory stays bounded. The log is never dropped: a log line that finds
-//! the buffer above `LOG_LIMIT` (nobody has read stderr for a while) is
-//! written synchronously, as an unbuffered log would be.
+//! The supervisor never waits for a reader (Docker's `mode=non-blocking`
+//! log driver and journald's rate limit make the same choice: a stuck log
+//! reader must not stop the service):
+//!
+//! - Worker output is forwarded only while the buffer is below
+//!   `FORWARD_LIMIT`; above it the supervisor stops reading workers' pipes
+//!   and they wait in their writes (back-pressure), so nothing is lost and
+//!   memory stays bounded.
+//! - The host's own log has `LOG_HEADROOM` more; a log line that would go
+//!   past `LOG_LIMIT` is dropped and counted. Once the reader is back (the
+//!   buffer under `FORWARD_LIMIT` again) one line says how many were
+//!   dropped (`report_drops`), and `lrpm_log_lines_dropped_total` counts
+//!   them all.
 
 #![forbid(unsafe_code)]
 
 use std::io::{self, Write};
 use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -23,8 +31,13 @@ use crate::process::host_stream::HostStream;
 
 /// Buffered output above which worker output waits in the workers' pipes.
 pub const FORWARD_LIMIT: usize = 1 << 20;
-/// Buffered output above which a log line waits until it is written.
-const LOG_LIMIT: usize = 4 << 20;
+/// Room the host's own log has above what worker output may fill.
+const LOG_HEADROOM: usize = 256 << 10;
+/// Buffered output past which a log line is dropped (and counted).
+const LOG_LIMIT: usize = FORWARD_LIMIT + LOG_HEADROOM;
+
+/// Log lines dropped since the host started (the metric).
+static LOG_LINES_DROPPED: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -39,6 +52,8 @@ struct Buffered {
     written: usize,
     /// The reader went away (EPIPE): output is dropped from now on.
     closed: bool,
+    /// Log lines dropped since the last line that said so.
+    dropped_unreported: u64,
 }
 
 impl Buffered {
@@ -66,8 +81,7 @@ impl Buffered {
     }
 
     /// Waits (up to `limit`) until everything is written.
-    fn flush_all(&mut self, limit: Duration) {
-        let deadline = Instant::now() + limit;
+    fn flush_all(&mut self, deadline: Instant) {
         loop {
             self.flush_some();
             if self.unwritten() == 0 || self.closed {
@@ -113,7 +127,7 @@ fn with<T>(f: impl FnOnce(&mut HostOutput) -> T) -> Option<T> {
 /// Routes the host's stdout and stderr through buffers from now on (once).
 pub fn install() {
     let sinks = SINKS.get_or_init(|| [HostStream::open(1), HostStream::open(2)]);
-    let open = |sink| Buffered { sink, pending: Vec::new(), written: 0, closed: false };
+    let open = |sink| Buffered { sink, pending: Vec::new(), written: 0, closed: false, dropped_unreported: 0 };
     let mut guard = HOST_OUTPUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if guard.is_none() {
         *guard = Some(HostOutput { stdout: open(&sinks[0]), stderr: open(&sinks[1]) });
@@ -167,17 +181,64 @@ pub fn waiting() -> Vec<(BorrowedFd<'static>, Stream)> {
     .unwrap_or_default()
 }
 
-/// Writes everything still buffered, waiting up to `limit` per stream for
-/// slow readers (the host is about to exit).
+/// Writes everything still buffered, waiting up to `limit` in all for slow
+/// readers (the host is about to exit).
 pub fn finish(limit: Duration) {
+    report_drops_now();
+    let deadline = Instant::now() + limit;
     with(|out| {
-        out.stdout.flush_all(limit);
-        out.stderr.flush_all(limit);
+        out.stdout.flush_all(deadline);
+        out.stderr.flush_all(deadline);
     });
 }
 
+/// Log lines dropped because stderr's reader did not keep up, since the host started.
+pub fn log_lines_dropped() -> u64 {
+    LOG_LINES_DROPPED.load(Ordering::Relaxed)
+}
+
+/// Once stderr's reader is back (the buffer under `FORWARD_LIMIT`), logs
+/// how many lines were dropped while it was not.
+pub fn report_drops() {
+    let dropped = with(|out| {
+        let stderr = &mut out.stderr;
+        if stderr.dropped_unreported == 0 || stderr.unwritten() >= FORWARD_LIMIT {
+            return 0;
+        }
+        std::mem::take(&mut stderr.dropped_unreported)
+    });
+    log_drops(dropped.unwrap_or(0));
+}
+
+/// The count of dropped lines, whether or not the reader is back (at exit).
+fn report_drops_now() {
+    let dropped = with(|out| std::mem::take(&mut out.stderr.dropped_unreported));
+    log_drops(dropped.unwrap_or(0));
+}
+
+fn log_drops(dropped: u64) {
+    if dropped > 0 {
+        // The lock is released: this line goes through `LogWriter` like any other.
+        tracing::warn!("lrpm-host: {} log lines dropped while stderr was blocked", thousands(dropped));
+    }
+}
+
+/// 1234567 as "1,234,567".
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
 /// The log's writer (tracing's `MakeWriter`): into the stderr buffer while
-/// a farm runs, synchronously past `LOG_LIMIT`.
+/// a farm runs; a line that would take the buffer past `LOG_LIMIT` is
+/// dropped and counted instead of waiting for the reader.
 #[derive(Clone, Copy, Default)]
 pub struct LogWriter;
 
@@ -185,13 +246,17 @@ impl Write for LogWriter {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         let routed = with(|out| {
             let stderr = &mut out.stderr;
-            if !stderr.closed {
-                stderr.pending.extend_from_slice(bytes);
+            if stderr.closed {
+                return;
             }
             stderr.flush_some();
-            if stderr.unwritten() > LOG_LIMIT {
-                stderr.flush_all(Duration::from_secs(3600));
+            if stderr.unwritten() + bytes.len() > LOG_LIMIT {
+                stderr.dropped_unreported += 1;
+                LOG_LINES_DROPPED.fetch_add(1, Ordering::Relaxed);
+                return;
             }
+            stderr.pending.extend_from_slice(bytes);
+            stderr.flush_some();
         });
         if routed.is_none() {
             io::stderr().lock().write_all(bytes)?;
@@ -209,5 +274,18 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
 
     fn make_writer(&'a self) -> Self::Writer {
         LogWriter
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_read_with_thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1234), "1,234");
+        assert_eq!(thousands(1234567), "1,234,567");
     }
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::time::Instant;
 
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use support::*;
 
@@ -233,4 +234,127 @@ fn inherit_leaves_the_workers_descriptors_alone_and_capture_leaves_children_no_o
             .collect();
         assert!(others.is_empty(), "a worker keeps none of the supervisor's descriptors: {fds:?}");
     }
+}
+
+/// A farm whose stdout and stderr nobody reads: a job floods stderr until
+/// the host's buffer is full and it waits in its writes, another
+/// crash-loops, and the SIGUSR1 reports of a job with a long name flood the
+/// host's own log. Returns the farm, its metrics address and its
+/// (unread) pipes.
+fn unread_farm(name: &str) -> (Farm, std::net::SocketAddr, std::process::ChildStdout, std::process::ChildStderr) {
+    let port = free_port();
+    let options = FarmOptions {
+        pipe_stdout: true,
+        pipe_stderr: true,
+        extra_args: vec!["--metrics-listen".into(), format!("127.0.0.1:{port}")],
+        ..Default::default()
+    };
+    let long_name = "n".repeat(4000);
+    let farm = Farm::start(name, options, |jobs| {
+        // A worker waiting in a write ends at SIGKILL after its shutdown timeout.
+        let quick_stop = json!({"workerClass": CHATTER, "shutdownTimeoutSeconds": 3});
+        json!({
+            "flood": jobs.job_with("flood", 1, json!({"tag": "flood", "lines": 100_000, "stream": "stderr"}), quick_stop.clone()),
+            "crash": jobs.job_with("crash", 1, json!({"tag": "crash", "lines": 1, "then": "exit"}), quick_stop),
+            "q": jobs.job_with(
+                "q",
+                1,
+                json!({"sleep": 0.05}),
+                json!({"name": long_name, "replicas": 20, "shutdownTimeoutSeconds": 3}),
+            ),
+        })
+    });
+    let stdout = farm.take_stdout().expect("a piped stdout");
+    let stderr = farm.take_stderr().expect("a piped stderr");
+    (farm, std::net::SocketAddr::from(([127, 0, 0, 1], port)), stdout, stderr)
+}
+
+/// One sample of /metrics, or None while it does not answer.
+fn metric(address: std::net::SocketAddr, name: &str) -> Option<f64> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect_timeout(&address, secs(2.0)).ok()?;
+    stream.set_read_timeout(Some(secs(5.0))).ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.lines().find_map(|line| line.strip_prefix(&format!("{name} "))?.trim().parse().ok())
+}
+
+/// Floods the host's log (SIGUSR1 reports of 20 rows of a 4,000-byte name)
+/// until it has dropped lines, which it does only once stderr is full.
+fn flood_until_dropping(farm: &Farm, address: std::net::SocketAddr) {
+    farm.wait_running(&["q"], secs(30.0));
+    farm.wait_for(secs(60.0), "the host to drop log lines while nobody reads stderr", || {
+        farm.signal(Signal::SIGUSR1);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        metric(address, "lrpm_log_lines_dropped_total").filter(|n| *n > 0.0)
+    });
+}
+
+fn restarts(farm: &Farm, id: &str) -> u64 {
+    farm.status()[id]["state"]["restarts"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn a_host_whose_output_nobody_reads_keeps_supervising_and_says_how_many_log_lines_it_dropped() {
+    let _g = shared();
+    let (farm, address, mut stdout, mut stderr) = unread_farm("unread-log");
+    flood_until_dropping(&farm, address);
+    // Blocked: the control socket answers, the crash loop is restarted.
+    let mut slowest = std::time::Duration::ZERO;
+    for _ in 0..20 {
+        let asked = Instant::now();
+        farm.status();
+        slowest = slowest.max(asked.elapsed());
+    }
+    eprintln!("slowest status round trip while the output was blocked: {slowest:?}");
+    assert!(slowest < secs(2.0), "status took {slowest:?} while nobody read the host's output");
+    let before = restarts(&farm, "crash");
+    farm.wait_for(secs(60.0), "the crash-looping job restarted while the output is blocked", || {
+        (restarts(&farm, "crash") >= before + 2).then_some(())
+    });
+    let dropped_while_blocked = metric(address, "lrpm_log_lines_dropped_total").unwrap();
+
+    // The reader is back: the marker says how many lines were dropped.
+    let out = std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut text = String::new();
+    let marker = farm.wait_for(secs(60.0), "the dropped-lines marker once stderr is read", || {
+        while let Ok(piece) = rx.try_recv() {
+            text.push_str(&piece);
+        }
+        let at = text.find(" log lines dropped while stderr was blocked")?;
+        let start = text[..at].rfind("lrpm-host: ")? + "lrpm-host: ".len();
+        Some(text[start..at].replace(',', "").parse::<f64>().expect("a count"))
+    });
+    assert!(marker >= 1.0 && marker <= metric(address, "lrpm_log_lines_dropped_total").unwrap(), "{marker}");
+    assert!(
+        marker >= dropped_while_blocked,
+        "the marker counts every line dropped before it ({marker} < {dropped_while_blocked})"
+    );
+    farm.signal(Signal::SIGTERM);
+    assert!(farm.wait_exit(secs(60.0)).success());
+    let _ = out.join();
+}
+
+#[test]
+fn a_host_whose_output_nobody_reads_stops_on_sigterm_within_its_stop_timeout() {
+    let _g = shared();
+    let (farm, address, stdout, stderr) = unread_farm("unread-stop");
+    flood_until_dropping(&farm, address);
+    let asked = Instant::now();
+    farm.signal(Signal::SIGTERM);
+    // The jobs' shutdown timeout, and at most 5 s for the output at exit.
+    let status = farm.wait_exit(secs(60.0));
+    eprintln!("stopped {:?} after SIGTERM with nobody reading its output", asked.elapsed());
+    assert!(status.code().is_some(), "ended by a signal: {status:?}");
+    drop((stdout, stderr));
 }

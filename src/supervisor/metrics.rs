@@ -205,6 +205,13 @@ impl Supervisor<'_> {
             "Lines (and pieces of long lines) of worker output the supervisor forwarded to its own stdout and stderr.",
         );
         e.sample("lrpm_output_lines_forwarded_total", &[], self.output.as_ref().map_or(0, |o| o.lines_forwarded));
+        e.family(
+            "lrpm_log_lines_dropped_total",
+            Kind::Counter,
+            "Lines of the host's own log dropped because its stderr was not read (a stuck log reader); worker output \
+             is never dropped, it waits in the workers' pipes.",
+        );
+        e.sample("lrpm_log_lines_dropped_total", &[], crate::host_output::log_lines_dropped());
         if let Some(own) = rss::resident_bytes(std::process::id() as i32) {
             e.family("lrpm_supervisor_resident_bytes", Kind::Gauge, "Resident set of the supervisor process.");
             e.sample("lrpm_supervisor_resident_bytes", &[], own);

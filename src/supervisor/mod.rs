@@ -432,6 +432,7 @@ impl Supervisor<'_> {
                     crate::host_output::flush(*stream);
                 }
             }
+            crate::host_output::report_drops();
             if slots.output.is_some_and(|i| ready[i]) {
                 if let Some(output) = self.output.as_mut() {
                     if output.read_ready() > 0 {

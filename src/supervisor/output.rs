@@ -156,7 +156,9 @@ impl OutputRouter {
         let fds = self.by_pid.get(&pid).cloned().unwrap_or_default();
         for fd in fds {
             let mut read = 0;
-            while read < DRAIN_AT_EXIT {
+            // While the host's output is backed up the rest stays in the
+            // pipe (still watched) and is forwarded once there is room.
+            while read < DRAIN_AT_EXIT && !host_output::backed_up() {
                 match self.read_once(fd) {
                     Some(n) if n > 0 => read += n,
                     _ => break,

@@ -169,6 +169,9 @@ pub struct FarmOptions {
     /// The supervisor's stdout is a pipe the test reads (`Farm::take_stdout`)
     /// instead of the file stdout.log.
     pub pipe_stdout: bool,
+    /// The supervisor's stderr is a pipe the test reads (`Farm::take_stderr`)
+    /// instead of the file stderr.log.
+    pub pipe_stderr: bool,
     /// Name the socket with LRPM_SOCKET instead of --control-socket.
     pub socket_via_env: bool,
 }
@@ -183,6 +186,7 @@ impl Default for FarmOptions {
             wrapper: Vec::new(),
             env: Vec::new(),
             pipe_stdout: false,
+            pipe_stderr: false,
             socket_via_env: false,
         }
     }
@@ -290,7 +294,11 @@ impl Farm {
             } else {
                 Stdio::from(File::create(&stdout_file).expect("stdout file"))
             })
-            .stderr(File::create(&stderr_file).expect("stderr file"))
+            .stderr(if options.pipe_stderr {
+                Stdio::piped()
+            } else {
+                Stdio::from(File::create(&stderr_file).expect("stderr file"))
+            })
             .process_group(0);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         Farm {
@@ -311,6 +319,11 @@ impl Farm {
     /// The read end of the supervisor's stdout (`FarmOptions::pipe_stdout`).
     pub fn take_stdout(&self) -> Option<std::process::ChildStdout> {
         self.child.lock().unwrap_or_else(|e| e.into_inner()).stdout.take()
+    }
+
+    /// The read end of the supervisor's stderr (`FarmOptions::pipe_stderr`).
+    pub fn take_stderr(&self) -> Option<std::process::ChildStderr> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner()).stderr.take()
     }
 
     /// The supervisor's stdout so far (the file stdout.log).
