@@ -80,7 +80,7 @@ impl Buffered {
         }
     }
 
-    /// Waits (up to `limit`) until everything is written.
+    /// Waits (until `deadline`) until everything is written.
     fn flush_all(&mut self, deadline: Instant) {
         loop {
             self.flush_some();
@@ -184,7 +184,7 @@ pub fn waiting() -> Vec<(BorrowedFd<'static>, Stream)> {
 /// Writes everything still buffered, waiting up to `limit` in all for slow
 /// readers (the host is about to exit).
 pub fn finish(limit: Duration) {
-    report_drops_now();
+    report_dropped_lines(true);
     let deadline = Instant::now() + limit;
     with(|out| {
         out.stdout.flush_all(deadline);
@@ -200,23 +200,20 @@ pub fn log_lines_dropped() -> u64 {
 /// Once stderr's reader is back (the buffer under `FORWARD_LIMIT`), logs
 /// how many lines were dropped while it was not.
 pub fn report_drops() {
+    report_dropped_lines(false);
+}
+
+/// Logs the count of dropped lines not reported yet: only once stderr's
+/// reader is back, unless `even_if_blocked` (at exit, the last chance).
+fn report_dropped_lines(even_if_blocked: bool) {
     let dropped = with(|out| {
         let stderr = &mut out.stderr;
-        if stderr.dropped_unreported == 0 || stderr.unwritten() >= FORWARD_LIMIT {
+        if !even_if_blocked && stderr.unwritten() >= FORWARD_LIMIT {
             return 0;
         }
         std::mem::take(&mut stderr.dropped_unreported)
-    });
-    log_drops(dropped.unwrap_or(0));
-}
-
-/// The count of dropped lines, whether or not the reader is back (at exit).
-fn report_drops_now() {
-    let dropped = with(|out| std::mem::take(&mut out.stderr.dropped_unreported));
-    log_drops(dropped.unwrap_or(0));
-}
-
-fn log_drops(dropped: u64) {
+    })
+    .unwrap_or(0);
     if dropped > 0 {
         // The lock is released: this line goes through `LogWriter` like any other.
         tracing::warn!("lrpm-host: {} log lines dropped while stderr was blocked", thousands(dropped));
