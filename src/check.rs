@@ -10,6 +10,7 @@ use std::path::Path;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use crate::escape;
 use crate::job;
 use crate::php::{self, Engine};
 use crate::process::{self, ChildSetup};
@@ -117,33 +118,33 @@ fn report(
                     writeln!(
                         out,
                         "  ok    {}: {} ({}, mtime {}, shortRunTimeSeconds {}, shutdownTimeoutSeconds {}{extras})",
-                        job.id,
-                        job.name,
-                        job.worker_class,
+                        escape::controls(&job.id.to_string()),
+                        escape::controls(&job.name),
+                        escape::controls(&job.worker_class),
                         job.mtime,
                         job.short_run_time_seconds,
                         job.shutdown_timeout_seconds
                     )?;
                 }
                 for error in &validated.errors {
-                    writeln!(out, "  error {error}")?;
+                    writeln!(out, "  error {}", escape::controls(&error.to_string()))?;
                 }
                 let label = if strict { "error" } else { "warn " };
                 for unknown in &validated.unknown_fields {
-                    writeln!(out, "  {label} {unknown}")?;
+                    writeln!(out, "  {label} {}", escape::controls(&unknown.to_string()))?;
                 }
                 let php_memory_limit = php::memory_limit_bytes();
                 for warning in validated.jobs.iter().filter_map(|j| job::memory_limit_warning(j, php_memory_limit)) {
-                    writeln!(out, "  warn  {warning}")?;
+                    writeln!(out, "  warn  {}", escape::controls(&warning))?;
                 }
                 all_valid &= validated.errors.is_empty() && (!strict || validated.unknown_fields.is_empty());
             }
             Ok(ConfigMessage::Error { message }) => {
-                eprintln!("lrpm-host: {message}");
+                eprintln!("lrpm-host: {}", escape::controls_keeping_lines(&message));
                 all_valid = false;
             }
             Err(e) => {
-                eprintln!("lrpm-host: {e}");
+                eprintln!("lrpm-host: {}", escape::controls(&e));
                 all_valid = false;
             }
         }

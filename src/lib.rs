@@ -10,6 +10,7 @@
 pub mod check;
 pub mod cli;
 pub mod control;
+pub mod escape;
 pub mod exit_code;
 pub mod farm;
 pub mod host_output;

@@ -5,12 +5,21 @@
 //! Level: `--log-level`, else `LRPM_LOG` (env-filter syntax), else info.
 //! Format: text, or JSON (one object per line: timestamp, level, message,
 //! and the job, name, slot and pid of the process the event is about).
+//! Text lines escape control characters in every field (`escape::controls`),
+//! so a job id or name can never forge a line or reach a terminal raw.
 
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
 
+use std::fmt;
+
+use tracing::field::{Field, Visit};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::{FormatFields, Writer};
 use tracing_subscriber::EnvFilter;
+
+use crate::escape;
 
 use crate::host_output::LogWriter;
 
@@ -36,7 +45,7 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<(), String> {
     let _ = FORMAT.set(format);
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(LogWriter).with_target(false);
     let _ = match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Text => builder.fmt_fields(EscapedFields).with_ansi(std::io::stderr().is_terminal()).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).try_init(),
     };
     Ok(())
@@ -70,5 +79,48 @@ pub fn log(level: crate::farm::LogLevel, message: &str, subject: Subject<'_>) {
         LogLevel::Info => at!(info),
         LogLevel::Warn => at!(warn),
         LogLevel::Error => at!(error),
+    }
+}
+
+/// The field of an event that carries a block of lines the host built and
+/// escaped itself (the SIGUSR1 report): written after the message, its
+/// line breaks kept.
+pub const BLOCK_FIELD: &str = "block";
+
+/// Text logs' fields: `message` as is, others as `name=value`, every value
+/// with its control characters escaped; `BLOCK_FIELD` on lines of its own.
+struct EscapedFields;
+
+impl<'writer> FormatFields<'writer> for EscapedFields {
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> fmt::Result {
+        let mut visitor = EscapingVisitor { writer: &mut writer, written: false, result: Ok(()) };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct EscapingVisitor<'a, 'writer> {
+    writer: &'a mut Writer<'writer>,
+    written: bool,
+    result: fmt::Result,
+}
+
+impl Visit for EscapingVisitor<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.record_debug(field, &format_args!("{value}"));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if self.result.is_err() {
+            return;
+        }
+        let text = format!("{value:?}");
+        let separator = if self.written { " " } else { "" };
+        self.written = true;
+        self.result = match field.name() {
+            "message" => write!(self.writer, "{separator}{}", escape::controls(&text)),
+            BLOCK_FIELD => write!(self.writer, "\n{}", escape::controls_keeping_lines(&text)),
+            name => write!(self.writer, "{separator}{name}={}", escape::controls(&text)),
+        };
     }
 }

@@ -383,6 +383,58 @@ fn a_nul_byte_in_a_job_name_or_id_does_not_stop_the_job_from_running() {
     assert!(title.contains(r"lrpm-host: worker nul\0id name with a \0 inside"), "{title:?}\n{}", farm.diagnostics());
 }
 
+/// Control characters that could forge a line or drive a terminal.
+fn raw_controls(text: &str) -> Vec<char> {
+    text.chars().filter(|c| c.is_control() && *c != '\n').collect()
+}
+
+#[test]
+fn control_characters_in_ids_and_names_are_escaped_in_every_line_the_host_prints() {
+    let _g = shared();
+    let evil_id = "evil\nERROR FORGED started as pid 1\r\x1b[31m";
+    let evil_name = "name\x1b[2J\nFORGED name line\r";
+    let farm = Farm::start("control_chars", FarmOptions::default(), |jobs| {
+        // Exits after a moment, so its id and name are in restart lines too.
+        let mut worker = jobs.job_with(evil_id, 1, json!({"exitAfter": 0.2, "tag": "evil"}), json!({}));
+        worker["name"] = json!(evil_name);
+        let mut chatter = jobs.job_with("chatty", 1, json!({"tag": "said", "lines": 1}), json!({}));
+        chatter["workerClass"] = json!("FarmFixture\\Chatter");
+        chatter["name"] = json!("chatty\x1b[31m\nFORGED prefix");
+        json!({ evil_id: worker, "chatty": chatter })
+    });
+    farm.wait_for(secs(20.0), "two starts of the evil job", || {
+        (farm.events_of("evil", "start").len() >= 2).then_some(())
+    });
+    farm.wait_for(secs(10.0), "the chatter's lines", || farm.stdout().contains("said done").then_some(()));
+    farm.signal(Signal::SIGUSR1);
+    farm.wait_stderr("status report (SIGUSR1)", secs(5.0));
+    let table = std::process::Command::new(ctl_bin())
+        .args(["--socket", farm.socket.to_str().unwrap(), "--color", "never", "status"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout).to_string();
+    let stderr = farm.stderr();
+    let stdout = farm.stdout();
+    for (what, text) in [("stderr", &stderr), ("stdout", &stdout), ("lrpmctl status", &table)] {
+        assert_eq!(raw_controls(text), Vec::<char>::new(), "{what}:\n{text}");
+        assert!(!text.lines().any(|l| l.starts_with("ERROR FORGED") || l.starts_with("FORGED")), "{what}:\n{text}");
+    }
+    // Escaped, the strings are still there to read: in the log's own lines,
+    // the SIGUSR1 report, the workers' prefix and lrpmctl's table.
+    let escaped_id = r"evil\nERROR FORGED started as pid 1\r\x1b[31m";
+    let escaped_name = r"name\x1b[2J\nFORGED name line\r";
+    assert!(stderr.lines().filter(|l| l.contains(escaped_id)).count() >= 2, "{stderr}");
+    let report: Vec<&str> = stderr.lines().skip_while(|l| !l.contains("status report (SIGUSR1)")).collect();
+    assert!(report.iter().any(|l| l.starts_with(escaped_id) && l.contains(escaped_name)), "{stderr}");
+    assert!(stdout.contains(r"[chatty\x1b[31m\nFORGED prefix#0] said 1 "), "{stdout}");
+    assert!(table.lines().any(|l| l.starts_with(escaped_id) && l.contains(escaped_name)), "{table}");
+    assert_eq!(table.lines().count(), 3, "a header and one row per job:\n{table}");
+    let check = check(&farm.dir, &poll_source().to_string_lossy(), &[]);
+    let report = &check.stdout;
+    assert_eq!(raw_controls(report), Vec::<char>::new(), "{report}");
+    assert!(report.contains(&format!("ok    {escaped_id}: {escaped_name} (")), "{report}");
+}
+
 #[test]
 fn restart_policies_show_done_and_failed_and_an_essential_failure_ends_the_host() {
     let _g = shared();

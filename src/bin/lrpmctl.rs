@@ -21,6 +21,7 @@ use serde_json::Value;
 use lrpm_host::control::codec::{encode, FrameDecoder};
 use lrpm_host::control::server::{client_socket_path, socket_from_env};
 use lrpm_host::control::status::{JobStatus, ProcessState, SlotStatus, StatusDocument};
+use lrpm_host::escape;
 use lrpm_host::farm::StatusName;
 use lrpm_host::process::UsageReader;
 
@@ -115,10 +116,11 @@ impl Failure {
         }
     }
 
-    fn message(&self) -> &str {
+    /// What went wrong, safe to print (an invalid reply is quoted in it).
+    fn message(&self) -> std::borrow::Cow<'_, str> {
         match self {
-            Failure::NoConnection(m) | Failure::Invalid(m) => m,
-            Failure::Interrupted => "interrupted",
+            Failure::NoConnection(m) | Failure::Invalid(m) => escape::controls_keeping_lines(m),
+            Failure::Interrupted => "interrupted".into(),
         }
     }
 }
@@ -321,7 +323,8 @@ fn table_lines(rows: Vec<Row>) -> Vec<(String, &'static str)> {
             "exited" | "failed" => "31",
             _ => "2",
         });
-        cells.push(vec![
+        // Ids, names and exits come from the configuration: never raw to the terminal.
+        let row_cells = vec![
             row.id,
             row.name,
             status,
@@ -333,7 +336,8 @@ fn table_lines(rows: Vec<Row>) -> Vec<(String, &'static str)> {
             row.restarts.map_or_else(dash, |r| r.to_string()),
             row.last_exit,
             next_start,
-        ]);
+        ];
+        cells.push(row_cells.iter().map(|cell| escape::controls(cell).into_owned()).collect());
     }
     let widths: Vec<usize> = (0..header.len())
         .map(|c| cells.iter().map(|r| r[c].chars().count()).chain([header[c].len()]).max().unwrap_or(0))
@@ -779,10 +783,10 @@ fn main() -> ExitCode {
         }
     };
     if let Some(refusal) = response.strip_prefix("error: ") {
-        eprintln!("lrpmctl: {refusal}");
+        eprintln!("lrpmctl: {}", escape::controls_keeping_lines(refusal));
         return ExitCode::from(EXIT_REFUSED);
     }
-    println!("{response}");
+    println!("{}", escape::controls_keeping_lines(&response));
     ExitCode::SUCCESS
 }
 

@@ -236,9 +236,10 @@ impl Supervisor<'_> {
                 let pid = slot_state.phase.pid();
                 pids.extend(pid);
                 let cycles = pid.and_then(|pid| self.pages.get(&pid)).map(|p| p.cycle_snapshot(monotonic_now).cycles);
+                let id = crate::escape::controls(&id.to_string()).into_owned();
                 rows.push([
                     if state.job.replicas > 1 || *slot > 0 { format!("{id}#{slot}") } else { id.to_string() },
-                    state.job.name.clone(),
+                    crate::escape::controls(&state.job.name).into_owned(),
                     slot_state.status(now).as_str().to_string(),
                     pid.map_or_else(|| "-".into(), |p| p.to_string()),
                     slot_state.restarts.to_string(),
@@ -253,11 +254,9 @@ impl Supervisor<'_> {
                 *width = (*width).max(cell.chars().count());
             }
         }
-        let mut text = format!(
-            "status report (SIGUSR1): {} jobs, {} processes, up {uptime}s\n",
-            self.farm.jobs().len(),
-            pids.len()
-        );
+        let headline =
+            format!("status report (SIGUSR1): {} jobs, {} processes, up {uptime}s", self.farm.jobs().len(), pids.len());
+        let mut text = String::new();
         for row in &rows {
             let cells: Vec<String> = row.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
             text.push_str(cells.join("  ").trim_end());
@@ -284,7 +283,8 @@ impl Supervisor<'_> {
             }
             None => text.push_str("opcache: no figures yet (no worker has published them)"),
         }
-        tracing::info!("{text}");
+        // The table's cells are escaped above; the block keeps its line breaks.
+        tracing::info!(block = %text, "{headline}");
     }
 }
 

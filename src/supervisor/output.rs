@@ -302,7 +302,7 @@ fn render(source: &Source, stream: Stream, line: &[u8], continuation: bool, form
             match source {
                 Source::Worker { name, slot, .. } => {
                     out.push(b'[');
-                    out.extend_from_slice(name.as_bytes());
+                    out.extend_from_slice(crate::escape::controls(name).as_bytes());
                     out.extend_from_slice(format!("#{slot}").as_bytes());
                 }
                 Source::Config { .. } => out.extend_from_slice(b"[config"),
