@@ -12,6 +12,24 @@ use serde_json::{Map, Value};
 pub enum ProcessKind {
     Worker,
     ConfigProcess,
+    /// A program the host executed (the upgrade's trial run of the binary
+    /// on disk): its codes are lrpm-host's own (`host`) or an exec's.
+    Program,
+}
+
+/// Whether the process's PHP request had ended when it exited: its shared
+/// page says so (`ended_status`), so this is known for workers only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PhpEnd {
+    /// The runner returned: the code is what PHP code passed to exit().
+    Ended,
+    /// The process exited while PHP was still running (a C library's or an
+    /// extension's exit(), the process's setup) or never started it.
+    NotEnded,
+    /// No shared page to tell (the configuration process, `--no-zygote`
+    /// without shared pages).
+    #[default]
+    Unknown,
 }
 
 /// A code a child of lrpm-host exits with, with its meaning.
@@ -74,13 +92,45 @@ pub const CHILD_EXITS: [ChildExit; 9] = [
     ChildExit { name: "EXIT_PHP_FATAL", code: PHP_FATAL, kind: None, meaning: "PHP fatal error" },
 ];
 
-/// What a child's exit code means, for logs and status: host codes are
-/// named only for the kind of process that uses them; anything else is the
-/// user's own `exit(N)`.
-pub fn describe(kind: ProcessKind, code: i32) -> String {
-    match CHILD_EXITS.iter().find(|e| e.code == code && e.kind.map_or(true, |k| k == kind)) {
-        Some(exit) => exit.meaning.to_string(),
-        None => "exit() from PHP code".to_string(),
+/// A shell's and execve's convention: the program could not be executed.
+pub const CANNOT_EXECUTE: i32 = 126;
+/// The same: the program was not found (or its exec failed).
+pub const NOT_FOUND: i32 = 127;
+
+/// What a child's exit code means, for logs and status, from what is known:
+/// host codes are named only for the kind of process that uses them,
+/// 126/127 as an exec's failure, and "exit() from PHP code" only when the
+/// process's PHP request had ended (or nothing says it had not).
+pub fn describe(kind: ProcessKind, code: i32, php: PhpEnd) -> String {
+    if kind == ProcessKind::Program {
+        return describe_program(code).to_string();
+    }
+    if let Some(exit) = CHILD_EXITS.iter().find(|e| e.code == code && e.kind.map_or(true, |k| k == kind)) {
+        return exit.meaning.to_string();
+    }
+    match (php, code) {
+        (PhpEnd::NotEnded, CANNOT_EXECUTE) => "cannot execute (exec failed)".to_string(),
+        (PhpEnd::NotEnded, NOT_FOUND) => "not found (exec failed)".to_string(),
+        (PhpEnd::NotEnded, _) => {
+            "exited while PHP was running, not through PHP's exit() (a C library or extension)".to_string()
+        }
+        (PhpEnd::Ended, _) => "exit() from PHP code".to_string(),
+        (PhpEnd::Unknown, _) => "exit() from PHP code or a library it called".to_string(),
+    }
+}
+
+/// What an exit code of a program the host executed means: lrpm-host's
+/// own codes, or the exec's failure.
+fn describe_program(code: i32) -> &'static str {
+    match u8::try_from(code) {
+        Ok(host::OK) => "success",
+        Ok(host::USAGE) => "lrpm-host: usage error",
+        Ok(host::SOFTWARE) => "lrpm-host: internal error (PHP could not start, a system call failed)",
+        Ok(host::CONFIG) => "lrpm-host: the configuration source never produced a configuration",
+        Ok(host::ESSENTIAL_JOB_FAILED) => "lrpm-host: an essential job failed",
+        _ if code == CANNOT_EXECUTE => "cannot execute (not an executable, or no permission)",
+        _ if code == NOT_FOUND => "not found, or its exec failed",
+        _ => "not an exit code of lrpm-host's",
     }
 }
 
@@ -108,13 +158,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn labels_depend_on_the_process_kind() {
-        assert_eq!(describe(ProcessKind::ConfigProcess, 3), "configuration source failed");
-        assert_eq!(describe(ProcessKind::Worker, 3), "exit() from PHP code");
-        assert_eq!(describe(ProcessKind::Worker, 65), "bad worker class");
-        assert_eq!(describe(ProcessKind::ConfigProcess, 65), "exit() from PHP code");
-        assert_eq!(describe(ProcessKind::Worker, 70), "uncaught exception");
-        assert_eq!(describe(ProcessKind::Worker, 42), "exit() from PHP code");
+    fn labels_come_from_the_process_kind_and_what_is_known_of_its_end() {
+        use PhpEnd::*;
+        use ProcessKind::*;
+        let cases = [
+            (ConfigProcess, 3, Unknown, "configuration source failed"),
+            (Worker, 3, Ended, "exit() from PHP code"),
+            (Worker, 3, Unknown, "exit() from PHP code or a library it called"),
+            (Worker, 3, NotEnded, "exited while PHP was running, not through PHP's exit() (a C library or extension)"),
+            (Worker, 65, Ended, "bad worker class"),
+            (ConfigProcess, 65, Unknown, "exit() from PHP code or a library it called"),
+            (Worker, 70, Ended, "uncaught exception"),
+            (Worker, 72, NotEnded, "process setup failed"),
+            (Worker, 127, Ended, "exit() from PHP code"),
+            (Worker, 127, NotEnded, "not found (exec failed)"),
+            (Worker, 126, NotEnded, "cannot execute (exec failed)"),
+            (Program, 0, Unknown, "success"),
+            (Program, 127, Unknown, "not found, or its exec failed"),
+            (Program, 126, Unknown, "cannot execute (not an executable, or no permission)"),
+            (Program, 70, Unknown, "lrpm-host: internal error (PHP could not start, a system call failed)"),
+            (Program, 78, Unknown, "lrpm-host: the configuration source never produced a configuration"),
+            (Program, 3, Unknown, "not an exit code of lrpm-host's"),
+        ];
+        for (kind, code, php, expected) in cases {
+            assert_eq!(describe(kind, code, php), expected, "{kind:?} {code} {php:?}");
+        }
     }
 
     #[test]

@@ -135,6 +135,32 @@ fn a_workers_own_exit_code_is_labelled_as_the_users() {
 }
 
 #[test]
+fn an_exit_that_did_not_come_through_php_is_not_labelled_as_php_code() {
+    let _g = shared();
+    let farm = Farm::start("exit_label_not_php", FarmOptions::default(), |jobs| {
+        json!({
+            // The worker's image is replaced by a shell that exits 4: the
+            // code is not PHP's, its request never ended.
+            "4": jobs.job_with("4", 1, json!({"execInStart": ["/bin/sh", "-c", "exit 4"]}), json!({})),
+            "127": jobs.job_with("127", 1, json!({"execInStart": ["/bin/sh", "-c", "exec /nonexistent/program"]}), json!({})),
+        })
+    });
+    farm.wait_stderr("exit code 127", secs(10.0));
+    let stderr = farm.wait_for(secs(10.0), "both exits", || {
+        let s = farm.stderr();
+        s.contains("exit code 4").then_some(s)
+    });
+    assert!(
+        stderr.contains(
+            "exit code 4 (exited while PHP was running, not through PHP's exit() (a C library or extension))"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("exit code 127 (not found (exec failed))"), "{stderr}");
+    assert!(!stderr.contains("exit() from PHP code"), "{stderr}");
+}
+
+#[test]
 fn a_source_that_never_loads_ends_the_host_with_ex_config() {
     let dir = TempDir::new("typo_source");
     let mut cmd = lrpm_host(["--bootstrap", &farm_bootstrap(), "--control-socket"]);

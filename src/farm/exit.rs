@@ -1,6 +1,6 @@
 //! How a child ended, as plain data.
 
-pub use crate::exit_code::ProcessKind;
+pub use crate::exit_code::{PhpEnd, ProcessKind};
 
 /// How a child ended, as plain data for the pure core and for status output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -21,12 +21,27 @@ impl ExitKind {
     }
 
     /// "exit code 3 (exit() from PHP code)", "killed by SIGSEGV": the label
-    /// of a host code depends on which kind of process used it.
-    pub fn describe(self, kind: ProcessKind) -> String {
+    /// of a code depends on which kind of process used it and on whether
+    /// its PHP request had ended (`exit_code::describe`).
+    pub fn describe(self, kind: ProcessKind, php: PhpEnd) -> String {
         match self {
-            ExitKind::Code(code) => format!("exit code {code} ({})", crate::exit_code::describe(kind, code)),
+            ExitKind::Code(code) => format!("exit code {code} ({})", crate::exit_code::describe(kind, code, php)),
             ExitKind::Signal(sig) => format!("killed by {}", signal_name(sig)),
         }
+    }
+}
+
+/// A reaped process's end, with what its shared page said of its PHP
+/// request (which decides whether a code is labelled as PHP's exit()).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct End {
+    pub exit: ExitKind,
+    pub php: PhpEnd,
+}
+
+impl End {
+    pub fn describe(self, kind: ProcessKind) -> String {
+        self.exit.describe(kind, self.php)
     }
 }
 
@@ -89,7 +104,13 @@ mod tests {
 
     #[test]
     fn a_user_exit_code_is_the_users() {
-        assert_eq!(ExitKind::Code(3).describe(ProcessKind::Worker), "exit code 3 (exit() from PHP code)");
-        assert_eq!(ExitKind::Code(3).describe(ProcessKind::ConfigProcess), "exit code 3 (configuration source failed)");
+        assert_eq!(
+            ExitKind::Code(3).describe(ProcessKind::Worker, PhpEnd::Ended),
+            "exit code 3 (exit() from PHP code)"
+        );
+        assert_eq!(
+            ExitKind::Code(3).describe(ProcessKind::ConfigProcess, PhpEnd::Unknown),
+            "exit code 3 (configuration source failed)"
+        );
     }
 }

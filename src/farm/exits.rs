@@ -145,12 +145,13 @@ impl Farm {
     pub(super) fn child_exited(
         &mut self,
         pid: Pid,
-        exit: ExitKind,
+        end: End,
         recycle: Option<RecycleReason>,
         cycles: u64,
         now: Instant,
         actions: &mut Vec<Action>,
     ) {
+        let exit = end.exit;
         if self.config.pid() == Some(pid) {
             self.config_exited(pid, exit, now, actions);
             return;
@@ -163,7 +164,7 @@ impl Farm {
         state.cycles_of_ended += cycles;
         let slot = state.slots.get_mut(&key.slot).expect("the pid index only names known slots");
         slot.last_exit = Some(exit);
-        let described = exit.describe(ProcessKind::Worker);
+        let described = end.describe(ProcessKind::Worker);
         let phase = slot.phase.clone();
         let rolling_new_process = matches!(
             state.rolling.as_ref().and_then(|r| r.current),
@@ -201,10 +202,10 @@ impl Farm {
             Phase::Running { since, .. } => {
                 let by =
                     if stop_signalled && exit == ExitKind::Code(0) { EndedBy::StopSignal } else { EndedBy::Itself };
-                self.ended_on_its_own(&key, pid, since, exit, by, now, actions)
+                self.ended_on_its_own(&key, pid, since, end, by, now, actions)
             }
             Phase::Stopping { since, then: AfterStop::RestartAsFailure, .. } => {
-                self.ended_on_its_own(&key, pid, since, exit, EndedBy::Watchdog, now, actions)
+                self.ended_on_its_own(&key, pid, since, end, EndedBy::Watchdog, now, actions)
             }
             Phase::Stopping { then: then @ (AfterStop::Restart | AfterStop::Recycle), .. } => {
                 let rolling = then == AfterStop::Recycle;
@@ -272,13 +273,13 @@ impl Farm {
         key: &WorkerKey,
         pid: Pid,
         since: Instant,
-        exit: ExitKind,
+        end: End,
         by: EndedBy,
         now: Instant,
         actions: &mut Vec<Action>,
     ) {
-        let watchdog = by == EndedBy::Watchdog;
-        if !self.restart_allowed(key, exit, watchdog, now, actions) {
+        let (exit, watchdog) = (end.exit, by == EndedBy::Watchdog);
+        if !self.restart_allowed(key, end, watchdog, now, actions) {
             return;
         }
         self.count_restart(key, None);
@@ -294,7 +295,7 @@ impl Farm {
         };
         let level = if exit == ExitKind::Code(0) && !watchdog { LogLevel::Info } else { LogLevel::Warn };
         let when = if delay.is_zero() { "now".to_string() } else { format!("in {}s (backoff)", delay.as_secs()) };
-        let described = exit.describe(ProcessKind::Worker);
+        let described = end.describe(ProcessKind::Worker);
         let how = match by {
             EndedBy::Itself => "exited",
             EndedBy::Watchdog => "stopped by the watchdog",
@@ -316,7 +317,7 @@ impl Farm {
     pub(super) fn restart_allowed(
         &mut self,
         key: &WorkerKey,
-        exit: ExitKind,
+        end: End,
         forced_failure: bool,
         now: Instant,
         actions: &mut Vec<Action>,
@@ -324,8 +325,8 @@ impl Farm {
         let label = self.label(key);
         let id = &key.id;
         let Some(state) = self.jobs.get_mut(id) else { return false };
-        let failed = forced_failure || exit != ExitKind::Code(0);
-        let described = exit.describe(ProcessKind::Worker);
+        let failed = forced_failure || end.exit != ExitKind::Code(0);
+        let described = end.describe(ProcessKind::Worker);
         let policy = state.job.restart_policy;
         if failed {
             state.failures_total += 1;

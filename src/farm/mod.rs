@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 pub use config_process::{ConfigPhase, ConfigProcessState, CONFIG_STOP_TIMEOUT};
-pub use exit::{ExitKind, ProcessKind};
+pub use exit::{End, ExitKind, PhpEnd, ProcessKind};
 pub use lifecycle::{AfterStop, JobState, Phase, Rolling, RollingStep, SlotState, StatusName, WorkerKey};
 pub use recycle::{RecycleCounts, RecycleReason};
 
@@ -73,12 +73,14 @@ pub enum Event {
     },
     /// A child was reaped (worker or config process). `recycle` is the
     /// reason a worker wrote into its shared page before exiting 75;
-    /// `cycles` the cycles it completed (from its page; 0 without one).
+    /// `cycles` the cycles it completed (from its page; 0 without one);
+    /// `php` whether its page saw its PHP request end.
     ChildExited {
         pid: Pid,
         exit: ExitKind,
         recycle: Option<RecycleReason>,
         cycles: u64,
+        php: PhpEnd,
     },
     /// Fed just before `ChildExited` for a worker whose shared page says a
     /// stop signal (SIGTERM, SIGINT) reached it, whoever sent it: its clean
@@ -331,8 +333,8 @@ impl Farm {
             Event::WorkerSpawnFailed(key) => self.worker_spawn_failed(&key, now, &mut actions),
             Event::WorkerStartDeferred(key) => self.worker_start_deferred(&key, now, &mut actions),
             Event::CycleProgress { key, pid, progress } => self.cycle_progress(&key, pid, progress, now, &mut actions),
-            Event::ChildExited { pid, exit, recycle, cycles } => {
-                self.child_exited(pid, exit, recycle, cycles, now, &mut actions)
+            Event::ChildExited { pid, exit, recycle, cycles, php } => {
+                self.child_exited(pid, End { exit, php }, recycle, cycles, now, &mut actions)
             }
             Event::StopSignalled { pid } => {
                 self.stop_signalled.insert(pid);

@@ -13,7 +13,7 @@ impl Farm {
             self.finish_shutdown_if_done(actions);
             return;
         }
-        let described = exit.describe(ProcessKind::ConfigProcess);
+        let described = exit.describe(ProcessKind::ConfigProcess, PhpEnd::Unknown);
         let reason = if self.config.reload_pending { "; a reload was requested" } else { "" };
         let what = format!("configuration process {pid} ended ({described}){reason}");
         self.config_attempt_failed(&what, now.saturating_duration_since(since), now, actions);

@@ -306,7 +306,7 @@ proptest::proptest! {
             pid: 10,
             progress: Some(crate::farm::CycleProgress { cycles: 0, current_cycle: Some(std::time::Duration::MAX) }),
         }, now);
-        farm.handle(crate::farm::Event::ChildExited { pid: 10, exit: crate::farm::ExitKind::Code(1), recycle: None, cycles: 0 }, now);
+        farm.handle(crate::farm::Event::ChildExited { pid: 10, exit: crate::farm::ExitKind::Code(1), recycle: None, cycles: 0, php: crate::farm::PhpEnd::Unknown }, now);
         farm.handle(crate::farm::Event::Tick, now);
         farm.handle(crate::farm::Event::Shutdown, now);
         farm.handle(crate::farm::Event::Tick, now + std::time::Duration::from_secs(1 << 40));

@@ -549,13 +549,22 @@ impl Supervisor<'_> {
         }
         if !self.farm.knows_pid(pid.as_raw()) {
             // An orphan adopted as PID 1 or subreaper: reaped, nothing more.
-            tracing::debug!("reaped orphaned process {pid} ({})", exit.describe(crate::farm::ProcessKind::Worker));
+            tracing::debug!(
+                "reaped orphaned process {pid} ({})",
+                exit.describe(crate::farm::ProcessKind::Worker, crate::farm::PhpEnd::Unknown)
+            );
         }
         // The page is read before it goes back to the pool: the next worker
         // to get it starts from zero.
-        let (recycle, cycles, stop_signalled) = self.pages.get(&pid.as_raw()).map_or((None, 0, false), |page| {
-            (crate::farm::RecycleReason::from_worker_code(page.recycle_reason()), page.cycles(), page.stop_signalled())
-        });
+        let (recycle, cycles, stop_signalled, php) =
+            self.pages.get(&pid.as_raw()).map_or((None, 0, false, crate::farm::PhpEnd::Unknown), |page| {
+                let php = match page.ended_status() {
+                    Some(_) => crate::farm::PhpEnd::Ended,
+                    None => crate::farm::PhpEnd::NotEnded,
+                };
+                let recycle = crate::farm::RecycleReason::from_worker_code(page.recycle_reason());
+                (recycle, page.cycles(), page.stop_signalled(), php)
+            });
         self.release_page(pid);
         // Its last words before the line about its exit.
         if let Some(output) = self.output.as_mut() {
@@ -571,7 +580,7 @@ impl Supervisor<'_> {
             let actions = self.farm.handle(Event::StopSignalled { pid: pid.as_raw() }, now);
             self.apply(actions);
         }
-        let actions = self.farm.handle(Event::ChildExited { pid: pid.as_raw(), exit, recycle, cycles }, now);
+        let actions = self.farm.handle(Event::ChildExited { pid: pid.as_raw(), exit, recycle, cycles, php }, now);
         self.apply(actions);
     }
 

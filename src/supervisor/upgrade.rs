@@ -110,7 +110,7 @@ impl Supervisor<'_> {
             tracing::error!(
                 "upgrade: {} failed its trial run ({}); the farm runs on unchanged (its output above says why)",
                 self.config.program.display(),
-                exit.describe(crate::farm::ProcessKind::Worker)
+                exit.describe(crate::farm::ProcessKind::Program, crate::farm::PhpEnd::Unknown)
             );
             return;
         }

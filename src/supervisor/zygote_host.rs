@@ -337,7 +337,7 @@ impl Supervisor<'_> {
             self.zygote = Zygote::Refused;
             return;
         }
-        let described = exit.describe(crate::farm::ProcessKind::Worker);
+        let described = exit.describe(crate::farm::ProcessKind::Worker, crate::farm::PhpEnd::Unknown);
         self.zygote_down(&format!("pid {} ended ({described})", running.pid), ran, now);
     }
 

@@ -119,11 +119,17 @@ fn kill(n: i64) -> Action {
 }
 
 fn exited(n: i64, code: i32) -> Event {
-    Event::ChildExited { pid: 100 + n as Pid, exit: ExitKind::Code(code), recycle: None, cycles: 0 }
+    Event::ChildExited {
+        pid: 100 + n as Pid,
+        exit: ExitKind::Code(code),
+        recycle: None,
+        cycles: 0,
+        php: PhpEnd::Unknown,
+    }
 }
 
 fn config_exited(pid: Pid, code: i32) -> Event {
-    Event::ChildExited { pid, exit: ExitKind::Code(code), recycle: None, cycles: 0 }
+    Event::ChildExited { pid, exit: ExitKind::Code(code), recycle: None, cycles: 0, php: PhpEnd::Unknown }
 }
 
 fn status(farm: &Farm, n: i64, now: Instant) -> StatusName {
@@ -419,7 +425,11 @@ fn shutdown_with_nothing_running_exits_once_config_process_is_gone() {
     let mut farm = running_farm(t0, &[]);
     step(&mut farm, Event::Shutdown, t0);
     assert_eq!(
-        step(&mut farm, Event::ChildExited { pid: 1, exit: ExitKind::Signal(15), recycle: None, cycles: 0 }, t0),
+        step(
+            &mut farm,
+            Event::ChildExited { pid: 1, exit: ExitKind::Signal(15), recycle: None, cycles: 0, php: PhpEnd::Unknown },
+            t0
+        ),
         vec![Action::Exit(HostExit::Clean)]
     );
     assert!(farm.handle(Event::Tick, t0).is_empty());
@@ -615,6 +625,7 @@ fn recycles_are_counted_by_the_reason_the_worker_gave_and_logged_with_it() {
         exit: ExitKind::Code(crate::exit_code::RECYCLE),
         recycle: Some(reason),
         cycles: 10,
+        php: PhpEnd::Ended,
     };
     let actions = farm.handle(recycled(RecycleReason::MaxCycles), t0);
     assert!(
@@ -662,7 +673,13 @@ fn replicated(n: i64, mtime: i64, replicas: u32) -> Job {
 }
 
 fn slot_exited(n: i64, slot: u32, code: i32) -> Event {
-    Event::ChildExited { pid: slot_pid(n, slot), exit: ExitKind::Code(code), recycle: None, cycles: 0 }
+    Event::ChildExited {
+        pid: slot_pid(n, slot),
+        exit: ExitKind::Code(code),
+        recycle: None,
+        cycles: 0,
+        php: PhpEnd::Unknown,
+    }
 }
 
 fn slot_term(n: i64, slot: u32) -> Action {

@@ -162,7 +162,13 @@ impl Sim {
                 let Some(&pid) = pool.get(n % pool.len().max(1)) else { return };
                 self.live.remove(&pid);
                 self.signalled.remove(&pid);
-                self.feed(Event::ChildExited { pid, exit: ExitKind::Code(code), recycle: None, cycles: 1 });
+                self.feed(Event::ChildExited {
+                    pid,
+                    exit: ExitKind::Code(code),
+                    recycle: None,
+                    cycles: 1,
+                    php: PhpEnd::Unknown,
+                });
             }
             Op::Restart(j) => self.command(j, JobCommand::Restart),
             Op::Hold(j) => self.command(j, JobCommand::Hold),
@@ -226,7 +232,13 @@ impl Sim {
             } else if !self.signalled.is_empty() {
                 self.run(Op::Exit { n: 0, code: 0 });
             } else if std::mem::take(&mut self.config_stopping) {
-                self.feed(Event::ChildExited { pid: 1, exit: ExitKind::Code(0), recycle: None, cycles: 0 });
+                self.feed(Event::ChildExited {
+                    pid: 1,
+                    exit: ExitKind::Code(0),
+                    recycle: None,
+                    cycles: 0,
+                    php: PhpEnd::Unknown,
+                });
             } else {
                 self.run(Op::Later(60));
             }
