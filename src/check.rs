@@ -27,6 +27,14 @@ pub enum Verdict {
     OutputClosed,
 }
 
+/// What a check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    pub verdict: Verdict,
+    /// How many entries the configuration had, when one arrived.
+    pub jobs: Option<usize>,
+}
+
 pub fn run(
     engine: &Engine,
     source: &str,
@@ -34,7 +42,7 @@ pub fn run(
     argv: &[String],
     strict: bool,
     defaults: &job::JobDefaults,
-) -> Result<Verdict, SupervisorError> {
+) -> Result<Checked, SupervisorError> {
     let is_file = crate::cli::source_is_file(source);
     let source = if is_file {
         crate::cli::absolute(Path::new(source)).to_string_lossy().into_owned()
@@ -60,14 +68,19 @@ pub fn run(
     }
     let status = nix::sys::wait::waitpid(child, None).map(|s| format!("{s:?}")).unwrap_or_default();
     let mut out = std::io::stdout().lock();
-    match report(&mut out, messages, &status, strict, defaults) {
-        Ok(verdict) => Ok(verdict),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Verdict::OutputClosed),
+    let jobs = messages.iter().find_map(|m| match m {
+        Ok(ConfigMessage::Configuration { jobs }) => Some(jobs.len()),
+        _ => None,
+    });
+    let verdict = match report(&mut out, messages, &status, strict, defaults) {
+        Ok(verdict) => verdict,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Verdict::OutputClosed,
         Err(e) => {
             eprintln!("lrpm-host: cannot write the report: {e}");
-            Ok(Verdict::Invalid)
+            Verdict::Invalid
         }
-    }
+    };
+    Ok(Checked { verdict, jobs })
 }
 
 fn report(

@@ -136,6 +136,13 @@ pub struct FarmOptions {
     /// Permissions of the control socket, octal.
     #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_octal_mode, global = true)]
     pub control_socket_mode: u32,
+
+    /// `lrpmctl upgrade`: how long the new binary's trial run (PHP boot and
+    /// one configuration load) may take before it is killed and the
+    /// upgrade fails.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=600), global = true)]
+    pub upgrade_trial_timeout: u64,
 }
 
 /// What happens to workers' stdout and stderr.

@@ -66,9 +66,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             let bootstrap = cli::resolve_bootstrap(cli.php.bootstrap.as_deref(), Some(&source));
             let engine = Engine::boot(&settings).context("starting PHP")?;
-            let verdict =
+            let checked =
                 check::run(&engine, &source, bootstrap.as_deref(), &argv, args.strict, &cli.farm.job_defaults())?;
-            Ok(match verdict {
+            Ok(match checked.verdict {
                 check::Verdict::Valid => 0,
                 check::Verdict::Invalid => 1,
                 // As a Unix tool killed by SIGPIPE would report it.
@@ -78,15 +78,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         None if std::env::var_os(lrpm_host::supervisor::UPGRADE_CHECK_ENV).is_some() => {
             // `lrpmctl upgrade` runs the binary on disk this way first: the
             // same options, PHP booted and the configuration loaded once,
+            // then the report on the descriptor the running host gave it,
             // before the running host replaces itself with it.
             let source = cli.source.clone().context("missing SOURCE")?;
             let bootstrap = cli::resolve_bootstrap(cli.php.bootstrap.as_deref(), Some(&source));
             let engine = Engine::boot(&settings).context("starting PHP")?;
-            let verdict = check::run(&engine, &source, bootstrap.as_deref(), &argv, false, &cli.farm.job_defaults())?;
-            Ok(match verdict {
-                check::Verdict::Valid | check::Verdict::Invalid => 0,
-                check::Verdict::OutputClosed => 128 + libc::SIGPIPE as u8,
-            })
+            let checked = check::run(&engine, &source, bootstrap.as_deref(), &argv, false, &cli.farm.job_defaults())?;
+            supervisor::upgrade::send_trial_report(checked.jobs).context("sending the trial's report")?;
+            Ok(0)
         }
         None => {
             let source = cli.source.clone().context("missing SOURCE")?;
@@ -110,6 +109,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 metrics_listen: cli.farm.metrics_listen,
                 zygote: !cli.farm.no_zygote,
                 program: std::env::current_exe().context("finding this program's path")?,
+                upgrade_trial_timeout: std::time::Duration::from_secs(cli.farm.upgrade_trial_timeout),
             };
             if config.source_is_file && !std::path::Path::new(&config.source).is_file() {
                 anyhow::bail!("configuration source {} does not exist", config.source);

@@ -1,6 +1,7 @@
 //! `lrpmctl upgrade`: the host replaces itself with the binary on disk
 //! (here: the same binary with a changed preload script) without stopping
-//! the farm; a trial run that fails leaves the farm as it was.
+//! the farm; a trial run that fails, hangs, or is not lrpm-host's (a
+//! program that merely exits 0) leaves the farm as it was.
 
 mod support;
 
@@ -49,17 +50,40 @@ fn starts(dir: &TempDir) -> Vec<(String, i32)> {
 }
 
 fn farm_in(name: &str) -> Farm {
+    farm_with(name, false, &[])
+}
+
+/// With `own_copy`, the farm runs a copy of lrpm-host in its dir
+/// (`lrpm-host`), which the test may replace on disk.
+fn farm_with(name: &str, own_copy: bool, extra: &[&str]) -> Farm {
     let dir = TempDir::new(name);
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(dir.join("farm.php"), SOURCE).unwrap();
     fs::write(dir.join("preload.php"), preload("one")).unwrap();
     fs::write(dir.join("jobs.json"), "{}").unwrap();
-    let options = FarmOptions {
-        source: dir.join("farm.php"),
-        extra_args: vec!["--preload".into(), dir.join("preload.php").to_string_lossy().into_owned()],
-        ..Default::default()
-    };
+    let program = own_copy.then(|| {
+        let copy = dir.join("lrpm-host");
+        fs::copy(bin(), &copy).unwrap();
+        copy
+    });
+    let mut extra_args = vec!["--preload".into(), dir.join("preload.php").to_string_lossy().into_owned()];
+    extra_args.extend(extra.iter().map(|a| a.to_string()));
+    let options = FarmOptions { source: dir.join("farm.php"), extra_args, program, ..Default::default() };
     Farm::start_in(dir, options)
+}
+
+/// Replaces the farm's copy of lrpm-host on disk (a rename: the running
+/// image's file cannot be written).
+fn replace_program(farm: &Farm, content: &[u8]) {
+    let next = farm.dir.join("lrpm-host.next");
+    fs::write(&next, content).unwrap();
+    fs::set_permissions(&next, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::rename(&next, farm.dir.join("lrpm-host")).unwrap();
+}
+
+/// The answer to `upgrade` (it comes once the trial run ended).
+fn upgrade(farm: &Farm) -> String {
+    farm.request_waiting("upgrade", secs(90.0)).expect("upgrade answered")
 }
 
 #[test]
@@ -71,7 +95,9 @@ fn upgrade_replaces_every_worker_with_the_new_code_while_the_host_keeps_its_pid_
         (s.len() == 3 && s.iter().all(|(v, _)| v == "one")).then_some(s)
     });
     fs::write(farm.dir.join("preload.php"), preload("two")).unwrap();
-    assert!(farm.request("upgrade").unwrap().starts_with("Upgrade started"));
+    let answer = upgrade(&farm);
+    assert!(answer.starts_with("Upgrade: ") && answer.contains("passed its trial (lrpm-host "), "{answer}");
+    assert!(answer.contains(", 1 job(s) loaded); replacing this host"), "{answer}");
     // The control socket answers throughout, and never fewer than two run.
     let started = Instant::now();
     let mut slowest = Duration::ZERO;
@@ -119,12 +145,113 @@ fn an_upgrade_whose_trial_run_fails_leaves_the_farm_as_it_was() {
         (s.len() == 3).then_some(s)
     });
     fs::write(farm.dir.join("preload.php"), "<?php\nthis is not PHP\n").unwrap();
-    assert!(farm.request("upgrade").unwrap().starts_with("Upgrade started"));
-    farm.wait_stderr("failed its trial run", secs(15.0));
-    assert!(farm.stderr().contains("the farm runs on unchanged"));
+    let answer = upgrade(&farm);
+    assert!(
+        answer.starts_with("error: upgrade refused: ") && answer.contains("its trial run failed (exit code "),
+        "{answer}"
+    );
+    assert!(answer.ends_with("the farm runs on unchanged"), "{answer}");
+    assert!(farm.stderr().contains("cannot take the farm over: its trial run failed"), "{}", farm.stderr());
     assert_eq!(starts(&farm.dir), first, "no worker was replaced");
     for (_, pid) in &first {
         assert!(is_lrpm_process(*pid));
     }
     assert!(farm.request("status").is_ok());
+}
+
+/// The farm's workers as they were: same pids, every one alive, nothing
+/// started since, and the control socket answers.
+fn assert_unchanged(farm: &Farm, first: &[(String, i32)], context: &str) {
+    assert_eq!(starts(&farm.dir), first, "no worker was replaced ({context})\n{}", farm.diagnostics());
+    for (_, pid) in first {
+        assert!(is_lrpm_process(*pid), "worker {pid} runs on ({context})");
+    }
+    assert!(farm.try_exit().is_none(), "the host runs on ({context})");
+    assert!(farm.request("status").is_ok(), "status answers ({context})");
+}
+
+#[test]
+fn an_upgrade_to_a_program_that_is_not_lrpm_host_is_refused_however_it_exits() {
+    let _g = shared();
+    let farm = farm_with("upgrade_not_lrpm", true, &[]);
+    let first = farm.wait_for(secs(15.0), "three workers", || {
+        let s = starts(&farm.dir);
+        (s.len() == 3).then_some(s)
+    });
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        ("/bin/true", fs::read("/bin/true").unwrap(), "exited 0 without the trial's report: it is not lrpm-host"),
+        ("a script that exits 0", b"#!/bin/sh\nexit 0\n".to_vec(), "exited 0 without the trial's report"),
+        (
+            "a script that prints a fake report elsewhere",
+            b"#!/bin/sh\necho '{\"lrpm_host\":\"9\"}'\nexit 0\n".to_vec(),
+            "exited 0 without the trial's report",
+        ),
+        (
+            "a file that cannot be executed",
+            b"\x7fELF garbage".to_vec(),
+            "its trial run failed (exit code 127 (not found, or its exec failed))",
+        ),
+    ];
+    for (what, content, why) in cases {
+        replace_program(&farm, &content);
+        let answer = upgrade(&farm);
+        assert!(answer.starts_with("error: upgrade refused: ") && answer.contains(why), "{what}: {answer}");
+        assert_unchanged(&farm, &first, what);
+    }
+    // A report in another handoff format is lrpm-host's, but not one that
+    // can take this farm over.
+    let script = r#"#!/bin/sh
+echo '{"lrpm_host":"99.0.0","handoff_format":999,"php":"9.9","jobs":1}' >&3
+exit 0
+"#;
+    replace_program(&farm, script.as_bytes());
+    let answer = upgrade(&farm);
+    assert!(answer.contains("reads handoff format 999, this host writes format 1"), "{answer}");
+    assert_unchanged(&farm, &first, "another handoff format");
+    // And the real one still passes after all that.
+    replace_program(&farm, &fs::read(bin()).unwrap());
+    let answer = upgrade(&farm);
+    assert!(answer.starts_with("Upgrade: "), "{answer}\n{}", farm.diagnostics());
+    farm.wait_stderr("rolling recycle complete", secs(30.0));
+    assert!(farm.try_exit().is_none());
+}
+
+#[test]
+fn a_trial_run_that_hangs_is_killed_at_its_deadline_while_the_farm_is_served() {
+    let _g = shared();
+    let farm = farm_with("upgrade_hangs", true, &["--upgrade-trial-timeout", "3"]);
+    let first = farm.wait_for(secs(15.0), "three workers", || {
+        let s = starts(&farm.dir);
+        (s.len() == 3).then_some(s)
+    });
+    // Hangs in its "boot", with a child of its own.
+    replace_program(&farm, b"#!/bin/sh\nsleep 600 &\necho $! > \"$(dirname \"$0\")/trial-child.pid\"\nwait\n");
+    let answer = std::thread::scope(|scope| {
+        let pending = scope.spawn(|| upgrade(&farm));
+        // While it runs: status is answered, and a second upgrade is refused.
+        let mut answered = 0;
+        while !pending.is_finished() {
+            let status = farm.request("status").expect("status answers while the trial runs");
+            assert!(status.starts_with('{'), "{status}");
+            answered += 1;
+            if answered == 3 {
+                let second = farm.request("upgrade").unwrap();
+                assert!(second.starts_with("error: an upgrade is already under way"), "{second}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(answered >= 3, "status was asked {answered} times during the trial");
+        pending.join().unwrap()
+    });
+    assert!(
+        answer.contains("its trial run did not finish within 3s (--upgrade-trial-timeout) and was killed"),
+        "{answer}\n{}",
+        farm.diagnostics()
+    );
+    let child: i32 = fs::read_to_string(farm.dir.join("trial-child.pid")).unwrap().trim().parse().unwrap();
+    assert!(wait_gone(child, secs(10.0)).is_some(), "what the trial started was killed with it");
+    assert_unchanged(&farm, &first, "after the hanging trial");
+    // The next upgrade is not refused as "under way".
+    replace_program(&farm, b"#!/bin/sh\nexit 0\n");
+    assert!(upgrade(&farm).contains("without the trial's report"));
 }

@@ -33,6 +33,10 @@ const EXIT_INVALID_RESPONSE: u8 = 76;
 /// How long a reply may take before lrpmctl gives up on it.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `upgrade` answers once the new binary's trial run ended, which may take
+/// up to the host's `--upgrade-trial-timeout` (600 s at most).
+const UPGRADE_REPLY_TIMEOUT: Duration = Duration::from_secs(620);
+
 /// The same during --watch, which then shows the error and tries again.
 const WATCH_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -131,7 +135,8 @@ fn exchange(path: &Path, request: &str, signals: Option<&WatchSignals>) -> Resul
     let no_connection =
         |e: std::io::Error| Failure::NoConnection(format!("cannot connect to lrpm-host at {}: {e}", path.display()));
     let mut stream = UnixStream::connect(path).map_err(no_connection)?;
-    stream.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(no_connection)?;
+    let timeout = if request.trim() == "upgrade" { UPGRADE_REPLY_TIMEOUT } else { REPLY_TIMEOUT };
+    stream.set_read_timeout(Some(timeout)).map_err(no_connection)?;
     stream.write_all(&encode(request.as_bytes())).map_err(no_connection)?;
     let mut decoder = FrameDecoder::new(256 * 1024 * 1024);
     let mut buf = [0u8; 64 * 1024];

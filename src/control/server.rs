@@ -183,9 +183,23 @@ impl ControlServer {
         fds
     }
 
-    /// Client descriptors to poll, with whether each wants to write.
+    /// Client descriptors to poll, with whether each wants to write. A
+    /// client waiting for a deferred answer is not polled: it has nothing
+    /// more to send, and its hang-up would wake every turn.
     pub fn client_fds(&self) -> Vec<(ClientId, BorrowedFd<'_>, bool)> {
-        self.clients.iter().map(|(id, c)| (*id, c.stream.as_fd(), c.written < c.outgoing.len())).collect()
+        self.clients
+            .iter()
+            .filter(|(_, c)| !(c.awaiting_response && c.outgoing.is_empty()))
+            .map(|(id, c)| (*id, c.stream.as_fd(), c.written < c.outgoing.len()))
+            .collect()
+    }
+
+    /// The answer to this client's request comes later (an upgrade's
+    /// outcome): it is kept until `until` instead of the usual timeout.
+    pub fn defer(&mut self, id: ClientId, until: Instant) {
+        if let Some(client) = self.clients.get_mut(&id) {
+            client.deadline = until;
+        }
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {

@@ -94,6 +94,8 @@ pub struct FarmConfig {
     pub zygote: bool,
     /// This program's path (`lrpmctl upgrade` executes what is there now).
     pub program: PathBuf,
+    /// How long the upgrade's trial run may take.
+    pub upgrade_trial_timeout: Duration,
 }
 
 struct Supervisor<'e> {
@@ -287,6 +289,8 @@ struct PollSlots {
     host_streams: Vec<(usize, crate::host_output::Stream)>,
     /// The zygote's socket (its replies).
     zygote: Option<usize>,
+    /// The upgrade's trial run's report pipe.
+    upgrade_report: Option<usize>,
     listener: Option<usize>,
     config: Option<usize>,
     /// Clients from this index on, in `clients` order.
@@ -330,6 +334,7 @@ impl Supervisor<'_> {
                 self.reap_pending.then_some(now),
                 self.notifier.as_ref().and_then(notify::Notifier::next_deadline),
                 self.http.as_ref().and_then(HttpServer::next_deadline),
+                self.upgrade_deadline(),
                 match &self.zygote {
                     zygote::Zygote::Down { at } => Some(*at),
                     zygote::Zygote::Running(running) => running.deadline(),
@@ -376,6 +381,10 @@ impl Supervisor<'_> {
                     }
                     _ => None,
                 };
+                let upgrade_report = self.upgrade_report_fd().map(|fd| {
+                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                    fds.len() - 1
+                });
                 let waiting = crate::host_output::waiting();
                 let mut host_streams = Vec::new();
                 for (fd, stream) in waiting {
@@ -408,6 +417,7 @@ impl Supervisor<'_> {
                     output,
                     host_streams,
                     zygote,
+                    upgrade_report,
                     listener,
                     config,
                     first_client,
@@ -443,6 +453,10 @@ impl Supervisor<'_> {
             if slots.zygote.is_some_and(|i| ready[i]) {
                 self.read_zygote(now);
             }
+            if slots.upgrade_report.is_some_and(|i| ready[i]) {
+                self.read_upgrade_report();
+            }
+            self.enforce_upgrade_deadline(now);
             if ready[slots.signals] {
                 self.handle_signals(now);
             }

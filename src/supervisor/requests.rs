@@ -25,14 +25,17 @@ const USAGE_READ_BUDGET: process::ReadBudget = process::ReadBudget { burst: Dura
 impl Supervisor<'_> {
     pub(super) fn answer(&mut self, client: ClientId, text: &str, now: Instant) {
         let reply = match Request::parse(text) {
-            Err(error) => error.to_string(),
-            Ok(request) => self.handle_request(request, now),
+            Err(error) => Some(error.to_string()),
+            Ok(request) => self.handle_request(client, request, now),
         };
-        self.control.respond(client, &reply);
+        // None: the answer comes later (an upgrade's outcome).
+        if let Some(reply) = reply {
+            self.control.respond(client, &reply);
+        }
     }
 
-    fn handle_request(&mut self, request: Request, now: Instant) -> String {
-        match request {
+    fn handle_request(&mut self, client: ClientId, request: Request, now: Instant) -> Option<String> {
+        Some(match request {
             Request::Help => handle_help(),
             Request::Status => self.handle_status(now),
             Request::Version => handle_version(),
@@ -42,9 +45,9 @@ impl Supervisor<'_> {
             Request::Job { id, command } => self.handle_job_command(&id, command, now),
             Request::RestartAll => self.handle_every_job(JobCommand::Restart, now),
             Request::RecycleAll => self.handle_every_job(JobCommand::Recycle, now),
-            Request::Upgrade => self.handle_upgrade(),
+            Request::Upgrade => return self.handle_upgrade(client, now),
             Request::Signal { id, signal } => self.handle_signal(&id, signal),
-        }
+        })
     }
 
     fn handle_status(&mut self, now: Instant) -> String {

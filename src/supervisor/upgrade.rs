@@ -2,10 +2,16 @@
 //! new release, a new `--preload`, a new bootstrap) without stopping the
 //! farm, as nginx's binary upgrade and systemd's daemon-reexec do.
 //!
-//! 1. A trial run: the binary on disk is started as a child with the same
-//!    arguments and `LRPM_UPGRADE_CHECK=1`: it boots PHP (the new preload)
-//!    and loads the configuration once (the new bootstrap), then exits. If
-//!    it fails, nothing else happens: the log says why, the farm runs on.
+//! 1. A trial run, beside the loop (status, signals and reaping go on): the
+//!    binary on disk is started as a child with the same arguments and
+//!    `LRPM_UPGRADE_CHECK=3`: it boots PHP (the new preload), loads the
+//!    configuration once (the new bootstrap) and writes a `TrialReport` on
+//!    its fd 3 (a pipe): it is lrpm-host, which version, the handoff format
+//!    it reads, PHP's version, the configuration loaded. Only a report that
+//!    says it can take this farm over, then exit 0, within
+//!    `--upgrade-trial-timeout`, passes; a program that merely exits 0
+//!    (`/bin/true`, a script) fails. A failure changes nothing: the log and
+//!    `lrpmctl upgrade`'s answer say why, the farm runs on.
 //! 2. The handoff: the configuration process and the zygote are stopped;
 //!    the jobs, the pid of each slot's process, its counters and its output
 //!    pipes, and the control socket's listening descriptor are written to a
@@ -19,7 +25,7 @@
 #![forbid(unsafe_code)]
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
@@ -28,12 +34,52 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use super::{output, Supervisor};
-use crate::farm::{AfterStop, JobCommand, Phase};
+use crate::control::server::ClientId;
+use crate::farm::{AfterStop, ExitKind, JobCommand, Phase, PhpEnd, ProcessKind};
 use crate::job::{DescribedJob, JobId};
 use crate::process;
 
-/// Set for the trial run of the binary on disk.
+/// Set for the trial run of the binary on disk: the descriptor it reports on.
 pub const UPGRADE_CHECK_ENV: &str = "LRPM_UPGRADE_CHECK";
+/// The trial's descriptor for its report.
+const TRIAL_REPORT_FD: RawFd = 3;
+/// The version of `Handoff`'s layout: a new image takes a farm over only
+/// from an image that writes the format it reads.
+pub const HANDOFF_FORMAT: u32 = 1;
+/// A longer report is not a trial's.
+const MAX_TRIAL_REPORT: usize = 64 * 1024;
+
+/// What a trial run tells the running host (one JSON line on its fd 3).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TrialReport {
+    /// Its version (`CARGO_PKG_VERSION`).
+    pub lrpm_host: String,
+    pub handoff_format: u32,
+    pub php: String,
+    /// How many entries the configuration it loaded had; None when no
+    /// configuration arrived.
+    pub jobs: Option<usize>,
+}
+
+/// In the trial run: the report, on the descriptor the running host gave.
+pub fn send_trial_report(jobs: Option<usize>) -> std::io::Result<()> {
+    use std::io::Write;
+    let value = std::env::var(UPGRADE_CHECK_ENV).unwrap_or_default();
+    let fd: RawFd = value
+        .parse()
+        .map_err(|_| std::io::Error::other(format!("{UPGRADE_CHECK_ENV}={value:?} is not a descriptor number")))?;
+    let fd = process::adopt_fd(fd)
+        .ok_or_else(|| std::io::Error::other(format!("{UPGRADE_CHECK_ENV}: descriptor {fd} is not open")))?;
+    let report = TrialReport {
+        lrpm_host: env!("CARGO_PKG_VERSION").to_string(),
+        handoff_format: HANDOFF_FORMAT,
+        php: crate::php::php_version().to_string(),
+        jobs,
+    };
+    let mut line = serde_json::to_vec(&report).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    std::fs::File::from(fd).write_all(&line)
+}
 /// The descriptor of the handoff, in the new image's environment.
 pub const UPGRADE_STATE_ENV: &str = "LRPM_UPGRADE_STATE";
 
@@ -66,64 +112,201 @@ pub struct HandoffSlot {
 
 /// An upgrade under way.
 pub enum Upgrade {
-    /// The trial run of the new binary is running as `pid`.
-    Checking { pid: i32 },
+    /// The trial run of the new binary is running.
+    Checking(Trial),
     /// The trial passed: the host is about to replace itself.
     Replacing,
 }
 
+/// The trial run: its pid, the read end of its report pipe, what it sent.
+pub struct Trial {
+    pid: i32,
+    report: OwnedFd,
+    received: Vec<u8>,
+    /// The pipe reached EOF (no longer polled).
+    closed: bool,
+    deadline: Instant,
+    killed_at_deadline: bool,
+    /// The `lrpmctl upgrade` client waiting for the outcome.
+    client: Option<ClientId>,
+}
+
+impl Trial {
+    /// Reads what the trial wrote so far (non-blocking), bounded.
+    fn read_report(&mut self) {
+        let mut buffer = [0u8; 4096];
+        while !self.closed && self.received.len() <= MAX_TRIAL_REPORT {
+            match nix::unistd::read(self.report.as_raw_fd(), &mut buffer) {
+                Ok(0) => self.closed = true,
+                Ok(n) => self.received.extend_from_slice(&buffer[..n]),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(_) => self.closed = true,
+            }
+        }
+    }
+
+    /// The verdict on a trial that exited: Ok(what it reported) when it may
+    /// take the farm over, else why not.
+    fn verdict(&self, exit: ExitKind, timeout: Duration) -> Result<TrialReport, String> {
+        if self.killed_at_deadline {
+            return Err(format!(
+                "its trial run did not finish within {}s (--upgrade-trial-timeout) and was killed",
+                timeout.as_secs()
+            ));
+        }
+        if exit != ExitKind::Code(0) {
+            return Err(format!("its trial run failed ({})", exit.describe(ProcessKind::Program, PhpEnd::Unknown)));
+        }
+        let line = self.received.split(|b| *b == b'\n').next().unwrap_or_default();
+        if line.is_empty() {
+            return Err(
+                "it exited 0 without the trial's report: it is not lrpm-host, or one too old to take a farm over"
+                    .to_string(),
+            );
+        }
+        let report: TrialReport = serde_json::from_slice(line).map_err(|e| {
+            format!(
+                "its trial report is not lrpm-host's ({e}): {:?}",
+                String::from_utf8_lossy(&line[..line.len().min(200)])
+            )
+        })?;
+        if report.handoff_format != HANDOFF_FORMAT {
+            return Err(format!(
+                "it is lrpm-host {} and reads handoff format {}, this host writes format {HANDOFF_FORMAT}: it cannot take this farm over (restart the host instead)",
+                report.lrpm_host, report.handoff_format
+            ));
+        }
+        if report.jobs.is_none() {
+            return Err("its trial run loaded no configuration (its output above says why)".to_string());
+        }
+        Ok(report)
+    }
+}
+
 impl Supervisor<'_> {
-    /// `upgrade`: starts the trial run; the rest follows when it ends.
-    pub(super) fn handle_upgrade(&mut self) -> String {
+    /// `upgrade`: starts the trial run; the answer follows when it ends
+    /// (None: deferred), unless it cannot start.
+    pub(super) fn handle_upgrade(&mut self, client: ClientId, now: Instant) -> Option<String> {
         if self.upgrade.is_some() {
-            return "error: an upgrade is already under way".to_string();
+            return Some(
+                "error: an upgrade is already under way (its trial run is running); wait for its outcome".to_string(),
+            );
         }
         if self.farm.is_shutting_down() {
-            return "error: Will not upgrade, lrpm-host is shutting down".to_string();
+            return Some("error: Will not upgrade, lrpm-host is shutting down".to_string());
         }
         let Some((path, argv, mut env)) = self.exec_parts() else {
-            return "error: cannot upgrade: the program's path or arguments are not valid C strings".to_string();
+            return Some("error: cannot upgrade: the program's path or arguments are not valid C strings".to_string());
         };
-        env.push(CString::new(format!("{UPGRADE_CHECK_ENV}=1")).expect("no NUL"));
-        match process::spawn_program(&path, &argv, &env) {
+        env.push(CString::new(format!("{UPGRADE_CHECK_ENV}={TRIAL_REPORT_FD}")).expect("no NUL"));
+        let program = self.config.program.display().to_string();
+        let (report, report_end) = match process::message_pipe() {
+            Ok(pipe) => pipe,
+            Err(e) => return Some(format!("error: cannot upgrade: {e}")),
+        };
+        match process::spawn_program(&path, &argv, &env, Some(report_end.as_raw_fd())) {
             Ok(pid) => {
+                let timeout = self.config.upgrade_trial_timeout;
                 tracing::info!(
-                    "upgrade: trying {} (pid {pid}: PHP boot and one configuration load) before replacing this host",
-                    self.config.program.display()
+                    "upgrade: trying {program} (pid {pid}: PHP boot and one configuration load, at most {}s) before replacing this host",
+                    timeout.as_secs()
                 );
-                self.upgrade = Some(Upgrade::Checking { pid: pid.as_raw() });
-                format!("Upgrade started: checking {} first (see the log)", self.config.program.display())
+                // The client waits for the outcome; lrpmctl waits that long.
+                self.control.defer(client, now + timeout + Duration::from_secs(5));
+                self.upgrade = Some(Upgrade::Checking(Trial {
+                    pid: pid.as_raw(),
+                    report,
+                    received: Vec::new(),
+                    closed: false,
+                    deadline: now + timeout,
+                    killed_at_deadline: false,
+                    client: Some(client),
+                }));
+                None
             }
-            Err(e) => format!("error: cannot start {}: {e}", self.config.program.display()),
+            Err(e) => Some(format!("error: cannot start {program}: {e}")),
+        }
+    }
+
+    /// The trial's report pipe, to poll while it runs.
+    pub(super) fn upgrade_report_fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.upgrade {
+            Some(Upgrade::Checking(trial)) if !trial.closed && trial.received.len() <= MAX_TRIAL_REPORT => {
+                Some(trial.report.as_fd())
+            }
+            _ => None,
+        }
+    }
+
+    pub(super) fn read_upgrade_report(&mut self) {
+        if let Some(Upgrade::Checking(trial)) = &mut self.upgrade {
+            trial.read_report();
+        }
+    }
+
+    /// When the trial run must have ended.
+    pub(super) fn upgrade_deadline(&self) -> Option<Instant> {
+        match &self.upgrade {
+            Some(Upgrade::Checking(trial)) if !trial.killed_at_deadline => Some(trial.deadline),
+            _ => None,
+        }
+    }
+
+    /// Kills a trial run past its deadline (its exit ends the upgrade).
+    pub(super) fn enforce_upgrade_deadline(&mut self, now: Instant) {
+        if let Some(Upgrade::Checking(trial)) = &mut self.upgrade {
+            if !trial.killed_at_deadline && now >= trial.deadline {
+                trial.killed_at_deadline = true;
+                tracing::warn!("upgrade: the trial run (pid {}) is past its deadline; killing it", trial.pid);
+                process::signal_group(Pid::from_raw(trial.pid), Signal::SIGKILL);
+            }
         }
     }
 
     /// True for the trial run's pid (reaped by the loop like any child).
     pub(super) fn is_upgrade_check(&self, pid: i32) -> bool {
-        matches!(self.upgrade, Some(Upgrade::Checking { pid: p }) if p == pid)
+        matches!(&self.upgrade, Some(Upgrade::Checking(trial)) if trial.pid == pid)
     }
 
-    /// The trial run ended: exec the new binary if it succeeded.
-    pub(super) fn upgrade_check_exited(&mut self, exit: crate::farm::ExitKind) {
-        self.upgrade = None;
-        if exit != crate::farm::ExitKind::Code(0) {
-            tracing::error!(
-                "upgrade: {} failed its trial run ({}); the farm runs on unchanged (its output above says why)",
-                self.config.program.display(),
-                exit.describe(crate::farm::ProcessKind::Program, crate::farm::PhpEnd::Unknown)
-            );
-            return;
-        }
+    /// The trial run ended: exec the new binary if it passed.
+    pub(super) fn upgrade_check_exited(&mut self, exit: ExitKind) {
+        let Some(Upgrade::Checking(mut trial)) = self.upgrade.take() else { return };
+        trial.read_report();
+        let program = self.config.program.display().to_string();
+        let verdict = trial.verdict(exit, self.config.upgrade_trial_timeout);
+        let answer = |control: &mut crate::control::server::ControlServer, text: &str| {
+            if let Some(client) = trial.client {
+                control.respond(client, text);
+            }
+        };
+        let report = match verdict {
+            Ok(report) => report,
+            Err(why) => {
+                tracing::error!("upgrade: {program} cannot take the farm over: {why}; the farm runs on unchanged");
+                answer(
+                    &mut self.control,
+                    &format!("error: upgrade refused: {program}: {why}; the farm runs on unchanged"),
+                );
+                return;
+            }
+        };
         if self.farm.is_shutting_down() {
+            answer(&mut self.control, "error: Will not upgrade, lrpm-host is shutting down");
             return;
         }
-        self.upgrade = Some(Upgrade::Replacing);
-        let error = self.exec_new_image();
-        self.upgrade = None;
-        tracing::error!(
-            "upgrade: cannot execute {}: {error}; the farm runs on unchanged",
-            self.config.program.display()
+        let jobs = report.jobs.unwrap_or(0);
+        answer(
+            &mut self.control,
+            &format!(
+                "Upgrade: {program} passed its trial (lrpm-host {}, PHP {}, {jobs} job(s) loaded); replacing this host",
+                report.lrpm_host, report.php
+            ),
         );
+        self.upgrade = Some(Upgrade::Replacing);
+        let error = self.exec_new_image(&report);
+        self.upgrade = None;
+        tracing::error!("upgrade: cannot execute {program}: {error}; the farm runs on unchanged");
     }
 
     fn exec_parts(&self) -> Option<(CString, Vec<CString>, Vec<CString>)> {
@@ -143,7 +326,7 @@ impl Supervisor<'_> {
 
     /// Writes the handoff and replaces the process image; returns only if
     /// that failed (the farm then runs on).
-    fn exec_new_image(&mut self) -> nix::errno::Errno {
+    fn exec_new_image(&mut self, report: &TrialReport) -> nix::errno::Errno {
         let Some((path, argv, mut env)) = self.exec_parts() else { return nix::errno::Errno::EINVAL };
         // The configuration process and the zygote are started again by the
         // new image; workers keep running.
@@ -213,7 +396,12 @@ impl Supervisor<'_> {
         };
         keep.push(memfd.as_raw_fd());
         env.push(CString::new(format!("{UPGRADE_STATE_ENV}={}", memfd.as_raw_fd())).expect("no NUL"));
-        tracing::info!("upgrade: the trial run passed; replacing this host with {}", self.config.program.display());
+        tracing::info!(
+            "upgrade: the trial run passed (lrpm-host {}, PHP {}); replacing this host with {}",
+            report.lrpm_host,
+            report.php,
+            self.config.program.display()
+        );
         crate::host_output::finish(Duration::from_secs(1));
         process::exec_self(&path, &argv, &env, &keep)
     }

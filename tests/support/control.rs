@@ -28,8 +28,13 @@ pub fn read_frame(stream: &mut UnixStream) -> io::Result<String> {
 
 /// Connects, sends one request, returns the response (5 s timeouts).
 pub fn exchange(socket: &Path, request: &str) -> io::Result<String> {
+    exchange_waiting(socket, request, Duration::from_secs(5))
+}
+
+/// The same, waiting up to `timeout` for the answer.
+pub fn exchange_waiting(socket: &Path, request: &str, timeout: Duration) -> io::Result<String> {
     let mut stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     stream.write_all(&frame(request.as_bytes()))?;
     read_frame(&mut stream)

@@ -174,6 +174,9 @@ pub struct FarmOptions {
     pub pipe_stderr: bool,
     /// Name the socket with LRPM_SOCKET instead of --control-socket.
     pub socket_via_env: bool,
+    /// Run this copy of lrpm-host instead of the built binary (an upgrade
+    /// test replaces it on disk).
+    pub program: Option<PathBuf>,
 }
 
 impl Default for FarmOptions {
@@ -188,6 +191,7 @@ impl Default for FarmOptions {
             pipe_stdout: false,
             pipe_stderr: false,
             socket_via_env: false,
+            program: None,
         }
     }
 }
@@ -263,13 +267,14 @@ impl Farm {
         let socket = options.socket.clone().unwrap_or_else(|| dir.join("control.sock"));
         let stderr_file = dir.join("stderr.log");
         let stdout_file = dir.join("stdout.log");
+        let binary = options.program.clone().unwrap_or_else(bin);
         let mut cmd = match options.wrapper.split_first() {
             Some((program, args)) => {
                 let mut cmd = Command::new(program);
-                cmd.args(args).arg(bin());
+                cmd.args(args).arg(&binary);
                 cmd
             }
-            None => Command::new(bin()),
+            None => Command::new(&binary),
         };
         cmd.args(&options.interval_args);
         if options.socket_via_env {
@@ -413,6 +418,11 @@ impl Farm {
     /// One raw control request.
     pub fn request(&self, text: &str) -> io::Result<String> {
         exchange(&self.socket, text)
+    }
+
+    /// A request whose answer may take up to `timeout` (an upgrade's).
+    pub fn request_waiting(&self, text: &str, timeout: Duration) -> io::Result<String> {
+        super::control::exchange_waiting(&self.socket, text, timeout)
     }
 
     /// `status` as JSON (fails the test on any error).
