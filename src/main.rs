@@ -132,23 +132,29 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 }
 
 fn main() -> ExitCode {
+    // First: an upgrade's new image that fails from here on, even at its
+    // command line, rolls back to the previous image instead of ending the farm.
+    supervisor::upgrade::prepare_takeover();
     php::init_process_title();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
             let _ = e.print();
+            supervisor::upgrade::roll_back(&format!("its command line was refused: {e}"));
             return ExitCode::from(code);
         }
     };
     if let Err(e) = telemetry::init(cli.farm.log_format, cli.farm.log_level.as_deref()) {
         eprintln!("lrpm-host: {e}");
+        supervisor::upgrade::roll_back(&e);
         return ExitCode::from(EXIT_USAGE);
     }
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("lrpm-host: {e:#}");
+            supervisor::upgrade::roll_back(&format!("{e:#}"));
             ExitCode::from(EXIT_SOFTWARE)
         }
     }

@@ -255,3 +255,60 @@ fn a_trial_run_that_hangs_is_killed_at_its_deadline_while_the_farm_is_served() {
     replace_program(&farm, b"#!/bin/sh\nexit 0\n");
     assert!(upgrade(&farm).contains("without the trial's report"));
 }
+
+/// The file /proc/PID/exe names (" (deleted)" once replaced on disk).
+fn exe_of(pid: i32) -> String {
+    fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+#[test]
+fn a_new_image_that_fails_while_taking_the_farm_over_rolls_back_to_the_previous_one() {
+    let _g = shared();
+    let farm = {
+        let dir = TempDir::new("upgrade_rollback");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(dir.join("farm.php"), SOURCE).unwrap();
+        fs::write(dir.join("preload.php"), preload("one")).unwrap();
+        fs::write(dir.join("jobs.json"), "{}").unwrap();
+        let copy = dir.join("lrpm-host");
+        fs::copy(bin(), &copy).unwrap();
+        let options = FarmOptions {
+            source: dir.join("farm.php"),
+            extra_args: vec!["--preload".into(), dir.join("preload.php").to_string_lossy().into_owned()],
+            program: Some(copy),
+            // The new image (the same code, started by the upgrade) panics
+            // while adopting; the image it rolls back to does not.
+            env: vec![("LRPM_TEST_FAIL_WHILE_ADOPTING".into(), "1".into())],
+            ..Default::default()
+        };
+        Farm::start_in(dir, options)
+    };
+    let first = farm.wait_for(secs(15.0), "three workers", || {
+        let s = starts(&farm.dir);
+        (s.len() == 3).then_some(s)
+    });
+    // A new release on disk (another file: the running one is now "deleted").
+    replace_program(&farm, &fs::read(bin()).unwrap());
+    assert!(exe_of(farm.pid).ends_with("lrpm-host (deleted)"), "the running image's file is replaced");
+    let answer = upgrade(&farm);
+    assert!(answer.starts_with("Upgrade: "), "{answer}\n{}", farm.diagnostics());
+    let stderr = farm.wait_stderr("rolled back to the previous image: 3 running process(es) adopted", secs(30.0));
+    assert!(stderr.contains("failing while adopting job r"), "{stderr}");
+    // Same supervisor, back on the previous image's file (gone from disk).
+    assert!(farm.try_exit().is_none(), "{}", farm.diagnostics());
+    assert!(exe_of(farm.pid).ends_with("lrpm-host (deleted)"), "{}", exe_of(farm.pid));
+    // Nothing lost: the farm is recycled onto it as after any upgrade, and
+    // every worker is still the supervisor's child.
+    farm.wait_stderr("rolling recycle complete", secs(30.0));
+    let status = farm.status();
+    let running = status["r"]["state"]["slots"].as_array().unwrap().iter().filter(|s| s["status"] == "running").count();
+    assert_eq!(running, 3, "{status}");
+    for (_, pid) in &first {
+        assert!(!is_lrpm_process(*pid), "old worker {pid} was recycled, not left behind");
+    }
+    for pid in descendants(farm.pid) {
+        assert_eq!(stat(pid).map(|s| s.ppid), Some(farm.pid));
+    }
+    farm.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(farm.wait_exit(secs(10.0)).success());
+}

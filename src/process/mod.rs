@@ -538,12 +538,8 @@ pub fn exec_self(
     env: &[std::ffi::CString],
     keep: &[RawFd],
 ) -> Errno {
-    for &fd in keep {
-        let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).unwrap_or(0);
-        let flags = nix::fcntl::FdFlag::from_bits_truncate(flags) - nix::fcntl::FdFlag::FD_CLOEXEC;
-        if let Err(e) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(flags)) {
-            return e;
-        }
+    if let Err(e) = inherit_on_exec(keep) {
+        return e;
     }
     match nix::unistd::execve(path, argv, env) {
         Err(e) => e,
@@ -551,8 +547,47 @@ pub fn exec_self(
     }
 }
 
-/// An anonymous file holding `bytes`, to hand to a new image by descriptor
-/// (inherited across exec: no close-on-exec), positioned at its start.
+/// The same with the image an open descriptor holds (the previous image's
+/// executable, which may be gone from disk by now).
+pub fn exec_self_from(
+    executable: BorrowedFd<'_>,
+    argv: &[std::ffi::CString],
+    env: &[std::ffi::CString],
+    keep: &[RawFd],
+) -> Errno {
+    if let Err(e) = inherit_on_exec(keep) {
+        return e;
+    }
+    match nix::unistd::fexecve(executable.as_raw_fd(), argv, env) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    }
+}
+
+fn inherit_on_exec(keep: &[RawFd]) -> Result<(), Errno> {
+    for &fd in keep {
+        let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)?;
+        let flags = nix::fcntl::FdFlag::from_bits_truncate(flags) - nix::fcntl::FdFlag::FD_CLOEXEC;
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(flags))?;
+    }
+    Ok(())
+}
+
+/// This process's own executable, open (close-on-exec): it stays
+/// executable through the descriptor when the file on disk is replaced.
+pub fn open_own_executable() -> Result<std::os::fd::OwnedFd, Errno> {
+    use std::os::fd::FromRawFd;
+    let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::open(c"/proc/self/exe", flags, nix::sys::stat::Mode::empty())?;
+    // SAFETY: `open` just returned this descriptor; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// True while `fd` is an open descriptor.
+pub fn is_open(fd: RawFd) -> bool {
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_ok()
+}
+
 pub fn memfd_with(bytes: &[u8]) -> Result<std::os::fd::OwnedFd, Errno> {
     use std::io::{Seek, SeekFrom, Write};
     let fd = nix::sys::memfd::memfd_create(c"lrpm-host-upgrade", nix::sys::memfd::MemFdCreateFlag::empty())?;

@@ -169,6 +169,7 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
                     .flat_map(|j| j.slots.iter().flat_map(|s| [s.stdout_fd, s.stderr_fd].into_iter().flatten())),
             )
         })
+        .chain(upgrade::rollback_fd())
         .collect();
     // Before the supervisor opens anything: what is open now is the
     // libraries' (OPcache's lock file) and what the host was started with.

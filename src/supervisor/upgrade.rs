@@ -21,6 +21,15 @@
 //!    back, adopts every process in the core, starts a new configuration
 //!    process (and zygote), and recycles every job, one slot at a time
 //!    (`recycle all`): each old worker runs until its turn.
+//! 4. Until the new image has adopted the farm (`confirm_takeover`), it can
+//!    roll back: the previous image's executable came along as an open
+//!    descriptor (`LRPM_UPGRADE_ROLLBACK`), so a new image that fails while
+//!    taking over (an error before its loop, a panic) executes the previous
+//!    image again with the same handoff (`roll_back`), which adopts the
+//!    farm as the new image would have. Same pid throughout: the workers
+//!    never notice. A new image killed by a signal in that moment cannot
+//!    roll back: its workers then get SIGKILL (PDEATHSIG) like any host
+//!    that dies, and the platform restarts it.
 
 #![forbid(unsafe_code)]
 
@@ -82,6 +91,12 @@ pub fn send_trial_report(jobs: Option<usize>) -> std::io::Result<()> {
 }
 /// The descriptor of the handoff, in the new image's environment.
 pub const UPGRADE_STATE_ENV: &str = "LRPM_UPGRADE_STATE";
+/// The descriptor of the previous image's executable, in the new image's.
+pub const UPGRADE_ROLLBACK_ENV: &str = "LRPM_UPGRADE_ROLLBACK";
+/// In an image a failed new image rolled back to: why it failed.
+pub const UPGRADE_ROLLED_BACK_ENV: &str = "LRPM_UPGRADE_ROLLED_BACK";
+/// Test hook: a new image (not one rolled back to) panics while adopting.
+const TEST_FAIL_WHILE_ADOPTING_ENV: &str = "LRPM_TEST_FAIL_WHILE_ADOPTING";
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Handoff {
@@ -313,7 +328,11 @@ impl Supervisor<'_> {
         let path = CString::new(self.config.program.as_os_str().as_bytes()).ok()?;
         let argv = self.config.argv.iter().map(|a| CString::new(a.as_bytes()).ok()).collect::<Option<Vec<_>>>()?;
         let env = std::env::vars_os()
-            .filter(|(k, _)| k != UPGRADE_STATE_ENV && k != UPGRADE_CHECK_ENV)
+            .filter(|(k, _)| {
+                ![UPGRADE_STATE_ENV, UPGRADE_CHECK_ENV, UPGRADE_ROLLBACK_ENV, UPGRADE_ROLLED_BACK_ENV]
+                    .iter()
+                    .any(|name| k == name)
+            })
             .map(|(k, v)| {
                 let mut pair = k.as_bytes().to_vec();
                 pair.push(b'=');
@@ -396,6 +415,15 @@ impl Supervisor<'_> {
         };
         keep.push(memfd.as_raw_fd());
         env.push(CString::new(format!("{UPGRADE_STATE_ENV}={}", memfd.as_raw_fd())).expect("no NUL"));
+        // The way back, should the new image fail while taking over.
+        let own_executable = process::open_own_executable();
+        match &own_executable {
+            Ok(fd) => {
+                keep.push(fd.as_raw_fd());
+                env.push(CString::new(format!("{UPGRADE_ROLLBACK_ENV}={}", fd.as_raw_fd())).expect("no NUL"));
+            }
+            Err(e) => tracing::warn!("upgrade: cannot keep this image to roll back to ({e}); going on without"),
+        }
         tracing::info!(
             "upgrade: the trial run passed (lrpm-host {}, PHP {}); replacing this host with {}",
             report.lrpm_host,
@@ -451,12 +479,56 @@ impl Supervisor<'_> {
     }
 }
 
+/// What the previous image handed over, read at the start of `main`.
+struct Takeover {
+    /// The handoff, as the previous image wrote it.
+    state: Vec<u8>,
+    /// The previous image's executable (None once confirmed, or without one).
+    rollback: Option<OwnedFd>,
+    /// This process's arguments, read before the process title overwrites them.
+    argv: Vec<CString>,
+}
+
+static TAKEOVER: std::sync::Mutex<Option<Takeover>> = std::sync::Mutex::new(None);
+/// Why the image this one replaced failed, when this is a rolled-back image.
+static ROLLED_BACK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// At the start of `main`, before anything can fail: when this process is
+/// an upgrade's new image, takes the handoff and the way back from the
+/// environment, and makes a panic before `confirm_takeover` roll back.
+pub fn prepare_takeover() {
+    let Some(state_fd) = std::env::var(UPGRADE_STATE_ENV).ok().and_then(|v| v.parse::<RawFd>().ok()) else {
+        return;
+    };
+    std::env::remove_var(UPGRADE_STATE_ENV);
+    let rollback_fd = std::env::var(UPGRADE_ROLLBACK_ENV).ok().and_then(|v| v.parse::<RawFd>().ok());
+    std::env::remove_var(UPGRADE_ROLLBACK_ENV);
+    if let Some(why) = std::env::var_os(UPGRADE_ROLLED_BACK_ENV) {
+        let _ = ROLLED_BACK.set(why.to_string_lossy().into_owned());
+        std::env::remove_var(UPGRADE_ROLLED_BACK_ENV);
+    }
+    let mut state = Vec::new();
+    if let Some(fd) = process::adopt_fd(state_fd) {
+        use std::io::Read;
+        if let Err(e) = std::fs::File::from(fd).read_to_end(&mut state) {
+            eprintln!("lrpm-host: upgrade: cannot read the previous image's handoff: {e}");
+        }
+    }
+    let rollback = rollback_fd.and_then(process::adopt_fd);
+    let argv = std::env::args_os().filter_map(|a| CString::new(a.as_bytes()).ok()).collect();
+    *TAKEOVER.lock().unwrap_or_else(|e| e.into_inner()) = Some(Takeover { state, rollback, argv });
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        roll_back(&format!("it panicked: {info}"));
+    }));
+}
+
 /// The handoff of the previous image, if this process is one's new image.
 pub fn take_handoff() -> Option<Handoff> {
-    let fd: RawFd = std::env::var(UPGRADE_STATE_ENV).ok()?.parse().ok()?;
-    std::env::remove_var(UPGRADE_STATE_ENV);
-    let file = std::fs::File::from(process::adopt_fd(fd)?);
-    match serde_json::from_reader(std::io::BufReader::new(file)) {
+    let guard = TAKEOVER.lock().unwrap_or_else(|e| e.into_inner());
+    let state = &guard.as_ref()?.state;
+    match serde_json::from_slice(state) {
         Ok(handoff) => Some(handoff),
         Err(e) => {
             tracing::error!("upgrade: the previous image's handoff is unreadable ({e}); starting afresh");
@@ -465,10 +537,70 @@ pub fn take_handoff() -> Option<Handoff> {
     }
 }
 
+/// The previous image's executable, while this image may still roll back
+/// to it (no child may inherit it).
+pub fn rollback_fd() -> Option<RawFd> {
+    let guard = TAKEOVER.lock().unwrap_or_else(|e| e.into_inner());
+    guard.as_ref()?.rollback.as_ref().map(|fd| fd.as_raw_fd())
+}
+
+/// The farm is this image's now: no rollback from here on.
+fn confirm_takeover() {
+    if let Some(takeover) = TAKEOVER.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        takeover.rollback = None;
+        takeover.state = Vec::new();
+    }
+}
+
+/// A new image that failed before `confirm_takeover` executes the previous
+/// image again with the same handoff; returns only when there is nothing to
+/// roll back to (not a new image, already confirmed) or the exec failed.
+pub fn roll_back(why: &str) {
+    // try_lock: a panic while the lock is held must not deadlock here.
+    let Ok(mut guard) = TAKEOVER.try_lock() else { return };
+    let Some(Takeover { state, rollback: Some(executable), argv }) = guard.take() else { return };
+    let why: String = crate::escape::controls(why).chars().take(2000).collect();
+    eprintln!("lrpm-host: upgrade: the new image failed while taking the farm over ({why}); rolling back to the previous image");
+    let handed: Vec<RawFd> = serde_json::from_slice::<Handoff>(&state)
+        .map(|h| {
+            std::iter::once(h.control_fd)
+                .chain(
+                    h.jobs
+                        .iter()
+                        .flat_map(|j| j.slots.iter().flat_map(|s| [s.stdout_fd, s.stderr_fd].into_iter().flatten())),
+                )
+                .collect()
+        })
+        .unwrap_or_default();
+    let memfd = match process::memfd_with(&state) {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("lrpm-host: upgrade: cannot roll back: memfd: {e}");
+            return;
+        }
+    };
+    let mut keep: Vec<RawFd> = handed.into_iter().filter(|fd| process::is_open(*fd)).collect();
+    keep.push(memfd.as_raw_fd());
+    keep.push(executable.as_raw_fd());
+    let mut env: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut pair = k.as_bytes().to_vec();
+            pair.push(b'=');
+            pair.extend_from_slice(v.as_bytes());
+            CString::new(pair).ok()
+        })
+        .collect();
+    env.push(CString::new(format!("{UPGRADE_STATE_ENV}={}", memfd.as_raw_fd())).expect("no NUL"));
+    env.push(CString::new(format!("{UPGRADE_ROLLED_BACK_ENV}={}", why.replace('\0', ""))).unwrap_or_default());
+    let error = process::exec_self_from(executable.as_fd(), &argv, &env, &keep);
+    eprintln!("lrpm-host: upgrade: cannot roll back: executing the previous image: {error}");
+}
+
 impl Supervisor<'_> {
     /// In the new image: takes the previous image's processes over and
     /// recycles every job onto this image.
     pub(super) fn adopt_handoff(&mut self, handoff: Handoff, now: Instant) {
+        let rolled_back = ROLLED_BACK.get();
         let mut adopted = 0;
         for job in handoff.jobs {
             let described = DescribedJob::from_json(job.id.clone(), job.config);
@@ -509,11 +641,21 @@ impl Supervisor<'_> {
                     router.register(source, out, err);
                 }
             }
+            if rolled_back.is_none() && std::env::var_os(TEST_FAIL_WHILE_ADOPTING_ENV).is_some() {
+                panic!("{TEST_FAIL_WHILE_ADOPTING_ENV} is set: failing while adopting job {}", job.id);
+            }
             self.farm.adopt(valid, job.held, &running, now);
         }
-        tracing::info!(
-            "upgrade: this is the new image; {adopted} running process(es) adopted, recycling every job onto it"
-        );
+        confirm_takeover();
+        match rolled_back {
+            Some(why) => tracing::error!(
+                "upgrade: the new image failed while taking the farm over ({why}); rolled back to the previous \
+                 image: {adopted} running process(es) adopted, recycling every job onto it"
+            ),
+            None => tracing::info!(
+                "upgrade: this is the new image; {adopted} running process(es) adopted, recycling every job onto it"
+            ),
+        }
         let ids: Vec<JobId> = self.farm.jobs().keys().cloned().collect();
         for id in ids {
             let (_, actions) = self.farm.job_command(&id, JobCommand::Recycle, now);
