@@ -137,6 +137,12 @@ pub struct FarmOptions {
     #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_octal_mode, global = true)]
     pub control_socket_mode: u32,
 
+    /// Write the host's log and its workers' output to this file (appended)
+    /// instead of stdout and stderr: nothing is ever dropped for a slow
+    /// reader. Reopened on SIGHUP and `lrpmctl reopen-logs` (logrotate).
+    #[arg(long, value_name = "PATH", global = true)]
+    pub log_file: Option<PathBuf>,
+
     /// `lrpmctl upgrade`: how long the new binary's trial run (PHP boot and
     /// one configuration load) may take before it is killed and the
     /// upgrade fails.

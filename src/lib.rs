@@ -15,6 +15,7 @@ pub mod exit_code;
 pub mod farm;
 pub mod host_output;
 pub mod job;
+pub mod log_file;
 pub mod metrics;
 pub mod php;
 pub mod pidfile;

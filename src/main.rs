@@ -145,6 +145,17 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // A farm's log file, in place of stdout and stderr before anything is
+    // written (not for the upgrade's trial run: its report is not the log).
+    if let (None, Some(path)) = (&cli.command, &cli.farm.log_file) {
+        if std::env::var_os(supervisor::UPGRADE_CHECK_ENV).is_none() {
+            if let Err(e) = lrpm_host::log_file::install(path) {
+                eprintln!("lrpm-host: {e}");
+                supervisor::upgrade::roll_back(&e.to_string());
+                return ExitCode::from(EXIT_SOFTWARE);
+            }
+        }
+    }
     if let Err(e) = telemetry::init(cli.farm.log_format, cli.farm.log_level.as_deref()) {
         eprintln!("lrpm-host: {e}");
         supervisor::upgrade::roll_back(&e);

@@ -358,3 +358,77 @@ fn a_host_whose_output_nobody_reads_stops_on_sigterm_within_its_stop_timeout() {
     assert!(status.code().is_some(), "ended by a signal: {status:?}");
     drop((stdout, stderr));
 }
+
+/// Whole runs of a crash-looping chatter in `text`: each run is its numbered
+/// lines, then "done".
+fn runs_in(text: &str, tag: &str) -> (usize, usize) {
+    (numbered(text, tag).len(), text.lines().filter(|l| l.ends_with(&format!("] {tag} done"))).count())
+}
+
+#[test]
+fn a_log_file_takes_everything_and_is_reopened_for_logrotate_without_losing_a_line() {
+    let _g = shared();
+    let dir = TempDir::new("log_file");
+    let log = dir.join("host.log");
+    write_atomically(
+        &dir.join("jobs.json"),
+        json!({"c": {
+            "name": "job-c", "workerClass": CHATTER, "mtime": 1,
+            "workerConfig": {"tag": "c", "lines": 200, "then": "exit"},
+        }})
+        .to_string()
+        .as_bytes(),
+    );
+    let options =
+        FarmOptions { extra_args: vec!["--log-file".into(), log.to_string_lossy().into_owned()], ..Default::default() };
+    let farm = Farm::start_in(dir, options);
+    let rotated = |n: usize| farm.dir.join(&format!("host.log.{n}"));
+    let wait_runs = |path: &std::path::Path, runs: usize| {
+        farm.wait_for(secs(30.0), &format!("{runs} run(s) of the chatter in {}", path.display()), || {
+            let text = std::fs::read_to_string(path).ok()?;
+            (runs_in(&text, "c").1 >= runs).then_some(())
+        })
+    };
+    wait_runs(&log, 1);
+    // logrotate: rename, then ask for a reopen (the control request).
+    std::fs::rename(&log, rotated(1)).unwrap();
+    let answer = farm.request("reopen-logs").unwrap();
+    assert_eq!(answer, format!("Reopened {}", log.display()));
+    wait_runs(&log, 1);
+    // And again with SIGHUP.
+    std::fs::rename(&log, rotated(2)).unwrap();
+    farm.signal(Signal::SIGHUP);
+    farm.wait_for(secs(10.0), "the log file reopened on SIGHUP", || log.exists().then_some(()));
+    wait_runs(&log, 1);
+    farm.signal(Signal::SIGTERM);
+    assert!(farm.wait_exit(secs(15.0)).success(), "{}", farm.diagnostics());
+    // Nothing went to stdout or stderr, and across the three files every
+    // run that said "done" has all its 200 lines.
+    assert_eq!(std::fs::read_to_string(&farm.stdout_file).unwrap(), "");
+    assert_eq!(std::fs::read_to_string(&farm.stderr_file).unwrap(), "");
+    let all: String =
+        [rotated(1), rotated(2), log.clone()].iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+    let (lines, runs) = runs_in(&all, "c");
+    assert!(runs >= 3, "{all}");
+    assert_eq!(lines, 200 * runs, "every line of every run, in one of the files");
+    let first = std::fs::read_to_string(rotated(1)).unwrap();
+    assert!(first.contains("lrpm-host supervisor started"), "{first}");
+    assert!(std::fs::read_to_string(rotated(2)).unwrap().contains("log file"), "the reopen is logged");
+    assert!(std::fs::read_to_string(&log).unwrap().contains("received SIGHUP: log file reopened"));
+}
+
+#[test]
+fn reopen_logs_without_a_log_file_is_refused_and_a_log_file_that_cannot_be_opened_is_a_clear_error() {
+    let _g = shared();
+    let farm = Farm::start("no_log_file", FarmOptions::default(), |jobs| json!({"1": jobs.job("1", 1)}));
+    farm.wait_running(&["1"], secs(10.0));
+    let answer = farm.request("reopen-logs").unwrap();
+    assert!(answer.starts_with("error: no --log-file to reopen"), "{answer}");
+    let dir = TempDir::new("log_file_bad");
+    let out = run_with_timeout(
+        lrpm_host(["--log-file", &dir.join("missing/dir/host.log").to_string_lossy(), "farm.php"]),
+        DEFAULT_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(70), "{out:?}");
+    assert!(out.stderr.contains("--log-file ") && out.stderr.contains("No such file or directory"), "{}", out.stderr);
+}

@@ -19,6 +19,7 @@ pub const HELP: &str = "valid messages:
                        past its first cycle before the next old one stops
   recycle all          recycle every job (each job rolls on its own)
   reload               poll the configuration source now
+  reopen-logs          open the --log-file path again (after logrotate renamed the file)
   stop                 shut down lrpm-host and all worker processes
   stop <job_id>        stop job <job_id> and keep it stopped across configuration polls
   start <job_id>       start a job held by `stop <job_id>`
@@ -38,6 +39,8 @@ pub enum Request {
     /// `metrics`: the Prometheus text exposition, as `GET /metrics` serves it.
     Metrics,
     Reload,
+    /// `reopen-logs`: open `--log-file`'s path again (logrotate).
+    ReopenLogs,
     Shutdown,
     /// `restart all`: every job, as `restart ID` would.
     RestartAll,
@@ -80,6 +83,7 @@ impl Request {
             ["upgrade"] => Ok(Request::Upgrade),
             ["metrics"] => Ok(Request::Metrics),
             ["reload"] => Ok(Request::Reload),
+            ["reopen-logs"] => Ok(Request::ReopenLogs),
             ["stop"] => Ok(Request::Shutdown),
             ["stop", id] => Ok(job(id, JobCommand::Hold)),
             ["restart", "all"] => Ok(Request::RestartAll),
@@ -159,6 +163,7 @@ mod tests {
         assert_eq!(Request::parse("status"), Ok(Request::Status));
         assert_eq!(Request::parse("jsonstatus"), Ok(Request::Status));
         assert_eq!(Request::parse("metrics"), Ok(Request::Metrics));
+        assert_eq!(Request::parse("reopen-logs"), Ok(Request::ReopenLogs));
         assert_eq!(Request::parse("restart 42"), job(JobId::Int(42), JobCommand::Restart));
         assert_eq!(Request::parse("restart all"), Ok(Request::RestartAll));
         assert_eq!(Request::parse("recycle all"), Ok(Request::RecycleAll));

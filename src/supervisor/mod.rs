@@ -526,6 +526,15 @@ impl Supervisor<'_> {
                     self.apply(actions);
                 }
                 Signal::SIGHUP => {
+                    match crate::log_file::reopen() {
+                        Some(Ok(())) => tracing::info!("received SIGHUP: log file reopened"),
+                        Some(Err(e)) => {
+                            tracing::error!(
+                                "received SIGHUP: cannot reopen the log file: {e}; still writing to the file it had"
+                            )
+                        }
+                        None => {}
+                    }
                     tracing::info!("received SIGHUP: polling the configuration source now");
                     let actions = self.farm.handle(Event::Reload, now);
                     self.apply(actions);

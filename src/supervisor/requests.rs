@@ -41,6 +41,7 @@ impl Supervisor<'_> {
             Request::Version => handle_version(),
             Request::Metrics => self.metrics_text(now),
             Request::Reload => self.handle_reload(now),
+            Request::ReopenLogs => handle_reopen_logs(),
             Request::Shutdown => self.handle_shutdown(now),
             Request::Job { id, command } => self.handle_job_command(&id, command, now),
             Request::RestartAll => self.handle_every_job(JobCommand::Restart, now),
@@ -145,6 +146,21 @@ impl Supervisor<'_> {
 
 fn handle_help() -> String {
     format!("lrpm-host: {}", control::HELP)
+}
+
+fn handle_reopen_logs() -> String {
+    match crate::log_file::reopen() {
+        None => "error: no --log-file to reopen: the log goes to stdout and stderr".to_string(),
+        Some(Ok(())) => {
+            let path = crate::log_file::path().map(|p| p.display().to_string()).unwrap_or_default();
+            tracing::info!("log file {path} reopened (reopen-logs)");
+            format!("Reopened {path}")
+        }
+        Some(Err(e)) => {
+            tracing::error!("cannot reopen the log file: {e}; still writing to the file it had");
+            format!("error: cannot reopen the log file: {e}; still writing to the file it had")
+        }
+    }
 }
 
 fn handle_version() -> String {
