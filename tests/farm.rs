@@ -293,8 +293,8 @@ fn sigterm_to_supervisor_stops_everything_and_exits_0() {
     let status = farm.wait_exit(secs(15.0));
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM\n{}", farm.diagnostics());
     assert!(
-        sent.elapsed() < secs(3.0),
-        "workers stop after their current (short) cycle; shutdown took {:?}",
+        sent.elapsed() < secs(10.0),
+        "workers stop after their current (short) cycle, not at their 30 s shutdown timeout; shutdown took {:?}",
         sent.elapsed()
     );
     farm.assert_all_gone(&children, secs(1.0), "after the supervisor exited");
@@ -471,7 +471,9 @@ fn push_mode_applies_changes_at_once() {
     let changed_at = unix_now();
     let start = farm.wait_starts("2", 1, secs(5.0))[0].clone();
     let latency = start.t - changed_at;
-    assert!(latency < 0.5, "job 2 started {latency:.3}s after the file changed (push mode)\n{}", farm.diagnostics());
+    // Pushed by the call that was blocked, not picked up by the next call
+    // after the source's 2 s timeout.
+    assert!(latency < 1.5, "job 2 started {latency:.3}s after the file changed (push mode)\n{}", farm.diagnostics());
 
     // Past the source's 2 s timeout: the call that began after job 2 was
     // pushed returned the same jobs, and the next one blocks again.
@@ -480,7 +482,7 @@ fn push_mode_applies_changes_at_once() {
     let changed_at = unix_now();
     let exit = farm.wait_for(secs(5.0), "job 1 to stop", || farm.events_of("1", "exit").first().cloned());
     let latency = exit.t - changed_at;
-    assert!(latency < 0.5, "job 1 stopped {latency:.3}s after its removal (push mode)\n{}", farm.diagnostics());
+    assert!(latency < 1.5, "job 1 stopped {latency:.3}s after its removal (push mode)\n{}", farm.diagnostics());
     assert_eq!(exit.pid, pids["1"]);
 
     let stderr = farm.stderr();
@@ -490,7 +492,8 @@ fn push_mode_applies_changes_at_once() {
     );
     let started = Instant::now();
     farm.stop(secs(10.0));
-    assert!(started.elapsed() < secs(3.0), "shutdown in push mode took {:?}", started.elapsed());
+    // The blocked push call does not hold the stop up until its stop timeout.
+    assert!(started.elapsed() < secs(8.0), "shutdown in push mode took {:?}", started.elapsed());
 }
 
 #[test]

@@ -285,15 +285,17 @@ fn a_big_farm_starts_in_batches_and_stops_without_late_kills() {
         }
         Value::Object(all)
     });
-    // While workers are being forked, every request is answered promptly.
+    // While workers are being forked, requests are answered: some while
+    // the farm is still coming up (a loop that forked them all in one go
+    // would answer only once it was done).
     let mut slowest = Duration::ZERO;
-    let mut answered = 0;
+    let mut answered_while_starting = 0;
     loop {
         let t0 = Instant::now();
         let reply = farm.request("version").unwrap_or_default();
-        if reply.starts_with("lrpm-host") {
+        let answered = reply.starts_with("lrpm-host");
+        if answered {
             slowest = slowest.max(t0.elapsed());
-            answered += 1;
         }
         let running = farm
             .try_status()
@@ -301,10 +303,16 @@ fn a_big_farm_starts_in_batches_and_stops_without_late_kills() {
         if running == Some(JOBS) {
             break;
         }
+        answered_while_starting += usize::from(answered);
         assert!(farm.started.elapsed() < secs(120.0), "{JOBS} workers did not come up\n{}", farm.diagnostics());
     }
-    assert!(answered > 0);
-    assert!(slowest < secs(0.5), "a request waited {slowest:?} while the farm started\n{}", farm.diagnostics());
+    assert!(
+        answered_while_starting >= 2,
+        "answered {answered_while_starting} times while starting\n{}",
+        farm.diagnostics()
+    );
+    // Generous: what the 50 ms rule means is measured in `make bench`.
+    assert!(slowest < secs(3.0), "a request waited {slowest:?} while the farm started\n{}", farm.diagnostics());
     farm.signal(Signal::SIGTERM);
     assert_eq!(farm.wait_exit(secs(30.0)).code(), Some(0), "{}", farm.diagnostics());
     assert!(!farm.stderr().contains("did not stop within"), "{}", farm.diagnostics());
@@ -335,7 +343,9 @@ fn a_large_configuration_never_blocks_other_clients() {
         slowest = slowest.max(t0.elapsed());
         assert!(farm.started.elapsed() < secs(60.0), "no polls\n{}", farm.diagnostics());
     }
-    assert!(slowest < secs(0.15), "a request waited {slowest:?}\n{}", farm.diagnostics());
+    // Generous (a busy machine): a loop that decoded the 20 MB entry on
+    // every poll, or waited on the stalled client, stalls for seconds.
+    assert!(slowest < secs(1.5), "a request waited {slowest:?}\n{}", farm.diagnostics());
     let status = farm.status();
     assert_eq!(status["big"]["config"]["workerConfig"]["blob"].as_str().map(str::len), Some(big.len()));
     assert!(!farm.stderr().contains("ignoring this configuration"), "{}", farm.diagnostics());

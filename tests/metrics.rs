@@ -350,7 +350,8 @@ fn a_flood_of_http_clients_and_a_slowloris_do_not_delay_the_control_socket() {
     // Round trips on the control socket while they are all connected. The
     // machine may be shared with other test runs: a lone preemption of
     // this test's thread is not the loop stalling, a stalled loop delays
-    // every round trip. So 90% of them must be under 100 ms.
+    // every round trip (by seconds: the clients' 5 s timeout). So 90% of
+    // them must be under 1 s.
     let mut samples = Vec::new();
     for _ in 0..30 {
         let started = Instant::now();
@@ -366,7 +367,7 @@ fn a_flood_of_http_clients_and_a_slowloris_do_not_delay_the_control_socket() {
     let slow_turns: Vec<String> =
         farm.stderr().lines().filter(|l| l.contains("slow loop turn")).map(String::from).collect();
     assert!(
-        p90 < Duration::from_millis(100),
+        p90 < Duration::from_secs(1),
         "control-socket round trips while {CLIENTS} HTTP clients and a slowloris were connected: {samples:?}\n\
          loop turns over 20 ms:\n{}\n{}",
         slow_turns.join("\n"),

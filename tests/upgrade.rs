@@ -119,7 +119,7 @@ fn upgrade_replaces_every_worker_with_the_new_code_while_the_host_keeps_its_pid_
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(fewest >= 2, "a rolling replacement keeps n-1 running: {fewest}\n{}", farm.diagnostics());
-    assert!(slowest < Duration::from_millis(500), "status took {slowest:?} during the upgrade");
+    assert!(slowest < Duration::from_secs(2), "status took {slowest:?} during the upgrade");
     let stderr = farm.stderr();
     assert!(stderr.contains("upgrade: the trial run passed"), "{stderr}");
     assert!(stderr.contains("upgrade: this is the new image; 3 running process(es) adopted"), "{stderr}");

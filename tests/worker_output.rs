@@ -167,7 +167,8 @@ fn a_reader_that_stops_reading_slows_the_worker_down_but_loses_nothing_and_never
         slowest = slowest.max(asked.elapsed());
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert!(slowest < std::time::Duration::from_millis(100), "status took {slowest:?} while output was stuck");
+    // Generous (a busy machine): a loop blocked on the stuck output would not answer at all.
+    assert!(slowest < std::time::Duration::from_secs(2), "status took {slowest:?} while output was stuck");
     assert!(farm.events_of("q", "cycle").len() > cycles_before + 5, "the other job kept cycling");
     assert_eq!(Farm::status_pid(&farm.status(), "q"), Some(pids["q"]));
     let status = farm.status();
