@@ -529,36 +529,26 @@ pub fn spawn_program(
     }
 }
 
-/// Replaces this process's image with `path` (same pid: the children stay
-/// its children). `keep` are descriptors the new image must inherit; every
-/// other one is close-on-exec already. Returns only on failure.
-pub fn exec_self(
-    path: &std::ffi::CStr,
-    argv: &[std::ffi::CString],
-    env: &[std::ffi::CString],
-    keep: &[RawFd],
-) -> Errno {
-    if let Err(e) = inherit_on_exec(keep) {
-        return e;
-    }
-    match nix::unistd::execve(path, argv, env) {
-        Err(e) => e,
-        Ok(never) => match never {},
-    }
+/// What `exec_self` executes.
+pub enum Image<'a> {
+    Path(&'a std::ffi::CStr),
+    /// An open executable (the previous image's, which may be gone from
+    /// disk by now).
+    Descriptor(BorrowedFd<'a>),
 }
 
-/// The same with the image an open descriptor holds (the previous image's
-/// executable, which may be gone from disk by now).
-pub fn exec_self_from(
-    executable: BorrowedFd<'_>,
-    argv: &[std::ffi::CString],
-    env: &[std::ffi::CString],
-    keep: &[RawFd],
-) -> Errno {
+/// Replaces this process's image (same pid: the children stay its
+/// children). `keep` are descriptors the new image must inherit; every
+/// other one is close-on-exec already. Returns only on failure.
+pub fn exec_self(image: Image<'_>, argv: &[std::ffi::CString], env: &[std::ffi::CString], keep: &[RawFd]) -> Errno {
     if let Err(e) = inherit_on_exec(keep) {
         return e;
     }
-    match nix::unistd::fexecve(executable.as_raw_fd(), argv, env) {
+    let result = match image {
+        Image::Path(path) => nix::unistd::execve(path, argv, env),
+        Image::Descriptor(fd) => nix::unistd::fexecve(fd.as_raw_fd(), argv, env),
+    };
+    match result {
         Err(e) => e,
         Ok(never) => match never {},
     }

@@ -160,17 +160,8 @@ struct Supervisor<'e> {
 pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorError> {
     // The previous image's state, when `lrpmctl upgrade` started this one.
     let handoff = upgrade::take_handoff();
-    let handed: Vec<std::os::fd::RawFd> = handoff
-        .iter()
-        .flat_map(|h| {
-            std::iter::once(h.control_fd).chain(
-                h.jobs
-                    .iter()
-                    .flat_map(|j| j.slots.iter().flat_map(|s| [s.stdout_fd, s.stderr_fd].into_iter().flatten())),
-            )
-        })
-        .chain(upgrade::rollback_fd())
-        .collect();
+    let handed: Vec<std::os::fd::RawFd> =
+        handoff.iter().flat_map(upgrade::Handoff::descriptors).chain(upgrade::rollback_fd()).collect();
     // Before the supervisor opens anything: what is open now is the
     // libraries' (OPcache's lock file) and what the host was started with.
     let keep_fds: Vec<std::os::fd::RawFd> = process::open_fds()

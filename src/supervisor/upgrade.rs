@@ -104,6 +104,36 @@ pub struct Handoff {
     pub jobs: Vec<HandoffJob>,
 }
 
+impl Handoff {
+    /// Every descriptor it hands over: the control listener and the
+    /// workers' output pipes.
+    pub fn descriptors(&self) -> impl Iterator<Item = RawFd> + '_ {
+        std::iter::once(self.control_fd).chain(
+            self.jobs
+                .iter()
+                .flat_map(|j| j.slots.iter().flat_map(|s| [s.stdout_fd, s.stderr_fd].into_iter().flatten())),
+        )
+    }
+}
+
+/// This process's environment without the upgrade's own variables, for the
+/// next image (which is given its own).
+fn inherited_environment() -> Option<Vec<CString>> {
+    std::env::vars_os()
+        .filter(|(k, _)| {
+            ![UPGRADE_STATE_ENV, UPGRADE_CHECK_ENV, UPGRADE_ROLLBACK_ENV, UPGRADE_ROLLED_BACK_ENV]
+                .iter()
+                .any(|name| k == name)
+        })
+        .map(|(k, v)| {
+            let mut pair = k.as_bytes().to_vec();
+            pair.push(b'=');
+            pair.extend_from_slice(v.as_bytes());
+            CString::new(pair).ok()
+        })
+        .collect()
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct HandoffJob {
     pub id: JobId,
@@ -327,20 +357,7 @@ impl Supervisor<'_> {
     fn exec_parts(&self) -> Option<(CString, Vec<CString>, Vec<CString>)> {
         let path = CString::new(self.config.program.as_os_str().as_bytes()).ok()?;
         let argv = self.config.argv.iter().map(|a| CString::new(a.as_bytes()).ok()).collect::<Option<Vec<_>>>()?;
-        let env = std::env::vars_os()
-            .filter(|(k, _)| {
-                ![UPGRADE_STATE_ENV, UPGRADE_CHECK_ENV, UPGRADE_ROLLBACK_ENV, UPGRADE_ROLLED_BACK_ENV]
-                    .iter()
-                    .any(|name| k == name)
-            })
-            .map(|(k, v)| {
-                let mut pair = k.as_bytes().to_vec();
-                pair.push(b'=');
-                pair.extend_from_slice(v.as_bytes());
-                CString::new(pair).ok()
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some((path, argv, env))
+        Some((path, argv, inherited_environment()?))
     }
 
     /// Writes the handoff and replaces the process image; returns only if
@@ -431,7 +448,7 @@ impl Supervisor<'_> {
             self.config.program.display()
         );
         crate::host_output::finish(Duration::from_secs(1));
-        process::exec_self(&path, &argv, &env, &keep)
+        process::exec_self(process::Image::Path(&path), &argv, &env, &keep)
     }
 }
 
@@ -561,17 +578,8 @@ pub fn roll_back(why: &str) {
     let Some(Takeover { state, rollback: Some(executable), argv }) = guard.take() else { return };
     let why: String = crate::escape::controls(why).chars().take(2000).collect();
     eprintln!("lrpm-host: upgrade: the new image failed while taking the farm over ({why}); rolling back to the previous image");
-    let handed: Vec<RawFd> = serde_json::from_slice::<Handoff>(&state)
-        .map(|h| {
-            std::iter::once(h.control_fd)
-                .chain(
-                    h.jobs
-                        .iter()
-                        .flat_map(|j| j.slots.iter().flat_map(|s| [s.stdout_fd, s.stderr_fd].into_iter().flatten())),
-                )
-                .collect()
-        })
-        .unwrap_or_default();
+    let handed: Vec<RawFd> =
+        serde_json::from_slice::<Handoff>(&state).map(|h| h.descriptors().collect()).unwrap_or_default();
     let memfd = match process::memfd_with(&state) {
         Ok(fd) => fd,
         Err(e) => {
@@ -582,17 +590,10 @@ pub fn roll_back(why: &str) {
     let mut keep: Vec<RawFd> = handed.into_iter().filter(|fd| process::is_open(*fd)).collect();
     keep.push(memfd.as_raw_fd());
     keep.push(executable.as_raw_fd());
-    let mut env: Vec<CString> = std::env::vars_os()
-        .filter_map(|(k, v)| {
-            let mut pair = k.as_bytes().to_vec();
-            pair.push(b'=');
-            pair.extend_from_slice(v.as_bytes());
-            CString::new(pair).ok()
-        })
-        .collect();
+    let mut env = inherited_environment().unwrap_or_default();
     env.push(CString::new(format!("{UPGRADE_STATE_ENV}={}", memfd.as_raw_fd())).expect("no NUL"));
     env.push(CString::new(format!("{UPGRADE_ROLLED_BACK_ENV}={}", why.replace('\0', ""))).unwrap_or_default());
-    let error = process::exec_self_from(executable.as_fd(), &argv, &env, &keep);
+    let error = process::exec_self(process::Image::Descriptor(executable.as_fd()), &argv, &env, &keep);
     eprintln!("lrpm-host: upgrade: cannot roll back: executing the previous image: {error}");
 }
 
