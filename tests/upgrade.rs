@@ -63,7 +63,7 @@ fn farm_with(name: &str, own_copy: bool, extra: &[&str]) -> Farm {
     fs::write(dir.join("jobs.json"), "{}").unwrap();
     let program = own_copy.then(|| {
         let copy = dir.join("lrpm-host");
-        fs::copy(bin(), &copy).unwrap();
+        copy_program(&bin(), &copy);
         copy
     });
     let mut extra_args = vec!["--preload".into(), dir.join("preload.php").to_string_lossy().into_owned()];
@@ -72,12 +72,22 @@ fn farm_with(name: &str, own_copy: bool, extra: &[&str]) -> Farm {
     Farm::start_in(dir, options)
 }
 
+/// Copies a program with cp(1): the file is open for writing only in cp,
+/// never in this test process, whose other threads fork (a child forked
+/// while the file was open here would make its exec "text file busy").
+fn copy_program(from: &std::path::Path, to: &std::path::Path) {
+    let status = std::process::Command::new("cp").arg(from).arg(to).status().unwrap();
+    assert!(status.success(), "cp {} {}", from.display(), to.display());
+    fs::set_permissions(to, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 /// Replaces the farm's copy of lrpm-host on disk (a rename: the running
 /// image's file cannot be written).
 fn replace_program(farm: &Farm, content: &[u8]) {
+    let staged = farm.dir.join("lrpm-host.staged");
+    fs::write(&staged, content).unwrap();
     let next = farm.dir.join("lrpm-host.next");
-    fs::write(&next, content).unwrap();
-    fs::set_permissions(&next, fs::Permissions::from_mode(0o755)).unwrap();
+    copy_program(&staged, &next);
     fs::rename(&next, farm.dir.join("lrpm-host")).unwrap();
 }
 
@@ -271,7 +281,7 @@ fn a_new_image_that_fails_while_taking_the_farm_over_rolls_back_to_the_previous_
         fs::write(dir.join("preload.php"), preload("one")).unwrap();
         fs::write(dir.join("jobs.json"), "{}").unwrap();
         let copy = dir.join("lrpm-host");
-        fs::copy(bin(), &copy).unwrap();
+        copy_program(&bin(), &copy);
         let options = FarmOptions {
             source: dir.join("farm.php"),
             extra_args: vec!["--preload".into(), dir.join("preload.php").to_string_lossy().into_owned()],

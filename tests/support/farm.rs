@@ -305,7 +305,19 @@ impl Farm {
                 Stdio::from(File::create(&stderr_file).expect("stderr file"))
             })
             .process_group(0);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        // A copy of the binary a test just wrote can be "text file busy" for
+        // a moment: another test thread forked while the copy was open for
+        // writing, and its child holds the descriptor until it execs.
+        let mut attempts = 0;
+        let child = loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 100 => {
+                    attempts += 1;
+                    thread::sleep(Duration::from_millis(20));
+                }
+                other => break other.unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}")),
+            }
+        };
         Farm {
             pid: child.id() as i32,
             dir,
