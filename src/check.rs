@@ -42,6 +42,7 @@ pub fn run(
     argv: &[String],
     strict: bool,
     defaults: &job::JobDefaults,
+    user: Option<std::sync::Arc<job::users::Credentials>>,
 ) -> Result<Checked, SupervisorError> {
     let is_file = crate::cli::source_is_file(source);
     let source = if is_file {
@@ -49,9 +50,18 @@ pub fn run(
     } else {
         source.to_string()
     };
+    let mut keep_fds = process::descriptors_for_children();
     let (read_end, write_end) = process::message_pipe()?;
+    keep_fds.push(write_end.as_raw_fd());
+    keep_fds.sort_unstable();
     let program = php::config_program(&source, is_file, 0, true, bootstrap, argv, write_end.as_raw_fd())?;
-    let setup = ChildSetup { close_fds: vec![read_end.as_raw_fd()], ..Default::default() };
+    // The source is user code: it runs as --user, as the farm's would.
+    let setup = ChildSetup {
+        close_fds: vec![read_end.as_raw_fd()],
+        keep_fds: Some(std::sync::Arc::new(keep_fds)),
+        credentials: user,
+        ..Default::default()
+    };
     let child = process::spawn_child(&setup, |parent| program.run(engine, parent))?;
     drop(write_end);
     let mut channel = ConfigChannel::new(read_end);
@@ -97,7 +107,8 @@ fn report(
             Ok(ConfigMessage::Configuration { jobs }) => {
                 got_configuration = true;
                 let count = jobs.len();
-                let mut validated = job::validate_entries(jobs);
+                let resolve_user = job::users::system_resolver(nix::unistd::geteuid().is_root());
+                let mut validated = job::validate_entries(jobs, &resolve_user);
                 writeln!(out, "{count} job(s), {} valid", validated.jobs.len())?;
                 for job in &mut validated.jobs {
                     defaults.apply(job);

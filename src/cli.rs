@@ -133,6 +133,12 @@ pub struct FarmOptions {
     #[arg(long, global = true, overrides_with = "zygote")]
     pub no_zygote: bool,
 
+    /// Run every child (configuration process, zygote, workers) as this
+    /// user (USER or USER:GROUP, with the user's supplementary groups); the
+    /// supervisor keeps root to switch, signal and restart them. Needs root.
+    #[arg(long, value_name = "USER[:GROUP]", global = true)]
+    pub user: Option<String>,
+
     /// Permissions of the control socket, octal.
     #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_octal_mode, global = true)]
     pub control_socket_mode: u32,
@@ -192,9 +198,10 @@ pub struct PhpOptions {
     #[arg(long, value_name = "FILE", global = true)]
     pub preload: Option<PathBuf>,
 
-    /// User preloading runs as when lrpm-host runs as root (opcache.preload_user).
-    #[arg(long, value_name = "USER", default_value = "nobody", global = true)]
-    pub preload_user: String,
+    /// User preloading runs as when lrpm-host runs as root
+    /// (opcache.preload_user); default: --user's user, else nobody.
+    #[arg(long, value_name = "USER", global = true)]
+    pub preload_user: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

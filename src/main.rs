@@ -2,24 +2,29 @@
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 
 use lrpm_host::cli::{self, Cli, Command};
 use lrpm_host::farm::HostExit;
+use lrpm_host::job::users::{self, Credentials};
 use lrpm_host::php::{self, Engine, EngineSettings};
 use lrpm_host::pidfile::PidFile;
 use lrpm_host::{check, process, supervisor, telemetry, worker_cmd};
 
 use lrpm_host::exit_code::host::{CONFIG as EXIT_CONFIG, SOFTWARE as EXIT_SOFTWARE, USAGE as EXIT_USAGE};
 
-fn engine_settings(options: &cli::PhpOptions) -> EngineSettings {
+fn engine_settings(options: &cli::PhpOptions, user: Option<&Credentials>) -> EngineSettings {
     let is_root = nix::unistd::geteuid().is_root();
+    // Preloading runs the preload script as this user: the one the farm's
+    // PHP code runs as.
+    let preload_user = options.preload_user.clone().or_else(|| user.map(|u| u.user.clone()));
     EngineSettings {
         ini_overrides: options.define.clone(),
         preload: options.preload.as_deref().map(|p| cli::absolute(p).to_string_lossy().into_owned()),
-        preload_user: is_root.then(|| options.preload_user.clone()),
+        preload_user: is_root.then(|| preload_user.unwrap_or_else(|| "nobody".to_string())),
     }
 }
 
@@ -29,9 +34,22 @@ fn usage_error(message: &str) -> u8 {
     EXIT_USAGE
 }
 
+/// `--user`, resolved once at startup (only numbers go down the fork path).
+fn farm_user(options: &cli::FarmOptions) -> Result<Option<Arc<Credentials>>, String> {
+    let Some(spec) = options.user.as_deref() else { return Ok(None) };
+    if !nix::unistd::geteuid().is_root() {
+        return Err(format!("--user {spec}: lrpm-host must be started as root to switch users"));
+    }
+    users::resolve(spec).map(|c| Some(Arc::new(c))).map_err(|e| format!("--user {spec}: {e}"))
+}
+
 fn run(cli: Cli) -> anyhow::Result<u8> {
     let argv: Vec<String> = std::env::args().collect();
-    let settings = engine_settings(&cli.php);
+    let user = match farm_user(&cli.farm) {
+        Ok(user) => user,
+        Err(e) => return Ok(usage_error(&e)),
+    };
+    let settings = engine_settings(&cli.php, user.as_deref());
     if let Some(preload) = &settings.preload {
         anyhow::ensure!(std::path::Path::new(preload).is_file(), "--preload {preload}: no such file");
     }
@@ -55,7 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             process::block_handled_signals()?;
             let engine = Engine::boot(&settings).context("starting PHP")?;
             let code =
-                worker_cmd::run(&engine, &job, bootstrap.as_deref(), source_file.as_deref(), args.cycles, &argv)?;
+                worker_cmd::run(&engine, &job, bootstrap.as_deref(), source_file.as_deref(), args.cycles, &argv, user)?;
             Ok(code.clamp(0, 255) as u8)
         }
         Some(Command::Check(args)) => {
@@ -67,7 +85,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let bootstrap = cli::resolve_bootstrap(cli.php.bootstrap.as_deref(), Some(&source));
             let engine = Engine::boot(&settings).context("starting PHP")?;
             let checked =
-                check::run(&engine, &source, bootstrap.as_deref(), &argv, args.strict, &cli.farm.job_defaults())?;
+                check::run(&engine, &source, bootstrap.as_deref(), &argv, args.strict, &cli.farm.job_defaults(), user)?;
             Ok(match checked.verdict {
                 check::Verdict::Valid => 0,
                 check::Verdict::Invalid => 1,
@@ -83,7 +101,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let source = cli.source.clone().context("missing SOURCE")?;
             let bootstrap = cli::resolve_bootstrap(cli.php.bootstrap.as_deref(), Some(&source));
             let engine = Engine::boot(&settings).context("starting PHP")?;
-            let checked = check::run(&engine, &source, bootstrap.as_deref(), &argv, false, &cli.farm.job_defaults())?;
+            let checked =
+                check::run(&engine, &source, bootstrap.as_deref(), &argv, false, &cli.farm.job_defaults(), user)?;
             supervisor::upgrade::send_trial_report(checked.jobs).context("sending the trial's report")?;
             Ok(0)
         }
@@ -110,6 +129,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 zygote: !cli.farm.no_zygote,
                 program: std::env::current_exe().context("finding this program's path")?,
                 upgrade_trial_timeout: std::time::Duration::from_secs(cli.farm.upgrade_trial_timeout),
+                user,
             };
             if config.source_is_file && !std::path::Path::new(&config.source).is_file() {
                 anyhow::bail!("configuration source {} does not exist", config.source);
@@ -132,6 +152,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 }
 
 fn main() -> ExitCode {
+    // Before anything opens: descriptors the host was started with are not
+    // passed on to its children (they are its parent's, maybe root's).
+    process::record_inherited_fds();
     // First: an upgrade's new image that fails from here on, even at its
     // command line, rolls back to the previous image instead of ending the farm.
     supervisor::upgrade::prepare_takeover();

@@ -62,12 +62,19 @@ pub fn run(
     source_file: Option<&Path>,
     cycles: Option<u64>,
     argv: &[String],
+    user: Option<std::sync::Arc<crate::job::users::Credentials>>,
 ) -> Result<i32, WorkerCmdError> {
+    let keep_fds = process::descriptors_for_children();
     let mut program = php::worker_program(job, bootstrap, source_file, cycles, argv)?;
     let page = SharedPage::new().map_err(WorkerCmdError::SharedPage)?;
     program.set_shared_page(page.clone());
     let mut signals = SignalEvents::new()?;
-    let setup = ChildSetup { close_fds: vec![signals.raw_fd()], ..Default::default() };
+    let setup = ChildSetup {
+        close_fds: vec![signals.raw_fd()],
+        keep_fds: Some(std::sync::Arc::new(keep_fds)),
+        credentials: user,
+        ..Default::default()
+    };
     let child = process::spawn_child(&setup, |parent| program.run(engine, parent))?;
     tracing::debug!(pid = child.as_raw(), "worker started");
 

@@ -38,6 +38,7 @@ final class JobValidator
         'memoryLimitMb' => ['Recycle the worker once its memory (the larger of the Zend heap and the resident set) exceeds this many MB, an integer from 1', false],
         'cycleTimeoutSeconds' => ['A cycle running longer than this many seconds is stuck: the worker is stopped (SIGTERM, then SIGKILL) and the exit counts as a failure, an integer from 1 to 86400', false],
         'essential' => ['When true, the job failing for good shuts the whole farm down (lrpm-host exits 69), a boolean', false],
+        'user' => ['The user the job\'s processes run as, "USER" or "USER:GROUP" (names or numeric ids); needs the host to run as root', false],
     ];
 
     /** @var callable(string): bool */
@@ -127,6 +128,9 @@ final class JobValidator
             'maxFailures', 'maxCycles', 'maxLifetimeSeconds', 'memoryLimitMb' => $int && $value >= 1,
             'failureWindowSeconds', 'cycleTimeoutSeconds' => $int && $value >= 1 && $value <= self::MAX_DURATION_SECONDS,
             'essential' => is_bool($value),
+            // The shape only: whether the user exists, and whether the host
+            // runs as root to switch to it, is the host's to say.
+            'user' => is_string($value) && self::isUserSpec($value),
             'replicas' => $int && $value >= 1 && $value <= self::MAX_REPLICAS,
             'cycleIntervalSeconds' => ($int || is_float($value)) && $value > 0 && $value <= self::MAX_DURATION_SECONDS,
             default => $int && $value >= 0 && $value <= self::MAX_DURATION_SECONDS,
@@ -148,9 +152,16 @@ final class JobValidator
                 self::short($value) . ' is above the maximum of ' . self::MAX_REPLICAS,
             $value === 0 && in_array($field, self::AT_LEAST_ONE, true) => '0 is below the minimum of 1',
             $int && $value < 0 => self::short($value) . ' is negative',
-            $int && $field !== 'mtime' => self::short($value) . " is above the maximum of {$max} (one day)",
+            $int && $field !== 'mtime' && $field !== 'user' => self::short($value) . " is above the maximum of {$max} (one day)",
             default => "got {$type} " . self::short($value),
         };
+    }
+
+    /** USER or USER:GROUP: names or numeric ids of 1 to 64 letters, digits and ._-@$ (ASCII), not starting with "-". */
+    private static function isUserSpec(string $value): bool
+    {
+        $name = '(?!-)[A-Za-z0-9._@$-]{1,64}';
+        return preg_match("/^{$name}(:{$name})?\$/Du", $value) === 1;
     }
 
     /** The value as JSON, cut after 60 characters (as the host shows it). */

@@ -25,7 +25,7 @@ namespace Lrpm {
 
     interface ConfigurationSource
     {
-        /** @return array<int|string, array{name: string, workerClass: string, mtime: int, workerConfig: array, shortRunTimeSeconds?: int, shutdownTimeoutSeconds?: int, cycleIntervalSeconds?: int|float, restartPolicy?: "always"|"on-failure"|"never", maxFailures?: int, failureWindowSeconds?: int, essential?: bool}> */
+        /** @return array<int|string, array{name: string, workerClass: string, mtime: int, workerConfig: array, shortRunTimeSeconds?: int, shutdownTimeoutSeconds?: int, cycleIntervalSeconds?: int|float, restartPolicy?: "always"|"on-failure"|"never", maxFailures?: int, failureWindowSeconds?: int, essential?: bool, user?: string}> */
         public function loadConfiguration(): array;
     }
 

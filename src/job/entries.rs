@@ -7,6 +7,8 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
+use super::fields::FIELDS;
+use super::users::UserResolver;
 use super::validate::entry_error;
 use super::{DescribedJob, Job, JobId, UnknownField, ValidationError};
 
@@ -53,13 +55,13 @@ fn entry_key(entry: &Value) -> Option<String> {
     }
 }
 
-fn record(validated: &mut Validated, outcome: &Outcome) {
+fn record(validated: &mut Validated, outcome: Outcome) {
     match outcome {
         Ok((job, fields)) => {
-            validated.jobs.push(job.clone());
-            validated.unknown_fields.extend(fields.iter().cloned());
+            validated.jobs.push(job);
+            validated.unknown_fields.extend(fields);
         }
-        Err(errors) => validated.errors.extend(errors.iter().cloned()),
+        Err(errors) => validated.errors.extend(errors),
     }
 }
 
@@ -69,11 +71,18 @@ fn record(validated: &mut Validated, outcome: &Outcome) {
 /// remembered. Two entries with the same id are both refused: silently
 /// running one of them would hide a job. Also returns the elided entries
 /// the cache does not know (a message was lost: the caller must not apply
-/// this configuration).
-pub fn validate_entries_cached(entries: Vec<Value>, cache: &mut EntryCache) -> (Validated, Vec<UnknownDigest>) {
+/// this configuration). A `user` field is resolved by `resolve_user` on
+/// every message, once per distinct name (an unknown user is that job's
+/// error, and one added since is found at the next poll).
+pub fn validate_entries_cached(
+    entries: Vec<Value>,
+    cache: &mut EntryCache,
+    resolve_user: UserResolver,
+) -> (Validated, Vec<UnknownDigest>) {
     let mut validated = Validated::default();
     let mut unknown = Vec::new();
     let mut kept = HashMap::new();
+    let mut users = Users { resolve: resolve_user, known: HashMap::new() };
     let mut described = Vec::new();
     for entry in entries {
         let digest = entry.get("digest").and_then(Value::as_str).map(str::to_string);
@@ -81,7 +90,7 @@ pub fn validate_entries_cached(entries: Vec<Value>, cache: &mut EntryCache) -> (
             let key = entry_key(&entry).unwrap_or_else(|| "?".to_string());
             match (cache.by_id.remove(&key), digest) {
                 (Some((known, outcome)), Some(digest)) if known == digest => {
-                    record(&mut validated, &outcome);
+                    record(&mut validated, users.resolved(outcome.clone()));
                     kept.insert(key, (known, outcome));
                 }
                 _ => unknown.push(UnknownDigest { job_id: key }),
@@ -110,7 +119,7 @@ pub fn validate_entries_cached(entries: Vec<Value>, cache: &mut EntryCache) -> (
         }
         let key = job.id.to_string();
         let outcome = job.validate();
-        record(&mut validated, &outcome);
+        record(&mut validated, users.resolved(outcome.clone()));
         if let Some(digest) = digest {
             kept.insert(key, (digest, outcome));
         }
@@ -120,6 +129,34 @@ pub fn validate_entries_cached(entries: Vec<Value>, cache: &mut EntryCache) -> (
 }
 
 /// `validate_entries_cached` without a cache (`check`, one message).
-pub fn validate_entries(entries: Vec<Value>) -> Validated {
-    validate_entries_cached(entries, &mut EntryCache::default()).0
+pub fn validate_entries(entries: Vec<Value>, resolve_user: UserResolver) -> Validated {
+    validate_entries_cached(entries, &mut EntryCache::default(), resolve_user).0
+}
+
+/// The `user` fields of one message, each distinct name looked up once (a
+/// lookup may go to a directory service: 10,000 jobs of one user cost one).
+struct Users<'r> {
+    resolve: UserResolver<'r>,
+    known: HashMap<String, Result<std::sync::Arc<super::users::Credentials>, String>>,
+}
+
+impl Users<'_> {
+    /// The outcome with its job's `user` field resolved, or the field's error.
+    fn resolved(&mut self, outcome: Outcome) -> Outcome {
+        let (mut job, unknown) = outcome?;
+        let Some(spec) = job.config.get("user").and_then(Value::as_str) else { return Ok((job, unknown)) };
+        let resolve = self.resolve;
+        match self.known.entry(spec.to_string()).or_insert_with(|| resolve(spec)) {
+            Ok(credentials) => {
+                job.user = Some(std::sync::Arc::clone(credentials));
+                Ok((job, unknown))
+            }
+            Err(problem) => Err(vec![ValidationError {
+                job_id: job.id.to_string(),
+                field: "user".to_string(),
+                problem: format!("Invalid data: {problem}"),
+                rule: FIELDS.iter().find(|rule| rule.name == "user").map_or("", |rule| rule.description).to_string(),
+            }]),
+        }
+    }
 }

@@ -22,7 +22,7 @@ pub(super) enum Presence {
 }
 
 // php-lrpm's fields, order and descriptions, then lrpm-host's own.
-pub(super) const FIELDS: [FieldRule; 16] = [
+pub(super) const FIELDS: [FieldRule; 17] = [
     FieldRule {
         name: "mtime",
         description: "Time of last modification, must be a UTC Unix timestamp integer",
@@ -97,6 +97,11 @@ pub(super) const FIELDS: [FieldRule; 16] = [
     FieldRule {
         name: "essential",
         description: "When true, the job failing for good shuts the whole farm down (lrpm-host exits 69), a boolean",
+        presence: Presence::Optional,
+    },
+    FieldRule {
+        name: "user",
+        description: "The user the job's processes run as, \"USER\" or \"USER:GROUP\" (names or numeric ids); needs the host to run as root",
         presence: Presence::Optional,
     },
 ];

@@ -13,6 +13,7 @@ mod entries;
 mod fields;
 #[cfg(test)]
 mod tests;
+pub mod users;
 mod validate;
 
 use std::fmt;
@@ -95,6 +96,9 @@ pub struct Job {
     pub config: Arc<Map<String, Value>>,
     /// `config` serialized once when the entry changed, for `status`.
     pub config_json: RawJson,
+    /// `user`, resolved: whom the job's processes run as (None: the
+    /// farm's `--user`, or the host's own user).
+    pub user: Option<Arc<users::Credentials>>,
 }
 
 /// JSON text serialized once and shown many times; clones share it.

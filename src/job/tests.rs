@@ -5,6 +5,77 @@ use super::fields::FIELDS;
 use super::*;
 use serde_json::json;
 
+/// Users for the tests: "nobody" exists, nobody else does.
+fn test_users(spec: &str) -> Result<Arc<users::Credentials>, String> {
+    match spec {
+        "nobody" => Ok(Arc::new(users::Credentials {
+            spec: spec.to_string(),
+            user: "nobody".to_string(),
+            uid: 65534,
+            gid: 65534,
+            groups: vec![65534],
+            home: "/nonexistent".to_string(),
+        })),
+        other => Err(format!("no such user '{other}'")),
+    }
+}
+
+#[test]
+fn a_user_is_resolved_per_job_and_an_unknown_one_fails_that_job_alone() {
+    let mut with_user = good();
+    with_user["user"] = json!("nobody");
+    let mut unknown = good();
+    unknown["user"] = json!("no-such-user");
+    let mut malformed = good();
+    malformed["user"] = json!("a:b:c");
+    let validated = validate_entries(
+        vec![entry(json!(1), with_user), entry(json!(2), unknown), entry(json!(3), malformed), entry(json!(4), good())],
+        &test_users,
+    );
+    let ids: Vec<String> = validated.jobs.iter().map(|j| j.id.to_string()).collect();
+    assert_eq!(ids, ["1", "4"]);
+    assert_eq!(validated.jobs[0].user.as_ref().map(|u| u.uid), Some(65534));
+    assert_eq!(validated.jobs[1].user, None);
+    let errors: Vec<String> = validated.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0].starts_with("job 2: field 'user': Invalid data: no such user 'no-such-user' ("), "{errors:?}");
+    assert!(errors[1].starts_with("job 3: field 'user': Invalid data: got string \"a:b:c\" ("), "{errors:?}");
+}
+
+#[test]
+fn users_are_looked_up_once_per_message_and_again_at_the_next_one() {
+    let lookups = std::cell::RefCell::new(Vec::new());
+    let exists = std::cell::Cell::new(false);
+    let resolve = |spec: &str| {
+        lookups.borrow_mut().push(spec.to_string());
+        if exists.get() {
+            test_users("nobody")
+        } else {
+            Err(format!("no such user '{spec}'"))
+        }
+    };
+    let mut job = good();
+    job["user"] = json!("svc");
+    let with_digest = |id: i64, digest: &str| {
+        let mut e = entry(json!(id), job.clone());
+        e["digest"] = json!(digest);
+        e
+    };
+    let mut cache = EntryCache::default();
+    let (first, _) = validate_entries_cached(vec![with_digest(1, "a"), with_digest(2, "b")], &mut cache, &resolve);
+    assert_eq!((first.jobs.len(), first.errors.len()), (0, 2));
+    assert_eq!(*lookups.borrow(), ["svc"], "one lookup for two jobs of one user");
+    // The user is created; the entries are unchanged (served from the
+    // cache), yet the next message finds it.
+    exists.set(true);
+    let unchanged = |id: i64, digest: &str| json!({"id": id, "digest": digest, "unchanged": true});
+    let (second, lost) = validate_entries_cached(vec![unchanged(1, "a"), unchanged(2, "b")], &mut cache, &resolve);
+    assert!(lost.is_empty());
+    assert_eq!((second.jobs.len(), second.errors.len()), (2, 0), "{:?}", second.errors);
+    assert!(second.jobs.iter().all(|j| j.user.as_ref().map(|u| u.uid) == Some(65534)));
+    assert_eq!(lookups.borrow().len(), 2);
+}
+
 fn described(job: Value) -> DescribedJob {
     DescribedJob::from_json(JobId::Int(42), job)
 }
@@ -104,7 +175,7 @@ fn each_entry_is_validated_and_dropped_alone() {
         json!({"type": "array"}),
         entry(json!(4), good()),
     ];
-    let validated = validate_entries(entries);
+    let validated = validate_entries(entries, &test_users);
     let ids: Vec<String> = validated.jobs.iter().map(|j| j.id.to_string()).collect();
     assert_eq!(ids, ["1", "4"]);
     let failed: Vec<&str> = validated.errors.iter().map(|e| e.job_id.as_str()).collect();
@@ -236,7 +307,7 @@ fn unknown_fields_are_warned_with_a_suggestion() {
 fn ids_that_are_not_utf8_or_repeated_are_refused() {
     let mut bad = entry(json!("q\\xff"), good());
     bad["idInvalidUtf8"] = json!(true);
-    let validated = validate_entries(vec![bad, entry(json!(5), good()), entry(json!(5), good())]);
+    let validated = validate_entries(vec![bad, entry(json!(5), good()), entry(json!(5), good())], &test_users);
     assert!(validated.jobs.is_empty());
     assert!(validated.errors.iter().any(|e| e.problem.contains("not valid UTF-8")));
     assert_eq!(validated.errors.iter().filter(|e| e.problem.contains("several jobs")).count(), 1);
@@ -256,24 +327,25 @@ fn unchanged_entries_come_from_the_cache() {
     let (first, lost) = validate_entries_cached(
         vec![with_digest(json!(1), good(), "a"), with_digest(json!("b"), bad.clone(), "b")],
         &mut cache,
+        &test_users,
     );
     assert!(lost.is_empty());
     assert_eq!(first.jobs.len(), 1);
     assert_eq!(first.errors.len(), 1);
     // Both unchanged: the same outcome, from the cache.
     let (second, lost) =
-        validate_entries_cached(vec![unchanged(json!(1), "a"), unchanged(json!("b"), "b")], &mut cache);
+        validate_entries_cached(vec![unchanged(json!(1), "a"), unchanged(json!("b"), "b")], &mut cache, &test_users);
     assert!(lost.is_empty());
     assert_eq!(second.jobs, first.jobs);
     assert_eq!(second.errors, first.errors);
     // Job 1 left the configuration: a later "unchanged" for it is unknown.
-    validate_entries_cached(vec![unchanged(json!("b"), "b")], &mut cache);
-    let (_, lost) = validate_entries_cached(vec![unchanged(json!(1), "a")], &mut cache);
+    validate_entries_cached(vec![unchanged(json!("b"), "b")], &mut cache, &test_users);
+    let (_, lost) = validate_entries_cached(vec![unchanged(json!(1), "a")], &mut cache, &test_users);
     assert_eq!(lost, vec![UnknownDigest { job_id: "1".into() }]);
     // A digest that does not match is unknown too.
     let mut cache = EntryCache::default();
-    validate_entries_cached(vec![with_digest(json!(1), good(), "a")], &mut cache);
-    let (_, lost) = validate_entries_cached(vec![unchanged(json!(1), "z")], &mut cache);
+    validate_entries_cached(vec![with_digest(json!(1), good(), "a")], &mut cache, &test_users);
+    let (_, lost) = validate_entries_cached(vec![unchanged(json!(1), "z")], &mut cache, &test_users);
     assert_eq!(lost.len(), 1);
 }
 
@@ -290,7 +362,7 @@ proptest::proptest! {
             job.insert(rule.name.to_string(), value);
         }
         job.insert(extra, json!(1));
-        let validated = validate_entries(vec![entry(json!(1), Value::Object(job))]);
+        let validated = validate_entries(vec![entry(json!(1), Value::Object(job))], &test_users);
         let mut farm = crate::farm::Farm::new();
         let now = std::time::Instant::now();
         farm.start();

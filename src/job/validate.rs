@@ -169,6 +169,7 @@ impl DescribedJob {
                     php_type == "integer" && value.as_u64().is_some_and(|n| (1..=MAX_DURATION_SECONDS).contains(&n))
                 }
                 "essential" => php_type == "boolean",
+                "user" => php_type == "string" && value.as_str().is_some_and(super::users::is_user_spec),
                 "maxCycles" | "maxLifetimeSeconds" | "memoryLimitMb" => {
                     php_type == "integer" && value.as_u64().is_some_and(|n| n >= 1)
                 }
@@ -200,7 +201,7 @@ impl DescribedJob {
                     "0 is below the minimum of 1".to_string()
                 } else if php_type == "integer" && value.as_i64().is_some_and(|n| n < 0) {
                     format!("{} is negative", short_json(value))
-                } else if php_type == "integer" && rule.name != "mtime" {
+                } else if php_type == "integer" && rule.name != "mtime" && rule.name != "user" {
                     format!("{} is above the maximum of {MAX_DURATION_SECONDS} (one day)", short_json(value))
                 } else {
                     format!("got {php_type} {}", short_json(value))
@@ -244,6 +245,7 @@ impl DescribedJob {
             max_lifetime_seconds: config.get("maxLifetimeSeconds").and_then(Value::as_u64),
             memory_limit_mb: config.get("memoryLimitMb").and_then(Value::as_u64),
             config_json: RawJson::of(&config),
+            user: None,
             config: Arc::new(config),
         };
         Ok((job, unknown))

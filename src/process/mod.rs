@@ -296,6 +296,9 @@ pub struct ChildSetup {
     pub keep_fds: Option<std::sync::Arc<Vec<RawFd>>>,
     /// Pipes to put on the child's stdout and stderr (write ends).
     pub stdio: Option<ChildStdio>,
+    /// The user the child switches to before its body runs (`--user`, a
+    /// job's `user`), in numbers resolved by the supervisor.
+    pub credentials: Option<std::sync::Arc<crate::job::users::Credentials>>,
 }
 
 /// The write ends of a child's output pipes.
@@ -317,6 +320,49 @@ pub fn open_fds() -> Vec<RawFd> {
     fds.retain(|fd| nix::fcntl::fcntl(*fd, nix::fcntl::FcntlArg::F_GETFD).is_ok());
     fds.sort_unstable();
     fds
+}
+
+/// A descriptor this process was started with: its number and what it
+/// refers to, so that a number closed and reused later is not mistaken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InheritedFd {
+    fd: RawFd,
+    device: u64,
+    inode: u64,
+}
+
+static INHERITED_FDS: std::sync::OnceLock<Vec<InheritedFd>> = std::sync::OnceLock::new();
+
+fn identity(fd: RawFd) -> Option<(u64, u64)> {
+    nix::sys::stat::fstat(fd).ok().map(|st| (st.st_dev, st.st_ino))
+}
+
+/// Records the descriptors above 2 this process was started with: its
+/// parent's (a shell's, an init script's, the previous image's), opened with
+/// the parent's privileges. Call first thing in `main`, before anything opens.
+pub fn record_inherited_fds() {
+    let inherited = open_fds()
+        .into_iter()
+        .filter(|fd| *fd > 2)
+        .filter_map(|fd| identity(fd).map(|(device, inode)| InheritedFd { fd, device, inode }))
+        .collect();
+    let _ = INHERITED_FDS.set(inherited);
+}
+
+/// The descriptors open now that children may keep: what the libraries
+/// opened at startup (OPcache's lock file), not what this process was
+/// started with (`record_inherited_fds`): a worker, which may run as an
+/// unprivileged user, gets no descriptor its code did not open but its own
+/// stdin, stdout and stderr.
+pub fn descriptors_for_children() -> Vec<RawFd> {
+    let inherited = INHERITED_FDS.get().map_or(&[][..], Vec::as_slice);
+    open_fds()
+        .into_iter()
+        .filter(|fd| {
+            let was_inherited = |id: (u64, u64)| inherited.iter().any(|i| i.fd == *fd && (i.device, i.inode) == id);
+            !identity(*fd).is_some_and(was_inherited)
+        })
+        .collect()
 }
 
 /// Forks; the child resets signals, arms PR_SET_PDEATHSIG, leads a process
@@ -380,6 +426,10 @@ fn prepare_child(setup: &ChildSetup, parent: Pid) {
     if let Err(e) = setpgid(Pid::from_raw(0), Pid::from_raw(0)) {
         setup_failed("setpgid", e);
     }
+    // Before PDEATHSIG: a change of credentials clears it.
+    if let Some(credentials) = &setup.credentials {
+        switch_user(credentials);
+    }
     // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and no pointers.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } != 0 {
         setup_failed("prctl(PR_SET_PDEATHSIG)", Errno::last());
@@ -422,6 +472,39 @@ fn prepare_child(setup: &ChildSetup, parent: Pid) {
             setup_failed("close", Errno::last());
         }
     }
+}
+
+/// Becomes `to` for good: supplementary groups, then the group, then the
+/// user (real, effective and saved ids: nothing to switch back to), each
+/// call checked; then makes sure root cannot be regained. The kernel makes
+/// a process that changed credentials non-dumpable, which hands its
+/// /proc/self to root (the zygote's descriptor check, PHP code reading
+/// /proc/self/fd would fail): it is made dumpable again, as a process
+/// started by that user is. HOME, USER and LOGNAME follow the user.
+fn switch_user(to: &crate::job::users::Credentials) {
+    use nix::unistd::{setgroups, setresgid, setresuid, setuid, Gid, Uid};
+    let groups: Vec<Gid> = to.groups.iter().copied().map(Gid::from_raw).collect();
+    if let Err(e) = setgroups(&groups) {
+        setup_failed(&format!("setgroups({:?}) to run as {}", to.groups, to.spec), e);
+    }
+    let gid = Gid::from_raw(to.gid);
+    if let Err(e) = setresgid(gid, gid, gid) {
+        setup_failed(&format!("setgid({}) to run as {}", to.gid, to.spec), e);
+    }
+    let uid = Uid::from_raw(to.uid);
+    if let Err(e) = setresuid(uid, uid, uid) {
+        setup_failed(&format!("setuid({}) to run as {}", to.uid, to.spec), e);
+    }
+    if to.uid != 0 && setuid(Uid::from_raw(0)).is_ok() {
+        setup_failed(&format!("setuid(0) still succeeds after switching to {}", to.spec), Errno::EPERM);
+    }
+    // SAFETY: prctl with PR_SET_DUMPABLE takes an integer and no pointers.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1 as libc::c_ulong, 0, 0, 0) } != 0 {
+        setup_failed("prctl(PR_SET_DUMPABLE)", Errno::last());
+    }
+    std::env::set_var("HOME", &to.home);
+    std::env::set_var("USER", &to.user);
+    std::env::set_var("LOGNAME", &to.user);
 }
 
 /// Closes every descriptor from 3 up except `keep` (sorted); false when the

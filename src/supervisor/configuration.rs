@@ -36,7 +36,8 @@ impl Supervisor<'_> {
     }
 
     fn configuration_received(&mut self, entries: Vec<serde_json::Value>, now: Instant) {
-        let (validated, lost) = job::validate_entries_cached(entries, &mut self.entry_cache);
+        let resolve_user = job::users::system_resolver(nix::unistd::geteuid().is_root());
+        let (validated, lost) = job::validate_entries_cached(entries, &mut self.entry_cache, &resolve_user);
         if !lost.is_empty() {
             // Cannot happen unless a message was lost: never apply a
             // configuration with holes (its missing jobs would be stopped).

@@ -96,6 +96,9 @@ pub struct FarmConfig {
     pub program: PathBuf,
     /// How long the upgrade's trial run may take.
     pub upgrade_trial_timeout: Duration,
+    /// `--user`: whom every child runs as (the config process, the zygote,
+    /// workers of jobs without their own `user`); the supervisor stays root.
+    pub user: Option<std::sync::Arc<job::users::Credentials>>,
 }
 
 struct Supervisor<'e> {
@@ -162,9 +165,9 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
     let handoff = upgrade::take_handoff();
     let handed: Vec<std::os::fd::RawFd> =
         handoff.iter().flat_map(upgrade::Handoff::descriptors).chain(upgrade::rollback_fd()).collect();
-    // Before the supervisor opens anything: what is open now is the
-    // libraries' (OPcache's lock file) and what the host was started with.
-    let keep_fds: Vec<std::os::fd::RawFd> = process::open_fds()
+    // Before the supervisor opens anything: what is open now, but what the
+    // host was started with, is the libraries' (OPcache's lock file).
+    let keep_fds: Vec<std::os::fd::RawFd> = process::descriptors_for_children()
         .into_iter()
         .filter(|fd| !config.close_in_children.contains(fd) && !handed.contains(fd))
         .collect();

@@ -56,11 +56,13 @@ impl Supervisor<'_> {
             program.set_shared_page(page.clone());
         }
         let name = state.job.name.clone();
+        let job_user = state.job.user.clone();
         let pipes = self.output_pipes(&label);
         if pipes.is_some() {
             self.output_pipes_failed = false;
         }
-        let setup = self.child_setup(pipes.as_ref(), None);
+        let mut setup = self.child_setup(pipes.as_ref(), None);
+        setup.credentials = job_user.or_else(|| self.config.user.clone());
         let engine = self.engine;
         match process::spawn_child(&setup, |parent| program.run(engine, parent)) {
             Ok(pid) => {
@@ -144,6 +146,8 @@ impl Supervisor<'_> {
             close_fds: self.supervisor_fds(),
             keep_fds: Some(keep_fds),
             stdio: pipes.map(|p| ChildStdio { stdout: p.stdout.1.as_raw_fd(), stderr: p.stderr.1.as_raw_fd() }),
+            // The farm's user; a worker of a job with its own `user` replaces it.
+            credentials: self.config.user.clone(),
         }
     }
 
@@ -172,6 +176,20 @@ impl Supervisor<'_> {
     pub(super) fn capture(&mut self, source: output::Source, pipes: Option<OutputPipes>) {
         if let (Some(router), Some(pipes)) = (self.output.as_mut(), pipes) {
             router.register(source, pipes.stdout.0, pipes.stderr.0);
+        }
+    }
+
+    /// Whether a worker of job `id` runs as the farm's user (`--user`, or
+    /// the host's own): the zygote runs as that user, so only those
+    /// workers may be forked from it; a job with a `user` of its own is
+    /// forked here, switching in the child before any of its code runs.
+    pub(super) fn runs_as_farm_user(&self, id: &crate::job::JobId) -> bool {
+        let Some(state) = self.farm.job(id) else { return true };
+        let ids = |c: &crate::job::users::Credentials| (c.uid, c.gid, c.groups.clone());
+        match (&state.job.user, &self.config.user) {
+            (None, _) => true,
+            (Some(own), Some(farm)) => ids(own) == ids(farm),
+            (Some(_), None) => false,
         }
     }
 

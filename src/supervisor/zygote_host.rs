@@ -70,7 +70,7 @@ impl Supervisor<'_> {
     /// Hands the start of `key` to the zygote: asked now when it is ready
     /// and has room, queued until then. None means: fork it yourself.
     pub(super) fn start_through_zygote(&mut self, key: &WorkerKey, now: Instant) -> Option<()> {
-        if self.farm.is_shutting_down() {
+        if self.farm.is_shutting_down() || !self.runs_as_farm_user(&key.id) {
             return None;
         }
         let Zygote::Running(running) = &mut self.zygote else { return None };
@@ -179,7 +179,7 @@ impl Supervisor<'_> {
     /// Asks the ready zygote for the worker of `key`.
     fn request_from_zygote(&mut self, key: &WorkerKey) -> Request {
         let Zygote::Running(running) = &self.zygote else { return Request::Fallback };
-        if !running.ready || running.stopping || self.farm.is_shutting_down() {
+        if !running.ready || running.stopping || self.farm.is_shutting_down() || !self.runs_as_farm_user(&key.id) {
             return Request::Fallback;
         }
         let Some(state) = self.farm.job(&key.id) else { return Request::Fallback };

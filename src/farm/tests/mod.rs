@@ -32,6 +32,7 @@ fn job(id: i64, mtime: i64) -> Job {
         memory_limit_mb: None,
         config: std::sync::Arc::new(Map::new()),
         config_json: RawJson::of(&Map::new()),
+        user: None,
     }
 }
 
