@@ -210,6 +210,26 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Load the configuration once, print the jobs and every validation error.
     Check(CheckArgs),
+    /// The cluster agent, started by the supervisor itself (not for direct
+    /// use): it speaks the supervisor's typed messages on stdin/stdout.
+    #[command(name = "cluster-agent", hide = true)]
+    ClusterAgent(ClusterAgentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterAgentArgs {
+    /// etcd://HOST:PORT[,HOST:PORT...]/FARM_NAME
+    #[arg(long, value_name = "URL", value_parser = crate::cluster::ClusterUrl::parse)]
+    pub cluster: crate::cluster::ClusterUrl,
+    /// This member's name, unique in the farm.
+    #[arg(long, value_name = "NAME")]
+    pub member: String,
+    /// Seconds the member's lease lives without a renewal.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=300))]
+    pub ttl: u64,
+    /// Relative share of the units.
+    #[arg(long, value_name = "W", default_value_t = 1.0)]
+    pub weight: f64,
 }
 
 #[derive(Debug, Args)]

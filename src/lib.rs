@@ -9,6 +9,7 @@
 
 pub mod check;
 pub mod cli;
+pub mod cluster;
 pub mod control;
 pub mod escape;
 pub mod exit_code;

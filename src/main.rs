@@ -54,6 +54,26 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         anyhow::ensure!(std::path::Path::new(preload).is_file(), "--preload {preload}: no such file");
     }
     match cli.command {
+        Some(Command::ClusterAgent(args)) => {
+            if let Err(e) = lrpm_host::cluster::check_member_name(&args.member) {
+                return Ok(usage_error(&e));
+            }
+            if !(args.weight.is_finite() && args.weight > 0.0 && args.weight <= 1000.0) {
+                return Ok(usage_error(&format!("--weight {}: must be above 0 and at most 1000", args.weight)));
+            }
+            let ttl = std::time::Duration::from_secs(args.ttl);
+            Ok(lrpm_host::cluster::agent::run(lrpm_host::cluster::agent::AgentSettings {
+                etcd: lrpm_host::cluster::etcd::EtcdOptions {
+                    endpoints: args.cluster.endpoints,
+                    user: None,
+                    request_timeout: (ttl / 4).max(std::time::Duration::from_millis(500)),
+                },
+                farm: args.cluster.farm,
+                member: args.member,
+                ttl,
+                weight: args.weight,
+            }))
+        }
         Some(Command::Worker(args)) => {
             let source = match cli::source_for_command(cli.source.as_deref(), args.source.as_deref()) {
                 Ok(source) => source,

@@ -29,33 +29,54 @@ impl Daemon {
     /// the port accepts connections; fails (never skips) when the program is
     /// missing (`package` names what `make deps` installs) or does not come up.
     pub fn start(program: &str, package: &str, dir: &Path, args: impl Fn(u16) -> Vec<String>) -> Daemon {
-        let log = dir.join(format!("{program}.log"));
         for _ in 0..5 {
             let port = free_port();
-            let mut child = Command::new(program)
-                .args(args(port))
-                .current_dir(dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).expect("server log"))
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {program} (Debian's {package}, `make deps`): {e}"));
-            let up = poll_every(Duration::from_millis(20), secs(20.0), || {
-                if child.try_wait().ok().flatten().is_some() {
-                    return Some(false);
-                }
-                TcpStream::connect(("127.0.0.1", port)).ok().map(|_| true)
-            });
-            if up == Some(true) {
-                return Daemon { port, child };
+            if let Some(daemon) = Daemon::try_start(program, package, dir, port, args(port)) {
+                return daemon;
             }
-            let _ = child.kill();
-            let _ = child.wait();
         }
         panic!(
             "{program} did not come up on loopback; its log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
+            std::fs::read_to_string(dir.join(format!("{program}.log"))).unwrap_or_default()
         );
+    }
+
+    /// Starts it on a given port, or panics with its log.
+    pub fn start_on(program: &str, package: &str, dir: &Path, port: u16, args: Vec<String>) -> Daemon {
+        Daemon::try_start(program, package, dir, port, args).unwrap_or_else(|| {
+            panic!(
+                "{program} did not come up again on port {port}; its log:\n{}",
+                std::fs::read_to_string(dir.join(format!("{program}.log"))).unwrap_or_default()
+            )
+        })
+    }
+
+    fn try_start(program: &str, package: &str, dir: &Path, port: u16, args: Vec<String>) -> Option<Daemon> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{program}.log")))
+            .expect("server log");
+        let mut child = Command::new(program)
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program} (Debian's {package}, `make deps`): {e}"));
+        let up = poll_every(Duration::from_millis(20), secs(20.0), || {
+            if child.try_wait().ok().flatten().is_some() {
+                return Some(false);
+            }
+            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| true)
+        });
+        if up == Some(true) {
+            return Some(Daemon { port, child });
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
     }
 
     /// gearmand with one thread and no persistence.
@@ -68,12 +89,54 @@ impl Daemon {
         })
     }
 
+    /// etcd (Debian's etcd-server), one member, its data in `dir`. Started
+    /// again on the same `dir` and `port` it keeps its data (`restart`).
+    pub fn etcd(dir: &Path) -> Daemon {
+        let data = dir.join("etcd-data").to_string_lossy().into_owned();
+        Daemon::start("etcd", "etcd-server", dir, move |port| etcd_args(&data, port))
+    }
+
+    /// The same etcd again after `stop`, on its port and data.
+    pub fn restart_etcd(&mut self, dir: &Path) {
+        let data = dir.join("etcd-data").to_string_lossy().into_owned();
+        let again = Daemon::start_on("etcd", "etcd-server", dir, self.port, etcd_args(&data, self.port));
+        *self = again;
+    }
+
+    /// Kills the server (SIGKILL); `restart_etcd` brings it back.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The server's pid (to SIGSTOP it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// beanstalkd, in memory.
     pub fn beanstalkd(dir: &Path) -> Daemon {
         Daemon::start("beanstalkd", "beanstalkd", dir, |port| {
             ["-l", "127.0.0.1", "-p", &port.to_string()].map(String::from).to_vec()
         })
     }
+}
+
+fn etcd_args(data: &str, port: u16) -> Vec<String> {
+    let peer = free_port();
+    let client = format!("http://127.0.0.1:{port}");
+    [
+        "--name=test",
+        &format!("--data-dir={data}"),
+        &format!("--listen-client-urls={client}"),
+        &format!("--advertise-client-urls={client}"),
+        &format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+        &format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+        &format!("--initial-cluster=test=http://127.0.0.1:{peer}"),
+        "--log-level=warn",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 impl Drop for Daemon {

@@ -1,0 +1,558 @@
+//! The cluster agent: a process of its own, exec'd by the supervisor before
+//! PHP boots, the one place in lrpm-host with threads. etcd's calls block
+//! (a lease renewal, a watch that waits for news, a partitioned network),
+//! and the supervisor must never block and never have a second thread when
+//! it forks; so the agent does the waiting, with one thread per blocking
+//! stream joined by crossbeam channels (no fork ever follows here), and
+//! tells the supervisor only "run this unit" and "stop that one" over its
+//! stdin/stdout, a socketpair.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{after, never, select, unbounded, Receiver, Sender};
+use serde::{Deserialize, Serialize};
+
+use super::claims::{ClaimOutcome, Claims, Effect, Holder};
+use super::etcd::{Created, Etcd, EtcdError, EtcdOptions, WatchBatch, WatchEvent};
+use super::messages::{self, FromAgent, MemberView, ToAgent, UnitOwner};
+use super::placement::{Candidate, Rendezvous};
+
+/// What the agent needs to know, from the supervisor's command line.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub etcd: EtcdOptions,
+    pub farm: String,
+    pub member: String,
+    pub ttl: Duration,
+    pub weight: f64,
+}
+
+/// The value of a claim key.
+#[derive(Debug, Serialize, Deserialize)]
+struct ClaimValue {
+    member: String,
+}
+
+/// What the threads report to the agent's loop.
+enum Report {
+    Supervisor(ToAgent),
+    SupervisorGone,
+    Renewed { sent_at_ns: u64, sent: Instant, ttl: Duration, lease: i64 },
+    Expired { lease: i64 },
+    RenewFailed { lease: i64, why: String },
+    Watch { generation: u64, batch: Result<WatchBatch, EtcdError> },
+}
+
+pub fn members_prefix(farm: &str) -> String {
+    format!("/lrpm/{farm}/members/")
+}
+
+pub fn units_prefix(farm: &str) -> String {
+    format!("/lrpm/{farm}/units/")
+}
+
+fn farm_prefix(farm: &str) -> String {
+    format!("/lrpm/{farm}/")
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock the supervisor fences on.
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64) * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Runs the agent until the supervisor closes its end; the exit status.
+pub fn run(settings: AgentSettings) -> u8 {
+    let (tx, rx) = unbounded();
+    spawn_supervisor_reader(tx.clone());
+    let mut agent = Agent::new(settings, tx, rx);
+    agent.serve()
+}
+
+struct Agent {
+    settings: AgentSettings,
+    etcd: Etcd,
+    claims: Claims<Rendezvous>,
+    tx: Sender<Report>,
+    rx: Receiver<Report>,
+    out: std::io::Stdout,
+    started_at: u64,
+    lease: Option<i64>,
+    /// When the last renewal that etcd answered was sent.
+    renewed_at: Option<Instant>,
+    /// A watch generation: reports from an abandoned watch are ignored.
+    watch_generation: u64,
+    watch_revision: i64,
+    watching: bool,
+    members: BTreeMap<String, MemberView>,
+    supervisor_gone: bool,
+    /// Dropped to stop the current lease's keeper: an abandoned lease must
+    /// not be kept alive, or its claims would block their units.
+    keeper_stop: Option<Sender<()>>,
+    draining: bool,
+}
+
+impl Agent {
+    fn new(settings: AgentSettings, tx: Sender<Report>, rx: Receiver<Report>) -> Self {
+        let etcd = Etcd::new(settings.etcd.clone());
+        let claims = Claims::new(settings.member.clone(), Rendezvous);
+        let started_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Agent {
+            settings,
+            etcd,
+            claims,
+            tx,
+            rx,
+            out: std::io::stdout(),
+            started_at,
+            lease: None,
+            renewed_at: None,
+            watch_generation: 0,
+            watch_revision: 0,
+            watching: false,
+            members: BTreeMap::new(),
+            supervisor_gone: false,
+            keeper_stop: None,
+            draining: false,
+        }
+    }
+
+    fn send(&mut self, message: &FromAgent) {
+        let line = messages::encode(message);
+        if self.out.write_all(&line).and_then(|()| self.out.flush()).is_err() {
+            self.supervisor_gone = true;
+        }
+    }
+
+    fn serve(&mut self) -> u8 {
+        let mut join_backoff = Duration::from_millis(250);
+        let mut next_join = Some(Instant::now());
+        loop {
+            if self.supervisor_gone {
+                self.leave();
+                return 0;
+            }
+            if self.lease.is_none() && next_join.is_some_and(|at| at <= Instant::now()) {
+                match self.join() {
+                    Ok(()) => {
+                        join_backoff = Duration::from_millis(250);
+                        next_join = None;
+                    }
+                    Err(JoinError::NameTaken(message)) => {
+                        self.send(&FromAgent::Error { message });
+                        return crate::exit_code::host::CONFIG;
+                    }
+                    Err(JoinError::Etcd(e)) => {
+                        self.send(&FromAgent::LeaseLost { reason: e.to_string() });
+                        next_join = Some(Instant::now() + join_backoff);
+                        join_backoff = (join_backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            if self.lease.is_some() && !self.watching {
+                self.open_watch();
+            }
+            let wake = [next_join, self.claims.next_retry(), self.renewal_deadline()].into_iter().flatten().min();
+            let timer = match wake {
+                Some(at) => after(at.saturating_duration_since(Instant::now())),
+                None => never(),
+            };
+            let rx = self.rx.clone();
+            select! {
+                recv(rx) -> report => match report {
+                    Ok(report) => self.handle(report, &mut next_join),
+                    Err(_) => return 0,
+                },
+                recv(timer) -> _ => {}
+            }
+            let now = Instant::now();
+            if self.renewal_deadline().is_some_and(|at| at <= now) {
+                self.lose_lease("no lease renewal succeeded within the TTL's margin".into());
+                next_join = Some(now);
+            }
+            let effects = self.claims.tick(now);
+            self.apply(effects);
+        }
+    }
+
+    /// When the lease must be taken as lost if no renewal succeeds: one
+    /// second before it can expire on etcd's side.
+    fn renewal_deadline(&self) -> Option<Instant> {
+        let renewed = self.renewed_at?;
+        Some(renewed + self.settings.ttl.saturating_sub(Duration::from_secs(1)))
+    }
+
+    fn handle(&mut self, report: Report, next_join: &mut Option<Instant>) {
+        let now = Instant::now();
+        match report {
+            Report::Supervisor(ToAgent::Units { units }) => {
+                let effects = self.claims.units_wanted(units, now);
+                self.apply(effects);
+            }
+            Report::Supervisor(ToAgent::Stopped { unit }) => {
+                let effects = self.claims.stopped(&unit, now);
+                self.apply(effects);
+            }
+            Report::Supervisor(ToAgent::Drain) => {
+                self.draining = true;
+                // The others stop counting this member for placement, so
+                // they claim each unit as soon as its claim goes.
+                self.announce_draining();
+                let effects = self.claims.drain(now);
+                self.apply(effects);
+            }
+            Report::SupervisorGone => self.supervisor_gone = true,
+            Report::Renewed { sent_at_ns, sent, ttl, lease } if Some(lease) == self.lease => {
+                self.renewed_at = self.renewed_at.max(Some(sent));
+                self.send(&FromAgent::Lease { sent_at_ns, ttl_ms: ttl.as_millis() as u64 });
+            }
+            Report::Expired { lease } if Some(lease) == self.lease => {
+                self.lose_lease("the lease expired on etcd's side".into());
+                *next_join = Some(now);
+            }
+            Report::RenewFailed { lease, why } if Some(lease) == self.lease => {
+                tracing::warn!("renewing the cluster lease failed: {why}");
+            }
+            Report::Watch { generation, batch } if generation == self.watch_generation => self.watched(batch),
+            _ => {}
+        }
+    }
+
+    fn join(&mut self) -> Result<(), JoinError> {
+        let sent_at_ns = monotonic_ns();
+        let sent = Instant::now();
+        let lease = self.etcd.grant(self.settings.ttl)?;
+        let me = MemberView {
+            name: self.settings.member.clone(),
+            host: hostname(),
+            pid: std::process::id(),
+            started_at: self.started_at,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            weight: self.settings.weight,
+            draining: self.draining,
+        };
+        let key = format!("{}{}", members_prefix(&self.settings.farm), me.name);
+        let value = serde_json::to_vec(&me).expect("a member serialises");
+        loop {
+            match self.etcd.create_if_absent(&key, &value, lease)? {
+                Created::Yes { .. } => break,
+                Created::Exists(kv) => {
+                    let other: Option<MemberView> = serde_json::from_slice(&kv.value).ok();
+                    // This process's own key from an earlier lease (etcd was
+                    // away): it goes, and the join is tried again.
+                    if other
+                        .as_ref()
+                        .is_some_and(|o| o.pid == me.pid && o.started_at == me.started_at && o.host == me.host)
+                    {
+                        self.etcd.delete_if_created_at(&key, kv.create_revision)?;
+                        continue;
+                    }
+                    let _ = self.etcd.revoke(lease);
+                    let holder = other
+                        .map_or_else(|| "an unreadable key".to_owned(), |o| format!("pid {} on {}", o.pid, o.host));
+                    return Err(JoinError::NameTaken(format!(
+                        "cluster member name {:?} is already in use by {holder} in farm {:?}; give each instance its own --cluster-member",
+                        me.name, self.settings.farm
+                    )));
+                }
+            }
+        }
+        self.lease = Some(lease);
+        self.renewed_at = Some(sent);
+        self.send(&FromAgent::Lease { sent_at_ns, ttl_ms: self.settings.ttl.as_millis() as u64 });
+        self.keeper_stop = Some(spawn_keeper(self.settings.etcd.clone(), lease, self.settings.ttl, self.tx.clone()));
+        self.resnapshot()?;
+        let effects = self.claims.lease_granted(Instant::now());
+        self.apply(effects);
+        Ok(())
+    }
+
+    fn announce_draining(&mut self) {
+        let Some(lease) = self.lease else { return };
+        let key = format!("{}{}", members_prefix(&self.settings.farm), self.settings.member);
+        let Ok(Some(mut me)) = self.etcd.range_prefix(&key).map(|(_, kvs)| {
+            kvs.into_iter().find(|kv| kv.key == key).and_then(|kv| serde_json::from_slice::<MemberView>(&kv.value).ok())
+        }) else {
+            tracing::warn!(
+                "could not read this member's key to mark it draining; the others take its units after the TTL"
+            );
+            return;
+        };
+        me.draining = true;
+        let value = serde_json::to_vec(&me).expect("a member serialises");
+        if let Err(e) = self.etcd.put(&key, &value, lease) {
+            tracing::warn!("marking this member draining failed ({e}); the others take its units after the TTL");
+        }
+    }
+
+    /// Reads every member and claim; the watch goes on from there.
+    fn resnapshot(&mut self) -> Result<(), EtcdError> {
+        let (revision, kvs) = self.etcd.range_prefix(&farm_prefix(&self.settings.farm))?;
+        self.members.clear();
+        let mut holders = BTreeMap::new();
+        for kv in kvs {
+            self.absorb_put(&kv.key, &kv.value, kv.create_revision, &mut holders);
+        }
+        self.watch_revision = revision;
+        self.watching = false;
+        let candidates = self.candidates();
+        let effects = self.claims.snapshot(candidates, holders, Instant::now());
+        self.apply(effects);
+        self.send_view();
+        Ok(())
+    }
+
+    fn absorb_put(&mut self, key: &str, value: &[u8], create_revision: i64, holders: &mut BTreeMap<String, Holder>) {
+        if let Some(name) = key.strip_prefix(&members_prefix(&self.settings.farm)) {
+            if let Ok(member) = serde_json::from_slice::<MemberView>(value) {
+                if member.name == name {
+                    self.members.insert(name.to_owned(), member);
+                }
+            }
+        } else if let Some(unit) = key.strip_prefix(&units_prefix(&self.settings.farm)) {
+            let member = serde_json::from_slice::<ClaimValue>(value).map_or_else(|_| String::new(), |c| c.member);
+            holders.insert(unit.to_owned(), Holder { member, token: create_revision });
+        }
+    }
+
+    fn candidates(&self) -> Vec<Candidate> {
+        self.members
+            .values()
+            .filter(|m| !m.draining)
+            .map(|m| Candidate { name: m.name.clone(), weight: m.weight })
+            .collect()
+    }
+
+    fn open_watch(&mut self) {
+        self.watch_generation += 1;
+        let generation = self.watch_generation;
+        match self.etcd.watch(&farm_prefix(&self.settings.farm), self.watch_revision + 1, WATCH_IDLE) {
+            Ok(mut stream) => {
+                self.watching = true;
+                let tx = self.tx.clone();
+                std::thread::Builder::new()
+                    .name("etcd-watch".into())
+                    .spawn(move || loop {
+                        let batch = stream.next_batch();
+                        let ended = batch.is_err();
+                        if tx.send(Report::Watch { generation, batch }).is_err() || ended {
+                            return;
+                        }
+                    })
+                    .expect("a thread for the watch");
+            }
+            Err(e) => tracing::warn!("opening the cluster watch failed (tried again shortly): {e}"),
+        }
+    }
+
+    fn watched(&mut self, batch: Result<WatchBatch, EtcdError>) {
+        let now = Instant::now();
+        match batch {
+            Ok(WatchBatch::Created) => {}
+            Ok(WatchBatch::Events { revision, events }) => {
+                for event in events {
+                    let effects = match event {
+                        WatchEvent::Put(kv) => {
+                            let mut holders = BTreeMap::new();
+                            self.absorb_put(&kv.key, &kv.value, kv.create_revision, &mut holders);
+                            self.watch_revision = self.watch_revision.max(kv.mod_revision);
+                            if let Some((unit, holder)) = holders.into_iter().next() {
+                                self.claims.claim_seen(&unit, holder, now)
+                            } else if let Some(name) = kv.key.strip_prefix(&members_prefix(&self.settings.farm)) {
+                                match self.members.get(name) {
+                                    Some(m) if m.draining => self.claims.member_left(name, now),
+                                    Some(m) => {
+                                        let candidate = Candidate { name: m.name.clone(), weight: m.weight };
+                                        self.claims.member_joined(candidate, now)
+                                    }
+                                    None => Vec::new(),
+                                }
+                            } else {
+                                Vec::new()
+                            }
+                        }
+                        WatchEvent::Delete { key, revision } => {
+                            self.watch_revision = self.watch_revision.max(revision);
+                            if let Some(name) = key.strip_prefix(&members_prefix(&self.settings.farm)) {
+                                self.members.remove(name);
+                                self.claims.member_left(name, now)
+                            } else if let Some(unit) = key.strip_prefix(&units_prefix(&self.settings.farm)) {
+                                self.claims.claim_gone(unit, now)
+                            } else {
+                                Vec::new()
+                            }
+                        }
+                    };
+                    self.apply(effects);
+                }
+                self.watch_revision = self.watch_revision.max(revision);
+                self.send_view();
+            }
+            Ok(WatchBatch::Compacted { .. }) | Ok(WatchBatch::Cancelled(_)) => {
+                if let Err(e) = self.resnapshot() {
+                    tracing::warn!("re-reading the cluster after a cancelled watch failed: {e}");
+                }
+            }
+            // A silent or broken stream: re-opened from the last revision
+            // seen, so nothing in between is missed.
+            Err(_) => self.watching = false,
+        }
+    }
+
+    fn lose_lease(&mut self, reason: String) {
+        let lease = self.lease.take();
+        self.keeper_stop = None;
+        self.renewed_at = None;
+        self.watching = false;
+        self.watch_generation += 1;
+        self.send(&FromAgent::LeaseLost { reason });
+        let effects = self.claims.lease_lost(Instant::now());
+        self.apply(effects);
+        // Last: etcd may be the reason, and this can wait a request timeout.
+        if let Some(lease) = lease {
+            let _ = self.etcd.revoke(lease);
+        }
+    }
+
+    /// Carries out the core's effects, and what their outcomes cause.
+    fn apply(&mut self, effects: Vec<Effect>) {
+        let mut queue = std::collections::VecDeque::from(effects);
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                Effect::Claim { unit } => {
+                    let outcome = self.claim(&unit);
+                    queue.extend(self.claims.claim_finished(&unit, outcome, Instant::now()));
+                }
+                Effect::Release { unit, token } => {
+                    let key = format!("{}{unit}", units_prefix(&self.settings.farm));
+                    if let Err(e) = self.etcd.delete_if_created_at(&key, token) {
+                        // It goes with the lease anyway; until then nobody
+                        // else takes the unit, which is the safe side.
+                        tracing::warn!("releasing the claim of {unit} failed: {e}");
+                    }
+                }
+                Effect::Run { unit, token } => self.send(&FromAgent::Run { unit, token }),
+                Effect::Stop { unit } => self.send(&FromAgent::Stop { unit }),
+                Effect::Drained => self.send(&FromAgent::Drained),
+            }
+        }
+    }
+
+    fn claim(&mut self, unit: &str) -> ClaimOutcome {
+        let Some(lease) = self.lease else { return ClaimOutcome::Failed };
+        let key = format!("{}{unit}", units_prefix(&self.settings.farm));
+        let value = serde_json::to_vec(&ClaimValue { member: self.settings.member.clone() }).expect("serialises");
+        match self.etcd.create_if_absent(&key, &value, lease) {
+            Ok(Created::Yes { revision }) => ClaimOutcome::Won { token: revision },
+            Ok(Created::Exists(kv)) => {
+                let member =
+                    serde_json::from_slice::<ClaimValue>(&kv.value).map_or_else(|_| String::new(), |c| c.member);
+                ClaimOutcome::Taken { member, token: kv.create_revision }
+            }
+            Err(e) => {
+                tracing::warn!("claiming {unit} failed: {e}");
+                ClaimOutcome::Failed
+            }
+        }
+    }
+
+    fn send_view(&mut self) {
+        let owners = self
+            .claims
+            .holders()
+            .iter()
+            .map(|(unit, h)| UnitOwner { unit: unit.clone(), member: h.member.clone(), token: h.token })
+            .collect();
+        let members = self.members.values().cloned().collect();
+        self.send(&FromAgent::View { members, owners });
+    }
+
+    /// The supervisor is gone: give the lease back so that the others take
+    /// the units now rather than after the TTL (its workers died with it).
+    fn leave(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            let _ = self.etcd.revoke(lease);
+        }
+    }
+}
+
+/// How long a watch may stay silent before it is re-opened.
+const WATCH_IDLE: Duration = Duration::from_secs(30);
+
+enum JoinError {
+    NameTaken(String),
+    Etcd(EtcdError),
+}
+
+impl From<EtcdError> for JoinError {
+    fn from(e: EtcdError) -> Self {
+        JoinError::Etcd(e)
+    }
+}
+
+fn spawn_supervisor_reader(tx: Sender<Report>) {
+    std::thread::Builder::new()
+        .name("supervisor".into())
+        .spawn(move || {
+            let stdin = std::io::stdin();
+            for line in BufReader::new(stdin.lock()).lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<ToAgent>(&line) {
+                    Ok(message) => {
+                        if tx.send(Report::Supervisor(message)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::error!("a message from the supervisor could not be read ({e}): {line}"),
+                }
+            }
+            let _ = tx.send(Report::SupervisorGone);
+        })
+        .expect("a thread for the supervisor's messages");
+}
+
+/// Renews the lease every TTL/3 until it is lost or the agent moves on.
+fn spawn_keeper(options: EtcdOptions, lease: i64, ttl: Duration, tx: Sender<Report>) -> Sender<()> {
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+    std::thread::Builder::new()
+        .name("etcd-lease".into())
+        .spawn(move || {
+            let mut etcd = Etcd::new(EtcdOptions { request_timeout: ttl / 3, ..options });
+            let period = ttl / 3;
+            let mut next = Instant::now() + period;
+            loop {
+                // Disconnected (the agent dropped its end): this lease is
+                // abandoned.
+                if let Err(crossbeam_channel::RecvTimeoutError::Disconnected) =
+                    stop_rx.recv_timeout(next.saturating_duration_since(Instant::now()))
+                {
+                    return;
+                }
+                next += period;
+                let (sent_at_ns, sent) = (monotonic_ns(), Instant::now());
+                let report = match etcd.keepalive(lease) {
+                    Ok(Some(ttl)) => Report::Renewed { sent_at_ns, sent, ttl, lease },
+                    Ok(None) => Report::Expired { lease },
+                    Err(e) => Report::RenewFailed { lease, why: e.to_string() },
+                };
+                let expired = matches!(report, Report::Expired { .. });
+                if tx.send(report).is_err() || expired {
+                    return;
+                }
+            }
+        })
+        .expect("a thread for the lease");
+    stop_tx
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
