@@ -39,6 +39,7 @@ final class JobValidator
         'cycleTimeoutSeconds' => ['A cycle running longer than this many seconds is stuck: the worker is stopped (SIGTERM, then SIGKILL) and the exit counts as a failure, an integer from 1 to 86400', false],
         'essential' => ['When true, the job failing for good shuts the whole farm down (lrpm-host exits 69), a boolean', false],
         'user' => ['The user the job\'s processes run as, "USER" or "USER:GROUP" (names or numeric ids); needs the host to run as root', false],
+        'placement' => ['With --cluster, where the job\'s slots run: "cluster" (the default: each slot on exactly one live member) or "every-host" (each member runs all of them)', false],
     ];
 
     /** @var callable(string): bool */
@@ -125,6 +126,7 @@ final class JobValidator
             'workerClass' => is_string($value) && ($this->classExists)($value),
             'mtime' => $int && $value >= 0,
             'restartPolicy' => in_array($value, ['always', 'on-failure', 'never'], true),
+            'placement' => in_array($value, ['cluster', 'every-host'], true),
             'maxFailures', 'maxCycles', 'maxLifetimeSeconds', 'memoryLimitMb' => $int && $value >= 1,
             'failureWindowSeconds', 'cycleTimeoutSeconds' => $int && $value >= 1 && $value <= self::MAX_DURATION_SECONDS,
             'essential' => is_bool($value),
@@ -152,7 +154,7 @@ final class JobValidator
                 self::short($value) . ' is above the maximum of ' . self::MAX_REPLICAS,
             $value === 0 && in_array($field, self::AT_LEAST_ONE, true) => '0 is below the minimum of 1',
             $int && $value < 0 => self::short($value) . ' is negative',
-            $int && $field !== 'mtime' && $field !== 'user' => self::short($value) . " is above the maximum of {$max} (one day)",
+            $int && !in_array($field, ['mtime', 'user', 'placement'], true) => self::short($value) . " is above the maximum of {$max} (one day)",
             default => "got {$type} " . self::short($value),
         };
     }

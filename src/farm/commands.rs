@@ -85,17 +85,20 @@ impl Farm {
                         Phase::Running { pid, since } => {
                             self.stop(&key, pid, since, AfterStop::Hold, now, &mut actions)
                         }
-                        Phase::Stopping { then: AfterStop::Remove, .. } => {}
+                        // Going for good, or to another member (the job is
+                        // held here should the unit come back).
+                        Phase::Stopping { then: AfterStop::Remove | AfterStop::Release, .. } => {}
                         Phase::Stopping { pid, since, kill_at, .. } => {
                             self.set_phase(&key, Phase::Stopping { pid, since, kill_at, then: AfterStop::Hold })
                         }
-                        Phase::Starting { stop_then: Some(AfterStop::Remove), .. } => {}
+                        Phase::Starting { stop_then: Some(AfterStop::Remove | AfterStop::Release), .. } => {}
                         Phase::Starting { since, .. } => {
                             self.set_phase(&key, Phase::Starting { since, stop_then: Some(AfterStop::Hold) })
                         }
                         Phase::Waiting { .. } | Phase::Held | Phase::Done | Phase::Failed => {
                             self.set_phase(&key, Phase::Held)
                         }
+                        Phase::Elsewhere => {}
                     }
                 }
                 Ok(())
@@ -115,20 +118,22 @@ impl Farm {
         match slot.phase.clone() {
             Phase::Running { pid, since } => self.stop(key, pid, since, then, now, actions),
             // A slot being scaled away (or kept held) stays so.
-            Phase::Stopping { then: AfterStop::Remove, .. } => {}
+            Phase::Stopping { then: AfterStop::Remove | AfterStop::Release, .. } => {}
             Phase::Stopping { then: AfterStop::Hold, .. } if held => {}
             Phase::Stopping { pid, since, kill_at, .. } => {
                 self.set_phase(key, Phase::Stopping { pid, since, kill_at, then })
             }
             // The process being started is stopped as soon as it is known,
             // then started again: one live process per slot.
-            Phase::Starting { stop_then: Some(AfterStop::Remove), .. } => {}
+            Phase::Starting { stop_then: Some(AfterStop::Remove | AfterStop::Release), .. } => {}
             Phase::Starting { stop_then: Some(AfterStop::Hold), .. } if held => {}
             Phase::Starting { since, .. } => self.set_phase(key, Phase::Starting { since, stop_then: Some(then) }),
             Phase::Held if held => {}
             Phase::Waiting { .. } | Phase::Held | Phase::Done | Phase::Failed => {
                 self.set_phase(key, Phase::Waiting { at: now })
             }
+            // Another member's to restart.
+            Phase::Elsewhere => {}
         }
     }
 }

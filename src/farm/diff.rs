@@ -9,7 +9,9 @@ impl Farm {
         let replicas = job.replicas;
         self.jobs.insert(id.clone(), JobState::new(job));
         for slot in 0..replicas {
-            self.add_slot(&WorkerKey::new(id.clone(), slot), Phase::Waiting { at: now });
+            let key = WorkerKey::new(id.clone(), slot);
+            let phase = self.new_slot_phase(&key, false, now);
+            self.add_slot(&key, phase);
         }
     }
 
@@ -45,7 +47,8 @@ impl Farm {
         for slot in 0..replicas {
             let key = WorkerKey::new(id.clone(), slot);
             if self.slot(&key).is_none() {
-                self.add_slot(&key, if held { Phase::Held } else { Phase::Waiting { at: now } });
+                let phase = self.new_slot_phase(&key, held, now);
+                self.add_slot(&key, phase);
             }
         }
     }
@@ -153,7 +156,9 @@ impl Farm {
                 Phase::Starting { since, .. } => {
                     self.set_phase(&key, Phase::Starting { since, stop_then: Some(AfterStop::Remove) })
                 }
-                Phase::Waiting { .. } | Phase::Held | Phase::Done | Phase::Failed => self.remove_slot(&key),
+                Phase::Waiting { .. } | Phase::Held | Phase::Done | Phase::Failed | Phase::Elsewhere => {
+                    self.remove_slot(&key)
+                }
             }
         }
     }

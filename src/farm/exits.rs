@@ -43,6 +43,7 @@ impl Farm {
             AfterStop::Restart | AfterStop::Recycle | AfterStop::RestartAsFailure => {
                 self.set_phase(key, Phase::Waiting { at: now })
             }
+            AfterStop::Release => self.release_unit(key, actions),
         }
         self.finish_shutdown_if_done(actions);
     }
@@ -252,7 +253,25 @@ impl Farm {
                     Some(RollingStep::Stopping { slot }) if slot == key.slot
                 );
             }
-            Phase::Waiting { .. } | Phase::Starting { .. } | Phase::Held | Phase::Done | Phase::Failed => {}
+            Phase::Stopping { then: AfterStop::Release, .. } => {
+                actions.push(Action::log_about(
+                    LogLevel::Info,
+                    &key,
+                    Some(pid),
+                    format!("{label} (pid {pid}) stopped: {described}; the unit is free for another member"),
+                ));
+                self.release_unit(&key, actions);
+                rolling_goes_on |= matches!(
+                    self.jobs.get(&key.id).and_then(|s| s.rolling.as_ref()).and_then(|r| r.current),
+                    Some(RollingStep::Stopping { slot }) if slot == key.slot
+                );
+            }
+            Phase::Waiting { .. }
+            | Phase::Starting { .. }
+            | Phase::Held
+            | Phase::Done
+            | Phase::Failed
+            | Phase::Elsewhere => {}
         }
         if rolling_goes_on {
             if let Some(rolling) = self.jobs.get_mut(&key.id).and_then(|s| s.rolling.as_mut()) {
@@ -382,16 +401,18 @@ impl Farm {
             let Some(slot) = self.slot(&key) else { continue };
             match slot.phase.clone() {
                 Phase::Running { pid, since } => self.stop(&key, pid, since, AfterStop::Fail, now, actions),
-                Phase::Stopping { then: AfterStop::Remove | AfterStop::Hold, .. } => {}
+                Phase::Stopping { then: AfterStop::Remove | AfterStop::Hold | AfterStop::Release, .. } => {}
                 Phase::Stopping { pid, since, kill_at, .. } => {
                     self.set_phase(&key, Phase::Stopping { pid, since, kill_at, then: AfterStop::Fail })
                 }
                 Phase::Waiting { .. } => self.set_phase(&key, Phase::Failed),
-                Phase::Starting { stop_then: Some(AfterStop::Remove | AfterStop::Hold), .. } => {}
+                Phase::Starting {
+                    stop_then: Some(AfterStop::Remove | AfterStop::Hold | AfterStop::Release), ..
+                } => {}
                 Phase::Starting { since, .. } => {
                     self.set_phase(&key, Phase::Starting { since, stop_then: Some(AfterStop::Fail) })
                 }
-                Phase::Held | Phase::Done | Phase::Failed => {}
+                Phase::Held | Phase::Done | Phase::Failed | Phase::Elsewhere => {}
             }
         }
     }

@@ -27,6 +27,9 @@ pub enum AfterStop {
     RestartAsFailure,
     /// A planned recycle (`recycle ID`): start again at once, counted as a recycle.
     Recycle,
+    /// The unit's claim is no longer this member's (`--cluster`):
+    /// `Elsewhere`, and the agent is told the unit is free.
+    Release,
 }
 
 /// Where a job's process is in its life.
@@ -65,6 +68,10 @@ pub enum Phase {
     /// Too many failures (`maxFailures` within `failureWindowSeconds`, or a
     /// failure under `never`); `restart ID` or a new mtime starts it again.
     Failed,
+    /// No process here: the slot is a unit of the cluster (`--cluster`,
+    /// `placement: cluster`) that this member holds no claim for; another
+    /// member runs it, or none may yet. A grant starts it.
+    Elsewhere,
 }
 
 /// The status name shown by `status` and `lrpmctl`.
@@ -78,6 +85,7 @@ pub enum StatusName {
     Stopped,
     Done,
     Failed,
+    Elsewhere,
 }
 
 impl StatusName {
@@ -90,6 +98,7 @@ impl StatusName {
             StatusName::Stopped => "stopped",
             StatusName::Done => "done",
             StatusName::Failed => "failed",
+            StatusName::Elsewhere => "elsewhere",
         }
     }
 }
@@ -98,7 +107,12 @@ impl Phase {
     pub fn pid(&self) -> Option<Pid> {
         match self {
             Phase::Running { pid, .. } | Phase::Stopping { pid, .. } => Some(*pid),
-            Phase::Waiting { .. } | Phase::Starting { .. } | Phase::Held | Phase::Done | Phase::Failed => None,
+            Phase::Waiting { .. }
+            | Phase::Starting { .. }
+            | Phase::Held
+            | Phase::Done
+            | Phase::Failed
+            | Phase::Elsewhere => None,
         }
     }
 
@@ -106,7 +120,12 @@ impl Phase {
     pub fn since(&self) -> Option<Instant> {
         match self {
             Phase::Running { since, .. } | Phase::Stopping { since, .. } => Some(*since),
-            Phase::Waiting { .. } | Phase::Starting { .. } | Phase::Held | Phase::Done | Phase::Failed => None,
+            Phase::Waiting { .. }
+            | Phase::Starting { .. }
+            | Phase::Held
+            | Phase::Done
+            | Phase::Failed
+            | Phase::Elsewhere => None,
         }
     }
 
@@ -115,7 +134,12 @@ impl Phase {
         match self {
             Phase::Waiting { at } => Some(*at),
             Phase::Stopping { kill_at, .. } => *kill_at,
-            Phase::Starting { .. } | Phase::Running { .. } | Phase::Held | Phase::Done | Phase::Failed => None,
+            Phase::Starting { .. }
+            | Phase::Running { .. }
+            | Phase::Held
+            | Phase::Done
+            | Phase::Failed
+            | Phase::Elsewhere => None,
         }
     }
 
@@ -128,6 +152,7 @@ impl Phase {
             Phase::Held => StatusName::Stopped,
             Phase::Done => StatusName::Done,
             Phase::Failed => StatusName::Failed,
+            Phase::Elsewhere => StatusName::Elsewhere,
         }
     }
 }
@@ -263,7 +288,7 @@ impl JobState {
         if statuses.all(|s| s == first) {
             return first;
         }
-        const ATTENTION: [StatusName; 7] = [
+        const ATTENTION: [StatusName; 8] = [
             StatusName::Failed,
             StatusName::Stopping,
             StatusName::Backoff,
@@ -271,6 +296,7 @@ impl JobState {
             StatusName::Running,
             StatusName::Done,
             StatusName::Stopped,
+            StatusName::Elsewhere,
         ];
         let present: Vec<StatusName> = self.slots.values().map(|s| s.status(now)).collect();
         ATTENTION.into_iter().find(|s| present.contains(s)).unwrap_or(first)

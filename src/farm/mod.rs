@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+mod cluster;
 mod commands;
 pub mod config_process;
 mod diff;
@@ -30,7 +31,7 @@ pub use exit::{End, ExitKind, PhpEnd, ProcessKind};
 pub use lifecycle::{AfterStop, JobState, Phase, Rolling, RollingStep, SlotState, StatusName, WorkerKey};
 pub use recycle::{RecycleCounts, RecycleReason};
 
-use crate::job::{Job, JobId, RestartPolicy};
+use crate::job::{Job, JobId, Placement, RestartPolicy};
 use config_process::{FIRST_CONFIGURATION_ATTEMPTS, FIRST_CONFIGURATION_RETRY};
 use lifecycle::later;
 
@@ -96,6 +97,24 @@ pub enum Event {
     Shutdown,
     /// SIGHUP or `reload`: poll the configuration source now.
     Reload,
+    /// `--cluster`: the agent claimed the unit `key` for this member;
+    /// `token` is the claim's fencing token.
+    UnitGranted {
+        key: WorkerKey,
+        token: i64,
+    },
+    /// `--cluster`: the unit is no longer this member's. Its process is
+    /// stopped, and SIGKILLed at `kill_by` at the latest (when another
+    /// member may start it).
+    UnitRevoked {
+        key: WorkerKey,
+        kill_by: Option<Instant>,
+    },
+    /// `--cluster`: the member lost its lease (or is about to): every unit
+    /// it holds is revoked.
+    AllUnitsRevoked {
+        kill_by: Option<Instant>,
+    },
 }
 
 /// A worker's cycle counters, as its shared page shows them.
@@ -182,6 +201,9 @@ pub enum Action {
     Log(LogEvent),
     /// Shutdown is complete: every child is gone.
     Exit(HostExit),
+    /// `--cluster`: the unit's process is gone (or never was): its claim
+    /// can go to another member.
+    ReleaseUnit(WorkerKey),
 }
 
 /// A log line, and the process it is about (for structured logs).
@@ -231,6 +253,8 @@ pub struct Farm {
     exited: bool,
     /// Workers a stop signal reached (`Event::StopSignalled`), until their exit.
     stop_signalled: HashSet<Pid>,
+    /// `--cluster`: the units this member holds.
+    cluster: Option<cluster::ClusterUnits>,
 }
 
 impl Default for Farm {
@@ -250,6 +274,7 @@ impl Farm {
             shutting_down: None,
             exited: false,
             stop_signalled: HashSet::new(),
+            cluster: None,
         }
     }
 
@@ -349,6 +374,14 @@ impl Farm {
                 ConfigPhase::Waiting { .. } => self.config.phase = ConfigPhase::Waiting { at: now },
                 _ => {}
             },
+            Event::UnitGranted { key, token } => self.unit_granted(key, token, now, &mut actions),
+            Event::UnitRevoked { key, kill_by } => self.unit_revoked(&key, kill_by, now, &mut actions),
+            Event::AllUnitsRevoked { kill_by } => {
+                let owned: Vec<WorkerKey> = self.owned_units();
+                for key in owned {
+                    self.unit_revoked(&key, kill_by, now, &mut actions);
+                }
+            }
         }
         actions
     }
@@ -409,6 +442,7 @@ impl Farm {
         let Some(state) = self.jobs.get_mut(&key.id) else { return };
         state.slots.entry(key.slot).or_insert_with(|| SlotState::new(Phase::Held));
         self.set_phase(key, phase);
+        self.units_changed(key);
     }
 
     /// Forgets a slot whose process is gone; the job too once it is removed
@@ -416,6 +450,8 @@ impl Farm {
     fn remove_slot(&mut self, key: &WorkerKey) {
         // Clears the indexes first.
         self.set_phase(key, Phase::Held);
+        self.units_changed(key);
+        self.forget_unit(key);
         let Some(state) = self.jobs.get_mut(&key.id) else { return };
         state.slots.remove(&key.slot);
         if state.removed && state.slots.is_empty() {
@@ -471,7 +507,12 @@ impl Farm {
                     self.set_phase(&key, Phase::Stopping { pid, since, kill_at: None, then });
                     actions.push(Action::KillWorker { key, pid, reason });
                 }
-                Phase::Starting { .. } | Phase::Running { .. } | Phase::Held | Phase::Done | Phase::Failed => {
+                Phase::Starting { .. }
+                | Phase::Running { .. }
+                | Phase::Held
+                | Phase::Done
+                | Phase::Failed
+                | Phase::Elsewhere => {
                     self.deadlines.remove(&(at, key));
                 }
             }

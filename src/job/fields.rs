@@ -22,7 +22,7 @@ pub(super) enum Presence {
 }
 
 // php-lrpm's fields, order and descriptions, then lrpm-host's own.
-pub(super) const FIELDS: [FieldRule; 17] = [
+pub(super) const FIELDS: [FieldRule; 18] = [
     FieldRule {
         name: "mtime",
         description: "Time of last modification, must be a UTC Unix timestamp integer",
@@ -102,6 +102,11 @@ pub(super) const FIELDS: [FieldRule; 17] = [
     FieldRule {
         name: "user",
         description: "The user the job's processes run as, \"USER\" or \"USER:GROUP\" (names or numeric ids); needs the host to run as root",
+        presence: Presence::Optional,
+    },
+    FieldRule {
+        name: "placement",
+        description: "With --cluster, where the job's slots run: \"cluster\" (the default: each slot on exactly one live member) or \"every-host\" (each member runs all of them)",
         presence: Presence::Optional,
     },
 ];

@@ -96,6 +96,8 @@ pub struct Job {
     pub config: Arc<Map<String, Value>>,
     /// `config` serialized once when the entry changed, for `status`.
     pub config_json: RawJson,
+    /// `placement`: with `--cluster`, where the job's slots run.
+    pub placement: Placement,
     /// `user`, resolved: whom the job's processes run as (None: the
     /// farm's `--user`, or the host's own user).
     pub user: Option<Arc<users::Credentials>>,
@@ -252,6 +254,35 @@ impl RestartPolicy {
             "always" => Some(RestartPolicy::Always),
             "on-failure" => Some(RestartPolicy::OnFailure),
             "never" => Some(RestartPolicy::Never),
+            _ => None,
+        }
+    }
+}
+
+/// `placement`: where a job's slots run when the farm spans several hosts
+/// (`--cluster`); without it every job runs here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Placement {
+    /// Each slot is one unit, run by exactly one live member.
+    #[default]
+    Cluster,
+    /// Every member runs every slot (host-local work: a log shipper, a
+    /// cache warmer); no claims.
+    EveryHost,
+}
+
+impl Placement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Placement::Cluster => "cluster",
+            Placement::EveryHost => "every-host",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Placement> {
+        match text {
+            "cluster" => Some(Placement::Cluster),
+            "every-host" => Some(Placement::EveryHost),
             _ => None,
         }
     }

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::fields::{nearest_field, Presence, FIELDS};
 use super::{
-    json_php_type, Job, JobId, RawJson, RestartPolicy, UnknownField, ValidationError, AT_LEAST_ONE,
+    json_php_type, Job, JobId, Placement, RawJson, RestartPolicy, UnknownField, ValidationError, AT_LEAST_ONE,
     DEFAULT_FAILURE_WINDOW_SECONDS, MAX_DURATION_SECONDS, MAX_REPLICAS,
 };
 
@@ -164,6 +164,7 @@ impl DescribedJob {
                 "workerClass" => php_type == "string" && self.worker_class_exists && !self.hidden_from_workers(),
                 "mtime" => php_type == "integer" && value.as_i64().is_some_and(|n| n >= 0),
                 "restartPolicy" => value.as_str().and_then(RestartPolicy::parse).is_some(),
+                "placement" => value.as_str().and_then(Placement::parse).is_some(),
                 "maxFailures" => php_type == "integer" && value.as_u64().is_some_and(|n| n >= 1),
                 "failureWindowSeconds" => {
                     php_type == "integer" && value.as_u64().is_some_and(|n| (1..=MAX_DURATION_SECONDS).contains(&n))
@@ -201,7 +202,7 @@ impl DescribedJob {
                     "0 is below the minimum of 1".to_string()
                 } else if php_type == "integer" && value.as_i64().is_some_and(|n| n < 0) {
                     format!("{} is negative", short_json(value))
-                } else if php_type == "integer" && rule.name != "mtime" && rule.name != "user" {
+                } else if php_type == "integer" && !["mtime", "user", "placement"].contains(&rule.name) {
                     format!("{} is above the maximum of {MAX_DURATION_SECONDS} (one day)", short_json(value))
                 } else {
                     format!("got {php_type} {}", short_json(value))
@@ -245,6 +246,7 @@ impl DescribedJob {
             max_lifetime_seconds: config.get("maxLifetimeSeconds").and_then(Value::as_u64),
             memory_limit_mb: config.get("memoryLimitMb").and_then(Value::as_u64),
             config_json: RawJson::of(&config),
+            placement: config.get("placement").and_then(Value::as_str).and_then(Placement::parse).unwrap_or_default(),
             user: None,
             config: Arc::new(config),
         };

@@ -716,6 +716,10 @@ impl Supervisor<'_> {
                 }
                 Action::Log(event) => self.log(&event),
                 Action::Exit(exit) => self.exit = Some(exit),
+                // Only a farm with the cluster enabled releases units, and
+                // the supervisor does not enable it yet (the agent's link
+                // lands with it).
+                Action::ReleaseUnit(key) => tracing::debug!(unit = %key, "unit released"),
             }
         }
     }

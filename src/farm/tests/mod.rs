@@ -8,6 +8,7 @@ use serde_json::Map;
 use super::*;
 use crate::job::{RawJson, RestartPolicy};
 
+mod cluster;
 mod one_process_per_slot;
 mod replicas;
 mod rolling;
@@ -32,6 +33,7 @@ fn job(id: i64, mtime: i64) -> Job {
         memory_limit_mb: None,
         config: std::sync::Arc::new(Map::new()),
         config_json: RawJson::of(&Map::new()),
+        placement: crate::job::Placement::Cluster,
         user: None,
     }
 }

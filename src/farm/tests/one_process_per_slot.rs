@@ -34,6 +34,12 @@ enum Op {
     Remove(i64),
     Later(u64),
     Shutdown,
+    /// `--cluster`: the agent grants this member a unit (job, slot).
+    Grant(i64, u32),
+    /// `--cluster`: the agent takes a unit away, with or without a fence.
+    Revoke(i64, u32, bool),
+    /// `--cluster`: the lease is lost.
+    LoseLease,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -55,6 +61,15 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+fn cluster_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => op(),
+        3 => (1i64..3, 0u32..3).prop_map(|(j, n)| Op::Grant(j, n)),
+        2 => (1i64..3, 0u32..3, any::<bool>()).prop_map(|(j, n, fence)| Op::Revoke(j, n, fence)),
+        1 => Just(Op::LoseLease),
+    ]
+}
+
 /// The supervisor around the core: starts in flight, live processes.
 struct Sim {
     farm: Farm,
@@ -70,12 +85,23 @@ struct Sim {
     /// The configuration process (pid 1) was asked to stop.
     config_stopping: bool,
     exited: bool,
+    /// `--cluster`: the units the agent holds for this member (granted,
+    /// not yet released).
+    claimed: Option<BTreeSet<WorkerKey>>,
+    next_token: i64,
 }
 
 impl Sim {
     fn new() -> Sim {
+        Sim::with_cluster(false)
+    }
+
+    fn with_cluster(cluster: bool) -> Sim {
         let now = Instant::now();
         let mut farm = Farm::new();
+        if cluster {
+            farm.enable_cluster();
+        }
         farm.start();
         farm.handle(Event::ConfigProcessStarted(1), now);
         let jobs: BTreeMap<i64, Job> = (1..3).map(|n| (n, Job { replicas: 2, ..job(n, 1) })).collect();
@@ -90,6 +116,8 @@ impl Sim {
             next_pid: 100,
             config_stopping: false,
             exited: false,
+            claimed: cluster.then(BTreeSet::new),
+            next_token: 1,
         };
         sim.configure();
         sim
@@ -105,6 +133,18 @@ impl Sim {
         for action in actions {
             match action {
                 // Half the starts wait to be sent, as when the zygote is busy.
+                Action::StartWorker(key) if self.claimed.as_ref().is_some_and(|c| !c.contains(&key)) => {
+                    panic!("unit {key} started without its claim")
+                }
+                Action::ReleaseUnit(key) => {
+                    let live: Vec<&Pid> = self.live.iter().filter(|(_, k)| **k == key).map(|(p, _)| p).collect();
+                    assert!(live.is_empty(), "unit {key} released while its process {live:?} lives");
+                    let pending = self.in_flight.contains(&key) || self.awaiting.contains(&key);
+                    assert!(!pending, "unit {key} released while a start of it is in flight");
+                    if let Some(claimed) = self.claimed.as_mut() {
+                        claimed.remove(&key);
+                    }
+                }
                 Action::StartWorker(key) if self.next_pid % 2 == 0 => self.awaiting.push_back(key),
                 Action::StartWorker(key) => self.in_flight.push_back(key),
                 Action::StopWorker { pid, .. } | Action::KillWorker { pid, .. } => {
@@ -194,6 +234,25 @@ impl Sim {
                 self.feed(Event::Tick);
             }
             Op::Shutdown => self.feed(Event::Shutdown),
+            Op::Grant(j, slot) => {
+                let Some(claimed) = self.claimed.as_mut() else { return };
+                let key = WorkerKey::new(id(j), slot);
+                claimed.insert(key.clone());
+                self.next_token += 1;
+                self.feed(Event::UnitGranted { key, token: self.next_token });
+            }
+            Op::Revoke(j, slot, fence) => {
+                if self.claimed.is_none() {
+                    return;
+                }
+                let kill_by = fence.then(|| self.now + secs(3));
+                self.feed(Event::UnitRevoked { key: WorkerKey::new(id(j), slot), kill_by });
+            }
+            Op::LoseLease => {
+                if self.claimed.is_some() {
+                    self.feed(Event::AllUnitsRevoked { kill_by: Some(self.now + secs(3)) });
+                }
+            }
         }
     }
 
@@ -206,6 +265,12 @@ impl Sim {
     /// At most one live process per slot, and every live process is the
     /// one its slot knows.
     fn check(&self) {
+        if let Some(claimed) = &self.claimed {
+            // A process lives only while its unit's claim is held here.
+            for (pid, key) in &self.live {
+                assert!(claimed.contains(key), "pid {pid} of unit {key} lives without its claim");
+            }
+        }
         let mut per_slot: HashMap<&WorkerKey, Vec<Pid>> = HashMap::new();
         for (pid, key) in &self.live {
             per_slot.entry(key).or_default().push(*pid);
@@ -255,6 +320,28 @@ proptest! {
     #[test]
     fn a_slot_never_has_two_live_processes(ops in proptest::collection::vec(op(), 1..60)) {
         let mut sim = Sim::new();
+        for op in ops {
+            if sim.exited {
+                break;
+            }
+            sim.run(op);
+            sim.check();
+        }
+        sim.drain();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// `--cluster`: also, a unit's process runs only while this member
+    /// holds its claim, and the claim is released only once the process
+    /// is gone (another member may start the unit at once).
+    #[test]
+    fn a_unit_runs_only_while_claimed_and_is_released_only_once_stopped(
+        ops in proptest::collection::vec(cluster_op(), 1..80),
+    ) {
+        let mut sim = Sim::with_cluster(true);
         for op in ops {
             if sim.exited {
                 break;
