@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod claims;
 pub mod etcd;
+pub mod link;
 pub mod messages;
 pub mod placement;
 

@@ -1,0 +1,205 @@
+//! The supervisor's end of the agent's socketpair, as pure state: bytes in,
+//! typed messages out, and the lease's fence. The supervisor polls the
+//! socket (non-blocking, never waiting for the agent) and feeds what it
+//! reads here; what it writes waits in a bounded outbox.
+//!
+//! The fence: the agent reports each answered keepalive with the moment it
+//! was *sent* (`FromAgent::Lease`), which is before etcd renewed the lease,
+//! so the lease lives at least `ttl` past it. With no renewal for half the
+//! TTL every unit is revoked (SIGTERM); its process is SIGKILLed one
+//! second before the lease can expire, the earliest moment another member
+//! may claim the unit. So two members never run one unit at once, whatever
+//! the network does, provided both clocks run at the same rate (they are
+//! CLOCK_MONOTONIC on each host; etcd's TTL is measured on its leader).
+
+#![forbid(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::messages::{self, FromAgent, ToAgent};
+
+/// How far ahead of the lease's end the last SIGKILL goes out.
+pub const KILL_MARGIN: Duration = Duration::from_secs(1);
+
+/// At most this much unread input per line: the agent's lines are short.
+const MAX_LINE: usize = 4 << 20;
+
+/// At most this much waiting to be written: a unit list of 10,000 slots is
+/// about 200 KiB. Past it the link is broken (the agent is stuck).
+const MAX_OUTBOX: usize = 16 << 20;
+
+#[derive(Debug, Default)]
+pub struct Link {
+    inbox: Vec<u8>,
+    outbox: VecDeque<u8>,
+    /// The lease lives at least until then (from the last `Lease`).
+    lease_until: Option<Instant>,
+    ttl: Duration,
+    /// Units were revoked for want of a renewal; a renewal lifts it.
+    fenced: bool,
+}
+
+/// What a line from the agent means to the supervisor.
+#[derive(Debug, PartialEq)]
+pub enum Incoming {
+    Message(FromAgent),
+    /// Not a message (a bug, or a foreign program on the socket).
+    Garbage(String),
+}
+
+impl Link {
+    pub fn new(ttl: Duration) -> Link {
+        Link { ttl, ..Link::default() }
+    }
+
+    /// Bytes read from the socket: the complete lines, in order.
+    pub fn received(&mut self, bytes: &[u8]) -> Vec<Incoming> {
+        self.inbox.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(end) = self.inbox.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.inbox.drain(..=end).collect();
+            let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+            match serde_json::from_str::<FromAgent>(&text) {
+                Ok(message) => out.push(Incoming::Message(message)),
+                Err(e) => out.push(Incoming::Garbage(format!("{e}: {}", crate::escape::controls(&shorten(&text))))),
+            }
+        }
+        if self.inbox.len() > MAX_LINE {
+            self.inbox.clear();
+            out.push(Incoming::Garbage(format!("a line longer than {MAX_LINE} bytes")));
+        }
+        out
+    }
+
+    /// Queues a message; false when the outbox is over its bound.
+    pub fn send(&mut self, message: &ToAgent) -> bool {
+        self.outbox.extend(messages::encode(message));
+        self.outbox.len() <= MAX_OUTBOX
+    }
+
+    /// What waits to be written (the front of it).
+    pub fn pending(&mut self) -> &[u8] {
+        self.outbox.make_contiguous()
+    }
+
+    pub fn wrote(&mut self, n: usize) {
+        self.outbox.drain(..n.min(self.outbox.len()));
+    }
+
+    pub fn wants_to_write(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
+    /// A keepalive sent at `sent` was answered: the lease lives `ttl` past
+    /// it. An answer older than the last one changes nothing.
+    pub fn renewed(&mut self, sent: Instant, ttl: Duration) {
+        let until = sent + ttl;
+        if self.lease_until.map_or(true, |current| current < until) {
+            self.lease_until = Some(until);
+            self.ttl = ttl;
+            self.fenced = false;
+        }
+    }
+
+    /// The lease is gone (or was never granted).
+    pub fn lost(&mut self) {
+        self.lease_until = None;
+    }
+
+    /// When the units must be revoked if no renewal comes: half the TTL
+    /// after the last keepalive was sent.
+    pub fn revoke_at(&self) -> Option<Instant> {
+        if self.fenced {
+            return None;
+        }
+        self.lease_until.map(|until| until - self.ttl / 2)
+    }
+
+    /// The last moment a unit's process may live: a second before the
+    /// lease can end (now, without a lease).
+    pub fn kill_by(&self, now: Instant) -> Instant {
+        self.lease_until.map_or(now, |until| until.checked_sub(KILL_MARGIN).unwrap_or(now).max(now))
+    }
+
+    /// True once, when the revocation deadline has passed.
+    pub fn fence_due(&mut self, now: Instant) -> bool {
+        if self.revoke_at().is_some_and(|at| at <= now) {
+            self.fenced = true;
+            return true;
+        }
+        false
+    }
+}
+
+/// The moment a CLOCK_MONOTONIC reading in nanoseconds was, as an Instant
+/// (both are CLOCK_MONOTONIC on Linux; Instant cannot be built from one).
+pub fn instant_of(monotonic_ns: u64, now: Instant, now_ns: u64) -> Instant {
+    let ago = Duration::from_nanos(now_ns.saturating_sub(monotonic_ns));
+    now.checked_sub(ago).unwrap_or(now)
+}
+
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(120) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_messages_or_garbage_and_split_reads_join() {
+        let mut link = Link::new(Duration::from_secs(10));
+        let run = messages::encode(&FromAgent::Run { unit: "7#0".into(), token: 3 });
+        let (a, b) = run.split_at(5);
+        assert!(link.received(a).is_empty());
+        assert_eq!(link.received(b), vec![Incoming::Message(FromAgent::Run { unit: "7#0".into(), token: 3 })]);
+        let got = link.received(b"not json\x1b[31m\n{\"type\":\"drained\"}\n");
+        assert!(matches!(&got[0], Incoming::Garbage(why) if !why.contains('\x1b')), "{got:?}");
+        assert_eq!(got[1], Incoming::Message(FromAgent::Drained));
+        let got = link.received(&vec![b'x'; MAX_LINE + 1]);
+        assert_eq!(got.len(), 1, "an endless line is refused, not kept");
+    }
+
+    #[test]
+    fn the_fence_follows_the_last_renewal() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(10);
+        let mut link = Link::new(ttl);
+        assert_eq!(link.revoke_at(), None, "no lease, nothing to revoke on time");
+        assert_eq!(link.kill_by(t0), t0, "without a lease nothing may run");
+        link.renewed(t0, ttl);
+        assert_eq!(link.revoke_at(), Some(t0 + Duration::from_secs(5)));
+        assert_eq!(link.kill_by(t0), t0 + Duration::from_secs(9));
+        assert!(!link.fence_due(t0 + Duration::from_secs(4)));
+        assert!(link.fence_due(t0 + Duration::from_secs(5)));
+        assert!(!link.fence_due(t0 + Duration::from_secs(6)), "once");
+        // A later renewal lifts the fence; an older answer never shortens it.
+        link.renewed(t0 + Duration::from_secs(6), ttl);
+        link.renewed(t0 + Duration::from_secs(1), ttl);
+        assert_eq!(link.revoke_at(), Some(t0 + Duration::from_secs(11)));
+        link.lost();
+        assert_eq!(link.kill_by(t0 + Duration::from_secs(7)), t0 + Duration::from_secs(7));
+    }
+
+    #[test]
+    fn monotonic_readings_become_instants() {
+        let now = Instant::now();
+        assert_eq!(instant_of(5_000_000_000, now, 7_000_000_000), now - Duration::from_secs(2));
+        assert_eq!(instant_of(8_000_000_000, now, 7_000_000_000), now, "never in the future");
+    }
+
+    #[test]
+    fn the_outbox_is_bounded() {
+        let mut link = Link::new(Duration::from_secs(10));
+        assert!(link.send(&ToAgent::Drain));
+        let n = link.pending().len();
+        link.wrote(n);
+        assert!(!link.wants_to_write());
+        let big = ToAgent::Units { units: vec!["x".repeat(1000); 20_000] };
+        assert!(!link.send(&big), "20 MB is past the bound");
+    }
+}
