@@ -155,6 +155,26 @@ pub struct FarmOptions {
     #[arg(long, value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=600), global = true)]
     pub upgrade_trial_timeout: u64,
+
+    /// Spread the farm over every lrpm-host on this etcd cluster and farm
+    /// name: each job slot runs on exactly one live member
+    /// (etcd://HOST:PORT[,HOST:PORT...]/FARM_NAME).
+    #[arg(long, value_name = "URL", env = "LRPM_CLUSTER", value_parser = crate::cluster::ClusterUrl::parse)]
+    pub cluster: Option<crate::cluster::ClusterUrl>,
+
+    /// Seconds a member's lease lives without a renewal: a dead member's
+    /// units move after this long.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(2..=300), global = true)]
+    pub cluster_ttl: u64,
+
+    /// This member's name, unique in the farm (default: hostname-pid).
+    #[arg(long, value_name = "NAME", global = true)]
+    pub cluster_member: Option<String>,
+
+    /// This member's share of the units relative to the others (0 < W <= 1000).
+    #[arg(long, value_name = "W", default_value_t = 1.0, global = true)]
+    pub cluster_weight: f64,
 }
 
 /// What happens to workers' stdout and stderr.

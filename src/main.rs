@@ -43,6 +43,30 @@ fn farm_user(options: &cli::FarmOptions) -> Result<Option<Arc<Credentials>>, Str
     users::resolve(spec).map(|c| Some(Arc::new(c))).map_err(|e| format!("--user {spec}: {e}"))
 }
 
+/// `--cluster` and its options, checked (None without `--cluster`).
+fn cluster_settings(options: &cli::FarmOptions) -> Result<Option<supervisor::ClusterSettings>, String> {
+    let Some(url) = &options.cluster else { return Ok(None) };
+    let member = match &options.cluster_member {
+        Some(name) => name.clone(),
+        None => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map_err(|e| format!("--cluster: cannot read the host name ({e}); give --cluster-member"))?;
+            format!("{}-{}", host.trim(), std::process::id())
+        }
+    };
+    lrpm_host::cluster::check_member_name(&member).map_err(|e| format!("--cluster-member: {e}"))?;
+    let weight = options.cluster_weight;
+    if !(weight.is_finite() && weight > 0.0 && weight <= 1000.0) {
+        return Err(format!("--cluster-weight {weight}: must be above 0 and at most 1000"));
+    }
+    Ok(Some(supervisor::ClusterSettings {
+        url: url.to_string(),
+        member,
+        ttl: std::time::Duration::from_secs(options.cluster_ttl),
+        weight,
+    }))
+}
+
 fn run(cli: Cli) -> anyhow::Result<u8> {
     let argv: Vec<String> = std::env::args().collect();
     let user = match farm_user(&cli.farm) {
@@ -150,6 +174,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 program: std::env::current_exe().context("finding this program's path")?,
                 upgrade_trial_timeout: std::time::Duration::from_secs(cli.farm.upgrade_trial_timeout),
                 user,
+                cluster: match cluster_settings(&cli.farm) {
+                    Ok(settings) => settings,
+                    Err(e) => return Ok(usage_error(&e)),
+                },
             };
             if config.source_is_file && !std::path::Path::new(&config.source).is_file() {
                 anyhow::bail!("configuration source {} does not exist", config.source);

@@ -65,13 +65,19 @@ impl Farm {
         if !std::mem::take(&mut cluster.changed) {
             return None;
         }
-        let units = self
-            .jobs
+        Some(self.cluster_units())
+    }
+
+    /// Every unit the configuration has now (see `take_changed_units`).
+    pub fn cluster_units(&self) -> Vec<WorkerKey> {
+        if self.cluster.is_none() {
+            return Vec::new();
+        }
+        self.jobs
             .iter()
             .filter(|(_, state)| state.job.placement == Placement::Cluster)
             .flat_map(|(id, state)| state.slots.keys().map(|slot| WorkerKey::new(id.clone(), *slot)))
-            .collect();
-        Some(units)
+            .collect()
     }
 
     /// A slot was added or forgotten: the unit list may have changed.

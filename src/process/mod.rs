@@ -565,15 +565,25 @@ pub fn set_nonblocking(fd: impl AsFd) -> Result<(), ProcessError> {
     Ok(())
 }
 
+/// What a program started by `spawn_program` gets as descriptors.
+#[derive(Debug, Clone, Copy)]
+pub enum ProgramIo {
+    /// stdout to /dev/null, and this descriptor (if any) as its fd 3: the
+    /// new binary's trial run before `lrpmctl upgrade`, which reports there.
+    Report(Option<RawFd>),
+    /// This descriptor (a socket) as its stdin and stdout: the cluster agent.
+    Link(RawFd),
+}
+
 /// Runs another program as a child (fork, then exec) in a process group of
 /// its own, with every signal unblocked and the supervisor's descriptors
-/// closed (all but 0, 1, 2, and `report_fd` as its fd 3): the new binary's
-/// trial run before `lrpmctl upgrade` replaces the host.
+/// closed (all but 0, 1, 2, and what `io` says): the upgrade's trial run,
+/// the cluster agent.
 pub fn spawn_program(
     path: &std::ffi::CStr,
     argv: &[std::ffi::CString],
     env: &[std::ffi::CString],
-    report_fd: Option<RawFd>,
+    io: ProgramIo,
 ) -> Result<Pid, ProcessError> {
     // SAFETY: the supervisor is single-threaded when it forks; the child
     // only calls async-signal-safe functions before execve.
@@ -581,27 +591,42 @@ pub fn spawn_program(
         Ok(ForkResult::Parent { child }) => Ok(child),
         Ok(ForkResult::Child) => {
             let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-            // Its own group: a deadline kills it with whatever it started.
+            // Its own group: a deadline kills it with whatever it started,
+            // and a terminal's Ctrl-C reaches only the supervisor.
             let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
             // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and no pointers.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
-            // Its report on stdout is not the farm's output; errors stay on stderr.
-            if let Ok(null) = nix::fcntl::open(c"/dev/null", nix::fcntl::OFlag::O_WRONLY, nix::sys::stat::Mode::empty())
-            {
-                let _ = nix::unistd::dup2(null, libc::STDOUT_FILENO);
-            }
-            // The descriptor it reports on is its fd 3 (dup2 clears close-on-exec).
-            let first_closed = match report_fd {
-                Some(fd) if fd == 3 => {
-                    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()));
-                    4
+            let first_closed = match io {
+                ProgramIo::Report(report_fd) => {
+                    // Its report on stdout is not the farm's output; errors stay on stderr.
+                    if let Ok(null) =
+                        nix::fcntl::open(c"/dev/null", nix::fcntl::OFlag::O_WRONLY, nix::sys::stat::Mode::empty())
+                    {
+                        let _ = nix::unistd::dup2(null, libc::STDOUT_FILENO);
+                    }
+                    // The descriptor it reports on is its fd 3 (dup2 clears close-on-exec).
+                    match report_fd {
+                        Some(fd) if fd == 3 => {
+                            let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()));
+                            4
+                        }
+                        Some(fd) => match nix::unistd::dup2(fd, 3) {
+                            Ok(_) => 4,
+                            // SAFETY: leaving the forked child without running the parent's destructors.
+                            Err(_) => unsafe { libc::_exit(127) },
+                        },
+                        None => 3,
+                    }
                 }
-                Some(fd) => match nix::unistd::dup2(fd, 3) {
-                    Ok(_) => 4,
-                    // SAFETY: leaving the forked child without running the parent's destructors.
-                    Err(_) => unsafe { libc::_exit(127) },
-                },
-                None => 3,
+                ProgramIo::Link(fd) => {
+                    for to in [libc::STDIN_FILENO, libc::STDOUT_FILENO] {
+                        if nix::unistd::dup2(fd, to).is_err() {
+                            // SAFETY: leaving the forked child without running the parent's destructors.
+                            unsafe { libc::_exit(127) }
+                        }
+                    }
+                    3
+                }
             };
             close_range(first_closed, u32::MAX);
             let _ = nix::unistd::execve(path, argv, env);

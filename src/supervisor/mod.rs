@@ -11,8 +11,10 @@
 
 #![forbid(unsafe_code)]
 
+mod cluster;
 pub mod config_channel;
 mod configuration;
+pub use cluster::ClusterSettings;
 mod metrics;
 mod notify;
 mod output;
@@ -96,12 +98,16 @@ pub struct FarmConfig {
     pub program: PathBuf,
     /// How long the upgrade's trial run may take.
     pub upgrade_trial_timeout: Duration,
+    /// `--cluster`: the farm spans the members of an etcd cluster.
+    pub cluster: Option<cluster::ClusterSettings>,
     /// `--user`: whom every child runs as (the config process, the zygote,
     /// workers of jobs without their own `user`); the supervisor stays root.
     pub user: Option<std::sync::Arc<job::users::Credentials>>,
 }
 
 struct Supervisor<'e> {
+    /// `--cluster`: the agent process and its link.
+    agent: Option<cluster::Agent>,
     engine: &'e Engine,
     config: FarmConfig,
     farm: Farm,
@@ -247,7 +253,13 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         host: crate::metrics::HostCounters::new(Instant::now()),
         rss: Default::default(),
         usage: process::UsageCache::default(),
+        agent: None,
     };
+    if let Some(settings) = supervisor.config.cluster.clone() {
+        supervisor.farm.enable_cluster();
+        supervisor.agent = Some(cluster::Agent::new(settings));
+        supervisor.start_agent_if_due(Instant::now());
+    }
     if supervisor.config.zygote {
         supervisor.start_zygote(Instant::now());
     }
@@ -286,6 +298,8 @@ struct PollSlots {
     zygote: Option<usize>,
     /// The upgrade's trial run's report pipe.
     upgrade_report: Option<usize>,
+    /// The cluster agent's socket.
+    agent: Option<usize>,
     listener: Option<usize>,
     config: Option<usize>,
     /// Clients from this index on, in `clients` order.
@@ -330,6 +344,7 @@ impl Supervisor<'_> {
                 self.notifier.as_ref().and_then(notify::Notifier::next_deadline),
                 self.http.as_ref().and_then(HttpServer::next_deadline),
                 self.upgrade_deadline(),
+                self.agent.as_ref().and_then(cluster::Agent::deadline),
                 match &self.zygote {
                     zygote::Zygote::Down { at } => Some(*at),
                     zygote::Zygote::Running(running) => running.deadline(),
@@ -380,6 +395,12 @@ impl Supervisor<'_> {
                     fds.push(PollFd::new(fd, PollFlags::POLLIN));
                     fds.len() - 1
                 });
+                let agent = self.agent.as_ref().and_then(|agent| {
+                    let flags =
+                        if agent.wants_to_write() { PollFlags::POLLIN | PollFlags::POLLOUT } else { PollFlags::POLLIN };
+                    fds.push(PollFd::new(agent.socket()?, flags));
+                    Some(fds.len() - 1)
+                });
                 let waiting = crate::host_output::waiting();
                 let mut host_streams = Vec::new();
                 for (fd, stream) in waiting {
@@ -413,6 +434,7 @@ impl Supervisor<'_> {
                     host_streams,
                     zygote,
                     upgrade_report,
+                    agent,
                     listener,
                     config,
                     first_client,
@@ -451,6 +473,11 @@ impl Supervisor<'_> {
             if slots.upgrade_report.is_some_and(|i| ready[i]) {
                 self.read_upgrade_report();
             }
+            if slots.agent.is_some_and(|i| ready[i]) {
+                self.agent_ready(now);
+            }
+            self.enforce_fence(now);
+            self.start_agent_if_due(now);
             self.enforce_upgrade_deadline(now);
             if ready[slots.signals] {
                 self.handle_signals(now);
@@ -565,6 +592,9 @@ impl Supervisor<'_> {
         if self.is_upgrade_check(pid.as_raw()) {
             return self.upgrade_check_exited(exit);
         }
+        if self.agent_exited(pid.as_raw(), exit, now) {
+            return;
+        }
         if !self.farm.knows_pid(pid.as_raw()) {
             // An orphan adopted as PID 1 or subreaper: reaped, nothing more.
             tracing::debug!(
@@ -627,6 +657,12 @@ impl Supervisor<'_> {
     }
 
     fn apply(&mut self, actions: Vec<Action>) {
+        self.apply_actions(actions);
+        // A configuration, a scale or a removal may have changed the units.
+        self.sync_units();
+    }
+
+    fn apply_actions(&mut self, actions: Vec<Action>) {
         let mut queue: VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
             let now = Instant::now();
@@ -716,10 +752,9 @@ impl Supervisor<'_> {
                 }
                 Action::Log(event) => self.log(&event),
                 Action::Exit(exit) => self.exit = Some(exit),
-                // Only a farm with the cluster enabled releases units, and
-                // the supervisor does not enable it yet (the agent's link
-                // lands with it).
-                Action::ReleaseUnit(key) => tracing::debug!(unit = %key, "unit released"),
+                Action::ReleaseUnit(key) => {
+                    self.send_to_agent(&crate::cluster::messages::ToAgent::Stopped { unit: key.to_string() })
+                }
             }
         }
     }

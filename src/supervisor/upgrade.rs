@@ -250,7 +250,7 @@ impl Supervisor<'_> {
             Ok(pipe) => pipe,
             Err(e) => return Some(format!("error: cannot upgrade: {e}")),
         };
-        match process::spawn_program(&path, &argv, &env, Some(report_end.as_raw_fd())) {
+        match process::spawn_program(&path, &argv, &env, process::ProgramIo::Report(Some(report_end.as_raw_fd()))) {
             Ok(pid) => {
                 let timeout = self.config.upgrade_trial_timeout;
                 tracing::info!(

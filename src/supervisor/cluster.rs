@@ -1,0 +1,316 @@
+//! The supervisor's side of `--cluster`: it starts the cluster agent (this
+//! program, `lrpm-host cluster-agent`, exec'd with a socketpair as its
+//! stdin and stdout), reads its typed messages without ever waiting for it,
+//! turns them into the core's events, fences units when the lease is not
+//! renewed in time, and starts the agent again if it dies.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use nix::unistd::Pid;
+
+use super::Supervisor;
+use crate::cluster::link::{instant_of, Incoming, Link};
+use crate::cluster::messages::{FromAgent, MemberView, ToAgent, UnitOwner};
+use crate::farm::{Event, ExitKind, WorkerKey};
+use crate::job::JobId;
+
+/// What the agent is started with (the command line's `--cluster*`).
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// `etcd://HOST:PORT[,...]/FARM`, as given.
+    pub url: String,
+    pub member: String,
+    pub ttl: Duration,
+    pub weight: f64,
+}
+
+/// The agent's first restart comes after this long, doubling up to the cap.
+const AGENT_RESTART_FIRST: Duration = Duration::from_secs(1);
+const AGENT_RESTART_CAP: Duration = Duration::from_secs(30);
+
+/// The running agent and what the supervisor knows from it.
+pub(super) struct Agent {
+    settings: ClusterSettings,
+    pid: Option<i32>,
+    socket: Option<UnixStream>,
+    link: Link,
+    restart_at: Option<Instant>,
+    restart_delay: Duration,
+    /// The last `View`: live members and who holds which unit.
+    pub(super) members: Vec<MemberView>,
+    pub(super) owners: Vec<UnitOwner>,
+}
+
+impl Agent {
+    pub(super) fn new(settings: ClusterSettings) -> Agent {
+        let ttl = settings.ttl;
+        Agent {
+            settings,
+            pid: None,
+            socket: None,
+            link: Link::new(ttl),
+            restart_at: Some(Instant::now()),
+            restart_delay: AGENT_RESTART_FIRST,
+            members: Vec::new(),
+            owners: Vec::new(),
+        }
+    }
+
+    pub(super) fn socket(&self) -> Option<BorrowedFd<'_>> {
+        self.socket.as_ref().map(AsFd::as_fd)
+    }
+
+    pub(super) fn wants_to_write(&self) -> bool {
+        self.link.wants_to_write()
+    }
+
+    /// The next moment the supervisor must act for the cluster: the
+    /// agent's restart, the fence.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        [self.restart_at, self.link.revoke_at()].into_iter().flatten().min()
+    }
+}
+
+/// A unit's name on the wire: the slot's key as logs show it (`7#0`).
+fn unit_name(key: &WorkerKey) -> String {
+    key.to_string()
+}
+
+fn unit_key(name: &str) -> Option<WorkerKey> {
+    let (id, slot) = name.rsplit_once('#')?;
+    Some(WorkerKey::new(JobId::parse(id), slot.parse().ok()?))
+}
+
+impl Supervisor<'_> {
+    /// Starts the agent when it is due (at startup, after it died).
+    pub(super) fn start_agent_if_due(&mut self, now: Instant) {
+        let Some(agent) = self.agent.as_mut() else { return };
+        if agent.restart_at.is_none_or_after(now) || self.farm.is_shutting_down() {
+            return;
+        }
+        agent.restart_at = None;
+        let settings = agent.settings.clone();
+        match spawn_agent(&self.config.program, &settings) {
+            Ok((pid, socket)) => {
+                tracing::info!(
+                    "cluster: agent running as pid {pid} (member {}, farm {})",
+                    settings.member,
+                    settings.url
+                );
+                agent.pid = Some(pid);
+                agent.socket = Some(socket);
+                agent.link = Link::new(settings.ttl);
+                // The new agent learns every unit.
+                let units = self.farm.cluster_units();
+                self.send_to_agent(&ToAgent::Units { units: units.iter().map(unit_name).collect() });
+            }
+            Err(e) => {
+                tracing::error!("cluster: cannot start the agent ({e}); trying again in {:?}", agent.restart_delay);
+                agent.restart_at = Some(now + agent.restart_delay);
+                agent.restart_delay = (agent.restart_delay * 2).min(AGENT_RESTART_CAP);
+            }
+        }
+    }
+
+    pub(super) fn send_to_agent(&mut self, message: &ToAgent) {
+        let Some(agent) = self.agent.as_mut() else { return };
+        if agent.socket.is_none() {
+            // A new agent is told everything it needs when it starts.
+            return;
+        }
+        if !agent.link.send(message) {
+            tracing::error!("cluster: the agent does not read its messages; restarting it");
+            if let Some(pid) = agent.pid {
+                crate::process::signal_group(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// The unit list, when the configuration changed it.
+    pub(super) fn sync_units(&mut self) {
+        if self.agent.is_none() {
+            return;
+        }
+        if let Some(units) = self.farm.take_changed_units() {
+            self.send_to_agent(&ToAgent::Units { units: units.iter().map(unit_name).collect() });
+        }
+    }
+
+    /// The agent's socket is readable, writable or closed.
+    pub(super) fn agent_ready(&mut self, now: Instant) {
+        let mut incoming = Vec::new();
+        let mut gone = false;
+        if let Some(agent) = self.agent.as_mut() {
+            let Some(socket) = agent.socket.as_mut() else { return };
+            let mut buffer = [0u8; 65536];
+            // A bounded number of reads per turn: the loop polls in between.
+            for _ in 0..16 {
+                match socket.read(&mut buffer) {
+                    Ok(0) => {
+                        gone = true;
+                        break;
+                    }
+                    Ok(n) => incoming.extend(agent.link.received(&buffer[..n])),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        gone = true;
+                        break;
+                    }
+                }
+            }
+            while agent.link.wants_to_write() && !gone {
+                let Some(socket) = agent.socket.as_mut() else { break };
+                match socket.write(agent.link.pending()) {
+                    Ok(n) => agent.link.wrote(n),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => gone = true,
+                }
+            }
+        }
+        for message in incoming {
+            match message {
+                Incoming::Message(message) => self.agent_said(message, now),
+                Incoming::Garbage(what) => tracing::error!("cluster: the agent sent what is not a message: {what}"),
+            }
+        }
+        if gone {
+            if let Some(agent) = self.agent.as_mut() {
+                // Its exit is reaped (and reported) separately.
+                agent.socket = None;
+            }
+            self.revoke_every_unit("the cluster agent's link closed", now);
+        }
+    }
+
+    fn agent_said(&mut self, message: FromAgent, now: Instant) {
+        match message {
+            FromAgent::Lease { sent_at_ns, ttl_ms } => {
+                let sent = instant_of(sent_at_ns, now, crate::cluster::agent::monotonic_ns());
+                if let Some(agent) = self.agent.as_mut() {
+                    agent.link.renewed(sent, Duration::from_millis(ttl_ms));
+                }
+            }
+            FromAgent::LeaseLost { reason } => {
+                tracing::warn!("cluster: no lease ({reason}); every unit of this member stops");
+                self.revoke_every_unit(&reason, now);
+                if let Some(agent) = self.agent.as_mut() {
+                    agent.link.lost();
+                }
+            }
+            FromAgent::Run { unit, token } => match unit_key(&unit) {
+                Some(key) => self.feed(Event::UnitGranted { key, token }, now),
+                None => tracing::error!("cluster: the agent granted '{}', which names no unit", unit),
+            },
+            FromAgent::Stop { unit } => match unit_key(&unit) {
+                Some(key) => self.feed(Event::UnitRevoked { key, kill_by: None }, now),
+                None => tracing::error!("cluster: the agent revoked '{}', which names no unit", unit),
+            },
+            FromAgent::View { members, owners } => {
+                if let Some(agent) = self.agent.as_mut() {
+                    agent.members = members;
+                    agent.owners = owners;
+                }
+            }
+            FromAgent::Drained => tracing::info!("cluster: every unit of this member is released"),
+            FromAgent::Error { message } => tracing::error!("cluster: {message}"),
+        }
+    }
+
+    /// The fence: no renewal for half the TTL stops every unit, SIGKILL a
+    /// second before the lease can end.
+    pub(super) fn enforce_fence(&mut self, now: Instant) {
+        let due = self.agent.as_mut().is_some_and(|agent| agent.link.fence_due(now));
+        if due {
+            tracing::warn!("cluster: the lease was not renewed for half its TTL; every unit of this member stops");
+            self.revoke_every_unit("no lease renewal", now);
+        }
+    }
+
+    fn revoke_every_unit(&mut self, why: &str, now: Instant) {
+        let Some(agent) = self.agent.as_ref() else { return };
+        let kill_by = agent.link.kill_by(now);
+        tracing::debug!(
+            "cluster: revoking every unit ({why}), SIGKILL by {:?}",
+            kill_by.saturating_duration_since(now)
+        );
+        self.feed(Event::AllUnitsRevoked { kill_by: Some(kill_by) }, now);
+    }
+
+    fn feed(&mut self, event: Event, now: Instant) {
+        let actions = self.farm.handle(event, now);
+        self.apply(actions);
+    }
+
+    /// True when `pid` was the agent: it is started again after a delay.
+    pub(super) fn agent_exited(&mut self, pid: i32, exit: ExitKind, now: Instant) -> bool {
+        let Some(agent) = self.agent.as_mut() else { return false };
+        if agent.pid != Some(pid) {
+            return false;
+        }
+        agent.pid = None;
+        agent.socket = None;
+        let delay = agent.restart_delay;
+        agent.restart_delay = (delay * 2).min(AGENT_RESTART_CAP);
+        if !self.farm.is_shutting_down() {
+            agent.restart_at = Some(now + delay);
+            tracing::error!(
+                "cluster: the agent (pid {pid}) ended: {}; starting it again in {}s",
+                exit.describe(crate::farm::ProcessKind::Program, crate::farm::PhpEnd::Unknown),
+                delay.as_secs()
+            );
+        }
+        self.revoke_every_unit("the cluster agent ended", now);
+        true
+    }
+}
+
+trait AfterOrNone {
+    fn is_none_or_after(&self, now: Instant) -> bool;
+}
+
+impl AfterOrNone for Option<Instant> {
+    fn is_none_or_after(&self, now: Instant) -> bool {
+        self.map_or(true, |at| at > now)
+    }
+}
+
+/// Forks and execs `program cluster-agent ...` with one end of a socketpair
+/// as its stdin and stdout; returns its pid and the other end, non-blocking.
+fn spawn_agent(program: &std::path::Path, settings: &ClusterSettings) -> std::io::Result<(i32, UnixStream)> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let (ours, theirs) = UnixStream::pair()?;
+    ours.set_nonblocking(true)?;
+    let text = |s: &str| CString::new(s).map_err(|_| std::io::Error::new(ErrorKind::InvalidInput, "a NUL byte"));
+    let path = CString::new(program.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(ErrorKind::InvalidInput, "a NUL byte in the program's path"))?;
+    let argv = vec![
+        path.clone(),
+        text("cluster-agent")?,
+        text("--cluster")?,
+        text(&settings.url)?,
+        text("--member")?,
+        text(&settings.member)?,
+        text("--ttl")?,
+        text(&settings.ttl.as_secs().to_string())?,
+        text("--weight")?,
+        text(&settings.weight.to_string())?,
+    ];
+    let env: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut pair = k.as_bytes().to_vec();
+            pair.push(b'=');
+            pair.extend_from_slice(v.as_bytes());
+            CString::new(pair).ok()
+        })
+        .collect();
+    let pid = crate::process::spawn_program(&path, &argv, &env, crate::process::ProgramIo::Link(theirs.as_raw_fd()))
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    drop(theirs);
+    Ok((pid.as_raw(), ours))
+}
