@@ -515,14 +515,16 @@ fn spawn_supervisor_reader(tx: Sender<Report>) {
         .expect("a thread for the supervisor's messages");
 }
 
-/// Renews the lease every TTL/3 until it is lost or the agent moves on.
+/// Renews the lease every TTL/4 until it is lost or the agent moves on:
+/// the supervisor fences at TTL/2 after the last renewal was sent, so a
+/// renewal may take a quarter of the TTL before it matters.
 fn spawn_keeper(options: EtcdOptions, lease: i64, ttl: Duration, tx: Sender<Report>) -> Sender<()> {
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
     std::thread::Builder::new()
         .name("etcd-lease".into())
         .spawn(move || {
-            let mut etcd = Etcd::new(EtcdOptions { request_timeout: ttl / 3, ..options });
-            let period = ttl / 3;
+            let mut etcd = Etcd::new(EtcdOptions { request_timeout: ttl / 4, ..options });
+            let period = ttl / 4;
             let mut next = Instant::now() + period;
             loop {
                 // Disconnected (the agent dropped its end): this lease is

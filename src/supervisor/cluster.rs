@@ -88,7 +88,8 @@ impl Supervisor<'_> {
     /// Starts the agent when it is due (at startup, after it died).
     pub(super) fn start_agent_if_due(&mut self, now: Instant) {
         let Some(agent) = self.agent.as_mut() else { return };
-        if agent.restart_at.is_none_or_after(now) || self.farm.is_shutting_down() {
+        let due = matches!(agent.restart_at, Some(at) if at <= now);
+        if !due || self.farm.is_shutting_down() {
             return;
         }
         agent.restart_at = None;
@@ -191,6 +192,10 @@ impl Supervisor<'_> {
         match message {
             FromAgent::Lease { sent_at_ns, ttl_ms } => {
                 let sent = instant_of(sent_at_ns, now, crate::cluster::agent::monotonic_ns());
+                tracing::debug!(
+                    "cluster: lease renewed ({} ms ago, {ttl_ms} ms)",
+                    now.saturating_duration_since(sent).as_millis()
+                );
                 if let Some(agent) = self.agent.as_mut() {
                     agent.link.renewed(sent, Duration::from_millis(ttl_ms));
                 }
@@ -266,16 +271,6 @@ impl Supervisor<'_> {
         }
         self.revoke_every_unit("the cluster agent ended", now);
         true
-    }
-}
-
-trait AfterOrNone {
-    fn is_none_or_after(&self, now: Instant) -> bool;
-}
-
-impl AfterOrNone for Option<Instant> {
-    fn is_none_or_after(&self, now: Instant) -> bool {
-        self.map_or(true, |at| at > now)
     }
 }
 

@@ -241,6 +241,16 @@ impl Supervisor<'_> {
         if self.farm.is_shutting_down() {
             return Some("error: Will not upgrade, lrpm-host is shutting down".to_string());
         }
+        if self.agent.is_some() {
+            // The agent's link does not survive the exec yet: the agent would
+            // end, its lease with it, and other members would start units
+            // whose adopted workers still run here.
+            return Some(
+                "error: upgrade refused: not available with --cluster yet; restart the members one at a time \
+                 (SIGTERM: a stopped member's units move to the others), the farm runs on unchanged"
+                    .to_string(),
+            );
+        }
         let Some((path, argv, mut env)) = self.exec_parts() else {
             return Some("error: cannot upgrade: the program's path or arguments are not valid C strings".to_string());
         };
