@@ -102,6 +102,11 @@ impl Link {
         }
     }
 
+    /// Whether a lease is known to live (a renewal came since the last loss).
+    pub fn has_lease(&self) -> bool {
+        self.lease_until.is_some()
+    }
+
     /// The lease is gone (or was never granted).
     pub fn lost(&mut self) {
         self.lease_until = None;

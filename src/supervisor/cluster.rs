@@ -39,6 +39,9 @@ pub(super) struct Agent {
     link: Link,
     restart_at: Option<Instant>,
     restart_delay: Duration,
+    /// "No lease" was logged as a warning since the last lease: while etcd
+    /// stays away, the agent's retries are logged at debug level only.
+    warned_no_lease: bool,
     /// The last `View`: live members and who holds which unit.
     pub(super) members: Vec<MemberView>,
     pub(super) owners: Vec<UnitOwner>,
@@ -54,6 +57,7 @@ impl Agent {
             link: Link::new(ttl),
             restart_at: Some(Instant::now()),
             restart_delay: AGENT_RESTART_FIRST,
+            warned_no_lease: false,
             members: Vec::new(),
             owners: Vec::new(),
         }
@@ -197,11 +201,20 @@ impl Supervisor<'_> {
                     now.saturating_duration_since(sent).as_millis()
                 );
                 if let Some(agent) = self.agent.as_mut() {
+                    if agent.warned_no_lease && !agent.link.has_lease() {
+                        tracing::info!("cluster: lease granted; this member takes its share of the units");
+                    }
+                    agent.warned_no_lease = false;
                     agent.link.renewed(sent, Duration::from_millis(ttl_ms));
                 }
             }
             FromAgent::LeaseLost { reason } => {
-                tracing::warn!("cluster: no lease ({reason}); every unit of this member stops");
+                let warn = self.agent.as_mut().is_some_and(|a| !std::mem::replace(&mut a.warned_no_lease, true));
+                if warn {
+                    tracing::warn!("cluster: no lease ({reason}); every unit of this member stops");
+                } else {
+                    tracing::debug!("cluster: still no lease ({reason})");
+                }
                 self.revoke_every_unit(&reason, now);
                 if let Some(agent) = self.agent.as_mut() {
                     agent.link.lost();
