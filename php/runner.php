@@ -149,14 +149,23 @@ function publish_opcache(): bool
 
 // Who this worker is, set before the bootstrap so that it can ask too:
 // Lrpm\job_id() and Lrpm\slot(), $_SERVER, and the environment (putenv),
-// which processes the worker starts inherit.
-function set_worker_identity(string $jobId, int $slot): void
+// which processes the worker starts inherit. With --cluster, the claim's
+// fencing token too (LRPM_FENCING_TOKEN): larger at every new claim of the
+// unit, for writes that must not come from a member that lost it.
+function set_worker_identity(string $jobId, int $slot, ?int $fencingToken = null): void
 {
     set_identity($jobId, $slot);
     $_SERVER['LRPM_JOB_ID'] = $jobId;
     $_SERVER['LRPM_SLOT'] = (string) $slot;
     \putenv('LRPM_JOB_ID=' . $jobId);
     \putenv('LRPM_SLOT=' . $slot);
+    if ($fencingToken === null) {
+        unset($_SERVER['LRPM_FENCING_TOKEN']);
+        \putenv('LRPM_FENCING_TOKEN');
+    } else {
+        $_SERVER['LRPM_FENCING_TOKEN'] = (string) $fencingToken;
+        \putenv('LRPM_FENCING_TOKEN=' . $fencingToken);
+    }
 }
 
 function run_worker(array $params): void
@@ -530,7 +539,7 @@ function main(): void
     unset($params['exitCodes'], $params['recycleReasons']);
     set_process_kind((string) $params['mode']);
     if ($params['mode'] === 'worker') {
-        set_worker_identity((string) $params['jobId'], (int) ($params['slot'] ?? 0));
+        set_worker_identity((string) $params['jobId'], (int) ($params['slot'] ?? 0), $params['fencingToken'] ?? null);
     }
     bootstrap($params['bootstrap'] ?? null, $params['interfaces']);
     switch ($params['mode']) {
@@ -563,7 +572,7 @@ function run_zygote(array $params): void
     $now = \microtime(true);
     $_SERVER['REQUEST_TIME_FLOAT'] = $now;
     $_SERVER['REQUEST_TIME'] = (int) $now;
-    set_worker_identity((string) $worker['jobId'], (int) ($worker['slot'] ?? 0));
+    set_worker_identity((string) $worker['jobId'], (int) ($worker['slot'] ?? 0), $worker['fencingToken'] ?? null);
     run_worker($worker);
 }
 

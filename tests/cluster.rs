@@ -18,17 +18,26 @@ use support::*;
 const TTL: u64 = 4;
 const UNITS: u32 = 9;
 
-fn cluster_jobs(farm_dir: &TempDir) -> Value {
+/// Job 1: the units; job 2: every-host; job 3: one unit that reports its
+/// fencing token to `shared` (the same path on every member).
+fn cluster_jobs(farm_dir: &TempDir, shared: &TempDir) -> Value {
     let log = farm_dir.join("events.log");
+    let identity = json!({
+        "name": "identity",
+        "workerClass": "FarmFixture\\IdentityWorker",
+        "mtime": 1,
+        "workerConfig": {"log": log.to_string_lossy(), "tag": "3", "out": shared.join("3.json").to_string_lossy()},
+    });
     json!({
         "1": job(&log, "1", 1, json!({}), json!({"replicas": UNITS})),
         "2": job(&log, "2", 1, json!({}), json!({"placement": "every-host"})),
+        "3": identity,
     })
 }
 
-fn member(name: &str, etcd_port: u16) -> Farm {
+fn member(name: &str, etcd_port: u16, shared: &TempDir) -> Farm {
     let dir = TempDir::new(&format!("cluster_{name}"));
-    write_atomically(&dir.join("jobs.json"), cluster_jobs(&dir).to_string().as_bytes());
+    write_atomically(&dir.join("jobs.json"), cluster_jobs(&dir, shared).to_string().as_bytes());
     let options = FarmOptions {
         extra_args: [
             "--cluster",
@@ -87,15 +96,41 @@ fn each_unit_runs_on_exactly_one_live_member_and_moves_when_members_and_etcd_com
     let _g = shared();
     let etcd_dir = TempDir::new("cluster_etcd");
     let mut etcd = Daemon::etcd(etcd_dir.path());
-    let a = member("a", etcd.port);
-    let b = member("b", etcd.port);
-    let c = member("c", etcd.port);
+    let shared = TempDir::new("cluster_shared");
+    let a = member("a", etcd.port, &shared);
+    let b = member("b", etcd.port, &shared);
+    let c = member("c", etcd.port, &shared);
 
     let all = BTreeMap::from([("a", &a), ("b", &b), ("c", &c)]);
     let owners = wait_all_placed(&all, "9 units over a, b and c");
     for name in ["a", "b", "c"] {
         assert!(owners.values().any(|o| o == name), "member {name} runs no unit: {owners:?}");
     }
+    // Job 3's worker got the claim's fencing token, in $_SERVER and its
+    // environment: the number its member logged when it took the unit.
+    let report = a.wait_for(secs(20.0), "job 3's report", || {
+        serde_json::from_str::<Value>(&std::fs::read_to_string(shared.join("3.json")).ok()?).ok()
+    });
+    let claims: Vec<String> = all
+        .values()
+        .flat_map(|farm| {
+            farm.stderr()
+                .lines()
+                .filter_map(|l| {
+                    Some(
+                        l.split_once("job 3: this member now runs the unit (claim ")?
+                            .1
+                            .trim_end_matches(')')
+                            .to_string(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(claims.len(), 1, "job 3 was claimed once: {claims:?}");
+    assert_eq!(report["fencingToken"], json!(claims[0]), "{report}");
+    assert_eq!(report["fencingTokenEnv"], json!(claims[0]), "{report}");
+
     // Stable: the same placement a while later, never a unit twice.
     for _ in 0..10 {
         assert_eq!(placement(&all), owners);
@@ -119,7 +154,7 @@ fn each_unit_runs_on_exactly_one_live_member_and_moves_when_members_and_etcd_com
     }
 
     // b comes back (a new process, the same name): it takes its share again.
-    let b = member("b", etcd.port);
+    let b = member("b", etcd.port, &shared);
     let all = BTreeMap::from([("a", &a), ("b", &b), ("c", &c)]);
     a.wait_for(secs(60.0), "b to run its units again", || {
         (wait_all_placed(&all, "9 units again") == owners).then_some(())

@@ -370,21 +370,23 @@ pub fn worker_program(
     cycles: Option<u64>,
     argv: &[String],
 ) -> Result<ChildProgram, PhpError> {
-    worker_program_with_source(job, bootstrap, source_file, cycles, argv, 0)
+    worker_program_with_source(job, bootstrap, source_file, cycles, argv, 0, None)
 }
 
 /// The runner parameters for a farm's worker process of `job`;
 /// `source_file` is the farm's source when it is a file: workers include it
 /// when there is no bootstrap ([`workers_load_source`]). `slot` is the
-/// replica this process runs (`Lrpm\slot()`).
+/// replica this process runs (`Lrpm\slot()`); `fencing_token`, with
+/// `--cluster`, the claim this member holds for the unit.
 pub fn farm_worker_program(
     job: &crate::job::Job,
     bootstrap: Option<&std::path::Path>,
     source_file: Option<&std::path::Path>,
     argv: &[String],
     slot: u32,
+    fencing_token: Option<i64>,
 ) -> Result<ChildProgram, PhpError> {
-    worker_program_with_source(job, bootstrap, source_file, None, argv, slot)
+    worker_program_with_source(job, bootstrap, source_file, None, argv, slot, fencing_token)
 }
 
 fn worker_program_with_source(
@@ -394,8 +396,9 @@ fn worker_program_with_source(
     cycles: Option<u64>,
     argv: &[String],
     slot: u32,
+    fencing_token: Option<i64>,
 ) -> Result<ChildProgram, PhpError> {
-    let launch = worker_launch(job, bootstrap, source_file, cycles, slot);
+    let launch = worker_launch(job, bootstrap, source_file, cycles, slot, fencing_token);
     let mut program = ChildProgram::new(&launch.params, argv, &launch.title, None)?;
     program.set_stop_grace(launch.stop_grace);
     Ok(program)
@@ -416,6 +419,7 @@ pub fn worker_launch(
     source_file: Option<&std::path::Path>,
     cycles: Option<u64>,
     slot: u32,
+    fencing_token: Option<i64>,
 ) -> WorkerLaunch {
     let source_file = source_file.filter(|_| workers_load_source(true, bootstrap));
     let params = serde_json::json!({
@@ -428,6 +432,7 @@ pub fn worker_launch(
         "class": job.worker_class,
         "jobId": job.id.to_string(),
         "slot": slot,
+        "fencingToken": fencing_token,
         "job": &*job.config,
         "cycles": cycles,
         "cycleInterval": job.cycle_interval_seconds,

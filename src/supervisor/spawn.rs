@@ -44,6 +44,7 @@ impl Supervisor<'_> {
             source_file,
             &self.config.argv,
             key.slot,
+            self.farm.unit_token(key),
         ) {
             Ok(p) => p,
             Err(e) => {

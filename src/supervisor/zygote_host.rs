@@ -186,7 +186,9 @@ impl Supervisor<'_> {
         let label = state.label(key.slot);
         let name = state.job.name.clone();
         let source_file = self.config.source_is_file.then(|| std::path::Path::new(&self.config.source));
-        let launch = php::worker_launch(&state.job, self.config.bootstrap.as_deref(), source_file, None, key.slot);
+        let token = self.farm.unit_token(key);
+        let launch =
+            php::worker_launch(&state.job, self.config.bootstrap.as_deref(), source_file, None, key.slot, token);
         let params = launch.params.to_string();
         let page = self.slots.as_mut().and_then(crate::process::shared_page::SharedSlots::allocate);
         let pipes = self.output_pipes(&label);
