@@ -11,6 +11,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use lrpm_host::cluster::placement::{Candidate, Placement, Rendezvous};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use support::*;
@@ -67,6 +68,18 @@ fn running(farm: &Farm, id: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Where rendezvous placement puts job 1's units over `members`.
+fn expected(members: &[&str]) -> BTreeMap<String, String> {
+    let candidates: Vec<Candidate> = members.iter().map(|m| Candidate { name: m.to_string(), weight: 1.0 }).collect();
+    (0..UNITS)
+        .map(|slot| {
+            let unit = format!("1#{slot}");
+            let owner = Rendezvous.owner(&unit, &candidates).unwrap().name.clone();
+            (unit, owner)
+        })
+        .collect()
+}
+
 /// The units each live member runs; panics if one runs on two members.
 fn placement(members: &BTreeMap<&str, &Farm>) -> BTreeMap<String, String> {
     let mut owner: BTreeMap<String, String> = BTreeMap::new();
@@ -102,10 +115,16 @@ fn each_unit_runs_on_exactly_one_live_member_and_moves_when_members_and_etcd_com
     let c = member("c", etcd.port, &shared);
 
     let all = BTreeMap::from([("a", &a), ("b", &b), ("c", &c)]);
-    let owners = wait_all_placed(&all, "9 units over a, b and c");
+    // Every member's share, as placement says (the members join one after
+    // the other: the first ones run everything until the last is in).
+    let owners = expected(&["a", "b", "c"]);
+    a.wait_for(secs(60.0), "9 units over a, b and c as placement says", || {
+        (wait_all_placed(&all, "9 units placed") == owners).then_some(())
+    });
     for name in ["a", "b", "c"] {
-        assert!(owners.values().any(|o| o == name), "member {name} runs no unit: {owners:?}");
+        assert!(owners.values().any(|o| o == name), "placement gives member {name} no unit: {owners:?}");
     }
+
     // Job 3's worker got the claim's fencing token, in $_SERVER and its
     // environment: the number its member logged when it took the unit.
     let report = a.wait_for(secs(20.0), "job 3's report", || {
@@ -146,7 +165,10 @@ fn each_unit_runs_on_exactly_one_live_member_and_moves_when_members_and_etcd_com
     b.signal(Signal::SIGKILL);
     b.wait_exit(secs(10.0));
     let survivors = BTreeMap::from([("a", &a), ("c", &c)]);
-    let after = wait_all_placed(&survivors, "b's units on a and c");
+    let after = expected(&["a", "c"]);
+    a.wait_for(secs(60.0), "b's units on a and c as placement says", || {
+        (wait_all_placed(&survivors, "9 units on a and c") == after).then_some(())
+    });
     for (unit, owner) in &owners {
         if owner != "b" {
             assert_eq!(&after[unit], owner, "unit {unit} of a surviving member moved");
