@@ -248,10 +248,7 @@ impl Farm {
                 ));
                 self.remove_slot(&key);
                 // Scaled away while its rolling recycle was replacing it.
-                rolling_goes_on |= matches!(
-                    self.jobs.get(&key.id).and_then(|s| s.rolling.as_ref()).and_then(|r| r.current),
-                    Some(RollingStep::Stopping { slot }) if slot == key.slot
-                );
+                rolling_goes_on |= self.rolling_was_stopping(&key);
             }
             Phase::Stopping { then: AfterStop::Release, .. } => {
                 actions.push(Action::log_about(
@@ -261,10 +258,7 @@ impl Farm {
                     format!("{label} (pid {pid}) stopped: {described}; the unit is free for another member"),
                 ));
                 self.release_unit(&key, actions);
-                rolling_goes_on |= matches!(
-                    self.jobs.get(&key.id).and_then(|s| s.rolling.as_ref()).and_then(|r| r.current),
-                    Some(RollingStep::Stopping { slot }) if slot == key.slot
-                );
+                rolling_goes_on |= self.rolling_was_stopping(&key);
             }
             Phase::Waiting { .. }
             | Phase::Starting { .. }
@@ -280,6 +274,15 @@ impl Farm {
             self.advance_rolling(&key.id, now, actions);
         }
         self.finish_shutdown_if_done(actions);
+    }
+
+    /// Whether the job's rolling recycle was replacing this slot (which is
+    /// now gone or elsewhere): the recycle goes on with the next one.
+    fn rolling_was_stopping(&self, key: &WorkerKey) -> bool {
+        matches!(
+            self.jobs.get(&key.id).and_then(|s| s.rolling.as_ref()).and_then(|r| r.current),
+            Some(RollingStep::Stopping { slot }) if slot == key.slot
+        )
     }
 
     /// A process ended without being asked to (or was stopped by the

@@ -309,14 +309,8 @@ fn spawn_agent(program: &std::path::Path, settings: &ClusterSettings) -> std::io
         text("--weight")?,
         text(&settings.weight.to_string())?,
     ];
-    let env: Vec<CString> = std::env::vars_os()
-        .filter_map(|(k, v)| {
-            let mut pair = k.as_bytes().to_vec();
-            pair.push(b'=');
-            pair.extend_from_slice(v.as_bytes());
-            CString::new(pair).ok()
-        })
-        .collect();
+    let env = super::upgrade::inherited_environment()
+        .ok_or_else(|| std::io::Error::new(ErrorKind::InvalidInput, "a NUL byte in the environment"))?;
     let pid = crate::process::spawn_program(&path, &argv, &env, crate::process::ProgramIo::Link(theirs.as_raw_fd()))
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     drop(theirs);

@@ -118,7 +118,7 @@ impl Handoff {
 
 /// This process's environment without the upgrade's own variables, for the
 /// next image (which is given its own).
-fn inherited_environment() -> Option<Vec<CString>> {
+pub(super) fn inherited_environment() -> Option<Vec<CString>> {
     std::env::vars_os()
         .filter(|(k, _)| {
             ![UPGRADE_STATE_ENV, UPGRADE_CHECK_ENV, UPGRADE_ROLLBACK_ENV, UPGRADE_ROLLED_BACK_ENV]

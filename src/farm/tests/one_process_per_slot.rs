@@ -282,6 +282,18 @@ impl Sim {
         }
     }
 
+    /// Runs `ops`, checking after each, then drains the farm.
+    fn run_checked(mut self, ops: Vec<Op>) {
+        for op in ops {
+            if self.exited {
+                break;
+            }
+            self.run(op);
+            self.check();
+        }
+        self.drain();
+    }
+
     /// The farm shuts down and everything it started ends: it must exit
     /// with nothing left alive.
     fn drain(&mut self) {
@@ -319,15 +331,7 @@ proptest! {
 
     #[test]
     fn a_slot_never_has_two_live_processes(ops in proptest::collection::vec(op(), 1..60)) {
-        let mut sim = Sim::new();
-        for op in ops {
-            if sim.exited {
-                break;
-            }
-            sim.run(op);
-            sim.check();
-        }
-        sim.drain();
+        Sim::new().run_checked(ops);
     }
 }
 
@@ -341,15 +345,7 @@ proptest! {
     fn a_unit_runs_only_while_claimed_and_is_released_only_once_stopped(
         ops in proptest::collection::vec(cluster_op(), 1..80),
     ) {
-        let mut sim = Sim::with_cluster(true);
-        for op in ops {
-            if sim.exited {
-                break;
-            }
-            sim.run(op);
-            sim.check();
-        }
-        sim.drain();
+        Sim::with_cluster(true).run_checked(ops);
     }
 }
 
