@@ -155,6 +155,7 @@ function publish_opcache(): bool
 function set_worker_identity(string $jobId, int $slot, ?int $fencingToken = null): void
 {
     set_identity($jobId, $slot);
+    fencing_token_store($fencingToken, true);
     $_SERVER['LRPM_JOB_ID'] = $jobId;
     $_SERVER['LRPM_SLOT'] = (string) $slot;
     \putenv('LRPM_JOB_ID=' . $jobId);
@@ -555,6 +556,18 @@ function main(): void
     }
 }
 
+// The claim's fencing token, kept for Lrpm\fencing_token(): only the first
+// store counts (the runner's, before any user code), like set_identity().
+function fencing_token_store(?int $token = null, bool $store = false): ?int
+{
+    static $stored = false, $value = null;
+    if ($store && !$stored) {
+        $stored = true;
+        $value = $token;
+    }
+    return $value;
+}
+
 // The zygote (the default; not with --no-zygote): the bootstrap ran once, here; each request from
 // the supervisor forks a worker that continues below with that worker's
 // params, inside this request, with everything the bootstrap built. The
@@ -577,3 +590,16 @@ function run_zygote(array $params): void
 }
 
 main();
+
+namespace Lrpm;
+
+// With --cluster, the fencing token of the claim this worker's unit runs
+// under: larger at every new claim of the unit, so a store that keeps the
+// largest token it saw can refuse writes from a member that lost the unit
+// (docs/deploy.md). Null outside a cluster, for every-host jobs and in the
+// configuration process. Declared here, before the bootstrap, so the
+// Composer package's fallback (testing/functions.php) stays out of the way.
+function fencing_token(): ?int
+{
+    return Internal\fencing_token_store();
+}

@@ -1,10 +1,16 @@
-//! `--cluster`: three whole farms (supervisor, agent, zygote, workers) on one
-//! real etcd on loopback, the same configuration in each. Every slot of a
+//! `--cluster`: whole farms (supervisor, agent, zygote, workers) on one real
+//! etcd on loopback, the same configuration in each. Every slot of a
 //! clustered job runs on exactly one live member, an every-host job on
-//! each; a member killed with SIGKILL hands its units to the others after
-//! the TTL; a member that comes back takes its share again; etcd gone stops
-//! every unit (every-host jobs go on) and its return brings them back. No
-//! unit is ever seen running on two members.
+//! each; `status`, `cluster` and `metrics` say who runs what; a member
+//! killed with SIGKILL hands its units to the others after the TTL; a
+//! member that comes back takes its share again; a fourth member takes the
+//! units placement gives it and no other moves; `drain` and SIGTERM hand a
+//! member's units over at once (its TTL is a minute); a member whose agent
+//! is frozen stops its units; etcd gone stops every unit (every-host jobs
+//! go on) and its return brings them back. No unit is ever seen running on
+//! two members, neither in the status documents nor in the workers' own
+//! shared log of starts and exits, and a unit's fencing token grows at
+//! every new owner.
 
 mod support;
 
@@ -23,6 +29,7 @@ const UNITS: u32 = 9;
 /// fencing token to `shared` (the same path on every member).
 fn cluster_jobs(farm_dir: &TempDir, shared: &TempDir) -> Value {
     let log = farm_dir.join("events.log");
+    let units_log = shared.join("units.log");
     let identity = json!({
         "name": "identity",
         "workerClass": "FarmFixture\\IdentityWorker",
@@ -30,13 +37,17 @@ fn cluster_jobs(farm_dir: &TempDir, shared: &TempDir) -> Value {
         "workerConfig": {"log": log.to_string_lossy(), "tag": "3", "out": shared.join("3.json").to_string_lossy()},
     });
     json!({
-        "1": job(&log, "1", 1, json!({}), json!({"replicas": UNITS})),
+        "1": job(&units_log, "1", 1, json!({"tagSlot": true, "tagToken": true}), json!({"replicas": UNITS})),
         "2": job(&log, "2", 1, json!({}), json!({"placement": "every-host"})),
         "3": identity,
     })
 }
 
 fn member(name: &str, etcd_port: u16, shared: &TempDir) -> Farm {
+    member_with_ttl(name, etcd_port, shared, TTL)
+}
+
+fn member_with_ttl(name: &str, etcd_port: u16, shared: &TempDir, ttl: u64) -> Farm {
     let dir = TempDir::new(&format!("cluster_{name}"));
     write_atomically(&dir.join("jobs.json"), cluster_jobs(&dir, shared).to_string().as_bytes());
     let options = FarmOptions {
@@ -46,7 +57,7 @@ fn member(name: &str, etcd_port: u16, shared: &TempDir) -> Farm {
             "--cluster-member",
             name,
             "--cluster-ttl",
-            &TTL.to_string(),
+            &ttl.to_string(),
         ]
         .map(String::from)
         .to_vec(),
@@ -104,6 +115,90 @@ fn wait_all_placed(members: &BTreeMap<&str, &Farm>, what: &str) -> BTreeMap<Stri
     })
 }
 
+/// One worker process of a unit, from the shared log: when it started and
+/// (unless it was killed outright) when it exited, with its claim's token.
+#[derive(Debug, Clone)]
+struct Run {
+    unit: String,
+    token: i64,
+    pid: u32,
+    start: f64,
+    exit: Option<f64>,
+}
+
+/// Every unit worker's run, from the shared log job 1 writes to
+/// ("TIME start|exit 1#SLOT@TOKEN PID").
+fn runs(shared: &TempDir) -> Vec<Run> {
+    let text = std::fs::read_to_string(shared.join("units.log")).unwrap_or_default();
+    let mut by_pid: BTreeMap<u32, Run> = BTreeMap::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [time, event, tag, pid] = fields[..] else { panic!("a line of the shared log: {line:?}") };
+        let (time, pid): (f64, u32) = (time.parse().unwrap(), pid.parse().unwrap());
+        let (unit, token) = tag.split_once('@').unwrap_or_else(|| panic!("no token in {line:?}"));
+        let token: i64 = token.parse().unwrap_or_else(|_| panic!("a unit ran without a fencing token: {line:?}"));
+        match event {
+            "start" => {
+                by_pid.insert(pid, Run { unit: unit.to_string(), token, pid, start: time, exit: None });
+            }
+            "exit" => {
+                if let Some(run) = by_pid.get_mut(&pid) {
+                    run.exit = Some(time);
+                }
+            }
+            _ => {}
+        }
+    }
+    by_pid.into_values().collect()
+}
+
+/// No two runs of a unit overlap, and each new run of a unit has a larger
+/// token than the one before. `ended`: when runs without an exit line (a
+/// SIGKILL) are known to have ended, by pid; a run with neither is still
+/// going and must be the unit's last.
+fn check_runs(runs: &[Run], ended: &BTreeMap<u32, f64>) {
+    let mut by_unit: BTreeMap<&str, Vec<&Run>> = BTreeMap::new();
+    for run in runs {
+        by_unit.entry(&run.unit).or_default().push(run);
+    }
+    for (unit, mut list) in by_unit {
+        list.sort_by(|a, b| a.start.total_cmp(&b.start));
+        for pair in list.windows(2) {
+            let (before, after) = (pair[0], pair[1]);
+            let end = before.exit.or_else(|| ended.get(&before.pid).copied()).unwrap_or_else(|| {
+                panic!("unit {unit}: pid {} never ended, yet pid {} started it again: {list:?}", before.pid, after.pid)
+            });
+            assert!(end <= after.start, "unit {unit} ran twice at once: {before:?} until {end}, then {after:?}");
+            if before.token != after.token {
+                assert!(before.token < after.token, "unit {unit}: the fencing token went down: {list:?}");
+            }
+        }
+    }
+}
+
+/// The pids of job 1's workers that run on `farm` now.
+fn unit_pids(farm: &Farm) -> Vec<u32> {
+    let Some(status) = farm.try_status() else { return Vec::new() };
+    let slots = status["1"]["state"]["slots"].as_array().cloned().unwrap_or_default();
+    slots.iter().filter_map(|slot| slot["pid"].as_u64()).map(|p| p as u32).collect()
+}
+
+fn now_unix() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+/// Waits until none of `pids` lives; the moment it saw that.
+fn wait_gone(farm: &Farm, pids: &[u32]) -> f64 {
+    farm.wait_for(secs(20.0), "the killed member's workers to be gone", || {
+        pids.iter().all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()).then(now_unix)
+    })
+}
+
+fn cluster_view(farm: &Farm) -> Value {
+    let reply = farm.request("cluster").unwrap();
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("the cluster document ({e}): {reply}"))
+}
+
 #[test]
 fn each_unit_runs_on_exactly_one_live_member_and_moves_when_members_and_etcd_come_and_go() {
     let _g = shared();
@@ -149,6 +244,7 @@ fn each_unit_runs_on_exactly_one_live_member_and_moves_when_members_and_etcd_com
     assert_eq!(claims.len(), 1, "job 3 was claimed once: {claims:?}");
     assert_eq!(report["fencingToken"], json!(claims[0]), "{report}");
     assert_eq!(report["fencingTokenEnv"], json!(claims[0]), "{report}");
+    assert_eq!(report["fencingTokenFunction"], json!(claims[0].parse::<i64>().unwrap()), "{report}");
 
     // Stable: the same placement a while later, never a unit twice.
     for _ in 0..10 {
@@ -156,14 +252,49 @@ fn each_unit_runs_on_exactly_one_live_member_and_moves_when_members_and_etcd_com
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // What each member says about it: every slot's owner in `status` (the
+    // units it runs and those it does not), the members and units in
+    // `cluster`, and the metrics.
+    a.wait_for(secs(10.0), "a's status to name every unit's owner", || {
+        let status = a.try_status()?;
+        let slots = status["1"]["state"]["slots"].as_array()?.clone();
+        let named: BTreeMap<String, String> = slots
+            .iter()
+            .filter_map(|s| Some((format!("1#{}", s["slot"].as_u64()?), s["owner"].as_str()?.to_string())))
+            .collect();
+        (named == owners).then_some(())
+    });
+    let view = a.wait_for(secs(10.0), "a's cluster view with three members", || {
+        let view = cluster_view(&a);
+        (view["members"].as_array()?.len() == 3).then_some(view)
+    });
+    assert_eq!(view["member"], "a", "{view}");
+    assert_eq!(view["lease"]["held"], true, "{view}");
+    for m in view["members"].as_array().unwrap() {
+        let name = m["name"].as_str().unwrap();
+        // Job 3's one unit counts too.
+        let share = owners.values().filter(|o| *o == name).count() + running(all[name], "3").len();
+        assert_eq!(m["units"].as_u64(), Some(share as u64), "{name}'s units in {view}");
+        assert_eq!(m["me"], name == "a", "{view}");
+        assert_eq!(m["draining"], false, "{view}");
+    }
+    let metrics = a.request("metrics").unwrap();
+    assert!(metrics.lines().any(|l| l == "lrpm_cluster_members 3"), "{metrics}");
+    assert!(metrics.lines().any(|l| l == "lrpm_cluster_lease 1"), "{metrics}");
+    let mine = owners.values().filter(|o| *o == "a").count() + running(&a, "3").len();
+    assert!(metrics.lines().any(|l| l == format!("lrpm_cluster_units_owned {mine}")), "{metrics}");
+
     // An in-place upgrade would end the agent's link: refused, nothing moves.
     let reply = a.request_waiting("upgrade", secs(30.0)).unwrap();
     assert!(reply.starts_with("error: upgrade refused: not available with --cluster"), "{reply}");
     assert_eq!(placement(&all), owners);
 
     // b dies without a word: its units go to a and c once its lease ends.
+    let killed = unit_pids(&b);
     b.signal(Signal::SIGKILL);
     b.wait_exit(secs(10.0));
+    let killed_by = wait_gone(&a, &killed);
+    let ended: BTreeMap<u32, f64> = killed.iter().map(|pid| (*pid, killed_by)).collect();
     let survivors = BTreeMap::from([("a", &a), ("c", &c)]);
     let after = expected(&["a", "c"]);
     a.wait_for(secs(60.0), "b's units on a and c as placement says", || {
@@ -180,6 +311,64 @@ fn each_unit_runs_on_exactly_one_live_member_and_moves_when_members_and_etcd_com
     let all = BTreeMap::from([("a", &a), ("b", &b), ("c", &c)]);
     a.wait_for(secs(60.0), "b to run its units again", || {
         (wait_all_placed(&all, "9 units again") == owners).then_some(())
+    });
+
+    // A fourth member joins: it takes what placement gives it, and no other
+    // unit moves. Its lease lasts a minute: only a drain hands its units
+    // over sooner.
+    let d = member_with_ttl("d", etcd.port, &shared, 60);
+    let four = BTreeMap::from([("a", &a), ("b", &b), ("c", &c), ("d", &d)]);
+    let with_d = expected(&["a", "b", "c", "d"]);
+    a.wait_for(secs(60.0), "d to run its share", || {
+        (wait_all_placed(&four, "9 units on four") == with_d).then_some(())
+    });
+    for (unit, owner) in &owners {
+        if &with_d[unit] != owner {
+            assert_eq!(with_d[unit], "d", "unit {unit} moved between members that were there before d");
+        }
+    }
+
+    // `drain`: d's units go back to the others at once; its every-host job
+    // stays; the others see it draining; `undrain` brings its share back.
+    let reply = d.request("drain").unwrap();
+    assert!(reply.starts_with("Draining"), "{reply}");
+    a.wait_for(secs(30.0), "d's units back on a, b and c", || {
+        (wait_all_placed(&four, "9 units, none on d") == owners).then_some(())
+    });
+    a.wait_for(secs(10.0), "a to see d draining", || {
+        let view = cluster_view(&a);
+        view["members"].as_array()?.iter().any(|m| m["name"] == "d" && m["draining"] == true).then_some(())
+    });
+    let view = cluster_view(&d);
+    assert_eq!(view["draining"], "lrpmctl drain", "{view}");
+    let reply = d.request("undrain").unwrap();
+    assert!(reply.starts_with("Undrained"), "{reply}");
+    a.wait_for(secs(30.0), "d to take its share again", || {
+        (wait_all_placed(&four, "9 units on four again") == with_d).then_some(())
+    });
+
+    // SIGTERM: d drains on its way out. Its units run elsewhere long before
+    // its minute-long lease could have ended, and it exits cleanly.
+    d.signal(Signal::SIGTERM);
+    a.wait_for(secs(40.0), "d's units on a, b and c after its SIGTERM", || {
+        (wait_all_placed(&all, "9 units after d left") == owners).then_some(())
+    });
+    assert_eq!(d.wait_exit(secs(30.0)).code(), Some(0), "{}", d.diagnostics());
+    assert!(d.stderr().contains("draining this member (lrpm-host is shutting down)"), "{}", d.diagnostics());
+
+    // c's agent freezes (as a partition would leave it): c's supervisor stops
+    // its units at half the TTL, before its lease can end; the others take
+    // them once it has; the agent thawed, c takes its share again.
+    let agent = cluster_view(&c)["agentPid"].as_i64().expect("c's agent pid") as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent), Signal::SIGSTOP).unwrap();
+    let without_c = expected(&["a", "b"]);
+    a.wait_for(secs(60.0), "c's units on a and b while c's agent is frozen", || {
+        (wait_all_placed(&all, "9 units on a and b") == without_c).then_some(())
+    });
+    assert!(c.stderr().contains("the lease was not renewed for half its TTL"), "{}", c.diagnostics());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent), Signal::SIGCONT).unwrap();
+    a.wait_for(secs(60.0), "c to run its units again", || {
+        (wait_all_placed(&all, "9 units after c's agent thawed") == owners).then_some(())
     });
 
     // etcd goes away: no member can prove its claims, so every unit stops;
@@ -201,4 +390,10 @@ fn each_unit_runs_on_exactly_one_live_member_and_moves_when_members_and_etcd_com
     for farm in all.values() {
         assert_eq!(farm.wait_exit(secs(30.0)).code(), Some(0), "{}", farm.diagnostics());
     }
+
+    // The workers' own record: never two runs of a unit at once, and a
+    // larger token at every new claim.
+    let runs = runs(&shared);
+    assert!(runs.len() > UNITS as usize * 3, "the shared log has every move: {runs:?}");
+    check_runs(&runs, &ended);
 }

@@ -48,6 +48,17 @@ namespace Lrpm {
     function slot(): ?int {}
 
     /**
+     * With --cluster, the fencing token of the claim under which this
+     * worker's unit runs: etcd's revision of the claim key, larger at every
+     * new claim of the unit. Store the largest token seen next to the data
+     * and refuse a write that carries a smaller one: a member that lost the
+     * unit (a partition, a paused VM) can then no longer write. Null outside
+     * a cluster, for every-host jobs and in the configuration process. Also
+     * in $_SERVER['LRPM_FENCING_TOKEN'] and the environment.
+     */
+    function fencing_token(): ?int {}
+
+    /**
      * Asks for a planned recycle: once start() or the current cycle()
      * returns, the stop hook runs (Lrpm\Stoppable) and the process exits 75;
      * the host starts a fresh one at once, without backoff, and counts a

@@ -1,6 +1,6 @@
 <?php
-// Lrpm\should_stop(), Lrpm\job_id(), Lrpm\slot(), Lrpm\recycle() and
-// Lrpm\process_kind() outside lrpm-host (php-cli, PHPUnit), answered by the
+// Lrpm\should_stop(), Lrpm\job_id(), Lrpm\slot(), Lrpm\recycle(),
+// Lrpm\process_kind() and Lrpm\fencing_token() outside lrpm-host (php-cli, PHPUnit), answered by the
 // running Lrpm\Testing\WorkerHarness (or as a configuration-less process
 // when none runs). Inside lrpm-host the functions are native and already
 // defined before the bootstrap loads this file: nothing is declared then.
@@ -41,5 +41,13 @@ if (!\function_exists('Lrpm\process_kind')) {
     function process_kind(): string
     {
         return WorkerHarness::current() !== null ? 'worker' : 'config';
+    }
+}
+
+if (!\function_exists('Lrpm\fencing_token')) {
+    // Outside lrpm-host no member holds a claim.
+    function fencing_token(): ?int
+    {
+        return null;
     }
 }

@@ -18,6 +18,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use lrpm_host::control::cluster::ClusterDocument;
 use lrpm_host::control::codec::{encode, FrameDecoder};
 use lrpm_host::control::server::{client_socket_path, socket_from_env};
 use lrpm_host::control::status::{JobStatus, ProcessState, SlotStatus, StatusDocument};
@@ -78,6 +79,9 @@ enum Command {
     Status(StatusArgs),
     /// The status document as JSON (php-lrpm's name; `status --json`).
     Jsonstatus(StatusArgs),
+    /// With --cluster: the members (name, host, age, units, lease) and every
+    /// unit's owner, as this member sees them; JSON with --json.
+    Cluster,
     #[command(external_subcommand)]
     Other(Vec<String>),
 }
@@ -249,6 +253,8 @@ struct Row {
     last_exit: String,
     cycles: Option<u64>,
     usage: Usage,
+    /// `--cluster`: the member that runs the unit.
+    owner: Option<String>,
 }
 
 fn rows_of(id: &str, entry: &JobStatus<Value>) -> Vec<Row> {
@@ -268,6 +274,7 @@ fn rows_of(id: &str, entry: &JobStatus<Value>) -> Vec<Row> {
             last_exit: last_exit(state),
             cycles: slot.and_then(|s| s.cycles),
             usage: Usage::of(slot, state.pid),
+            owner: slot.and_then(|s| s.owner.clone()),
         }];
     }
     state
@@ -284,6 +291,7 @@ fn rows_of(id: &str, entry: &JobStatus<Value>) -> Vec<Row> {
             last_exit: slot.last_exit.as_ref().map_or_else(|| "-".to_string(), ToString::to_string),
             cycles: slot.cycles,
             usage: Usage::of(Some(slot), slot.pid),
+            owner: slot.owner.clone(),
         })
         .collect()
 }
@@ -328,6 +336,11 @@ fn table_lines(rows: Vec<Row>) -> Vec<(String, &'static str)> {
             "exited" | "failed" => "31",
             _ => "2",
         });
+        // A unit another member runs: which one.
+        let status = match (&row.owner, status.as_str()) {
+            (Some(owner), "elsewhere") => format!("on {owner}"),
+            _ => status,
+        };
         // Ids, names and exits come from the configuration: never raw to the terminal.
         let row_cells = vec![
             row.id,
@@ -755,6 +768,96 @@ fn watch(path: &Path, args: &StatusArgs, json: bool, color: Color) -> ExitCode {
     }
 }
 
+/// `lrpmctl cluster`: the members, then every unit with its owner.
+fn cluster(path: &Path, json: bool) -> ExitCode {
+    let response = match exchange(path, "cluster", None) {
+        Ok(r) => r,
+        Err(failure) => {
+            eprintln!("lrpmctl: {}", failure.message());
+            return ExitCode::from(failure.exit_code());
+        }
+    };
+    if let Some(refusal) = response.strip_prefix("error: ") {
+        eprintln!("lrpmctl: {}", escape::controls_keeping_lines(refusal));
+        return ExitCode::from(EXIT_REFUSED);
+    }
+    let Ok(doc) = serde_json::from_str::<ClusterDocument>(&response) else {
+        let start: String = response.chars().take(200).collect();
+        eprintln!("lrpmctl: invalid cluster response from {}: {}", path.display(), escape::controls(&start));
+        return ExitCode::from(EXIT_INVALID_RESPONSE);
+    };
+    if json {
+        println!("{}", response.trim_end());
+    } else {
+        print!("{}", cluster_text(&doc, unix_seconds()));
+    }
+    ExitCode::SUCCESS
+}
+
+/// Cells padded to their column's width, two spaces apart; every cell is
+/// escaped (names come from other hosts).
+fn columns(rows: &[Vec<String>]) -> String {
+    let width = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..width)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|v| v.chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}", w = *w)).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn cluster_text(doc: &ClusterDocument, now: i64) -> String {
+    let clean = |s: &str| escape::controls(s).into_owned();
+    let lease = if doc.lease.held {
+        match doc.lease.seconds_since_renewal {
+            Some(s) => format!("held, renewed {s:.1}s ago"),
+            None => "held".into(),
+        }
+    } else {
+        format!("none ({})", doc.lease.reason.as_deref().unwrap_or("no renewal in time"))
+    };
+    let mut out = format!("member {} of {}: lease {}", clean(&doc.member), clean(&doc.cluster), clean(&lease));
+    if let Some(why) = &doc.draining {
+        out.push_str(&format!(", draining ({})", clean(why)));
+    }
+    out.push_str(&format!(
+        "\nclaims: {} won, {} taken by others, {} failed; units in {}, out {}\n\n",
+        doc.claims.won, doc.claims.taken, doc.claims.failed, doc.grants, doc.revocations
+    ));
+    let mut members =
+        vec![["MEMBER", "HOST", "PID", "AGE", "UNITS", "WEIGHT", "VERSION", "STATE"].map(String::from).to_vec()];
+    for m in &doc.members {
+        let name = if m.me { format!("{} (this)", m.name) } else { m.name.clone() };
+        members.push(vec![
+            clean(&name),
+            clean(&m.host),
+            m.pid.to_string(),
+            human_duration(now - m.started_at as i64),
+            m.units.to_string(),
+            m.weight.to_string(),
+            clean(&m.version),
+            if m.draining { "draining".into() } else { "active".into() },
+        ]);
+    }
+    out.push_str(&columns(&members));
+    out.push('\n');
+    let mut units = vec![["UNIT", "OWNER", "TOKEN", "HERE"].map(String::from).to_vec()];
+    for u in &doc.units {
+        units.push(vec![
+            clean(&u.unit),
+            u.member.as_deref().map_or_else(|| "-".into(), clean),
+            u.token.map_or_else(|| "-".into(), |t| t.to_string()),
+            u.status.map_or_else(|| "-".into(), |s| s.as_str().to_string()),
+        ]);
+    }
+    out.push_str(&columns(&units));
+    out
+}
+
 fn main() -> ExitCode {
     // Rust ignores SIGPIPE, so printing into a closed pipe (`lrpmctl status
     // | head -1`) would panic. Like any Unix tool, die of SIGPIPE instead:
@@ -778,6 +881,7 @@ fn main() -> ExitCode {
                 status_once(&path, status, json, args.color)
             };
         }
+        Command::Cluster => return cluster(&path, args.json),
         Command::Other(words) => words,
     };
     let response = match exchange(&path, &words.join(" "), None) {
@@ -808,6 +912,38 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_view_lists_members_then_units_with_their_owners() {
+        use lrpm_host::control::cluster::{LeaseState, MemberRow, UnitRow};
+        let doc = ClusterDocument {
+            cluster: "etcd://127.0.0.1:2379/f".into(),
+            member: "a".into(),
+            lease: LeaseState { held: false, reason: Some("etcd \u{1b}[31mdown".into()), ..Default::default() },
+            members: vec![MemberRow { name: "a".into(), host: "h".into(), me: true, units: 1, ..Default::default() }],
+            units: vec![
+                UnitRow {
+                    unit: "1#0".into(),
+                    member: Some("a".into()),
+                    token: Some(7),
+                    status: Some(StatusName::Running),
+                },
+                UnitRow { unit: "1#1".into(), member: None, token: None, status: Some(StatusName::Elsewhere) },
+            ],
+            ..Default::default()
+        };
+        let text = cluster_text(&doc, 100);
+        assert!(text.starts_with("member a of etcd://127.0.0.1:2379/f: lease none (etcd \\x1b[31mdown)"), "{text}");
+        assert!(text.lines().any(|l| l.starts_with("a (this)  h ") && l.ends_with("active")), "{text}");
+        assert!(
+            text.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["1#0", "a", "7", "running"]),
+            "{text}"
+        );
+        assert!(
+            text.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["1#1", "-", "-", "elsewhere"]),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn unknown_ids_are_named() {
         let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let known = |id: &str| id == "1";
@@ -829,6 +965,7 @@ mod tests {
             last_exit: "-".into(),
             cycles: None,
             usage: Usage::default(),
+            owner: None,
         };
         let rows = (0..10).map(|i| row(&i.to_string())).collect();
         let text = render_table(rows, false, Some(Fit { columns: 20, lines: 4 }));

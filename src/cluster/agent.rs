@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::claims::{ClaimOutcome, Claims, Effect, Holder};
 use super::etcd::{Created, Etcd, EtcdError, EtcdOptions, WatchBatch, WatchEvent};
-use super::messages::{self, FromAgent, MemberView, ToAgent, UnitOwner};
+use super::messages::{self, ClaimCounters, FromAgent, MemberView, ToAgent, UnitOwner};
 use super::placement::{Candidate, Rendezvous};
 
 /// What the agent needs to know, from the supervisor's command line.
@@ -94,7 +94,14 @@ struct Agent {
     /// not be kept alive, or its claims would block their units.
     keeper_stop: Option<Sender<()>>,
     draining: bool,
+    claim_counters: ClaimCounters,
+    /// Something the supervisor's view shows changed; it is sent at
+    /// `view_due`, so that a burst of claims costs one view, not one each.
+    view_due: Option<Instant>,
 }
+
+/// How long a changed view waits for more changes before it is sent.
+const VIEW_COALESCE: Duration = Duration::from_millis(200);
 
 impl Agent {
     fn new(settings: AgentSettings, tx: Sender<Report>, rx: Receiver<Report>) -> Self {
@@ -118,6 +125,8 @@ impl Agent {
             supervisor_gone: false,
             keeper_stop: None,
             draining: false,
+            claim_counters: ClaimCounters::default(),
+            view_due: None,
         }
     }
 
@@ -156,7 +165,10 @@ impl Agent {
             if self.lease.is_some() && !self.watching {
                 self.open_watch();
             }
-            let wake = [next_join, self.claims.next_retry(), self.renewal_deadline()].into_iter().flatten().min();
+            let wake = [next_join, self.claims.next_retry(), self.renewal_deadline(), self.view_due]
+                .into_iter()
+                .flatten()
+                .min();
             let timer = match wake {
                 Some(at) => after(at.saturating_duration_since(Instant::now())),
                 None => never(),
@@ -176,6 +188,9 @@ impl Agent {
             }
             let effects = self.claims.tick(now);
             self.apply(effects);
+            if self.view_due.is_some_and(|at| at <= now) {
+                self.send_view_now();
+            }
         }
     }
 
@@ -203,6 +218,12 @@ impl Agent {
                 // they claim each unit as soon as its claim goes.
                 self.announce_draining();
                 let effects = self.claims.drain(now);
+                self.apply(effects);
+            }
+            Report::Supervisor(ToAgent::Undrain) => {
+                self.draining = false;
+                self.announce_draining();
+                let effects = self.claims.undrain(now);
                 self.apply(effects);
             }
             Report::SupervisorGone => self.supervisor_gone = true,
@@ -271,6 +292,8 @@ impl Agent {
         Ok(())
     }
 
+    /// Writes `self.draining` into this member's key, which the others
+    /// watch: a draining member is no candidate for placement.
     fn announce_draining(&mut self) {
         let Some(lease) = self.lease else { return };
         let key = format!("{}{}", members_prefix(&self.settings.farm), self.settings.member);
@@ -278,14 +301,14 @@ impl Agent {
             kvs.into_iter().find(|kv| kv.key == key).and_then(|kv| serde_json::from_slice::<MemberView>(&kv.value).ok())
         }) else {
             tracing::warn!(
-                "could not read this member's key to mark it draining; the others take its units after the TTL"
+                "could not read this member's key to mark it draining or not; the others see it at its next join"
             );
             return;
         };
-        me.draining = true;
+        me.draining = self.draining;
         let value = serde_json::to_vec(&me).expect("a member serialises");
         if let Err(e) = self.etcd.put(&key, &value, lease) {
-            tracing::warn!("marking this member draining failed ({e}); the others take its units after the TTL");
+            tracing::warn!("marking this member draining or not failed ({e}); the others see it at its next join");
         }
     }
 
@@ -412,6 +435,7 @@ impl Agent {
         self.send(&FromAgent::LeaseLost { reason });
         let effects = self.claims.lease_lost(Instant::now());
         self.apply(effects);
+        self.send_view();
         // Last: etcd may be the reason, and this can wait a request timeout.
         if let Some(lease) = lease {
             let _ = self.etcd.revoke(lease);
@@ -446,21 +470,35 @@ impl Agent {
         let Some(lease) = self.lease else { return ClaimOutcome::Failed };
         let key = format!("{}{unit}", units_prefix(&self.settings.farm));
         let value = serde_json::to_vec(&ClaimValue { member: self.settings.member.clone() }).expect("serialises");
+        self.send_view();
         match self.etcd.create_if_absent(&key, &value, lease) {
-            Ok(Created::Yes { revision }) => ClaimOutcome::Won { token: revision },
+            Ok(Created::Yes { revision }) => {
+                self.claim_counters.won += 1;
+                ClaimOutcome::Won { token: revision }
+            }
             Ok(Created::Exists(kv)) => {
+                self.claim_counters.taken += 1;
                 let member =
                     serde_json::from_slice::<ClaimValue>(&kv.value).map_or_else(|_| String::new(), |c| c.member);
                 ClaimOutcome::Taken { member, token: kv.create_revision }
             }
             Err(e) => {
+                self.claim_counters.failed += 1;
                 tracing::warn!("claiming {unit} failed: {e}");
                 ClaimOutcome::Failed
             }
         }
     }
 
+    /// The view changed: it goes to the supervisor shortly.
     fn send_view(&mut self) {
+        if self.view_due.is_none() {
+            self.view_due = Some(Instant::now() + VIEW_COALESCE);
+        }
+    }
+
+    fn send_view_now(&mut self) {
+        self.view_due = None;
         let owners = self
             .claims
             .holders()
@@ -468,7 +506,7 @@ impl Agent {
             .map(|(unit, h)| UnitOwner { unit: unit.clone(), member: h.member.clone(), token: h.token })
             .collect();
         let members = self.members.values().cloned().collect();
-        self.send(&FromAgent::View { members, owners });
+        self.send(&FromAgent::View { members, owners, claims: self.claim_counters });
     }
 
     /// The supervisor is gone: give the lease back so that the others take

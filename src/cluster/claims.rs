@@ -217,6 +217,13 @@ impl<P: Placement> Claims<P> {
         self.reconcile(now)
     }
 
+    /// A drain is called off: this member is a candidate again.
+    pub fn undrain(&mut self, now: Instant) -> Vec<Effect> {
+        self.draining = false;
+        self.drained_told = false;
+        self.reconcile(now)
+    }
+
     /// Time passed: failed claims whose wait is over are tried again.
     pub fn tick(&mut self, now: Instant) -> Vec<Effect> {
         self.retry_at.retain(|_, at| *at > now);
@@ -414,6 +421,21 @@ mod tests {
         assert_eq!(claims.stopped(&u1, now), vec![Effect::Release { unit: u1, token: 1 }]);
         assert_eq!(claims.stopped(&u2, now), vec![Effect::Release { unit: u2, token: 2 }, Effect::Drained]);
         assert!(claims.tick(now).is_empty());
+    }
+
+    #[test]
+    fn an_undrained_member_claims_its_share_again_and_a_second_drain_says_drained_again() {
+        let u = unit_owned_by("a", &["a"]);
+        let (mut claims, _, now) = ready("a", &["a"], std::slice::from_ref(&u));
+        claims.claim_finished(&u, ClaimOutcome::Won { token: 1 }, now);
+        claims.drain(now);
+        claims.stopped(&u, now);
+        // The release's delete comes back through the watch.
+        assert!(claims.claim_gone(&u, now).is_empty(), "claimed while draining");
+        assert_eq!(claims.undrain(now), vec![claim(&u)]);
+        claims.claim_finished(&u, ClaimOutcome::Won { token: 5 }, now);
+        assert_eq!(claims.drain(now), vec![Effect::Stop { unit: u.clone() }]);
+        assert_eq!(claims.stopped(&u, now), vec![Effect::Release { unit: u, token: 5 }, Effect::Drained]);
     }
 
     #[test]

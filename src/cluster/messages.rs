@@ -21,6 +21,8 @@ pub enum ToAgent {
     /// worker stops, then answer `Drained` and keep the lease until told
     /// to exit (the supervisor closes the socket).
     Drain,
+    /// Take a share of the units again after a `Drain`.
+    Undrain,
 }
 
 /// From the agent to the supervisor.
@@ -41,8 +43,14 @@ pub enum FromAgent {
     /// Stop the unit's worker (placement moved it, or a drain), then
     /// answer `Stopped`.
     Stop { unit: String },
-    /// The live members and who holds each unit, for status and metrics.
-    View { members: Vec<MemberView>, owners: Vec<UnitOwner> },
+    /// The live members and who holds each unit, for status and metrics;
+    /// sent at most a few times a second, when something changed.
+    View {
+        members: Vec<MemberView>,
+        owners: Vec<UnitOwner>,
+        #[serde(default)]
+        claims: ClaimCounters,
+    },
     /// Every unit of a drain is stopped and released.
     Drained,
     /// Something the operator must read (a refused member name, etcd's
@@ -63,6 +71,17 @@ pub struct MemberView {
     /// Leaving: no longer a candidate for any unit.
     #[serde(default)]
     pub draining: bool,
+}
+
+/// The claim transactions this agent ran, by outcome, since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimCounters {
+    /// Created: the unit is this member's.
+    pub won: u64,
+    /// The key existed (another member holds it): a conflict.
+    pub taken: u64,
+    /// etcd did not answer or refused.
+    pub failed: u64,
 }
 
 /// A unit's claim: who holds it, and its fencing token.
@@ -100,6 +119,7 @@ mod tests {
                     draining: false,
                 }],
                 owners: vec![UnitOwner { unit: "u#0".into(), member: "m".into(), token: 3 }],
+                claims: ClaimCounters { won: 1, taken: 2, failed: 3 },
             },
         ];
         for message in all {

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod codec;
 pub mod server;
 pub mod status;
@@ -25,6 +26,10 @@ pub const HELP: &str = "valid messages:
   start <job_id>       start a job held by `stop <job_id>`
   signal <job_id> <SIG>  send a signal (TERM, HUP, USR1, ...) to the job's processes
   metrics              the Prometheus text of /metrics (see --metrics-listen)
+  cluster              --cluster: this member's view of the members and units (JSON)
+  drain                --cluster: hand every unit of this member to the others (every-host
+                       jobs keep running; undone by `undrain` or a restart)
+  undrain              --cluster: take a share of the units again after `drain`
   upgrade              replace this host with the binary on disk (new code, new --preload) without
                        stopping the farm: tried first, then every job recycled onto it
   version              lrpm-host and PHP versions";
@@ -48,6 +53,12 @@ pub enum Request {
     RecycleAll,
     /// `upgrade`: re-execute the binary on disk, keeping the farm.
     Upgrade,
+    /// `cluster`: the members and units as this member sees them.
+    Cluster,
+    /// `drain`: hand this member's units to the others, keep running.
+    Drain,
+    /// `undrain`: take a share of the units again.
+    Undrain,
     /// `restart ID`, `stop ID`, `start ID`: decided by the core.
     Job {
         id: JobId,
@@ -81,6 +92,9 @@ impl Request {
             ["status"] | ["jsonstatus"] => Ok(Request::Status),
             ["version"] => Ok(Request::Version),
             ["upgrade"] => Ok(Request::Upgrade),
+            ["cluster"] => Ok(Request::Cluster),
+            ["drain"] => Ok(Request::Drain),
+            ["undrain"] => Ok(Request::Undrain),
             ["metrics"] => Ok(Request::Metrics),
             ["reload"] => Ok(Request::Reload),
             ["reopen-logs"] => Ok(Request::ReopenLogs),
@@ -170,6 +184,9 @@ mod tests {
         assert_eq!(Request::parse("recycle 3"), job(JobId::Int(3), JobCommand::Recycle));
         assert_eq!(Request::parse("recycle"), Err(ParseError::MissingJobId("recycle")));
         assert_eq!(Request::parse("stop"), Ok(Request::Shutdown));
+        assert_eq!(Request::parse("cluster"), Ok(Request::Cluster));
+        assert_eq!(Request::parse(" drain "), Ok(Request::Drain));
+        assert_eq!(Request::parse("undrain"), Ok(Request::Undrain));
         assert_eq!(Request::parse("stop abc"), job(JobId::Str("abc".into()), JobCommand::Hold));
         assert_eq!(
             Request::parse("signal 7 HUP"),

@@ -4,6 +4,7 @@
 //! keys in `state`. Every lrpm-host key is optional when reading, so
 //! `lrpmctl` also reads php-lrpm's documents.
 
+use std::collections::HashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use indexmap::IndexMap;
@@ -158,6 +159,20 @@ pub struct SlotStatus {
     /// budget, some come from an earlier request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_age_ms: Option<u64>,
+    /// `--cluster`, a unit: the member whose claim it is (this one's name
+    /// when it runs here); absent when no member holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The claim's fencing token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fencing_token: Option<i64>,
+}
+
+/// Who holds a unit's claim, for its slot's status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotOwner {
+    pub member: String,
+    pub token: i64,
 }
 
 /// A key that is in the document, even as null, is `Some`: serde's
@@ -259,6 +274,8 @@ fn slot_status(slot: u32, state: &SlotState, pid_figures: PidFigures, now: Insta
         cpu_seconds: Some(usage.map(|r| rounded(r.usage.cpu_time.as_secs_f64(), 2))),
         rss_bytes: Some(usage.map(|r| r.usage.rss_bytes)),
         usage_age_ms: usage.map(|r| r.age.as_millis() as u64),
+        owner: None,
+        fencing_token: None,
     }
 }
 
@@ -303,15 +320,28 @@ pub fn process_state(
 
 /// The whole document as JSON text. Each job's configuration was serialized
 /// once when it was validated; here it is only copied.
-pub fn status_json(farm: &Farm, figures: &dyn Fn(i32) -> PidFigures, now: Instant, unix_now: f64) -> String {
+/// `owners`: who holds each unit (`ID#SLOT`), with `--cluster`.
+pub fn status_json(
+    farm: &Farm,
+    figures: &dyn Fn(i32) -> PidFigures,
+    owners: &HashMap<String, SlotOwner>,
+    now: Instant,
+    unix_now: f64,
+) -> String {
     let doc: StatusDocument<&RawValue> = farm
         .jobs()
         .iter()
         .map(|(id, state)| {
-            (
-                id.to_string(),
-                JobStatus { config: state.job.config_json.get(), state: process_state(state, figures, now, unix_now) },
-            )
+            let mut process = process_state(state, figures, now, unix_now);
+            if !owners.is_empty() {
+                for slot in &mut process.slots {
+                    if let Some(owner) = owners.get(&format!("{id}#{}", slot.slot)) {
+                        slot.owner = Some(owner.member.clone());
+                        slot.fencing_token = Some(owner.token);
+                    }
+                }
+            }
+            (id.to_string(), JobStatus { config: state.job.config_json.get(), state: process })
         })
         .collect();
     serde_json::to_string(&doc).unwrap_or_else(|e| format!("error: cannot encode the status: {e}"))

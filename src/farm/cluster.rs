@@ -15,13 +15,17 @@ pub(super) struct ClusterUnits {
     /// The set of units changed (a slot of a clustered job was added or
     /// forgotten): the agent must be told the new list.
     changed: bool,
+    /// Slots of units forgotten since the last event: their processes are
+    /// gone, so their claims (if this member holds them) can go now, each
+    /// at once rather than at the end of a drain or a shutdown.
+    forgotten: Vec<WorkerKey>,
 }
 
 impl Farm {
     /// From now on, slots of jobs with `placement: cluster` run only when
     /// granted. Call before the first configuration.
     pub fn enable_cluster(&mut self) {
-        self.cluster = Some(ClusterUnits { owned: HashMap::new(), changed: true });
+        self.cluster = Some(ClusterUnits { owned: HashMap::new(), changed: true, forgotten: Vec::new() });
     }
 
     pub fn is_clustered(&self) -> bool {
@@ -48,6 +52,11 @@ impl Farm {
     /// of a unit gets it (`Lrpm\fencing_token()`).
     pub fn unit_token(&self, key: &WorkerKey) -> Option<i64> {
         self.cluster.as_ref()?.owned.get(key).copied()
+    }
+
+    /// How many claims this member holds.
+    pub fn owned_unit_count(&self) -> usize {
+        self.cluster.as_ref().map_or(0, |c| c.owned.len())
     }
 
     /// The units this member holds a claim for, in order.
@@ -89,9 +98,27 @@ impl Farm {
         }
     }
 
-    /// A forgotten slot's claim is no longer held here: the agent drops
-    /// it when the next unit list leaves it out.
-    pub(super) fn forget_unit(&mut self, key: &WorkerKey) {
+    /// A slot removed for good (its process, if it had one, is gone): its
+    /// claim is given back with the next actions.
+    pub(super) fn unit_slot_removed(&mut self, key: &WorkerKey) {
+        let unit = self.is_unit(&key.id);
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.owned.remove(key);
+            if unit {
+                cluster.forgotten.push(key.clone());
+            }
+        }
+    }
+
+    /// `ReleaseUnit` for every unit slot removed while handling an event.
+    pub(super) fn release_removed_units(&mut self, actions: &mut Vec<Action>) {
+        if let Some(cluster) = self.cluster.as_mut() {
+            actions.extend(cluster.forgotten.drain(..).map(Action::ReleaseUnit));
+        }
+    }
+
+    /// A slot leaves the unit's claim: it is not held here any more.
+    fn forget_unit(&mut self, key: &WorkerKey) {
         if let Some(cluster) = self.cluster.as_mut() {
             cluster.owned.remove(key);
         }

@@ -383,6 +383,7 @@ impl Farm {
                 }
             }
         }
+        self.release_removed_units(&mut actions);
         actions
     }
 
@@ -451,7 +452,7 @@ impl Farm {
         // Clears the indexes first.
         self.set_phase(key, Phase::Held);
         self.units_changed(key);
-        self.forget_unit(key);
+        self.unit_slot_removed(key);
         let Some(state) = self.jobs.get_mut(&key.id) else { return };
         state.slots.remove(&key.slot);
         if state.removed && state.slots.is_empty() {

@@ -13,7 +13,7 @@ use nix::unistd::Pid;
 
 use super::Supervisor;
 use crate::cluster::link::{instant_of, Incoming, Link};
-use crate::cluster::messages::{FromAgent, MemberView, ToAgent, UnitOwner};
+use crate::cluster::messages::{ClaimCounters, FromAgent, MemberView, ToAgent, UnitOwner};
 use crate::farm::{Event, ExitKind, WorkerKey};
 use crate::job::JobId;
 
@@ -45,7 +45,29 @@ pub(super) struct Agent {
     /// The last `View`: live members and who holds which unit.
     pub(super) members: Vec<MemberView>,
     pub(super) owners: Vec<UnitOwner>,
+    pub(super) claims: ClaimCounters,
+    /// When the last renewal etcd answered was sent, and how long it took
+    /// to reach the supervisor.
+    pub(super) renewed_at: Option<Instant>,
+    pub(super) renew_latency: Option<Duration>,
+    /// Why there is no lease, while there is none.
+    pub(super) no_lease_reason: Option<String>,
+    pub(super) grants: u64,
+    pub(super) revocations: u64,
+    /// Why this member leaves the cluster (a shutdown, `lrpmctl drain`):
+    /// every agent it starts from then on is told to drain.
+    pub(super) leaving: Option<String>,
+    /// The agent was told to drain.
+    drain_sent: bool,
+    /// The supervisor is done and closed the link: the agent gives the
+    /// lease back and ends by then, or is killed.
+    leave_by: Option<Instant>,
 }
+
+/// How long the supervisor waits at exit for the agent to give its lease
+/// back: one etcd request, on a network that may be gone. Without it the
+/// member's key and claims stay until the TTL ends.
+const AGENT_LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Agent {
     pub(super) fn new(settings: ClusterSettings) -> Agent {
@@ -60,7 +82,29 @@ impl Agent {
             warned_no_lease: false,
             members: Vec::new(),
             owners: Vec::new(),
+            claims: ClaimCounters::default(),
+            renewed_at: None,
+            renew_latency: None,
+            no_lease_reason: Some("not granted yet".into()),
+            grants: 0,
+            revocations: 0,
+            leaving: None,
+            drain_sent: false,
+            leave_by: None,
         }
+    }
+
+    pub(super) fn settings(&self) -> &ClusterSettings {
+        &self.settings
+    }
+
+    pub(super) fn pid(&self) -> Option<i32> {
+        self.pid
+    }
+
+    /// A lease is known to live: clustered units may run here.
+    pub(super) fn has_lease(&self) -> bool {
+        self.socket.is_some() && self.link.has_lease()
     }
 
     pub(super) fn socket(&self) -> Option<BorrowedFd<'_>> {
@@ -74,7 +118,7 @@ impl Agent {
     /// The next moment the supervisor must act for the cluster: the
     /// agent's restart, the fence.
     pub(super) fn deadline(&self) -> Option<Instant> {
-        [self.restart_at, self.link.revoke_at()].into_iter().flatten().min()
+        [self.restart_at, self.link.revoke_at(), self.leave_by].into_iter().flatten().min()
     }
 }
 
@@ -108,15 +152,92 @@ impl Supervisor<'_> {
                 agent.pid = Some(pid);
                 agent.socket = Some(socket);
                 agent.link = Link::new(settings.ttl);
-                // The new agent learns every unit.
+                agent.drain_sent = false;
+                // The new agent learns every unit, and a drain in force.
                 let units = self.farm.cluster_units();
                 self.send_to_agent(&ToAgent::Units { units: units.iter().map(unit_name).collect() });
+                if let Some(why) = self.agent.as_ref().and_then(|a| a.leaving.clone()) {
+                    self.leave_cluster(&why);
+                }
             }
             Err(e) => {
                 tracing::error!("cluster: cannot start the agent ({e}); trying again in {:?}", agent.restart_delay);
                 agent.restart_at = Some(now + agent.restart_delay);
                 agent.restart_delay = (agent.restart_delay * 2).min(AGENT_RESTART_CAP);
             }
+        }
+    }
+
+    /// This member leaves the cluster: the agent marks its key draining
+    /// (no other member counts it for placement any more), stops every
+    /// unit here and deletes each claim as its worker ends, so the others
+    /// take the units over one by one instead of after the TTL. The lease
+    /// (and the every-host jobs) stay until the member ends. Idempotent.
+    pub(super) fn leave_cluster(&mut self, why: &str) {
+        let Some(agent) = self.agent.as_mut() else { return };
+        if agent.leaving.is_none() {
+            tracing::info!("cluster: draining this member ({why}): its units move to the other members");
+            agent.leaving = Some(why.to_owned());
+        }
+        if agent.drain_sent || agent.socket.is_none() {
+            return;
+        }
+        agent.drain_sent = true;
+        self.send_to_agent(&ToAgent::Drain);
+    }
+
+    /// `lrpmctl undrain`: this member takes its share again.
+    pub(super) fn rejoin_cluster(&mut self) {
+        let Some(agent) = self.agent.as_mut() else { return };
+        if agent.leaving.take().is_none() {
+            return;
+        }
+        tracing::info!("cluster: undrained: this member takes its share of the units again");
+        let sent = std::mem::take(&mut agent.drain_sent);
+        if sent {
+            self.send_to_agent(&ToAgent::Undrain);
+        }
+    }
+
+    /// Whether this member is leaving the cluster, and why.
+    pub(super) fn cluster_leaving(&self) -> Option<&str> {
+        self.agent.as_ref()?.leaving.as_deref()
+    }
+
+    /// At exit: closes the link (the agent then revokes the lease and
+    /// ends) and reports whether the agent is gone; kills it once it has
+    /// had `AGENT_LEAVE_TIMEOUT`.
+    pub(super) fn agent_has_left(&mut self, now: Instant) -> bool {
+        let Some(agent) = self.agent.as_mut() else { return true };
+        let Some(pid) = agent.pid else { return true };
+        match agent.leave_by {
+            None => {
+                if let Some(socket) = agent.socket.as_mut() {
+                    // What is still queued (the last releases), as far as
+                    // the socket takes it now.
+                    while agent.link.wants_to_write() {
+                        match socket.write(agent.link.pending()) {
+                            Ok(n) => agent.link.wrote(n),
+                            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                agent.socket = None;
+                agent.leave_by = Some(now + AGENT_LEAVE_TIMEOUT);
+                false
+            }
+            Some(at) if at <= now => {
+                tracing::warn!(
+                    "cluster: the agent (pid {pid}) did not give the lease back within {}s; killing it (the others take the units when the lease ends)",
+                    AGENT_LEAVE_TIMEOUT.as_secs()
+                );
+                crate::process::signal_group(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+                agent.pid = None;
+                true
+            }
+            Some(_) => false,
         }
     }
 
@@ -206,6 +327,9 @@ impl Supervisor<'_> {
                     }
                     agent.warned_no_lease = false;
                     agent.link.renewed(sent, Duration::from_millis(ttl_ms));
+                    agent.renewed_at = agent.renewed_at.max(Some(sent));
+                    agent.renew_latency = Some(now.saturating_duration_since(sent));
+                    agent.no_lease_reason = None;
                 }
             }
             FromAgent::LeaseLost { reason } => {
@@ -218,20 +342,32 @@ impl Supervisor<'_> {
                 self.revoke_every_unit(&reason, now);
                 if let Some(agent) = self.agent.as_mut() {
                     agent.link.lost();
+                    agent.no_lease_reason = Some(reason);
                 }
             }
             FromAgent::Run { unit, token } => match unit_key(&unit) {
-                Some(key) => self.feed(Event::UnitGranted { key, token }, now),
+                Some(key) => {
+                    if let Some(agent) = self.agent.as_mut() {
+                        agent.grants += 1;
+                    }
+                    self.feed(Event::UnitGranted { key, token }, now)
+                }
                 None => tracing::error!("cluster: the agent granted '{}', which names no unit", unit),
             },
             FromAgent::Stop { unit } => match unit_key(&unit) {
-                Some(key) => self.feed(Event::UnitRevoked { key, kill_by: None }, now),
+                Some(key) => {
+                    if let Some(agent) = self.agent.as_mut() {
+                        agent.revocations += 1;
+                    }
+                    self.feed(Event::UnitRevoked { key, kill_by: None }, now)
+                }
                 None => tracing::error!("cluster: the agent revoked '{}', which names no unit", unit),
             },
-            FromAgent::View { members, owners } => {
+            FromAgent::View { members, owners, claims } => {
                 if let Some(agent) = self.agent.as_mut() {
                     agent.members = members;
                     agent.owners = owners;
+                    agent.claims = claims;
                 }
             }
             FromAgent::Drained => tracing::info!("cluster: every unit of this member is released"),
@@ -256,6 +392,10 @@ impl Supervisor<'_> {
             "cluster: revoking every unit ({why}), SIGKILL by {:?}",
             kill_by.saturating_duration_since(now)
         );
+        let owned = self.farm.owned_unit_count() as u64;
+        if let Some(agent) = self.agent.as_mut() {
+            agent.revocations += owned;
+        }
         self.feed(Event::AllUnitsRevoked { kill_by: Some(kill_by) }, now);
     }
 
@@ -272,6 +412,7 @@ impl Supervisor<'_> {
         }
         agent.pid = None;
         agent.socket = None;
+        agent.no_lease_reason = Some("the cluster agent is restarting".into());
         let delay = agent.restart_delay;
         agent.restart_delay = (delay * 2).min(AGENT_RESTART_CAP);
         if !self.farm.is_shutting_down() {

@@ -113,10 +113,16 @@ impl Supervisor<'_> {
         if self.farm.is_shutting_down() {
             return Err("not ready: shutting down\n".into());
         }
+        self.cluster_readiness()?;
         let mut not_ready = Vec::new();
         for (id, state) in self.farm.jobs() {
             let status = state.status(now);
-            let wanted = state.slots.values().filter(|s| !matches!(s.phase, Phase::Held | Phase::Done)).count();
+            // A unit another member runs is not wanted here.
+            let wanted = state
+                .slots
+                .values()
+                .filter(|s| !matches!(s.phase, Phase::Held | Phase::Done | Phase::Elsewhere))
+                .count();
             let running = state.slots.values().filter(|s| matches!(s.phase, Phase::Running { .. })).count();
             if matches!(status, StatusName::Failed | StatusName::Backoff) || running < wanted {
                 not_ready.push(format!(
@@ -219,6 +225,7 @@ impl Supervisor<'_> {
         if let Some(opcache) = self.opcache_figures() {
             write_opcache(&mut e, &opcache);
         }
+        self.write_cluster_metrics(&mut e, now);
         let jobs = self.job_figures(now);
         write_jobs(&mut e, &jobs);
         e.finish()

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod cluster;
+mod cluster_view;
 pub mod config_channel;
 mod configuration;
 pub use cluster::ClusterSettings;
@@ -315,10 +316,14 @@ struct PollSlots {
 impl Supervisor<'_> {
     fn event_loop(&mut self) -> Result<HostExit, SupervisorError> {
         loop {
-            if let Some(exit) = self.exit {
-                return Ok(exit);
-            }
             let now = Instant::now();
+            if let Some(exit) = self.exit {
+                // The agent gives the lease back (its member key and any
+                // claim left go at once) before the supervisor ends.
+                if self.agent_has_left(now) {
+                    return Ok(exit);
+                }
+            }
             if self.accept_paused_until.is_some_and(|until| until <= now) {
                 self.accept_paused_until = None;
             }
@@ -657,6 +662,11 @@ impl Supervisor<'_> {
     }
 
     fn apply(&mut self, actions: Vec<Action>) {
+        if self.farm.is_shutting_down() {
+            // Before the stops' releases, so the agent hands each unit over
+            // as its worker ends, to members that no longer count this one.
+            self.leave_cluster("lrpm-host is shutting down");
+        }
         self.apply_actions(actions);
         // A configuration, a scale or a removal may have changed the units.
         self.sync_units();
@@ -753,6 +763,9 @@ impl Supervisor<'_> {
                 Action::Log(event) => self.log(&event),
                 Action::Exit(exit) => self.exit = Some(exit),
                 Action::ReleaseUnit(key) => {
+                    // A unit list without it first: the agent would claim a
+                    // released unit it still thinks wanted.
+                    self.sync_units();
                     self.send_to_agent(&crate::cluster::messages::ToAgent::Stopped { unit: key.to_string() })
                 }
             }

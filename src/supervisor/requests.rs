@@ -47,6 +47,9 @@ impl Supervisor<'_> {
             Request::RestartAll => self.handle_every_job(JobCommand::Restart, now),
             Request::RecycleAll => self.handle_every_job(JobCommand::Recycle, now),
             Request::Upgrade => return self.handle_upgrade(client, now),
+            Request::Cluster => self.handle_cluster(now),
+            Request::Drain => self.handle_drain(),
+            Request::Undrain => self.handle_undrain(),
             Request::Signal { id, signal } => self.handle_signal(&id, signal),
         })
     }
@@ -69,7 +72,8 @@ impl Supervisor<'_> {
         }
         let read_at = Instant::now();
         let figures = |pid| status::PidFigures { cycles: self.cycle_figures(pid), usage: self.usage.get(pid, read_at) };
-        status::status_json(&self.farm, &figures, now, status::unix_now())
+        let owners = self.slot_owners();
+        status::status_json(&self.farm, &figures, &owners, now, status::unix_now())
     }
 
     fn handle_reload(&mut self, now: Instant) -> String {

@@ -195,3 +195,20 @@ fn without_the_cluster_placement_changes_nothing() {
     assert_eq!(farm.take_changed_units(), None);
     assert!(step(&mut farm, Event::UnitGranted { key: key(1), token: 1 }, t0).is_empty());
 }
+
+#[test]
+fn a_shutdown_gives_each_unit_back_as_its_process_ends_even_after_the_drain_revoked_it() {
+    let t0 = Instant::now();
+    let mut farm = clustered_farm(t0, &[replicated(1, 1, 2)]);
+    grant(&mut farm, slot_key(1, 0), 4, t0);
+    grant(&mut farm, slot_key(1, 1), 5, t0);
+    step(&mut farm, Event::Shutdown, t0 + secs(1));
+    // The drain's revocation of a unit that is already stopping changes nothing.
+    let actions = step(&mut farm, Event::UnitRevoked { key: slot_key(1, 0), kill_by: None }, t0 + secs(1));
+    assert!(without_logs(actions).is_empty());
+    let releases = |actions: Vec<Action>| -> Vec<Action> {
+        actions.into_iter().filter(|a| matches!(a, Action::ReleaseUnit(_))).collect()
+    };
+    assert_eq!(releases(step(&mut farm, slot_exited(1, 0, 0), t0 + secs(2))), vec![release(slot_key(1, 0))]);
+    assert_eq!(releases(step(&mut farm, slot_exited(1, 1, 0), t0 + secs(3))), vec![release(slot_key(1, 1))]);
+}
