@@ -768,19 +768,26 @@ fn watch(path: &Path, args: &StatusArgs, json: bool, color: Color) -> ExitCode {
     }
 }
 
-/// `lrpmctl cluster`: the members, then every unit with its owner.
-fn cluster(path: &Path, json: bool) -> ExitCode {
-    let response = match exchange(path, "cluster", None) {
-        Ok(r) => r,
-        Err(failure) => {
-            eprintln!("lrpmctl: {}", failure.message());
-            return ExitCode::from(failure.exit_code());
-        }
-    };
+/// One request whose reply is printed: the reply, or the exit code once
+/// the failure or the host's refusal is on stderr.
+fn ask(path: &Path, request: &str) -> Result<String, ExitCode> {
+    let response = exchange(path, request, None).map_err(|failure| {
+        eprintln!("lrpmctl: {}", failure.message());
+        ExitCode::from(failure.exit_code())
+    })?;
     if let Some(refusal) = response.strip_prefix("error: ") {
         eprintln!("lrpmctl: {}", escape::controls_keeping_lines(refusal));
-        return ExitCode::from(EXIT_REFUSED);
+        return Err(ExitCode::from(EXIT_REFUSED));
     }
+    Ok(response)
+}
+
+/// `lrpmctl cluster`: the members, then every unit with its owner.
+fn cluster(path: &Path, json: bool) -> ExitCode {
+    let response = match ask(path, "cluster") {
+        Ok(response) => response,
+        Err(code) => return code,
+    };
     let Ok(doc) = serde_json::from_str::<ClusterDocument>(&response) else {
         let start: String = response.chars().take(200).collect();
         eprintln!("lrpmctl: invalid cluster response from {}: {}", path.display(), escape::controls(&start));
@@ -830,14 +837,15 @@ fn cluster_text(doc: &ClusterDocument, now: i64) -> String {
     ));
     let mut members =
         vec![["MEMBER", "HOST", "PID", "AGE", "UNITS", "WEIGHT", "VERSION", "STATE"].map(String::from).to_vec()];
-    for m in &doc.members {
-        let name = if m.me { format!("{} (this)", m.name) } else { m.name.clone() };
+    for row in &doc.members {
+        let m = &row.key;
+        let name = if row.me { format!("{} (this)", m.name) } else { m.name.clone() };
         members.push(vec![
             clean(&name),
             clean(&m.host),
             m.pid.to_string(),
             human_duration(now - m.started_at as i64),
-            m.units.to_string(),
+            row.units.to_string(),
             m.weight.to_string(),
             clean(&m.version),
             if m.draining { "draining".into() } else { "active".into() },
@@ -884,17 +892,10 @@ fn main() -> ExitCode {
         Command::Cluster => return cluster(&path, args.json),
         Command::Other(words) => words,
     };
-    let response = match exchange(&path, &words.join(" "), None) {
-        Ok(r) => r,
-        Err(failure) => {
-            eprintln!("lrpmctl: {}", failure.message());
-            return ExitCode::from(failure.exit_code());
-        }
+    let response = match ask(&path, &words.join(" ")) {
+        Ok(response) => response,
+        Err(code) => return code,
     };
-    if let Some(refusal) = response.strip_prefix("error: ") {
-        eprintln!("lrpmctl: {}", escape::controls_keeping_lines(refusal));
-        return ExitCode::from(EXIT_REFUSED);
-    }
     println!("{}", escape::controls_keeping_lines(&response));
     ExitCode::SUCCESS
 }
@@ -913,12 +914,17 @@ mod tests {
 
     #[test]
     fn the_cluster_view_lists_members_then_units_with_their_owners() {
+        use lrpm_host::cluster::messages::MemberView;
         use lrpm_host::control::cluster::{LeaseState, MemberRow, UnitRow};
         let doc = ClusterDocument {
             cluster: "etcd://127.0.0.1:2379/f".into(),
             member: "a".into(),
             lease: LeaseState { held: false, reason: Some("etcd \u{1b}[31mdown".into()), ..Default::default() },
-            members: vec![MemberRow { name: "a".into(), host: "h".into(), me: true, units: 1, ..Default::default() }],
+            members: vec![MemberRow {
+                key: MemberView { name: "a".into(), host: "h".into(), ..Default::default() },
+                me: true,
+                units: 1,
+            }],
             units: vec![
                 UnitRow {
                     unit: "1#0".into(),

@@ -59,12 +59,14 @@ pub enum FromAgent {
 }
 
 /// A live member, as its key says.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct MemberView {
     pub name: String,
     pub host: String,
     pub pid: u32,
     /// Seconds since the Unix epoch at which the member started.
+    #[serde(alias = "started_at")]
     pub started_at: u64,
     pub version: String,
     pub weight: f64,

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::messages::ClaimCounters;
+use crate::cluster::messages::{ClaimCounters, MemberView};
 use crate::farm::StatusName;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -44,18 +44,13 @@ pub struct LeaseState {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// A live member: its key's fields (name, host, pid, start time, version,
+/// weight, draining), and what this member counts of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MemberRow {
-    pub name: String,
-    pub host: String,
-    pub pid: u32,
-    /// Seconds since the Unix epoch at which the member started.
-    pub started_at: u64,
-    pub version: String,
-    pub weight: f64,
-    /// Leaving: no longer a candidate for any unit.
-    pub draining: bool,
+    #[serde(flatten)]
+    pub key: MemberView,
     /// Claims it holds.
     pub units: usize,
     /// This member.

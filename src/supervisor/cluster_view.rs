@@ -46,13 +46,7 @@ impl Supervisor<'_> {
             .members
             .iter()
             .map(|m| MemberRow {
-                name: m.name.clone(),
-                host: m.host.clone(),
-                pid: m.pid,
-                started_at: m.started_at,
-                version: m.version.clone(),
-                weight: m.weight,
-                draining: m.draining,
+                key: m.clone(),
                 units: per_member.get(m.name.as_str()).copied().unwrap_or(0),
                 me: m.name == me,
             })
