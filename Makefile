@@ -34,8 +34,9 @@ EXAMPLE_PACKAGES := php8.2-sqlite3 php8.2-apcu composer phpunit \
 	php-symfony-event-dispatcher \
 	gearman-job-server php8.2-gearman beanstalkd php-pda-pheanstalk php8.2-curl \
 	rabbitmq-server php-amqplib
-# The cluster's coordination store, started by the cluster tests on loopback.
-CLUSTER_PACKAGES := etcd-server
+# The cluster's coordination store, started by the cluster tests on loopback,
+# etcdctl to turn on its auth, and openssl for the TLS test's certificates.
+CLUSTER_PACKAGES := etcd-server etcd-client openssl
 DEB_PACKAGES := libphp8.2-embed php8.2-dev php8.2-cli php8.2-opcache \
 	libclang-dev clang pkg-config procps \
 	python3 python3-prometheus-client \

@@ -175,6 +175,109 @@ pub struct FarmOptions {
     /// This member's share of the units relative to the others (0 < W <= 1000).
     #[arg(long, value_name = "W", default_value_t = 1.0, global = true)]
     pub cluster_weight: f64,
+
+    #[command(flatten)]
+    pub etcd_client: EtcdClientArgs,
+}
+
+/// How the cluster agent authenticates to etcd: given to the host, passed
+/// on to its agent as they are.
+#[derive(Debug, Clone, Default, Args)]
+pub struct EtcdClientArgs {
+    /// etcds://: the CA certificate(s) that sign etcd's (PEM; default: the
+    /// public web roots).
+    #[arg(long, value_name = "FILE", env = "LRPM_CLUSTER_CA", global = true)]
+    pub cluster_ca: Option<PathBuf>,
+
+    /// etcds://: a client certificate for etcd's --client-cert-auth (PEM),
+    /// with --cluster-key.
+    #[arg(long, value_name = "FILE", env = "LRPM_CLUSTER_CERT", global = true)]
+    pub cluster_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", env = "LRPM_CLUSTER_KEY", global = true)]
+    pub cluster_key: Option<PathBuf>,
+
+    /// etcd user (etcd's auth): its password comes from
+    /// --cluster-password-file, else $LRPM_CLUSTER_PASSWORD.
+    #[arg(long, value_name = "USER", env = "LRPM_CLUSTER_USER", global = true)]
+    pub cluster_user: Option<String>,
+
+    /// A file holding the etcd user's password (a trailing newline is
+    /// ignored). Never on the command line: it would show in ps.
+    #[arg(long, value_name = "FILE", env = "LRPM_CLUSTER_PASSWORD_FILE", global = true)]
+    pub cluster_password_file: Option<PathBuf>,
+}
+
+impl EtcdClientArgs {
+    pub fn tls_files(&self) -> crate::cluster::tls::TlsFiles {
+        crate::cluster::tls::TlsFiles {
+            ca: self.cluster_ca.clone(),
+            cert: self.cluster_cert.clone(),
+            key: self.cluster_key.clone(),
+        }
+    }
+
+    /// The etcd user and password, read now; an error names what is wrong.
+    pub fn credentials(&self) -> Result<Option<(String, String)>, String> {
+        let Some(user) = self.cluster_user.clone() else {
+            if self.cluster_password_file.is_some() {
+                return Err("--cluster-password-file needs --cluster-user".into());
+            }
+            return Ok(None);
+        };
+        if user.is_empty() || user.chars().any(char::is_control) {
+            return Err(format!("--cluster-user {user:?}: not a user name"));
+        }
+        let password = match &self.cluster_password_file {
+            Some(file) => {
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| format!("--cluster-password-file {}: {e}", file.display()))?;
+                text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_owned()
+            }
+            None => std::env::var("LRPM_CLUSTER_PASSWORD").map_err(|_| {
+                format!("--cluster-user {user}: no password (--cluster-password-file FILE, or LRPM_CLUSTER_PASSWORD)")
+            })?,
+        };
+        Ok(Some((user, password)))
+    }
+
+    /// These options as arguments, for the agent's command line.
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = Vec::new();
+        let paths = [
+            ("--cluster-ca", &self.cluster_ca),
+            ("--cluster-cert", &self.cluster_cert),
+            ("--cluster-key", &self.cluster_key),
+            ("--cluster-password-file", &self.cluster_password_file),
+        ];
+        for (flag, value) in paths {
+            if let Some(path) = value {
+                args.push(flag.into());
+                args.push(path.clone().into_os_string());
+            }
+        }
+        if let Some(user) = &self.cluster_user {
+            args.push("--cluster-user".into());
+            args.push(user.into());
+        }
+        args
+    }
+
+    /// Everything the agent will need, checked at startup: the URL's
+    /// scheme fits the TLS files, they parse, the password is there.
+    pub fn check(&self, url: &crate::cluster::ClusterUrl) -> Result<(), String> {
+        let files = self.tls_files();
+        if !url.tls && !files.is_empty() {
+            return Err(format!(
+                "--cluster-ca, --cluster-cert and --cluster-key are for TLS: use etcds:// instead of {url}"
+            ));
+        }
+        if url.tls {
+            crate::cluster::tls::client_config(&files)?;
+        }
+        self.credentials().map(drop)
+    }
 }
 
 /// What happens to workers' stdout and stderr.
@@ -250,6 +353,7 @@ pub struct ClusterAgentArgs {
     /// Relative share of the units.
     #[arg(long, value_name = "W", default_value_t = 1.0)]
     pub weight: f64,
+    // TLS and credentials: the host's own --cluster-ca ... (global options).
 }
 
 #[derive(Debug, Args)]

@@ -59,11 +59,13 @@ fn cluster_settings(options: &cli::FarmOptions) -> Result<Option<supervisor::Clu
     if !(weight.is_finite() && weight > 0.0 && weight <= 1000.0) {
         return Err(format!("--cluster-weight {weight}: must be above 0 and at most 1000"));
     }
+    options.etcd_client.check(url)?;
     Ok(Some(supervisor::ClusterSettings {
         url: url.to_string(),
         member,
         ttl: std::time::Duration::from_secs(options.cluster_ttl),
         weight,
+        client_args: options.etcd_client.to_args(),
     }))
 }
 
@@ -86,11 +88,22 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 return Ok(usage_error(&format!("--weight {}: must be above 0 and at most 1000", args.weight)));
             }
             let ttl = std::time::Duration::from_secs(args.ttl);
+            let client = &cli.farm.etcd_client;
+            let tls = match args.cluster.tls.then(|| lrpm_host::cluster::tls::client_config(&client.tls_files())) {
+                Some(Err(e)) => return Ok(usage_error(&e)),
+                Some(Ok(config)) => Some(config),
+                None => None,
+            };
+            let user = match client.credentials() {
+                Ok(user) => user,
+                Err(e) => return Ok(usage_error(&e)),
+            };
             Ok(lrpm_host::cluster::agent::run(lrpm_host::cluster::agent::AgentSettings {
                 etcd: lrpm_host::cluster::etcd::EtcdOptions {
                     endpoints: args.cluster.endpoints,
-                    user: None,
+                    user,
                     request_timeout: (ttl / 4).max(std::time::Duration::from_millis(500)),
+                    tls,
                 },
                 farm: args.cluster.farm,
                 member: args.member,

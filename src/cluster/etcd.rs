@@ -58,6 +58,25 @@ pub struct EtcdOptions {
     pub endpoints: Vec<String>,
     pub user: Option<(String, String)>,
     pub request_timeout: Duration,
+    /// HTTPS with this configuration (`etcds://`); plain HTTP without.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+impl EtcdOptions {
+    /// An HTTP client that connects within the request timeout, over TLS
+    /// when configured.
+    fn agent(&self) -> ureq::AgentBuilder {
+        let builder = ureq::AgentBuilder::new().timeout_connect(self.request_timeout);
+        match &self.tls {
+            Some(config) => builder.tls_config(config.clone()),
+            None => builder,
+        }
+    }
+
+    fn url(&self, endpoint: usize, path: &str) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.endpoints[endpoint])
+    }
 }
 
 pub struct Etcd {
@@ -70,8 +89,8 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn new(options: EtcdOptions) -> Self {
-        let agent =
-            ureq::AgentBuilder::new().timeout_connect(options.request_timeout).timeout(options.request_timeout).build();
+        // A whole request within its timeout: connect, then the answer.
+        let agent = options.agent().timeout(options.request_timeout).build();
         Etcd { options, agent, current: 0, token: None }
     }
 
@@ -95,7 +114,7 @@ impl Etcd {
         let mut last_error = String::from("no endpoints");
         for attempt in 0..n {
             let index = (self.current + attempt) % n;
-            let url = format!("http://{}{}", self.options.endpoints[index], path);
+            let url = self.options.url(index, path);
             let mut request = self.agent.post(&url);
             if let Some(token) = &self.token {
                 request = request.set("Authorization", token);
@@ -220,13 +239,18 @@ impl Etcd {
             "range_end": B64.encode(prefix_end(prefix)),
             "start_revision": start_revision.to_string(),
         }});
-        let watch_agent =
-            ureq::AgentBuilder::new().timeout_connect(self.options.request_timeout).timeout_read(idle_timeout).build();
+        // A fresh token for every watch: the stream has no retry of its
+        // own, and a token left idle since the last request may have
+        // expired (etcd's simple tokens last 5 minutes without use).
+        if self.options.user.is_some() {
+            self.authenticate()?;
+        }
+        let watch_agent = self.options.agent().timeout_read(idle_timeout).build();
         let n = self.options.endpoints.len();
         let mut last_error = String::from("no endpoints");
         for attempt in 0..n {
             let index = (self.current + attempt) % n;
-            let url = format!("http://{}/v3/watch", self.options.endpoints[index]);
+            let url = self.options.url(index, "/v3/watch");
             let mut request = watch_agent.post(&url);
             if let Some(token) = &self.token {
                 request = request.set("Authorization", token);

@@ -9,21 +9,30 @@ pub mod etcd;
 pub mod link;
 pub mod messages;
 pub mod placement;
+pub mod tls;
 
 use std::fmt;
 
-/// `--cluster etcd://HOST:PORT[,HOST:PORT...]/FARM_NAME`.
+/// `--cluster etcd://HOST:PORT[,HOST:PORT...]/FARM_NAME` (`etcds://`: TLS).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterUrl {
     pub endpoints: Vec<String>,
     pub farm: String,
+    /// `etcds://`: etcd is spoken to over TLS.
+    pub tls: bool,
 }
 
 impl ClusterUrl {
     pub fn parse(text: &str) -> Result<Self, String> {
-        let rest = text
-            .strip_prefix("etcd://")
-            .ok_or_else(|| format!("{text:?}: a cluster is etcd://HOST:PORT[,HOST:PORT...]/FARM_NAME"))?;
+        let (rest, tls) = match (text.strip_prefix("etcd://"), text.strip_prefix("etcds://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => {
+                return Err(format!(
+                    "{text:?}: a cluster is etcd://HOST:PORT[,HOST:PORT...]/FARM_NAME (etcds:// for TLS)"
+                ))
+            }
+        };
         let (hosts, farm) = rest
             .split_once('/')
             .ok_or_else(|| format!("{text:?}: the farm's name is missing (etcd://HOST:PORT/FARM_NAME)"))?;
@@ -47,13 +56,14 @@ impl ClusterUrl {
                 _ => return Err(format!("{text:?}: {port:?} in {host:?} is not a port (1-65535)")),
             }
         }
-        Ok(ClusterUrl { endpoints, farm: farm.to_owned() })
+        Ok(ClusterUrl { endpoints, farm: farm.to_owned(), tls })
     }
 }
 
 impl fmt::Display for ClusterUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "etcd://{}/{}", self.endpoints.join(","), self.farm)
+        let scheme = if self.tls { "etcds" } else { "etcd" };
+        write!(f, "{scheme}://{}/{}", self.endpoints.join(","), self.farm)
     }
 }
 
@@ -71,17 +81,20 @@ mod tests {
 
     #[test]
     fn cluster_urls() {
-        let ok = |t: &str, e: &[&str], f: &str| {
+        let ok = |t: &str, e: &[&str], f: &str, tls: bool| {
+            let url = ClusterUrl::parse(t);
             assert_eq!(
-                ClusterUrl::parse(t),
-                Ok(ClusterUrl { endpoints: e.iter().map(|s| s.to_string()).collect(), farm: f.into() }),
-                "{t}"
-            )
+                url,
+                Ok(ClusterUrl { endpoints: e.iter().map(|s| s.to_string()).collect(), farm: f.into(), tls })
+            );
+            assert_eq!(url.unwrap().to_string(), t.trim_end_matches('/'));
         };
-        ok("etcd://127.0.0.1:2379/farm", &["127.0.0.1:2379"], "farm");
-        ok("etcd://a:1,b:2,[::1]:2379/my-farm.v2/", &["a:1", "b:2", "[::1]:2379"], "my-farm.v2");
+        ok("etcd://127.0.0.1:2379/farm", &["127.0.0.1:2379"], "farm", false);
+        ok("etcd://a:1,b:2,[::1]:2379/my-farm.v2/", &["a:1", "b:2", "[::1]:2379"], "my-farm.v2", false);
+        ok("etcds://etcd.lrpm.svc:2379/orders", &["etcd.lrpm.svc:2379"], "orders", true);
         for bad in [
             "http://a:1/f",
+            "etcdss://a:1/f",
             "etcd://a:1",
             "etcd://a:1/",
             "etcd://a/f",

@@ -25,6 +25,8 @@ pub struct ClusterSettings {
     pub member: String,
     pub ttl: Duration,
     pub weight: f64,
+    /// `--cluster-ca` ... `--cluster-password-file`, passed on as given.
+    pub client_args: Vec<std::ffi::OsString>,
 }
 
 /// The agent's first restart comes after this long, doubling up to the cap.
@@ -450,6 +452,13 @@ fn spawn_agent(program: &std::path::Path, settings: &ClusterSettings) -> std::io
         text("--weight")?,
         text(&settings.weight.to_string())?,
     ];
+    let mut argv = argv;
+    for arg in &settings.client_args {
+        argv.push(
+            CString::new(arg.as_bytes())
+                .map_err(|_| std::io::Error::new(ErrorKind::InvalidInput, "a NUL byte in a --cluster-* option"))?,
+        );
+    }
     let env = super::upgrade::inherited_environment()
         .ok_or_else(|| std::io::Error::new(ErrorKind::InvalidInput, "a NUL byte in the environment"))?;
     let pid = crate::process::spawn_program(&path, &argv, &env, crate::process::ProgramIo::Link(theirs.as_raw_fd()))
