@@ -178,6 +178,12 @@ bench-messenger: bench-deps build
 	/usr/bin/python3 bench/harness.py --only messenger
 	/usr/bin/python3 bench/report.py
 
+# One farm over members on one machine and a real etcd on loopback
+# (bench/cluster.py): bring-up, failover, drain, a joining member.
+bench-cluster: bench-deps build
+	/usr/bin/python3 bench/cluster.py
+	/usr/bin/python3 bench/report.py
+
 # Needs a Docker engine; a machine that cannot pull debian:bookworm-slim can
 # make it first with tests/docker/base-image.sh.
 docker:

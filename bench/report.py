@@ -432,6 +432,40 @@ def messenger_section(page: Page, messenger: dict, summary: dict) -> None:
     )
 
 
+def cluster_section(page: Page, cluster: dict, summary: dict) -> None:
+    page.add("## One farm over many hosts (`--cluster`)", "")
+    page.add(
+        f"`make bench-cluster` (bench/cluster.py): {cluster['units']:,} units (single-process jobs of the empty "
+        f"workload, a 1 s cycle) over members on one machine ({cluster['cpus']} CPUs), each a whole lrpm-host "
+        f"(supervisor, agent, zygote, workers) with the same configuration, on one etcd on loopback; "
+        f"`--cluster-ttl {cluster['ttl_s']}`. Times run from the event (start, SIGKILL, SIGTERM) to the last "
+        "affected unit's first `cycle()` on its new member, as the workers report it. One run, commit "
+        f"{cluster['commit']}, {cluster['date']}.",
+        "",
+    )
+    kill, drain, join, rejoin = cluster["kill9"], cluster["drain"], cluster["join"], cluster["rejoin"]
+    control = cluster["control_ms"]
+    rows = [
+        ["3 members started at once: every unit running where placement puts it",
+         f"{cluster['bring_up_s']:.1f} s ({cluster['bring_up_starts']:,} worker starts; shares "
+         + ", ".join(f"{k} {v}" for k, v in sorted(cluster["shares"].items())) + ")"],
+        ["etcd requests per second, steady state (lease renewals; no polling)",
+         f"{cluster['etcd_requests_per_s']:.2f}"],
+        [f"`kill -9` of a member: its {kill['units']:,} units running on the others",
+         f"{kill['seconds']:.1f} s (TTL {cluster['ttl_s']} s; target TTL + 2 s)"],
+        ["control round trips on a survivor during that move",
+         f"p50 {control['p50']:.1f} ms, p99 {control['p99']:.1f} ms, max {control['max']:.1f} ms "
+         f"({control['samples']:,} samples)"],
+        [f"the killed member back: its {rejoin['units']:,} units running on it again", f"{rejoin['seconds']:.1f} s"],
+        [f"SIGTERM to a member (drain): its {drain['units']:,} units running elsewhere", f"{drain['seconds']:.1f} s"],
+        ["a 4th member joins: units moved (a quarter expected)",
+         f"{join['moved']:,} of {cluster['units']:,} ({join['moved'] / cluster['units']:.0%}), "
+         f"{join['to_joiner']:,} of them to the new member, in {join['seconds']:.1f} s"],
+    ]
+    page.table(["measure", "result"], rows)
+    summary["cluster"] = cluster
+
+
 SCALE_COLOURS = {"lrpm-host": COLOURS["lrpm-host"], "supervisord": COLOURS["supervisord"],
                  "fork-parent": COLOURS["fork-parent"]}
 
@@ -819,7 +853,7 @@ def main() -> None:
         ("memory", memory_section), ("spawn", spawn_section), ("reaction", reaction_section),
         ("loop", loop_section), ("idle", idle_section), ("output", output_section),
         ("sharing", sharing_section), ("upgrade", upgrade_section),
-        ("messenger", messenger_section), ("static_memory", static_memory_section),
+        ("messenger", messenger_section), ("static_memory", static_memory_section), ("cluster", cluster_section),
     ]
     for name, render in renderers:
         result = load(name)

@@ -269,6 +269,16 @@ fn each_unit_runs_on_exactly_one_live_member_and_moves_when_members_and_etcd_com
         (view["members"].as_array()?.len() == 3).then_some(view)
     });
     assert_eq!(view["member"], "a", "{view}");
+    // Settled: every unit is where placement puts it.
+    let mut settled = 0;
+    for unit in view["units"].as_array().unwrap() {
+        assert_eq!(unit["placed"], unit["member"], "a unit not where placement puts it: {view}");
+        if let Some(owner) = owners.get(unit["unit"].as_str().unwrap()) {
+            assert_eq!(unit["member"], owner.as_str(), "{view}");
+            settled += 1;
+        }
+    }
+    assert_eq!(settled, UNITS, "{view}");
     assert_eq!(view["lease"]["held"], true, "{view}");
     for m in view["members"].as_array().unwrap() {
         let name = m["name"].as_str().unwrap();

@@ -853,13 +853,20 @@ fn cluster_text(doc: &ClusterDocument, now: i64) -> String {
     }
     out.push_str(&columns(&members));
     out.push('\n');
-    let mut units = vec![["UNIT", "OWNER", "TOKEN", "HERE"].map(String::from).to_vec()];
+    let mut units = vec![["UNIT", "OWNER", "TOKEN", "HERE", "PLACED"].map(String::from).to_vec()];
     for u in &doc.units {
+        // Where it is going, when that is not where it is.
+        let placed = match (&u.placed, &u.member) {
+            (Some(placed), Some(owner)) if placed == owner => "-".into(),
+            (Some(placed), _) => format!("-> {}", clean(placed)),
+            (None, _) => "-".into(),
+        };
         units.push(vec![
             clean(&u.unit),
             u.member.as_deref().map_or_else(|| "-".into(), clean),
             u.token.map_or_else(|| "-".into(), |t| t.to_string()),
             u.status.map_or_else(|| "-".into(), |s| s.as_str().to_string()),
+            placed,
         ]);
     }
     out.push_str(&columns(&units));
@@ -931,8 +938,15 @@ mod tests {
                     member: Some("a".into()),
                     token: Some(7),
                     status: Some(StatusName::Running),
+                    placed: Some("a".into()),
                 },
-                UnitRow { unit: "1#1".into(), member: None, token: None, status: Some(StatusName::Elsewhere) },
+                UnitRow {
+                    unit: "1#1".into(),
+                    member: None,
+                    token: None,
+                    status: Some(StatusName::Elsewhere),
+                    placed: Some("b".into()),
+                },
             ],
             ..Default::default()
         };
@@ -940,11 +954,11 @@ mod tests {
         assert!(text.starts_with("member a of etcd://127.0.0.1:2379/f: lease none (etcd \\x1b[31mdown)"), "{text}");
         assert!(text.lines().any(|l| l.starts_with("a (this)  h ") && l.ends_with("active")), "{text}");
         assert!(
-            text.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["1#0", "a", "7", "running"]),
+            text.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["1#0", "a", "7", "running", "-"]),
             "{text}"
         );
         assert!(
-            text.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["1#1", "-", "-", "elsewhere"]),
+            text.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["1#1", "-", "-", "elsewhere", "->", "b"]),
             "{text}"
         );
     }

@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use super::claims::{ClaimOutcome, Claims, Effect, Holder};
 use super::etcd::{Created, Etcd, EtcdError, EtcdOptions, WatchBatch, WatchEvent};
-use super::messages::{self, ClaimCounters, FromAgent, MemberView, ToAgent, UnitOwner};
+use super::messages::{self, ClaimCounters, FromAgent, MemberView, ToAgent, UnitOwner, UnitPlacement};
 use super::placement::{Candidate, Rendezvous};
+use super::writers::{self, Write as EtcdWrite, Written};
 
 /// What the agent needs to know, from the supervisor's command line.
 #[derive(Debug, Clone)]
@@ -33,18 +34,18 @@ pub struct AgentSettings {
 
 /// The value of a claim key.
 #[derive(Debug, Serialize, Deserialize)]
-struct ClaimValue {
-    member: String,
+pub(super) struct ClaimValue {
+    pub(super) member: String,
 }
 
 /// What the threads report to the agent's loop.
 enum Report {
     Supervisor(ToAgent),
     SupervisorGone,
-    Renewed { sent_at_ns: u64, sent: Instant, ttl: Duration, lease: i64 },
     Expired { lease: i64 },
     RenewFailed { lease: i64, why: String },
     Watch { generation: u64, batch: Result<WatchBatch, EtcdError> },
+    Written(Written),
 }
 
 pub fn members_prefix(farm: &str) -> String {
@@ -82,8 +83,11 @@ struct Agent {
     out: std::io::Stdout,
     started_at: u64,
     lease: Option<i64>,
-    /// When the last renewal that etcd answered was sent.
-    renewed_at: Option<Instant>,
+    /// When the last renewal that etcd answered was sent; None without a
+    /// lease. Shared with the lease's keeper thread, which updates it and
+    /// tells the supervisor itself: a main loop busy with thousands of
+    /// claims must not starve the lease (the supervisor would fence).
+    renewed_at: RenewalClock,
     /// A watch generation: reports from an abandoned watch are ignored.
     watch_generation: u64,
     watch_revision: i64,
@@ -95,6 +99,8 @@ struct Agent {
     keeper_stop: Option<Sender<()>>,
     draining: bool,
     claim_counters: ClaimCounters,
+    /// Claims and releases, several in flight (`writers`).
+    writers: Sender<EtcdWrite>,
     /// Something the supervisor's view shows changed; it is sent at
     /// `view_due`, so that a burst of claims costs one view, not one each.
     view_due: Option<Instant>,
@@ -106,6 +112,8 @@ const VIEW_COALESCE: Duration = Duration::from_millis(200);
 impl Agent {
     fn new(settings: AgentSettings, tx: Sender<Report>, rx: Receiver<Report>) -> Self {
         let etcd = Etcd::new(settings.etcd.clone());
+        let to_loop = tx.clone();
+        let writers = writers::spawn(&settings.etcd, move |written| to_loop.send(Report::Written(written)).is_ok());
         let claims = Claims::new(settings.member.clone(), Rendezvous);
         let started_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         Agent {
@@ -117,7 +125,7 @@ impl Agent {
             out: std::io::stdout(),
             started_at,
             lease: None,
-            renewed_at: None,
+            renewed_at: RenewalClock::default(),
             watch_generation: 0,
             watch_revision: 0,
             watching: false,
@@ -126,6 +134,7 @@ impl Agent {
             keeper_stop: None,
             draining: false,
             claim_counters: ClaimCounters::default(),
+            writers,
             view_due: None,
         }
     }
@@ -197,7 +206,7 @@ impl Agent {
     /// When the lease must be taken as lost if no renewal succeeds: one
     /// second before it can expire on etcd's side.
     fn renewal_deadline(&self) -> Option<Instant> {
-        let renewed = self.renewed_at?;
+        let renewed = (*self.renewed_at.lock())?;
         Some(renewed + self.settings.ttl.saturating_sub(Duration::from_secs(1)))
     }
 
@@ -227,10 +236,6 @@ impl Agent {
                 self.apply(effects);
             }
             Report::SupervisorGone => self.supervisor_gone = true,
-            Report::Renewed { sent_at_ns, sent, ttl, lease } if Some(lease) == self.lease => {
-                self.renewed_at = self.renewed_at.max(Some(sent));
-                self.send(&FromAgent::Lease { sent_at_ns, ttl_ms: ttl.as_millis() as u64 });
-            }
             Report::Expired { lease } if Some(lease) == self.lease => {
                 self.lose_lease("the lease expired on etcd's side".into());
                 *next_join = Some(now);
@@ -239,6 +244,28 @@ impl Agent {
                 tracing::warn!("renewing the cluster lease failed: {why}");
             }
             Report::Watch { generation, batch } if generation == self.watch_generation => self.watched(batch),
+            Report::Written(Written::Claimed { unit, lease, outcome, error }) => {
+                match (&outcome, &error) {
+                    (ClaimOutcome::Won { .. }, _) => self.claim_counters.won += 1,
+                    (ClaimOutcome::Taken { .. }, _) => self.claim_counters.taken += 1,
+                    (ClaimOutcome::Failed, Some(e)) => {
+                        self.claim_counters.failed += 1;
+                        tracing::warn!("claiming {unit} failed: {e}");
+                    }
+                    (ClaimOutcome::Failed, None) => self.claim_counters.failed += 1,
+                }
+                // Made with a lease since lost: whatever it created goes
+                // with that lease; the unit is tried again later.
+                let outcome = if Some(lease) == self.lease { outcome } else { ClaimOutcome::Failed };
+                let effects = self.claims.claim_finished(&unit, outcome, now);
+                self.apply(effects);
+                self.send_view();
+            }
+            Report::Written(Written::Released { unit, error: Some(e) }) => {
+                // It goes with the lease anyway; until then nobody else
+                // takes the unit, which is the safe side.
+                tracing::warn!("releasing the claim of {unit} failed: {e}");
+            }
             _ => {}
         }
     }
@@ -283,9 +310,14 @@ impl Agent {
             }
         }
         self.lease = Some(lease);
-        self.renewed_at = Some(sent);
-        self.send(&FromAgent::Lease { sent_at_ns, ttl_ms: self.settings.ttl.as_millis() as u64 });
-        self.keeper_stop = Some(spawn_keeper(self.settings.etcd.clone(), lease, self.settings.ttl, self.tx.clone()));
+        {
+            let clock = self.renewed_at.clone();
+            let mut renewed = clock.lock();
+            *renewed = Some(sent);
+            self.send(&FromAgent::Lease { sent_at_ns, ttl_ms: self.settings.ttl.as_millis() as u64 });
+        }
+        let keeper = Keeper { lease, ttl: self.settings.ttl, clock: self.renewed_at.clone(), tx: self.tx.clone() };
+        self.keeper_stop = Some(keeper.spawn(self.settings.etcd.clone()));
         self.resnapshot()?;
         let effects = self.claims.lease_granted(Instant::now());
         self.apply(effects);
@@ -428,11 +460,18 @@ impl Agent {
 
     fn lose_lease(&mut self, reason: String) {
         let lease = self.lease.take();
-        self.keeper_stop = None;
-        self.renewed_at = None;
+        {
+            // Under the clock's lock: the keeper, which reports renewals
+            // under it, sees its lease abandoned before it could tell the
+            // supervisor of a renewal after this loss.
+            let clock = self.renewed_at.clone();
+            let mut renewed = clock.lock();
+            *renewed = None;
+            self.keeper_stop = None;
+            self.send(&FromAgent::LeaseLost { reason });
+        }
         self.watching = false;
         self.watch_generation += 1;
-        self.send(&FromAgent::LeaseLost { reason });
         let effects = self.claims.lease_lost(Instant::now());
         self.apply(effects);
         self.send_view();
@@ -447,45 +486,23 @@ impl Agent {
         let mut queue = std::collections::VecDeque::from(effects);
         while let Some(effect) = queue.pop_front() {
             match effect {
-                Effect::Claim { unit } => {
-                    let outcome = self.claim(&unit);
-                    queue.extend(self.claims.claim_finished(&unit, outcome, Instant::now()));
-                }
+                Effect::Claim { unit } => match self.lease {
+                    Some(lease) => {
+                        let key = format!("{}{unit}", units_prefix(&self.settings.farm));
+                        let value = serde_json::to_vec(&ClaimValue { member: self.settings.member.clone() })
+                            .expect("a claim serialises");
+                        // Its outcome comes back as a report.
+                        let _ = self.writers.send(EtcdWrite::Claim { unit, key, value, lease });
+                    }
+                    None => queue.extend(self.claims.claim_finished(&unit, ClaimOutcome::Failed, Instant::now())),
+                },
                 Effect::Release { unit, token } => {
                     let key = format!("{}{unit}", units_prefix(&self.settings.farm));
-                    if let Err(e) = self.etcd.delete_if_created_at(&key, token) {
-                        // It goes with the lease anyway; until then nobody
-                        // else takes the unit, which is the safe side.
-                        tracing::warn!("releasing the claim of {unit} failed: {e}");
-                    }
+                    let _ = self.writers.send(EtcdWrite::Release { unit, key, token });
                 }
                 Effect::Run { unit, token } => self.send(&FromAgent::Run { unit, token }),
                 Effect::Stop { unit } => self.send(&FromAgent::Stop { unit }),
                 Effect::Drained => self.send(&FromAgent::Drained),
-            }
-        }
-    }
-
-    fn claim(&mut self, unit: &str) -> ClaimOutcome {
-        let Some(lease) = self.lease else { return ClaimOutcome::Failed };
-        let key = format!("{}{unit}", units_prefix(&self.settings.farm));
-        let value = serde_json::to_vec(&ClaimValue { member: self.settings.member.clone() }).expect("serialises");
-        self.send_view();
-        match self.etcd.create_if_absent(&key, &value, lease) {
-            Ok(Created::Yes { revision }) => {
-                self.claim_counters.won += 1;
-                ClaimOutcome::Won { token: revision }
-            }
-            Ok(Created::Exists(kv)) => {
-                self.claim_counters.taken += 1;
-                let member =
-                    serde_json::from_slice::<ClaimValue>(&kv.value).map_or_else(|_| String::new(), |c| c.member);
-                ClaimOutcome::Taken { member, token: kv.create_revision }
-            }
-            Err(e) => {
-                self.claim_counters.failed += 1;
-                tracing::warn!("claiming {unit} failed: {e}");
-                ClaimOutcome::Failed
             }
         }
     }
@@ -506,7 +523,12 @@ impl Agent {
             .map(|(unit, h)| UnitOwner { unit: unit.clone(), member: h.member.clone(), token: h.token })
             .collect();
         let members = self.members.values().cloned().collect();
-        self.send(&FromAgent::View { members, owners, claims: self.claim_counters });
+        let placed = self
+            .claims
+            .placements()
+            .map(|(unit, member)| UnitPlacement { unit: unit.to_owned(), member: member.map(str::to_owned) })
+            .collect();
+        self.send(&FromAgent::View { members, owners, claims: self.claim_counters, placed });
     }
 
     /// The supervisor is gone: give the lease back so that the others take
@@ -553,40 +575,78 @@ fn spawn_supervisor_reader(tx: Sender<Report>) {
         .expect("a thread for the supervisor's messages");
 }
 
-/// Renews the lease every TTL/4 until it is lost or the agent moves on:
-/// the supervisor fences at TTL/2 after the last renewal was sent, so a
-/// renewal may take a quarter of the TTL before it matters.
-fn spawn_keeper(options: EtcdOptions, lease: i64, ttl: Duration, tx: Sender<Report>) -> Sender<()> {
-    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
-    std::thread::Builder::new()
-        .name("etcd-lease".into())
-        .spawn(move || {
-            let mut etcd = Etcd::new(EtcdOptions { request_timeout: ttl / 4, ..options });
-            let period = ttl / 4;
-            let mut next = Instant::now() + period;
-            loop {
-                // Disconnected (the agent dropped its end): this lease is
-                // abandoned.
-                if let Err(crossbeam_channel::RecvTimeoutError::Disconnected) =
-                    stop_rx.recv_timeout(next.saturating_duration_since(Instant::now()))
-                {
-                    return;
-                }
-                next += period;
-                let (sent_at_ns, sent) = (monotonic_ns(), Instant::now());
-                let report = match etcd.keepalive(lease) {
-                    Ok(Some(ttl)) => Report::Renewed { sent_at_ns, sent, ttl, lease },
-                    Ok(None) => Report::Expired { lease },
-                    Err(e) => Report::RenewFailed { lease, why: e.to_string() },
-                };
-                let expired = matches!(report, Report::Expired { .. });
-                if tx.send(report).is_err() || expired {
-                    return;
-                }
+/// When the current lease's last answered renewal was sent (None: no
+/// lease), shared by the agent's loop and the lease's keeper.
+#[derive(Clone, Default)]
+struct RenewalClock(std::sync::Arc<std::sync::Mutex<Option<Instant>>>);
+
+impl RenewalClock {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        // A panic elsewhere cannot leave an Option half-written.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Renews one lease every TTL/4 until it is lost or the agent moves on: the
+/// supervisor fences at TTL/2 after the last renewal was sent, so a renewal
+/// may take a quarter of the TTL before it matters. Each answered renewal
+/// goes to the supervisor from here, not through the agent's loop.
+struct Keeper {
+    lease: i64,
+    ttl: Duration,
+    clock: RenewalClock,
+    tx: Sender<Report>,
+}
+
+impl Keeper {
+    fn spawn(self, options: EtcdOptions) -> Sender<()> {
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        std::thread::Builder::new()
+            .name("etcd-lease".into())
+            .spawn(move || self.run(options, stop_rx))
+            .expect("a thread for the lease");
+        stop_tx
+    }
+
+    fn run(self, options: EtcdOptions, stop_rx: Receiver<()>) {
+        let mut etcd = Etcd::new(EtcdOptions { request_timeout: self.ttl / 4, ..options });
+        let period = self.ttl / 4;
+        let mut next = Instant::now() + period;
+        let abandoned = |rx: &Receiver<()>| matches!(rx.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected));
+        loop {
+            // Disconnected (the agent dropped its end): this lease is
+            // abandoned.
+            if let Err(crossbeam_channel::RecvTimeoutError::Disconnected) =
+                stop_rx.recv_timeout(next.saturating_duration_since(Instant::now()))
+            {
+                return;
             }
-        })
-        .expect("a thread for the lease");
-    stop_tx
+            next += period;
+            let (sent_at_ns, sent) = (monotonic_ns(), Instant::now());
+            let report = match etcd.keepalive(self.lease) {
+                Ok(Some(ttl)) => {
+                    let mut renewed = self.clock.lock();
+                    if renewed.is_none() || abandoned(&stop_rx) {
+                        return;
+                    }
+                    *renewed = (*renewed).max(Some(sent));
+                    let line = messages::encode(&FromAgent::Lease { sent_at_ns, ttl_ms: ttl.as_millis() as u64 });
+                    // One line under stdout's lock: never inside another.
+                    let mut out = std::io::stdout().lock();
+                    if out.write_all(&line).and_then(|()| out.flush()).is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(None) => Report::Expired { lease: self.lease },
+                Err(e) => Report::RenewFailed { lease: self.lease, why: e.to_string() },
+            };
+            let expired = matches!(report, Report::Expired { .. });
+            if self.tx.send(report).is_err() || expired {
+                return;
+            }
+        }
+    }
 }
 
 fn hostname() -> String {

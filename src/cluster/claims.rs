@@ -98,6 +98,14 @@ impl<P: Placement> Claims<P> {
         &self.holders
     }
 
+    /// Where placement puts each unit this member's configuration has,
+    /// over the live members that are not draining (None: no candidate).
+    pub fn placements(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.wanted
+            .iter()
+            .map(|unit| (unit.as_str(), self.placement.owner(unit, &self.members).map(|m| m.name.as_str())))
+    }
+
     /// Units whose worker runs here (or is told to), with their tokens.
     pub fn running(&self) -> impl Iterator<Item = (&str, i64)> {
         self.mine.iter().filter_map(|(unit, state)| match state {

@@ -55,16 +55,25 @@ impl Link {
 
     /// Bytes read from the socket: the complete lines, in order.
     pub fn received(&mut self, bytes: &[u8]) -> Vec<Incoming> {
+        // Only the new bytes are searched, and the complete lines leave the
+        // buffer in one move: a burst of thousands of short lines (a
+        // member taking over a dead one's units) costs linear time.
+        let searched = self.inbox.len();
         self.inbox.extend_from_slice(bytes);
         let mut out = Vec::new();
-        while let Some(end) = self.inbox.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.inbox.drain(..=end).collect();
-            let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+        let mut start = 0;
+        let mut from = searched;
+        while let Some(offset) = self.inbox[from..].iter().position(|&b| b == b'\n') {
+            let end = from + offset;
+            let text = String::from_utf8_lossy(&self.inbox[start..end]);
             match serde_json::from_str::<FromAgent>(&text) {
                 Ok(message) => out.push(Incoming::Message(message)),
                 Err(e) => out.push(Incoming::Garbage(format!("{e}: {}", crate::escape::controls(&shorten(&text))))),
             }
+            start = end + 1;
+            from = start;
         }
+        self.inbox.drain(..start);
         if self.inbox.len() > MAX_LINE {
             self.inbox.clear();
             out.push(Incoming::Garbage(format!("a line longer than {MAX_LINE} bytes")));

@@ -50,6 +50,10 @@ pub enum FromAgent {
         owners: Vec<UnitOwner>,
         #[serde(default)]
         claims: ClaimCounters,
+        /// Where placement puts each unit of this member's configuration
+        /// now: a unit whose owner differs is moving there.
+        #[serde(default)]
+        placed: Vec<UnitPlacement>,
     },
     /// Every unit of a drain is stopped and released.
     Drained,
@@ -84,6 +88,13 @@ pub struct ClaimCounters {
     pub taken: u64,
     /// etcd did not answer or refused.
     pub failed: u64,
+}
+
+/// The member placement gives a unit (none: no live candidate).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitPlacement {
+    pub unit: String,
+    pub member: Option<String>,
 }
 
 /// A unit's claim: who holds it, and its fencing token.
@@ -122,6 +133,7 @@ mod tests {
                 }],
                 owners: vec![UnitOwner { unit: "u#0".into(), member: "m".into(), token: 3 }],
                 claims: ClaimCounters { won: 1, taken: 2, failed: 3 },
+                placed: vec![UnitPlacement { unit: "u#0".into(), member: None }],
             },
         ];
         for message in all {

@@ -10,6 +10,7 @@ pub mod link;
 pub mod messages;
 pub mod placement;
 pub mod tls;
+pub mod writers;
 
 use std::fmt;
 

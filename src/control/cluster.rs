@@ -66,6 +66,10 @@ pub struct UnitRow {
     pub member: Option<String>,
     /// The claim's fencing token.
     pub token: Option<i64>,
+    /// The member placement gives it now: when it differs from `member`,
+    /// the unit is moving (or, unclaimed, waits to be claimed there).
+    #[serde(default)]
+    pub placed: Option<String>,
     /// The slot's state on this member (none: not in its configuration).
     pub status: Option<StatusName>,
 }

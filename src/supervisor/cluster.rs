@@ -48,6 +48,8 @@ pub(super) struct Agent {
     pub(super) members: Vec<MemberView>,
     pub(super) owners: Vec<UnitOwner>,
     pub(super) claims: ClaimCounters,
+    /// Where placement puts each unit, by unit.
+    pub(super) placed: std::collections::HashMap<String, Option<String>>,
     /// When the last renewal etcd answered was sent, and how long it took
     /// to reach the supervisor.
     pub(super) renewed_at: Option<Instant>,
@@ -85,6 +87,7 @@ impl Agent {
             members: Vec::new(),
             owners: Vec::new(),
             claims: ClaimCounters::default(),
+            placed: std::collections::HashMap::new(),
             renewed_at: None,
             renew_latency: None,
             no_lease_reason: Some("not granted yet".into()),
@@ -365,11 +368,12 @@ impl Supervisor<'_> {
                 }
                 None => tracing::error!("cluster: the agent revoked '{}', which names no unit", unit),
             },
-            FromAgent::View { members, owners, claims } => {
+            FromAgent::View { members, owners, claims, placed } => {
                 if let Some(agent) = self.agent.as_mut() {
                     agent.members = members;
                     agent.owners = owners;
                     agent.claims = claims;
+                    agent.placed = placed.into_iter().map(|p| (p.unit, p.member)).collect();
                 }
             }
             FromAgent::Drained => tracing::info!("cluster: every unit of this member is released"),

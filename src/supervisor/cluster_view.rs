@@ -60,6 +60,7 @@ impl Supervisor<'_> {
                 UnitRow {
                     member: owner.map(|o| o.member.clone()),
                     token: owner.map(|o| o.token),
+                    placed: agent.placed.get(&name).cloned().flatten(),
                     status: self.farm.slot(key).map(|slot| slot.status(now)),
                     unit: name,
                 }
@@ -73,6 +74,7 @@ impl Supervisor<'_> {
                 unit: unit.clone(),
                 member: Some(o.member.clone()),
                 token: Some(o.token),
+                placed: None,
                 status: None,
             })
             .collect();
