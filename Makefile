@@ -12,6 +12,8 @@
 #               2 and 50 chatty workers, ~3 min): bench/results/output.json, then the report
 #   make bench-messenger only examples/messenger's consumers, lrpm-host against 4 php-cli
 #               messenger:consume-style processes (throughput, PSS; ~2 min): bench/results/messenger.json
+#   make bench-cluster  one farm over 3-4 members and a real etcd on loopback, 3,000 units
+#               (bring-up, kill -9, drain, a joining member; ~3 min): bench/results/cluster.json
 #   make php    build PHP $(PHP_VERSION) (default 8.4) from source, with APCu and phpredis, into build/php-8.4/prefix
 #               (Debian's source packages, or PHP_SRC= PHP_APCU_SRC= PHP_REDIS_SRC=), then lrpm-host
 #               against it into build/php-8.4/dist; PHP_STATIC=1: PHP linked into the

@@ -186,7 +186,10 @@ def wait_placement(runs: Runs, members: list[Member], units: int, timeout: float
                                f"{len(doc)} claimed; not where their claim is: {dict(list(wrong.items())[:10])}")
 
 
-def probe_latency(member: Member, stop: threading.Event, out: list[float]) -> None:
+def probe_latency(member: Member, stop: threading.Event, out: list[float], late: list[float]) -> None:
+    """`version` round trips every 10 ms; `late`: how much later than asked
+    this thread woke from each pause, the share of a latency that is the
+    client's own wait for a CPU (it runs at nice 0, like the workers)."""
     while not stop.is_set():
         started = time.monotonic()
         try:
@@ -194,7 +197,9 @@ def probe_latency(member: Member, stop: threading.Event, out: list[float]) -> No
             out.append((time.monotonic() - started) * 1000)
         except OSError:
             pass
+        before = time.monotonic()
         time.sleep(0.01)
+        late.append(max(0.0, (time.monotonic() - before - 0.01) * 1000))
 
 
 def main() -> None:
@@ -240,8 +245,9 @@ def main() -> None:
         moved = runs.on(victim.name)
         survivors = [m for m in members if m is not victim]
         latencies: list[float] = []
+        late: list[float] = []
         stop = threading.Event()
-        prober = threading.Thread(target=probe_latency, args=(survivors[0], stop, latencies))
+        prober = threading.Thread(target=probe_latency, args=(survivors[0], stop, latencies, late))
         prober.start()
         killed = time.monotonic_ns()
         victim.proc.kill()
@@ -251,8 +257,10 @@ def main() -> None:
         prober.join()
         result["kill9"] = {"units": len(moved), "seconds": (done - killed) / 1e9}
         latencies.sort()
+        late.sort()
         result["control_ms"] = {"samples": len(latencies), "p50": statistics.median(latencies),
-                                "p99": latencies[int(len(latencies) * 0.99) - 1], "max": latencies[-1]}
+                                "p99": latencies[int(len(latencies) * 0.99) - 1], "max": latencies[-1],
+                                "client_late_p99": late[int(len(late) * 0.99) - 1], "client_late_max": late[-1]}
         harness.log(f"kill -9 of {victim.name}: {len(moved)} units elsewhere in {result['kill9']['seconds']:.2f} s; "
                     f"control p99 {result['control_ms']['p99']:.1f} ms")
 

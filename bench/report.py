@@ -455,7 +455,8 @@ def cluster_section(page: Page, cluster: dict, summary: dict) -> None:
          f"{kill['seconds']:.1f} s (TTL {cluster['ttl_s']} s; target TTL + 2 s)"],
         ["control round trips on a survivor during that move",
          f"p50 {control['p50']:.1f} ms, p99 {control['p99']:.1f} ms, max {control['max']:.1f} ms "
-         f"({control['samples']:,} samples)"],
+         f"({control['samples']:,} samples; the client thread itself woke up to "
+         f"{control.get('client_late_max', 0):.0f} ms late, p99 {control.get('client_late_p99', 0):.0f} ms)"],
         [f"the killed member back: its {rejoin['units']:,} units running on it again", f"{rejoin['seconds']:.1f} s"],
         [f"SIGTERM to a member (drain): its {drain['units']:,} units running elsewhere", f"{drain['seconds']:.1f} s"],
         ["a 4th member joins: units moved (a quarter expected)",
