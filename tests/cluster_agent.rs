@@ -52,9 +52,13 @@ struct Member {
 
 impl Member {
     fn start(name: &str, port: u16, log: &Shared, dir: &TempDir) -> Member {
+        Member::start_weighted(name, 1.0, port, log, dir)
+    }
+
+    fn start_weighted(name: &str, weight: f64, port: u16, log: &Shared, dir: &TempDir) -> Member {
         let mut child = Command::new(bin())
             .args(["cluster-agent", "--cluster", &format!("etcd://127.0.0.1:{port}/test-farm")])
-            .args(["--member", name, "--ttl", &TTL.to_string()])
+            .args(["--member", name, "--ttl", &TTL.to_string(), "--weight", &weight.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(dir.join(&format!("{name}.log"))).unwrap())
@@ -246,4 +250,28 @@ fn a_member_name_already_in_use_is_refused_with_a_clear_error() {
     // The first member is untouched.
     assert_eq!(running(&log).get("a#0").map(String::as_str), Some("same"));
     let _ = kill(Pid::from_raw(second.child.id() as i32), Signal::SIGKILL);
+}
+
+#[test]
+fn a_member_with_three_times_the_weight_runs_about_three_times_the_units() {
+    let dir = TempDir::new("cluster-agent-weight");
+    let etcd = Daemon::etcd(dir.path());
+    let log: Shared = Arc::default();
+    let units: Vec<String> = (0..400).map(|i| format!("job-{i}#0")).collect();
+    let light = Member::start_weighted("light", 1.0, etcd.port, &log, &dir);
+    let heavy = Member::start_weighted("heavy", 3.0, etcd.port, &log, &dir);
+    for m in [&light, &heavy] {
+        m.send(&ToAgent::Units { units: units.clone() });
+    }
+    // Every member computes the same weighted placement.
+    let candidates = [Candidate { name: "light".into(), weight: 1.0 }, Candidate { name: "heavy".into(), weight: 3.0 }];
+    let want: BTreeMap<String, String> =
+        units.iter().map(|u| (u.clone(), Rendezvous.owner(u, &candidates).unwrap().name.clone())).collect();
+    wait_placed(&log, &want, secs(60.0), "400 units over a light and a heavy member");
+    // A share of 3/4: 300, with a binomial spread of 8.7; within three of it.
+    let heavy_share = running(&log).values().filter(|m| *m == "heavy").count();
+    assert!((274..=326).contains(&heavy_share), "the heavy member runs {heavy_share} of 400");
+    assert_never_twice(&log);
+    assert!(log.lock().unwrap().errors.is_empty(), "{:?}", log.lock().unwrap().errors);
+    drop((light, heavy));
 }
