@@ -99,19 +99,10 @@ fn running(farm: &Farm, id: &str) -> BTreeSet<String> {
 
 /// The units of jobs 1 to 31 that run on `farm` now.
 fn running_units(farm: &Farm) -> BTreeSet<String> {
-    let Some(status) = farm.try_status() else { return BTreeSet::new() };
-    let mut units = BTreeSet::new();
-    for id in unit_job_ids() {
-        for slot in status[&id]["state"]["slots"].as_array().cloned().unwrap_or_default() {
-            if let (true, Some(n)) = (slot["status"] == "running", slot["slot"].as_u64()) {
-                units.insert(format!("{id}#{n}"));
-            }
-        }
-    }
-    units
+    unit_slots(farm).into_iter().filter(|(_, slot)| slot["status"] == "running").map(|(unit, _)| unit).collect()
 }
 
-/// The slots of jobs 1 to 31 in `farm`'s status.
+/// The slots of jobs 1 to 31 in `farm`'s status, by unit.
 fn unit_slots(farm: &Farm) -> Vec<(String, Value)> {
     let Some(status) = farm.try_status() else { return Vec::new() };
     unit_job_ids()

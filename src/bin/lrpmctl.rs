@@ -357,21 +357,24 @@ fn table_lines(rows: Vec<Row>) -> Vec<(String, &'static str)> {
         ];
         cells.push(row_cells.iter().map(|cell| escape::controls(cell).into_owned()).collect());
     }
-    let widths: Vec<usize> = (0..header.len())
-        .map(|c| cells.iter().map(|r| r[c].chars().count()).chain([header[c].len()]).max().unwrap_or(0))
+    let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
+    rows.extend(cells);
+    aligned(&rows).into_iter().zip(std::iter::once("1").chain(colours)).collect()
+}
+
+/// Each row as one line: cells padded to their column's width, two spaces
+/// apart, without trailing blanks.
+fn aligned(rows: &[Vec<String>]) -> Vec<String> {
+    let width = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..width)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|v| v.chars().count()).max().unwrap_or(0))
         .collect();
-    let line = |cells: &[String]| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}", w = *w))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
-    std::iter::once((line(&header), "1")).chain(cells.iter().map(|c| line(c)).zip(colours)).collect()
+    rows.iter()
+        .map(|row| {
+            let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}", w = *w)).collect();
+            cells.join("  ").trim_end().to_string()
+        })
+        .collect()
 }
 
 /// The table as text: painted when `color`, cut to `fit` when given.
@@ -801,20 +804,9 @@ fn cluster(path: &Path, json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Cells padded to their column's width, two spaces apart; every cell is
-/// escaped (names come from other hosts).
+/// The rows aligned, one line each.
 fn columns(rows: &[Vec<String>]) -> String {
-    let width = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..width)
-        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|v| v.chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}", w = *w)).collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    aligned(rows).into_iter().map(|line| line + "\n").collect()
 }
 
 fn cluster_text(doc: &ClusterDocument, now: i64) -> String {

@@ -34,8 +34,13 @@ pub struct AgentSettings {
 
 /// The value of a claim key.
 #[derive(Debug, Serialize, Deserialize)]
-pub(super) struct ClaimValue {
-    pub(super) member: String,
+struct ClaimValue {
+    member: String,
+}
+
+/// The member a claim key's value names ("" for a value that names none).
+pub(super) fn claim_holder(value: &[u8]) -> String {
+    serde_json::from_slice::<ClaimValue>(value).map_or_else(|_| String::new(), |c| c.member)
 }
 
 /// What the threads report to the agent's loop.
@@ -101,6 +106,8 @@ struct Agent {
     claim_counters: ClaimCounters,
     /// Claims and releases, several in flight (`writers`).
     writers: Sender<EtcdWrite>,
+    /// What this member's claim keys hold.
+    claim_value: Vec<u8>,
     /// Something the supervisor's view shows changed; it is sent at
     /// `view_due`, so that a burst of claims costs one view, not one each.
     view_due: Option<Instant>,
@@ -112,6 +119,8 @@ const VIEW_COALESCE: Duration = Duration::from_millis(200);
 impl Agent {
     fn new(settings: AgentSettings, tx: Sender<Report>, rx: Receiver<Report>) -> Self {
         let etcd = Etcd::new(settings.etcd.clone());
+        let claim_value =
+            serde_json::to_vec(&ClaimValue { member: settings.member.clone() }).expect("a claim serialises");
         let to_loop = tx.clone();
         let writers = writers::spawn(&settings.etcd, move |written| to_loop.send(Report::Written(written)).is_ok());
         let claims = Claims::new(settings.member.clone(), Rendezvous);
@@ -135,6 +144,7 @@ impl Agent {
             draining: false,
             claim_counters: ClaimCounters::default(),
             writers,
+            claim_value,
             view_due: None,
         }
     }
@@ -245,14 +255,14 @@ impl Agent {
             }
             Report::Watch { generation, batch } if generation == self.watch_generation => self.watched(batch),
             Report::Written(Written::Claimed { unit, lease, outcome, error }) => {
-                match (&outcome, &error) {
-                    (ClaimOutcome::Won { .. }, _) => self.claim_counters.won += 1,
-                    (ClaimOutcome::Taken { .. }, _) => self.claim_counters.taken += 1,
-                    (ClaimOutcome::Failed, Some(e)) => {
-                        self.claim_counters.failed += 1;
-                        tracing::warn!("claiming {unit} failed: {e}");
-                    }
-                    (ClaimOutcome::Failed, None) => self.claim_counters.failed += 1,
+                let counter = match outcome {
+                    ClaimOutcome::Won { .. } => &mut self.claim_counters.won,
+                    ClaimOutcome::Taken { .. } => &mut self.claim_counters.taken,
+                    ClaimOutcome::Failed => &mut self.claim_counters.failed,
+                };
+                *counter += 1;
+                if let Some(e) = error {
+                    tracing::warn!("claiming {unit} failed: {e}");
                 }
                 // Made with a lease since lost: whatever it created goes
                 // with that lease; the unit is tried again later.
@@ -310,18 +320,26 @@ impl Agent {
             }
         }
         self.lease = Some(lease);
-        {
-            let clock = self.renewed_at.clone();
-            let mut renewed = clock.lock();
-            *renewed = Some(sent);
-            self.send(&FromAgent::Lease { sent_at_ns, ttl_ms: self.settings.ttl.as_millis() as u64 });
-        }
+        let ttl_ms = self.settings.ttl.as_millis() as u64;
+        self.set_lease_clock(Some(sent), &FromAgent::Lease { sent_at_ns, ttl_ms });
         let keeper = Keeper { lease, ttl: self.settings.ttl, clock: self.renewed_at.clone(), tx: self.tx.clone() };
         self.keeper_stop = Some(keeper.spawn(self.settings.etcd.clone()));
         self.resnapshot()?;
         let effects = self.claims.lease_granted(Instant::now());
         self.apply(effects);
         Ok(())
+    }
+
+    /// Sets the renewal clock and tells the supervisor, under the clock's
+    /// lock: the keeper reports renewals under it too, so a renewal's
+    /// `Lease` never reaches the supervisor after the `LeaseLost` that
+    /// abandoned its lease (the keeper, whose stop channel is dropped
+    /// first, sees that under the lock).
+    fn set_lease_clock(&mut self, renewed: Option<Instant>, message: &FromAgent) {
+        let clock = self.renewed_at.clone();
+        let mut guard = clock.lock();
+        *guard = renewed;
+        self.send(message);
     }
 
     /// Writes `self.draining` into this member's key, which the others
@@ -369,7 +387,7 @@ impl Agent {
                 }
             }
         } else if let Some(unit) = key.strip_prefix(&units_prefix(&self.settings.farm)) {
-            let member = serde_json::from_slice::<ClaimValue>(value).map_or_else(|_| String::new(), |c| c.member);
+            let member = claim_holder(value);
             holders.insert(unit.to_owned(), Holder { member, token: create_revision });
         }
     }
@@ -460,16 +478,8 @@ impl Agent {
 
     fn lose_lease(&mut self, reason: String) {
         let lease = self.lease.take();
-        {
-            // Under the clock's lock: the keeper, which reports renewals
-            // under it, sees its lease abandoned before it could tell the
-            // supervisor of a renewal after this loss.
-            let clock = self.renewed_at.clone();
-            let mut renewed = clock.lock();
-            *renewed = None;
-            self.keeper_stop = None;
-            self.send(&FromAgent::LeaseLost { reason });
-        }
+        self.keeper_stop = None;
+        self.set_lease_clock(None, &FromAgent::LeaseLost { reason });
         self.watching = false;
         self.watch_generation += 1;
         let effects = self.claims.lease_lost(Instant::now());
@@ -489,8 +499,7 @@ impl Agent {
                 Effect::Claim { unit } => match self.lease {
                     Some(lease) => {
                         let key = format!("{}{unit}", units_prefix(&self.settings.farm));
-                        let value = serde_json::to_vec(&ClaimValue { member: self.settings.member.clone() })
-                            .expect("a claim serialises");
+                        let value = self.claim_value.clone();
                         // Its outcome comes back as a report.
                         let _ = self.writers.send(EtcdWrite::Claim { unit, key, value, lease });
                     }

@@ -65,8 +65,7 @@ fn perform(etcd: &mut Etcd, write: Write) -> Written {
             let (outcome, error) = match etcd.create_if_absent(&key, &value, lease) {
                 Ok(Created::Yes { revision }) => (ClaimOutcome::Won { token: revision }, None),
                 Ok(Created::Exists(kv)) => {
-                    let member = serde_json::from_slice::<super::agent::ClaimValue>(&kv.value)
-                        .map_or_else(|_| String::new(), |c| c.member);
+                    let member = super::agent::claim_holder(&kv.value);
                     (ClaimOutcome::Taken { member, token: kv.create_revision }, None)
                 }
                 Err(e) => (ClaimOutcome::Failed, Some(e.to_string())),

@@ -120,6 +120,21 @@ impl Agent {
         self.link.wants_to_write()
     }
 
+    /// Writes what is queued until the socket would block; false when the
+    /// socket failed (the agent is gone).
+    fn write_pending(&mut self) -> bool {
+        let Some(socket) = self.socket.as_mut() else { return true };
+        while self.link.wants_to_write() {
+            match socket.write(self.link.pending()) {
+                Ok(n) => self.link.wrote(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
     /// The next moment the supervisor must act for the cluster: the
     /// agent's restart, the fence.
     pub(super) fn deadline(&self) -> Option<Instant> {
@@ -217,17 +232,9 @@ impl Supervisor<'_> {
         let Some(pid) = agent.pid else { return true };
         match agent.leave_by {
             None => {
-                if let Some(socket) = agent.socket.as_mut() {
-                    // What is still queued (the last releases), as far as
-                    // the socket takes it now.
-                    while agent.link.wants_to_write() {
-                        match socket.write(agent.link.pending()) {
-                            Ok(n) => agent.link.wrote(n),
-                            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                            Err(_) => break,
-                        }
-                    }
-                }
+                // What is still queued (the last releases), as far as the
+                // socket takes it now.
+                agent.write_pending();
                 agent.socket = None;
                 agent.leave_by = Some(now + AGENT_LEAVE_TIMEOUT);
                 false
@@ -293,14 +300,8 @@ impl Supervisor<'_> {
                     }
                 }
             }
-            while agent.link.wants_to_write() && !gone {
-                let Some(socket) = agent.socket.as_mut() else { break };
-                match socket.write(agent.link.pending()) {
-                    Ok(n) => agent.link.wrote(n),
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(_) => gone = true,
-                }
+            if !gone {
+                gone = !agent.write_pending();
             }
         }
         for message in incoming {
