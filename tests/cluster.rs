@@ -7,7 +7,8 @@
 //! units placement gives it and no other moves; `drain` and SIGTERM hand a
 //! member's units over at once (its TTL is a minute); a member whose agent
 //! is frozen stops its units; etcd gone stops every unit (every-host jobs
-//! go on) and its return brings them back. No unit is ever seen running on
+//! go on) and its return brings them back. `lrpmctl upgrade` of a member
+//! moves nothing: its agent, lease and claims outlive the exec. No unit is ever seen running on
 //! two members, neither in the status documents nor in the workers' own
 //! shared log of starts and exits, and a unit's fencing token grows at
 //! every new owner.
@@ -281,30 +282,24 @@ fn each_unit_runs_on_exactly_one_live_member_and_moves_when_members_and_etcd_com
     }
 
     // Job id's worker got the claim's fencing token, in $_SERVER and its
-    // environment: the number its member logged when it took the unit.
-    let report = a.wait_for(secs(20.0), "job id's report", || {
-        serde_json::from_str::<Value>(&std::fs::read_to_string(shared.join("id.json")).ok()?).ok()
+    // environment: the number its member logged when it took the unit
+    // last (it may have moved once while the members joined).
+    let claim = a.wait_for(secs(20.0), "job id on one member", || {
+        let holders: Vec<&&Farm> = all.values().filter(|farm| running(farm, "id").len() == 1).collect();
+        let [holder] = holders[..] else { return None };
+        holder
+            .stderr()
+            .lines()
+            .rev()
+            .find_map(|l| l.split_once("job id: this member now runs the unit (claim ")?.1.strip_suffix(')'))
+            .map(str::to_string)
     });
-    let claims: Vec<String> = all
-        .values()
-        .flat_map(|farm| {
-            farm.stderr()
-                .lines()
-                .filter_map(|l| {
-                    Some(
-                        l.split_once("job id: this member now runs the unit (claim ")?
-                            .1
-                            .trim_end_matches(')')
-                            .to_string(),
-                    )
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    assert_eq!(claims.len(), 1, "job id was claimed once: {claims:?}");
-    assert_eq!(report["fencingToken"], json!(claims[0]), "{report}");
-    assert_eq!(report["fencingTokenEnv"], json!(claims[0]), "{report}");
-    assert_eq!(report["fencingTokenFunction"], json!(claims[0].parse::<i64>().unwrap()), "{report}");
+    let report = a.wait_for(secs(20.0), "job id's report with its claim's token", || {
+        let report: Value = serde_json::from_str(&std::fs::read_to_string(shared.join("id.json")).ok()?).ok()?;
+        (report["fencingToken"] == json!(claim)).then_some(report)
+    });
+    assert_eq!(report["fencingTokenEnv"], json!(claim), "{report}");
+    assert_eq!(report["fencingTokenFunction"], json!(claim.parse::<i64>().unwrap()), "{report}");
 
     // Stable: the same placement a while later, never a unit twice.
     for _ in 0..10 {
@@ -350,9 +345,38 @@ fn each_unit_runs_on_exactly_one_live_member_and_moves_when_members_and_etcd_com
     let mine = owners.values().filter(|o| *o == "a").count() + running(&a, "id").len();
     assert!(metrics.lines().any(|l| l == format!("lrpm_cluster_units_owned {mine}")), "{metrics}");
 
-    // An in-place upgrade would end the agent's link: refused, nothing moves.
-    let reply = a.request_waiting("upgrade", secs(30.0)).unwrap();
-    assert!(reply.starts_with("error: upgrade refused: not available with --cluster"), "{reply}");
+    // An in-place upgrade (`lrpmctl upgrade`, the same binary): the agent
+    // is a's child and outlives the exec like the workers, so a keeps its
+    // lease and claims; its workers are recycled onto the new image where
+    // they are. No unit moves meanwhile, b and c start none of a's (the
+    // shared log's intervals say at the end that none ran twice).
+    let agent_before = cluster_view(&a)["agentPid"].as_i64().expect("a's agent pid");
+    let token_of_a_before: BTreeMap<String, Value> = unit_slots(&a)
+        .into_iter()
+        .filter(|(_, s)| s["status"] == "running")
+        .map(|(u, s)| (u, s["fencingToken"].clone()))
+        .collect();
+    let pids_before = unit_pids(&a);
+    assert!(!pids_before.is_empty());
+    let reply = a.request_waiting("upgrade", secs(90.0)).unwrap();
+    assert!(reply.starts_with("Upgrade: "), "{reply}");
+    a.wait_for(secs(90.0), "a's units recycled onto the new image", || {
+        for (unit, owner) in placement(&all) {
+            assert_eq!(owners[&unit], owner, "unit {unit} moved during a's upgrade");
+        }
+        let now = unit_pids(&a);
+        (now.len() == pids_before.len() && now.iter().all(|pid| !pids_before.contains(pid))).then_some(())
+    });
+    a.wait_stderr("taken over from the previous image", secs(10.0));
+    let view = cluster_view(&a);
+    assert_eq!(view["agentPid"].as_i64(), Some(agent_before), "the agent outlived the upgrade: {view}");
+    assert_eq!(view["lease"]["held"], true, "{view}");
+    let token_of_a_after: BTreeMap<String, Value> = unit_slots(&a)
+        .into_iter()
+        .filter(|(_, s)| s["status"] == "running")
+        .map(|(u, s)| (u, s["fencingToken"].clone()))
+        .collect();
+    assert_eq!(token_of_a_after, token_of_a_before, "a's claims (and their tokens) went on through the upgrade");
     assert_eq!(placement(&all), owners);
 
     // b dies without a word: its units go to a and c once its lease ends.

@@ -216,7 +216,7 @@ exit 0
 "#;
     replace_program(&farm, script.as_bytes());
     let answer = upgrade(&farm);
-    assert!(answer.contains("reads handoff format 999, this host writes format 1"), "{answer}");
+    assert!(answer.contains("reads handoff format 999, this host writes format 2"), "{answer}");
     assert_unchanged(&farm, &first, "another handoff format");
     // And the real one still passes after all that.
     replace_program(&farm, &fs::read(bin()).unwrap());

@@ -17,6 +17,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use super::messages::{self, FromAgent, ToAgent};
 
 /// How far ahead of the lease's end the last SIGKILL goes out.
@@ -40,6 +42,21 @@ pub struct Link {
     fenced: bool,
 }
 
+/// A link as it crosses `lrpmctl upgrade`'s exec (the agent outlives it,
+/// like the workers): the bytes in flight both ways and the fence, with the
+/// lease's end as a CLOCK_MONOTONIC reading, which the exec does not reset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedLink {
+    /// Read from the agent: the start of a line not complete yet.
+    pub unread: Vec<u8>,
+    /// Queued for the agent, not written yet.
+    pub unsent: Vec<u8>,
+    /// The lease lives at least until then (CLOCK_MONOTONIC, ns).
+    pub lease_until_ns: Option<u64>,
+    pub ttl_ms: u64,
+    pub fenced: bool,
+}
+
 /// What a line from the agent means to the supervisor.
 #[derive(Debug, PartialEq)]
 pub enum Incoming {
@@ -51,6 +68,38 @@ pub enum Incoming {
 impl Link {
     pub fn new(ttl: Duration) -> Link {
         Link { ttl, ..Link::default() }
+    }
+
+    /// The link to hand over; `now` and `now_ns` are one moment on both clocks.
+    pub fn save(&self, now: Instant, now_ns: u64) -> SavedLink {
+        SavedLink {
+            unread: self.inbox.clone(),
+            unsent: self.outbox.iter().copied().collect(),
+            lease_until_ns: self.lease_until.map(|until| monotonic_of(until, now, now_ns)),
+            ttl_ms: self.ttl.as_millis() as u64,
+            fenced: self.fenced,
+        }
+    }
+
+    /// The link a previous image saved. The lease's end comes back a
+    /// little earlier than it was (`RESTORE_MARGIN`), never later: the two
+    /// clock readings of a moment are not taken at the same instant.
+    pub fn restore(saved: SavedLink, now: Instant, now_ns: u64) -> Link {
+        let lease_until = saved.lease_until_ns.map(|ns| {
+            let at = ns.saturating_sub(RESTORE_MARGIN.as_nanos() as u64);
+            if at >= now_ns {
+                now + Duration::from_nanos(at - now_ns)
+            } else {
+                now.checked_sub(Duration::from_nanos(now_ns - at)).unwrap_or(now)
+            }
+        });
+        Link {
+            inbox: saved.unread,
+            outbox: saved.unsent.into(),
+            lease_until,
+            ttl: Duration::from_millis(saved.ttl_ms),
+            fenced: saved.fenced,
+        }
     }
 
     /// Bytes read from the socket: the complete lines, in order.
@@ -153,6 +202,18 @@ pub fn instant_of(monotonic_ns: u64, now: Instant, now_ns: u64) -> Instant {
     now.checked_sub(ago).unwrap_or(now)
 }
 
+/// How much earlier a restored lease ends than the saved one said.
+const RESTORE_MARGIN: Duration = Duration::from_millis(10);
+
+/// The CLOCK_MONOTONIC reading (ns) of `at`, given one moment on both clocks.
+fn monotonic_of(at: Instant, now: Instant, now_ns: u64) -> u64 {
+    if at >= now {
+        now_ns.saturating_add((at - now).as_nanos() as u64)
+    } else {
+        now_ns.saturating_sub((now - at).as_nanos() as u64)
+    }
+}
+
 fn shorten(text: &str) -> String {
     match text.char_indices().nth(120) {
         Some((cut, _)) => format!("{}...", &text[..cut]),
@@ -204,6 +265,33 @@ mod tests {
         let now = Instant::now();
         assert_eq!(instant_of(5_000_000_000, now, 7_000_000_000), now - Duration::from_secs(2));
         assert_eq!(instant_of(8_000_000_000, now, 7_000_000_000), now, "never in the future");
+    }
+
+    #[test]
+    fn a_saved_link_comes_back_with_its_bytes_and_a_lease_that_ends_no_later() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(10);
+        let mut link = Link::new(ttl);
+        link.renewed(t0, ttl);
+        assert!(link.received(b"{\"type\":\"dra").is_empty());
+        assert!(link.send(&ToAgent::Drain));
+        link.wrote(3);
+        // Saved at t0 + 1 s (CLOCK_MONOTONIC 100 s then), restored 2 s
+        // later on both clocks.
+        let saved = link.save(t0 + Duration::from_secs(1), 100_000_000_000);
+        assert_eq!(saved.lease_until_ns, Some(109_000_000_000));
+        let later = t0 + Duration::from_secs(3);
+        let mut back = Link::restore(saved.clone(), later, 102_000_000_000);
+        let until = back.lease_until.unwrap();
+        assert!(until <= t0 + ttl && until >= t0 + ttl - Duration::from_millis(20), "{until:?}");
+        assert_eq!(back.received(b"ined\"}\n"), vec![Incoming::Message(FromAgent::Drained)]);
+        assert_eq!(back.pending(), &messages::encode(&ToAgent::Drain)[3..]);
+        // Restored after the lease's end: known gone at once.
+        let late = Link::restore(saved, t0 + Duration::from_secs(20), 119_000_000_000);
+        assert!(late.revoke_at().unwrap() < t0 + Duration::from_secs(20));
+        let none = Link::new(ttl);
+        let saved = none.save(t0, 5);
+        assert!(!Link::restore(saved, t0, 5).has_lease());
     }
 
     #[test]

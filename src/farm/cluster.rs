@@ -37,6 +37,17 @@ impl Farm {
         self.cluster.is_some() && self.jobs.get(id).is_some_and(|s| s.job.placement == Placement::Cluster)
     }
 
+    /// An upgrade's new image: the claims the previous image held for the
+    /// job's slots are this member's still.
+    pub(super) fn claims_adopted(&mut self, id: &JobId, units: &[(u32, i64)]) {
+        if !self.is_unit(id) {
+            return;
+        }
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.owned.extend(units.iter().map(|&(slot, token)| (WorkerKey::new(id.clone(), slot), token)));
+        }
+    }
+
     /// The phase a new slot starts in: a unit not granted waits `Elsewhere`.
     pub(super) fn new_slot_phase(&self, key: &WorkerKey, held: bool, now: Instant) -> Phase {
         if self.is_unit(&key.id) && self.unit_token(key).is_none() {

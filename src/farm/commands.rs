@@ -8,13 +8,23 @@ impl Farm {
     /// of this host (`lrpmctl upgrade`): its slots' processes run as they
     /// are (`running`: slot, pid, how long it has run, restarts, recycles);
     /// the other slots start. The configuration counts as loaded.
-    pub fn adopt(&mut self, job: Job, held: bool, running: &[(u32, Pid, Duration, u64, u64)], now: Instant) {
+    pub fn adopt(
+        &mut self,
+        job: Job,
+        held: bool,
+        running: &[(u32, Pid, Duration, u64, u64)],
+        units: &[(u32, i64)],
+        now: Instant,
+    ) {
         self.config.loaded = true;
         let id = job.id.clone();
         let replicas = job.replicas;
         let mut state = JobState::new(job);
         state.held = held;
         self.jobs.insert(id.clone(), state);
+        // The claims this member holds go on: those units start (or run on)
+        // here, every other one waits `Elsewhere`.
+        self.claims_adopted(&id, units);
         for &(slot, pid, ran, restarts, recycles) in running {
             let key = WorkerKey::new(id.clone(), slot);
             let since = now.checked_sub(ran).unwrap_or(now);
@@ -28,7 +38,8 @@ impl Farm {
         for slot in 0..replicas {
             let key = WorkerKey::new(id.clone(), slot);
             if self.slot(&key).is_none() {
-                self.add_slot(&key, if held { Phase::Held } else { Phase::Waiting { at: now } });
+                let phase = self.new_slot_phase(&key, held, now);
+                self.add_slot(&key, phase);
             }
         }
     }

@@ -5,14 +5,15 @@
 //! renewed in time, and starts the agent again if it dies.
 
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
 
 use super::Supervisor;
-use crate::cluster::link::{instant_of, Incoming, Link};
+use crate::cluster::link::{instant_of, Incoming, Link, SavedLink};
 use crate::cluster::messages::{ClaimCounters, FromAgent, MemberView, ToAgent, UnitOwner};
 use crate::farm::{Event, ExitKind, WorkerKey};
 use crate::job::JobId;
@@ -142,6 +143,67 @@ impl Agent {
     }
 }
 
+/// The agent as it crosses `lrpmctl upgrade`'s exec: it is this process's
+/// child, so it runs on (and keeps the lease, the member key and every
+/// claim) while the new image starts; the new image takes its socket and
+/// the link's state back.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HandedAgent {
+    pub pid: i32,
+    pub socket_fd: RawFd,
+    pub link: SavedLink,
+    pub leaving: Option<String>,
+    pub drain_sent: bool,
+}
+
+impl Agent {
+    /// What the next image needs to go on with this agent: None when no
+    /// agent runs now (the new image starts one). The socket stays open
+    /// (it is listed among the descriptors the exec keeps).
+    pub(super) fn hand_over(&mut self, now: Instant) -> Option<HandedAgent> {
+        let (Some(pid), Some(socket_fd)) = (self.pid, self.socket.as_ref().map(AsRawFd::as_raw_fd)) else {
+            return None;
+        };
+        // As much of the outbox as the socket takes now; the rest travels.
+        self.write_pending();
+        Some(HandedAgent {
+            pid,
+            socket_fd,
+            link: self.link.save(now, crate::cluster::agent::monotonic_ns()),
+            leaving: self.leaving.clone(),
+            drain_sent: self.drain_sent,
+        })
+    }
+
+    /// In the new image: the agent the previous one ran, with its link as
+    /// it was; false (and the agent is started afresh) when its socket did
+    /// not come along.
+    pub(super) fn take_over(&mut self, handed: HandedAgent, now: Instant) -> bool {
+        let Some(fd) = crate::process::adopt_fd(handed.socket_fd) else {
+            tracing::error!(
+                "upgrade: the cluster agent's socket (descriptor {}) did not come along; stopping the agent",
+                handed.socket_fd
+            );
+            crate::process::signal_group(Pid::from_raw(handed.pid), nix::sys::signal::Signal::SIGTERM);
+            return false;
+        };
+        let socket = UnixStream::from(fd);
+        if let Err(e) = socket.set_nonblocking(true) {
+            tracing::error!("upgrade: the cluster agent's socket: {e}; stopping the agent");
+            crate::process::signal_group(Pid::from_raw(handed.pid), nix::sys::signal::Signal::SIGTERM);
+            return false;
+        }
+        self.pid = Some(handed.pid);
+        self.socket = Some(socket);
+        self.link = Link::restore(handed.link, now, crate::cluster::agent::monotonic_ns());
+        self.restart_at = None;
+        self.no_lease_reason = (!self.link.has_lease()).then(|| "not renewed since the upgrade".to_string());
+        self.leaving = handed.leaving;
+        self.drain_sent = handed.drain_sent;
+        true
+    }
+}
+
 /// A unit's name on the wire: the slot's key as logs show it (`7#0`).
 fn unit_name(key: &WorkerKey) -> String {
     key.to_string()
@@ -153,6 +215,36 @@ fn unit_key(name: &str) -> Option<WorkerKey> {
 }
 
 impl Supervisor<'_> {
+    /// In an upgrade's new image, once the handoff's jobs are adopted: the
+    /// agent the previous image ran goes on (its lease, its claims) and
+    /// learns the unit list again; it outlived the exec, so no unit moved.
+    pub(super) fn take_agent_over(&mut self, handed: Option<HandedAgent>, now: Instant) {
+        let Some(handed) = handed else { return };
+        let Some(agent) = self.agent.as_mut() else {
+            tracing::error!(
+                "upgrade: the previous image ran a cluster agent (pid {}), this one has no --cluster; stopping it \
+                 (its units move to the other members)",
+                handed.pid
+            );
+            crate::process::signal_group(Pid::from_raw(handed.pid), nix::sys::signal::Signal::SIGTERM);
+            return;
+        };
+        let pid = handed.pid;
+        if !agent.take_over(handed, now) {
+            return;
+        }
+        tracing::info!(
+            "cluster: agent pid {pid} taken over from the previous image (member {}): its lease and claims go on",
+            agent.settings.member
+        );
+        if agent.leaving.is_some() && !agent.drain_sent {
+            let why = agent.leaving.clone().unwrap_or_default();
+            self.leave_cluster(&why);
+        }
+        let units = self.farm.cluster_units();
+        self.send_to_agent(&ToAgent::Units { units: units.iter().map(unit_name).collect() });
+    }
+
     /// Starts the agent when it is due (at startup, after it died).
     pub(super) fn start_agent_if_due(&mut self, now: Instant) {
         let Some(agent) = self.agent.as_mut() else { return };

@@ -259,7 +259,10 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
     if let Some(settings) = supervisor.config.cluster.clone() {
         supervisor.farm.enable_cluster();
         supervisor.agent = Some(cluster::Agent::new(settings));
-        supervisor.start_agent_if_due(Instant::now());
+        // An upgrade's new image takes the running agent over instead.
+        if !handoff.as_ref().is_some_and(|h| h.cluster.is_some()) {
+            supervisor.start_agent_if_due(Instant::now());
+        }
     }
     if supervisor.config.zygote {
         supervisor.start_zygote(Instant::now());

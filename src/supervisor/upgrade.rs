@@ -42,9 +42,10 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+use super::cluster::HandedAgent;
 use super::{output, Supervisor};
 use crate::control::server::ClientId;
-use crate::farm::{AfterStop, ExitKind, JobCommand, Phase, PhpEnd, ProcessKind};
+use crate::farm::{AfterStop, ExitKind, JobCommand, Phase, PhpEnd, ProcessKind, WorkerKey};
 use crate::job::{DescribedJob, JobId};
 use crate::process;
 
@@ -53,8 +54,13 @@ pub const UPGRADE_CHECK_ENV: &str = "LRPM_UPGRADE_CHECK";
 /// The trial's descriptor for its report.
 const TRIAL_REPORT_FD: RawFd = 3;
 /// The version of `Handoff`'s layout: a new image takes a farm over only
-/// from an image that writes the format it reads.
-pub const HANDOFF_FORMAT: u32 = 1;
+/// from an image that writes the format it reads. Format 2 adds the
+/// cluster agent and the claims each job holds; an image that reads only
+/// format 1 can still take over a farm without `--cluster` (it would start
+/// every unit afresh beside an agent it does not know of).
+pub const HANDOFF_FORMAT: u32 = 2;
+/// The format before the cluster's part of the handoff.
+const HANDOFF_FORMAT_WITHOUT_CLUSTER: u32 = 1;
 /// A longer report is not a trial's.
 const MAX_TRIAL_REPORT: usize = 64 * 1024;
 
@@ -102,13 +108,16 @@ const TEST_FAIL_WHILE_ADOPTING_ENV: &str = "LRPM_TEST_FAIL_WHILE_ADOPTING";
 pub struct Handoff {
     pub control_fd: RawFd,
     pub jobs: Vec<HandoffJob>,
+    /// With `--cluster`: the agent, which runs on through the exec.
+    #[serde(default)]
+    pub cluster: Option<HandedAgent>,
 }
 
 impl Handoff {
-    /// Every descriptor it hands over: the control listener and the
-    /// workers' output pipes.
+    /// Every descriptor it hands over: the control listener, the agent's
+    /// socket and the workers' output pipes.
     pub fn descriptors(&self) -> impl Iterator<Item = RawFd> + '_ {
-        std::iter::once(self.control_fd).chain(
+        std::iter::once(self.control_fd).chain(self.cluster.iter().map(|agent| agent.socket_fd)).chain(
             self.jobs
                 .iter()
                 .flat_map(|j| j.slots.iter().flat_map(|s| [s.stdout_fd, s.stderr_fd].into_iter().flatten())),
@@ -141,6 +150,10 @@ pub struct HandoffJob {
     pub config: serde_json::Value,
     pub held: bool,
     pub slots: Vec<HandoffSlot>,
+    /// The slots whose claim this member holds, with its fencing token
+    /// (with `--cluster`): those running and those about to start.
+    #[serde(default)]
+    pub units: Vec<(u32, i64)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -193,7 +206,7 @@ impl Trial {
 
     /// The verdict on a trial that exited: Ok(what it reported) when it may
     /// take the farm over, else why not.
-    fn verdict(&self, exit: ExitKind, timeout: Duration) -> Result<TrialReport, String> {
+    fn verdict(&self, exit: ExitKind, timeout: Duration, clustered: bool) -> Result<TrialReport, String> {
         if self.killed_at_deadline {
             return Err(format!(
                 "its trial run did not finish within {}s (--upgrade-trial-timeout) and was killed",
@@ -216,10 +229,13 @@ impl Trial {
                 String::from_utf8_lossy(&line[..line.len().min(200)])
             )
         })?;
-        if report.handoff_format != HANDOFF_FORMAT {
+        if !takes_over(report.handoff_format, clustered) {
+            let what = if clustered { "this clustered host" } else { "this host" };
             return Err(format!(
-                "it is lrpm-host {} and reads handoff format {}, this host writes format {HANDOFF_FORMAT}: it cannot take this farm over (restart the host instead)",
-                report.lrpm_host, report.handoff_format
+                "it is lrpm-host {} and reads handoff format {}, {what} writes format {HANDOFF_FORMAT}: it cannot take this farm over (restart the host instead{})",
+                report.lrpm_host,
+                report.handoff_format,
+                if clustered { ", or drain it and start the new release beside it" } else { "" }
             ));
         }
         if report.jobs.is_none() {
@@ -227,6 +243,11 @@ impl Trial {
         }
         Ok(report)
     }
+}
+
+/// Whether an image that reads handoff `format` can take this farm over.
+fn takes_over(format: u32, clustered: bool) -> bool {
+    format == HANDOFF_FORMAT || (format == HANDOFF_FORMAT_WITHOUT_CLUSTER && !clustered)
 }
 
 impl Supervisor<'_> {
@@ -240,16 +261,6 @@ impl Supervisor<'_> {
         }
         if self.farm.is_shutting_down() {
             return Some("error: Will not upgrade, lrpm-host is shutting down".to_string());
-        }
-        if self.agent.is_some() {
-            // The agent's link does not survive the exec yet: the agent would
-            // end, its lease with it, and other members would start units
-            // whose adopted workers still run here.
-            return Some(
-                "error: upgrade refused: not available with --cluster yet; restart the members one at a time \
-                 (SIGTERM: a stopped member's units move to the others), the farm runs on unchanged"
-                    .to_string(),
-            );
         }
         let Some((path, argv, mut env)) = self.exec_parts() else {
             return Some("error: cannot upgrade: the program's path or arguments are not valid C strings".to_string());
@@ -329,7 +340,7 @@ impl Supervisor<'_> {
         let Some(Upgrade::Checking(mut trial)) = self.upgrade.take() else { return };
         trial.read_report();
         let program = self.config.program.display().to_string();
-        let verdict = trial.verdict(exit, self.config.upgrade_trial_timeout);
+        let verdict = trial.verdict(exit, self.config.upgrade_trial_timeout, self.agent.is_some());
         let answer = |control: &mut crate::control::server::ControlServer, text: &str| {
             if let Some(client) = trial.client {
                 control.respond(client, text);
@@ -374,6 +385,9 @@ impl Supervisor<'_> {
     /// that failed (the farm then runs on).
     fn exec_new_image(&mut self, report: &TrialReport) -> nix::errno::Errno {
         let Some((path, argv, mut env)) = self.exec_parts() else { return nix::errno::Errno::EINVAL };
+        // Starts the zygote owes are answered first: a worker it forked
+        // whose pid never arrived would run on unknown to the new image.
+        self.settle_zygote_starts();
         // The configuration process and the zygote are started again by the
         // new image; workers keep running.
         let mut others: Vec<i32> = self.farm.config_process().pid().into_iter().collect();
@@ -388,34 +402,55 @@ impl Supervisor<'_> {
         let now = Instant::now();
         let mut keep = vec![self.control.listener().as_raw_fd()];
         let mut jobs = Vec::new();
+        // Units whose process is not handed over: killed, and given back to
+        // the agent once reaped (never before: another member may start
+        // them the moment the claim goes).
+        let mut released = Vec::new();
+        let clustered = self.farm.is_clustered();
         for (id, state) in self.farm.jobs() {
+            let is_unit = clustered && state.job.placement == crate::job::Placement::Cluster;
             if state.removed {
                 // On their way out already: the new image would not know
                 // them, so they do not wait for their stop timeout.
-                for (_, pid) in state.pids() {
+                for (slot, pid) in state.pids() {
                     process::signal_group(Pid::from_raw(pid), Signal::SIGKILL);
+                    if is_unit {
+                        released.push((WorkerKey::new(id.clone(), slot), pid));
+                    }
                 }
                 continue;
             }
             let mut slots = Vec::new();
+            let mut units = Vec::new();
             for (slot, slot_state) in &state.slots {
-                let (pid, since) = match slot_state.phase {
-                    Phase::Running { pid, since } => (pid, since),
+                let key = WorkerKey::new(id.clone(), *slot);
+                let token = if is_unit { self.farm.unit_token(&key) } else { None };
+                let carried = match slot_state.phase {
+                    Phase::Running { pid, since } => Some((pid, since)),
                     // Stopping to start again: the new image replaces it anyway.
                     Phase::Stopping {
                         pid,
                         since,
                         then: AfterStop::Restart | AfterStop::Recycle | AfterStop::RestartAsFailure,
                         ..
-                    } => (pid, since),
-                    // Stopping for good (held, scaled away, failed): not the
-                    // new image's to wait for.
+                    } => Some((pid, since)),
+                    // Stopping for good (held, scaled away, failed, a unit
+                    // moving away): not the new image's to wait for.
                     Phase::Stopping { pid, .. } => {
                         process::signal_group(Pid::from_raw(pid), Signal::SIGKILL);
-                        continue;
+                        if is_unit {
+                            released.push((key.clone(), pid));
+                        }
+                        None
                     }
-                    _ => continue,
+                    _ => None,
                 };
+                // A unit runs here only under its claim.
+                let carried = carried.filter(|_| !is_unit || token.is_some());
+                if let Some(token) = token {
+                    units.push((*slot, token));
+                }
+                let Some((pid, since)) = carried else { continue };
                 let pipes = self.output.as_ref().map(|o| o.pipes_of(pid)).unwrap_or_default();
                 keep.extend(pipes.iter().flatten().copied());
                 slots.push(HandoffSlot {
@@ -429,9 +464,18 @@ impl Supervisor<'_> {
                 });
             }
             let config = serde_json::Value::Object((*state.job.config).clone());
-            jobs.push(HandoffJob { id: id.clone(), config, held: state.held, slots });
+            jobs.push(HandoffJob { id: id.clone(), config, held: state.held, slots, units });
         }
-        let handoff = Handoff { control_fd: self.control.listener().as_raw_fd(), jobs };
+        self.sync_units();
+        for (key, pid) in released {
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+            self.send_to_agent(&crate::cluster::messages::ToAgent::Stopped { unit: key.to_string() });
+        }
+        let cluster = self.agent.as_mut().and_then(|agent| agent.hand_over(Instant::now()));
+        if let Some(agent) = &cluster {
+            keep.push(agent.socket_fd);
+        }
+        let handoff = Handoff { control_fd: self.control.listener().as_raw_fd(), jobs, cluster };
         let bytes = match serde_json::to_vec(&handoff) {
             Ok(bytes) => bytes,
             Err(_) => return nix::errno::Errno::EINVAL,
@@ -459,6 +503,42 @@ impl Supervisor<'_> {
         );
         crate::host_output::finish(Duration::from_secs(1));
         process::exec_self(process::Image::Path(&path), &argv, &env, &keep)
+    }
+}
+
+/// How long the zygote gets to answer the starts it owes before the exec.
+const ZYGOTE_SETTLE: Duration = Duration::from_secs(2);
+
+impl Supervisor<'_> {
+    /// Before the exec: no further start goes to the zygote, and those it
+    /// owes are answered (their workers adopted into the handoff like any
+    /// other), for at most `ZYGOTE_SETTLE`.
+    fn settle_zygote_starts(&mut self) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        if let super::zygote::Zygote::Running(running) = &mut self.zygote {
+            running.stopping = true;
+        }
+        let deadline = Instant::now() + ZYGOTE_SETTLE;
+        loop {
+            let super::zygote::Zygote::Running(running) = &self.zygote else { return };
+            if running.pending.is_empty() {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(
+                    "upgrade: the zygote did not answer {} start(s) within {}s; a worker it forked meanwhile is \
+                     not handed over",
+                    running.pending.len(),
+                    ZYGOTE_SETTLE.as_secs()
+                );
+                return;
+            }
+            let mut fds = [PollFd::new(running.as_fd(), PollFlags::POLLIN)];
+            let timeout = PollTimeout::try_from(left.as_millis().min(50) as i32).unwrap_or(PollTimeout::ZERO);
+            let _ = poll(&mut fds, timeout);
+            self.read_zygote(Instant::now());
+        }
     }
 }
 
@@ -655,8 +735,9 @@ impl Supervisor<'_> {
             if rolled_back.is_none() && std::env::var_os(TEST_FAIL_WHILE_ADOPTING_ENV).is_some() {
                 panic!("{TEST_FAIL_WHILE_ADOPTING_ENV} is set: failing while adopting job {}", job.id);
             }
-            self.farm.adopt(valid, job.held, &running, now);
+            self.farm.adopt(valid, job.held, &running, &job.units, now);
         }
+        self.take_agent_over(handoff.cluster, now);
         confirm_takeover();
         match rolled_back {
             Some(why) => tracing::error!(
@@ -672,5 +753,28 @@ impl Supervisor<'_> {
             let (_, actions) = self.farm.job_command(&id, JobCommand::Recycle, now);
             self.apply(actions);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clustered_farm_goes_only_to_an_image_that_reads_its_agent() {
+        assert!(takes_over(HANDOFF_FORMAT, true));
+        assert!(takes_over(HANDOFF_FORMAT, false));
+        assert!(takes_over(HANDOFF_FORMAT_WITHOUT_CLUSTER, false), "a farm without --cluster, as before");
+        assert!(!takes_over(HANDOFF_FORMAT_WITHOUT_CLUSTER, true), "it would start every unit beside the agent");
+        assert!(!takes_over(999, false));
+    }
+
+    #[test]
+    fn a_handoff_without_the_cluster_part_reads_as_one_without_agent_or_claims() {
+        let handoff: Handoff =
+            serde_json::from_str(r#"{"control_fd":5,"jobs":[{"id":1,"config":{},"held":false,"slots":[]}]}"#).unwrap();
+        assert!(handoff.cluster.is_none());
+        assert!(handoff.jobs[0].units.is_empty());
+        assert_eq!(handoff.descriptors().collect::<Vec<_>>(), vec![5]);
     }
 }

@@ -212,3 +212,31 @@ fn a_shutdown_gives_each_unit_back_as_its_process_ends_even_after_the_drain_revo
     assert_eq!(releases(step(&mut farm, slot_exited(1, 0, 0), t0 + secs(2))), vec![release(slot_key(1, 0))]);
     assert_eq!(releases(step(&mut farm, slot_exited(1, 1, 0), t0 + secs(3))), vec![release(slot_key(1, 1))]);
 }
+
+#[test]
+fn an_upgrade_adopts_the_claims_running_and_waiting_and_leaves_the_rest_elsewhere() {
+    let t0 = Instant::now();
+    let mut farm = Farm::new();
+    farm.enable_cluster();
+    // Slot 0 runs under claim 5, slot 1 was granted (claim 6) and not
+    // started yet, slots 2 and 3 are other members'.
+    farm.adopt(replicated(1, 1, 4), false, &[(0, 40, secs(3), 0, 0)], &[(0, 5), (1, 6)], t0);
+    assert_eq!(slot_status(&farm, 1, 0, t0), Some(StatusName::Running));
+    assert_eq!(farm.unit_token(&slot_key(1, 0)), Some(5));
+    assert_eq!(farm.unit_token(&slot_key(1, 1)), Some(6));
+    assert_eq!(slot_status(&farm, 1, 2, t0), Some(StatusName::Elsewhere));
+    assert_eq!(slot_status(&farm, 1, 3, t0), Some(StatusName::Elsewhere));
+    assert_eq!(farm.owned_unit_count(), 2);
+    let actions = without_logs(farm.handle(Event::Tick, t0));
+    assert_eq!(
+        actions.iter().filter(|a| matches!(a, Action::StartWorker(..))).collect::<Vec<_>>(),
+        vec![&Action::StartWorker(slot_key(1, 1))],
+        "only the granted slot starts: {actions:?}"
+    );
+    // An every-host job's claims are none, whatever the handoff says.
+    let mut local = job(2, 1);
+    local.placement = Placement::EveryHost;
+    farm.adopt(local, false, &[], &[(0, 9)], t0);
+    assert_eq!(farm.unit_token(&key(2)), None);
+    assert_ne!(status(&farm, 2, t0), StatusName::Elsewhere);
+}
