@@ -162,14 +162,14 @@ impl<P: Placement> Claims<P> {
         self.reconcile(now)
     }
 
-    pub fn claim_seen(&mut self, unit: &str, holder: Holder, now: Instant) -> Vec<Effect> {
+    pub fn claim_seen(&mut self, unit: &str, holder: Holder, _now: Instant) -> Vec<Effect> {
         self.holders.insert(unit.to_string(), holder);
-        self.reconcile(now)
+        self.reconcile_one(unit)
     }
 
-    pub fn claim_gone(&mut self, unit: &str, now: Instant) -> Vec<Effect> {
+    pub fn claim_gone(&mut self, unit: &str, _now: Instant) -> Vec<Effect> {
         self.holders.remove(unit);
-        self.reconcile(now)
+        self.reconcile_one(unit)
     }
 
     pub fn claim_finished(&mut self, unit: &str, outcome: ClaimOutcome, now: Instant) -> Vec<Effect> {
@@ -198,12 +198,12 @@ impl<P: Placement> Claims<P> {
                 self.retry_at.insert(unit.to_string(), now + CLAIM_RETRY);
             }
         }
-        effects.extend(self.reconcile(now));
+        effects.extend(self.reconcile_one(unit));
         effects
     }
 
     /// The supervisor's answer to `Stop`.
-    pub fn stopped(&mut self, unit: &str, now: Instant) -> Vec<Effect> {
+    pub fn stopped(&mut self, unit: &str, _now: Instant) -> Vec<Effect> {
         let mut effects = Vec::new();
         if let Some(Mine::Stopping { token } | Mine::Running { token }) = self.mine.get(unit).copied() {
             self.mine.remove(unit);
@@ -211,7 +211,7 @@ impl<P: Placement> Claims<P> {
                 effects.push(Effect::Release { unit: unit.to_string(), token });
             }
         }
-        effects.extend(self.reconcile(now));
+        effects.extend(self.reconcile_one(unit));
         effects
     }
 
@@ -234,8 +234,13 @@ impl<P: Placement> Claims<P> {
 
     /// Time passed: failed claims whose wait is over are tried again.
     pub fn tick(&mut self, now: Instant) -> Vec<Effect> {
-        self.retry_at.retain(|_, at| *at > now);
-        self.reconcile(now)
+        let due: Vec<String> = self.retry_at.iter().filter(|(_, at)| **at <= now).map(|(u, _)| u.clone()).collect();
+        let mut effects = Vec::new();
+        for unit in due {
+            self.retry_at.remove(&unit);
+            effects.extend(self.reconcile_one(&unit));
+        }
+        effects
     }
 
     fn should_run(&self, unit: &str) -> bool {
@@ -245,28 +250,53 @@ impl<P: Placement> Claims<P> {
             && self.placement.owner(unit, &self.members).is_some_and(|m| m.name == self.me)
     }
 
+    /// Every unit against what changed for all of them (the members, the
+    /// lease, a drain, the unit list).
     fn reconcile(&mut self, _now: Instant) -> Vec<Effect> {
+        let others = self.mine.keys().filter(|unit| !self.wanted.contains(*unit));
+        let units: Vec<String> = self.wanted.iter().chain(others).cloned().collect();
         let mut effects = Vec::new();
-        let units: BTreeSet<String> = self.wanted.iter().chain(self.mine.keys()).cloned().collect();
         for unit in units {
-            let wanted_here = self.should_run(&unit);
-            match (self.mine.get(&unit).copied(), wanted_here) {
-                (None, true) if !self.holders.contains_key(&unit) && !self.retry_at.contains_key(&unit) => {
-                    self.mine.insert(unit.clone(), Mine::Claiming);
-                    effects.push(Effect::Claim { unit });
-                }
-                (Some(Mine::Running { token }), false) => {
-                    self.mine.insert(unit.clone(), Mine::Stopping { token });
-                    effects.push(Effect::Stop { unit });
-                }
-                _ => {}
-            }
+            self.reconcile_unit(&unit, &mut effects);
         }
+        self.drained(&mut effects);
+        effects
+    }
+
+    /// One unit whose own state changed (its claim key, its claim's or its
+    /// worker's outcome): nothing about the others did, so only it is
+    /// looked at. A member taking over a thousand units sees a few events
+    /// per unit; looking at every unit at each would cost their square.
+    fn reconcile_one(&mut self, unit: &str) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        self.reconcile_unit(unit, &mut effects);
+        self.drained(&mut effects);
+        effects
+    }
+
+    fn reconcile_unit(&mut self, unit: &str, effects: &mut Vec<Effect>) {
+        let current = self.mine.get(unit).copied();
+        if current.is_none() && !self.wanted.contains(unit) {
+            return;
+        }
+        match (current, self.should_run(unit)) {
+            (None, true) if !self.holders.contains_key(unit) && !self.retry_at.contains_key(unit) => {
+                self.mine.insert(unit.to_string(), Mine::Claiming);
+                effects.push(Effect::Claim { unit: unit.to_string() });
+            }
+            (Some(Mine::Running { token }), false) => {
+                self.mine.insert(unit.to_string(), Mine::Stopping { token });
+                effects.push(Effect::Stop { unit: unit.to_string() });
+            }
+            _ => {}
+        }
+    }
+
+    fn drained(&mut self, effects: &mut Vec<Effect>) {
         if self.draining && self.mine.is_empty() && !self.drained_told {
             self.drained_told = true;
             effects.push(Effect::Drained);
         }
-        effects
     }
 }
 
@@ -455,5 +485,77 @@ mod tests {
             claims.claim_finished(&u, ClaimOutcome::Won { token: 4 }, now),
             vec![Effect::Release { unit: u, token: 4 }, Effect::Drained]
         );
+    }
+
+    /// One input of the state machine, for the property below.
+    #[derive(Debug, Clone)]
+    enum Input {
+        Seen { unit: usize, by_me: bool, token: i64 },
+        Gone { unit: usize },
+        Finished { unit: usize, outcome: u8, token: i64 },
+        Stopped { unit: usize },
+        Joined { member: usize },
+        Left { member: usize },
+        Later,
+    }
+
+    fn any_input() -> impl proptest::strategy::Strategy<Value = Input> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..12usize, any::<bool>(), 1..100i64).prop_map(|(unit, by_me, token)| Input::Seen { unit, by_me, token }),
+            (0..12usize).prop_map(|unit| Input::Gone { unit }),
+            (0..12usize, 0..3u8, 1..100i64).prop_map(|(unit, outcome, token)| Input::Finished { unit, outcome, token }),
+            (0..12usize).prop_map(|unit| Input::Stopped { unit }),
+            (0..3usize).prop_map(|member| Input::Joined { member }),
+            (0..3usize).prop_map(|member| Input::Left { member }),
+            Just(Input::Later),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Events about one unit look at that unit only; whatever they
+        /// were, a look at every unit afterwards finds nothing left to do.
+        #[test]
+        fn looking_at_one_unit_per_event_misses_nothing_a_look_at_all_would_do(
+            inputs in proptest::collection::vec(any_input(), 1..60),
+        ) {
+            let names = ["a", "b", "c"];
+            let units: Vec<String> = (0..12).map(|i| format!("job#{i}")).collect();
+            let (mut claims, _, mut now) = ready("a", &["a", "b"], &units);
+            for input in inputs {
+                match input {
+                    Input::Seen { unit, by_me, token } => {
+                        let member = if by_me { "a" } else { "b" };
+                        claims.claim_seen(&units[unit], Holder { member: member.into(), token }, now);
+                    }
+                    Input::Gone { unit } => {
+                        claims.claim_gone(&units[unit], now);
+                    }
+                    Input::Finished { unit, outcome, token } => {
+                        let outcome = match outcome {
+                            0 => ClaimOutcome::Won { token },
+                            1 => ClaimOutcome::Taken { member: "b".into(), token },
+                            _ => ClaimOutcome::Failed,
+                        };
+                        claims.claim_finished(&units[unit], outcome, now);
+                    }
+                    Input::Stopped { unit } => {
+                        claims.stopped(&units[unit], now);
+                    }
+                    Input::Joined { member } => {
+                        claims.member_joined(Candidate { name: names[member].into(), weight: 1.0 }, now);
+                    }
+                    Input::Left { member } => {
+                        claims.member_left(names[member], now);
+                    }
+                    Input::Later => {
+                        now += CLAIM_RETRY;
+                        claims.tick(now);
+                    }
+                }
+                let full = claims.reconcile(now);
+                proptest::prop_assert!(full.is_empty(), "left undone: {full:?}");
+            }
+        }
     }
 }
