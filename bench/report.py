@@ -439,7 +439,11 @@ def cluster_section(page: Page, cluster: dict, summary: dict) -> None:
         f"workload, a 1 s cycle) over members on one machine ({cluster['cpus']} CPUs), each a whole lrpm-host "
         f"(supervisor, agent, zygote, workers) with the same configuration, on one etcd on loopback; "
         f"`--cluster-ttl {cluster['ttl_s']}`. Times run from the event (start, SIGKILL, SIGTERM) to the last "
-        "affected unit's first `cycle()` on its new member, as the workers report it. One run, commit "
+        "affected unit's first `cycle()` on its new member, as the workers report it. The control probe's "
+        "thread runs at nice -20 as root, so that its figures are the supervisor's answers rather than its own "
+        "wait for a CPU among thousands of workers (\"client late\" says how late it still woke). A `kill -9`'s "
+        "time is the rest of the victim's lease (renewed every TTL/4, so it ends 0.75 to 1 TTL after the kill) "
+        "plus the survivors' claims and starts. One run, commit "
         f"{cluster['commit']}, {cluster['date']}.",
         "",
     )
@@ -454,7 +458,7 @@ def cluster_section(page: Page, cluster: dict, summary: dict) -> None:
         [f"`kill -9` of a member: its {kill['units']:,} units running on the others",
          f"{kill['seconds']:.1f} s (TTL {cluster['ttl_s']} s; target TTL + 2 s)"],
         ["control round trips on a survivor during that move",
-         f"p50 {control['p50']:.1f} ms, p99 {control['p99']:.1f} ms, max {control['max']:.1f} ms "
+         f"p50 {control['p50']:.2f} ms, p99 {control['p99']:.1f} ms, max {control['max']:.1f} ms "
          f"({control['samples']:,} samples; the client thread itself woke up to "
          f"{control.get('client_late_max', 0):.0f} ms late, p99 {control.get('client_late_p99', 0):.0f} ms)"],
         [f"the killed member back: its {rejoin['units']:,} units running on it again", f"{rejoin['seconds']:.1f} s"],

@@ -412,10 +412,10 @@ impl Supervisor<'_> {
             if state.removed {
                 // On their way out already: the new image would not know
                 // them, so they do not wait for their stop timeout.
-                for (slot, pid) in state.pids() {
+                for (_, pid) in state.pids() {
                     process::signal_group(Pid::from_raw(pid), Signal::SIGKILL);
                     if is_unit {
-                        released.push((WorkerKey::new(id.clone(), slot), pid));
+                        released.push(pid);
                     }
                 }
                 continue;
@@ -439,7 +439,7 @@ impl Supervisor<'_> {
                     Phase::Stopping { pid, .. } => {
                         process::signal_group(Pid::from_raw(pid), Signal::SIGKILL);
                         if is_unit {
-                            released.push((key.clone(), pid));
+                            released.push(pid);
                         }
                         None
                     }
@@ -466,10 +466,17 @@ impl Supervisor<'_> {
             let config = serde_json::Value::Object((*state.job.config).clone());
             jobs.push(HandoffJob { id: id.clone(), config, held: state.held, slots, units });
         }
-        self.sync_units();
-        for (key, pid) in released {
-            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
-            self.send_to_agent(&crate::cluster::messages::ToAgent::Stopped { unit: key.to_string() });
+        // Reaped here, and told to the core like any exit: the claim goes
+        // (`ReleaseUnit`) only now, and should the exec fail, the farm runs
+        // on knowing these processes are gone.
+        for pid in released {
+            use nix::sys::wait::WaitStatus;
+            let exit = match nix::sys::wait::waitpid(Pid::from_raw(pid), None) {
+                Ok(WaitStatus::Exited(_, code)) => ExitKind::Code(code),
+                Ok(WaitStatus::Signaled(_, signal, _)) => ExitKind::Signal(signal as i32),
+                _ => ExitKind::Signal(Signal::SIGKILL as i32),
+            };
+            self.child_exited(Pid::from_raw(pid), exit, Instant::now());
         }
         let cluster = self.agent.as_mut().and_then(|agent| agent.hand_over(Instant::now()));
         if let Some(agent) = &cluster {
