@@ -69,22 +69,7 @@ fn member(name: &str, etcd_port: u16, shared: &TempDir) -> Farm {
 fn member_with_ttl(name: &str, etcd_port: u16, shared: &TempDir, ttl: u64) -> Farm {
     let dir = TempDir::new(&format!("cluster_{name}"));
     write_atomically(&dir.join("jobs.json"), cluster_jobs(&dir, shared).to_string().as_bytes());
-    let options = FarmOptions {
-        extra_args: [
-            "--cluster",
-            &format!("etcd://127.0.0.1:{etcd_port}/test-farm"),
-            "--cluster-member",
-            name,
-            "--cluster-ttl",
-            &ttl.to_string(),
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..Default::default()
-    };
-    let farm = Farm::start_in(dir, options);
-    farm.wait_answering(secs(20.0));
-    farm
+    start_cluster_member(dir, etcd_port, "test-farm", name, ttl)
 }
 
 /// The slots of `id` that run on `farm` now ("1#4"), from its status.

@@ -34,16 +34,7 @@ fn jobs(shared: &TempDir) -> Value {
 fn member(name: &str, etcd_port: u16, shared: &TempDir) -> Farm {
     let dir = TempDir::new(&format!("cluster_upgrade_{name}"));
     write_atomically(&dir.join("jobs.json"), jobs(shared).to_string().as_bytes());
-    let url = format!("etcd://127.0.0.1:{etcd_port}/upgrade-farm");
-    let options = FarmOptions {
-        extra_args: ["--cluster", &url, "--cluster-member", name, "--cluster-ttl", &TTL.to_string()]
-            .map(String::from)
-            .to_vec(),
-        ..Default::default()
-    };
-    let farm = Farm::start_in(dir, options);
-    farm.wait_answering(secs(20.0));
-    farm
+    start_cluster_member(dir, etcd_port, "upgrade-farm", name, TTL)
 }
 
 /// Every unit's slot in `farm`'s status, by unit ("3#0", "s#0").

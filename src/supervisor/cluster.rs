@@ -179,20 +179,18 @@ impl Agent {
     /// it was; false (and the agent is started afresh) when its socket did
     /// not come along.
     pub(super) fn take_over(&mut self, handed: HandedAgent, now: Instant) -> bool {
-        let Some(fd) = crate::process::adopt_fd(handed.socket_fd) else {
-            tracing::error!(
-                "upgrade: the cluster agent's socket (descriptor {}) did not come along; stopping the agent",
-                handed.socket_fd
-            );
-            crate::process::signal_group(Pid::from_raw(handed.pid), nix::sys::signal::Signal::SIGTERM);
-            return false;
+        let socket = crate::process::adopt_fd(handed.socket_fd)
+            .ok_or_else(|| format!("descriptor {} did not come along", handed.socket_fd))
+            .map(UnixStream::from)
+            .and_then(|socket| socket.set_nonblocking(true).map(|()| socket).map_err(|e| e.to_string()));
+        let socket = match socket {
+            Ok(socket) => socket,
+            Err(why) => {
+                tracing::error!("upgrade: the cluster agent's socket: {why}; stopping the agent");
+                crate::process::signal_group(Pid::from_raw(handed.pid), nix::sys::signal::Signal::SIGTERM);
+                return false;
+            }
         };
-        let socket = UnixStream::from(fd);
-        if let Err(e) = socket.set_nonblocking(true) {
-            tracing::error!("upgrade: the cluster agent's socket: {e}; stopping the agent");
-            crate::process::signal_group(Pid::from_raw(handed.pid), nix::sys::signal::Signal::SIGTERM);
-            return false;
-        }
         self.pid = Some(handed.pid);
         self.socket = Some(socket);
         self.link = Link::restore(handed.link, now, crate::cluster::agent::monotonic_ns());

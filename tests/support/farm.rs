@@ -154,6 +154,22 @@ pub fn write_atomically(path: &Path, content: &[u8]) {
 // A running farm
 // ---------------------------------------------------------------------------
 
+/// Starts a member of farm `farm` on the etcd at `etcd_port` (name `name`,
+/// lease TTL `ttl` s) in `dir`, whose jobs.json the caller wrote, and waits
+/// until it answers.
+pub fn start_cluster_member(dir: TempDir, etcd_port: u16, farm: &str, name: &str, ttl: u64) -> Farm {
+    let url = format!("etcd://127.0.0.1:{etcd_port}/{farm}");
+    let options = FarmOptions {
+        extra_args: ["--cluster", &url, "--cluster-member", name, "--cluster-ttl", &ttl.to_string()]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    };
+    let farm = Farm::start_in(dir, options);
+    farm.wait_answering(super::secs(20.0));
+    farm
+}
+
 pub struct FarmOptions {
     /// "-i N" or "--interval=N" arguments; default -i 3600 (polls only on SIGHUP).
     pub interval_args: Vec<String>,
