@@ -63,6 +63,31 @@ impl ConfigBackoff {
     }
 }
 
+/// The zygote: 1 s, doubling, capped at 60 s; reset by a run of at least
+/// `ZYGOTE_STABLE_RUN`. Workers do not wait for it (they are forked by the
+/// supervisor meanwhile), so the cap is short.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ZygoteBackoff {
+    next: Option<Duration>,
+}
+
+pub const ZYGOTE_BACKOFF_MIN: Duration = Duration::from_secs(1);
+pub const ZYGOTE_BACKOFF_MAX: Duration = Duration::from_secs(60);
+pub const ZYGOTE_STABLE_RUN: Duration = Duration::from_secs(10);
+
+impl ZygoteBackoff {
+    /// Delay before starting a zygote again after one that ran for `ran`
+    /// (zero when it could not be started at all).
+    pub fn delay_after(&mut self, ran: Duration) -> Duration {
+        if ran >= ZYGOTE_STABLE_RUN {
+            self.next = None;
+        }
+        let delay = self.next.unwrap_or(ZYGOTE_BACKOFF_MIN);
+        self.next = Some((delay * 2).min(ZYGOTE_BACKOFF_MAX));
+        delay
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +116,15 @@ mod tests {
     fn zero_short_run_time_never_backs_off() {
         let mut b = WorkerBackoff::default();
         assert_eq!(b.delay_after(Duration::ZERO, Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn zygote_backoff_doubles_to_a_minute_and_resets_after_a_stable_run() {
+        let mut b = ZygoteBackoff::default();
+        let delays: Vec<u64> = (0..8).map(|_| b.delay_after(Duration::from_secs(1)).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(b.delay_after(ZYGOTE_STABLE_RUN), ZYGOTE_BACKOFF_MIN);
+        assert_eq!(b.delay_after(Duration::ZERO).as_secs(), 2);
     }
 
     #[test]

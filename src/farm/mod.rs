@@ -22,6 +22,7 @@ mod rolling;
 mod shutdown;
 #[cfg(test)]
 mod tests;
+pub mod zygote;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};

@@ -141,11 +141,9 @@ struct Supervisor<'e> {
     pages: HashMap<i32, SharedPage>,
     /// Workers' output, when captured (`--worker-output=capture`).
     output: Option<output::OutputRouter>,
-    /// The zygote (off with `--no-zygote`), and its restart backoff.
-    zygote: zygote::Zygote,
-    zygote_backoff: zygote::Backoff,
-    /// The zygote refused to serve: it is not started again.
-    zygote_refused: bool,
+    /// The zygote's lifecycle (Disabled with `--no-zygote`) and, while it
+    /// runs, the connection to it.
+    zygote: crate::farm::zygote::Zygote<zygote::Connection>,
     /// Zygotes replaced after a code change, not reaped yet.
     retired_zygotes: Vec<i32>,
     /// `lrpmctl upgrade` under way.
@@ -215,6 +213,7 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         php = php::php_version(),
         "lrpm-host supervisor started"
     );
+    let zygote_enabled = config.zygote;
     let mut supervisor = Supervisor {
         engine,
         config,
@@ -242,9 +241,7 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         },
         pages: HashMap::new(),
         output,
-        zygote: zygote::Zygote::Off,
-        zygote_backoff: zygote::Backoff::default(),
-        zygote_refused: false,
+        zygote: crate::farm::zygote::Zygote::new(zygote_enabled, Instant::now()),
         retired_zygotes: Vec::new(),
         upgrade: None,
         output_pipes_failed: false,
@@ -264,9 +261,7 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
             supervisor.start_agent_if_due(Instant::now());
         }
     }
-    if supervisor.config.zygote {
-        supervisor.start_zygote(Instant::now());
-    }
+    supervisor.zygote_overdue(Instant::now());
     if let Some(handoff) = handoff {
         supervisor.adopt_handoff(handoff, Instant::now());
     }
@@ -336,9 +331,6 @@ impl Supervisor<'_> {
             if let Some(http) = self.http.as_mut() {
                 http.resume(now);
             }
-            if matches!(self.zygote, zygote::Zygote::Down { at } if at <= now) && !self.farm.is_shutting_down() {
-                self.start_zygote(now);
-            }
             self.zygote_overdue(now);
             if self.farm.is_shutting_down() {
                 self.stop_zygote_if_idle();
@@ -353,11 +345,7 @@ impl Supervisor<'_> {
                 self.http.as_ref().and_then(HttpServer::next_deadline),
                 self.upgrade_deadline(),
                 self.agent.as_ref().and_then(cluster::Agent::deadline),
-                match &self.zygote {
-                    zygote::Zygote::Down { at } => Some(*at),
-                    zygote::Zygote::Running(running) => running.deadline(),
-                    _ => None,
-                },
+                self.zygote_deadline(),
             ]
             .into_iter()
             .flatten()
@@ -392,13 +380,10 @@ impl Supervisor<'_> {
                     }
                     _ => None,
                 };
-                let zygote = match &self.zygote {
-                    zygote::Zygote::Running(running) => {
-                        fds.push(PollFd::new(running.as_fd(), PollFlags::POLLIN));
-                        Some(fds.len() - 1)
-                    }
-                    _ => None,
-                };
+                let zygote = self.zygote.process().map(|running| {
+                    fds.push(PollFd::new(running.link.as_fd(), PollFlags::POLLIN));
+                    fds.len() - 1
+                });
                 let upgrade_report = self.upgrade_report_fd().map(|fd| {
                     fds.push(PollFd::new(fd, PollFlags::POLLIN));
                     fds.len() - 1
@@ -588,11 +573,11 @@ impl Supervisor<'_> {
     }
 
     fn child_exited(&mut self, pid: Pid, exit: ExitKind, now: Instant) {
-        if matches!(&self.zygote, zygote::Zygote::Running(running) if running.pid == pid.as_raw()) {
+        if self.zygote.pid() == Some(pid.as_raw()) {
             if let Some(output) = self.output.as_mut() {
                 output.drain(pid.as_raw());
             }
-            return self.zygote_exited(exit, now);
+            return self.zygote_exited(pid.as_raw(), exit, now);
         }
         if self.retired_zygote_exited(pid.as_raw()) {
             return;

@@ -45,7 +45,8 @@ use serde::{Deserialize, Serialize};
 use super::cluster::HandedAgent;
 use super::{output, Supervisor};
 use crate::control::server::ClientId;
-use crate::farm::{AfterStop, ExitKind, JobCommand, Phase, PhpEnd, ProcessKind, WorkerKey};
+use crate::farm::zygote::Disabled;
+use crate::farm::{AfterStop, Event, ExitKind, JobCommand, Phase, PhpEnd, ProcessKind, WorkerKey};
 use crate::job::{DescribedJob, JobId};
 use crate::process;
 
@@ -390,13 +391,12 @@ impl Supervisor<'_> {
         self.settle_zygote_starts();
         // The configuration process and the zygote are started again by the
         // new image; workers keep running.
-        let mut others: Vec<i32> = self.farm.config_process().pid().into_iter().collect();
-        if let super::zygote::Zygote::Running(running) = &self.zygote {
-            others.push(running.pid);
-        }
-        for pid in others {
+        self.end_zygote_for_exec(Instant::now());
+        if let Some(pid) = self.farm.config_process().pid() {
             process::signal_group(Pid::from_raw(pid), Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+            let exit = reap_killed(pid);
+            // Told to the core: should the exec fail, it starts another.
+            self.child_exited(Pid::from_raw(pid), exit, Instant::now());
         }
         self.finish_clients();
         let now = Instant::now();
@@ -470,12 +470,7 @@ impl Supervisor<'_> {
         // (`ReleaseUnit`) only now, and should the exec fail, the farm runs
         // on knowing these processes are gone.
         for pid in released {
-            use nix::sys::wait::WaitStatus;
-            let exit = match nix::sys::wait::waitpid(Pid::from_raw(pid), None) {
-                Ok(WaitStatus::Exited(_, code)) => ExitKind::Code(code),
-                Ok(WaitStatus::Signaled(_, signal, _)) => ExitKind::Signal(signal as i32),
-                _ => ExitKind::Signal(Signal::SIGKILL as i32),
-            };
+            let exit = reap_killed(pid);
             self.child_exited(Pid::from_raw(pid), exit, Instant::now());
         }
         let cluster = self.agent.as_mut().and_then(|agent| agent.hand_over(Instant::now()));
@@ -522,12 +517,11 @@ impl Supervisor<'_> {
     /// other), for at most `ZYGOTE_SETTLE`.
     fn settle_zygote_starts(&mut self) {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        if let super::zygote::Zygote::Running(running) = &mut self.zygote {
-            running.stopping = true;
-        }
+        // Not signalled: it is killed right before the exec.
+        self.zygote.stop(Disabled::Upgrading);
         let deadline = Instant::now() + ZYGOTE_SETTLE;
         loop {
-            let super::zygote::Zygote::Running(running) = &self.zygote else { return };
+            let Some(running) = self.zygote.process().map(|p| &p.link) else { return };
             if running.pending.is_empty() {
                 return;
             }
@@ -546,6 +540,36 @@ impl Supervisor<'_> {
             let _ = poll(&mut fds, timeout);
             self.read_zygote(Instant::now());
         }
+    }
+
+    /// Right before the exec: the zygote is killed and reaped (the new image
+    /// starts its own). Starts it did not answer fail and those it had not
+    /// been sent wait, both through the core, and the zygote is due again:
+    /// should the exec fail, the farm runs on as before.
+    fn end_zygote_for_exec(&mut self, now: Instant) {
+        let Some(zygote) = self.zygote.take(Disabled::Upgrading) else { return };
+        process::signal_group(Pid::from_raw(zygote.pid), Signal::SIGKILL);
+        reap_killed(zygote.pid);
+        self.zygote.rearm_after_exec(now);
+        for start in zygote.link.pending {
+            self.give_back_page(start.page);
+            let actions = self.farm.handle(Event::WorkerSpawnFailed(start.key), now);
+            self.apply(actions);
+        }
+        for key in zygote.link.awaiting {
+            let actions = self.farm.handle(Event::WorkerStartDeferred(key), now);
+            self.apply(actions);
+        }
+    }
+}
+
+/// Waits for `pid`, just sent SIGKILL, and says how it ended.
+fn reap_killed(pid: i32) -> ExitKind {
+    use nix::sys::wait::WaitStatus;
+    match nix::sys::wait::waitpid(Pid::from_raw(pid), None) {
+        Ok(WaitStatus::Exited(_, code)) => ExitKind::Code(code),
+        Ok(WaitStatus::Signaled(_, signal, _)) => ExitKind::Signal(signal as i32),
+        _ => ExitKind::Signal(Signal::SIGKILL as i32),
     }
 }
 

@@ -19,7 +19,8 @@
 //!
 //! While the zygote is starting, down (restarting with backoff) or refused
 //! (the bootstrap left a socket open), workers are forked by the supervisor
-//! as with `--no-zygote`: the farm never waits for it.
+//! as with `--no-zygote`: the farm never waits for it. Which phase it is
+//! in, and where a start goes, is `farm::zygote`'s pure lifecycle.
 
 #![forbid(unsafe_code)]
 
@@ -39,12 +40,6 @@ pub const REFUSED: u32 = 2;
 pub const STARTED: u32 = 3;
 pub const FAILED: u32 = 4;
 pub const STALE: u32 = 5;
-
-/// The first restart waits this long, doubling up to `MAX_BACKOFF`.
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// A zygote that ran this long resets the backoff.
-const STABLE_RUN: Duration = Duration::from_secs(10);
 
 /// A worker asked of the zygote, waiting for its pid.
 pub struct PendingStart {
@@ -71,22 +66,18 @@ pub enum Reply {
     Stale(String),
 }
 
-pub struct Running {
-    pub pid: i32,
-    pub since: Instant,
+/// The supervisor's connection to a running zygote (its lifecycle is
+/// `farm::zygote`): the socket, the requests it has not answered, the
+/// starts not sent yet.
+pub struct Connection {
     socket: OwnedFd,
-    pub ready: bool,
     pub pending: VecDeque<PendingStart>,
     /// Starts not sent yet, in order: asked for before it was ready (sent
     /// once it is, or forked by the supervisor if it is not ready within
-    /// `STARTUP_WAIT`), or while `MAX_IN_FLIGHT` requests were unanswered.
+    /// `farm::zygote::STARTUP_WAIT`), or while `MAX_IN_FLIGHT` requests were
+    /// unanswered.
     pub awaiting: VecDeque<WorkerKey>,
-    /// SIGTERM was sent (the farm is shutting down).
-    pub stopping: bool,
 }
-
-/// How long starts wait for a zygote that is starting (running the bootstrap).
-pub const STARTUP_WAIT: Duration = Duration::from_secs(5);
 
 /// Requests sent and not yet answered, at most. A farm of thousands asks
 /// for all its workers in one turn: the rest wait in `awaiting` and go out
@@ -100,35 +91,6 @@ pub const MAX_IN_FLIGHT: usize = 32;
 /// starts it owed are retried.
 pub const REPLY_WAIT: Duration = Duration::from_secs(5);
 
-pub enum Zygote {
-    /// `--no-zygote`.
-    Off,
-    Running(Running),
-    /// Died; started again at `at`.
-    Down {
-        at: Instant,
-    },
-    /// Refused to serve (the reason was logged): forks stay with the supervisor.
-    Refused,
-}
-
-/// The zygote's restart delay.
-#[derive(Default)]
-pub struct Backoff {
-    next: Option<Duration>,
-}
-
-impl Backoff {
-    pub fn after(&mut self, ran: Duration) -> Duration {
-        if ran >= STABLE_RUN {
-            self.next = None;
-        }
-        let delay = self.next.unwrap_or(FIRST_BACKOFF);
-        self.next = Some((delay * 2).min(MAX_BACKOFF));
-        delay
-    }
-}
-
 /// The two ends of a new zygote's socket: (the supervisor's, the zygote's).
 pub fn socket_pair() -> Result<(OwnedFd, OwnedFd), Errno> {
     let (ours, theirs) =
@@ -138,22 +100,9 @@ pub fn socket_pair() -> Result<(OwnedFd, OwnedFd), Errno> {
     Ok((ours, theirs))
 }
 
-impl Running {
-    pub fn new(pid: i32, socket: OwnedFd, now: Instant) -> Running {
-        Running {
-            pid,
-            since: now,
-            socket,
-            ready: false,
-            pending: VecDeque::new(),
-            awaiting: VecDeque::new(),
-            stopping: false,
-        }
-    }
-
-    /// When starts waiting for it stop waiting.
-    pub fn startup_deadline(&self) -> Option<Instant> {
-        (!self.ready && !self.awaiting.is_empty()).then(|| self.since + STARTUP_WAIT)
+impl Connection {
+    pub fn new(socket: OwnedFd) -> Connection {
+        Connection { socket, pending: VecDeque::new(), awaiting: VecDeque::new() }
     }
 
     /// When the oldest unanswered request makes it count as stuck.
@@ -161,15 +110,9 @@ impl Running {
         self.pending.front().map(|start| start.sent + REPLY_WAIT)
     }
 
-    /// The next moment the supervisor must look at it.
-    pub fn deadline(&self) -> Option<Instant> {
-        [self.startup_deadline(), self.reply_deadline()].into_iter().flatten().min()
-    }
-
-    /// Another request may be sent now (ready, below the window, and
-    /// nothing queued before it).
-    pub fn can_send(&self) -> bool {
-        self.ready && !self.stopping && self.pending.len() < MAX_IN_FLIGHT
+    /// Another request fits in the window.
+    pub fn has_room(&self) -> bool {
+        self.pending.len() < MAX_IN_FLIGHT
     }
 
     pub fn as_fd(&self) -> BorrowedFd<'_> {

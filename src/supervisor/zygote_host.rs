@@ -6,13 +6,19 @@
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use super::output;
-use super::zygote::{self, PendingStart, Reply, Zygote};
+use super::zygote::{self, Connection, PendingStart, Reply};
+
+use super::Supervisor;
+use crate::farm::zygote::{Disabled, StartRoute, STARTUP_WAIT};
+use crate::farm::{Event, LogLevel, WorkerKey};
+use crate::php;
+use crate::process;
 
 /// What became of a request to the zygote.
 enum Request {
@@ -22,10 +28,6 @@ enum Request {
     /// It cannot take it: fork it here.
     Fallback,
 }
-use super::Supervisor;
-use crate::farm::{Event, LogLevel, WorkerKey};
-use crate::php;
-use crate::process;
 
 impl Supervisor<'_> {
     /// Forks the zygote; on failure it is retried later (workers are forked
@@ -33,12 +35,12 @@ impl Supervisor<'_> {
     pub(super) fn start_zygote(&mut self, now: Instant) {
         let (ours, theirs) = match zygote::socket_pair() {
             Ok(pair) => pair,
-            Err(e) => return self.zygote_down(&format!("cannot create its socket: {e}"), Duration::ZERO, now),
+            Err(e) => return self.zygote_start_failed(&format!("cannot create its socket: {e}"), now),
         };
         let program = match php::zygote_program(self.config.bootstrap.as_deref(), &self.config.argv, theirs.as_raw_fd())
         {
             Ok(program) => program,
-            Err(e) => return self.zygote_down(&format!("cannot prepare it: {e}"), Duration::ZERO, now),
+            Err(e) => return self.zygote_start_failed(&format!("cannot prepare it: {e}"), now),
         };
         let pipes = self.output_pipes("the zygote");
         let setup = self.child_setup(pipes.as_ref(), Some(theirs.as_raw_fd()));
@@ -50,21 +52,20 @@ impl Supervisor<'_> {
                 let subject = crate::telemetry::Subject { pid: Some(pid.as_raw()), ..Default::default() };
                 let message = format!("zygote running as pid {pid}; it runs the bootstrap once");
                 crate::telemetry::log(LogLevel::Info, &message, subject);
-                self.zygote = Zygote::Running(zygote::Running::new(pid.as_raw(), ours, now));
+                self.zygote.started(pid.as_raw(), Connection::new(ours), now);
             }
-            Err(e) => self.zygote_down(&format!("cannot fork it: {e}"), Duration::ZERO, now),
+            Err(e) => self.zygote_start_failed(&format!("cannot fork it: {e}"), now),
         }
     }
 
-    /// It is not running (after `ran`): workers are forked directly until
-    /// it is started again, with backoff.
-    fn zygote_down(&mut self, why: &str, ran: Duration, now: Instant) {
-        let delay = self.zygote_backoff.after(ran);
+    /// It could not be started: workers are forked directly until it is
+    /// started again, with backoff.
+    fn zygote_start_failed(&mut self, why: &str, now: Instant) {
+        let delay = self.zygote.start_failed(now);
         tracing::warn!(
             "zygote: {why}; workers are forked by the supervisor until it runs again (in {}s)",
             delay.as_secs()
         );
-        self.zygote = Zygote::Down { at: crate::farm::lifecycle::later(now, delay) };
     }
 
     /// Hands the start of `key` to the zygote: asked now when it is ready
@@ -73,22 +74,25 @@ impl Supervisor<'_> {
         if self.farm.is_shutting_down() || !self.runs_as_farm_user(&key.id) {
             return None;
         }
-        let Zygote::Running(running) = &mut self.zygote else { return None };
-        if running.stopping {
-            return None;
-        }
-        if !running.ready && now.saturating_duration_since(running.since) >= zygote::STARTUP_WAIT {
-            return None;
-        }
-        if !running.ready || !running.awaiting.is_empty() || !running.can_send() {
-            running.awaiting.push_back(key.clone());
-            return Some(());
+        let route = self.zygote.route(now);
+        let link = &mut self.zygote.process_mut()?.link;
+        match route {
+            StartRoute::Direct => return None,
+            StartRoute::Wait => {
+                link.awaiting.push_back(key.clone());
+                return Some(());
+            }
+            StartRoute::Zygote if !link.awaiting.is_empty() || !link.has_room() => {
+                link.awaiting.push_back(key.clone());
+                return Some(());
+            }
+            StartRoute::Zygote => {}
         }
         match self.request_from_zygote(key) {
             Request::Sent => Some(()),
             Request::Busy => {
-                if let Zygote::Running(running) = &mut self.zygote {
-                    running.awaiting.push_back(key.clone());
+                if let Some(process) = self.zygote.process_mut() {
+                    process.link.awaiting.push_back(key.clone());
                 }
                 Some(())
             }
@@ -98,34 +102,32 @@ impl Supervisor<'_> {
 
     /// Starts that wait: to the zygote as far as its window allows when it
     /// is ready (a zygote still starting keeps them); forked here when it
-    /// cannot take them (`fallback`: refused or ended), or when the farm is
-    /// shutting down.
+    /// cannot take them (`fallback`: refused, stuck or too slow to start),
+    /// or when the farm is shutting down.
     pub(super) fn release_awaiting(&mut self, now: Instant, fallback: bool) {
         let shutting_down = self.farm.is_shutting_down();
         loop {
-            let Zygote::Running(running) = &mut self.zygote else { return };
-            let still_starting = !running.ready && !running.stopping;
-            if still_starting && !fallback && !shutting_down {
-                return;
+            let route = if fallback || shutting_down { StartRoute::Direct } else { self.zygote.route(now) };
+            let Some(process) = self.zygote.process_mut() else { return };
+            match route {
+                StartRoute::Wait => return,
+                StartRoute::Zygote if !process.link.has_room() => return,
+                StartRoute::Zygote | StartRoute::Direct => {}
             }
-            let to_zygote = running.ready && !running.stopping && !shutting_down && !fallback;
-            if to_zygote && !running.can_send() {
-                return;
-            }
-            let Some(key) = running.awaiting.pop_front() else { return };
+            let Some(key) = process.link.awaiting.pop_front() else { return };
             if !self.farm.start_wanted(&key) {
                 self.start_not_wanted(key, now);
                 continue;
             }
-            if !to_zygote {
+            if route == StartRoute::Direct {
                 self.start_directly(&key, now);
                 continue;
             }
             match self.request_from_zygote(&key) {
                 Request::Sent => {}
                 Request::Busy => {
-                    if let Zygote::Running(running) = &mut self.zygote {
-                        running.awaiting.push_front(key);
+                    if let Some(process) = self.zygote.process_mut() {
+                        process.link.awaiting.push_front(key);
                     }
                     return;
                 }
@@ -152,34 +154,47 @@ impl Supervisor<'_> {
         self.apply(actions);
     }
 
-    /// A zygote past a deadline: not ready `STARTUP_WAIT` after it started
-    /// (the starts waiting for it are forked here), or a request unanswered
-    /// for `REPLY_WAIT` (it is killed; its exit retries what it owed).
+    /// The zygote's next deadline: its lifecycle's (a restart, the startup
+    /// wait) or its oldest unanswered request's.
+    pub(super) fn zygote_deadline(&self) -> Option<Instant> {
+        let link = self.zygote.process().map(|p| &p.link);
+        let waiting = link.is_some_and(|l| !l.awaiting.is_empty());
+        [self.zygote.deadline(waiting), link.and_then(Connection::reply_deadline)].into_iter().flatten().min()
+    }
+
+    /// A zygote past a deadline: due to start again, not ready
+    /// `STARTUP_WAIT` after it started (the starts waiting for it are forked
+    /// here), or a request unanswered for `REPLY_WAIT` (it is killed; its
+    /// exit retries what it owed).
     pub(super) fn zygote_overdue(&mut self, now: Instant) {
-        let Zygote::Running(running) = &mut self.zygote else { return };
-        if running.startup_deadline().is_some_and(|at| at <= now) {
+        if self.zygote.start_due(now) && !self.farm.is_shutting_down() {
+            return self.start_zygote(now);
+        }
+        let Some(process) = self.zygote.process() else { return };
+        if !process.link.awaiting.is_empty() && self.zygote.startup_overdue(now) {
             tracing::warn!(
                 "zygote: not ready {}s after it started (a slow bootstrap?); forking waiting workers directly",
-                zygote::STARTUP_WAIT.as_secs()
+                STARTUP_WAIT.as_secs()
             );
-            self.release_awaiting(now, true);
-        } else if !running.stopping && running.reply_deadline().is_some_and(|at| at <= now) {
+            return self.release_awaiting(now, true);
+        }
+        if !process.link.reply_deadline().is_some_and(|at| at <= now) {
+            return;
+        }
+        let owed = process.link.pending.len();
+        if let Some(pid) = self.zygote.kill_stuck() {
             tracing::error!(
-                "zygote: pid {} left a start unanswered for {}s; killing it (it is started again, and the {} start(s) \
-                 it owed are retried)",
-                running.pid,
+                "zygote: pid {pid} left a start unanswered for {}s; killing it (it is started again, and the {owed} \
+                 start(s) it owed are retried)",
                 zygote::REPLY_WAIT.as_secs(),
-                running.pending.len()
             );
-            running.stopping = true;
-            process::signal_group(Pid::from_raw(running.pid), Signal::SIGKILL);
+            process::signal_group(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
 
     /// Asks the ready zygote for the worker of `key`.
     fn request_from_zygote(&mut self, key: &WorkerKey) -> Request {
-        let Zygote::Running(running) = &self.zygote else { return Request::Fallback };
-        if !running.ready || running.stopping || self.farm.is_shutting_down() || !self.runs_as_farm_user(&key.id) {
+        if !self.zygote.is_ready() || self.farm.is_shutting_down() || !self.runs_as_farm_user(&key.id) {
             return Request::Fallback;
         }
         let Some(state) = self.farm.job(&key.id) else { return Request::Fallback };
@@ -192,13 +207,14 @@ impl Supervisor<'_> {
         let params = launch.params.to_string();
         let page = self.slots.as_mut().and_then(crate::process::shared_page::SharedSlots::allocate);
         let pipes = self.output_pipes(&label);
-        let Zygote::Running(running) = &mut self.zygote else { return Request::Fallback };
+        let Some(process) = self.zygote.process_mut() else { return Request::Fallback };
+        let link = &mut process.link;
         let write_ends = pipes.as_ref().map(|p| (p.stdout.1.as_raw_fd(), p.stderr.1.as_raw_fd()));
         // A NUL in a job's name or id is shown, as on the direct path (C text).
         let title = launch.title.replace('\0', "\\0");
-        let sent = running.request(&title, &params, page.as_ref(), launch.stop_grace, write_ends);
+        let sent = link.request(&title, &params, page.as_ref(), launch.stop_grace, write_ends);
         if sent.is_ok() {
-            running.pending.push_back(PendingStart {
+            link.pending.push_back(PendingStart {
                 key: key.clone(),
                 sent: Instant::now(),
                 name,
@@ -208,7 +224,7 @@ impl Supervisor<'_> {
             });
             return Request::Sent;
         }
-        let busy = sent == Err(nix::errno::Errno::EAGAIN) && !running.pending.is_empty();
+        let busy = sent == Err(nix::errno::Errno::EAGAIN) && !link.pending.is_empty();
         self.give_back_page(page);
         if busy {
             // Its replies will make room.
@@ -222,15 +238,14 @@ impl Supervisor<'_> {
     /// Handles every reply the zygote has sent, then sends the starts that
     /// waited for room.
     pub(super) fn read_zygote(&mut self, now: Instant) {
-        let Zygote::Running(running) = &self.zygote else { return };
-        let replies = running.replies();
+        let Some(process) = self.zygote.process() else { return };
+        let replies = process.link.replies();
         let answered = !replies.is_empty();
         for reply in replies {
             match reply {
                 Reply::Ready(reserved_kib) => {
-                    if let Zygote::Running(running) = &mut self.zygote {
-                        running.ready = true;
-                        let subject = crate::telemetry::Subject { pid: Some(running.pid), ..Default::default() };
+                    if self.zygote.ready() {
+                        let subject = crate::telemetry::Subject { pid: self.zygote.pid(), ..Default::default() };
                         let message = format!(
                             "zygote ready: workers are forked from it ({reserved_kib} KiB of the bootstrap's free \
                              heap slots kept, so that workers allocate on pages of their own)"
@@ -244,18 +259,16 @@ impl Supervisor<'_> {
                         "zygote refused to serve: {why}; workers are forked by the supervisor, each running the \
                          bootstrap itself (as with --no-zygote)"
                     );
-                    if let Zygote::Running(running) = &mut self.zygote {
-                        process::signal_group(Pid::from_raw(running.pid), Signal::SIGTERM);
-                        running.ready = false;
+                    if let Some(pid) = self.zygote.stop(Disabled::Refused) {
+                        process::signal_group(Pid::from_raw(pid), Signal::SIGTERM);
                     }
-                    self.zygote_refused = true;
                     self.release_awaiting(now, true);
                 }
                 Reply::Started(pid) => self.zygote_started(pid, now),
                 Reply::Stale(what) => return self.replace_stale_zygote(&what, now),
                 Reply::Failed(errno) => {
-                    let Zygote::Running(running) = &mut self.zygote else { return };
-                    let Some(start) = running.pending.pop_front() else { continue };
+                    let Some(process) = self.zygote.process_mut() else { return };
+                    let Some(start) = process.link.pending.pop_front() else { continue };
                     self.give_back_page(start.page);
                     crate::telemetry::log(
                         LogLevel::Error,
@@ -276,7 +289,7 @@ impl Supervisor<'_> {
     /// new one is started, and the starts the old one had not answered, and
     /// those waiting, go to it (or are forked here if it cannot start).
     fn replace_stale_zygote(&mut self, what: &str, now: Instant) {
-        let Zygote::Running(old) = std::mem::replace(&mut self.zygote, Zygote::Off) else { return };
+        let Some(old) = self.zygote.retire(now) else { return };
         let subject = crate::telemetry::Subject { pid: Some(old.pid), ..Default::default() };
         let message = format!(
             "zygote: {what}; starting a new zygote with the code now on disk (running workers keep the code they \
@@ -284,16 +297,16 @@ impl Supervisor<'_> {
         );
         crate::telemetry::log(LogLevel::Info, &message, subject);
         let mut awaiting = VecDeque::new();
-        for start in old.pending {
+        for start in old.link.pending {
             self.give_back_page(start.page);
             awaiting.push_back(start.key);
         }
-        awaiting.extend(old.awaiting);
+        awaiting.extend(old.link.awaiting);
         self.retired_zygotes.push(old.pid);
         self.start_zygote(now);
-        match &mut self.zygote {
-            Zygote::Running(new) => new.awaiting = awaiting,
-            _ => {
+        match self.zygote.process_mut() {
+            Some(new) => new.link.awaiting = awaiting,
+            None => {
                 for key in awaiting {
                     self.start_directly(&key, now);
                 }
@@ -313,52 +326,60 @@ impl Supervisor<'_> {
     }
 
     fn zygote_started(&mut self, pid: i32, now: Instant) {
-        let Zygote::Running(running) = &mut self.zygote else { return };
-        let Some(start) = running.pending.pop_front() else { return };
+        let Some(process) = self.zygote.process_mut() else { return };
+        let Some(start) = process.link.pending.pop_front() else { return };
         self.worker_forked(&start.key, &start.label, start.name, pid, start.page, start.pipes, " (from the zygote)");
         let actions = self.farm.handle(Event::WorkerStarted { key: start.key, pid }, now);
         self.apply(actions);
     }
 
-    /// The zygote was reaped: the starts it still owed fail (they are
-    /// retried like any failed fork), and it is started again later.
-    pub(super) fn zygote_exited(&mut self, exit: crate::farm::ExitKind, now: Instant) {
+    /// Process `pid`, the zygote, was reaped: the starts waiting for it are
+    /// forked here, those it still owed fail (they are retried like any
+    /// failed fork), and it is started again later unless it was stopped
+    /// for good.
+    pub(super) fn zygote_exited(&mut self, pid: i32, exit: crate::farm::ExitKind, now: Instant) {
+        // Its last replies: the pids of workers it forked before it ended.
         self.read_zygote(now);
-        if let Zygote::Running(running) = &mut self.zygote {
-            running.ready = false;
+        let Some(ended) = self.zygote.exited(pid, now, self.farm.is_shutting_down()) else {
+            // It reported itself stale in those replies: retired.
+            self.retired_zygote_exited(pid);
+            return;
+        };
+        for key in ended.process.link.awaiting {
+            self.start_directly(&key, now);
         }
-        self.release_awaiting(now, true);
-        let Zygote::Running(running) = std::mem::replace(&mut self.zygote, Zygote::Off) else { return };
-        let ran = now.saturating_duration_since(running.since);
-        for start in running.pending {
+        for start in ended.process.link.pending {
             self.give_back_page(start.page);
             let actions = self.farm.handle(Event::WorkerSpawnFailed(start.key), now);
             self.apply(actions);
         }
-        if self.zygote_refused || self.farm.is_shutting_down() {
-            self.zygote = Zygote::Refused;
-            return;
+        if let Some(delay) = ended.restart_in {
+            let described = exit.describe(crate::farm::ProcessKind::Worker, crate::farm::PhpEnd::Unknown);
+            tracing::warn!(
+                "zygote: pid {pid} ended ({described}); workers are forked by the supervisor until it runs again \
+                 (in {}s)",
+                delay.as_secs()
+            );
         }
-        let described = exit.describe(crate::farm::ProcessKind::Worker, crate::farm::PhpEnd::Unknown);
-        self.zygote_down(&format!("pid {} ended ({described})", running.pid), ran, now);
     }
 
-    /// At shutdown, once it owes no reply: the zygote is told to end.
+    /// At shutdown, once it owes no reply: the zygote is told to end (one
+    /// that is down is not started again).
     pub(super) fn stop_zygote_if_idle(&mut self) {
-        if let Zygote::Running(running) = &mut self.zygote {
-            if running.pending.is_empty() && !running.stopping {
-                running.stopping = true;
-                process::signal_group(Pid::from_raw(running.pid), Signal::SIGTERM);
-            }
+        if self.zygote.process().is_some_and(|p| !p.link.pending.is_empty()) {
+            return;
+        }
+        if let Some(pid) = self.zygote.stop(Disabled::ShutDown) {
+            process::signal_group(Pid::from_raw(pid), Signal::SIGTERM);
         }
     }
 
     /// The host is exiting: a zygote still there goes first (no process
     /// outlives the host).
     pub(super) fn reap_zygote(&mut self) {
-        if let Zygote::Running(running) = std::mem::replace(&mut self.zygote, Zygote::Off) {
-            process::signal_group(Pid::from_raw(running.pid), Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(Pid::from_raw(running.pid), None);
+        if let Some(process) = self.zygote.take(Disabled::ShutDown) {
+            process::signal_group(Pid::from_raw(process.pid), Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(process.pid), None);
         }
     }
 }
