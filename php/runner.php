@@ -451,14 +451,22 @@ function send_message(array $message): void
 // `$stage` is updated by run_config as it goes.
 function explain_memory_exhaustion(array &$stage): void
 {
-    \register_shutdown_function(static function () use (&$stage): void {
+    // PHP 8.4 leaves no room past memory_limit, not even for the first
+    // call of this handler: it is called once now (its first call allocates
+    // its run-time cache), and memory is kept aside, freed before it reports.
+    $reserve = \str_repeat("\0", 256 * 1024);
+    $report = static function (bool $warmUp = false) use (&$stage, &$reserve): void {
+        if ($warmUp) {
+            return;
+        }
+        $reserve = null;
+        $limit = (string) \ini_get('memory_limit');
+        // The exhausted heap still holds the configuration: room to report.
+        \ini_set('memory_limit', '-1');
         $error = \error_get_last();
         if ($error === null || $error['type'] !== \E_ERROR || !\str_starts_with($error['message'], 'Allowed memory size')) {
             return;
         }
-        $limit = (string) \ini_get('memory_limit');
-        // The exhausted heap still holds the configuration: room to report.
-        \ini_set('memory_limit', '-1');
         $where = $stage['jobs'] === null
             ? 'while ' . $stage['what'] . ' ran (in ' . $error['file'] . ' on line ' . $error['line'] . ')'
             : \sprintf('while describing the %s jobs %s returned', \number_format($stage['jobs']), $stage['what']);
@@ -469,7 +477,9 @@ function explain_memory_exhaustion(array &$stage): void
             $limit,
             $where
         )]);
-    });
+    };
+    $report(true);
+    \register_shutdown_function($report);
 }
 
 function run_config(array $params): void
