@@ -289,6 +289,12 @@ pub enum WorkerOutput {
 }
 
 impl FarmOptions {
+    /// `--zygote` and `--no-zygote` override each other, the last one
+    /// given wins; neither: the zygote.
+    pub fn uses_zygote(&self) -> bool {
+        self.zygote || !self.no_zygote
+    }
+
     /// The host-wide defaults for jobs' optional fields.
     pub fn job_defaults(&self) -> crate::job::JobDefaults {
         crate::job::JobDefaults {
@@ -470,6 +476,18 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_last_of_zygote_and_no_zygote_wins() {
+        let uses = |args: &[&str]| {
+            let argv = ["lrpm-host"].iter().chain(args).chain(&["src.php"]).copied().collect::<Vec<_>>();
+            Cli::try_parse_from(argv).unwrap().farm.uses_zygote()
+        };
+        assert!(uses(&[]));
+        assert!(!uses(&["--no-zygote"]));
+        assert!(!uses(&["--zygote", "--no-zygote"]));
+        assert!(uses(&["--no-zygote", "--zygote"]));
     }
 
     #[test]

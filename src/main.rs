@@ -183,7 +183,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 job_defaults: cli.farm.job_defaults(),
                 capture_output: cli.farm.worker_output == lrpm_host::cli::WorkerOutput::Capture,
                 metrics_listen: cli.farm.metrics_listen,
-                zygote: !cli.farm.no_zygote,
+                zygote: cli.farm.uses_zygote(),
                 program: std::env::current_exe().context("finding this program's path")?,
                 upgrade_trial_timeout: std::time::Duration::from_secs(cli.farm.upgrade_trial_timeout),
                 user,

@@ -323,10 +323,6 @@ impl ControlServer {
     pub fn expire(&mut self, now: Instant) {
         self.clients.retain(|_, c| c.deadline > now);
     }
-
-    pub fn drop_client(&mut self, id: ClientId) {
-        self.clients.remove(&id);
-    }
 }
 
 impl Drop for ControlServer {

@@ -490,8 +490,9 @@ pub fn config_program(
         "once": once,
     });
     let mut program = ChildProgram::new(&params, argv, "lrpm-host: config", Some(message_fd))?;
-    // Half the configuration process's 5 s stop timeout.
-    program.set_stop_grace(std::time::Duration::from_millis(2500));
+    // Half the configuration process's stop timeout: its handlers run, and
+    // it ends before the core's SIGKILL.
+    program.set_stop_grace(crate::farm::CONFIG_STOP_TIMEOUT / 2);
     Ok(program)
 }
 

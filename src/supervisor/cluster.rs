@@ -231,6 +231,7 @@ impl Supervisor<'_> {
         if !agent.take_over(handed, now) {
             return;
         }
+        self.children.insert(pid, super::children::ChildRole::ClusterAgent);
         tracing::info!(
             "cluster: agent pid {pid} taken over from the previous image (member {}): its lease and claims go on",
             agent.settings.member
@@ -261,6 +262,7 @@ impl Supervisor<'_> {
                 );
                 agent.pid = Some(pid);
                 agent.socket = Some(socket);
+                self.children.insert(pid, super::children::ChildRole::ClusterAgent);
                 agent.link = Link::new(settings.ttl);
                 agent.drain_sent = false;
                 // The new agent learns every unit, and a drain in force.
@@ -337,6 +339,7 @@ impl Supervisor<'_> {
                 crate::process::signal_group(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
                 let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
                 agent.pid = None;
+                self.children.remove(pid);
                 true
             }
             Some(_) => false,

@@ -148,14 +148,14 @@ impl Supervisor<'_> {
 
     /// The OPcache figures of the live worker that published last.
     fn opcache_figures(&self) -> Option<OpcacheFigures> {
-        self.pages.values().filter_map(|page| page.opcache()).max_by_key(|f| f.published_ns)
+        self.children.pages().filter_map(|page| page.opcache()).max_by_key(|f| f.published_ns)
     }
 
     fn job_figures(&mut self, now: Instant) -> Vec<JobFigures<'_>> {
         let pids: Vec<i32> = self.farm.jobs().values().flat_map(|s| s.pids().map(|(_, pid)| pid)).collect();
         let mut resident = self.rss.sample(&pids).into_iter();
         let monotonic_now = process::monotonic_now_ns();
-        let pages = &self.pages;
+        let children = &self.children;
         self.farm
             .jobs()
             .iter()
@@ -173,7 +173,7 @@ impl Supervisor<'_> {
                     figures.running += u64::from(matches!(slot.phase, Phase::Running { .. }));
                     let Some(pid) = slot.phase.pid() else { continue };
                     figures.resident += resident.next().flatten().unwrap_or(0);
-                    if let Some(snapshot) = pages.get(&pid).map(|p| p.cycle_snapshot(monotonic_now)) {
+                    if let Some(snapshot) = children.page(pid).map(|p| p.cycle_snapshot(monotonic_now)) {
                         figures.cycles += snapshot.cycles;
                         figures.last_cycle = figures.last_cycle.max(snapshot.last_cycle);
                     }
@@ -242,7 +242,8 @@ impl Supervisor<'_> {
             for (slot, slot_state) in &state.slots {
                 let pid = slot_state.phase.pid();
                 pids.extend(pid);
-                let cycles = pid.and_then(|pid| self.pages.get(&pid)).map(|p| p.cycle_snapshot(monotonic_now).cycles);
+                let cycles =
+                    pid.and_then(|pid| self.children.page(pid)).map(|p| p.cycle_snapshot(monotonic_now).cycles);
                 let id = crate::escape::controls(&id.to_string()).into_owned();
                 rows.push([
                     if state.job.replicas > 1 || *slot > 0 { format!("{id}#{slot}") } else { id.to_string() },

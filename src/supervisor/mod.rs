@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+mod children;
 mod cluster;
 mod cluster_view;
 pub mod config_channel;
@@ -26,7 +27,7 @@ mod zygote;
 mod zygote_host;
 pub use upgrade::UPGRADE_CHECK_ENV;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,7 @@ use crate::metrics::http::{HttpClientId, HttpServer};
 use crate::php::{self, Engine, PhpError};
 use crate::process::shared_page::{SharedPage, SharedSlots};
 use crate::process::{self, ExitKind, ProcessError, SignalEvents};
+use children::ChildRole;
 use config_channel::{ConfigChannel, PushRate};
 
 /// Forking stops for the turn once it took this long; the rest of the due
@@ -138,14 +140,13 @@ struct Supervisor<'e> {
     reap_pending: bool,
     /// One shared page per worker, from one region mapped before the first fork.
     slots: Option<SharedSlots>,
-    pages: HashMap<i32, SharedPage>,
+    /// Every child not reaped yet, what it is, and the workers' pages.
+    children: children::ChildTable,
     /// Workers' output, when captured (`--worker-output=capture`).
     output: Option<output::OutputRouter>,
     /// The zygote's lifecycle (Disabled with `--no-zygote`) and, while it
     /// runs, the connection to it.
     zygote: crate::farm::zygote::Zygote<zygote::Connection>,
-    /// Zygotes replaced after a code change, not reaped yet.
-    retired_zygotes: Vec<i32>,
     /// `lrpmctl upgrade` under way.
     upgrade: Option<upgrade::Upgrade>,
     /// Creating output pipes failed and was logged (until it works again).
@@ -239,10 +240,9 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
                 None
             }
         },
-        pages: HashMap::new(),
+        children: children::ChildTable::default(),
         output,
         zygote: crate::farm::zygote::Zygote::new(zygote_enabled, Instant::now()),
-        retired_zygotes: Vec::new(),
         upgrade: None,
         output_pipes_failed: false,
         output_paused_until: None,
@@ -572,21 +572,25 @@ impl Supervisor<'_> {
         }
     }
 
+    /// One reaped child, handed to whoever started it.
     fn child_exited(&mut self, pid: Pid, exit: ExitKind, now: Instant) {
-        if self.zygote.pid() == Some(pid.as_raw()) {
-            if let Some(output) = self.output.as_mut() {
-                output.drain(pid.as_raw());
+        let children::Reaped { role, page } = self.children.remove(pid.as_raw());
+        match role {
+            Some(ChildRole::Zygote | ChildRole::RetiredZygote) => {
+                if let Some(output) = self.output.as_mut() {
+                    output.drain(pid.as_raw());
+                }
+                if role == Some(ChildRole::Zygote) {
+                    self.zygote_exited(pid.as_raw(), exit, now);
+                }
+                return;
             }
-            return self.zygote_exited(pid.as_raw(), exit, now);
-        }
-        if self.retired_zygote_exited(pid.as_raw()) {
-            return;
-        }
-        if self.is_upgrade_check(pid.as_raw()) {
-            return self.upgrade_check_exited(exit);
-        }
-        if self.agent_exited(pid.as_raw(), exit, now) {
-            return;
+            Some(ChildRole::UpgradeTrial) => return self.upgrade_check_exited(exit),
+            Some(ChildRole::ClusterAgent) => {
+                self.agent_exited(pid.as_raw(), exit, now);
+                return;
+            }
+            Some(ChildRole::Worker | ChildRole::ConfigProcess) | None => {}
         }
         if !self.farm.knows_pid(pid.as_raw()) {
             // An orphan adopted as PID 1 or subreaper: reaped, nothing more.
@@ -598,7 +602,7 @@ impl Supervisor<'_> {
         // The page is read before it goes back to the pool: the next worker
         // to get it starts from zero.
         let (recycle, cycles, stop_signalled, php) =
-            self.pages.get(&pid.as_raw()).map_or((None, 0, false, crate::farm::PhpEnd::Unknown), |page| {
+            page.as_ref().map_or((None, 0, false, crate::farm::PhpEnd::Unknown), |page| {
                 let php = match page.ended_status() {
                     Some(_) => crate::farm::PhpEnd::Ended,
                     None => crate::farm::PhpEnd::NotEnded,
@@ -606,7 +610,7 @@ impl Supervisor<'_> {
                 let recycle = crate::farm::RecycleReason::from_worker_code(page.recycle_reason());
                 (recycle, page.cycles(), page.stop_signalled(), php)
             });
-        self.release_page(pid);
+        self.give_back_page(page);
         // Its last words before the line about its exit.
         if let Some(output) = self.output.as_mut() {
             output.drain(pid.as_raw());
@@ -635,7 +639,7 @@ impl Supervisor<'_> {
 
     /// A worker's cycle counters from its shared page (None without one).
     fn cycle_figures(&self, pid: i32) -> Option<crate::control::status::CycleFigures> {
-        let snapshot = self.pages.get(&pid)?.cycle_snapshot(process::monotonic_now_ns());
+        let snapshot = self.children.page(pid)?.cycle_snapshot(process::monotonic_now_ns());
         Some(crate::control::status::CycleFigures {
             cycles: snapshot.cycles,
             last_cycle: snapshot.last_cycle,
@@ -693,7 +697,7 @@ impl Supervisor<'_> {
                         // deadlines; one that came since, or a process still
                         // in the kernel's teardown, has stopped: it is reaped
                         // next turn, neither killed nor reported as stuck.
-                        let ended = self.pages.get(&pid).and_then(SharedPage::ended_status);
+                        let ended = self.children.page(pid).and_then(SharedPage::ended_status);
                         match (ended, process::exit_progress(Pid::from_raw(pid))) {
                             (None, process::ExitProgress::Alive) => {}
                             (ended, progress) => {
@@ -707,7 +711,7 @@ impl Supervisor<'_> {
                                 continue;
                             }
                         }
-                        let handler = match self.pages.get(&pid) {
+                        let handler = match self.children.page(pid) {
                             Some(page) if page.user_replaced_stop_handler() => {
                                 "user code had installed its own SIGTERM/SIGINT handler (pcntl_signal), which lrpm-host chains: \
                                  the stop was requested, but cycle() did not return in time"

@@ -96,6 +96,7 @@ impl Supervisor<'_> {
         let engine = self.engine;
         let pid = process::spawn_child(&setup, |parent| program.run(engine, parent))?;
         drop(write_end);
+        self.children.insert(pid.as_raw(), super::children::ChildRole::ConfigProcess);
         self.capture(output::Source::Config { pid: pid.as_raw() }, pipes);
         self.config_channel = Some(ConfigChannel::new(read_end));
         // A new process sends every entry in full.
@@ -117,9 +118,7 @@ impl Supervisor<'_> {
         read_ends: Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
         how: &str,
     ) {
-        if let Some(page) = page {
-            self.pages.insert(pid, page);
-        }
+        self.children.insert_worker(pid, page);
         let job = key.id.to_string();
         let subject =
             crate::telemetry::Subject { job: Some(&job), name: Some(&name), slot: Some(key.slot), pid: Some(pid) };
@@ -192,12 +191,6 @@ impl Supervisor<'_> {
             (Some(own), Some(farm)) => ids(own) == ids(farm),
             (Some(_), None) => false,
         }
-    }
-
-    /// Gives a reaped worker's page back.
-    pub(super) fn release_page(&mut self, pid: Pid) {
-        let page = self.pages.remove(&pid.as_raw());
-        self.give_back_page(page);
     }
 
     /// Returns a page that no process took (a failed fork, a start the

@@ -42,6 +42,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+use super::children::ChildRole;
 use super::cluster::HandedAgent;
 use super::{output, Supervisor};
 use crate::control::server::ClientId;
@@ -281,6 +282,7 @@ impl Supervisor<'_> {
                 );
                 // The client waits for the outcome; lrpmctl waits that long.
                 self.control.defer(client, now + timeout + Duration::from_secs(5));
+                self.children.insert(pid.as_raw(), ChildRole::UpgradeTrial);
                 self.upgrade = Some(Upgrade::Checking(Trial {
                     pid: pid.as_raw(),
                     report,
@@ -329,11 +331,6 @@ impl Supervisor<'_> {
                 process::signal_group(Pid::from_raw(trial.pid), Signal::SIGKILL);
             }
         }
-    }
-
-    /// True for the trial run's pid (reaped by the loop like any child).
-    pub(super) fn is_upgrade_check(&self, pid: i32) -> bool {
-        matches!(&self.upgrade, Some(Upgrade::Checking(trial)) if trial.pid == pid)
     }
 
     /// The trial run ended: exec the new binary if it passed.
@@ -550,6 +547,7 @@ impl Supervisor<'_> {
         let Some(zygote) = self.zygote.take(Disabled::Upgrading) else { return };
         process::signal_group(Pid::from_raw(zygote.pid), Signal::SIGKILL);
         reap_killed(zygote.pid);
+        self.children.remove(zygote.pid);
         self.zygote.rearm_after_exec(now);
         for start in zygote.link.pending {
             self.give_back_page(start.page);
@@ -748,6 +746,7 @@ impl Supervisor<'_> {
                 .collect();
             for slot in &job.slots {
                 adopted += 1;
+                self.children.insert_worker(slot.pid, None);
                 let (Some(out), Some(err)) =
                     (slot.stdout_fd.and_then(process::adopt_fd), slot.stderr_fd.and_then(process::adopt_fd))
                 else {

@@ -14,6 +14,7 @@ use nix::unistd::Pid;
 use super::output;
 use super::zygote::{self, Connection, PendingStart, Reply};
 
+use super::children::ChildRole;
 use super::Supervisor;
 use crate::farm::zygote::{Disabled, StartRoute, STARTUP_WAIT};
 use crate::farm::{Event, LogLevel, WorkerKey};
@@ -48,6 +49,7 @@ impl Supervisor<'_> {
         match process::spawn_child(&setup, |parent| program.run(engine, parent)) {
             Ok(pid) => {
                 drop(theirs);
+                self.children.insert(pid.as_raw(), ChildRole::Zygote);
                 self.capture(output::Source::Zygote { pid: pid.as_raw() }, pipes);
                 let subject = crate::telemetry::Subject { pid: Some(pid.as_raw()), ..Default::default() };
                 let message = format!("zygote running as pid {pid}; it runs the bootstrap once");
@@ -302,7 +304,7 @@ impl Supervisor<'_> {
             awaiting.push_back(start.key);
         }
         awaiting.extend(old.link.awaiting);
-        self.retired_zygotes.push(old.pid);
+        self.children.retire_zygote(old.pid);
         self.start_zygote(now);
         match self.zygote.process_mut() {
             Some(new) => new.link.awaiting = awaiting,
@@ -312,17 +314,6 @@ impl Supervisor<'_> {
                 }
             }
         }
-    }
-
-    /// A zygote replaced after a code change, reaped: nothing to do but
-    /// forward its last output.
-    pub(super) fn retired_zygote_exited(&mut self, pid: i32) -> bool {
-        let Some(index) = self.retired_zygotes.iter().position(|p| *p == pid) else { return false };
-        self.retired_zygotes.swap_remove(index);
-        if let Some(output) = self.output.as_mut() {
-            output.drain(pid);
-        }
-        true
     }
 
     fn zygote_started(&mut self, pid: i32, now: Instant) {
@@ -340,11 +331,8 @@ impl Supervisor<'_> {
     pub(super) fn zygote_exited(&mut self, pid: i32, exit: crate::farm::ExitKind, now: Instant) {
         // Its last replies: the pids of workers it forked before it ended.
         self.read_zygote(now);
-        let Some(ended) = self.zygote.exited(pid, now, self.farm.is_shutting_down()) else {
-            // It reported itself stale in those replies: retired.
-            self.retired_zygote_exited(pid);
-            return;
-        };
+        // None: it reported itself stale in those replies, and was retired.
+        let Some(ended) = self.zygote.exited(pid, now, self.farm.is_shutting_down()) else { return };
         for key in ended.process.link.awaiting {
             self.start_directly(&key, now);
         }
@@ -378,6 +366,7 @@ impl Supervisor<'_> {
     /// outlives the host).
     pub(super) fn reap_zygote(&mut self) {
         if let Some(process) = self.zygote.take(Disabled::ShutDown) {
+            self.children.remove(process.pid);
             process::signal_group(Pid::from_raw(process.pid), Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(Pid::from_raw(process.pid), None);
         }
