@@ -3,6 +3,39 @@
 
 use super::*;
 
+/// What `Farm::handoff` gives an upgrade's next image.
+#[derive(Debug, Default, PartialEq)]
+pub struct FarmHandoff {
+    pub jobs: Vec<JobHandoff>,
+    /// Processes the next image does not take: killed before the exec.
+    pub killed: Vec<KilledAtHandoff>,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct JobHandoff {
+    pub id: JobId,
+    pub held: bool,
+    pub running: Vec<RunningAtHandoff>,
+    /// Slots whose claim this member holds, with its fencing token.
+    pub units: Vec<(u32, i64)>,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct RunningAtHandoff {
+    pub slot: u32,
+    pub pid: Pid,
+    pub ran: Duration,
+    pub restarts: u64,
+    pub recycles: u64,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct KilledAtHandoff {
+    pub pid: Pid,
+    /// A cluster unit: its claim is given back once the process is reaped.
+    pub unit: bool,
+}
+
 impl Farm {
     /// Takes over a job whose processes were started by the previous image
     /// of this host (`lrpmctl upgrade`): its slots' processes run as they
@@ -42,6 +75,59 @@ impl Farm {
                 self.add_slot(&key, phase);
             }
         }
+    }
+
+    /// What an upgrade hands to the next image (`Farm::adopt` takes it
+    /// back): per job, the processes that run on (running, or stopping only
+    /// to start again, which the new image's recycle replaces anyway) and
+    /// the claims held; and the processes that do not: removed jobs' and
+    /// those stopping for good (held, scaled away, failed, a unit moving
+    /// away), for the supervisor to kill before the exec. A unit runs on
+    /// only under its claim.
+    pub fn handoff(&self, now: Instant) -> FarmHandoff {
+        let mut handoff = FarmHandoff::default();
+        let clustered = self.is_clustered();
+        for (id, state) in &self.jobs {
+            let is_unit = clustered && state.job.placement == Placement::Cluster;
+            if state.removed {
+                // On their way out already: the new image would not know
+                // them, so they do not wait for their stop timeout.
+                handoff.killed.extend(state.pids().map(|(_, pid)| KilledAtHandoff { pid, unit: is_unit }));
+                continue;
+            }
+            let mut job = JobHandoff { id: id.clone(), held: state.held, running: Vec::new(), units: Vec::new() };
+            for (slot, slot_state) in &state.slots {
+                let key = WorkerKey::new(id.clone(), *slot);
+                let token = if is_unit { self.unit_token(&key) } else { None };
+                let carried = match slot_state.phase {
+                    Phase::Running { pid, since } => Some((pid, since)),
+                    Phase::Stopping {
+                        pid,
+                        since,
+                        then: AfterStop::Restart | AfterStop::Recycle | AfterStop::RestartAsFailure,
+                        ..
+                    } => Some((pid, since)),
+                    Phase::Stopping { pid, .. } => {
+                        handoff.killed.push(KilledAtHandoff { pid, unit: is_unit });
+                        None
+                    }
+                    _ => None,
+                };
+                if let Some(token) = token {
+                    job.units.push((*slot, token));
+                }
+                let Some((pid, since)) = carried.filter(|_| !is_unit || token.is_some()) else { continue };
+                job.running.push(RunningAtHandoff {
+                    slot: *slot,
+                    pid,
+                    ran: now.saturating_duration_since(since),
+                    restarts: slot_state.restarts,
+                    recycles: slot_state.recycles,
+                });
+            }
+            handoff.jobs.push(job);
+        }
+        handoff
     }
 
     /// A control request on one job: accepted (with what to do) or refused.

@@ -27,6 +27,7 @@ pub mod zygote;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+pub use commands::{FarmHandoff, JobHandoff, KilledAtHandoff, RunningAtHandoff};
 pub use config_process::{ConfigPhase, ConfigProcessState, CONFIG_STOP_TIMEOUT};
 pub use exit::{End, ExitKind, PhpEnd, ProcessKind};
 pub use lifecycle::{AfterStop, JobState, Phase, Rolling, RollingStep, SlotState, StatusName, WorkerKey};

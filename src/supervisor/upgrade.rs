@@ -47,7 +47,7 @@ use super::cluster::HandedAgent;
 use super::{output, Supervisor};
 use crate::control::server::ClientId;
 use crate::farm::zygote::Disabled;
-use crate::farm::{AfterStop, Event, ExitKind, JobCommand, Phase, PhpEnd, ProcessKind, WorkerKey};
+use crate::farm::{Event, ExitKind, JobCommand, PhpEnd, ProcessKind};
 use crate::job::{DescribedJob, JobId};
 use crate::process;
 
@@ -398,70 +398,36 @@ impl Supervisor<'_> {
         self.finish_clients();
         let now = Instant::now();
         let mut keep = vec![self.control.listener().as_raw_fd()];
-        let mut jobs = Vec::new();
-        // Units whose process is not handed over: killed, and given back to
-        // the agent once reaped (never before: another member may start
+        // Units whose process is not handed over are killed, and given back
+        // to the agent once reaped (never before: another member may start
         // them the moment the claim goes).
+        let handoff = self.farm.handoff(now);
         let mut released = Vec::new();
-        let clustered = self.farm.is_clustered();
-        for (id, state) in self.farm.jobs() {
-            let is_unit = clustered && state.job.placement == crate::job::Placement::Cluster;
-            if state.removed {
-                // On their way out already: the new image would not know
-                // them, so they do not wait for their stop timeout.
-                for (_, pid) in state.pids() {
-                    process::signal_group(Pid::from_raw(pid), Signal::SIGKILL);
-                    if is_unit {
-                        released.push(pid);
-                    }
-                }
-                continue;
+        for killed in &handoff.killed {
+            process::signal_group(Pid::from_raw(killed.pid), Signal::SIGKILL);
+            if killed.unit {
+                released.push(killed.pid);
             }
+        }
+        let mut jobs = Vec::new();
+        for job in handoff.jobs {
+            let Some(state) = self.farm.job(&job.id) else { continue };
+            let config = serde_json::Value::Object((*state.job.config).clone());
             let mut slots = Vec::new();
-            let mut units = Vec::new();
-            for (slot, slot_state) in &state.slots {
-                let key = WorkerKey::new(id.clone(), *slot);
-                let token = if is_unit { self.farm.unit_token(&key) } else { None };
-                let carried = match slot_state.phase {
-                    Phase::Running { pid, since } => Some((pid, since)),
-                    // Stopping to start again: the new image replaces it anyway.
-                    Phase::Stopping {
-                        pid,
-                        since,
-                        then: AfterStop::Restart | AfterStop::Recycle | AfterStop::RestartAsFailure,
-                        ..
-                    } => Some((pid, since)),
-                    // Stopping for good (held, scaled away, failed, a unit
-                    // moving away): not the new image's to wait for.
-                    Phase::Stopping { pid, .. } => {
-                        process::signal_group(Pid::from_raw(pid), Signal::SIGKILL);
-                        if is_unit {
-                            released.push(pid);
-                        }
-                        None
-                    }
-                    _ => None,
-                };
-                // A unit runs here only under its claim.
-                let carried = carried.filter(|_| !is_unit || token.is_some());
-                if let Some(token) = token {
-                    units.push((*slot, token));
-                }
-                let Some((pid, since)) = carried else { continue };
-                let pipes = self.output.as_ref().map(|o| o.pipes_of(pid)).unwrap_or_default();
+            for running in job.running {
+                let pipes = self.output.as_ref().map(|o| o.pipes_of(running.pid)).unwrap_or_default();
                 keep.extend(pipes.iter().flatten().copied());
                 slots.push(HandoffSlot {
-                    slot: *slot,
-                    pid,
-                    ran_ms: now.saturating_duration_since(since).as_millis() as u64,
-                    restarts: slot_state.restarts,
-                    recycles: slot_state.recycles,
+                    slot: running.slot,
+                    pid: running.pid,
+                    ran_ms: running.ran.as_millis() as u64,
+                    restarts: running.restarts,
+                    recycles: running.recycles,
                     stdout_fd: pipes[0],
                     stderr_fd: pipes[1],
                 });
             }
-            let config = serde_json::Value::Object((*state.job.config).clone());
-            jobs.push(HandoffJob { id: id.clone(), config, held: state.held, slots, units });
+            jobs.push(HandoffJob { id: job.id, config, held: job.held, slots, units: job.units });
         }
         // Reaped here, and told to the core like any exit: the claim goes
         // (`ReleaseUnit`) only now, and should the exec fail, the farm runs

@@ -240,3 +240,18 @@ fn an_upgrade_adopts_the_claims_running_and_waiting_and_leaves_the_rest_elsewher
     assert_eq!(farm.unit_token(&key(2)), None);
     assert_ne!(status(&farm, 2, t0), StatusName::Elsewhere);
 }
+
+#[test]
+fn an_upgrade_hands_over_the_claims_and_kills_a_unit_moving_away() {
+    let t0 = Instant::now();
+    let mut farm = Farm::new();
+    farm.enable_cluster();
+    farm.adopt(replicated(1, 1, 3), false, &[(0, 40, secs(3), 0, 0), (1, 41, secs(3), 0, 0)], &[(0, 5), (1, 6)], t0);
+    // Slot 1 moves away: its worker is stopping for good, its claim gone.
+    farm.handle(Event::UnitRevoked { key: slot_key(1, 1), kill_by: None }, t0 + secs(1));
+    let handoff = farm.handoff(t0 + secs(2));
+    let job = &handoff.jobs[0];
+    assert_eq!(job.units, vec![(0, 5)]);
+    assert_eq!(job.running.iter().map(|r| r.pid).collect::<Vec<_>>(), vec![40]);
+    assert_eq!(handoff.killed, vec![KilledAtHandoff { pid: 41, unit: true }]);
+}

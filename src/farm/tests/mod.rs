@@ -758,3 +758,41 @@ fn a_start_in_flight_when_the_shutdown_began_is_stopped_without_an_error() {
         actions.iter().filter(|a| matches!(a, Action::Log(event) if event.level == LogLevel::Error)).collect();
     assert!(errors.is_empty(), "{errors:?}");
 }
+
+#[test]
+fn an_upgrade_hands_over_what_runs_on_and_kills_what_stops_for_good() {
+    let t0 = Instant::now();
+    let mut farm = running_farm(t0, &[job(1, 1), job(2, 1), job(3, 1), job(4, 1)]);
+    // 2 is stopping to start again with a new configuration, 3 was
+    // removed, 4 is held.
+    step(&mut farm, Event::Configuration(vec![job(1, 1), job(2, 2), job(4, 1)]), t0 + secs(1));
+    let (outcome, _) = farm.job_command(&id(4), JobCommand::Hold, t0 + secs(1));
+    assert_eq!(outcome, Ok(()));
+    let handoff = farm.handoff(t0 + secs(5));
+    let running = |n: i64| {
+        handoff.jobs.iter().find(|j| j.id == id(n)).map(|j| j.running.iter().map(|r| r.pid).collect::<Vec<_>>())
+    };
+    assert_eq!(running(1), Some(vec![101]));
+    assert_eq!(running(2), Some(vec![102]), "stopping only to restart: the new image replaces it");
+    assert_eq!(running(3), None, "a removed job is not handed over");
+    assert_eq!(running(4), Some(vec![]));
+    assert!(handoff.jobs.iter().find(|j| j.id == id(4)).is_some_and(|j| j.held));
+    let mut killed: Vec<Pid> = handoff.killed.iter().map(|k| k.pid).collect();
+    killed.sort_unstable();
+    assert_eq!(killed, vec![103, 104]);
+    assert!(handoff.killed.iter().all(|k| !k.unit));
+    let one = handoff.jobs.iter().find(|j| j.id == id(1)).expect("job 1");
+    assert_eq!(one.running[0].ran, secs(5));
+    // What the new image adopts runs on, as it was.
+    let mut next = Farm::new();
+    for job_handoff in &handoff.jobs {
+        let mut j = farm.job(&job_handoff.id).expect("handed over").job.clone();
+        j.mtime = 1;
+        let running: Vec<_> =
+            job_handoff.running.iter().map(|r| (r.slot, r.pid, r.ran, r.restarts, r.recycles)).collect();
+        next.adopt(j, job_handoff.held, &running, &job_handoff.units, t0 + secs(6));
+    }
+    assert!(next.knows_pid(101) && next.knows_pid(102) && !next.knows_pid(104));
+    assert_eq!(status(&next, 4, t0 + secs(6)), StatusName::Stopped);
+    assert!(next.job(&id(4)).is_some_and(|s| s.held));
+}
