@@ -251,6 +251,8 @@ fn main() {
         .header("csrc/wrapper.h")
         .allowlist_function("lrpm_.*")
         .allowlist_type("lrpm_child_spec")
+        .allowlist_type("lrpm_zygote_request")
+        .allowlist_type("lrpm_zygote_reply")
         .allowlist_var("LRPM_.*")
         .allowlist_var("PHP_VERSION_ID")
         .allowlist_var("ZEND_MODULE_API_NO")

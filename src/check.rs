@@ -54,7 +54,7 @@ pub fn run(
     let (read_end, write_end) = process::message_pipe()?;
     keep_fds.push(write_end.as_raw_fd());
     keep_fds.sort_unstable();
-    let program = php::config_program(&source, is_file, 0, true, bootstrap, argv, write_end.as_raw_fd())?;
+    let program = crate::launch::config(&source, is_file, 0, true, bootstrap, write_end.as_raw_fd()).program(argv)?;
     // The source is user code: it runs as --user, as the farm's would.
     let setup = ChildSetup {
         close_fds: vec![read_end.as_raw_fd()],

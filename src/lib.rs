@@ -3,7 +3,7 @@
 //! Layout (docs/architecture.md): `php` and `process` hold all unsafe code;
 //! `farm` is the pure decision core; `supervisor` is the poll loop around it;
 //! `control` is the control-socket protocol and server; `job` parses and
-//! validates jobs; `exit_code` is the one table of exit codes.
+//! validates jobs; `launch` builds what each PHP child is started with; `exit_code` is the one table of exit codes.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -16,6 +16,7 @@ pub mod exit_code;
 pub mod farm;
 pub mod host_output;
 pub mod job;
+pub mod launch;
 pub mod log_file;
 pub mod metrics;
 pub mod php;

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 
 use crate::job::{DescribedJob, JobId, ValidationError};
-use crate::php::{self, Engine, PhpError};
+use crate::php::{Engine, PhpError};
 use crate::process::shared_page::SharedPage;
 use crate::process::{self, ChildSetup, ExitKind, ProcessError, SignalEvents};
 
@@ -65,7 +65,7 @@ pub fn run(
     user: Option<std::sync::Arc<crate::job::users::Credentials>>,
 ) -> Result<i32, WorkerCmdError> {
     let keep_fds = process::descriptors_for_children();
-    let mut program = php::worker_program(job, bootstrap, source_file, cycles, argv)?;
+    let mut program = crate::launch::worker(job, bootstrap, source_file, cycles, 0, None).program(argv)?;
     let page = SharedPage::new().map_err(WorkerCmdError::SharedPage)?;
     program.set_shared_page(page.clone());
     let mut signals = SignalEvents::new()?;

@@ -69,7 +69,8 @@ impl Worker {
         let job = debug_job(class, name, Some(&job.to_string())).unwrap();
         let bootstrap = app_dir().join("vendor/autoload.php");
         let argv = vec!["cycle_counters".to_string()];
-        let mut program = php::worker_program(&job, Some(&bootstrap), None, cycles, &argv).unwrap();
+        let mut program =
+            lrpm_host::launch::worker(&job, Some(&bootstrap), None, cycles, 0, None).program(&argv).unwrap();
         let page = with_page.then(|| SharedPage::new().unwrap());
         if let Some(page) = &page {
             program.set_shared_page(page.clone());

@@ -352,148 +352,87 @@ impl ChildProgram {
     }
 }
 
-/// Whether a farm's workers include the source file: when it is a file and
-/// no bootstrap was found, so that a single-file farm (source and worker
-/// classes in one file) works. The configuration process uses the same
-/// rule to tell which worker classes workers will see.
-pub fn workers_load_source(source_is_file: bool, bootstrap: Option<&std::path::Path>) -> bool {
-    source_is_file && bootstrap.is_none()
-}
+/// The zygote's wire format, from csrc/lrpm_shim.h's definitions (bindgen):
+/// a request's header and a reply's, field by field at the C offsets, so
+/// that a change on the C side fails to compile here instead of misreading.
+pub mod zygote_wire {
+    use super::ffi;
+    use std::mem::{offset_of, size_of};
 
-/// The runner parameters for the `worker` command's process of `job`;
-/// `source_file` (the farm's file, when given) is included as a farm's
-/// workers include it: only without a bootstrap.
-pub fn worker_program(
-    job: &crate::job::Job,
-    bootstrap: Option<&std::path::Path>,
-    source_file: Option<&std::path::Path>,
-    cycles: Option<u64>,
-    argv: &[String],
-) -> Result<ChildProgram, PhpError> {
-    worker_program_with_source(job, bootstrap, source_file, cycles, argv, 0, None)
-}
+    pub const READY: u32 = ffi::LRPM_ZYGOTE_READY;
+    pub const REFUSED: u32 = ffi::LRPM_ZYGOTE_REFUSED;
+    pub const STARTED: u32 = ffi::LRPM_ZYGOTE_STARTED;
+    pub const FAILED: u32 = ffi::LRPM_ZYGOTE_FAILED;
+    pub const STALE: u32 = ffi::LRPM_ZYGOTE_STALE;
 
-/// The runner parameters for a farm's worker process of `job`;
-/// `source_file` is the farm's source when it is a file: workers include it
-/// when there is no bootstrap ([`workers_load_source`]). `slot` is the
-/// replica this process runs (`Lrpm\slot()`); `fencing_token`, with
-/// `--cluster`, the claim this member holds for the unit.
-pub fn farm_worker_program(
-    job: &crate::job::Job,
-    bootstrap: Option<&std::path::Path>,
-    source_file: Option<&std::path::Path>,
-    argv: &[String],
-    slot: u32,
-    fencing_token: Option<i64>,
-) -> Result<ChildProgram, PhpError> {
-    worker_program_with_source(job, bootstrap, source_file, None, argv, slot, fencing_token)
-}
+    type Request = ffi::lrpm_zygote_request;
+    type Reply = ffi::lrpm_zygote_reply;
+    pub const REQUEST_HEADER_LEN: usize = size_of::<Request>();
+    pub const REPLY_HEADER_LEN: usize = size_of::<Reply>();
 
-fn worker_program_with_source(
-    job: &crate::job::Job,
-    bootstrap: Option<&std::path::Path>,
-    source_file: Option<&std::path::Path>,
-    cycles: Option<u64>,
-    argv: &[String],
-    slot: u32,
-    fencing_token: Option<i64>,
-) -> Result<ChildProgram, PhpError> {
-    let launch = worker_launch(job, bootstrap, source_file, cycles, slot, fencing_token);
-    let mut program = ChildProgram::new(&launch.params, argv, &launch.title, None)?;
-    program.set_stop_grace(launch.stop_grace);
-    Ok(program)
-}
+    // No padding anywhere: the bytes written below are the whole struct.
+    const _: () = {
+        assert!(REQUEST_HEADER_LEN == 8 + 8 + 4 + 4);
+        assert!(offset_of!(Request, shared_page) == 0);
+        assert!(offset_of!(Request, stop_grace_ms) == 8);
+        assert!(offset_of!(Request, title_len) == 16);
+        assert!(offset_of!(Request, params_len) == 20);
+        assert!(REPLY_HEADER_LEN == 4 + 4);
+        assert!(offset_of!(Reply, kind) == 0);
+        assert!(offset_of!(Reply, value) == 4);
+    };
 
-/// What a worker process is started with: the runner's params, the
-/// process title and the stop grace. The same for a worker forked from the
-/// supervisor and one forked by the zygote.
-pub struct WorkerLaunch {
-    pub params: serde_json::Value,
-    pub title: String,
-    pub stop_grace: std::time::Duration,
-}
+    /// A request's header, as `lrpm_zygote_serve` reads it.
+    pub fn request_header(request: Request) -> [u8; REQUEST_HEADER_LEN] {
+        let mut out = [0u8; REQUEST_HEADER_LEN];
+        out[offset_of!(Request, shared_page)..][..8].copy_from_slice(&request.shared_page.to_ne_bytes());
+        out[offset_of!(Request, stop_grace_ms)..][..8].copy_from_slice(&request.stop_grace_ms.to_ne_bytes());
+        out[offset_of!(Request, title_len)..][..4].copy_from_slice(&request.title_len.to_ne_bytes());
+        out[offset_of!(Request, params_len)..][..4].copy_from_slice(&request.params_len.to_ne_bytes());
+        out
+    }
 
-pub fn worker_launch(
-    job: &crate::job::Job,
-    bootstrap: Option<&std::path::Path>,
-    source_file: Option<&std::path::Path>,
-    cycles: Option<u64>,
-    slot: u32,
-    fencing_token: Option<i64>,
-) -> WorkerLaunch {
-    let source_file = source_file.filter(|_| workers_load_source(true, bootstrap));
-    let params = serde_json::json!({
-        "mode": "worker",
-        "interfaces": interfaces_param(),
-        "exitCodes": exit_codes_param(),
-        "recycleReasons": crate::farm::RecycleReason::runner_constants(),
-        "bootstrap": bootstrap.map(|p| p.to_string_lossy()),
-        "sourceFile": source_file.map(|p| p.to_string_lossy()),
-        "class": job.worker_class,
-        "jobId": job.id.to_string(),
-        "slot": slot,
-        "fencingToken": fencing_token,
-        "job": &*job.config,
-        "cycles": cycles,
-        "cycleInterval": job.cycle_interval_seconds,
-        "maxCycles": job.max_cycles,
-        "maxLifetime": job.max_lifetime_seconds,
-        "memoryLimitMb": job.memory_limit_mb,
-    });
-    WorkerLaunch {
-        params,
-        title: format!("lrpm-host: worker {} {} #{slot}", job.id, job.name),
-        // Half the shutdown timeout: a stopping worker's blocked stream reads
-        // end then, leaving it the other half to finish before SIGKILL.
-        stop_grace: std::time::Duration::from_millis(job.shutdown_timeout_seconds.saturating_mul(500)),
+    pub fn request(shared_page: u64, stop_grace_ms: i64, title_len: u32, params_len: u32) -> Request {
+        Request { shared_page, stop_grace_ms, title_len, params_len }
+    }
+
+    /// A reply message: its kind, its value and the text after the header;
+    /// None when it is shorter than the header.
+    pub fn reply(message: &[u8]) -> Option<(u32, i32, &[u8])> {
+        let field = |at: usize| -> Option<[u8; 4]> { message.get(at..at + 4)?.try_into().ok() };
+        let kind = u32::from_ne_bytes(field(offset_of!(Reply, kind))?);
+        let value = i32::from_ne_bytes(field(offset_of!(Reply, value))?);
+        Some((kind, value, &message[REPLY_HEADER_LEN..]))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_request_header_is_its_fields_at_their_offsets_and_a_short_reply_is_none() {
+            let bytes = request_header(request(0x1122, -1, 3, 4));
+            assert_eq!(&bytes[0..8], &0x1122u64.to_ne_bytes());
+            assert_eq!(&bytes[8..16], &(-1i64).to_ne_bytes());
+            assert_eq!(&bytes[16..20], &3u32.to_ne_bytes());
+            assert_eq!(&bytes[20..24], &4u32.to_ne_bytes());
+            let mut message = STARTED.to_ne_bytes().to_vec();
+            message.extend_from_slice(&42i32.to_ne_bytes());
+            message.extend_from_slice(b"text");
+            assert_eq!(reply(&message), Some((STARTED, 42, &b"text"[..])));
+            assert_eq!(reply(&message[..7]), None);
+        }
     }
 }
 
-/// The runner parameters for the zygote (unless `--no-zygote`): it runs the
-/// bootstrap once, then forks workers on the supervisor's requests that
-/// arrive on `socket_fd`.
-pub fn zygote_program(
-    bootstrap: Option<&std::path::Path>,
-    argv: &[String],
-    socket_fd: RawFd,
-) -> Result<ChildProgram, PhpError> {
-    let params = serde_json::json!({
-        "mode": "zygote",
-        "interfaces": interfaces_param(),
-        "exitCodes": exit_codes_param(),
-        "recycleReasons": crate::farm::RecycleReason::runner_constants(),
-        "bootstrap": bootstrap.map(|p| p.to_string_lossy()),
-        "socket": socket_fd,
-    });
-    ChildProgram::new(&params, argv, "lrpm-host: zygote", None)
-}
-
-/// The runner parameters for the configuration process.
-pub fn config_program(
-    source: &str,
-    source_is_file: bool,
-    interval: u64,
-    once: bool,
-    bootstrap: Option<&std::path::Path>,
-    argv: &[String],
-    message_fd: RawFd,
-) -> Result<ChildProgram, PhpError> {
-    let params = serde_json::json!({
-        "mode": "config",
-        "interfaces": interfaces_param(),
-        "exitCodes": exit_codes_param(),
-        "bootstrap": bootstrap.map(|p| p.to_string_lossy()),
-        "source": source,
-        "sourceIsFile": source_is_file,
-        "workersLoadSource": workers_load_source(source_is_file, bootstrap),
-        "interval": interval,
-        "once": once,
-    });
-    let mut program = ChildProgram::new(&params, argv, "lrpm-host: config", Some(message_fd))?;
-    // Half the configuration process's stop timeout: its handlers run, and
-    // it ends before the core's SIGKILL.
-    program.set_stop_grace(crate::farm::CONFIG_STOP_TIMEOUT / 2);
-    Ok(program)
+/// The params every runner mode reads (`mode`, the host's interfaces, the
+/// exit codes); `crate::launch` adds each mode's own.
+pub fn runner_params(mode: &str) -> serde_json::Map<String, serde_json::Value> {
+    let mut params = serde_json::Map::new();
+    params.insert("mode".into(), mode.into());
+    params.insert("interfaces".into(), interfaces_param().clone());
+    params.insert("exitCodes".into(), exit_codes_param().clone());
+    params
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ use super::config_channel::ConfigChannel;
 use super::output;
 use super::{Supervisor, SupervisorError};
 use crate::farm::{Event, LogLevel, WorkerKey};
-use crate::php;
 use crate::process::shared_page::{SharedPage, SharedSlots};
 use crate::process::{self, ChildSetup, ChildStdio};
 
@@ -38,14 +37,15 @@ impl Supervisor<'_> {
         let label = state.label(key.slot);
         let source_file = self.config.source_is_file.then(|| Path::new(&self.config.source));
         let job = &state.job;
-        let mut program = match php::farm_worker_program(
+        let launch = crate::launch::worker(
             job,
             self.config.bootstrap.as_deref(),
             source_file,
-            &self.config.argv,
+            None,
             key.slot,
             self.farm.unit_token(key),
-        ) {
+        );
+        let mut program = match launch.program(&self.config.argv) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!("{label}: cannot prepare the worker: {e}");
@@ -81,15 +81,15 @@ impl Supervisor<'_> {
 
     pub(super) fn spawn_config_process(&mut self) -> Result<Pid, SupervisorError> {
         let (read_end, write_end) = process::message_pipe()?;
-        let program = php::config_program(
+        let program = crate::launch::config(
             &self.config.source,
             self.config.source_is_file,
             self.config.interval_seconds,
             false,
             self.config.bootstrap.as_deref(),
-            &self.config.argv,
             write_end.as_raw_fd(),
-        )?;
+        )
+        .program(&self.config.argv)?;
         let pipes = self.output_pipes("the configuration process");
         let mut setup = self.child_setup(pipes.as_ref(), Some(write_end.as_raw_fd()));
         setup.close_fds.push(read_end.as_raw_fd());

@@ -33,13 +33,8 @@ use nix::errno::Errno;
 use nix::sys::socket::{recv, sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType};
 
 use crate::farm::WorkerKey;
+use crate::php::zygote_wire;
 use crate::process::shared_page::SharedPage;
-
-pub const READY: u32 = 1;
-pub const REFUSED: u32 = 2;
-pub const STARTED: u32 = 3;
-pub const FAILED: u32 = 4;
-pub const STALE: u32 = 5;
 
 /// A worker asked of the zygote, waiting for its pid.
 pub struct PendingStart {
@@ -129,11 +124,12 @@ impl Connection {
         stop_grace: Duration,
         write_ends: Option<(RawFd, RawFd)>,
     ) -> Result<(), Errno> {
-        let mut header = Vec::with_capacity(24 + title.len() + params.len());
-        header.extend_from_slice(&(page.map_or(0, |p| p.as_ptr() as usize as u64)).to_ne_bytes());
-        header.extend_from_slice(&(stop_grace.as_millis().min(i64::MAX as u128) as i64).to_ne_bytes());
-        header.extend_from_slice(&(u32::try_from(title.len()).map_err(|_| Errno::EMSGSIZE)?).to_ne_bytes());
-        header.extend_from_slice(&(u32::try_from(params.len()).map_err(|_| Errno::EMSGSIZE)?).to_ne_bytes());
+        let header = zygote_wire::request_header(zygote_wire::request(
+            page.map_or(0, |p| p.as_ptr() as usize as u64),
+            stop_grace.as_millis().min(i64::MAX as u128) as i64,
+            u32::try_from(title.len()).map_err(|_| Errno::EMSGSIZE)?,
+            u32::try_from(params.len()).map_err(|_| Errno::EMSGSIZE)?,
+        ));
         let iov = [IoSlice::new(&header), IoSlice::new(title.as_bytes()), IoSlice::new(params.as_bytes())];
         let fds: Vec<RawFd> = write_ends.map(|(out, err)| vec![out, err]).unwrap_or_default();
         let control = [ControlMessage::ScmRights(&fds)];
@@ -147,19 +143,19 @@ impl Connection {
         let mut buffer = [0u8; 2048];
         loop {
             match recv(self.socket.as_raw_fd(), &mut buffer, MsgFlags::MSG_DONTWAIT) {
-                Ok(n) if n >= 8 => {
-                    let kind = u32::from_ne_bytes(buffer[0..4].try_into().expect("4 bytes"));
-                    let value = i32::from_ne_bytes(buffer[4..8].try_into().expect("4 bytes"));
+                Ok(n) => {
+                    let Some((kind, value, text)) = zygote_wire::reply(&buffer[..n]) else { return replies };
+                    let text = || String::from_utf8_lossy(text).into_owned();
                     replies.push(match kind {
-                        READY => Reply::Ready(u32::try_from(value).unwrap_or(0)),
-                        REFUSED => Reply::Refused(String::from_utf8_lossy(&buffer[8..n]).into_owned()),
-                        STARTED => Reply::Started(value),
-                        FAILED => Reply::Failed(Errno::from_raw(value)),
-                        STALE => Reply::Stale(String::from_utf8_lossy(&buffer[8..n]).into_owned()),
+                        zygote_wire::READY => Reply::Ready(u32::try_from(value).unwrap_or(0)),
+                        zygote_wire::REFUSED => Reply::Refused(text()),
+                        zygote_wire::STARTED => Reply::Started(value),
+                        zygote_wire::FAILED => Reply::Failed(Errno::from_raw(value)),
+                        zygote_wire::STALE => Reply::Stale(text()),
                         _ => Reply::Failed(Errno::EPROTO),
                     });
                 }
-                Ok(_) | Err(Errno::EAGAIN) => return replies,
+                Err(Errno::EAGAIN) => return replies,
                 Err(Errno::EINTR) => continue,
                 Err(_) => return replies,
             }

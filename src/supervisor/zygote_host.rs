@@ -18,7 +18,6 @@ use super::children::ChildRole;
 use super::Supervisor;
 use crate::farm::zygote::{Disabled, StartRoute, STARTUP_WAIT};
 use crate::farm::{Event, LogLevel, WorkerKey};
-use crate::php;
 use crate::process;
 
 /// What became of a request to the zygote.
@@ -38,8 +37,8 @@ impl Supervisor<'_> {
             Ok(pair) => pair,
             Err(e) => return self.zygote_start_failed(&format!("cannot create its socket: {e}"), now),
         };
-        let program = match php::zygote_program(self.config.bootstrap.as_deref(), &self.config.argv, theirs.as_raw_fd())
-        {
+        let launch = crate::launch::zygote(self.config.bootstrap.as_deref(), theirs.as_raw_fd());
+        let program = match launch.program(&self.config.argv) {
             Ok(program) => program,
             Err(e) => return self.zygote_start_failed(&format!("cannot prepare it: {e}"), now),
         };
@@ -205,7 +204,7 @@ impl Supervisor<'_> {
         let source_file = self.config.source_is_file.then(|| std::path::Path::new(&self.config.source));
         let token = self.farm.unit_token(key);
         let launch =
-            php::worker_launch(&state.job, self.config.bootstrap.as_deref(), source_file, None, key.slot, token);
+            crate::launch::worker(&state.job, self.config.bootstrap.as_deref(), source_file, None, key.slot, token);
         let params = launch.params.to_string();
         let page = self.slots.as_mut().and_then(crate::process::shared_page::SharedSlots::allocate);
         let pipes = self.output_pipes(&label);
@@ -214,7 +213,8 @@ impl Supervisor<'_> {
         let write_ends = pipes.as_ref().map(|p| (p.stdout.1.as_raw_fd(), p.stderr.1.as_raw_fd()));
         // A NUL in a job's name or id is shown, as on the direct path (C text).
         let title = launch.title.replace('\0', "\\0");
-        let sent = link.request(&title, &params, page.as_ref(), launch.stop_grace, write_ends);
+        let stop_grace = launch.stop_grace.unwrap_or_default();
+        let sent = link.request(&title, &params, page.as_ref(), stop_grace, write_ends);
         if sent.is_ok() {
             link.pending.push_back(PendingStart {
                 key: key.clone(),
