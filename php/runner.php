@@ -358,13 +358,23 @@ function load_configuration_source(string $source, bool $isFile): object
 // Where a worker will find $class: "bootstrap" (the bootstrap declares or
 // autoloads it), "source" (the source file declares it and workers load the
 // source file too: there is no bootstrap), "sourceOnly" (only the source
-// file declares it and workers do not load that file), "missing".
+// file declares it and workers do not load that file), "missing"; or
+// "notWorker" (it implements neither Lrpm\Worker nor PHPLRPM\Worker),
+// "notInstantiable" (abstract, or a constructor that is not public).
 function class_visibility(string $class, ?string $sourceFile, bool $workersLoadSource): string
 {
+    $class = \ltrim($class, '\\');
     if (!\class_exists($class)) {
         return 'missing';
     }
-    $file = (new \ReflectionClass($class))->getFileName();
+    $reflection = new \ReflectionClass($class);
+    if (!implements_any($class, ['Lrpm\Worker', 'PHPLRPM\Worker'])) {
+        return 'notWorker';
+    }
+    if (!$reflection->isInstantiable()) {
+        return 'notInstantiable';
+    }
+    $file = $reflection->getFileName();
     if ($sourceFile !== null && $file !== false && \realpath($file) === \realpath($sourceFile)) {
         return $workersLoadSource ? 'source' : 'sourceOnly';
     }

@@ -247,6 +247,40 @@ fn check_refuses_a_worker_class_only_the_source_file_declares() {
     run_with_timeout(cmd, DEFAULT_TIMEOUT).assert_code(0).assert_stdout_contains("ok    1: single");
 }
 
+#[test]
+fn check_refuses_a_worker_class_that_is_not_a_worker_or_cannot_be_instantiated() {
+    let dir = TempDir::new("not-a-worker");
+    let source = dir.join("farm.php");
+    let code = r#"<?php
+namespace App;
+
+abstract class AbstractWorker implements \Lrpm\Worker
+{
+    public function start(array $job): void {}
+    public function cycle(): void {}
+}
+
+final class Real extends AbstractWorker {}
+
+final class Source implements \Lrpm\ConfigurationSource
+{
+    public function loadConfiguration(): array
+    {
+        $job = fn (string $class): array => ['name' => $class, 'workerClass' => $class, 'mtime' => 1, 'workerConfig' => []];
+        return [1 => $job('stdClass'), 2 => $job(AbstractWorker::class), 3 => $job('\\' . Real::class)];
+    }
+}
+"#;
+    fs::write(&source, code).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.arg("check").arg(&source).current_dir(dir.path());
+    let out = run_with_timeout(cmd, DEFAULT_TIMEOUT);
+    out.assert_code(1)
+        .assert_stdout_contains("class stdClass does not implement Lrpm\\Worker (or PHPLRPM\\Worker)")
+        .assert_stdout_contains("class App\\AbstractWorker cannot be instantiated")
+        .assert_stdout_contains("ok    3: \\App\\Real");
+}
+
 // --- 4. a user SIGTERM handler does not hang the stop -------------------------
 
 #[test]

@@ -17,8 +17,19 @@ final class JobValidator
     public const MAX_DURATION_SECONDS = 86400;
     public const MAX_REPLICAS = 10000;
     public const DEFAULTS = ['shortRunTimeSeconds' => 5, 'shutdownTimeoutSeconds' => 10];
-    private const AT_LEAST_ONE = ['maxFailures', 'failureWindowSeconds', 'maxCycles', 'maxLifetimeSeconds',
-        'memoryLimitMb', 'cycleTimeoutSeconds'];
+    /** The integer fields: [smallest, largest] (PHP_INT_MAX: no bound but the type's). */
+    private const INTEGER_RANGES = [
+        'mtime' => [0, PHP_INT_MAX],
+        'shortRunTimeSeconds' => [0, self::MAX_DURATION_SECONDS],
+        'shutdownTimeoutSeconds' => [0, self::MAX_DURATION_SECONDS],
+        'replicas' => [1, self::MAX_REPLICAS],
+        'maxFailures' => [1, PHP_INT_MAX],
+        'failureWindowSeconds' => [1, self::MAX_DURATION_SECONDS],
+        'maxCycles' => [1, PHP_INT_MAX],
+        'maxLifetimeSeconds' => [1, PHP_INT_MAX],
+        'memoryLimitMb' => [1, PHP_INT_MAX],
+        'cycleTimeoutSeconds' => [1, self::MAX_DURATION_SECONDS],
+    ];
 
     /** Field => [description, required]: php-lrpm's fields, order and descriptions, then lrpm-host's own. */
     public const FIELDS = [
@@ -123,7 +134,8 @@ final class JobValidator
         return match ($field) {
             'name' => is_string($value),
             'workerConfig' => is_array($value),
-            'workerClass' => is_string($value) && ($this->classExists)($value),
+            'workerClass' => is_string($value) && ($this->classExists)($value) && self::isWorker($value)
+                && self::isInstantiable($value),
             'mtime' => $int && $value >= 0,
             'restartPolicy' => in_array($value, ['always', 'on-failure', 'never'], true),
             'placement' => in_array($value, ['cluster', 'every-host'], true),
@@ -142,21 +154,48 @@ final class JobValidator
     private function problem(string $field, mixed $value): string
     {
         $type = gettype($value);
-        $int = is_int($value);
         $max = self::MAX_DURATION_SECONDS;
+        // Range messages only for the fields that hold integers: an integer
+        // name is of the wrong type, not out of range.
+        $range = self::INTEGER_RANGES[$field] ?? null;
         return match (true) {
-            $field === 'cycleIntervalSeconds' && ($int || is_float($value)) =>
+            $field === 'cycleIntervalSeconds' && (is_int($value) || is_float($value)) =>
                 self::short($value) . " is not above 0 and at most {$max}",
-            $field === 'workerClass' && is_string($value) => "class {$value} does not exist",
+            $field === 'workerClass' && is_string($value) => $this->classProblem($value),
+            $range === null || !is_int($value) => "got {$type} " . self::short($value),
+            $value < 0 => self::short($value) . ' is negative',
             $field === 'replicas' && $value === 0 =>
                 '0 is below 1 (to run no process, hold the job with `lrpmctl stop ID`)',
-            $field === 'replicas' && $int && $value > 0 =>
-                self::short($value) . ' is above the maximum of ' . self::MAX_REPLICAS,
-            $value === 0 && in_array($field, self::AT_LEAST_ONE, true) => '0 is below the minimum of 1',
-            $int && $value < 0 => self::short($value) . ' is negative',
-            $int && !in_array($field, ['mtime', 'user', 'placement'], true) => self::short($value) . " is above the maximum of {$max} (one day)",
-            default => "got {$type} " . self::short($value),
+            $value < $range[0] => self::short($value) . " is below the minimum of {$range[0]}",
+            $range[1] === $max => self::short($value) . " is above the maximum of {$max} (one day)",
+            default => self::short($value) . " is above the maximum of {$range[1]}",
         };
+    }
+
+    private function classProblem(string $class): string
+    {
+        if (!($this->classExists)($class)) {
+            return "class {$class} does not exist";
+        }
+        if (!self::isWorker($class)) {
+            return "class {$class} does not implement Lrpm\\Worker (or PHPLRPM\\Worker)";
+        }
+        return "class {$class} cannot be instantiated (an abstract class, or a constructor that is not public)";
+    }
+
+    /** A class that does not exist here (the check was given) counts as a worker: the host checks it again. */
+    private static function isWorker(string $class): bool
+    {
+        if (!class_exists($class)) {
+            return true;
+        }
+        $implemented = class_implements($class) ?: [];
+        return isset($implemented['Lrpm\\Worker']) || isset($implemented['PHPLRPM\\Worker']);
+    }
+
+    private static function isInstantiable(string $class): bool
+    {
+        return !class_exists($class) || (new \ReflectionClass($class))->isInstantiable();
     }
 
     /** USER or USER:GROUP: names or numeric ids of 1 to 64 letters, digits and ._-@$ (ASCII), not starting with "-". */

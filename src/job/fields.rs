@@ -3,12 +3,101 @@
 
 #![forbid(unsafe_code)]
 
-use super::{DEFAULT_SHORT_RUN_TIME_SECONDS, DEFAULT_SHUTDOWN_TIMEOUT_SECONDS};
+use serde_json::Value;
+
+use super::{Placement, RestartPolicy};
+use super::{DEFAULT_SHORT_RUN_TIME_SECONDS, DEFAULT_SHUTDOWN_TIMEOUT_SECONDS, MAX_DURATION_SECONDS, MAX_REPLICAS};
 
 pub(super) struct FieldRule {
     pub(super) name: &'static str,
     pub(super) description: &'static str,
     pub(super) presence: Presence,
+    /// What a value must be; its check says what is wrong in words.
+    pub(super) kind: Kind,
+}
+
+/// The kinds of value a field holds, each with its own check and message.
+#[derive(Clone, Copy)]
+pub(super) enum Kind {
+    /// A PHP integer from `min` to `max`; `below_min`: what to say of a
+    /// value under `min` instead of the generic message.
+    Integer {
+        min: u64,
+        max: u64,
+        below_min: Option<&'static str>,
+    },
+    /// A PHP integer or float above 0, at most `max`.
+    PositiveNumber {
+        max: u64,
+    },
+    Text,
+    Array,
+    Bool,
+    /// A class the configuration process checks (exists, is a worker, can
+    /// be seen by workers: `DescribedJob`).
+    WorkerClass,
+    /// One of these words.
+    Choice(fn(&str) -> bool),
+    /// "USER" or "USER:GROUP".
+    UserSpec,
+}
+
+const DURATION: Kind = Kind::Integer { min: 0, max: MAX_DURATION_SECONDS, below_min: None };
+const DURATION_FROM_ONE: Kind = Kind::Integer { min: 1, max: MAX_DURATION_SECONDS, below_min: None };
+const COUNT_FROM_ONE: Kind = Kind::Integer { min: 1, max: u64::MAX, below_min: None };
+
+impl Kind {
+    /// Whether `value` (of PHP type `php_type`) is one of this kind; if
+    /// not, what is wrong, in words ("got string \"x\"", "0 is below the
+    /// minimum of 1").
+    pub(super) fn check(self, php_type: &str, value: &Value) -> Result<(), String> {
+        let got = || format!("got {php_type} {}", short_json(value));
+        match self {
+            Kind::Integer { min, max, below_min } => {
+                if php_type != "integer" {
+                    return Err(got());
+                }
+                match (value.as_i64(), value.as_u64()) {
+                    (Some(n), _) if n < 0 => Err(format!("{n} is negative")),
+                    (_, Some(n)) if n < min => {
+                        Err(below_min.map_or_else(|| format!("{n} is below the minimum of {min}"), str::to_string))
+                    }
+                    (_, Some(n)) if n > max && max == MAX_DURATION_SECONDS => {
+                        Err(format!("{n} is above the maximum of {max} (one day)"))
+                    }
+                    (_, Some(n)) if n > max => Err(format!("{n} is above the maximum of {max}")),
+                    (_, Some(_)) => Ok(()),
+                    _ => Err(got()),
+                }
+            }
+            Kind::PositiveNumber { max } => {
+                if php_type != "integer" && php_type != "double" {
+                    return Err(got());
+                }
+                match value.as_f64() {
+                    Some(n) if n > 0.0 && n <= max as f64 => Ok(()),
+                    _ => Err(format!("{} is not above 0 and at most {max}", short_json(value))),
+                }
+            }
+            Kind::Text | Kind::WorkerClass => (php_type == "string").then_some(()).ok_or_else(got),
+            Kind::Array => (php_type == "array").then_some(()).ok_or_else(got),
+            Kind::Bool => (php_type == "boolean").then_some(()).ok_or_else(got),
+            Kind::Choice(known) => value.as_str().filter(|word| known(word)).map(|_| ()).ok_or_else(got),
+            Kind::UserSpec => (php_type == "string" && value.as_str().is_some_and(super::users::is_user_spec))
+                .then_some(())
+                .ok_or_else(got),
+        }
+    }
+}
+
+/// A value in a message: its JSON, cut at 60 characters.
+pub(super) fn short_json(value: &Value) -> String {
+    let text = value.to_string();
+    if text.chars().count() > 60 {
+        format!("{}…", text.chars().take(60).collect::<String>())
+    } else {
+        text
+    }
 }
 
 /// What happens when a job has no such field.
@@ -27,87 +116,104 @@ pub(super) const FIELDS: [FieldRule; 18] = [
         name: "mtime",
         description: "Time of last modification, must be a UTC Unix timestamp integer",
         presence: Presence::Required,
+        kind: Kind::Integer { min: 0, max: u64::MAX, below_min: None },
     },
-    FieldRule { name: "name", description: "Descriptive job name, must be a string", presence: Presence::Required },
+    FieldRule { name: "name", description: "Descriptive job name, must be a string", presence: Presence::Required, kind: Kind::Text },
     FieldRule {
         name: "workerConfig",
         description: "Worker-specific configuration, must be an array",
         presence: Presence::Required,
+        kind: Kind::Array,
     },
     FieldRule {
         name: "workerClass",
         description: "Worker class, must be a string referencing an existing class",
         presence: Presence::Required,
+        kind: Kind::WorkerClass,
     },
     FieldRule {
         name: "shortRunTimeSeconds",
         description: "Minimum number of seconds a process is expected to run; if the process terminates earlier then this, it will be restarted with backoff",
         presence: Presence::Default(DEFAULT_SHORT_RUN_TIME_SECONDS),
+        kind: DURATION,
     },
     FieldRule {
         name: "shutdownTimeoutSeconds",
         description: "Time in seconds to wait for SIGCHLD after sending SIGTERM to a child, before killing the child with SIGKILL",
         presence: Presence::Default(DEFAULT_SHUTDOWN_TIMEOUT_SECONDS),
+        kind: DURATION,
     },
     FieldRule {
         name: "replicas",
         description: "How many processes run this job, each with its own slot number from 0, an integer from 1 to 10000 (default 1)",
         presence: Presence::Optional,
+        kind: Kind::Integer { min: 1, max: MAX_REPLICAS, below_min: Some("0 is below 1 (to run no process, hold the job with `lrpmctl stop ID`)") },
     },
     FieldRule {
         name: "cycleIntervalSeconds",
         description: "Call cycle() at most once per this many seconds (a number above 0), sleeping the rest of the interval",
         presence: Presence::Optional,
+        kind: Kind::PositiveNumber { max: MAX_DURATION_SECONDS },
     },
     FieldRule {
         name: "restartPolicy",
         description: "When an exited process is started again: \"always\" (the default), \"on-failure\" (exit 0 means done) or \"never\"",
         presence: Presence::Optional,
+        kind: Kind::Choice(|word| RestartPolicy::parse(word).is_some()),
     },
     FieldRule {
         name: "maxFailures",
         description: "Failures (exits other than 0) within failureWindowSeconds after which the job is failed and not restarted, an integer from 1",
         presence: Presence::Optional,
+        kind: COUNT_FROM_ONE,
     },
     FieldRule {
         name: "failureWindowSeconds",
         description: "The window maxFailures counts in, an integer from 1 to 86400 (default 60)",
         presence: Presence::Optional,
+        kind: DURATION_FROM_ONE,
     },
     FieldRule {
         name: "maxCycles",
         description: "Recycle the worker (start a fresh process at once, no backoff) after this many cycles, an integer from 1",
         presence: Presence::Optional,
+        kind: COUNT_FROM_ONE,
     },
     FieldRule {
         name: "maxLifetimeSeconds",
         description: "Recycle the worker after it has run this many seconds, an integer from 1",
         presence: Presence::Optional,
+        kind: COUNT_FROM_ONE,
     },
     FieldRule {
         name: "memoryLimitMb",
         description: "Recycle the worker once its memory (the larger of the Zend heap and the resident set) exceeds this many MB, an integer from 1",
         presence: Presence::Optional,
+        kind: COUNT_FROM_ONE,
     },
     FieldRule {
         name: "cycleTimeoutSeconds",
         description: "A cycle running longer than this many seconds is stuck: the worker is stopped (SIGTERM, then SIGKILL) and the exit counts as a failure, an integer from 1 to 86400",
         presence: Presence::Optional,
+        kind: DURATION_FROM_ONE,
     },
     FieldRule {
         name: "essential",
         description: "When true, the job failing for good shuts the whole farm down (lrpm-host exits 69), a boolean",
         presence: Presence::Optional,
+        kind: Kind::Bool,
     },
     FieldRule {
         name: "user",
         description: "The user the job's processes run as, \"USER\" or \"USER:GROUP\" (names or numeric ids); needs the host to run as root",
         presence: Presence::Optional,
+        kind: Kind::UserSpec,
     },
     FieldRule {
         name: "placement",
         description: "With --cluster, where the job's slots run: \"cluster\" (the default: each slot on exactly one live member) or \"every-host\" (each member runs all of them)",
         presence: Presence::Optional,
+        kind: Kind::Choice(|word| Placement::parse(word).is_some()),
     },
 ];
 

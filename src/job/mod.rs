@@ -32,9 +32,6 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT_SECONDS: u64 = 10;
 /// Upper bound of the duration fields: a day. Larger values are typos (or
 /// PHP_INT_MAX) and would put deadlines beyond any clock.
 pub const MAX_DURATION_SECONDS: u64 = 86_400;
-/// Integer fields whose smallest value is 1.
-const AT_LEAST_ONE: [&str; 6] =
-    ["maxFailures", "failureWindowSeconds", "maxCycles", "maxLifetimeSeconds", "memoryLimitMb", "cycleTimeoutSeconds"];
 /// The most processes one job may ask for (`replicas`).
 pub const MAX_REPLICAS: u64 = 10_000;
 

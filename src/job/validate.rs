@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::fields::{nearest_field, Presence, FIELDS};
+use super::fields::{nearest_field, short_json, Kind, Presence, FIELDS};
 use super::{
-    json_php_type, Job, JobId, Placement, RawJson, RestartPolicy, UnknownField, ValidationError, AT_LEAST_ONE,
-    DEFAULT_FAILURE_WINDOW_SECONDS, MAX_DURATION_SECONDS, MAX_REPLICAS,
+    json_php_type, Job, JobId, Placement, RawJson, RestartPolicy, UnknownField, ValidationError,
+    DEFAULT_FAILURE_WINDOW_SECONDS,
 };
 
 /// One entry as the configuration process describes it (php/runner.php,
@@ -105,9 +105,21 @@ impl DescribedJob {
         }
     }
 
-    /// The class exists in the configuration process only.
-    fn hidden_from_workers(&self) -> bool {
-        self.worker_class_visibility.as_deref() == Some("sourceOnly")
+    /// What the configuration process found of the worker class: it
+    /// exists, workers can see it, it is a worker they can instantiate.
+    fn check_worker_class(&self, class: &str) -> Result<(), String> {
+        match self.worker_class_visibility.as_deref() {
+            _ if !self.worker_class_exists => Err(format!("class {class} does not exist")),
+            Some("sourceOnly") => Err(format!(
+                "class {class} is declared in the source file, which workers do not load (declare it in a file the \
+                 bootstrap autoloads)"
+            )),
+            Some("notWorker") => Err(format!("class {class} does not implement Lrpm\\Worker (or PHPLRPM\\Worker)")),
+            Some("notInstantiable") => Err(format!(
+                "class {class} cannot be instantiated (an abstract class, or a constructor that is not public)"
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// php-lrpm's ConfigurationValidator::isValid(), with every broken rule
@@ -158,55 +170,11 @@ impl DescribedJob {
                 continue;
             };
             let php_type = field_type(rule.name).unwrap_or_else(|| json_php_type(value));
-            let valid = match rule.name {
-                "name" => php_type == "string",
-                "workerConfig" => php_type == "array",
-                "workerClass" => php_type == "string" && self.worker_class_exists && !self.hidden_from_workers(),
-                "mtime" => php_type == "integer" && value.as_i64().is_some_and(|n| n >= 0),
-                "restartPolicy" => value.as_str().and_then(RestartPolicy::parse).is_some(),
-                "placement" => value.as_str().and_then(Placement::parse).is_some(),
-                "maxFailures" => php_type == "integer" && value.as_u64().is_some_and(|n| n >= 1),
-                "failureWindowSeconds" => {
-                    php_type == "integer" && value.as_u64().is_some_and(|n| (1..=MAX_DURATION_SECONDS).contains(&n))
-                }
-                "essential" => php_type == "boolean",
-                "user" => php_type == "string" && value.as_str().is_some_and(super::users::is_user_spec),
-                "maxCycles" | "maxLifetimeSeconds" | "memoryLimitMb" => {
-                    php_type == "integer" && value.as_u64().is_some_and(|n| n >= 1)
-                }
-                "replicas" => php_type == "integer" && value.as_u64().is_some_and(|n| (1..=MAX_REPLICAS).contains(&n)),
-                "cycleTimeoutSeconds" => {
-                    php_type == "integer" && value.as_u64().is_some_and(|n| (1..=MAX_DURATION_SECONDS).contains(&n))
-                }
-                "cycleIntervalSeconds" => {
-                    (php_type == "integer" || php_type == "double")
-                        && value.as_f64().is_some_and(|n| n > 0.0 && n <= MAX_DURATION_SECONDS as f64)
-                }
-                _ => php_type == "integer" && value.as_u64().is_some_and(|n| n <= MAX_DURATION_SECONDS),
-            };
-            if !valid {
-                let got = if rule.name == "cycleIntervalSeconds" && (php_type == "integer" || php_type == "double") {
-                    format!("{} is not above 0 and at most {MAX_DURATION_SECONDS}", short_json(value))
-                } else if rule.name == "workerClass" && php_type == "string" && self.hidden_from_workers() {
-                    format!(
-                        "class {} is declared in the source file, which workers do not load (declare it in a file the bootstrap autoloads)",
-                        value.as_str().unwrap_or_default()
-                    )
-                } else if rule.name == "workerClass" && php_type == "string" {
-                    format!("class {} does not exist", value.as_str().unwrap_or_default())
-                } else if rule.name == "replicas" && php_type == "integer" && value.as_i64().is_some_and(|n| n == 0) {
-                    "0 is below 1 (to run no process, hold the job with `lrpmctl stop ID`)".to_string()
-                } else if rule.name == "replicas" && php_type == "integer" && value.as_i64().is_some_and(|n| n > 0) {
-                    format!("{} is above the maximum of {MAX_REPLICAS}", short_json(value))
-                } else if php_type == "integer" && value.as_i64() == Some(0) && AT_LEAST_ONE.contains(&rule.name) {
-                    "0 is below the minimum of 1".to_string()
-                } else if php_type == "integer" && value.as_i64().is_some_and(|n| n < 0) {
-                    format!("{} is negative", short_json(value))
-                } else if php_type == "integer" && !["mtime", "user", "placement"].contains(&rule.name) {
-                    format!("{} is above the maximum of {MAX_DURATION_SECONDS} (one day)", short_json(value))
-                } else {
-                    format!("got {php_type} {}", short_json(value))
-                };
+            let checked = rule.kind.check(php_type, value).and_then(|()| match rule.kind {
+                Kind::WorkerClass => self.check_worker_class(value.as_str().unwrap_or_default()),
+                _ => Ok(()),
+            });
+            if let Err(got) = checked {
                 errors.push(error(rule.name, format!("Invalid data: {got}"), rule.description));
             }
         }
@@ -251,14 +219,5 @@ impl DescribedJob {
             config: Arc::new(config),
         };
         Ok((job, unknown))
-    }
-}
-
-fn short_json(value: &Value) -> String {
-    let text = value.to_string();
-    if text.chars().count() > 60 {
-        format!("{}…", text.chars().take(60).collect::<String>())
-    } else {
-        text
     }
 }
