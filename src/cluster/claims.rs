@@ -169,6 +169,8 @@ impl<P: Placement> Claims<P> {
 
     pub fn claim_gone(&mut self, unit: &str, _now: Instant) -> Vec<Effect> {
         self.holders.remove(unit);
+        // The key is gone: a claim waiting to be tried again goes now.
+        self.retry_at.remove(unit);
         self.reconcile_one(unit)
     }
 
@@ -191,7 +193,21 @@ impl<P: Placement> Claims<P> {
             }
             ClaimOutcome::Taken { member, token } => {
                 self.mine.remove(unit);
-                self.holders.insert(unit.to_string(), Holder { member, token });
+                // The transaction's answer and the watch's events arrive by
+                // different paths: the watch may already have shown this
+                // claim gone (its holder released it), and recording the
+                // holder now would wait for a release that came already.
+                // Only a holder the watch has shown is trusted; without
+                // one, the unit is looked at again shortly.
+                match self.holders.get(unit) {
+                    Some(known) if known.token >= token => {}
+                    Some(_) => {
+                        self.holders.insert(unit.to_string(), Holder { member, token });
+                    }
+                    None => {
+                        self.retry_at.insert(unit.to_string(), now + CLAIM_RETRY);
+                    }
+                }
             }
             ClaimOutcome::Failed => {
                 self.mine.remove(unit);
@@ -359,9 +375,33 @@ mod tests {
     fn a_claim_held_elsewhere_waits_until_its_key_is_gone() {
         let u = unit_owned_by("a", &["a", "b"]);
         let (mut claims, _, now) = ready("a", &["a", "b"], std::slice::from_ref(&u));
+        assert!(claims.claim_seen(&u, Holder { member: "b".into(), token: 5 }, now).is_empty());
         let effects = claims.claim_finished(&u, ClaimOutcome::Taken { member: "b".into(), token: 5 }, now);
         assert!(effects.is_empty(), "{effects:?}");
+        assert!(claims.tick(now + CLAIM_RETRY).is_empty(), "the holder is known: nothing to retry");
         assert_eq!(claims.claim_gone(&u, now), vec![claim(&u)]);
+        // The transaction answers before the watch shows the holder: the
+        // holder's key, once seen, is waited on as before.
+        let effects = claims.claim_finished(&u, ClaimOutcome::Taken { member: "b".into(), token: 9 }, now);
+        assert!(effects.is_empty(), "{effects:?}");
+        assert!(claims.claim_seen(&u, Holder { member: "b".into(), token: 9 }, now).is_empty());
+        assert!(claims.tick(now + CLAIM_RETRY).is_empty());
+        assert_eq!(claims.claim_gone(&u, now), vec![claim(&u)]);
+    }
+
+    #[test]
+    fn a_claim_lost_to_a_holder_the_watch_already_showed_gone_is_claimed_again() {
+        // b held the unit and released it; this member's transaction read
+        // b's key, but the watch's delete arrived first.
+        let u = unit_owned_by("a", &["a", "b"]);
+        let (mut claims, effects, now) = ready("a", &["a", "b"], std::slice::from_ref(&u));
+        assert_eq!(effects, vec![claim(&u)]);
+        assert!(claims.claim_seen(&u, Holder { member: "b".into(), token: 5 }, now).is_empty());
+        assert!(claims.claim_gone(&u, now).is_empty(), "the claim is in flight");
+        let effects = claims.claim_finished(&u, ClaimOutcome::Taken { member: "b".into(), token: 5 }, now);
+        assert!(effects.is_empty(), "{effects:?}");
+        assert!(!claims.holders().contains_key(&u), "b's claim is gone: it is not recorded again");
+        assert_eq!(claims.tick(now + CLAIM_RETRY), vec![claim(&u)]);
     }
 
     #[test]
