@@ -108,11 +108,8 @@ fn report(
                 got_configuration = true;
                 let count = jobs.len();
                 let resolve_user = job::users::system_resolver(nix::unistd::geteuid().is_root());
-                let mut validated = job::validate_entries(jobs, &resolve_user);
+                let validated = job::validate_entries(jobs, &resolve_user, defaults);
                 writeln!(out, "{count} job(s), {} valid", validated.jobs.len())?;
-                for job in &mut validated.jobs {
-                    defaults.apply(job);
-                }
                 for job in &validated.jobs {
                     let mut extras = String::new();
                     if job.replicas != 1 {

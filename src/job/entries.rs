@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::fields::FIELDS;
 use super::users::UserResolver;
 use super::validate::entry_error;
-use super::{DescribedJob, Job, JobId, UnknownField, ValidationError};
+use super::{DescribedJob, Job, JobDefaults, JobId, UnknownField, ValidationError};
 
 #[derive(Debug, Default)]
 pub struct Validated {
@@ -78,6 +78,7 @@ pub fn validate_entries_cached(
     entries: Vec<Value>,
     cache: &mut EntryCache,
     resolve_user: UserResolver,
+    defaults: &JobDefaults,
 ) -> (Validated, Vec<UnknownDigest>) {
     let mut validated = Validated::default();
     let mut unknown = Vec::new();
@@ -118,7 +119,7 @@ pub fn validate_entries_cached(
             continue;
         }
         let key = job.id.to_string();
-        let outcome = job.validate();
+        let outcome = job.validate_with(defaults);
         record(&mut validated, users.resolved(outcome.clone()));
         if let Some(digest) = digest {
             kept.insert(key, (digest, outcome));
@@ -129,8 +130,8 @@ pub fn validate_entries_cached(
 }
 
 /// `validate_entries_cached` without a cache (`check`, one message).
-pub fn validate_entries(entries: Vec<Value>, resolve_user: UserResolver) -> Validated {
-    validate_entries_cached(entries, &mut EntryCache::default(), resolve_user).0
+pub fn validate_entries(entries: Vec<Value>, resolve_user: UserResolver, defaults: &JobDefaults) -> Validated {
+    validate_entries_cached(entries, &mut EntryCache::default(), resolve_user, defaults).0
 }
 
 /// The `user` fields of one message, each distinct name looked up once (a

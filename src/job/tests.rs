@@ -31,6 +31,7 @@ fn a_user_is_resolved_per_job_and_an_unknown_one_fails_that_job_alone() {
     let validated = validate_entries(
         vec![entry(json!(1), with_user), entry(json!(2), unknown), entry(json!(3), malformed), entry(json!(4), good())],
         &test_users,
+        &JobDefaults::default(),
     );
     let ids: Vec<String> = validated.jobs.iter().map(|j| j.id.to_string()).collect();
     assert_eq!(ids, ["1", "4"]);
@@ -62,14 +63,24 @@ fn users_are_looked_up_once_per_message_and_again_at_the_next_one() {
         e
     };
     let mut cache = EntryCache::default();
-    let (first, _) = validate_entries_cached(vec![with_digest(1, "a"), with_digest(2, "b")], &mut cache, &resolve);
+    let (first, _) = validate_entries_cached(
+        vec![with_digest(1, "a"), with_digest(2, "b")],
+        &mut cache,
+        &resolve,
+        &JobDefaults::default(),
+    );
     assert_eq!((first.jobs.len(), first.errors.len()), (0, 2));
     assert_eq!(*lookups.borrow(), ["svc"], "one lookup for two jobs of one user");
     // The user is created; the entries are unchanged (served from the
     // cache), yet the next message finds it.
     exists.set(true);
     let unchanged = |id: i64, digest: &str| json!({"id": id, "digest": digest, "unchanged": true});
-    let (second, lost) = validate_entries_cached(vec![unchanged(1, "a"), unchanged(2, "b")], &mut cache, &resolve);
+    let (second, lost) = validate_entries_cached(
+        vec![unchanged(1, "a"), unchanged(2, "b")],
+        &mut cache,
+        &resolve,
+        &JobDefaults::default(),
+    );
     assert!(lost.is_empty());
     assert_eq!((second.jobs.len(), second.errors.len()), (2, 0), "{:?}", second.errors);
     assert!(second.jobs.iter().all(|j| j.user.as_ref().map(|u| u.uid) == Some(65534)));
@@ -175,7 +186,7 @@ fn each_entry_is_validated_and_dropped_alone() {
         json!({"type": "array"}),
         entry(json!(4), good()),
     ];
-    let validated = validate_entries(entries, &test_users);
+    let validated = validate_entries(entries, &test_users, &JobDefaults::default());
     let ids: Vec<String> = validated.jobs.iter().map(|j| j.id.to_string()).collect();
     assert_eq!(ids, ["1", "4"]);
     let failed: Vec<&str> = validated.errors.iter().map(|e| e.job_id.as_str()).collect();
@@ -247,12 +258,17 @@ fn host_defaults_fill_only_what_a_job_leaves_out() {
     let mut own = good();
     own["replicas"] = json!(1);
     own["maxCycles"] = json!(5);
-    let (mut job, _) = described(own).validate().unwrap();
-    defaults.apply(&mut job);
+    // Validation returns the job complete: a configuration message's
+    // entries get the defaults as the job alone does.
+    let (job, _) = described(own.clone()).validate_with(&defaults).unwrap();
     assert_eq!(
         (job.replicas, job.cycle_timeout_seconds, job.max_cycles, job.memory_limit_mb, job.max_lifetime_seconds),
         (1, Some(60), Some(5), Some(128), None)
     );
+    let validated = validate_entries(vec![entry(json!(1), own), entry(json!(2), good())], &test_users, &defaults);
+    let replicas: Vec<u32> = validated.jobs.iter().map(|j| j.replicas).collect();
+    assert_eq!(replicas, vec![1, 3]);
+    assert_eq!(validated.jobs[1].cycle_timeout_seconds, Some(60));
 }
 
 #[test]
@@ -307,7 +323,11 @@ fn unknown_fields_are_warned_with_a_suggestion() {
 fn ids_that_are_not_utf8_or_repeated_are_refused() {
     let mut bad = entry(json!("q\\xff"), good());
     bad["idInvalidUtf8"] = json!(true);
-    let validated = validate_entries(vec![bad, entry(json!(5), good()), entry(json!(5), good())], &test_users);
+    let validated = validate_entries(
+        vec![bad, entry(json!(5), good()), entry(json!(5), good())],
+        &test_users,
+        &JobDefaults::default(),
+    );
     assert!(validated.jobs.is_empty());
     assert!(validated.errors.iter().any(|e| e.problem.contains("not valid UTF-8")));
     assert_eq!(validated.errors.iter().filter(|e| e.problem.contains("several jobs")).count(), 1);
@@ -328,24 +348,31 @@ fn unchanged_entries_come_from_the_cache() {
         vec![with_digest(json!(1), good(), "a"), with_digest(json!("b"), bad.clone(), "b")],
         &mut cache,
         &test_users,
+        &JobDefaults::default(),
     );
     assert!(lost.is_empty());
     assert_eq!(first.jobs.len(), 1);
     assert_eq!(first.errors.len(), 1);
     // Both unchanged: the same outcome, from the cache.
-    let (second, lost) =
-        validate_entries_cached(vec![unchanged(json!(1), "a"), unchanged(json!("b"), "b")], &mut cache, &test_users);
+    let (second, lost) = validate_entries_cached(
+        vec![unchanged(json!(1), "a"), unchanged(json!("b"), "b")],
+        &mut cache,
+        &test_users,
+        &JobDefaults::default(),
+    );
     assert!(lost.is_empty());
     assert_eq!(second.jobs, first.jobs);
     assert_eq!(second.errors, first.errors);
     // Job 1 left the configuration: a later "unchanged" for it is unknown.
-    validate_entries_cached(vec![unchanged(json!("b"), "b")], &mut cache, &test_users);
-    let (_, lost) = validate_entries_cached(vec![unchanged(json!(1), "a")], &mut cache, &test_users);
+    validate_entries_cached(vec![unchanged(json!("b"), "b")], &mut cache, &test_users, &JobDefaults::default());
+    let (_, lost) =
+        validate_entries_cached(vec![unchanged(json!(1), "a")], &mut cache, &test_users, &JobDefaults::default());
     assert_eq!(lost, vec![UnknownDigest { job_id: "1".into() }]);
     // A digest that does not match is unknown too.
     let mut cache = EntryCache::default();
-    validate_entries_cached(vec![with_digest(json!(1), good(), "a")], &mut cache, &test_users);
-    let (_, lost) = validate_entries_cached(vec![unchanged(json!(1), "z")], &mut cache, &test_users);
+    validate_entries_cached(vec![with_digest(json!(1), good(), "a")], &mut cache, &test_users, &JobDefaults::default());
+    let (_, lost) =
+        validate_entries_cached(vec![unchanged(json!(1), "z")], &mut cache, &test_users, &JobDefaults::default());
     assert_eq!(lost.len(), 1);
 }
 
@@ -362,7 +389,7 @@ proptest::proptest! {
             job.insert(rule.name.to_string(), value);
         }
         job.insert(extra, json!(1));
-        let validated = validate_entries(vec![entry(json!(1), Value::Object(job))], &test_users);
+        let validated = validate_entries(vec![entry(json!(1), Value::Object(job))], &test_users, &JobDefaults::default());
         let mut farm = crate::farm::Farm::new();
         let now = std::time::Instant::now();
         farm.start();

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::fields::{nearest_field, short_json, Kind, Presence, FIELDS};
 use super::{
-    json_php_type, Job, JobId, Placement, RawJson, RestartPolicy, UnknownField, ValidationError,
+    json_php_type, Job, JobDefaults, JobId, Placement, RawJson, RestartPolicy, UnknownField, ValidationError,
     DEFAULT_FAILURE_WINDOW_SECONDS,
 };
 
@@ -122,9 +122,17 @@ impl DescribedJob {
         }
     }
 
+    /// `validate_with` without host-wide defaults (`worker --job`, tests).
+    pub fn validate(self) -> Result<(Job, Vec<UnknownField>), Vec<ValidationError>> {
+        self.validate_with(&JobDefaults::default())
+    }
+
     /// php-lrpm's ConfigurationValidator::isValid(), with every broken rule
-    /// reported, plus the fields lrpm-host does not know.
-    pub fn validate(mut self) -> Result<(Job, Vec<UnknownField>), Vec<ValidationError>> {
+    /// reported, plus the fields lrpm-host does not know; the job comes
+    /// back complete: php-lrpm's defaults in what `start()` gets, and the
+    /// host-wide `defaults` (command-line options) for the optional fields
+    /// it does not set.
+    pub fn validate_with(mut self, defaults: &JobDefaults) -> Result<(Job, Vec<UnknownField>), Vec<ValidationError>> {
         let id = self.id.to_string();
         let error = |field: &str, problem: String, rule: &str| ValidationError {
             job_id: id.clone(),
@@ -218,6 +226,8 @@ impl DescribedJob {
             user: None,
             config: Arc::new(config),
         };
+        let mut job = job;
+        defaults.apply(&mut job);
         Ok((job, unknown))
     }
 }

@@ -37,7 +37,8 @@ impl Supervisor<'_> {
 
     fn configuration_received(&mut self, entries: Vec<serde_json::Value>, now: Instant) {
         let resolve_user = job::users::system_resolver(nix::unistd::geteuid().is_root());
-        let (validated, lost) = job::validate_entries_cached(entries, &mut self.entry_cache, &resolve_user);
+        let (validated, lost) =
+            job::validate_entries_cached(entries, &mut self.entry_cache, &resolve_user, &self.config.job_defaults);
         if !lost.is_empty() {
             // Cannot happen unless a message was lost: never apply a
             // configuration with holes (its missing jobs would be stopped).
@@ -73,7 +74,6 @@ impl Supervisor<'_> {
         let mut jobs = validated.jobs;
         let php_memory_limit = crate::php::memory_limit_bytes();
         for job in &mut jobs {
-            self.config.job_defaults.apply(job);
             if let Some(warning) = job::memory_limit_warning(job, php_memory_limit) {
                 let key = format!("memoryLimitMb {:?}", job.memory_limit_mb);
                 if self.warned_fields.insert((job.id.clone(), key)) {

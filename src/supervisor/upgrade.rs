@@ -690,7 +690,7 @@ impl Supervisor<'_> {
         let mut adopted = 0;
         for job in handoff.jobs {
             let described = DescribedJob::from_json(job.id.clone(), job.config);
-            let mut valid = match described.validate() {
+            let valid = match described.validate_with(&self.config.job_defaults) {
                 Ok((valid, _)) => valid,
                 Err(errors) => {
                     tracing::error!(
@@ -704,7 +704,6 @@ impl Supervisor<'_> {
                     continue;
                 }
             };
-            self.config.job_defaults.apply(&mut valid);
             let running: Vec<_> = job
                 .slots
                 .iter()
