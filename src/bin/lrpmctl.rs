@@ -22,6 +22,7 @@ use lrpm_host::control::cluster::ClusterDocument;
 use lrpm_host::control::codec::{encode, FrameDecoder};
 use lrpm_host::control::server::{client_socket_path, socket_from_env};
 use lrpm_host::control::status::{JobStatus, ProcessState, SlotStatus, StatusDocument};
+use lrpm_host::control::Reply;
 use lrpm_host::escape;
 use lrpm_host::farm::StatusName;
 use lrpm_host::process::UsageReader;
@@ -447,10 +448,10 @@ fn fetch_status(
     json: bool,
     signals: Option<&WatchSignals>,
 ) -> Result<StatusView, (Failure, Option<u8>)> {
-    let response = exchange(path, "status", signals).map_err(|f| (f, None))?;
-    if let Some(refusal) = response.strip_prefix("error: ") {
-        return Err((Failure::Invalid(refusal.to_string()), Some(EXIT_REFUSED)));
-    }
+    let response = match Reply::from_wire(&exchange(path, "status", signals).map_err(|f| (f, None))?) {
+        Reply::Refused(why) => return Err((Failure::Invalid(why), Some(EXIT_REFUSED))),
+        Reply::Done(response) => response,
+    };
     let invalid = || {
         let start: String = response.chars().take(200).collect();
         (Failure::Invalid(format!("invalid status response from {}: {start}", path.display())), None)
@@ -778,11 +779,13 @@ fn ask(path: &Path, request: &str) -> Result<String, ExitCode> {
         eprintln!("lrpmctl: {}", failure.message());
         ExitCode::from(failure.exit_code())
     })?;
-    if let Some(refusal) = response.strip_prefix("error: ") {
-        eprintln!("lrpmctl: {}", escape::controls_keeping_lines(refusal));
-        return Err(ExitCode::from(EXIT_REFUSED));
+    match Reply::from_wire(&response) {
+        Reply::Refused(why) => {
+            eprintln!("lrpmctl: {}", escape::controls_keeping_lines(&why));
+            Err(ExitCode::from(EXIT_REFUSED))
+        }
+        Reply::Done(response) => Ok(response),
     }
-    Ok(response)
 }
 
 /// `lrpmctl cluster`: the members, then every unit with its owner.

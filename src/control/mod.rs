@@ -73,13 +73,13 @@ pub enum Request {
 /// Why a command line is not a request; `Display` is the reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
-    #[error("error: {0} requires a job id argument")]
+    #[error("{0} requires a job id argument")]
     MissingJobId(&'static str),
-    #[error("error: usage: signal <job_id> <SIGNAL>")]
+    #[error("usage: signal <job_id> <SIGNAL>")]
     SignalUsage,
-    #[error("error: unknown signal {0} (use a name such as TERM, HUP, USR1, or a number)")]
+    #[error("unknown signal {0} (use a name such as TERM, HUP, USR1, or a number)")]
     UnknownSignal(String),
-    #[error("error: '{0}' is not a valid message. {HELP}")]
+    #[error("'{0}' is not a valid message. {HELP}")]
     UnknownVerb(String),
 }
 
@@ -133,17 +133,60 @@ pub fn verb(command: JobCommand) -> &'static str {
     }
 }
 
+/// What the supervisor answers a request, typed: done (with its text or
+/// the document asked for) or refused (why). On the wire it is php-lrpm's
+/// text, a refusal's starting with `error: `; `lrpmctl` reads it back with
+/// `Reply::from_wire` (and exits 1 on a refusal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Done(String),
+    Refused(String),
+}
+
+impl Reply {
+    pub const REFUSAL_PREFIX: &'static str = "error: ";
+
+    pub fn done(text: impl Into<String>) -> Reply {
+        Reply::Done(text.into())
+    }
+
+    pub fn refused(why: impl Into<String>) -> Reply {
+        Reply::Refused(why.into())
+    }
+
+    /// The text sent on the control socket.
+    pub fn wire(&self) -> String {
+        match self {
+            Reply::Done(text) => text.clone(),
+            Reply::Refused(why) => format!("{}{why}", Reply::REFUSAL_PREFIX),
+        }
+    }
+
+    pub fn from_wire(text: &str) -> Reply {
+        match text.strip_prefix(Reply::REFUSAL_PREFIX) {
+            Some(why) => Reply::Refused(why.to_string()),
+            None => Reply::Done(text.to_string()),
+        }
+    }
+}
+
+impl From<ParseError> for Reply {
+    fn from(error: ParseError) -> Reply {
+        Reply::Refused(error.to_string())
+    }
+}
+
 /// The reply to a job request, php-lrpm's wording.
-pub fn job_reply(id: &JobId, command: JobCommand, outcome: Result<(), Refusal>) -> String {
+pub fn job_reply(id: &JobId, command: JobCommand, outcome: Result<(), Refusal>) -> Reply {
     let verb = verb(command);
     match outcome {
-        Ok(()) => match command {
+        Ok(()) => Reply::Done(match command {
             JobCommand::Restart => format!("Scheduled immediate restart of job {id}"),
             JobCommand::Start => format!("Job {id} will be started and kept running"),
             JobCommand::Hold => format!("Job {id} is being stopped and will stay stopped until `start {id}`"),
             JobCommand::Recycle => format!("Scheduled rolling recycle of job {id}"),
-        },
-        Err(refusal) => format!("error: Will not {verb} job {id}, {}", refusal_reason(refusal)),
+        }),
+        Err(refusal) => Reply::Refused(format!("Will not {verb} job {id}, {}", refusal_reason(refusal))),
     }
 }
 
@@ -207,13 +250,21 @@ mod tests {
     fn refusals_name_the_job_and_the_reason() {
         let id = JobId::Int(9);
         assert_eq!(
-            job_reply(&id, JobCommand::Restart, Err(Refusal::NoSuchJob)),
+            job_reply(&id, JobCommand::Restart, Err(Refusal::NoSuchJob)).wire(),
             "error: Will not restart job 9, it does not exist"
         );
         assert_eq!(
             job_reply(&id, JobCommand::Hold, Ok(())),
-            "Job 9 is being stopped and will stay stopped until `start 9`"
+            Reply::done("Job 9 is being stopped and will stay stopped until `start 9`")
         );
+    }
+
+    #[test]
+    fn a_reply_reads_back_as_what_was_sent() {
+        for reply in [Reply::done("Scheduled"), Reply::refused("Will not"), Reply::done("")] {
+            assert_eq!(Reply::from_wire(&reply.wire()), reply);
+        }
+        assert_eq!(Reply::from(ParseError::SignalUsage).wire(), "error: usage: signal <job_id> <SIGNAL>");
     }
 
     #[test]

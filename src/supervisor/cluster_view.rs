@@ -9,6 +9,7 @@ use std::time::Instant;
 use super::Supervisor;
 use crate::control::cluster::{ClusterDocument, LeaseState, MemberRow, UnitRow};
 use crate::control::status::SlotOwner;
+use crate::control::Reply;
 use crate::farm::WorkerKey;
 use crate::metrics::exposition::{Exposition, Kind};
 
@@ -32,9 +33,9 @@ impl Supervisor<'_> {
     }
 
     /// `cluster`: the document `lrpmctl cluster` shows.
-    pub(super) fn handle_cluster(&mut self, now: Instant) -> String {
+    pub(super) fn handle_cluster(&mut self, now: Instant) -> Reply {
         let Some(agent) = self.agent.as_ref() else {
-            return "error: this lrpm-host is not in a cluster (start it with --cluster)".into();
+            return Reply::refused("this lrpm-host is not in a cluster (start it with --cluster)");
         };
         let me = agent.settings().member.clone();
         let owners = self.slot_owners();
@@ -99,36 +100,39 @@ impl Supervisor<'_> {
             grants: agent.grants,
             revocations: agent.revocations,
         };
-        serde_json::to_string(&document).unwrap_or_else(|e| format!("error: cannot encode the cluster view: {e}"))
+        match serde_json::to_string(&document) {
+            Ok(json) => Reply::Done(json),
+            Err(e) => Reply::Refused(format!("cannot encode the cluster view: {e}")),
+        }
     }
 
-    pub(super) fn handle_drain(&mut self) -> String {
+    pub(super) fn handle_drain(&mut self) -> Reply {
         if self.agent.is_none() {
-            return "error: drain needs --cluster: this lrpm-host is not in a cluster".into();
+            return Reply::refused("drain needs --cluster: this lrpm-host is not in a cluster");
         }
         if self.farm.is_shutting_down() {
-            return "error: Will not drain, lrpm-host is shutting down (which drains it)".into();
+            return Reply::refused("Will not drain, lrpm-host is shutting down (which drains it)");
         }
         self.leave_cluster("lrpmctl drain");
-        format!(
+        Reply::Done(format!(
             "Draining: {} unit(s) of this member move to the other members as their workers stop; \
              every-host jobs keep running (`undrain` takes units again)",
             self.farm.owned_unit_count()
-        )
+        ))
     }
 
-    pub(super) fn handle_undrain(&mut self) -> String {
+    pub(super) fn handle_undrain(&mut self) -> Reply {
         if self.agent.is_none() {
-            return "error: undrain needs --cluster: this lrpm-host is not in a cluster".into();
+            return Reply::refused("undrain needs --cluster: this lrpm-host is not in a cluster");
         }
         if self.farm.is_shutting_down() {
-            return "error: Will not undrain, lrpm-host is shutting down".into();
+            return Reply::refused("Will not undrain, lrpm-host is shutting down");
         }
         if self.cluster_leaving().is_none() {
-            return "This member is not draining".into();
+            return Reply::done("This member is not draining");
         }
         self.rejoin_cluster();
-        "Undrained: this member takes its share of the units again".into()
+        Reply::done("Undrained: this member takes its share of the units again")
     }
 
     /// Not ready while clustered units cannot run here: no lease, or the

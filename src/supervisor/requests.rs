@@ -9,7 +9,7 @@ use nix::unistd::Pid;
 
 use super::Supervisor;
 use crate::control::server::ClientId;
-use crate::control::{self, status, Request};
+use crate::control::{self, status, Reply, Request};
 use crate::farm::{Event, JobCommand, Refusal};
 use crate::job::JobId;
 use crate::php;
@@ -25,21 +25,21 @@ const USAGE_READ_BUDGET: process::ReadBudget = process::ReadBudget { burst: Dura
 impl Supervisor<'_> {
     pub(super) fn answer(&mut self, client: ClientId, text: &str, now: Instant) {
         let reply = match Request::parse(text) {
-            Err(error) => Some(error.to_string()),
+            Err(error) => Some(Reply::from(error)),
             Ok(request) => self.handle_request(client, request, now),
         };
         // None: the answer comes later (an upgrade's outcome).
         if let Some(reply) = reply {
-            self.control.respond(client, &reply);
+            self.control.respond(client, &reply.wire());
         }
     }
 
-    fn handle_request(&mut self, client: ClientId, request: Request, now: Instant) -> Option<String> {
+    fn handle_request(&mut self, client: ClientId, request: Request, now: Instant) -> Option<Reply> {
         Some(match request {
             Request::Help => handle_help(),
             Request::Status => self.handle_status(now),
             Request::Version => handle_version(),
-            Request::Metrics => self.metrics_text(now),
+            Request::Metrics => Reply::Done(self.metrics_text(now)),
             Request::Reload => self.handle_reload(now),
             Request::ReopenLogs => handle_reopen_logs(),
             Request::Shutdown => self.handle_shutdown(now),
@@ -54,7 +54,7 @@ impl Supervisor<'_> {
         })
     }
 
-    fn handle_status(&mut self, now: Instant) -> String {
+    fn handle_status(&mut self, now: Instant) -> Reply {
         let processes: Vec<(i32, Instant)> = self
             .farm
             .jobs()
@@ -73,22 +73,22 @@ impl Supervisor<'_> {
         let read_at = Instant::now();
         let figures = |pid| status::PidFigures { cycles: self.cycle_figures(pid), usage: self.usage.get(pid, read_at) };
         let owners = self.slot_owners();
-        status::status_json(&self.farm, &figures, &owners, now, status::unix_now())
+        Reply::Done(status::status_json(&self.farm, &figures, &owners, now, status::unix_now()))
     }
 
-    fn handle_reload(&mut self, now: Instant) -> String {
+    fn handle_reload(&mut self, now: Instant) -> Reply {
         let actions = self.farm.handle(Event::Reload, now);
         self.apply(actions);
-        "Scheduled immediate configuration reload".to_string()
+        Reply::done("Scheduled immediate configuration reload")
     }
 
-    fn handle_shutdown(&mut self, now: Instant) -> String {
+    fn handle_shutdown(&mut self, now: Instant) -> Reply {
         let actions = self.farm.handle(Event::Shutdown, now);
         self.apply(actions);
-        "lrpm: Shutting down process manager".to_string()
+        Reply::done("lrpm: Shutting down process manager")
     }
 
-    fn handle_job_command(&mut self, id: &JobId, command: JobCommand, now: Instant) -> String {
+    fn handle_job_command(&mut self, id: &JobId, command: JobCommand, now: Instant) -> Reply {
         let (outcome, actions) = self.farm.job_command(id, command, now);
         self.apply(actions);
         control::job_reply(id, command, outcome)
@@ -97,7 +97,7 @@ impl Supervisor<'_> {
     /// `restart all` and `recycle all`: the command on every job, as one
     /// request per job would (removed jobs still stopping, and jobs with
     /// nothing to recycle, are left alone).
-    fn handle_every_job(&mut self, command: JobCommand, now: Instant) -> String {
+    fn handle_every_job(&mut self, command: JobCommand, now: Instant) -> Reply {
         let ids: Vec<JobId> = self.farm.jobs().keys().cloned().collect();
         let mut accepted = 0;
         for id in &ids {
@@ -107,23 +107,28 @@ impl Supervisor<'_> {
                 Ok(()) => accepted += 1,
                 Err(Refusal::ShuttingDown) => {
                     let verb = control::verb(command);
-                    return format!("error: Will not {verb}, {}", control::refusal_reason(Refusal::ShuttingDown));
+                    return Reply::Refused(format!(
+                        "Will not {verb}, {}",
+                        control::refusal_reason(Refusal::ShuttingDown)
+                    ));
                 }
                 Err(_) => {}
             }
         }
-        match command {
+        Reply::Done(match command {
             JobCommand::Recycle => format!("Scheduled rolling recycle of {accepted} job(s)"),
             _ => format!("Scheduled immediate {} of {accepted} job(s)", control::verb(command)),
-        }
+        })
     }
 
     /// Delivers exactly the signal asked for to each of the job's worker
     /// processes (not their groups), through pidfds.
-    fn handle_signal(&mut self, id: &JobId, signal: Signal) -> String {
+    fn handle_signal(&mut self, id: &JobId, signal: Signal) -> Reply {
         let targets = match self.farm.signal_targets(id) {
-            Err(Refusal::NoSuchJob) => return format!("error: job {id} does not exist"),
-            Err(refusal) => return format!("error: cannot signal job {id}: {}", control::refusal_reason(refusal)),
+            Err(Refusal::NoSuchJob) => return Reply::Refused(format!("job {id} does not exist")),
+            Err(refusal) => {
+                return Reply::Refused(format!("cannot signal job {id}: {}", control::refusal_reason(refusal)))
+            }
             Ok(targets) => targets,
         };
         let mut sent = Vec::new();
@@ -136,37 +141,37 @@ impl Supervisor<'_> {
         }
         if failed.is_empty() {
             let noun = if sent.len() == 1 { "pid" } else { "pids" };
-            format!("Sent {} to job {id} ({noun} {})", signal.as_str(), sent.join(", "))
+            Reply::Done(format!("Sent {} to job {id} ({noun} {})", signal.as_str(), sent.join(", ")))
         } else {
-            format!(
-                "error: cannot send {} to job {id} ({}); sent to: {}",
+            Reply::Refused(format!(
+                "cannot send {} to job {id} ({}); sent to: {}",
                 signal.as_str(),
                 failed.join("; "),
                 if sent.is_empty() { "none".to_string() } else { sent.join(", ") }
-            )
+            ))
         }
     }
 }
 
-fn handle_help() -> String {
-    format!("lrpm-host: {}", control::HELP)
+fn handle_help() -> Reply {
+    Reply::Done(format!("lrpm-host: {}", control::HELP))
 }
 
-fn handle_reopen_logs() -> String {
+fn handle_reopen_logs() -> Reply {
     match crate::log_file::reopen() {
-        None => "error: no --log-file to reopen: the log goes to stdout and stderr".to_string(),
+        None => Reply::refused("no --log-file to reopen: the log goes to stdout and stderr"),
         Some(Ok(())) => {
             let path = crate::log_file::path().map(|p| p.display().to_string()).unwrap_or_default();
             tracing::info!("log file {path} reopened (reopen-logs)");
-            format!("Reopened {path}")
+            Reply::Done(format!("Reopened {path}"))
         }
         Some(Err(e)) => {
             tracing::error!("cannot reopen the log file: {e}; still writing to the file it had");
-            format!("error: cannot reopen the log file: {e}; still writing to the file it had")
+            Reply::Refused(format!("cannot reopen the log file: {e}; still writing to the file it had"))
         }
     }
 }
 
-fn handle_version() -> String {
-    format!("lrpm-host {} (PHP {})", env!("CARGO_PKG_VERSION"), php::php_version())
+fn handle_version() -> Reply {
+    Reply::Done(format!("lrpm-host {} (PHP {})", env!("CARGO_PKG_VERSION"), php::php_version()))
 }

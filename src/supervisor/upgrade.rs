@@ -46,6 +46,7 @@ use super::children::ChildRole;
 use super::cluster::HandedAgent;
 use super::{output, Supervisor};
 use crate::control::server::ClientId;
+use crate::control::Reply;
 use crate::farm::zygote::Disabled;
 use crate::farm::{Event, ExitKind, JobCommand, PhpEnd, ProcessKind};
 use crate::job::{DescribedJob, JobId};
@@ -255,23 +256,23 @@ fn takes_over(format: u32, clustered: bool) -> bool {
 impl Supervisor<'_> {
     /// `upgrade`: starts the trial run; the answer follows when it ends
     /// (None: deferred), unless it cannot start.
-    pub(super) fn handle_upgrade(&mut self, client: ClientId, now: Instant) -> Option<String> {
+    pub(super) fn handle_upgrade(&mut self, client: ClientId, now: Instant) -> Option<Reply> {
         if self.upgrade.is_some() {
-            return Some(
-                "error: an upgrade is already under way (its trial run is running); wait for its outcome".to_string(),
-            );
+            return Some(Reply::refused(
+                "an upgrade is already under way (its trial run is running); wait for its outcome",
+            ));
         }
         if self.farm.is_shutting_down() {
-            return Some("error: Will not upgrade, lrpm-host is shutting down".to_string());
+            return Some(Reply::refused("Will not upgrade, lrpm-host is shutting down"));
         }
         let Some((path, argv, mut env)) = self.exec_parts() else {
-            return Some("error: cannot upgrade: the program's path or arguments are not valid C strings".to_string());
+            return Some(Reply::refused("cannot upgrade: the program's path or arguments are not valid C strings"));
         };
         env.push(CString::new(format!("{UPGRADE_CHECK_ENV}={TRIAL_REPORT_FD}")).expect("no NUL"));
         let program = self.config.program.display().to_string();
         let (report, report_end) = match process::message_pipe() {
             Ok(pipe) => pipe,
-            Err(e) => return Some(format!("error: cannot upgrade: {e}")),
+            Err(e) => return Some(Reply::Refused(format!("cannot upgrade: {e}"))),
         };
         match process::spawn_program(&path, &argv, &env, process::ProgramIo::Report(Some(report_end.as_raw_fd()))) {
             Ok(pid) => {
@@ -294,7 +295,7 @@ impl Supervisor<'_> {
                 }));
                 None
             }
-            Err(e) => Some(format!("error: cannot start {program}: {e}")),
+            Err(e) => Some(Reply::Refused(format!("cannot start {program}: {e}"))),
         }
     }
 
@@ -339,9 +340,9 @@ impl Supervisor<'_> {
         trial.read_report();
         let program = self.config.program.display().to_string();
         let verdict = trial.verdict(exit, self.config.upgrade_trial_timeout, self.agent.is_some());
-        let answer = |control: &mut crate::control::server::ControlServer, text: &str| {
+        let answer = |control: &mut crate::control::server::ControlServer, reply: Reply| {
             if let Some(client) = trial.client {
-                control.respond(client, text);
+                control.respond(client, &reply.wire());
             }
         };
         let report = match verdict {
@@ -350,22 +351,22 @@ impl Supervisor<'_> {
                 tracing::error!("upgrade: {program} cannot take the farm over: {why}; the farm runs on unchanged");
                 answer(
                     &mut self.control,
-                    &format!("error: upgrade refused: {program}: {why}; the farm runs on unchanged"),
+                    Reply::Refused(format!("upgrade refused: {program}: {why}; the farm runs on unchanged")),
                 );
                 return;
             }
         };
         if self.farm.is_shutting_down() {
-            answer(&mut self.control, "error: Will not upgrade, lrpm-host is shutting down");
+            answer(&mut self.control, Reply::refused("Will not upgrade, lrpm-host is shutting down"));
             return;
         }
         let jobs = report.jobs.unwrap_or(0);
         answer(
             &mut self.control,
-            &format!(
+            Reply::Done(format!(
                 "Upgrade: {program} passed its trial (lrpm-host {}, PHP {}, {jobs} job(s) loaded); replacing this host",
                 report.lrpm_host, report.php
-            ),
+            )),
         );
         self.upgrade = Some(Upgrade::Replacing);
         let error = self.exec_new_image(&report);
