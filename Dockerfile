@@ -23,8 +23,8 @@ COPY Cargo.toml Cargo.lock ./
 # Cargo reads every target the manifest names: empty stand-ins for them
 # are enough to fetch. The [[test]] stand-ins stay (tests/ is not copied:
 # the image builds only the binaries).
-RUN mkdir -p src/bin tests \
- && touch build.rs src/lib.rs src/main.rs src/bin/lrpmctl.rs \
+RUN mkdir -p src/bin/lrpmctl tests \
+ && touch build.rs src/lib.rs src/main.rs src/bin/lrpmctl/main.rs \
  && for t in $(sed -n '/^\[\[test\]\]/,/^$/s/^name *= *"\(.*\)"/\1/p' Cargo.toml); do touch "tests/$t.rs"; done \
  && cargo fetch --locked \
  && rm -rf build.rs src
