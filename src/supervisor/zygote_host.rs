@@ -156,11 +156,15 @@ impl Supervisor<'_> {
     }
 
     /// The zygote's next deadline: its lifecycle's (a restart, the startup
-    /// wait) or its oldest unanswered request's.
+    /// wait) or, while it serves, its oldest unanswered request's (a
+    /// stopping zygote is not killed as stuck: its deadline would only wake
+    /// the loop for nothing until it is reaped).
     pub(super) fn zygote_deadline(&self) -> Option<Instant> {
         let link = self.zygote.process().map(|p| &p.link);
         let waiting = link.is_some_and(|l| !l.awaiting.is_empty());
-        [self.zygote.deadline(waiting), link.and_then(Connection::reply_deadline)].into_iter().flatten().min()
+        let serving = self.zygote.is_ready() || self.zygote.is_starting();
+        let stuck_at = link.filter(|_| serving).and_then(Connection::reply_deadline);
+        [self.zygote.deadline(waiting), stuck_at].into_iter().flatten().min()
     }
 
     /// A zygote past a deadline: due to start again, not ready
