@@ -140,7 +140,7 @@ php: php-lib
 
 php-lib:
 	@PHP_VERSION=$(PHP_VERSION) PHP_BUILD=$(PHP_BUILD) PHP_JOBS=$(PHP_JOBS) PHP_STATIC=$(PHP_STATIC) \
-		PHP_SRC="$(PHP_SRC)" PHP_APCU_SRC="$(PHP_APCU_SRC)" PHP_REDIS_SRC="$(PHP_REDIS_SRC)" \
+		PHP_SRC="$(PHP_SRC)" PHP_APCU_SRC="$(PHP_APCU_SRC)" PHP_REDIS_SRC="$(PHP_REDIS_SRC)" PHP_GEARMAN_SRC="$(PHP_GEARMAN_SRC)" \
 		php-src-config/build-php.sh
 
 # The whole suite against PHP 8.4 built from source (cached in build/php-8.4).

@@ -7,6 +7,8 @@
 #   PHP_SRC        a PHP source tarball or folder; unset: Debian's source package
 #   PHP_APCU_SRC   an APCu (PECL apcu) tarball or folder; unset: Debian's php-apcu source
 #   PHP_REDIS_SRC  a phpredis (PECL redis) tarball or folder; unset: Debian's php-redis source
+#   PHP_GEARMAN_SRC  a PECL gearman tarball or folder; unset: Debian's php-gearman source
+#                  (not with PHP_STATIC=1)
 #   PHP_BUILD      the build folder (default build/php-$PHP_VERSION)
 #   PHP_STATIC     1: also make $PHP_BUILD/prefix/lib/libphp.a
 #   PHP_JOBS       make -j (default 2)
@@ -40,7 +42,7 @@ DEBIAN_SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-se
 # Headers and tools of what configure-flags enables, on Debian bookworm.
 BUILD_PACKAGES="build-essential autoconf bison re2c pkg-config xz-utils
     libxml2-dev libsqlite3-dev libonig-dev libicu-dev libpq-dev libzip-dev
-    libcurl4-openssl-dev libssl-dev libsodium-dev zlib1g-dev"
+    libcurl4-openssl-dev libssl-dev libsodium-dev zlib1g-dev libgearman-dev"
 # Only for fetching Debian's source packages: apt checks the files against
 # the signed Sources index, dget (the fallback) the .dsc's signature against
 # debian-keyring and every file against the .dsc.
@@ -77,6 +79,13 @@ apt_private() {
 # source package, the variable that names another source, configure flag.
 PECL_EXTENSIONS="apcu:php-apcu:PHP_APCU_SRC:--enable-apcu
 redis:php-redis:PHP_REDIS_SRC:--enable-redis"
+# Gearman (tests/stops.rs drives a real gearmand) in the shared libphp only:
+# the static binary would need libgearman's static archive and its
+# dependencies, and no one deploys gearman workers from it.
+if [ "${PHP_STATIC:-0}" != 1 ]; then
+    PECL_EXTENSIONS="$PECL_EXTENSIONS
+gearman:php-gearman:PHP_GEARMAN_SRC:--with-gearman"
+fi
 
 # The private apt configuration, once per run: sources list, index
 # folders; removed when the script ends.
@@ -227,7 +236,8 @@ add_extension() {
         [ -n "$inner" ] || die "$from holds no config.m4 (not the sources of a PHP extension)"
         mv "$(dirname "$inner")" "$PHP_BUILD/$name-tmp" && rm -rf "$dir" && mv "$PHP_BUILD/$name-tmp" "$dir"
     fi
-    grep -q "PHP_ARG_ENABLE(\[\{0,1\}$name\]\{0,1\}," "$dir/config.m4" || die "$from: ext/$name/config.m4 has no --enable-$name"
+    grep -q "PHP_ARG_\(ENABLE\|WITH\)(\[\{0,1\}$name\]\{0,1\}," "$dir/config.m4" \
+        || die "$from: ext/$name/config.m4 has no --enable-$name or --with-$name"
 }
 
 main() {
@@ -291,6 +301,9 @@ main() {
         if [ -f "$("$prefix/bin/php-config" --extension-dir)/opcache.so" ]; then
             echo "zend_extension=opcache.so" >"$prefix/etc/conf.d/10-opcache.ini"
         fi
+        # Debian's PHP finds the PHP libraries Debian installs (php-amqplib,
+        # phpseclib, Symfony) in /usr/share/php: so does this one.
+        echo 'include_path=".:/usr/share/php"' >"$prefix/etc/conf.d/20-include-path.ini"
         rm -f "$prefix/lib/libphp.a"
         echo "$key" >"$prefix/.installed"
         log "installed $("$prefix/bin/php-config" --version) in $prefix"
