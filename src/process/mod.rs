@@ -193,6 +193,25 @@ pub fn monotonic_now_ns() -> u64 {
 /// Sends `sig` to the process group a child leads (the child and what it
 /// started). Only for children not yet reaped: their group id cannot have
 /// been recycled.
+/// Waits for child `pid` (already told to end) and says how it ended.
+pub fn wait_for_exit(pid: Pid) -> ExitKind {
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return ExitKind::Code(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return ExitKind::Signal(sig as i32),
+            Err(Errno::EINTR) | Ok(_) => continue,
+            // Reaped already, or not a child: it is gone, as if killed.
+            Err(_) => return ExitKind::Signal(Signal::SIGKILL as i32),
+        }
+    }
+}
+
+/// SIGKILLs the group `leader` leads and reaps the leader.
+pub fn kill_group_and_wait(leader: Pid) -> ExitKind {
+    signal_group(leader, Signal::SIGKILL);
+    wait_for_exit(leader)
+}
+
 pub fn signal_group(leader: Pid, sig: Signal) {
     match killpg(leader, sig) {
         Ok(()) | Err(Errno::ESRCH) => {}

@@ -336,8 +336,7 @@ impl Supervisor<'_> {
                     "cluster: the agent (pid {pid}) did not give the lease back within {}s; killing it (the others take the units when the lease ends)",
                     AGENT_LEAVE_TIMEOUT.as_secs()
                 );
-                crate::process::signal_group(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-                let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+                crate::process::kill_group_and_wait(Pid::from_raw(pid));
                 agent.pid = None;
                 self.children.remove(pid);
                 true

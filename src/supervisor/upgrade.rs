@@ -391,8 +391,7 @@ impl Supervisor<'_> {
         // new image; workers keep running.
         self.end_zygote_for_exec(Instant::now());
         if let Some(pid) = self.farm.config_process().pid() {
-            process::signal_group(Pid::from_raw(pid), Signal::SIGKILL);
-            let exit = reap_killed(pid);
+            let exit = process::kill_group_and_wait(Pid::from_raw(pid));
             // Told to the core: should the exec fail, it starts another.
             self.child_exited(Pid::from_raw(pid), exit, Instant::now());
         }
@@ -434,7 +433,7 @@ impl Supervisor<'_> {
         // (`ReleaseUnit`) only now, and should the exec fail, the farm runs
         // on knowing these processes are gone.
         for pid in released {
-            let exit = reap_killed(pid);
+            let exit = process::wait_for_exit(Pid::from_raw(pid));
             self.child_exited(Pid::from_raw(pid), exit, Instant::now());
         }
         let cluster = self.agent.as_mut().and_then(|agent| agent.hand_over(Instant::now()));
@@ -512,8 +511,7 @@ impl Supervisor<'_> {
     /// should the exec fail, the farm runs on as before.
     fn end_zygote_for_exec(&mut self, now: Instant) {
         let Some(zygote) = self.zygote.take(Disabled::Upgrading) else { return };
-        process::signal_group(Pid::from_raw(zygote.pid), Signal::SIGKILL);
-        reap_killed(zygote.pid);
+        process::kill_group_and_wait(Pid::from_raw(zygote.pid));
         self.children.remove(zygote.pid);
         self.zygote.rearm_after_exec(now);
         for start in zygote.link.pending {
@@ -525,16 +523,6 @@ impl Supervisor<'_> {
             let actions = self.farm.handle(Event::WorkerStartDeferred(key), now);
             self.apply(actions);
         }
-    }
-}
-
-/// Waits for `pid`, just sent SIGKILL, and says how it ended.
-fn reap_killed(pid: i32) -> ExitKind {
-    use nix::sys::wait::WaitStatus;
-    match nix::sys::wait::waitpid(Pid::from_raw(pid), None) {
-        Ok(WaitStatus::Exited(_, code)) => ExitKind::Code(code),
-        Ok(WaitStatus::Signaled(_, signal, _)) => ExitKind::Signal(signal as i32),
-        _ => ExitKind::Signal(Signal::SIGKILL as i32),
     }
 }
 

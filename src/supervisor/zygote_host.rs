@@ -371,8 +371,7 @@ impl Supervisor<'_> {
     pub(super) fn reap_zygote(&mut self) {
         if let Some(process) = self.zygote.take(Disabled::ShutDown) {
             self.children.remove(process.pid);
-            process::signal_group(Pid::from_raw(process.pid), Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(Pid::from_raw(process.pid), None);
+            process::kill_group_and_wait(Pid::from_raw(process.pid));
         }
     }
 }
