@@ -1,18 +1,18 @@
-//! The control socket: non-blocking accept/read/write driven by the
-//! supervisor's poll loop. It never blocks and never decides anything: whole
-//! requests go up to the supervisor, responses come back down.
+//! The control socket: its file, and php-lrpm's framing over the shared
+//! connection table (src/connections.rs), driven by the supervisor's poll
+//! loop. It never blocks and never decides anything: whole requests go up
+//! to the supervisor, responses come back down.
 
-use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use thiserror::Error;
 
-use super::codec::{encode, FrameDecoder};
+use super::codec::{encode, FrameDecoder, HEADER_LEN};
+use crate::connections::{ConnectionId, Connections, Decoded, Decoder, Limits, Outgoing, Overflow};
 
 /// Requests are command lines; anything larger is hostile or broken.
 pub const MAX_REQUEST: u64 = 1024 * 1024;
@@ -103,33 +103,44 @@ fn prepare_socket_folder(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-struct Client {
-    stream: UnixStream,
-    decoder: FrameDecoder,
-    outgoing: Vec<u8>,
-    /// How much of `outgoing` was written: a large reply goes out in many
-    /// writes, never moved around in memory between them.
-    written: usize,
-    awaiting_response: bool,
-    deadline: Instant,
+/// php-lrpm's framing as the connection table reads it: one frame of at
+/// most `MAX_REQUEST` bytes, refused as soon as its header announces more.
+pub struct RequestDecoder(FrameDecoder);
+
+impl Default for RequestDecoder {
+    fn default() -> Self {
+        RequestDecoder(FrameDecoder::new(MAX_REQUEST))
+    }
 }
 
-pub type ClientId = u64;
+impl Decoder for RequestDecoder {
+    type Request = String;
 
-/// How an accept round ended.
-#[derive(Debug)]
-pub enum AcceptOutcome {
-    /// Every pending connection was taken (`accepted` of them).
-    Drained { accepted: usize },
-    /// EMFILE/ENFILE: connections wait in the backlog until descriptors free up.
-    OutOfDescriptors(std::io::Error),
+    fn room(&self) -> usize {
+        (MAX_REQUEST as usize + HEADER_LEN + 1).saturating_sub(self.0.pending())
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.0.push(bytes);
+    }
+
+    fn decode(&mut self) -> Decoded<String> {
+        match self.0.next_frame() {
+            Ok(Some(frame)) => Decoded::Request(String::from_utf8_lossy(&frame).into_owned()),
+            Ok(None) => Decoded::Partial,
+            Err(e) => Decoded::Dropped(e.to_string()),
+        }
+    }
 }
 
+pub type ClientId = ConnectionId;
+
+const LIMITS: Limits = Limits { max_clients: MAX_CLIENTS, timeout: CLIENT_TIMEOUT, overflow: Overflow::Close };
+
+/// The control socket's file and its connections.
 pub struct ControlServer {
     path: PathBuf,
-    listener: UnixListener,
-    clients: HashMap<ClientId, Client>,
-    next_id: ClientId,
+    pub clients: Connections<UnixListener, RequestDecoder>,
 }
 
 impl ControlServer {
@@ -156,172 +167,32 @@ impl ControlServer {
         let listener = bound.map_err(|e| ControlError::Bind(path.to_path_buf(), e))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .map_err(|e| ControlError::Bind(path.to_path_buf(), e))?;
-        listener.set_nonblocking(true).map_err(|e| ControlError::Bind(path.to_path_buf(), e))?;
-        Ok(ControlServer { path: path.to_path_buf(), listener, clients: HashMap::new(), next_id: 0 })
+        Self::serve(listener, path)
     }
 
     /// The listening socket a previous image of this host handed over
     /// (`lrpmctl upgrade`): no client is refused while the host replaces itself.
     pub fn adopt(listener: std::os::fd::OwnedFd, path: &Path) -> Result<Self, ControlError> {
-        let listener = UnixListener::from(listener);
+        Self::serve(UnixListener::from(listener), path)
+    }
+
+    fn serve(listener: UnixListener, path: &Path) -> Result<Self, ControlError> {
         listener.set_nonblocking(true).map_err(|e| ControlError::Bind(path.to_path_buf(), e))?;
-        Ok(ControlServer { path: path.to_path_buf(), listener, clients: HashMap::new(), next_id: 0 })
+        Ok(ControlServer { path: path.to_path_buf(), clients: Connections::new("control socket", listener, LIMITS) })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn listener(&self) -> BorrowedFd<'_> {
-        self.listener.as_fd()
+    /// The listening socket, as an upgrade hands it to the next image.
+    pub fn listener_fd(&self) -> RawFd {
+        self.clients.listener().as_raw_fd()
     }
 
-    /// Every descriptor a forked child must close.
-    pub fn all_fds(&self) -> Vec<RawFd> {
-        let mut fds = vec![self.listener.as_raw_fd()];
-        fds.extend(self.clients.values().map(|c| c.stream.as_raw_fd()));
-        fds
-    }
-
-    /// Client descriptors to poll, with whether each wants to write. A
-    /// client waiting for a deferred answer is not polled: it has nothing
-    /// more to send, and its hang-up would wake every turn.
-    pub fn client_fds(&self) -> Vec<(ClientId, BorrowedFd<'_>, bool)> {
-        self.clients
-            .iter()
-            .filter(|(_, c)| !(c.awaiting_response && c.outgoing.is_empty()))
-            .map(|(id, c)| (*id, c.stream.as_fd(), c.written < c.outgoing.len()))
-            .collect()
-    }
-
-    /// The answer to this client's request comes later (an upgrade's
-    /// outcome): it is kept until `until` instead of the usual timeout.
-    pub fn defer(&mut self, id: ClientId, until: Instant) {
-        if let Some(client) = self.clients.get_mut(&id) {
-            client.deadline = until;
-        }
-    }
-
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.clients.values().map(|c| c.deadline).min()
-    }
-
-    /// Accepts every pending connection. Running out of descriptors is
-    /// reported (the caller stops polling the listener for a while instead of
-    /// spinning on a connection it cannot take).
-    pub fn accept_all(&mut self, now: Instant) -> AcceptOutcome {
-        let mut accepted = 0;
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    accepted += 1;
-                    if self.clients.len() >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
-                        continue; // dropped: closed at once
-                    }
-                    let id = self.next_id;
-                    self.next_id += 1;
-                    self.clients.insert(
-                        id,
-                        Client {
-                            stream,
-                            decoder: FrameDecoder::new(MAX_REQUEST),
-                            outgoing: Vec::new(),
-                            written: 0,
-                            awaiting_response: false,
-                            deadline: now + CLIENT_TIMEOUT,
-                        },
-                    );
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return AcceptOutcome::Drained { accepted },
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                    return AcceptOutcome::OutOfDescriptors(e)
-                }
-                Err(e) => {
-                    tracing::warn!("control socket: accept failed: {e}");
-                    return AcceptOutcome::Drained { accepted };
-                }
-            }
-        }
-    }
-
-    pub fn client_count(&self) -> usize {
-        self.clients.len()
-    }
-
-    /// Reads from a readable client; returns its request once whole.
-    pub fn read_client(&mut self, id: ClientId) -> Option<String> {
-        let client = self.clients.get_mut(&id)?;
-        if client.awaiting_response {
-            return None;
-        }
-        let mut buf = [0u8; 4096];
-        let mut closed = false;
-        loop {
-            match client.stream.read(&mut buf) {
-                Ok(0) => {
-                    // Half-closed after a whole request (nc -N, socat): still answer it.
-                    closed = true;
-                    break;
-                }
-                Ok(n) => client.decoder.push(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    self.clients.remove(&id);
-                    return None;
-                }
-            }
-            if client.decoder.pending() as u64 > MAX_REQUEST + 8 {
-                break;
-            }
-        }
-        match client.decoder.next_frame() {
-            Ok(Some(frame)) => {
-                client.awaiting_response = true;
-                Some(String::from_utf8_lossy(&frame).into_owned())
-            }
-            Ok(None) => {
-                if closed {
-                    self.clients.remove(&id);
-                }
-                None
-            }
-            Err(e) => {
-                tracing::warn!("control client refused: {e}");
-                self.clients.remove(&id);
-                None
-            }
-        }
-    }
-
-    /// Queues the response and tries to send it at once.
+    /// Queues a reply in php-lrpm's framing.
     pub fn respond(&mut self, id: ClientId, response: &str) {
-        if let Some(client) = self.clients.get_mut(&id) {
-            client.outgoing = encode(response.as_bytes());
-            client.written = 0;
-            self.write_client(id);
-        }
-    }
-
-    /// Writes pending output; the connection closes once the response is out.
-    pub fn write_client(&mut self, id: ClientId) {
-        let Some(client) = self.clients.get_mut(&id) else { return };
-        while client.written < client.outgoing.len() {
-            match client.stream.write(&client.outgoing[client.written..]) {
-                Ok(0) => break,
-                Ok(n) => client.written += n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(_) => break,
-            }
-        }
-        self.clients.remove(&id);
-    }
-
-    /// Drops clients that did not finish in time.
-    pub fn expire(&mut self, now: Instant) {
-        self.clients.retain(|_, c| c.deadline > now);
+        self.clients.respond(id, Outgoing { head: encode(response.as_bytes()), body: None });
     }
 }
 

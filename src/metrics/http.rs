@@ -1,8 +1,8 @@
-//! A minimal HTTP/1.1 server for `/metrics`, `/healthz` and `/readyz`,
-//! driven by the supervisor's poll loop as the control socket's server is
-//! (src/control/server.rs): non-blocking sockets, one request per
-//! connection, the response queued whole and written on `POLLOUT`, then the
-//! connection closed (`Connection: close`). It decides nothing: routed
+//! A minimal HTTP/1.1 server for `/metrics`, `/healthz` and `/readyz` over
+//! the connection table the control socket uses too (src/connections.rs):
+//! non-blocking sockets, one request per connection, the response queued
+//! whole and written on `POLLOUT`, then the connection closed
+//! (`Connection: close`). It decides nothing: routed
 //! requests go up to the supervisor, which renders the answer.
 //!
 //! What a hostile client can cost is bounded: a request head is at most
@@ -11,12 +11,11 @@
 //! are open at once: beyond that the listener is not polled, so further
 //! connections wait in the kernel's backlog instead of being refused.
 
-use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::net::{SocketAddr, TcpListener};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::connections::{ConnectionId, Connections, Decoded, Decoder, Limits, Outgoing, Overflow};
 
 /// The request line and headers; a GET has nothing else to send.
 pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
@@ -26,8 +25,6 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_CLIENTS: usize = 512;
 /// The listen backlog: where connections wait while `MAX_CLIENTS` are open.
 const BACKLOG: i32 = 1024;
-/// After EMFILE/ENFILE on accept, the listener rests this long.
-pub const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
 
 /// What a routed request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,38 +118,43 @@ fn head_of(response: &Response) -> Vec<u8> {
     .into_bytes()
 }
 
-struct Client {
-    stream: TcpStream,
-    received: Vec<u8>,
-    /// The status line and headers, then the body (shared), written from
-    /// `written` on each `POLLOUT`.
-    head: Vec<u8>,
-    body: Option<Rc<[u8]>>,
-    written: usize,
-    awaiting_response: bool,
-    deadline: Instant,
-}
+/// The request head as the connection table reads it: at most
+/// `MAX_REQUEST_HEAD` bytes, parsed each time more arrives.
+#[derive(Default)]
+pub struct HeadDecoder(Vec<u8>);
 
-impl Client {
-    fn pending(&self) -> usize {
-        self.head.len() + self.body.as_ref().map_or(0, |b| b.len())
+impl Decoder for HeadDecoder {
+    type Request = Request;
+
+    fn room(&self) -> usize {
+        MAX_REQUEST_HEAD.saturating_sub(self.0.len())
     }
 
-    fn wants_write(&self) -> bool {
-        self.written < self.pending()
+    fn push(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+    }
+
+    fn decode(&mut self) -> Decoded<Request> {
+        match parse(&self.0) {
+            Parsed::Partial => Decoded::Partial,
+            Parsed::Routed(request) => Decoded::Request(request),
+            Parsed::Refused(status, text) => Decoded::Refused(outgoing(&Response::text(status, text), false)),
+        }
     }
 }
 
-pub type HttpClientId = u64;
+/// A response as it goes out (without its body for a HEAD).
+fn outgoing(response: &Response, head_only: bool) -> Outgoing {
+    Outgoing { head: head_of(response), body: (!head_only).then(|| Rc::clone(&response.body)) }
+}
+
+pub type HttpClientId = ConnectionId;
+
+const LIMITS: Limits = Limits { max_clients: MAX_CLIENTS, timeout: CLIENT_TIMEOUT, overflow: Overflow::Backlog };
 
 pub struct HttpServer {
-    listener: TcpListener,
     address: SocketAddr,
-    clients: HashMap<HttpClientId, Client>,
-    next_id: HttpClientId,
-    paused_until: Option<Instant>,
-    /// EMFILE was logged and no accept has succeeded since.
-    out_of_descriptors_logged: bool,
+    pub clients: Connections<TcpListener, HeadDecoder>,
 }
 
 impl HttpServer {
@@ -166,14 +168,7 @@ impl HttpServer {
         listen(&listener, Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN))?;
         listener.set_nonblocking(true)?;
         let address = listener.local_addr()?;
-        Ok(HttpServer {
-            listener,
-            address,
-            clients: HashMap::new(),
-            next_id: 0,
-            paused_until: None,
-            out_of_descriptors_logged: false,
-        })
+        Ok(HttpServer { address, clients: Connections::new("metrics listener", listener, LIMITS) })
     }
 
     /// The address it listens on (the port the kernel chose for port 0).
@@ -181,179 +176,10 @@ impl HttpServer {
         self.address
     }
 
-    pub fn listener(&self) -> BorrowedFd<'_> {
-        self.listener.as_fd()
-    }
-
-    /// Ends a rest of the listener that is over (call before `accepting`).
-    pub fn resume(&mut self, now: Instant) {
-        if self.paused_until.is_some_and(|until| until <= now) {
-            self.paused_until = None;
-        }
-    }
-
-    /// Whether to poll the listener this turn: not while `MAX_CLIENTS` are
-    /// open (connections wait in the backlog) nor while accept rests after
-    /// running out of descriptors.
-    pub fn accepting(&self) -> bool {
-        self.paused_until.is_none() && self.clients.len() < MAX_CLIENTS
-    }
-
-    /// Every descriptor a forked child must close.
-    pub fn all_fds(&self) -> Vec<RawFd> {
-        let mut fds = vec![self.listener.as_raw_fd()];
-        fds.extend(self.clients.values().map(|c| c.stream.as_raw_fd()));
-        fds
-    }
-
-    /// Client descriptors to poll, with whether each wants to write.
-    pub fn client_fds(&self) -> Vec<(HttpClientId, BorrowedFd<'_>, bool)> {
-        self.clients.iter().map(|(id, c)| (*id, c.stream.as_fd(), c.wants_write())).collect()
-    }
-
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.clients.values().map(|c| c.deadline).chain(self.paused_until).min()
-    }
-
-    pub fn client_count(&self) -> usize {
-        self.clients.len()
-    }
-
-    /// Accepts pending connections up to `MAX_CLIENTS`.
-    pub fn accept_all(&mut self, now: Instant) {
-        while self.clients.len() < MAX_CLIENTS {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    if self.out_of_descriptors_logged {
-                        self.out_of_descriptors_logged = false;
-                        tracing::info!("metrics listener: accepting connections again");
-                    }
-                    if stream.set_nonblocking(true).is_err() {
-                        continue;
-                    }
-                    let _ = stream.set_nodelay(true);
-                    let id = self.next_id;
-                    self.next_id += 1;
-                    self.clients.insert(
-                        id,
-                        Client {
-                            stream,
-                            received: Vec::new(),
-                            head: Vec::new(),
-                            body: None,
-                            written: 0,
-                            awaiting_response: false,
-                            deadline: now + CLIENT_TIMEOUT,
-                        },
-                    );
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                    if !self.out_of_descriptors_logged {
-                        self.out_of_descriptors_logged = true;
-                        tracing::warn!(
-                            clients = self.clients.len(),
-                            "metrics listener: {e}; not accepting connections for {}ms (raise the open-files limit: ulimit -n, LimitNOFILE=)",
-                            ACCEPT_PAUSE.as_millis()
-                        );
-                    }
-                    self.paused_until = Some(now + ACCEPT_PAUSE);
-                    return;
-                }
-                // ECONNABORTED and the like concern one connection only.
-                Err(e) => {
-                    tracing::debug!("metrics listener: accept failed: {e}");
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Reads from a readable client; returns its request once whole and
-    /// routed. Malformed, oversized and unrouted requests are answered here.
-    pub fn read_client(&mut self, id: HttpClientId) -> Option<Request> {
-        let client = self.clients.get_mut(&id)?;
-        if client.awaiting_response {
-            return None;
-        }
-        let mut buf = [0u8; 2048];
-        let mut closed = false;
-        while client.received.len() < MAX_REQUEST_HEAD {
-            let room = (MAX_REQUEST_HEAD - client.received.len()).min(buf.len());
-            match client.stream.read(&mut buf[..room]) {
-                Ok(0) => {
-                    closed = true;
-                    break;
-                }
-                Ok(n) => client.received.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    self.clients.remove(&id);
-                    return None;
-                }
-            }
-        }
-        match parse(&client.received) {
-            Parsed::Partial if closed => {
-                self.clients.remove(&id);
-                None
-            }
-            Parsed::Partial => None,
-            Parsed::Refused(status, text) => {
-                client.awaiting_response = true;
-                self.respond(id, &Response::text(status, text), false);
-                None
-            }
-            Parsed::Routed(request) => {
-                client.awaiting_response = true;
-                client.received = Vec::new();
-                Some(request)
-            }
-        }
-    }
-
     /// Queues the response (without its body for a HEAD) and tries to send
     /// it at once.
     pub fn respond(&mut self, id: HttpClientId, response: &Response, head_only: bool) {
-        if let Some(client) = self.clients.get_mut(&id) {
-            client.head = head_of(response);
-            client.body = (!head_only).then(|| Rc::clone(&response.body));
-            client.written = 0;
-            self.write_client(id);
-        }
-    }
-
-    /// Writes pending output; the connection closes once the response is out.
-    pub fn write_client(&mut self, id: HttpClientId) {
-        let Some(client) = self.clients.get_mut(&id) else { return };
-        while client.wants_write() {
-            let head_len = client.head.len();
-            let chunk: &[u8] = if client.written < head_len {
-                &client.head[client.written..]
-            } else {
-                match &client.body {
-                    Some(body) => &body[client.written - head_len..],
-                    None => break,
-                }
-            };
-            match client.stream.write(chunk) {
-                Ok(0) => break,
-                Ok(n) => client.written += n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(_) => break,
-            }
-        }
-        if let Some(client) = self.clients.remove(&id) {
-            let _ = client.stream.shutdown(std::net::Shutdown::Write);
-        }
-    }
-
-    /// Drops clients that did not finish in time.
-    pub fn expire(&mut self, now: Instant) {
-        self.clients.retain(|_, c| c.deadline > now);
+        self.clients.respond(id, outgoing(response, head_only));
     }
 }
 

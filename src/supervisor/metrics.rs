@@ -9,7 +9,8 @@ use std::fmt::Write as _;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::{PollSlots, Supervisor};
+use super::event_loop::Source;
+use super::Supervisor;
 use crate::farm::{JobState, Phase, RecycleReason, StatusName};
 use crate::metrics::exposition::{self, Exposition, Kind};
 use crate::metrics::http::{Request, Response, Route};
@@ -46,19 +47,18 @@ impl Supervisor<'_> {
     /// The HTTP part of a loop turn: accept, read, answer (one rendering
     /// of each document for every client that asked in this turn), write,
     /// expire.
-    pub(super) fn serve_http(&mut self, slots: &PollSlots, ready: &[bool], now: Instant) {
+    pub(super) fn serve_http(&mut self, ready: &[Source], now: Instant) {
         let Some(http) = self.http.as_mut() else { return };
-        if slots.http_listener.is_some_and(|i| ready[i]) {
-            http.accept_all(now);
-        }
         let mut requests = Vec::new();
-        for (offset, (id, wants_write)) in slots.http_clients.iter().enumerate() {
-            if ready[slots.first_http_client + offset] {
-                if *wants_write {
-                    http.write_client(*id);
-                } else if let Some(request) = http.read_client(*id) {
-                    requests.push((*id, request));
+        for source in ready {
+            match *source {
+                Source::HttpListener => http.clients.accept_all(now),
+                Source::Http { id, wants_write } => {
+                    if let Some(request) = http.clients.ready(id, wants_write) {
+                        requests.push((id, request));
+                    }
                 }
+                _ => {}
             }
         }
         let mut rendered: [Option<Response>; 3] = [None, None, None];
@@ -72,7 +72,7 @@ impl Supervisor<'_> {
             }
         }
         if let Some(http) = self.http.as_mut() {
-            http.expire(now);
+            http.clients.expire(now);
         }
     }
 

@@ -1,13 +1,9 @@
-//! The supervisor: one single-threaded poll loop over the signalfd, the
-//! control socket and its clients, and the configuration pipe, with the
-//! farm's next deadline as the timeout. Events go into the pure core
-//! (`farm`), its actions are applied here. It never runs PHP itself: every
-//! PHP request happens in a forked child.
-//!
-//! One turn of the loop: read the configuration pipe, then every signal
-//! (reaping every exited child), then the control socket, and only then the
-//! core's deadlines (`Event::Tick`): an exit already collected is always
-//! known to the core before it decides to signal anyone.
+//! The supervisor: one single-threaded poll loop (`event_loop.rs`) over
+//! the signalfd, the configuration pipe, workers' output, the zygote, the
+//! cluster agent, the control socket and HTTP, with the nearest deadline as
+//! the timeout. Events go into the pure core (`farm`), its actions are
+//! applied here. It never runs PHP itself: every PHP request happens in a
+//! forked child.
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +12,7 @@ mod cluster;
 mod cluster_view;
 pub mod config_channel;
 mod configuration;
+mod event_loop;
 pub use cluster::ClusterSettings;
 mod metrics;
 mod notify;
@@ -31,15 +28,14 @@ use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use thiserror::Error;
 
-use crate::control::server::{AcceptOutcome, ClientId, ControlError, ControlServer};
+use crate::control::server::{ControlError, ControlServer};
 use crate::farm::{Action, Event, Farm, HostExit, KillReason, LogLevel};
 use crate::job::{self, JobId};
-use crate::metrics::http::{HttpClientId, HttpServer};
+use crate::metrics::http::HttpServer;
 use crate::php::{self, Engine, PhpError};
 use crate::process::shared_page::{SharedPage, SharedSlots};
 use crate::process::{self, ExitKind, ProcessError, SignalEvents};
@@ -56,12 +52,6 @@ const SHARED_SLOTS: usize = 65_536;
 
 /// At most this many exited children are reaped per turn.
 const REAP_BATCH: usize = 128;
-
-/// A loop turn longer than this is logged at debug level.
-const SLOW_TURN: Duration = Duration::from_millis(20);
-
-/// After EMFILE/ENFILE on accept, the listener rests this long.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Error)]
 pub enum SupervisorError {
@@ -118,10 +108,6 @@ struct Supervisor<'e> {
     control: ControlServer,
     config_channel: Option<ConfigChannel>,
     exit: Option<HostExit>,
-    /// Set while accept() is out of descriptors.
-    accept_paused_until: Option<Instant>,
-    /// EMFILE was logged and no accept has succeeded since.
-    out_of_descriptors_logged: bool,
     /// (job, field) pairs already warned about.
     warned_fields: HashSet<(JobId, String)>,
     push_rate: PushRate,
@@ -151,8 +137,6 @@ struct Supervisor<'e> {
     upgrade: Option<upgrade::Upgrade>,
     /// Creating output pipes failed and was logged (until it works again).
     output_pipes_failed: bool,
-    /// Workers' pipes are read again from this moment (output pacing).
-    output_paused_until: Option<Instant>,
     /// The descriptors children keep (open before the supervisor started:
     /// libraries' own); every other one is closed in a child.
     keep_fds: std::sync::Arc<Vec<std::os::fd::RawFd>>,
@@ -223,8 +207,6 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         control,
         config_channel: None,
         exit: None,
-        accept_paused_until: None,
-        out_of_descriptors_logged: false,
         warned_fields: HashSet::new(),
         push_rate: PushRate::default(),
         entry_cache: job::EntryCache::default(),
@@ -245,7 +227,6 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         zygote: crate::farm::zygote::Zygote::new(zygote_enabled, Instant::now()),
         upgrade: None,
         output_pipes_failed: false,
-        output_paused_until: None,
         keep_fds: std::sync::Arc::new(keep_fds),
         http,
         host: crate::metrics::HostCounters::new(Instant::now()),
@@ -286,250 +267,7 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
 /// How long the host waits at exit for a slow reader of its stdout and stderr.
 const OUTPUT_FLUSH_AT_EXIT: Duration = Duration::from_secs(5);
 
-/// Which poll slot holds what: positions in the descriptor list of one turn.
-struct PollSlots {
-    signals: usize,
-    /// Workers' output pipes (one epoll descriptor), while the host's output keeps up.
-    output: Option<usize>,
-    /// The host's stdout/stderr, while output waits to be written.
-    host_streams: Vec<(usize, crate::host_output::Stream)>,
-    /// The zygote's socket (its replies).
-    zygote: Option<usize>,
-    /// The upgrade's trial run's report pipe.
-    upgrade_report: Option<usize>,
-    /// The cluster agent's socket.
-    agent: Option<usize>,
-    listener: Option<usize>,
-    config: Option<usize>,
-    /// Clients from this index on, in `clients` order.
-    first_client: usize,
-    clients: Vec<(ClientId, bool)>,
-    /// The metrics listener (absent while it is full or resting) and its
-    /// clients from `first_http_client` on.
-    http_listener: Option<usize>,
-    first_http_client: usize,
-    http_clients: Vec<(HttpClientId, bool)>,
-}
-
 impl Supervisor<'_> {
-    fn event_loop(&mut self) -> Result<HostExit, SupervisorError> {
-        loop {
-            let now = Instant::now();
-            if let Some(exit) = self.exit {
-                // The agent gives the lease back (its member key and any
-                // claim left go at once) before the supervisor ends.
-                if self.agent_has_left(now) {
-                    return Ok(exit);
-                }
-            }
-            if self.accept_paused_until.is_some_and(|until| until <= now) {
-                self.accept_paused_until = None;
-            }
-            if self.output_paused_until.is_some_and(|until| until <= now) {
-                self.output_paused_until = None;
-            }
-            if let Some(http) = self.http.as_mut() {
-                http.resume(now);
-            }
-            self.zygote_overdue(now);
-            if self.farm.is_shutting_down() {
-                self.stop_zygote_if_idle();
-            }
-            let deadline = [
-                self.farm.next_deadline(),
-                self.control.next_deadline(),
-                self.accept_paused_until,
-                self.output_paused_until,
-                self.reap_pending.then_some(now),
-                self.notifier.as_ref().and_then(notify::Notifier::next_deadline),
-                self.http.as_ref().and_then(HttpServer::next_deadline),
-                self.upgrade_deadline(),
-                self.agent.as_ref().and_then(cluster::Agent::deadline),
-                self.zygote_deadline(),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            let timeout = match deadline {
-                None => PollTimeout::NONE,
-                Some(at) => {
-                    // Round up so a deadline is never polled a millisecond early.
-                    let ms = at.saturating_duration_since(now).as_micros().div_ceil(1000);
-                    PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::MAX)
-                }
-            };
-
-            let (ready, slots) = {
-                let mut fds: Vec<PollFd> = Vec::new();
-                fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
-                let signals = 0;
-                let listener = if self.accept_paused_until.is_none() {
-                    fds.push(PollFd::new(self.control.listener(), PollFlags::POLLIN));
-                    Some(fds.len() - 1)
-                } else {
-                    None
-                };
-                let config = self.config_channel.as_ref().map(|channel| {
-                    fds.push(PollFd::new(channel.as_fd(), PollFlags::POLLIN));
-                    fds.len() - 1
-                });
-                let output = match self.output.as_ref() {
-                    Some(router) if self.output_paused_until.is_none() && !crate::host_output::backed_up() => {
-                        fds.push(PollFd::new(router.as_fd(), PollFlags::POLLIN));
-                        Some(fds.len() - 1)
-                    }
-                    _ => None,
-                };
-                let zygote = self.zygote.process().map(|running| {
-                    fds.push(PollFd::new(running.link.as_fd(), PollFlags::POLLIN));
-                    fds.len() - 1
-                });
-                let upgrade_report = self.upgrade_report_fd().map(|fd| {
-                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
-                    fds.len() - 1
-                });
-                let agent = self.agent.as_ref().and_then(|agent| {
-                    let flags =
-                        if agent.wants_to_write() { PollFlags::POLLIN | PollFlags::POLLOUT } else { PollFlags::POLLIN };
-                    fds.push(PollFd::new(agent.socket()?, flags));
-                    Some(fds.len() - 1)
-                });
-                let waiting = crate::host_output::waiting();
-                let mut host_streams = Vec::new();
-                for (fd, stream) in waiting {
-                    fds.push(PollFd::new(fd, PollFlags::POLLOUT));
-                    host_streams.push((fds.len() - 1, stream));
-                }
-                let first_client = fds.len();
-                let mut clients = Vec::new();
-                for (id, fd, wants_write) in self.control.client_fds() {
-                    fds.push(PollFd::new(fd, if wants_write { PollFlags::POLLOUT } else { PollFlags::POLLIN }));
-                    clients.push((id, wants_write));
-                }
-                let http_listener = self.http.as_ref().filter(|h| h.accepting()).map(|h| {
-                    fds.push(PollFd::new(h.listener(), PollFlags::POLLIN));
-                    fds.len() - 1
-                });
-                let first_http_client = fds.len();
-                let mut http_clients = Vec::new();
-                for (id, fd, wants_write) in self.http.iter().flat_map(HttpServer::client_fds) {
-                    fds.push(PollFd::new(fd, if wants_write { PollFlags::POLLOUT } else { PollFlags::POLLIN }));
-                    http_clients.push((id, wants_write));
-                }
-                match poll(&mut fds, timeout) {
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                    Err(e) => return Err(ProcessError::Signals(e).into()),
-                }
-                let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
-                let slots = PollSlots {
-                    signals,
-                    output,
-                    host_streams,
-                    zygote,
-                    upgrade_report,
-                    agent,
-                    listener,
-                    config,
-                    first_client,
-                    clients,
-                    http_listener,
-                    first_http_client,
-                    http_clients,
-                };
-                (ready, slots)
-            };
-            let now = Instant::now();
-            let turn_started = now;
-            self.forking = Duration::ZERO;
-
-            // Configuration messages first: a config process's last words are
-            // read before its exit is handled.
-            if slots.config.is_some_and(|i| ready[i]) {
-                self.read_config_channel(now);
-            }
-            for (index, stream) in &slots.host_streams {
-                if ready[*index] {
-                    crate::host_output::flush(*stream);
-                }
-            }
-            crate::host_output::report_drops();
-            if slots.output.is_some_and(|i| ready[i]) {
-                if let Some(output) = self.output.as_mut() {
-                    if output.read_ready() > 0 {
-                        self.output_paused_until = Some(now + output::READ_INTERVAL);
-                    }
-                }
-            }
-            if slots.zygote.is_some_and(|i| ready[i]) {
-                self.read_zygote(now);
-            }
-            if slots.upgrade_report.is_some_and(|i| ready[i]) {
-                self.read_upgrade_report();
-            }
-            if slots.agent.is_some_and(|i| ready[i]) {
-                self.agent_ready(now);
-            }
-            self.enforce_fence(now);
-            self.start_agent_if_due(now);
-            self.enforce_upgrade_deadline(now);
-            if ready[slots.signals] {
-                self.handle_signals(now);
-            }
-            if self.reap_pending {
-                self.reap_children(now);
-            }
-            if slots.listener.is_some_and(|i| ready[i]) {
-                self.accept_clients(now);
-            }
-            for (offset, (id, wants_write)) in slots.clients.iter().enumerate() {
-                if ready[slots.first_client + offset] {
-                    if *wants_write {
-                        self.control.write_client(*id);
-                    } else if let Some(request) = self.control.read_client(*id) {
-                        self.answer(*id, &request, now);
-                    }
-                }
-            }
-            self.control.expire(now);
-            self.serve_http(&slots, &ready, now);
-            // Deadlines only once every exited child is known to the core:
-            // a process that already exited is never declared stuck.
-            if !self.reap_pending {
-                let actions = self.farm.handle(Event::Tick, now);
-                self.apply(actions);
-            }
-            if let Some(notifier) = self.notifier.as_mut() {
-                notifier.update(&self.farm, now);
-            }
-            let turn = turn_started.elapsed();
-            if turn > SLOW_TURN {
-                tracing::debug!("slow loop turn: {:.1} ms", turn.as_secs_f64() * 1000.0);
-            }
-        }
-    }
-
-    fn accept_clients(&mut self, now: Instant) {
-        match self.control.accept_all(now) {
-            AcceptOutcome::Drained { accepted } => {
-                if accepted > 0 && self.out_of_descriptors_logged {
-                    self.out_of_descriptors_logged = false;
-                    tracing::info!("control socket: accepting connections again");
-                }
-            }
-            AcceptOutcome::OutOfDescriptors(e) => {
-                if !self.out_of_descriptors_logged {
-                    self.out_of_descriptors_logged = true;
-                    tracing::warn!(
-                        clients = self.control.client_count(),
-                        "control socket: {e}; not accepting connections for {}ms (raise the open-files limit: ulimit -n, LimitNOFILE=)",
-                        ACCEPT_PAUSE.as_millis()
-                    );
-                }
-                self.accept_paused_until = Some(now + ACCEPT_PAUSE);
-            }
-        }
-    }
-
     fn handle_signals(&mut self, now: Instant) {
         for sig in self.signals.drain() {
             match sig {

@@ -14,7 +14,7 @@
 //! - Fairness: each ready pipe gets one read of at most `READ_CHUNK` per
 //!   loop turn, and a turn reads at most `EVENTS_PER_TURN` pipes.
 //! - Pacing: after a read that found output, pipes are read again only
-//!   `READ_INTERVAL` later (the supervisor's loop sets this), so a worker
+//!   `READ_INTERVAL` later, so a worker
 //!   printing many small lines is read in batches instead of waking the
 //!   supervisor for every write.
 //! - Nothing written before a worker dies is lost: a reaped worker's pipes
@@ -27,6 +27,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
+use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -43,7 +44,7 @@ const READ_CHUNK: usize = 64 * 1024;
 const EVENTS_PER_TURN: usize = 64;
 /// After reading output, pipes wait this long before the next read: small
 /// writes pile up in the pipes (64 KiB each) and are read in one go.
-pub const READ_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
+const READ_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
 /// At a reap, the most of a worker's output read before its exit is handled.
 const DRAIN_AT_EXIT: usize = 4 << 20;
 
@@ -81,6 +82,8 @@ pub struct OutputRouter {
     buffer: Vec<u8>,
     /// Lines (and pieces of long lines) forwarded so far.
     pub lines_forwarded: u64,
+    /// Pipes are read again from this moment (pacing).
+    paused_until: Option<Instant>,
 }
 
 impl OutputRouter {
@@ -92,12 +95,34 @@ impl OutputRouter {
             format,
             buffer: vec![0; READ_CHUNK],
             lines_forwarded: 0,
+            paused_until: None,
         })
     }
 
-    /// The descriptor to poll: readable when some pipe is.
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
-        self.epoll.0.as_fd()
+    /// Ends a pause that is over (at the start of a loop turn).
+    pub fn resume(&mut self, now: Instant) {
+        if self.paused_until.is_some_and(|until| until <= now) {
+            self.paused_until = None;
+        }
+    }
+
+    /// The descriptor to poll (readable when some pipe is), unless reading
+    /// is paused or the host's own output is backed up.
+    pub fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
+        (self.paused_until.is_none() && !host_output::backed_up()).then(|| self.epoll.0.as_fd())
+    }
+
+    /// When a pause ends.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.paused_until
+    }
+
+    /// Poll found pipes ready: reads them, then pauses for
+    /// `READ_INTERVAL` if they had output.
+    pub fn ready(&mut self, now: Instant) {
+        if self.read_ready() > 0 {
+            self.paused_until = Some(now + READ_INTERVAL);
+        }
     }
 
     /// Starts reading a child's pipes (read ends, non-blocking).
@@ -118,7 +143,7 @@ impl OutputRouter {
 
     /// Reads the pipes that are ready, one chunk each, at most a turn's
     /// worth; returns how many bytes it read.
-    pub fn read_ready(&mut self) -> usize {
+    fn read_ready(&mut self) -> usize {
         let mut events = [EpollEvent::empty(); EVENTS_PER_TURN];
         let ready = match self.epoll.wait(&mut events, EpollTimeout::ZERO) {
             Ok(n) => n,

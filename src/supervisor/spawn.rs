@@ -25,8 +25,8 @@ impl Supervisor<'_> {
     /// Descriptors a forked child must not keep.
     pub(super) fn supervisor_fds(&self) -> Vec<RawFd> {
         let mut fds = vec![self.signals.raw_fd()];
-        fds.extend(self.control.all_fds());
-        fds.extend(self.http.iter().flat_map(crate::metrics::http::HttpServer::all_fds));
+        fds.extend(self.control.clients.all_fds());
+        fds.extend(self.http.iter().flat_map(|http| http.clients.all_fds()));
         fds.extend(self.config_channel.as_ref().map(ConfigChannel::raw_fd));
         fds.extend(self.config.close_in_children.iter().copied());
         fds

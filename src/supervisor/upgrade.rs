@@ -282,7 +282,7 @@ impl Supervisor<'_> {
                     timeout.as_secs()
                 );
                 // The client waits for the outcome; lrpmctl waits that long.
-                self.control.defer(client, now + timeout + Duration::from_secs(5));
+                self.control.clients.defer(client, now + timeout + Duration::from_secs(5));
                 self.children.insert(pid.as_raw(), ChildRole::UpgradeTrial);
                 self.upgrade = Some(Upgrade::Checking(Trial {
                     pid: pid.as_raw(),
@@ -397,7 +397,7 @@ impl Supervisor<'_> {
         }
         self.finish_clients();
         let now = Instant::now();
-        let mut keep = vec![self.control.listener().as_raw_fd()];
+        let mut keep = vec![self.control.listener_fd()];
         // Units whose process is not handed over are killed, and given back
         // to the agent once reaped (never before: another member may start
         // them the moment the claim goes).
@@ -440,7 +440,7 @@ impl Supervisor<'_> {
         if let Some(agent) = &cluster {
             keep.push(agent.socket_fd);
         }
-        let handoff = Handoff { control_fd: self.control.listener().as_raw_fd(), jobs, cluster };
+        let handoff = Handoff { control_fd: self.control.listener_fd(), jobs, cluster };
         let bytes = match serde_json::to_vec(&handoff) {
             Ok(bytes) => bytes,
             Err(_) => return nix::errno::Errno::EINVAL,
@@ -535,34 +535,20 @@ impl Supervisor<'_> {
     /// not survive the exec), waiting at most `CLIENT_GRACE`; new ones wait
     /// in the backlog for the new image.
     fn finish_clients(&mut self) {
-        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use nix::poll::PollTimeout;
         let deadline = Instant::now() + CLIENT_GRACE;
-        while self.control.client_count() > 0 {
+        while !self.control.clients.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            let (ready, clients): (Vec<bool>, Vec<(crate::control::server::ClientId, bool)>) = {
-                let clients = self.control.client_fds();
-                let mut fds: Vec<PollFd> = clients
-                    .iter()
-                    .map(|(_, fd, wants_write)| {
-                        PollFd::new(*fd, if *wants_write { PollFlags::POLLOUT } else { PollFlags::POLLIN })
-                    })
-                    .collect();
-                let timeout = PollTimeout::try_from(left.as_millis().min(50) as i32).unwrap_or(PollTimeout::ZERO);
-                let _ = poll(&mut fds, timeout);
-                let ready = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
-                (ready, clients.iter().map(|(id, _, w)| (*id, *w)).collect())
-            };
+            let mut set = crate::poll_set::PollSet::default();
+            self.control.clients.register(&mut set, None, |id, wants_write| (id, wants_write));
+            let timeout = PollTimeout::try_from(left.as_millis().min(50) as i32).unwrap_or(PollTimeout::ZERO);
+            let ready = set.poll(timeout).unwrap_or_default();
             let now = Instant::now();
-            for ((id, wants_write), ready) in clients.into_iter().zip(ready) {
-                if !ready {
-                    continue;
-                }
-                if wants_write {
-                    self.control.write_client(id);
-                } else if let Some(request) = self.control.read_client(id) {
+            for (id, wants_write) in ready {
+                if let Some(request) = self.control.clients.ready(id, wants_write) {
                     self.answer(id, &request, now);
                 }
             }
