@@ -60,49 +60,10 @@ pub struct FarmOptions {
     #[arg(long, global = true)]
     pub subreaper: bool,
 
-    /// Default `cycleIntervalSeconds` for jobs that do not set it: cycle()
-    /// runs at most once per this many seconds (clock mode).
-    #[arg(long, value_name = "SECONDS", value_parser = parse_interval, global = true)]
-    pub cycle_interval_seconds: Option<f64>,
-
-    /// Default `restartPolicy` for jobs that do not set it: always,
-    /// on-failure or never.
-    #[arg(long, value_name = "POLICY", value_parser = parse_restart_policy, global = true)]
-    pub restart_policy: Option<crate::job::RestartPolicy>,
-
-    /// Default `maxFailures` for jobs that do not set it.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), global = true)]
-    pub max_failures: Option<u64>,
-
-    /// Default `failureWindowSeconds` for jobs that do not set it.
-    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400), global = true)]
-    pub failure_window_seconds: Option<u64>,
-
-    /// Default `replicas` for jobs that do not set it: processes per job.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000), global = true)]
-    pub replicas: Option<u32>,
-
-    /// Default `cycleTimeoutSeconds` for jobs that do not set it: a cycle
-    /// running longer is stopped as stuck.
-    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400), global = true)]
-    pub cycle_timeout_seconds: Option<u64>,
-
-    /// Default `maxCycles` for jobs that do not set it (planned recycle).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), global = true)]
-    pub max_cycles: Option<u64>,
-
-    /// Default `maxLifetimeSeconds` for jobs that do not set it (planned recycle).
-    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..), global = true)]
-    pub max_lifetime_seconds: Option<u64>,
-
-    /// Default `memoryLimitMb` for jobs that do not set it (planned recycle).
-    #[arg(long, value_name = "MB", value_parser = clap::value_parser!(u64).range(1..), global = true)]
-    pub memory_limit_mb: Option<u64>,
-
-    /// Jobs that do not set `essential` are essential: one failing for good
-    /// shuts the farm down (exit 69).
-    #[arg(long, global = true)]
-    pub essential: bool,
+    /// `--max-cycles`, `--replicas`, ...: one option per job field with a
+    /// host-wide default, from the field table (src/job/fields.rs).
+    #[command(flatten)]
+    pub job_defaults: JobDefaultOptions,
 
     /// Log format: text, or json (one object per line; worker output too).
     #[arg(long, value_enum, default_value = "text", value_name = "FORMAT", global = true)]
@@ -294,21 +255,58 @@ impl FarmOptions {
     pub fn uses_zygote(&self) -> bool {
         self.zygote || !self.no_zygote
     }
+}
 
-    /// The host-wide defaults for jobs' optional fields.
-    pub fn job_defaults(&self) -> crate::job::JobDefaults {
-        crate::job::JobDefaults {
-            cycle_interval_seconds: self.cycle_interval_seconds,
-            restart_policy: self.restart_policy,
-            max_failures: self.max_failures,
-            failure_window_seconds: self.failure_window_seconds,
-            replicas: self.replicas,
-            cycle_timeout_seconds: self.cycle_timeout_seconds,
-            max_cycles: self.max_cycles,
-            max_lifetime_seconds: self.max_lifetime_seconds,
-            memory_limit_mb: self.memory_limit_mb,
-            essential: self.essential.then_some(true),
+/// The host-wide defaults for jobs' fields: the options come from the job
+/// field table (`JobDefaults::options`), and each value is checked by its
+/// field's rule, so `--replicas 0` is refused in the words a job's
+/// `replicas: 0` is.
+#[derive(Debug, Clone, Default)]
+pub struct JobDefaultOptions(pub crate::job::JobDefaults);
+
+impl clap::FromArgMatches for JobDefaultOptions {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut options = JobDefaultOptions::default();
+        options.update_from_arg_matches(matches)?;
+        Ok(options)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        for option in crate::job::JobDefaults::options() {
+            let text = if option.value_name.is_empty() {
+                matches.get_flag(option.flag).then(String::new)
+            } else {
+                matches.get_one::<String>(option.flag).cloned()
+            };
+            if let Some(text) = text {
+                self.0.set(option.field, &text).map_err(|problem| {
+                    clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("--{}: {problem}\n", option.flag))
+                })?;
+            }
         }
+        Ok(())
+    }
+}
+
+impl Args for JobDefaultOptions {
+    fn augment_args(command: clap::Command) -> clap::Command {
+        crate::job::JobDefaults::options().into_iter().fold(command, |command, option| {
+            let arg = clap::Arg::new(option.flag).long(option.flag).help(option.help).global(true);
+            let arg = if option.value_name.is_empty() {
+                arg.action(clap::ArgAction::SetTrue)
+            } else {
+                let field = option.field;
+                // Checked while parsing, so clap names the option in its error.
+                arg.value_name(option.value_name).allow_negative_numbers(true).value_parser(move |text: &str| {
+                    crate::job::JobDefaults::default().set(field, text).map(|()| text.to_string())
+                })
+            };
+            command.arg(arg)
+        })
+    }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_args(command)
     }
 }
 
@@ -402,18 +400,6 @@ pub fn source_for_command(before: Option<&str>, after: Option<&str>) -> Result<O
         (Some(a), Some(b)) if a != b => Err(format!("two configuration sources given: {a} and {b}")),
         (a, b) => Ok(b.or(a).map(str::to_string)),
     }
-}
-
-fn parse_restart_policy(text: &str) -> Result<crate::job::RestartPolicy, String> {
-    crate::job::RestartPolicy::parse(text)
-        .ok_or_else(|| format!("{text:?} is not a restart policy: use always, on-failure or never"))
-}
-
-fn parse_interval(text: &str) -> Result<f64, String> {
-    text.parse::<f64>()
-        .ok()
-        .filter(|s| *s > 0.0 && *s <= crate::job::MAX_DURATION_SECONDS as f64)
-        .ok_or_else(|| format!("{text:?} is not a number of seconds above 0 and at most 86400"))
 }
 
 /// `127.0.0.1:9464`, `[::]:9464`, or a host name resolved once at startup

@@ -141,8 +141,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             let bootstrap = cli::resolve_bootstrap(cli.php.bootstrap.as_deref(), Some(&source));
             let engine = Engine::boot(&settings).context("starting PHP")?;
-            let checked =
-                check::run(&engine, &source, bootstrap.as_deref(), &argv, args.strict, &cli.farm.job_defaults(), user)?;
+            let checked = check::run(
+                &engine,
+                &source,
+                bootstrap.as_deref(),
+                &argv,
+                args.strict,
+                &cli.farm.job_defaults.0.clone(),
+                user,
+            )?;
             Ok(match checked.verdict {
                 check::Verdict::Valid => 0,
                 check::Verdict::Invalid => 1,
@@ -158,8 +165,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let source = cli.source.clone().context("missing SOURCE")?;
             let bootstrap = cli::resolve_bootstrap(cli.php.bootstrap.as_deref(), Some(&source));
             let engine = Engine::boot(&settings).context("starting PHP")?;
-            let checked =
-                check::run(&engine, &source, bootstrap.as_deref(), &argv, false, &cli.farm.job_defaults(), user)?;
+            let checked = check::run(
+                &engine,
+                &source,
+                bootstrap.as_deref(),
+                &argv,
+                false,
+                &cli.farm.job_defaults.0.clone(),
+                user,
+            )?;
             supervisor::upgrade::send_trial_report(checked.jobs).context("sending the trial's report")?;
             Ok(0)
         }
@@ -180,7 +194,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 argv,
                 close_in_children: Vec::new(),
                 subreaper: cli.farm.subreaper,
-                job_defaults: cli.farm.job_defaults(),
+                job_defaults: cli.farm.job_defaults.0.clone(),
                 capture_output: cli.farm.worker_output == lrpm_host::cli::WorkerOutput::Capture,
                 metrics_listen: cli.farm.metrics_listen,
                 zygote: cli.farm.uses_zygote(),

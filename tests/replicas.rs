@@ -185,6 +185,18 @@ fn host_wide_defaults_apply_to_jobs_without_their_own_fields_and_check_shows_the
         .assert_stdout_contains("replicas 2, cycleTimeoutSeconds 30)")
         .assert_stdout_contains("cycleTimeoutSeconds 5)")
         .assert_stdout_contains("job bad: field 'replicas'");
+
+    // A host-wide default is refused in the words the job's field is.
+    for (option, value, words) in [
+        ("--replicas", "0", "0 is below 1 (to run no process, hold the job with `lrpmctl stop ID`)"),
+        ("--max-failures", "-1", "-1 is negative"),
+        ("--cycle-timeout-seconds", "90000", "90000 is above the maximum of 86400 (one day)"),
+        ("--restart-policy", "sometimes", "\"on-failure\" (exit 0 means done)"),
+    ] {
+        let mut cmd = lrpm_host([option, value, "check"]);
+        cmd.arg(poll_source()).env("FARM_JOBS", &farm.jobs_file).current_dir(farm.dir.path());
+        run_with_timeout(cmd, DEFAULT_TIMEOUT).assert_code(64).assert_stderr_contains(words);
+    }
 }
 
 #[test]

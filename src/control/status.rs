@@ -60,48 +60,16 @@ pub struct ProcessState {
     pub cpu_seconds: Option<f64>,
     #[serde(default)]
     pub rss_bytes: Option<u64>,
-    /// lrpm-host's fields as the job runs with them.
+    /// lrpm-host's own fields as the job runs with them: its own values,
+    /// or the host-wide defaults (command-line options) where it sets none
+    /// (`job::effective_settings`). The job's `config` shows only what the
+    /// configuration source gave.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub settings: Option<JobSettings>,
+    pub settings: Option<serde_json::Map<String, serde_json::Value>>,
     /// Each slot's process; the fields above describe the job as a whole
     /// (`pid` and `startedAt` are the lowest slot's, as php-lrpm shows one process).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub slots: Vec<SlotStatus>,
-}
-
-/// lrpm-host's own fields as the job runs with them: its own values, or
-/// the host-wide defaults (command-line options) where it sets none. The
-/// job's `config` shows only what the configuration source gave.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct JobSettings {
-    pub replicas: u32,
-    pub restart_policy: String,
-    pub max_failures: Option<u64>,
-    pub failure_window_seconds: u64,
-    pub essential: bool,
-    pub cycle_interval_seconds: Option<f64>,
-    pub cycle_timeout_seconds: Option<u64>,
-    pub max_cycles: Option<u64>,
-    pub max_lifetime_seconds: Option<u64>,
-    pub memory_limit_mb: Option<u64>,
-}
-
-impl JobSettings {
-    pub fn of(job: &crate::job::Job) -> JobSettings {
-        JobSettings {
-            replicas: job.replicas,
-            restart_policy: job.restart_policy.as_str().to_string(),
-            max_failures: job.max_failures,
-            failure_window_seconds: job.failure_window_seconds,
-            essential: job.essential,
-            cycle_interval_seconds: job.cycle_interval_seconds,
-            cycle_timeout_seconds: job.cycle_timeout_seconds,
-            max_cycles: job.max_cycles,
-            max_lifetime_seconds: job.max_lifetime_seconds,
-            memory_limit_mb: job.memory_limit_mb,
-        }
-    }
 }
 
 /// One slot of a job: its process and that process's cycle counters (from
@@ -313,7 +281,7 @@ pub fn process_state(
         cpu_percent: cpu_percent.map(|p| rounded(p, 2)),
         cpu_seconds: cpu_seconds.map(|c| rounded(c, 2)),
         rss_bytes,
-        settings: Some(JobSettings::of(&state.job)),
+        settings: Some(state.job.settings.as_ref().clone()),
         slots,
     }
 }

@@ -14,6 +14,22 @@ pub(super) struct FieldRule {
     pub(super) presence: Presence,
     /// What a value must be; its check says what is wrong in words.
     pub(super) kind: Kind,
+    /// Set for the fields a command-line option sets for every job that
+    /// does not (`--max-cycles N`).
+    pub(super) host_default: Option<HostDefault>,
+}
+
+/// A field the command line can give a host-wide value (`maxCycles`:
+/// `--max-cycles`).
+pub(super) struct HostDefault {
+    /// The long option: the field's name in kebab case.
+    pub(super) flag: &'static str,
+    /// The option's help, after "Default `field` for jobs that do not set it".
+    pub(super) help: &'static str,
+    pub(super) value_name: &'static str,
+    /// What a job runs with when neither it nor the command line sets the
+    /// field (status's `settings`; null: the feature is off).
+    pub(super) unset: fn() -> Value,
 }
 
 /// The kinds of value a field holds, each with its own check and message.
@@ -117,105 +133,163 @@ pub(super) const FIELDS: [FieldRule; 18] = [
         description: "Time of last modification, must be a UTC Unix timestamp integer",
         presence: Presence::Required,
         kind: Kind::Integer { min: 0, max: u64::MAX, below_min: None },
+        host_default: None,
     },
-    FieldRule { name: "name", description: "Descriptive job name, must be a string", presence: Presence::Required, kind: Kind::Text },
+    FieldRule { name: "name", description: "Descriptive job name, must be a string", presence: Presence::Required, kind: Kind::Text, host_default: None },
     FieldRule {
         name: "workerConfig",
         description: "Worker-specific configuration, must be an array",
         presence: Presence::Required,
         kind: Kind::Array,
+        host_default: None,
     },
     FieldRule {
         name: "workerClass",
         description: "Worker class, must be a string referencing an existing class",
         presence: Presence::Required,
         kind: Kind::WorkerClass,
+        host_default: None,
     },
     FieldRule {
         name: "shortRunTimeSeconds",
         description: "Minimum number of seconds a process is expected to run; if the process terminates earlier then this, it will be restarted with backoff",
         presence: Presence::Default(DEFAULT_SHORT_RUN_TIME_SECONDS),
         kind: DURATION,
+        host_default: None,
     },
     FieldRule {
         name: "shutdownTimeoutSeconds",
         description: "Time in seconds to wait for SIGCHLD after sending SIGTERM to a child, before killing the child with SIGKILL",
         presence: Presence::Default(DEFAULT_SHUTDOWN_TIMEOUT_SECONDS),
         kind: DURATION,
+        host_default: None,
     },
     FieldRule {
         name: "replicas",
         description: "How many processes run this job, each with its own slot number from 0, an integer from 1 to 10000 (default 1)",
         presence: Presence::Optional,
         kind: Kind::Integer { min: 1, max: MAX_REPLICAS, below_min: Some("0 is below 1 (to run no process, hold the job with `lrpmctl stop ID`)") },
+        host_default: Some(HostDefault { flag: "replicas", help: "processes per job", value_name: "N", unset: || Value::from(1) }),
     },
     FieldRule {
         name: "cycleIntervalSeconds",
         description: "Call cycle() at most once per this many seconds (a number above 0), sleeping the rest of the interval",
         presence: Presence::Optional,
         kind: Kind::PositiveNumber { max: MAX_DURATION_SECONDS },
+        host_default: Some(HostDefault { flag: "cycle-interval-seconds", help: "cycle() runs at most once per this many seconds (clock mode)", value_name: "SECONDS", unset: || Value::Null }),
     },
     FieldRule {
         name: "restartPolicy",
         description: "When an exited process is started again: \"always\" (the default), \"on-failure\" (exit 0 means done) or \"never\"",
         presence: Presence::Optional,
         kind: Kind::Choice(|word| RestartPolicy::parse(word).is_some()),
+        host_default: Some(HostDefault { flag: "restart-policy", help: "always, on-failure or never", value_name: "POLICY", unset: || Value::from("always") }),
     },
     FieldRule {
         name: "maxFailures",
         description: "Failures (exits other than 0) within failureWindowSeconds after which the job is failed and not restarted, an integer from 1",
         presence: Presence::Optional,
         kind: COUNT_FROM_ONE,
+        host_default: Some(HostDefault { flag: "max-failures", help: "failures within failureWindowSeconds that fail the job", value_name: "N", unset: || Value::Null }),
     },
     FieldRule {
         name: "failureWindowSeconds",
         description: "The window maxFailures counts in, an integer from 1 to 86400 (default 60)",
         presence: Presence::Optional,
         kind: DURATION_FROM_ONE,
+        host_default: Some(HostDefault { flag: "failure-window-seconds", help: "the window maxFailures counts in", value_name: "SECONDS", unset: || Value::from(super::DEFAULT_FAILURE_WINDOW_SECONDS) }),
     },
     FieldRule {
         name: "maxCycles",
         description: "Recycle the worker (start a fresh process at once, no backoff) after this many cycles, an integer from 1",
         presence: Presence::Optional,
         kind: COUNT_FROM_ONE,
+        host_default: Some(HostDefault { flag: "max-cycles", help: "planned recycle after this many cycles", value_name: "N", unset: || Value::Null }),
     },
     FieldRule {
         name: "maxLifetimeSeconds",
         description: "Recycle the worker after it has run this many seconds, an integer from 1",
         presence: Presence::Optional,
         kind: COUNT_FROM_ONE,
+        host_default: Some(HostDefault { flag: "max-lifetime-seconds", help: "planned recycle after this many seconds", value_name: "SECONDS", unset: || Value::Null }),
     },
     FieldRule {
         name: "memoryLimitMb",
         description: "Recycle the worker once its memory (the larger of the Zend heap and the resident set) exceeds this many MB, an integer from 1",
         presence: Presence::Optional,
         kind: COUNT_FROM_ONE,
+        host_default: Some(HostDefault { flag: "memory-limit-mb", help: "planned recycle above this much memory", value_name: "MB", unset: || Value::Null }),
     },
     FieldRule {
         name: "cycleTimeoutSeconds",
         description: "A cycle running longer than this many seconds is stuck: the worker is stopped (SIGTERM, then SIGKILL) and the exit counts as a failure, an integer from 1 to 86400",
         presence: Presence::Optional,
         kind: DURATION_FROM_ONE,
+        host_default: Some(HostDefault { flag: "cycle-timeout-seconds", help: "a cycle running longer is stopped as stuck", value_name: "SECONDS", unset: || Value::Null }),
     },
     FieldRule {
         name: "essential",
         description: "When true, the job failing for good shuts the whole farm down (lrpm-host exits 69), a boolean",
         presence: Presence::Optional,
         kind: Kind::Bool,
+        host_default: Some(HostDefault { flag: "essential", help: "one failing for good shuts the farm down (exit 69)", value_name: "", unset: || Value::Bool(false) }),
     },
     FieldRule {
         name: "user",
         description: "The user the job's processes run as, \"USER\" or \"USER:GROUP\" (names or numeric ids); needs the host to run as root",
         presence: Presence::Optional,
         kind: Kind::UserSpec,
+        host_default: None,
     },
     FieldRule {
         name: "placement",
         description: "With --cluster, where the job's slots run: \"cluster\" (the default: each slot on exactly one live member) or \"every-host\" (each member runs all of them)",
         presence: Presence::Optional,
         kind: Kind::Choice(|word| Placement::parse(word).is_some()),
+        host_default: None,
     },
 ];
+
+/// The fields with a host-wide default, in the table's order.
+pub(super) fn host_defaults() -> impl Iterator<Item = (&'static FieldRule, &'static HostDefault)> {
+    FIELDS.iter().filter_map(|rule| rule.host_default.as_ref().map(|default| (rule, default)))
+}
+
+/// `maxCycles` → `max-cycles`: what a field's option is called.
+#[cfg(test)]
+pub(super) fn kebab_case(name: &str) -> String {
+    let mut flag = String::new();
+    for c in name.chars() {
+        if c.is_ascii_uppercase() {
+            flag.push('-');
+        }
+        flag.push(c.to_ascii_lowercase());
+    }
+    flag
+}
+
+impl Kind {
+    /// A command-line option's text as this kind's JSON value, checked as
+    /// a job's value is (the same messages).
+    pub(super) fn parse_option(self, text: &str) -> Result<Value, String> {
+        let value = match self {
+            Kind::Integer { .. } => match (text.parse::<u64>(), text.parse::<i64>()) {
+                (Ok(n), _) => Value::from(n),
+                (_, Ok(n)) => Value::from(n),
+                _ => return Err(format!("{text:?} is not an integer")),
+            },
+            Kind::PositiveNumber { .. } => match text.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
+                Some(n) => Value::Number(n),
+                None => return Err(format!("{text:?} is not a number")),
+            },
+            Kind::Bool => Value::Bool(true),
+            Kind::Text | Kind::Choice(_) | Kind::UserSpec | Kind::WorkerClass => Value::from(text),
+            Kind::Array => return Err("an array cannot be given on the command line".to_string()),
+        };
+        let php_type = super::json_php_type(&value);
+        self.check(php_type, &value).map(|()| value)
+    }
+}
 
 /// A misspelt field's most likely meaning: same letters ignoring case, a
 /// prefix of a known field (`shutdownTimeout`), or at most two edits away.

@@ -95,6 +95,10 @@ pub struct Job {
     pub config_json: RawJson,
     /// `placement`: with `--cluster`, where the job's slots run.
     pub placement: Placement,
+    /// The fields with a host-wide default as the job runs with them
+    /// (`effective_settings`): what the typed fields above were read from,
+    /// and status's `settings`.
+    pub settings: Arc<Map<String, Value>>,
     /// `user`, resolved: whom the job's processes run as (None: the
     /// farm's `--user`, or the host's own user).
     pub user: Option<Arc<users::Credentials>>,
@@ -154,55 +158,73 @@ impl fmt::Display for ValidationError {
     }
 }
 
-/// Host-wide defaults (command-line options) for lrpm-host's optional job
-/// fields, used by jobs that do not set the field themselves.
+/// Host-wide values for the fields jobs leave out, from the command line
+/// (`--max-cycles 100`): field name to value, each checked by its field's
+/// kind. Which fields have one, their options and help all come from the
+/// field table (`fields.rs`).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct JobDefaults {
-    pub cycle_interval_seconds: Option<f64>,
-    pub restart_policy: Option<RestartPolicy>,
-    pub max_failures: Option<u64>,
-    pub failure_window_seconds: Option<u64>,
-    pub replicas: Option<u32>,
-    pub cycle_timeout_seconds: Option<u64>,
-    pub max_cycles: Option<u64>,
-    pub max_lifetime_seconds: Option<u64>,
-    pub memory_limit_mb: Option<u64>,
-    pub essential: Option<bool>,
+pub struct JobDefaults(Map<String, Value>);
+
+/// One command-line option for a host-wide default.
+#[derive(Debug, Clone)]
+pub struct DefaultOption {
+    /// The job field it sets (`maxCycles`).
+    pub field: &'static str,
+    /// Its long option (`max-cycles`).
+    pub flag: &'static str,
+    /// Empty for a flag that takes no value (`--essential`).
+    pub value_name: &'static str,
+    pub help: String,
 }
 
 impl JobDefaults {
-    pub fn apply(&self, job: &mut Job) {
-        let unset = |field: &str| !job.config.contains_key(field);
-        if unset("cycleIntervalSeconds") && self.cycle_interval_seconds.is_some() {
-            job.cycle_interval_seconds = self.cycle_interval_seconds;
-        }
-        if let (true, Some(policy)) = (unset("restartPolicy"), self.restart_policy) {
-            job.restart_policy = policy;
-        }
-        if unset("maxFailures") && self.max_failures.is_some() {
-            job.max_failures = self.max_failures;
-        }
-        if let (true, Some(window)) = (unset("failureWindowSeconds"), self.failure_window_seconds) {
-            job.failure_window_seconds = window;
-        }
-        if let (true, Some(replicas)) = (unset("replicas"), self.replicas) {
-            job.replicas = replicas;
-        }
-        if let (true, Some(essential)) = (unset("essential"), self.essential) {
-            job.essential = essential;
-        }
-        let optional = [
-            ("cycleTimeoutSeconds", &mut job.cycle_timeout_seconds, self.cycle_timeout_seconds),
-            ("maxCycles", &mut job.max_cycles, self.max_cycles),
-            ("maxLifetimeSeconds", &mut job.max_lifetime_seconds, self.max_lifetime_seconds),
-            ("memoryLimitMb", &mut job.memory_limit_mb, self.memory_limit_mb),
-        ];
-        for (field, value, default) in optional {
-            if !job.config.contains_key(field) && default.is_some() {
-                *value = default;
-            }
-        }
+    /// Every option, in the field table's order.
+    pub fn options() -> Vec<DefaultOption> {
+        fields::host_defaults()
+            .map(|(rule, default)| DefaultOption {
+                field: rule.name,
+                flag: default.flag,
+                value_name: default.value_name,
+                help: if default.value_name.is_empty() {
+                    format!("Jobs that do not set `{}` get true: {}", rule.name, default.help)
+                } else {
+                    format!("Default `{}` for jobs that do not set it: {}", rule.name, default.help)
+                },
+            })
+            .collect()
     }
+
+    /// Sets `field` from an option's text (empty for a flag), checked as a
+    /// job's value is: the same rule, the same message.
+    pub fn set(&mut self, field: &str, text: &str) -> Result<(), String> {
+        let (rule, _) = fields::host_defaults()
+            .find(|(rule, _)| rule.name == field)
+            .ok_or_else(|| format!("{field} has no host-wide default"))?;
+        let value = rule.kind.parse_option(text).map_err(|problem| match rule.kind {
+            fields::Kind::Choice(_) => format!("{text:?}: {}", rule.description),
+            _ => problem,
+        })?;
+        self.0.insert(field.to_string(), value);
+        Ok(())
+    }
+
+    /// The value for a field the job leaves out, if the command line gave one.
+    pub fn get(&self, field: &str) -> Option<&Value> {
+        self.0.get(field)
+    }
+}
+
+/// lrpm-host's fields as a job runs with them: its own value, else the
+/// host-wide default, else what the field means when unset (status's
+/// `settings`, in the field table's order).
+pub fn effective_settings(config: &Map<String, Value>, defaults: &JobDefaults) -> Map<String, Value> {
+    fields::host_defaults()
+        .map(|(rule, default)| {
+            let value =
+                config.get(rule.name).or_else(|| defaults.get(rule.name)).cloned().unwrap_or_else(default.unset);
+            (rule.name.to_string(), value)
+        })
+        .collect()
 }
 
 /// Why a job's `memoryLimitMb` can never fire: PHP's own `memory_limit`

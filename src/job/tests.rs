@@ -248,13 +248,12 @@ fn replicas_and_cycle_timeout_are_bounded_integers() {
 
 #[test]
 fn host_defaults_fill_only_what_a_job_leaves_out() {
-    let defaults = JobDefaults {
-        replicas: Some(3),
-        cycle_timeout_seconds: Some(60),
-        max_cycles: Some(100),
-        memory_limit_mb: Some(128),
-        ..JobDefaults::default()
-    };
+    let mut defaults = JobDefaults::default();
+    for (field, text) in
+        [("replicas", "3"), ("cycleTimeoutSeconds", "60"), ("maxCycles", "100"), ("memoryLimitMb", "128")]
+    {
+        defaults.set(field, text).unwrap();
+    }
     let mut own = good();
     own["replicas"] = json!(1);
     own["maxCycles"] = json!(5);
@@ -269,6 +268,65 @@ fn host_defaults_fill_only_what_a_job_leaves_out() {
     let replicas: Vec<u32> = validated.jobs.iter().map(|j| j.replicas).collect();
     assert_eq!(replicas, vec![1, 3]);
     assert_eq!(validated.jobs[1].cycle_timeout_seconds, Some(60));
+    // What status shows: the job's own, else the host's, else the unset meaning.
+    assert_eq!(
+        serde_json::Value::Object(validated.jobs[0].settings.as_ref().clone()),
+        json!({
+            "cycleIntervalSeconds": null, "replicas": 1, "restartPolicy": "always", "maxFailures": null,
+            "failureWindowSeconds": 60, "maxCycles": 5, "maxLifetimeSeconds": null, "memoryLimitMb": 128,
+            "cycleTimeoutSeconds": 60, "essential": false
+        })
+    );
+    assert!(!validated.jobs[1].config.contains_key("replicas"), "config keeps only what the source gave");
+}
+
+#[test]
+fn every_host_default_has_its_option_and_is_checked_by_its_field_rule() {
+    let options = JobDefaults::options();
+    let fields: Vec<&str> = options.iter().map(|o| o.field).collect();
+    assert_eq!(
+        fields,
+        [
+            "replicas",
+            "cycleIntervalSeconds",
+            "restartPolicy",
+            "maxFailures",
+            "failureWindowSeconds",
+            "maxCycles",
+            "maxLifetimeSeconds",
+            "memoryLimitMb",
+            "cycleTimeoutSeconds",
+            "essential"
+        ]
+    );
+    for option in &options {
+        assert_eq!(option.flag, super::fields::kebab_case(option.field), "the option is the field in kebab case");
+        assert!(option.help.contains(option.field));
+    }
+    let refused = |field: &str, text: &str| JobDefaults::default().set(field, text).unwrap_err();
+    // The words a job's value gets (fields.rs), not clap's.
+    assert_eq!(refused("replicas", "0"), "0 is below 1 (to run no process, hold the job with `lrpmctl stop ID`)");
+    assert_eq!(refused("replicas", "10001"), "10001 is above the maximum of 10000");
+    assert_eq!(refused("cycleTimeoutSeconds", "86401"), "86401 is above the maximum of 86400 (one day)");
+    assert_eq!(refused("maxCycles", "-3"), "-3 is negative");
+    assert_eq!(refused("maxCycles", "many"), "\"many\" is not an integer");
+    assert!(refused("cycleIntervalSeconds", "0").contains("is not above 0"));
+    assert!(refused("cycleIntervalSeconds", "NaN").contains("not a number"));
+    assert!(
+        refused("restartPolicy", "sometimes").contains("\"on-failure\""),
+        "{}",
+        refused("restartPolicy", "sometimes")
+    );
+    assert!(refused("workerClass", "X").contains("no host-wide default"));
+    let mut defaults = JobDefaults::default();
+    defaults.set("cycleIntervalSeconds", "0.25").unwrap();
+    defaults.set("restartPolicy", "on-failure").unwrap();
+    defaults.set("essential", "").unwrap();
+    let (job, _) = described(good()).validate_with(&defaults).unwrap();
+    assert_eq!(
+        (job.cycle_interval_seconds, job.restart_policy, job.essential),
+        (Some(0.25), RestartPolicy::OnFailure, true)
+    );
 }
 
 #[test]

@@ -10,8 +10,8 @@ use serde_json::{Map, Value};
 
 use super::fields::{nearest_field, short_json, Kind, Presence, FIELDS};
 use super::{
-    json_php_type, Job, JobDefaults, JobId, Placement, RawJson, RestartPolicy, UnknownField, ValidationError,
-    DEFAULT_FAILURE_WINDOW_SECONDS,
+    effective_settings, json_php_type, Job, JobDefaults, JobId, Placement, RawJson, RestartPolicy, UnknownField,
+    ValidationError, DEFAULT_FAILURE_WINDOW_SECONDS,
 };
 
 /// One entry as the configuration process describes it (php/runner.php,
@@ -197,6 +197,10 @@ impl DescribedJob {
         let int = |field: &str| config.get(field).and_then(Value::as_i64).unwrap_or_default();
         let seconds = |field: &str| config.get(field).and_then(Value::as_u64).unwrap_or_default();
         let text = |field: &str| config.get(field).and_then(Value::as_str).unwrap_or_default().to_string();
+        // The job's own value, else the host's default, else the field's
+        // meaning when unset: checked above or by `JobDefaults::set`.
+        let settings = effective_settings(&config, defaults);
+        let setting = |field: &str| settings.get(field).unwrap_or(&Value::Null);
         let job = Job {
             id: self.id.clone(),
             name: text("name"),
@@ -204,30 +208,22 @@ impl DescribedJob {
             mtime: int("mtime"),
             short_run_time_seconds: seconds("shortRunTimeSeconds"),
             shutdown_timeout_seconds: seconds("shutdownTimeoutSeconds"),
-            cycle_interval_seconds: config.get("cycleIntervalSeconds").and_then(Value::as_f64),
-            restart_policy: config
-                .get("restartPolicy")
-                .and_then(Value::as_str)
-                .and_then(RestartPolicy::parse)
-                .unwrap_or_default(),
-            max_failures: config.get("maxFailures").and_then(Value::as_u64),
-            failure_window_seconds: config
-                .get("failureWindowSeconds")
-                .and_then(Value::as_u64)
-                .unwrap_or(DEFAULT_FAILURE_WINDOW_SECONDS),
-            essential: config.get("essential").and_then(Value::as_bool).unwrap_or(false),
-            replicas: config.get("replicas").and_then(Value::as_u64).map_or(1, |n| n as u32),
-            cycle_timeout_seconds: config.get("cycleTimeoutSeconds").and_then(Value::as_u64),
-            max_cycles: config.get("maxCycles").and_then(Value::as_u64),
-            max_lifetime_seconds: config.get("maxLifetimeSeconds").and_then(Value::as_u64),
-            memory_limit_mb: config.get("memoryLimitMb").and_then(Value::as_u64),
+            cycle_interval_seconds: setting("cycleIntervalSeconds").as_f64(),
+            restart_policy: setting("restartPolicy").as_str().and_then(RestartPolicy::parse).unwrap_or_default(),
+            max_failures: setting("maxFailures").as_u64(),
+            failure_window_seconds: setting("failureWindowSeconds").as_u64().unwrap_or(DEFAULT_FAILURE_WINDOW_SECONDS),
+            essential: setting("essential").as_bool().unwrap_or(false),
+            replicas: setting("replicas").as_u64().map_or(1, |n| n as u32),
+            cycle_timeout_seconds: setting("cycleTimeoutSeconds").as_u64(),
+            max_cycles: setting("maxCycles").as_u64(),
+            max_lifetime_seconds: setting("maxLifetimeSeconds").as_u64(),
+            memory_limit_mb: setting("memoryLimitMb").as_u64(),
             config_json: RawJson::of(&config),
             placement: config.get("placement").and_then(Value::as_str).and_then(Placement::parse).unwrap_or_default(),
             user: None,
+            settings: Arc::new(settings.clone()),
             config: Arc::new(config),
         };
-        let mut job = job;
-        defaults.apply(&mut job);
         Ok((job, unknown))
     }
 }

@@ -35,6 +35,7 @@ fn job(id: i64, mtime: i64) -> Job {
         config_json: RawJson::of(&Map::new()),
         placement: crate::job::Placement::Cluster,
         user: None,
+        settings: std::sync::Arc::new(Map::new()),
     }
 }
 
