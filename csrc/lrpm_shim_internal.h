@@ -1,5 +1,6 @@
 /*
- * What the shim's C files share (lrpm_shim.c, lrpm_waits.c, lrpm_zygote.c);
+ * What the shim's C files share (lrpm_shim.c, lrpm_functions.c, lrpm_waits.c,
+ * lrpm_zygote.c);
  * never read by bindgen. Per-process state of a child: set once after fork,
  * read by host functions; signal handlers only store into the sig_atomic_t
  * flags. Hidden: none of it is exported from the binary.
@@ -38,8 +39,18 @@ extern long long opcache_published_at_ns;
 /* "worker", "config" or "zygote", for Lrpm\process_kind(). */
 extern const char *process_kind;
 long long monotonic_coarse_ns(void);
+/* This process's shared page, or NULL: also NULL in a process the worker
+ * forked itself, which inherits the mapping but must not write into it. */
+lrpm_shared_page *own_shared_page(void);
+/* The title lrpm_title_set() last set (cli_get_process_title()), or NULL. */
+extern char *current_title;
+/* The supervisor that started this child is gone. */
+bool parent_changed(void);
 /* Names the failed call on stderr and exits CHILD_SETUP_FAILED. */
 void child_setup_failed(const lrpm_child_spec *spec, const char *call);
+
+/* lrpm_functions.c: every function the host gives PHP. */
+extern const zend_function_entry lrpm_host_functions[];
 
 /* lrpm_zygote.c: Lrpm\Internal\zygote_serve(). */
 PHP_FUNCTION(lrpm_zygote_serve);
