@@ -12,6 +12,8 @@
 #               2 and 50 chatty workers, ~3 min): bench/results/output.json, then the report
 #   make bench-messenger only examples/messenger's consumers, lrpm-host against 4 php-cli
 #               messenger:consume-style processes (throughput, PSS; ~2 min): bench/results/messenger.json
+#   make bench-tasks  only Lrpm\Task's cost (Task::run to the task's first line and back, next to
+#               pcntl_fork; ~1 min): bench/results/tasks.json, then the report
 #   make bench-cluster  one farm over 3-4 members and a real etcd on loopback, 3,000 units
 #               (bring-up, kill -9, drain, a joining member; ~3 min): bench/results/cluster.json
 #   make php    build PHP $(PHP_VERSION) (default 8.4) from source, with APCu and phpredis, into build/php-8.4/prefix
@@ -77,7 +79,7 @@ PHP_CARGO_TARGET := $(PHP_BUILD)/target$(PHP_FLAVOUR)
 PHP_CARGO := PHP_CONFIG=$(PHP_PREFIX)/bin/php-config LRPM_PHP_STATIC=$(PHP_STATIC) \
 	CARGO_TARGET_DIR=$(PHP_CARGO_TARGET) cargo
 
-.PHONY: deps bench-deps install-packages build run test test-no-zygote bench bench-static bench-quick bench-scale bench-output bench-messenger docker docker-test php php-lib php-test test-php84 docker-static docker-static-test
+.PHONY: deps bench-deps install-packages build run test test-no-zygote bench bench-static bench-quick bench-scale bench-output bench-messenger bench-tasks docker docker-test php php-lib php-test test-php84 docker-static docker-static-test
 
 deps:
 	@$(MAKE) --no-print-directory install-packages PACKAGES="$(DEB_PACKAGES)"
@@ -111,7 +113,7 @@ run: deps build
 # The farm-harness suites, run a second time with workers forked by the
 # supervisor (--no-zygote): the path a farm takes when the zygote refused,
 # is down or is still starting.
-FARM_SUITES := farm hostile replicas worker_output metrics status_view control_socket clock_mode upgrade stops
+FARM_SUITES := farm hostile replicas worker_output metrics status_view control_socket clock_mode upgrade stops tasks
 
 test: deps
 	cargo fmt --check
@@ -178,6 +180,10 @@ bench-output: bench-deps build
 
 bench-messenger: bench-deps build
 	/usr/bin/python3 bench/harness.py --only messenger
+	/usr/bin/python3 bench/report.py
+
+bench-tasks: bench-deps build
+	/usr/bin/python3 bench/harness.py --only tasks
 	/usr/bin/python3 bench/report.py
 
 # One farm over members on one machine and a real etcd on loopback

@@ -179,9 +179,15 @@ const WAIT_EXPORTS: &[&str] = &[
 ];
 
 fn main() {
-    for file in
-        ["lrpm_shim.c", "lrpm_functions.c", "lrpm_waits.c", "lrpm_zygote.c", "lrpm_shim.h", "lrpm_shim_internal.h"]
-    {
+    for file in [
+        "lrpm_shim.c",
+        "lrpm_functions.c",
+        "lrpm_tasks.c",
+        "lrpm_waits.c",
+        "lrpm_zygote.c",
+        "lrpm_shim.h",
+        "lrpm_shim_internal.h",
+    ] {
         println!("cargo:rerun-if-changed=csrc/{file}");
     }
     println!("cargo:rerun-if-changed=csrc/wrapper.h");
@@ -225,7 +231,13 @@ fn main() {
 
     let mut build = cc::Build::new();
     build
-        .files(["csrc/lrpm_shim.c", "csrc/lrpm_functions.c", "csrc/lrpm_waits.c", "csrc/lrpm_zygote.c"])
+        .files([
+            "csrc/lrpm_shim.c",
+            "csrc/lrpm_functions.c",
+            "csrc/lrpm_tasks.c",
+            "csrc/lrpm_waits.c",
+            "csrc/lrpm_zygote.c",
+        ])
         .warnings(false)
         .flag_if_supported("-Wno-unused-parameter");
     for dir in &includes {

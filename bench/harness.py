@@ -1256,6 +1256,103 @@ def measure_output(workers: int, seconds: float, mode: str) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+TASK_FARM = r"""<?php
+// One worker timing Lrpm\Task: from Task::run() to the task's first line of
+// user code, and back to the worker with its small answer; then the same
+// round trip written the way apps do without the host (pcntl_fork, a
+// socket pair, exit()), side by side in the same worker. Writes RESULT.
+final class TaskBench implements Lrpm\Worker
+{
+    private bool $done = false;
+    public function start(array $job): void {}
+    public function cycle(): void
+    {
+        if ($this->done) {
+            usleep(100000);
+            return;
+        }
+        $this->done = true;
+        $n = (int) getenv('TASKS');
+        $first = $round = $raw = [];
+        for ($i = 0; $i < $n + 50; $i++) {  // 50 to warm up
+            $t0 = hrtime(true);
+            $t1 = Lrpm\Task::run(static fn (): int => hrtime(true))->wait();
+            $t2 = hrtime(true);
+            if ($i >= 50) {
+                $first[] = ($t1 - $t0) / 1e6;
+                $round[] = ($t2 - $t0) / 1e6;
+            }
+        }
+        for ($i = 0; $i < $n + 50; $i++) {
+            $t0 = hrtime(true);
+            [$a, $b] = stream_socket_pair(STREAM_PF_UNIX, STREAM_SOCK_STREAM, STREAM_IPPROTO_IP);
+            $pid = pcntl_fork();
+            if ($pid === 0) {
+                fclose($a);
+                fwrite($b, serialize(hrtime(true)));
+                exit(0);
+            }
+            fclose($b);
+            $answer = unserialize(stream_get_contents($a));
+            fclose($a);
+            pcntl_waitpid($pid, $status);
+            if ($i >= 50 && is_int($answer)) {
+                $raw[] = (hrtime(true) - $t0) / 1e6;
+            }
+        }
+        file_put_contents(getenv('RESULT'), json_encode(['first_line_ms' => $first, 'round_trip_ms' => $round,
+            'pcntl_round_trip_ms' => $raw]));
+    }
+}
+return new class implements Lrpm\ConfigurationSource {
+    public function loadConfiguration(): array
+    {
+        return ['tasks' => ['name' => 'tasks', 'workerClass' => 'TaskBench', 'mtime' => 1, 'workerConfig' => []]];
+    }
+};
+"""
+
+
+def measure_tasks(tasks: int) -> dict:
+    """Lrpm\Task's cost in one worker: medians (and p90) of the time from
+    Task::run() to the task's first line and of the whole round trip with a
+    small answer, next to a pcntl_fork() + socket pair + exit() round trip
+    in the same worker and run."""
+    work = Path(tempfile.mkdtemp(prefix="lrpm-bench-tasks-"))
+    try:
+        farm = work / "farm.php"
+        farm.write_text(TASK_FARM)
+        result_file = work / "result.json"
+        env = dict(os.environ, TASKS=str(tasks), RESULT=str(result_file))
+        with open(os.devnull, "wb") as devnull:
+            proc = subprocess.Popen([str(LRPM_HOST), "--control-socket", str(work / "control.sock"), str(farm)],
+                                    stdout=devnull, stderr=devnull, env=env, cwd=work)
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while not result_file.exists() or not result_file.read_text().endswith("}"):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the task bench did not finish")
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        data = json.loads(result_file.read_text())
+
+        def summary(values: list) -> dict:
+            ordered = sorted(values)
+            return {"median": statistics.median(ordered), "p90": ordered[int(len(ordered) * 0.9)], "n": len(ordered)}
+
+        first, round_trip, raw = (summary(data[k]) for k in ("first_line_ms", "round_trip_ms", "pcntl_round_trip_ms"))
+        return {"tasks": tasks, "first_line_ms": first, "round_trip_ms": round_trip, "pcntl_round_trip_ms": raw,
+                "tasks_per_second": 1000 / round_trip["median"],
+                "ratio_to_pcntl": round_trip["median"] / raw["median"]}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 MESSENGER = ROOT / "examples" / "messenger"
 
 
@@ -1485,7 +1582,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few repetitions, for trying the harness out")
     parser.add_argument("--only", nargs="+", choices=["memory", "spawn", "reaction", "loop", "idle", "output",
-                                                         "sharing", "upgrade", "scale", "messenger"])
+                                                         "sharing", "upgrade", "scale", "messenger", "tasks"])
     args = parser.parse_args()
     if not LRPM_HOST.exists():
         sys.exit(f"{LRPM_HOST} is missing: run `make build` first")
@@ -1497,7 +1594,7 @@ def main() -> None:
     APP = stage_app()
     quick = args.quick
     measures = args.only or ["memory", "spawn", "reaction", "loop", "idle", "output", "sharing", "upgrade", "scale",
-                             "messenger"]
+                             "messenger", "tasks"]
     sizes = [10, 50, 100] if quick else [10, 50, 100, 500]
     runs = 1 if quick else 3
     parameters = {"quick": quick, "runs": runs}
@@ -1597,6 +1694,16 @@ def main() -> None:
                 log(f"messenger: {name}: {rows[-1]['messages_per_second']:.0f} messages/s, "
                     f"PSS {rows[-1]['pss_kb'] / 1024:.1f} MB")
         write_result("messenger", {"runs": runs, "messages": messages, "rows": rows, "run": stamp})
+
+    if "tasks" in measures:
+        count = 200 if quick else 2000
+        rows = []
+        for n in range(runs):
+            log(f"tasks: {count} tasks and {count} pcntl_fork round trips in one worker (run {n + 1}/{runs})")
+            rows.append(dict(measure_tasks(count), run=n))
+            log(f"tasks: first line {rows[-1]['first_line_ms']['median']:.3f} ms, round trip "
+                f"{rows[-1]['round_trip_ms']['median']:.3f} ms, pcntl_fork {rows[-1]['pcntl_round_trip_ms']['median']:.3f} ms")
+        write_result("tasks", {"runs": runs, "rows": rows, "run": stamp})
 
 
 if __name__ == "__main__":

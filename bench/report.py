@@ -432,6 +432,44 @@ def messenger_section(page: Page, messenger: dict, summary: dict) -> None:
     )
 
 
+def tasks_section(page: Page, tasks: dict, summary: dict) -> None:
+    rows = tasks["rows"]
+    run = tasks.get("run", {})
+    page.add("## Tasks (`Lrpm\\Task`)", "")
+    page.add(
+        f"One worker runs {rows[0]['tasks']:,} tasks one after the other (`Task::run(fn () => hrtime(true))->wait()`, "
+        "after 50 to warm up), then as many round trips written the way apps do without the host: "
+        "`pcntl_fork()`, a socket pair, `serialize()` and `exit()` in the copy, `pcntl_waitpid()` in the worker. "
+        "*First line* is from `Task::run()` to the task's first line of user code (CLOCK_MONOTONIC on both "
+        "sides), *round trip* until `wait()` returned the answer. The median and the 90th percentile of each run, the "
+        f"median of {tasks['runs']} runs"
+        + (f", commit {run['commit']}." if run.get("commit") else "."),
+        "",
+    )
+
+    def med(key: str, field: str = "median") -> float:
+        return statistics.median(r[key][field] for r in rows)
+
+    first, round_trip, raw = med("first_line_ms"), med("round_trip_ms"), med("pcntl_round_trip_ms")
+    page.table(
+        ["", "median", "p90"],
+        [
+            ["Task::run() to the task's first line", f"{first:.3f} ms", f"{med('first_line_ms', 'p90'):.3f} ms"],
+            ["Task::run() to wait()'s answer", f"{round_trip:.3f} ms", f"{med('round_trip_ms', 'p90'):.3f} ms"],
+            ["pcntl_fork() + socket pair + exit()", f"{raw:.3f} ms", f"{med('pcntl_round_trip_ms', 'p90'):.3f} ms"],
+        ],
+    )
+    summary["tasks"] = (first, round_trip, raw)
+    page.add(
+        f"A task's round trip is {raw / round_trip:.1f}x faster than the hand-written one: the task closes its "
+        "end of the socket as soon as its answer is written and leaves through `_exit`, so the worker neither "
+        "waits for the task's memory to be torn down nor for the destructors and shutdown functions that "
+        "`exit()` runs in the copy (and that close the worker's connections, docs/tasks.md). Most of what is "
+        "left is `fork()` itself, which copies the worker's page tables.",
+        "",
+    )
+
+
 def cluster_section(page: Page, cluster: dict, summary: dict) -> None:
     page.add("## One farm over many hosts (`--cluster`)", "")
     page.add(
@@ -858,7 +896,8 @@ def main() -> None:
         ("memory", memory_section), ("spawn", spawn_section), ("reaction", reaction_section),
         ("loop", loop_section), ("idle", idle_section), ("output", output_section),
         ("sharing", sharing_section), ("upgrade", upgrade_section),
-        ("messenger", messenger_section), ("static_memory", static_memory_section), ("cluster", cluster_section),
+        ("messenger", messenger_section), ("tasks", tasks_section), ("static_memory", static_memory_section),
+        ("cluster", cluster_section),
     ]
     for name, render in renderers:
         result = load(name)

@@ -405,6 +405,7 @@ static PHP_FUNCTION(lrpm_set_process_kind)
     if (zend_string_equals_literal(kind, "worker")) process_kind = "worker";
     else if (zend_string_equals_literal(kind, "config")) process_kind = "config";
     else if (zend_string_equals_literal(kind, "zygote")) process_kind = "zygote";
+    else if (zend_string_equals_literal(kind, "task")) process_kind = "task";
 }
 
 ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_process_kind, 0, 0, IS_STRING, 0)
@@ -423,14 +424,6 @@ ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_zygote_serve, 0, 2, IS_STRI
     ZEND_ARG_TYPE_INFO(0, socket, IS_LONG, 0)
     ZEND_ARG_TYPE_INFO(0, bootstrap, IS_STRING, 0)
 ZEND_END_ARG_INFO()
-
-/* PHP 8.4 gave zend_function_entry two more fields (frameless handlers, a
- * doc comment), and ZEND_RAW_FENTRY two more arguments. */
-#if PHP_VERSION_ID >= 80400
-# define LRPM_FENTRY(name, handler, arginfo) ZEND_RAW_FENTRY(name, handler, arginfo, 0, NULL, NULL)
-#else
-# define LRPM_FENTRY(name, handler, arginfo) ZEND_RAW_FENTRY(name, handler, arginfo, 0)
-#endif
 
 const zend_function_entry lrpm_host_functions[] = {
     LRPM_FENTRY("Lrpm\\should_stop", zif_lrpm_should_stop, arginfo_lrpm_should_stop)

@@ -164,6 +164,8 @@ static void wrap_pcntl_signal(void)
 
 bool parent_changed(void)
 {
+    /* A task's parent is its worker, whose death kills it (PDEATHSIG). */
+    if (strcmp(process_kind, "task") == 0) return false;
     return current_spec && current_spec->parent_pid > 0 && getppid() != current_spec->parent_pid;
 }
 
@@ -402,6 +404,25 @@ static void forget_static_scan_dir(void)
 }
 #endif
 
+static size_t function_count(const zend_function_entry *table)
+{
+    size_t n = 0;
+    while (table[n].fname) n++;
+    return n;
+}
+
+/* The SAPI takes one table: the host's functions, then the tasks'. Built
+ * once, for the process's life. */
+static const zend_function_entry *all_host_functions(void)
+{
+    size_t host = function_count(lrpm_host_functions), tasks = function_count(lrpm_task_functions);
+    zend_function_entry *all = calloc(host + tasks + 1, sizeof(zend_function_entry));
+    if (!all) return lrpm_host_functions;
+    memcpy(all, lrpm_host_functions, host * sizeof(zend_function_entry));
+    memcpy(all + host, lrpm_task_functions, tasks * sizeof(zend_function_entry));
+    return all;
+}
+
 int lrpm_boot(const char *ini_entries, const char *executable_location)
 {
 #if defined(LRPM_STATIC_OPCACHE) && PHP_VERSION_ID < 80500
@@ -416,7 +437,7 @@ int lrpm_boot(const char *ini_entries, const char *executable_location)
     lrpm_sapi_module.ini_entries = strdup(ini_entries ? ini_entries : "");
     lrpm_sapi_module.php_ini_ignore_cwd = 1;
     lrpm_sapi_module.phpinfo_as_text = 1;
-    lrpm_sapi_module.additional_functions = lrpm_host_functions;
+    lrpm_sapi_module.additional_functions = all_host_functions();
     lrpm_sapi_module.ini_defaults = lrpm_ini_defaults;
     if (executable_location) {
         lrpm_sapi_module.executable_location = strdup(executable_location);
@@ -574,6 +595,11 @@ int lrpm_child_main(const lrpm_child_spec *spec)
                              "lrpm-host runner", 1);
     } zend_end_try();
     status = EG(exit_status);
+    /* A task (Lrpm\Task) that left its code through exit() or a fatal
+     * error: the request's end would run the worker's shutdown functions
+     * and destructors, and flush its output buffers, in a copy of the
+     * worker. It leaves without any of that. */
+    if (strcmp(process_kind, "task") == 0) _exit(status & 0xff);
 
     zend_try {
         php_request_shutdown(NULL);

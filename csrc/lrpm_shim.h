@@ -18,7 +18,15 @@
  */
 #define LRPM_SHARED_PAGE_SIZE 4096
 #define LRPM_SHARED_PAGE_MAGIC 0x4d50524cu /* "LRPM" read as little-endian */
-#define LRPM_SHARED_PAGE_VERSION 4u
+#define LRPM_SHARED_PAGE_VERSION 5u
+
+/* Running tasks whose pids the page lists (more still count). */
+#define LRPM_TASK_PIDS 32
+/* Lrpm\Internal\task_note()'s events. */
+#define LRPM_TASK_STARTED 1
+#define LRPM_TASK_SUCCEEDED 2
+#define LRPM_TASK_FAILED 3
+#define LRPM_TASK_TIMED_OUT 4
 
 /* Bits of lrpm_shared_page.flags. */
 /* User code called pcntl_signal(SIGTERM, ...) / pcntl_signal(SIGINT, ...). */
@@ -57,8 +65,16 @@ typedef struct lrpm_shared_page {
     uint64_t opcache_misses;       /* opcache_statistics.misses */
     /* Version 4. */
     uint64_t ended_status; /* 1 + the status the process exits with, once its PHP request has ended; 0 before */
+    /* Version 5: the worker's tasks (Lrpm\Task), written by the worker
+     * only (Lrpm\Internal\task_note): a start fills a free pid slot and then
+     * adds to tasks_running with release; an end clears its slot first. */
+    uint64_t tasks_running;
+    uint64_t tasks_started;
+    uint64_t tasks_failed;    /* threw, died, or sent nothing back */
+    uint64_t tasks_timed_out; /* killed at their wait's timeout or the stop's grace */
+    uint64_t task_pids[LRPM_TASK_PIDS]; /* running tasks' pids, 0: free; the first LRPM_TASK_PIDS only */
     /* Room for later versions; zero until one defines them. */
-    uint64_t reserved[(LRPM_SHARED_PAGE_SIZE - 112) / 8];
+    uint64_t reserved[(LRPM_SHARED_PAGE_SIZE - 400) / 8];
 } lrpm_shared_page;
 
 /*

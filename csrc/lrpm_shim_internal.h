@@ -11,6 +11,7 @@
 #include "lrpm_shim.h"
 
 #include <main/php.h>
+#include <main/php_version.h>
 
 #include <signal.h>
 #include <stdbool.h>
@@ -36,7 +37,7 @@ extern bool recycle_asked;
 extern uint64_t cycle_began_ns;
 extern long long last_gc_between_cycles_ns;
 extern long long opcache_published_at_ns;
-/* "worker", "config" or "zygote", for Lrpm\process_kind(). */
+/* "worker", "config", "zygote" or "task", for Lrpm\process_kind(). */
 extern const char *process_kind;
 long long monotonic_coarse_ns(void);
 /* This process's shared page, or NULL: also NULL in a process the worker
@@ -49,9 +50,20 @@ bool parent_changed(void);
 /* Names the failed call on stderr and exits CHILD_SETUP_FAILED. */
 void child_setup_failed(const lrpm_child_spec *spec, const char *call);
 
-/* lrpm_functions.c: every function the host gives PHP. */
+/* lrpm_functions.c: the functions the host gives PHP; lrpm_tasks.c: Lrpm\Task's. */
 extern const zend_function_entry lrpm_host_functions[];
+extern const zend_function_entry lrpm_task_functions[];
+/* A zend_function_entry for a namespaced name (PHP 8.4 gave the struct two
+ * more fields, and ZEND_RAW_FENTRY two more arguments). */
+#if PHP_VERSION_ID >= 80400
+# define LRPM_FENTRY(name, handler, arginfo) ZEND_RAW_FENTRY(name, handler, arginfo, 0, NULL, NULL)
+#else
+# define LRPM_FENTRY(name, handler, arginfo) ZEND_RAW_FENTRY(name, handler, arginfo, 0)
+#endif
 
+/* lrpm_waits.c: nanoseconds left of the stop's grace (0 once it passed);
+ * -1 without a pending stop or a grace. */
+long long stop_grace_left_ns(void);
 /* lrpm_zygote.c: Lrpm\Internal\zygote_serve(). */
 PHP_FUNCTION(lrpm_zygote_serve);
 

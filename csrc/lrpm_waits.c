@@ -53,7 +53,7 @@ void note_stop_request(void)
 /* With a stop pending and a grace set: nanoseconds left until the grace
  * deadline (0 once it passed); -1 otherwise (no stop, or no grace: the
  * worker command without a job, the supervisor itself). */
-static long long stop_grace_left_ns(void)
+long long stop_grace_left_ns(void)
 {
     if (!(stop_requested && stop_requested_at_ns && current_spec && current_spec->stop_grace_ms >= 0)) return -1;
     struct timespec now;

@@ -47,15 +47,16 @@ function describe_brief(\Throwable $e): string
         . ' (' . $e->getFile() . ':' . $e->getLine() . ')';
 }
 
-// Lrpm\* and the php-lrpm names, defined only when nobody else defines them:
+// Lrpm\* (the interfaces, Lrpm\Task and its classes) and the php-lrpm
+// names, defined only when nobody else defines them:
 // an app that ships php-lrpm in vendor/ keeps its own copy. The sources come
 // from php/interfaces/ through the params (a single source of truth shared
 // with the --preload wrapper).
 function register_fallback_autoloader(array $interfaces): void
 {
     $self = static function (string $class) use (&$self, $interfaces): void {
-        $key = \strtolower(\ltrim($class, '\\'));
-        if (!isset($interfaces[$key])) {
+        $file = $interfaces['classes'][\strtolower(\ltrim($class, '\\'))] ?? null;
+        if ($file === null) {
             return;
         }
         // Registered before the bootstrap (so a bootstrap may declare workers
@@ -63,12 +64,12 @@ function register_fallback_autoloader(array $interfaces): void
         foreach (\spl_autoload_functions() as $loader) {
             if ($loader !== $self) {
                 $loader($class);
-                if (\interface_exists($class, false)) {
+                if (\interface_exists($class, false) || \class_exists($class, false)) {
                     return;
                 }
             }
         }
-        eval($interfaces[$key]);
+        eval($interfaces['sources'][$file]);
     };
     \spl_autoload_register($self);
 }
@@ -186,6 +187,8 @@ function run_worker(array $params): void
         exit(EXIT_BAD_WORKER_CLASS);
     }
     $pid = \getmypid();
+    // Lrpm\Task::run() refuses a task beyond this many running.
+    \define('Lrpm\Internal\MAX_TASKS', (int) ($params['maxTasks'] ?? 16));
     try {
         $worker = new $class();
         $worker->start($job);
@@ -312,6 +315,12 @@ function run_worker(array $params): void
             \fwrite(\STDERR, describe_throwable($e) . \PHP_EOL);
             exit(EXIT_UNCAUGHT);
         }
+    }
+    // Tasks still running: a stop waits for them until its grace ends (the
+    // rest of the shutdown timeout is the exit's), a recycle as long as a
+    // stop's grace would be; then they are killed.
+    if (\class_exists('Lrpm\Task', false) && \Lrpm\Task::running() > 0) {
+        \Lrpm\Task::settleAtStop((float) ($job['shutdownTimeoutSeconds'] ?? 10) / 2);
     }
     if ($recycle !== null) {
         say("{$label}: recycling: {$recycle}");
@@ -594,6 +603,9 @@ function fencing_token_store(?int $token = null, bool $store = false): ?int
 // zygote itself never runs worker code.
 function run_zygote(array $params): void
 {
+    // Compiled once here, so a worker's first Lrpm\Task::run() costs no
+    // compilation (workers share these classes copy-on-write).
+    \class_exists('Lrpm\Task');
     $request = zygote_serve((int) $params['socket'], (string) ($params['bootstrap'] ?? ''));
     if ($request === null) {
         exit(EXIT_OK);

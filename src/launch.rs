@@ -74,6 +74,7 @@ pub fn worker(
         ("maxCycles".into(), serde_json::json!(job.max_cycles)),
         ("maxLifetime".into(), serde_json::json!(job.max_lifetime_seconds)),
         ("memoryLimitMb".into(), serde_json::json!(job.memory_limit_mb)),
+        ("maxTasks".into(), serde_json::json!(job.max_tasks)),
     ]);
     Launch {
         params: serde_json::Value::Object(params),

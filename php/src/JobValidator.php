@@ -16,6 +16,7 @@ final class JobValidator
 {
     public const MAX_DURATION_SECONDS = 86400;
     public const MAX_REPLICAS = 10000;
+    public const MAX_TASKS = 1024;
     public const DEFAULTS = ['shortRunTimeSeconds' => 5, 'shutdownTimeoutSeconds' => 10];
     /** The integer fields: [smallest, largest] (PHP_INT_MAX: no bound but the type's). */
     private const INTEGER_RANGES = [
@@ -29,6 +30,7 @@ final class JobValidator
         'maxLifetimeSeconds' => [1, PHP_INT_MAX],
         'memoryLimitMb' => [1, PHP_INT_MAX],
         'cycleTimeoutSeconds' => [1, self::MAX_DURATION_SECONDS],
+        'maxTasks' => [1, self::MAX_TASKS],
     ];
 
     /** Field => [description, required]: php-lrpm's fields, order and descriptions, then lrpm-host's own. */
@@ -48,6 +50,7 @@ final class JobValidator
         'maxLifetimeSeconds' => ['Recycle the worker after it has run this many seconds, an integer from 1', false],
         'memoryLimitMb' => ['Recycle the worker once its memory (the larger of the Zend heap and the resident set) exceeds this many MB, an integer from 1', false],
         'cycleTimeoutSeconds' => ['A cycle running longer than this many seconds is stuck: the worker is stopped (SIGTERM, then SIGKILL) and the exit counts as a failure, an integer from 1 to 86400', false],
+        'maxTasks' => ['How many Lrpm\\Task processes one worker may run at once, an integer from 1 to 1024 (default 16)', false],
         'essential' => ['When true, the job failing for good shuts the whole farm down (lrpm-host exits 69), a boolean', false],
         'user' => ['The user the job\'s processes run as, "USER" or "USER:GROUP" (names or numeric ids); needs the host to run as root', false],
         'placement' => ['With --cluster, where the job\'s slots run: "cluster" (the default: each slot on exactly one live member) or "every-host" (each member runs all of them)', false],
@@ -146,6 +149,7 @@ final class JobValidator
             // runs as root to switch to it, is the host's to say.
             'user' => is_string($value) && self::isUserSpec($value),
             'replicas' => $int && $value >= 1 && $value <= self::MAX_REPLICAS,
+            'maxTasks' => $int && $value >= 1 && $value <= self::MAX_TASKS,
             'cycleIntervalSeconds' => ($int || is_float($value)) && $value > 0 && $value <= self::MAX_DURATION_SECONDS,
             default => $int && $value >= 0 && $value <= self::MAX_DURATION_SECONDS,
         };

@@ -1,7 +1,9 @@
 <?php
 // IDE stubs for what lrpm-host defines at run time. Never include this file:
 // the host provides these (the interfaces through a fallback autoloader
-// registered after your bootstrap, the functions natively).
+// registered after your bootstrap, the functions natively). Lrpm\Task and
+// its classes are real PHP, in interfaces/Lrpm_Task.php (the package's class
+// map; the host loads the same file): docs/tasks.md.
 
 namespace Lrpm {
     interface Worker
@@ -93,9 +95,9 @@ namespace {
 
 namespace Lrpm {
     /**
-     * Where this code runs: "worker", "config" (the configuration process)
-     * or "zygote" (--zygote: the process workers are forked from, which runs
-     * the bootstrap once).
+     * Where this code runs: "worker", "config" (the configuration process),
+     * "zygote" (the process workers are forked from, which runs the
+     * bootstrap once) or "task" (a Lrpm\Task process).
      */
     function process_kind(): string {}
 }

@@ -134,6 +134,9 @@ pub struct SlotStatus {
     /// The claim's fencing token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fencing_token: Option<i64>,
+    /// Its tasks (`Lrpm\Task`), once it started one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<TaskStatus>,
 }
 
 /// Who holds a unit's claim, for its slot's status.
@@ -163,12 +166,27 @@ pub struct CycleFigures {
     pub peak_heap_bytes: u64,
 }
 
-/// What the supervisor measured of one process: its cycle counters (from
-/// its shared page) and its CPU and memory (from /proc).
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
+/// What the supervisor measured of one process: its cycle counters and
+/// tasks (from its shared page) and its CPU and memory (from /proc).
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct PidFigures {
     pub cycles: Option<CycleFigures>,
     pub usage: Option<crate::process::Reading>,
+    pub tasks: Option<TaskStatus>,
+}
+
+/// A worker's tasks (`Lrpm\Task`), from its shared page: shown once it
+/// started one.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskStatus {
+    pub running: u64,
+    pub started: u64,
+    pub failed: u64,
+    pub timed_out: u64,
+    /// The running tasks' pids (the first 32).
+    #[serde(default)]
+    pub pids: Vec<i32>,
 }
 
 /// How the last process ended: `{"code": 3}` or `{"signal": "SIGKILL"}`.
@@ -223,6 +241,7 @@ fn slot_status(slot: u32, state: &SlotState, pid_figures: PidFigures, now: Insta
     let ms = |d: std::time::Duration| rounded(d.as_secs_f64() * 1000.0, 3);
     let figures = pid_figures.cycles;
     let usage = pid_figures.usage;
+    let tasks = pid_figures.tasks.filter(|t| t.started > 0);
     SlotStatus {
         slot,
         pid: state.phase.pid().map(i64::from),
@@ -244,6 +263,7 @@ fn slot_status(slot: u32, state: &SlotState, pid_figures: PidFigures, now: Insta
         usage_age_ms: usage.map(|r| r.age.as_millis() as u64),
         owner: None,
         fencing_token: None,
+        tasks,
     }
 }
 

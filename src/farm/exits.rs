@@ -148,7 +148,7 @@ impl Farm {
         pid: Pid,
         end: End,
         recycle: Option<RecycleReason>,
-        cycles: u64,
+        (cycles, tasks): (u64, super::TaskCounts),
         now: Instant,
         actions: &mut Vec<Action>,
     ) {
@@ -163,6 +163,7 @@ impl Farm {
         let state = self.jobs.get_mut(&key.id).expect("the pid index only names known jobs");
         state.last_exit = Some(exit);
         state.cycles_of_ended += cycles;
+        state.tasks_of_ended += tasks;
         let slot = state.slots.get_mut(&key.slot).expect("the pid index only names known slots");
         slot.last_exit = Some(exit);
         let described = end.describe(ProcessKind::Worker);

@@ -259,7 +259,26 @@ pub struct JobState {
     /// Cycles completed by the job's processes that have ended (the live
     /// ones' counts are in their shared pages).
     pub cycles_of_ended: u64,
+    /// The tasks (`Lrpm\Task`) of the job's processes that have ended.
+    pub tasks_of_ended: TaskCounts,
     pub last_exit: Option<ExitKind>,
+}
+
+/// Tasks (`Lrpm\Task`) a worker started, and how many of them failed or
+/// timed out, as its shared page counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TaskCounts {
+    pub started: u64,
+    pub failed: u64,
+    pub timed_out: u64,
+}
+
+impl std::ops::AddAssign for TaskCounts {
+    fn add_assign(&mut self, other: TaskCounts) {
+        self.started += other.started;
+        self.failed += other.failed;
+        self.timed_out += other.timed_out;
+    }
 }
 
 impl JobState {
@@ -276,6 +295,7 @@ impl JobState {
             recycles_by_reason: super::RecycleCounts::default(),
             failures_total: 0,
             cycles_of_ended: 0,
+            tasks_of_ended: TaskCounts::default(),
             last_exit: None,
         }
     }

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 pub use commands::{FarmHandoff, JobHandoff, KilledAtHandoff, RunningAtHandoff};
 pub use config_process::{ConfigPhase, ConfigProcessState, CONFIG_STOP_TIMEOUT};
 pub use exit::{End, ExitKind, PhpEnd, ProcessKind};
-pub use lifecycle::{AfterStop, JobState, Phase, Rolling, RollingStep, SlotState, StatusName, WorkerKey};
+pub use lifecycle::{AfterStop, JobState, Phase, Rolling, RollingStep, SlotState, StatusName, TaskCounts, WorkerKey};
 pub use recycle::{RecycleCounts, RecycleReason};
 
 use crate::job::{Job, JobId, Placement, RestartPolicy};
@@ -83,6 +83,8 @@ pub enum Event {
         exit: ExitKind,
         recycle: Option<RecycleReason>,
         cycles: u64,
+        /// Its tasks (`Lrpm\Task`), from its page.
+        tasks: TaskCounts,
         php: PhpEnd,
     },
     /// Fed just before `ChildExited` for a worker whose shared page says a
@@ -360,8 +362,8 @@ impl Farm {
             Event::WorkerSpawnFailed(key) => self.worker_spawn_failed(&key, now, &mut actions),
             Event::WorkerStartDeferred(key) => self.worker_start_deferred(&key, now, &mut actions),
             Event::CycleProgress { key, pid, progress } => self.cycle_progress(&key, pid, progress, now, &mut actions),
-            Event::ChildExited { pid, exit, recycle, cycles, php } => {
-                self.child_exited(pid, End { exit, php }, recycle, cycles, now, &mut actions)
+            Event::ChildExited { pid, exit, recycle, cycles, tasks, php } => {
+                self.child_exited(pid, End { exit, php }, recycle, (cycles, tasks), now, &mut actions)
             }
             Event::StopSignalled { pid } => {
                 self.stop_signalled.insert(pid);

@@ -6,7 +6,9 @@
 use serde_json::Value;
 
 use super::{Placement, RestartPolicy};
-use super::{DEFAULT_SHORT_RUN_TIME_SECONDS, DEFAULT_SHUTDOWN_TIMEOUT_SECONDS, MAX_DURATION_SECONDS, MAX_REPLICAS};
+use super::{
+    DEFAULT_SHORT_RUN_TIME_SECONDS, DEFAULT_SHUTDOWN_TIMEOUT_SECONDS, MAX_DURATION_SECONDS, MAX_REPLICAS, MAX_TASKS,
+};
 
 pub(super) struct FieldRule {
     pub(super) name: &'static str,
@@ -127,7 +129,7 @@ pub(super) enum Presence {
 }
 
 // php-lrpm's fields, order and descriptions, then lrpm-host's own.
-pub(super) const FIELDS: [FieldRule; 18] = [
+pub(super) const FIELDS: [FieldRule; 19] = [
     FieldRule {
         name: "mtime",
         description: "Time of last modification, must be a UTC Unix timestamp integer",
@@ -226,6 +228,13 @@ pub(super) const FIELDS: [FieldRule; 18] = [
         presence: Presence::Optional,
         kind: DURATION_FROM_ONE,
         host_default: Some(HostDefault { flag: "cycle-timeout-seconds", help: "a cycle running longer is stopped as stuck", value_name: "SECONDS", unset: || Value::Null }),
+    },
+    FieldRule {
+        name: "maxTasks",
+        description: "How many Lrpm\\Task processes one worker may run at once, an integer from 1 to 1024 (default 16)",
+        presence: Presence::Optional,
+        kind: Kind::Integer { min: 1, max: MAX_TASKS, below_min: None },
+        host_default: Some(HostDefault { flag: "max-tasks", help: "the Lrpm\\Task processes one worker may run at once", value_name: "N", unset: || Value::from(super::DEFAULT_MAX_TASKS) }),
     },
     FieldRule {
         name: "essential",

@@ -88,6 +88,8 @@ pub struct Job {
     pub max_cycles: Option<u64>,
     pub max_lifetime_seconds: Option<u64>,
     pub memory_limit_mb: Option<u64>,
+    /// `maxTasks`: `Lrpm\Task` processes one worker may run at once.
+    pub max_tasks: u64,
     /// Shared: a job is handed to the core at every poll, and its
     /// configuration may be large.
     pub config: Arc<Map<String, Value>>,
@@ -243,6 +245,10 @@ pub fn memory_limit_warning(job: &Job, php_memory_limit: Option<u64>) -> Option<
         )
     })
 }
+
+/// `maxTasks` when neither a job nor `--max-tasks` says, and its largest value.
+pub const DEFAULT_MAX_TASKS: u64 = 16;
+pub const MAX_TASKS: u64 = 1024;
 
 /// `failureWindowSeconds` when a job does not say.
 pub const DEFAULT_FAILURE_WINDOW_SECONDS: u64 = 60;

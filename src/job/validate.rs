@@ -218,6 +218,7 @@ impl DescribedJob {
             max_cycles: setting("maxCycles").as_u64(),
             max_lifetime_seconds: setting("maxLifetimeSeconds").as_u64(),
             memory_limit_mb: setting("memoryLimitMb").as_u64(),
+            max_tasks: setting("maxTasks").as_u64().unwrap_or(super::DEFAULT_MAX_TASKS),
             config_json: RawJson::of(&config),
             placement: config.get("placement").and_then(Value::as_str).and_then(Placement::parse).unwrap_or_default(),
             user: None,

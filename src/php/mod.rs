@@ -15,8 +15,10 @@ use crate::process::shared_page::{self, SharedPage};
 /// The runner script, compiled in every child (see php/runner.php).
 const RUNNER_SOURCE: &str = include_str!("../../php/runner.php");
 
-/// The interfaces the host provides, by lower-case class name (php/interfaces/).
-const INTERFACES: [(&str, &str, &str); 5] = [
+const TASK_SOURCE: &str = include_str!("../../php/interfaces/Lrpm_Task.php");
+
+/// The interfaces and classes the host provides, by lower-case class name (php/interfaces/).
+const INTERFACES: [(&str, &str, &str); 12] = [
     ("lrpm\\worker", "Lrpm_Worker.php", include_str!("../../php/interfaces/Lrpm_Worker.php")),
     ("lrpm\\stoppable", "Lrpm_Stoppable.php", include_str!("../../php/interfaces/Lrpm_Stoppable.php")),
     (
@@ -24,6 +26,14 @@ const INTERFACES: [(&str, &str, &str); 5] = [
         "Lrpm_ConfigurationSource.php",
         include_str!("../../php/interfaces/Lrpm_ConfigurationSource.php"),
     ),
+    // Lrpm\Task and its classes: one file, loaded by whichever is named first.
+    ("lrpm\\task", "Lrpm_Task.php", TASK_SOURCE),
+    ("lrpm\\taskhandle", "Lrpm_Task.php", TASK_SOURCE),
+    ("lrpm\\taskexception", "Lrpm_Task.php", TASK_SOURCE),
+    ("lrpm\\taskerror", "Lrpm_Task.php", TASK_SOURCE),
+    ("lrpm\\tasktimeout", "Lrpm_Task.php", TASK_SOURCE),
+    ("lrpm\\taskfailed", "Lrpm_Task.php", TASK_SOURCE),
+    ("lrpm\\toomanytasks", "Lrpm_Task.php", TASK_SOURCE),
     ("phplrpm\\worker", "PHPLRPM_Worker.php", include_str!("../../php/interfaces/PHPLRPM_Worker.php")),
     (
         "phplrpm\\configurationsource",
@@ -36,14 +46,19 @@ fn strip_open_tag(source: &str) -> &str {
     source.trim_start().strip_prefix("<?php").unwrap_or(source)
 }
 
-/// `{class: source}` for the runner's fallback autoloader, built once.
+/// `{classes: {class: file}, sources: {file: source}}` for the runner's
+/// fallback autoloader (a file declaring several classes is sent once),
+/// built once.
 fn interfaces_param() -> &'static serde_json::Value {
     static PARAM: OnceLock<serde_json::Value> = OnceLock::new();
     PARAM.get_or_init(|| {
-        INTERFACES
+        let classes: serde_json::Map<String, serde_json::Value> =
+            INTERFACES.iter().map(|(class, file, _)| (class.to_string(), serde_json::Value::from(*file))).collect();
+        let sources: serde_json::Map<String, serde_json::Value> = INTERFACES
             .iter()
-            .map(|(class, _, source)| (class.to_string(), serde_json::Value::from(strip_open_tag(source))))
-            .collect()
+            .map(|(_, file, source)| (file.to_string(), serde_json::Value::from(strip_open_tag(source))))
+            .collect();
+        serde_json::json!({ "classes": classes, "sources": sources })
     })
 }
 

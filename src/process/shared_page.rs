@@ -25,7 +25,7 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"LRPM");
 /// `LRPM_SHARED_PAGE_VERSION`: bump when a field is added or changes meaning.
 /// Version 2 added the cycle fields, version 3 the recycle reason and the
 /// OPcache figures.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 /// `LRPM_FLAG_USER_SIGTERM_HANDLER`: user code called `pcntl_signal(SIGTERM, ...)`.
 pub const FLAG_USER_SIGTERM_HANDLER: u64 = 0x1;
 /// `LRPM_FLAG_USER_SIGINT_HANDLER`: user code called `pcntl_signal(SIGINT, ...)`.
@@ -72,8 +72,33 @@ pub struct Layout {
     /// Version 4: 1 + the status the process exits with, stored once its
     /// PHP request has ended (its stop is done); 0 before.
     pub ended_status: AtomicU64,
+    /// Version 5: the worker's tasks (`Lrpm\Task`), written by the worker
+    /// only: a start fills a free pid slot, then adds to `tasks_running`
+    /// with release; an end clears its slot first.
+    pub tasks_running: AtomicU64,
+    pub tasks_started: AtomicU64,
+    /// Threw, died, or sent nothing back.
+    pub tasks_failed: AtomicU64,
+    /// Killed at their wait's timeout or at the end of the stop's grace.
+    pub tasks_timed_out: AtomicU64,
+    /// Running tasks' pids (0: a free slot); the first `TASK_PIDS` only.
+    pub task_pids: [AtomicU64; TASK_PIDS],
     /// Room for later versions; zero until one defines them.
-    pub reserved: [AtomicU64; (PAGE_SIZE - 112) / 8],
+    pub reserved: [AtomicU64; (PAGE_SIZE - 400) / 8],
+}
+
+/// `LRPM_TASK_PIDS`: running tasks whose pids a page lists.
+pub const TASK_PIDS: usize = 32;
+
+/// A worker's tasks as its page shows them, read at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskFigures {
+    pub running: u64,
+    pub started: u64,
+    pub failed: u64,
+    pub timed_out: u64,
+    /// The running tasks' pids (at most `TASK_PIDS`).
+    pub pids: Vec<i32>,
 }
 
 /// The OPcache figures a worker published (OPcache's memory is shared by
@@ -104,7 +129,9 @@ pub struct CycleSnapshot {
 }
 
 const _: () = assert!(std::mem::size_of::<Layout>() == PAGE_SIZE);
-const _: () = assert!(std::mem::offset_of!(Layout, reserved) == 112);
+const _: () = assert!(std::mem::offset_of!(Layout, tasks_running) == 112);
+const _: () = assert!(std::mem::offset_of!(Layout, task_pids) == 144);
+const _: () = assert!(std::mem::offset_of!(Layout, reserved) == 400);
 
 struct Mapping {
     pages: NonNull<Layout>,
@@ -191,10 +218,14 @@ impl SharedPage {
             &layout.opcache_hits,
             &layout.opcache_misses,
             &layout.ended_status,
+            &layout.tasks_running,
+            &layout.tasks_started,
+            &layout.tasks_failed,
+            &layout.tasks_timed_out,
         ] {
             word.store(0, Ordering::Relaxed);
         }
-        for word in &layout.reserved {
+        for word in layout.task_pids.iter().chain(&layout.reserved) {
             word.store(0, Ordering::Relaxed);
         }
         layout.magic.store(MAGIC, Ordering::Relaxed);
@@ -287,6 +318,25 @@ impl SharedPage {
 
     /// The recycle reason code the worker wrote before exiting 75 (0: none).
     /// Read at the reap, before the page goes back to the pool.
+    /// The worker's tasks: the count first (acquire), then the pids.
+    pub fn tasks(&self) -> TaskFigures {
+        let layout = self.layout();
+        let running = layout.tasks_running.load(Ordering::Acquire);
+        TaskFigures {
+            running,
+            started: layout.tasks_started.load(Ordering::Relaxed),
+            failed: layout.tasks_failed.load(Ordering::Relaxed),
+            timed_out: layout.tasks_timed_out.load(Ordering::Relaxed),
+            pids: layout
+                .task_pids
+                .iter()
+                .map(|pid| pid.load(Ordering::Relaxed))
+                .filter(|pid| *pid > 0 && *pid <= i32::MAX as u64)
+                .map(|pid| pid as i32)
+                .collect(),
+        }
+    }
+
     pub fn recycle_reason(&self) -> u64 {
         self.layout().recycle_reason.load(Ordering::Acquire)
     }

@@ -41,6 +41,9 @@ struct JobFigures<'a> {
     cycles: u64,
     last_cycle: Option<Duration>,
     resident: u64,
+    /// Tasks (`Lrpm\Task`) running now, and of every process, ended or live.
+    tasks_running: u64,
+    tasks: crate::farm::TaskCounts,
 }
 
 impl Supervisor<'_> {
@@ -168,14 +171,24 @@ impl Supervisor<'_> {
                     cycles: state.cycles_of_ended,
                     last_cycle: None,
                     resident: 0,
+                    tasks_running: 0,
+                    tasks: state.tasks_of_ended,
                 };
                 for slot in state.slots.values() {
                     figures.running += u64::from(matches!(slot.phase, Phase::Running { .. }));
                     let Some(pid) = slot.phase.pid() else { continue };
                     figures.resident += resident.next().flatten().unwrap_or(0);
-                    if let Some(snapshot) = children.page(pid).map(|p| p.cycle_snapshot(monotonic_now)) {
+                    if let Some(page) = children.page(pid) {
+                        let snapshot = page.cycle_snapshot(monotonic_now);
                         figures.cycles += snapshot.cycles;
                         figures.last_cycle = figures.last_cycle.max(snapshot.last_cycle);
+                        let tasks = page.tasks();
+                        figures.tasks_running += tasks.running;
+                        figures.tasks += crate::farm::TaskCounts {
+                            started: tasks.started,
+                            failed: tasks.failed,
+                            timed_out: tasks.timed_out,
+                        };
                     }
                 }
                 figures
@@ -357,6 +370,26 @@ fn write_jobs(e: &mut Exposition, jobs: &[JobFigures<'_>]) {
         Kind::Counter,
         "Failures: exits other than 0 and deaths by signal of processes that ended on their own, and cycles stopped by the watchdog.",
         &|j| Some(j.state.failures_total),
+    );
+    family(e, "lrpm_job_tasks_running", Kind::Gauge, "Tasks (Lrpm\\Task) the job's workers run now.", &|j| {
+        Some(j.tasks_running)
+    });
+    family(e, "lrpm_job_tasks_started_total", Kind::Counter, "Tasks (Lrpm\\Task) the job's workers started.", &|j| {
+        Some(j.tasks.started)
+    });
+    family(
+        e,
+        "lrpm_job_tasks_failed_total",
+        Kind::Counter,
+        "Tasks that threw, died (a signal, exit(), a fatal error), were cancelled or sent no answer.",
+        &|j| Some(j.tasks.failed),
+    );
+    family(
+        e,
+        "lrpm_job_tasks_timed_out_total",
+        Kind::Counter,
+        "Tasks killed at their wait's timeout or at the end of their worker's stop grace.",
+        &|j| Some(j.tasks.timed_out),
     );
     e.family("lrpm_job_recycles_total", Kind::Counter, "Planned recycles of the job's processes, by reason.");
     for job in jobs {

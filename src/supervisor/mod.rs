@@ -339,15 +339,23 @@ impl Supervisor<'_> {
         }
         // The page is read before it goes back to the pool: the next worker
         // to get it starts from zero.
-        let (recycle, cycles, stop_signalled, php) =
-            page.as_ref().map_or((None, 0, false, crate::farm::PhpEnd::Unknown), |page| {
+        let (recycle, cycles, tasks, stop_signalled, php) = page.as_ref().map_or(
+            (None, 0, crate::farm::TaskCounts::default(), false, crate::farm::PhpEnd::Unknown),
+            |page| {
                 let php = match page.ended_status() {
                     Some(_) => crate::farm::PhpEnd::Ended,
                     None => crate::farm::PhpEnd::NotEnded,
                 };
                 let recycle = crate::farm::RecycleReason::from_worker_code(page.recycle_reason());
-                (recycle, page.cycles(), page.stop_signalled(), php)
-            });
+                let tasks = page.tasks();
+                let tasks = crate::farm::TaskCounts {
+                    started: tasks.started,
+                    failed: tasks.failed,
+                    timed_out: tasks.timed_out,
+                };
+                (recycle, page.cycles(), tasks, page.stop_signalled(), php)
+            },
+        );
         self.give_back_page(page);
         // Its last words before the line about its exit.
         if let Some(output) = self.output.as_mut() {
@@ -363,7 +371,8 @@ impl Supervisor<'_> {
             let actions = self.farm.handle(Event::StopSignalled { pid: pid.as_raw() }, now);
             self.apply(actions);
         }
-        let actions = self.farm.handle(Event::ChildExited { pid: pid.as_raw(), exit, recycle, cycles, php }, now);
+        let actions =
+            self.farm.handle(Event::ChildExited { pid: pid.as_raw(), exit, recycle, cycles, tasks, php }, now);
         self.apply(actions);
     }
 

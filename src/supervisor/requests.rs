@@ -71,7 +71,20 @@ impl Supervisor<'_> {
             );
         }
         let read_at = Instant::now();
-        let figures = |pid| status::PidFigures { cycles: self.cycle_figures(pid), usage: self.usage.get(pid, read_at) };
+        let figures = |pid| status::PidFigures {
+            cycles: self.cycle_figures(pid),
+            usage: self.usage.get(pid, read_at),
+            tasks: self.children.page(pid).map(|page| {
+                let tasks = page.tasks();
+                status::TaskStatus {
+                    running: tasks.running,
+                    started: tasks.started,
+                    failed: tasks.failed,
+                    timed_out: tasks.timed_out,
+                    pids: tasks.pids,
+                }
+            }),
+        };
         let owners = self.slot_owners();
         Reply::Done(status::status_json(&self.farm, &figures, &owners, now, status::unix_now()))
     }

@@ -93,6 +93,8 @@ pub(super) struct Row {
     pub(super) usage: Usage,
     /// `--cluster`: the member that runs the unit.
     pub(super) owner: Option<String>,
+    /// Its running tasks' pids (`Lrpm\Task`), listed under it.
+    pub(super) tasks: Vec<i32>,
 }
 
 pub(super) fn rows_of(id: &str, entry: &JobStatus<Value>) -> Vec<Row> {
@@ -113,6 +115,7 @@ pub(super) fn rows_of(id: &str, entry: &JobStatus<Value>) -> Vec<Row> {
             cycles: slot.and_then(|s| s.cycles),
             usage: Usage::of(slot, state.pid),
             owner: slot.and_then(|s| s.owner.clone()),
+            tasks: slot.and_then(|s| s.tasks.as_ref()).map(|t| t.pids.clone()).unwrap_or_default(),
         }];
     }
     state
@@ -130,6 +133,7 @@ pub(super) fn rows_of(id: &str, entry: &JobStatus<Value>) -> Vec<Row> {
             cycles: slot.cycles,
             usage: Usage::of(Some(slot), slot.pid),
             owner: slot.owner.clone(),
+            tasks: slot.tasks.as_ref().map(|t| t.pids.clone()).unwrap_or_default(),
         })
         .collect()
 }
@@ -194,6 +198,15 @@ pub(super) fn table_lines(rows: Vec<Row>) -> Vec<(String, &'static str)> {
             next_start,
         ];
         cells.push(row_cells.iter().map(|cell| escape::controls(cell).into_owned()).collect());
+        // Its tasks, one line each under it.
+        for pid in &row.tasks {
+            let mut task = vec![String::new(); header.len()];
+            task[0] = "  └ task".to_string();
+            task[2] = "running".to_string();
+            task[3] = pid.to_string();
+            cells.push(task);
+            colours.push("2");
+        }
     }
     let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
     rows.extend(cells);
@@ -284,6 +297,7 @@ mod tests {
             cycles: None,
             usage: Usage::default(),
             owner: None,
+            tasks: Vec::new(),
         };
         let rows = (0..10).map(|i| row(&i.to_string())).collect();
         let text = render_table(rows, false, Some(Fit { columns: 20, lines: 4 }));
@@ -291,5 +305,16 @@ mod tests {
         assert_eq!(lines.len(), 4, "{text}");
         assert!(lines.iter().all(|l| l.chars().count() <= 20), "{text}");
         assert_eq!(lines[3], "... 8 more rows");
+
+        // A worker's running tasks: a line each, under it.
+        let mut with_tasks = row("w");
+        with_tasks.tasks = vec![41, 42];
+        let text = render_table(vec![with_tasks, row("x")], false, None);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "the header, the worker, its two tasks, the next row: {text}");
+        for (line, pid) in lines[2..4].iter().zip(["41", "42"]) {
+            assert!(line.starts_with("  └ task") && line.contains("running") && line.ends_with(pid), "{text}");
+        }
+        assert!(lines[4].starts_with('x'), "{text}");
     }
 }

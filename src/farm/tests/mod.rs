@@ -31,6 +31,7 @@ fn job(id: i64, mtime: i64) -> Job {
         max_cycles: None,
         max_lifetime_seconds: None,
         memory_limit_mb: None,
+        max_tasks: 16,
         config: std::sync::Arc::new(Map::new()),
         config_json: RawJson::of(&Map::new()),
         placement: crate::job::Placement::Cluster,
@@ -128,12 +129,20 @@ fn exited(n: i64, code: i32) -> Event {
         exit: ExitKind::Code(code),
         recycle: None,
         cycles: 0,
+        tasks: Default::default(),
         php: PhpEnd::Unknown,
     }
 }
 
 fn config_exited(pid: Pid, code: i32) -> Event {
-    Event::ChildExited { pid, exit: ExitKind::Code(code), recycle: None, cycles: 0, php: PhpEnd::Unknown }
+    Event::ChildExited {
+        pid,
+        exit: ExitKind::Code(code),
+        recycle: None,
+        cycles: 0,
+        tasks: Default::default(),
+        php: PhpEnd::Unknown,
+    }
 }
 
 fn status(farm: &Farm, n: i64, now: Instant) -> StatusName {
@@ -431,7 +440,14 @@ fn shutdown_with_nothing_running_exits_once_config_process_is_gone() {
     assert_eq!(
         step(
             &mut farm,
-            Event::ChildExited { pid: 1, exit: ExitKind::Signal(15), recycle: None, cycles: 0, php: PhpEnd::Unknown },
+            Event::ChildExited {
+                pid: 1,
+                exit: ExitKind::Signal(15),
+                recycle: None,
+                cycles: 0,
+                tasks: Default::default(),
+                php: PhpEnd::Unknown
+            },
             t0
         ),
         vec![Action::Exit(HostExit::Clean)]
@@ -629,6 +645,7 @@ fn recycles_are_counted_by_the_reason_the_worker_gave_and_logged_with_it() {
         exit: ExitKind::Code(crate::exit_code::RECYCLE),
         recycle: Some(reason),
         cycles: 10,
+        tasks: Default::default(),
         php: PhpEnd::Ended,
     };
     let actions = farm.handle(recycled(RecycleReason::MaxCycles), t0);
@@ -682,6 +699,7 @@ fn slot_exited(n: i64, slot: u32, code: i32) -> Event {
         exit: ExitKind::Code(code),
         recycle: None,
         cycles: 0,
+        tasks: Default::default(),
         php: PhpEnd::Unknown,
     }
 }

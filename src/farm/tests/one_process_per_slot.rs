@@ -207,6 +207,7 @@ impl Sim {
                     exit: ExitKind::Code(code),
                     recycle: None,
                     cycles: 1,
+                    tasks: Default::default(),
                     php: PhpEnd::Unknown,
                 });
             }
@@ -314,6 +315,7 @@ impl Sim {
                     exit: ExitKind::Code(0),
                     recycle: None,
                     cycles: 0,
+                    tasks: Default::default(),
                     php: PhpEnd::Unknown,
                 });
             } else {
