@@ -1300,8 +1300,41 @@ final class TaskBench implements Lrpm\Worker
                 $raw[] = (hrtime(true) - $t0) / 1e6;
             }
         }
+        // A pool of 4 helpers: calls per second of a trivial method with up
+        // to 256 calls outstanding, and each helper's PSS meanwhile.
+        $pool = Lrpm\Pool::start(Echoer::class, 4, [], ['queue' => 1000]);
+        $calls = 10 * $n;
+        $t0 = hrtime(true);
+        $pending = [];
+        for ($i = 0; $i < $calls; $i++) {
+            $pending[] = $pool->call('echo', $i);
+            if (count($pending) >= 256) {
+                foreach ($pending as $handle) {
+                    $handle->wait();
+                }
+                $pending = [];
+            }
+        }
+        foreach ($pending as $handle) {
+            $handle->wait();
+        }
+        $seconds = (hrtime(true) - $t0) / 1e9;
+        $pss = [];
+        foreach ($pool->pids() as $pid) {
+            preg_match('/^Pss:\s+(\d+) kB/m', (string) @file_get_contents("/proc/{$pid}/smaps_rollup"), $m);
+            $pss[] = (int) ($m[1] ?? 0);
+        }
+        $pool->stop();
         file_put_contents(getenv('RESULT'), json_encode(['first_line_ms' => $first, 'round_trip_ms' => $round,
-            'pcntl_round_trip_ms' => $raw]));
+            'pcntl_round_trip_ms' => $raw, 'pool_calls' => $calls, 'pool_seconds' => $seconds,
+            'pool_helper_pss_kb' => $pss]));
+    }
+}
+final class Echoer
+{
+    public function echo(int $n): int
+    {
+        return $n;
     }
 }
 return new class implements Lrpm\ConfigurationSource {
@@ -1348,7 +1381,9 @@ def measure_tasks(tasks: int) -> dict:
         first, round_trip, raw = (summary(data[k]) for k in ("first_line_ms", "round_trip_ms", "pcntl_round_trip_ms"))
         return {"tasks": tasks, "first_line_ms": first, "round_trip_ms": round_trip, "pcntl_round_trip_ms": raw,
                 "tasks_per_second": 1000 / round_trip["median"],
-                "ratio_to_pcntl": round_trip["median"] / raw["median"]}
+                "ratio_to_pcntl": round_trip["median"] / raw["median"],
+                "pool_calls_per_second": data["pool_calls"] / data["pool_seconds"],
+                "pool_helper_pss_kb": statistics.median(data["pool_helper_pss_kb"])}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -1702,7 +1737,8 @@ def main() -> None:
             log(f"tasks: {count} tasks and {count} pcntl_fork round trips in one worker (run {n + 1}/{runs})")
             rows.append(dict(measure_tasks(count), run=n))
             log(f"tasks: first line {rows[-1]['first_line_ms']['median']:.3f} ms, round trip "
-                f"{rows[-1]['round_trip_ms']['median']:.3f} ms, pcntl_fork {rows[-1]['pcntl_round_trip_ms']['median']:.3f} ms")
+                f"{rows[-1]['round_trip_ms']['median']:.3f} ms, pcntl_fork {rows[-1]['pcntl_round_trip_ms']['median']:.3f} ms; "
+                f"pool: {rows[-1]['pool_calls_per_second']:,.0f} calls/s, {rows[-1]['pool_helper_pss_kb']:.0f} kB PSS per helper")
         write_result("tasks", {"runs": runs, "rows": rows, "run": stamp})
 
 

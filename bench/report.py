@@ -460,6 +460,15 @@ def tasks_section(page: Page, tasks: dict, summary: dict) -> None:
         ],
     )
     summary["tasks"] = (first, round_trip, raw)
+    if all("pool_calls_per_second" in r for r in rows):
+        rate = statistics.median(r["pool_calls_per_second"] for r in rows)
+        pss = statistics.median(r["pool_helper_pss_kb"] for r in rows)
+        page.add(
+            f"A pool of 4 helpers (`Lrpm\\Pool`, a method returning its argument, {rows[0]['tasks'] * 10:,} calls "
+            f"with up to 256 outstanding): **{rate:,.0f} calls per second**; each helper's PSS meanwhile: "
+            f"{pss / 1024:.2f} MB (median of the helpers and runs).",
+            "",
+        )
     page.add(
         f"A task's round trip is {raw / round_trip:.1f}x faster than the hand-written one: the task closes its "
         "end of the socket as soon as its answer is written and leaves through `_exit`, so the worker neither "

@@ -174,6 +174,17 @@ PHP_FUNCTION(lrpm_stop_grace_left)
     RETURN_DOUBLE((double)left / 1e9);
 }
 
+/* The first pid slot holding `from` gets `to` (0: a free slot). */
+static void swap_task_pid(lrpm_shared_page *page, uint64_t from, uint64_t to)
+{
+    for (int i = 0; i < LRPM_TASK_PIDS; i++) {
+        if (__atomic_load_n(&page->task_pids[i], __ATOMIC_RELAXED) == from) {
+            __atomic_store_n(&page->task_pids[i], to, __ATOMIC_RELAXED);
+            return;
+        }
+    }
+}
+
 ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_task_note, 0, 2, IS_VOID, 0)
     ZEND_ARG_TYPE_INFO(0, event, IS_LONG, 0)
     ZEND_ARG_TYPE_INFO(0, pid, IS_LONG, 0)
@@ -193,12 +204,7 @@ PHP_FUNCTION(lrpm_task_note)
     switch (event) {
     case LRPM_TASK_STARTED:
         __atomic_fetch_add(&page->tasks_started, 1, __ATOMIC_RELAXED);
-        for (int i = 0; i < LRPM_TASK_PIDS; i++) {
-            if (__atomic_load_n(&page->task_pids[i], __ATOMIC_RELAXED) == 0) {
-                __atomic_store_n(&page->task_pids[i], (uint64_t)pid, __ATOMIC_RELAXED);
-                break;
-            }
-        }
+        swap_task_pid(page, 0, (uint64_t)pid);
         __atomic_fetch_add(&page->tasks_running, 1, __ATOMIC_RELEASE);
         break;
     case LRPM_TASK_SUCCEEDED:
@@ -206,12 +212,7 @@ PHP_FUNCTION(lrpm_task_note)
     case LRPM_TASK_TIMED_OUT:
         if (event == LRPM_TASK_FAILED) __atomic_fetch_add(&page->tasks_failed, 1, __ATOMIC_RELAXED);
         if (event == LRPM_TASK_TIMED_OUT) __atomic_fetch_add(&page->tasks_timed_out, 1, __ATOMIC_RELAXED);
-        for (int i = 0; i < LRPM_TASK_PIDS; i++) {
-            if (__atomic_load_n(&page->task_pids[i], __ATOMIC_RELAXED) == (uint64_t)pid) {
-                __atomic_store_n(&page->task_pids[i], 0, __ATOMIC_RELAXED);
-                break;
-            }
-        }
+        swap_task_pid(page, (uint64_t)pid, 0);
         if (__atomic_load_n(&page->tasks_running, __ATOMIC_RELAXED) > 0) {
             __atomic_fetch_sub(&page->tasks_running, 1, __ATOMIC_RELEASE);
         }

@@ -319,7 +319,7 @@ function run_worker(array $params): void
     // Tasks still running: a stop waits for them until its grace ends (the
     // rest of the shutdown timeout is the exit's), a recycle as long as a
     // stop's grace would be; then they are killed.
-    if (\class_exists('Lrpm\Task', false) && \Lrpm\Task::running() > 0) {
+    if (\class_exists('Lrpm\Task', false) && (\Lrpm\Task::running() > 0 || \Lrpm\Pool::helpers() > 0)) {
         \Lrpm\Task::settleAtStop((float) ($job['shutdownTimeoutSeconds'] ?? 10) / 2);
     }
     if ($recycle !== null) {

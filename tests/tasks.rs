@@ -232,3 +232,62 @@ fn status_and_metrics_show_a_workers_tasks() {
         metrics.contains("lrpm_job_tasks_started_total{job=\"t\",name=\"job-t\"} 2").then_some(())
     });
 }
+
+#[test]
+fn a_pool_serves_every_call_once_replaces_dead_helpers_and_recycles() {
+    let _g = shared();
+    let scenarios = ["pool-10000", "pool-helper-killed", "pool-full", "pool-recycle", "pool-big", "pool-start-fails"];
+    let out_name = "answers.jsonl";
+    // 50 MB of arguments are serialized in the worker and unserialized in
+    // the helper: more than PHP's default memory_limit of 128M next to them.
+    let options = FarmOptions { extra_args: vec!["-d".into(), "memory_limit=512M".into()], ..Default::default() };
+    let farm = Farm::start("tasks_pool", options, |jobs| {
+        let out = jobs.log.with_file_name(out_name);
+        json!({"t": task_job(jobs, "t", &out, json!({"scenarios": scenarios}), json!({}))})
+    });
+    farm.wait_for(secs(180.0), "the scenarios", || (!farm.events_of("t", "scenarios-done").is_empty()).then_some(()));
+    let got = answers(&farm.dir.join(out_name));
+    let diag = || format!("{}\n{}", serde_json::to_string_pretty(&got).unwrap(), farm.diagnostics());
+    // None lost, none twice, in order; 4 helpers, gone after stop().
+    assert_eq!(got["pool-10000"], json!([10000, 10000, true, 4, 0]), "{}", diag());
+    let killed = &got["pool-helper-killed"];
+    assert!(
+        killed[0].as_str().unwrap_or_default().contains("died during the call")
+            && killed[0].as_str().unwrap_or_default().contains("SIGKILL"),
+        "{}",
+        diag()
+    );
+    assert_eq!(
+        (&killed[1], &killed[2]),
+        (&json!(true), &json!(true)),
+        "replaced; the idempotent call ran again: {}",
+        diag()
+    );
+    assert!(got["pool-full"][0].as_str().unwrap_or_default().contains("2 calls waiting for a helper"), "{}", diag());
+    assert_eq!(got["pool-recycle"], json!([3, 3, 1]), "a fresh helper every 3 calls: {}", diag());
+    assert_eq!(got["pool-big"], json!([true, 50 << 20]), "50 MB each way: {}", diag());
+    assert_eq!(
+        (&got["pool-start-fails"][0], &got["pool-start-fails"][1], &got["pool-start-fails"][2]),
+        (&json!("TaskError"), &json!("RuntimeException"), &json!("this helper refuses to start")),
+        "{}",
+        diag()
+    );
+}
+
+#[test]
+fn pool_helpers_count_against_max_tasks() {
+    let _g = shared();
+    let out_name = "answers.jsonl";
+    let farm = Farm::start("tasks_pool_max", FarmOptions::default(), |jobs| {
+        let out = jobs.log.with_file_name(out_name);
+        json!({"t": task_job(jobs, "t", &out, json!({"scenarios": ["pool-max-tasks"]}), json!({"maxTasks": 3}))})
+    });
+    farm.wait_for(secs(60.0), "the scenario", || (!farm.events_of("t", "scenarios-done").is_empty()).then_some(()));
+    let got = answers(&farm.dir.join(out_name));
+    assert!(
+        got["pool-max-tasks"].as_str().unwrap_or_default().contains("(maxTasks 3)")
+            && got["pool-max-tasks"].as_str().unwrap_or_default().contains("a pool of 4 helpers was asked for"),
+        "{got:?}\n{}",
+        farm.diagnostics()
+    );
+}

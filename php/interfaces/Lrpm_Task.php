@@ -114,10 +114,26 @@ final class TaskHandle
 
     /**
      * @internal
-     * @param resource $socket
+     * @param resource|null $socket
      */
-    public function __construct(private int $pid, private $socket, private float $startedAt)
+    public function __construct(
+        private int $pid,
+        private $socket,
+        private float $startedAt,
+        private ?Pool $pool = null,
+        private int $callId = 0
+    ) {
+    }
+
+    /** @internal A pool's call ended (or was given up). */
+    public function resolve(mixed $result, ?\Throwable $failure, int $pid = 0): void
     {
+        if ($pid !== 0) {
+            $this->pid = $pid;
+        }
+        $this->settled = true;
+        $this->result = $result;
+        $this->failure = $failure;
     }
 
     /**
@@ -188,12 +204,19 @@ final class TaskHandle
     }
 
     /**
-     * @internal The socket Task::any() waits on, null once settled.
+     * @internal The socket Task::any() waits on, null once settled (or for
+     * a pool's call, whose answer comes on its helper's socket).
      * @return resource|null
      */
     public function socket()
     {
         return $this->settled ? null : $this->socket;
+    }
+
+    /** @internal The pool of a pool's call, or null. */
+    public function pool(): ?Pool
+    {
+        return $this->settled ? null : $this->pool;
     }
 
     /**
@@ -205,6 +228,10 @@ final class TaskHandle
         if ($this->settled) {
             return;
         }
+        if ($this->pool !== null) {
+            $this->pool->pump($timeout);
+            return;
+        }
         $read = [$this->socket];
         $write = $except = null;
         $seconds = (int) \floor(\max(0.0, $timeout));
@@ -212,20 +239,38 @@ final class TaskHandle
         if (@\stream_select($read, $write, $except, $seconds, $micros) === 0) {
             return;
         }
-        while (true) {
-            $chunk = @\fread($this->socket, 1 << 20);
+        // The header, then the payload whole: the task wrote both at once,
+        // so once the header is in, the rest is read in one string of its
+        // exact size (no copy while it grows).
+        while ($this->header === null || \strlen($this->header) < 10) {
+            $chunk = @\fread($this->socket, 10 - \strlen($this->header ?? ''));
             if ($chunk === false || $chunk === '') {
                 break;
             }
-            $this->received .= $chunk;
-            if ($this->header === null && \strlen($this->received) >= 10) {
-                $this->header = \substr($this->received, 0, 10);
-                $this->received = \substr($this->received, 10);
-            }
+            $this->header = ($this->header ?? '') . $chunk;
+        }
+        if ($this->header !== null && \strlen($this->header) === 10 && $this->received === '') {
+            $this->received = self::readWhole($this->socket, \unpack('J', \substr($this->header, 2, 8))[1]);
         }
         if (\feof($this->socket)) {
             $this->settle();
         }
+    }
+
+    /**
+     * @internal Exactly $length bytes (fewer at the end of the stream), read
+     * blocking into one string of that size.
+     * @param resource $socket
+     */
+    public static function readWhole($socket, int $length): string
+    {
+        if ($length <= 0) {
+            return '';
+        }
+        \stream_set_blocking($socket, true);
+        $bytes = @\stream_get_contents($socket, $length);
+        \stream_set_blocking($socket, false);
+        return $bytes === false ? '' : $bytes;
     }
 
     /** The task closed its end: it has left (or is leaving) through _exit. */
@@ -252,6 +297,10 @@ final class TaskHandle
 
     private function kill(\Throwable $why, int $event = Task::NOTE_TIMED_OUT): void
     {
+        if ($this->pool !== null) {
+            $this->pool->abandon($this->callId, $why);
+            return;
+        }
         Internal\task_kill($this->pid, 9);
         @\fclose($this->socket);
         Internal\task_reap($this->pid, true);
@@ -310,18 +359,11 @@ final class Task
             try {
                 return TaskHandle::finished($fn(...$args), null);
             } catch (\Throwable $e) {
-                return TaskHandle::finished(null, self::rebuild(self::describe($e), 0));
+                return TaskHandle::finished(null, self::rebuildInline($e));
             }
         }
         self::collect();
-        $limit = \defined('Lrpm\Internal\MAX_TASKS') ? (int) \constant('Lrpm\Internal\MAX_TASKS') : 16;
-        if (\count(self::$running) >= $limit) {
-            throw new TooManyTasks(\sprintf(
-                '%d tasks are running, the most this job allows (maxTasks %d): wait for one (Lrpm\Task::any) before starting another',
-                \count(self::$running),
-                $limit
-            ));
-        }
+        self::reserve(1);
         $pair = @\stream_socket_pair(\STREAM_PF_UNIX, \STREAM_SOCK_STREAM, \STREAM_IPPROTO_IP);
         if ($pair === false) {
             throw new TaskException('cannot create the socket pair for a task: ' . (\error_get_last()['message'] ?? 'unknown error'));
@@ -383,15 +425,28 @@ final class Task
         $deadline = $timeout === null ? null : \microtime(true) + \max(0.0, $timeout);
         while (true) {
             $sockets = [];
+            $pools = [];
             foreach ($handles as $key => $handle) {
                 $socket = $handle->socket();
-                if ($socket === null) {
+                $pool = $handle->pool();
+                if ($socket === null && $pool === null) {
                     return $key;
                 }
-                $sockets[$key] = $socket;
+                if ($pool !== null) {
+                    $pools[\spl_object_id($pool)] = $pool;
+                    foreach ($pool->sockets() as $helper) {
+                        $sockets[] = $helper;
+                    }
+                } else {
+                    $sockets[] = $socket;
+                }
             }
             if ($sockets === []) {
-                return null;
+                // Calls queued in pools with no helper ready yet: let them move.
+                foreach ($pools as $pool) {
+                    $pool->pump(0.01);
+                }
+                continue;
             }
             $left = $deadline === null ? 1.0 : \min(1.0, $deadline - \microtime(true));
             $grace = Internal\stop_grace_left();
@@ -402,11 +457,31 @@ final class Task
             $write = $except = null;
             $seconds = (int) \floor($left);
             @\stream_select($read, $write, $except, $seconds, (int) (($left - $seconds) * 1e6));
+            foreach ($pools as $pool) {
+                $pool->pump(0.0);
+            }
             foreach ($handles as $key => $handle) {
                 if ($handle->socket() !== null && \in_array($handle->socket(), $read, true)) {
                     $handle->receive(0.0);
                 }
             }
+        }
+    }
+
+    /**
+     * @internal Throws TooManyTasks unless $more processes fit in the
+     * job's maxTasks next to the running tasks and pools' helpers.
+     */
+    public static function reserve(int $more): void
+    {
+        $limit = \defined('Lrpm\Internal\MAX_TASKS') ? (int) \constant('Lrpm\Internal\MAX_TASKS') : 16;
+        $used = \count(self::$running) + Pool::helpers();
+        if ($used + $more > $limit) {
+            throw new TooManyTasks(\sprintf(
+                '%d tasks are running, the most this job allows (maxTasks %d): wait for one (Lrpm\Task::any) before starting another',
+                $used,
+                $limit
+            ) . ($more > 1 ? " (a pool of {$more} helpers was asked for)" : ''));
         }
     }
 
@@ -425,6 +500,7 @@ final class Task
     public static function settleAtStop(float $limit): void
     {
         $deadline = \microtime(true) + $limit;
+        Pool::stopAll($limit);
         foreach (self::$running as $handle) {
             try {
                 $handle->wait(\max(0.0, $deadline - \microtime(true)));
@@ -477,6 +553,12 @@ final class Task
             return ['E', self::rebuild($value, $pid)];
         }
         return ['R', $value];
+    }
+
+    /** @internal An exception thrown in this process, as a task's would arrive. */
+    public static function rebuildInline(\Throwable $e): TaskError
+    {
+        return self::rebuild(self::describe($e), 0);
     }
 
     /** @internal How a task that sent no whole answer ended, in words. */
@@ -534,7 +616,8 @@ final class Task
     private static function runHere($ours, $theirs, callable $fn, array $args): never
     {
         \fclose($ours);
-        // The worker's other tasks are not this one's.
+        // The worker's other tasks and its pools' helpers are not this one's.
+        Pool::closeInChild();
         foreach (self::$running as $handle) {
             $socket = $handle->socket();
             if ($socket !== null) {
@@ -560,7 +643,8 @@ final class Task
     }
 
     /** Writes $bytes whole, a megabyte at a time (no copy of the rest per write). */
-    private static function writeAll($socket, string $bytes): bool
+    /** @internal */
+    public static function writeAll($socket, string $bytes): bool
     {
         $length = \strlen($bytes);
         for ($written = 0; $written < $length; $written += $n) {
@@ -578,7 +662,8 @@ final class Task
      *
      * @return array{string, string}
      */
-    private static function encode(string $kind, mixed $value): array
+    /** @internal */
+    public static function encode(string $kind, mixed $value): array
     {
         if ($kind === 'R') {
             $problem = self::uncrossable($value, 'the return value');
@@ -608,7 +693,8 @@ final class Task
      * What in $value serialize() would drop or refuse: a closure, a
      * resource, or an object holding one; null when it all crosses.
      */
-    private static function uncrossable(mixed $value, string $where, ?\SplObjectStorage $seen = null, int $depth = 0): ?string
+    /** @internal */
+    public static function uncrossable(mixed $value, string $where, ?\SplObjectStorage $seen = null, int $depth = 0): ?string
     {
         if (\is_resource($value) || \gettype($value) === 'resource (closed)') {
             return "a resource (" . \get_resource_type($value) . ") at {$where}";
@@ -648,7 +734,8 @@ final class Task
     }
 
     /** An exception as text, with its previous chain. */
-    private static function describe(\Throwable $e): array
+    /** @internal */
+    public static function describe(\Throwable $e): array
     {
         return [
             'class' => \get_class($e),
@@ -676,5 +763,540 @@ final class Task
             $pid,
             isset($description['previous']) ? self::rebuild($description['previous'], $pid) : null
         );
+    }
+}
+
+/**
+ * A pool's queue is full: Pool::call() refuses the call.
+ */
+final class PoolFull extends TaskException
+{
+}
+
+/**
+ * Marks a helper's method as safe to run twice: a call whose helper died
+ * during it is run again, once, on another helper.
+ */
+#[\Attribute(\Attribute::TARGET_METHOD)]
+final class Idempotent
+{
+}
+
+/**
+ * Persistent helper processes, forked from the worker, each holding an
+ * instance of one class: PHP Simple Daemon's Worker API. call() sends a
+ * method call to an idle helper (queued while all are busy) and returns a
+ * TaskHandle: wait() gives what the method returned, or throws as a task's
+ * does. A helper that dies is replaced; the call it was running fails
+ * (TaskFailed), or runs again once on another helper when the method is
+ * #[Lrpm\Idempotent] or called with callIdempotent(). Helpers count against
+ * the job's maxTasks, die with the worker, and end with pool's stop() or
+ * the worker's. docs/tasks.md.
+ */
+final class Pool
+{
+    /** In an answer's call id: the helper leaves after it (maxCalls, memoryLimitMb). */
+    private const LEAVING = 1 << 62;
+
+    /** @var array<int, Pool> every running pool of this worker */
+    private static array $pools = [];
+
+    /** @var array<int, array{pid: int, socket: resource, ready: bool, call: ?int, calls: int, buffer: string}> by pid */
+    private array $helpers = [];
+    /** @var \SplQueue<int> call ids waiting for a helper */
+    private \SplQueue $queue;
+    /** @var array<int, array{handle: TaskHandle, method: string, request: string, idempotent: bool, attempts: int}> */
+    private array $calls = [];
+    private int $nextCall = 1;
+    private bool $stopped = false;
+    /** Set while start() waits for the first helpers. */
+    private bool $starting = true;
+    /** Why a replacement helper could not start: the pool is not refilled after it. */
+    private ?\Throwable $broken = null;
+    /** @var array<string, bool> */
+    private array $idempotent = [];
+    /** Outside lrpm-host: the one instance calls run on, in this process. */
+    private ?object $inline = null;
+
+    /**
+     * Forks $size helpers; each runs `new $class()`, then `$helper->start($config)`
+     * when the class has a start() method, and answers calls until the pool
+     * ends. Options: `queue` (calls waiting for a helper at most, default
+     * 1000), `maxCalls` and `memoryLimitMb` (a helper past either is replaced
+     * after its call, as a worker is recycled).
+     *
+     * @throws TooManyTasks the helpers would exceed the job's maxTasks
+     * @throws TaskError    a helper's constructor or start() threw
+     */
+    public static function start(string $class, int $size, array $config = [], array $options = []): Pool
+    {
+        if (!\class_exists($class)) {
+            throw new TaskException("cannot start a pool of {$class}: the class does not exist");
+        }
+        if ($size < 1) {
+            throw new TaskException("a pool needs at least one helper, {$size} were asked for");
+        }
+        $queue = (int) ($options['queue'] ?? 1000);
+        $maxCalls = isset($options['maxCalls']) ? (int) $options['maxCalls'] : null;
+        $memory = isset($options['memoryLimitMb']) ? (int) $options['memoryLimitMb'] : null;
+        if ($queue < 0 || ($maxCalls !== null && $maxCalls < 1) || ($memory !== null && $memory < 1)) {
+            throw new TaskException('pool options: queue must be 0 or more, maxCalls and memoryLimitMb 1 or more');
+        }
+        $pool = new Pool($class, $size, $config, $queue, $maxCalls, $memory);
+        if (!\function_exists('Lrpm\Internal\task_fork')) {
+            // Outside lrpm-host (unit tests): one instance, called in this process.
+            try {
+                $pool->inline = new $class();
+                if (\method_exists($pool->inline, 'start')) {
+                    $pool->inline->start($config);
+                }
+            } catch (\Throwable $e) {
+                throw Task::rebuildInline($e);
+            }
+            return $pool;
+        }
+        Task::reserve($size);
+        self::$pools[\spl_object_id($pool)] = $pool;
+        try {
+            for ($i = 0; $i < $size; $i++) {
+                $pool->fork();
+            }
+            $pool->awaitReady(30.0);
+            $pool->starting = false;
+        } catch (\Throwable $e) {
+            $pool->stop(0.0);
+            throw $e;
+        }
+        return $pool;
+    }
+
+    private function __construct(
+        private string $class,
+        private int $size,
+        private array $config,
+        private int $queueLimit,
+        private ?int $maxCalls,
+        private ?int $memoryLimitMb
+    ) {
+        $this->queue = new \SplQueue();
+        foreach ((new \ReflectionClass($class))->getMethods() as $method) {
+            $this->idempotent[\strtolower($method->getName())] = $method->getAttributes(Idempotent::class) !== [];
+        }
+    }
+
+    /** Calls $method on a helper; see the class. @throws PoolFull */
+    public function call(string $method, mixed ...$args): TaskHandle
+    {
+        return $this->enqueue($method, $args, $this->idempotent[\strtolower($method)] ?? false);
+    }
+
+    /** call(), and the call runs again once on another helper if its helper dies during it. */
+    public function callIdempotent(string $method, mixed ...$args): TaskHandle
+    {
+        return $this->enqueue($method, $args, true);
+    }
+
+    /** The helpers' pids. */
+    public function pids(): array
+    {
+        return \array_keys($this->helpers);
+    }
+
+    /** Calls sent or waiting, not answered yet. */
+    public function pending(): int
+    {
+        return \count($this->calls);
+    }
+
+    /**
+     * Ends the pool: calls sent or queued are waited for at most $timeout
+     * seconds (null: as long as they take, within the worker's stop grace),
+     * then the helpers leave (their sockets close) or are killed. Calls
+     * left fail with TaskFailed.
+     */
+    public function stop(?float $timeout = null): void
+    {
+        $deadline = $timeout === null ? null : \microtime(true) + $timeout;
+        while ($this->calls !== [] && $this->helpers !== []) {
+            $left = $deadline === null ? 1.0 : $deadline - \microtime(true);
+            $grace = Internal\stop_grace_left();
+            if ($left <= 0.0 || ($grace !== null && $grace <= 0.0)) {
+                break;
+            }
+            $this->pump(\min($left, 1.0, $grace ?? 1.0));
+        }
+        $this->stopped = true;
+        foreach ($this->calls as $id => $call) {
+            $call['handle']->resolve(null, new TaskFailed("the pool of {$this->class} was stopped before the call to {$call['method']}() was answered"));
+        }
+        $this->calls = [];
+        $this->queue = new \SplQueue();
+        foreach ($this->helpers as $pid => $helper) {
+            @\fclose($helper['socket']);
+        }
+        // A helper leaves at the end of its socket; one still in a call is killed.
+        $until = \microtime(true) + 1.0;
+        foreach ($this->helpers as $pid => $helper) {
+            while (Internal\task_reap($pid, false) === null) {
+                if (\microtime(true) >= $until) {
+                    Internal\task_kill($pid, 9);
+                    Internal\task_reap($pid, true);
+                    break;
+                }
+                \usleep(1000);
+            }
+            Internal\task_note(Task::NOTE_SUCCEEDED, $pid);
+        }
+        $this->helpers = [];
+        unset(self::$pools[\spl_object_id($this)]);
+    }
+
+    /** @internal In a task or helper: the worker's ends of every helper's socket closed. */
+    public static function closeInChild(): void
+    {
+        foreach (self::$pools as $pool) {
+            foreach ($pool->helpers as $helper) {
+                @\fclose($helper['socket']);
+            }
+        }
+    }
+
+    /** @internal Helpers of every pool of this worker. */
+    public static function helpers(): int
+    {
+        $n = 0;
+        foreach (self::$pools as $pool) {
+            $n += \count($pool->helpers);
+        }
+        return $n;
+    }
+
+    /** @internal The worker's end: every pool stops within $limit seconds. */
+    public static function stopAll(float $limit): void
+    {
+        foreach (self::$pools as $pool) {
+            $pool->stop($limit);
+        }
+    }
+
+    /** @internal The helpers' sockets, for Task::any(). @return list<resource> */
+    public function sockets(): array
+    {
+        return \array_values(\array_map(static fn (array $h) => $h['socket'], $this->helpers));
+    }
+
+    /**
+     * @internal Reads the helpers' answers (waiting at most $timeout for
+     * the first), settles their calls, replaces helpers that died or
+     * recycled, and sends queued calls to idle helpers.
+     */
+    public function pump(float $timeout): void
+    {
+        $this->dispatch();
+        if ($this->helpers === []) {
+            return;
+        }
+        $read = $this->sockets();
+        $write = $except = null;
+        $seconds = (int) \floor(\max(0.0, $timeout));
+        $micros = (int) ((\max(0.0, $timeout) - $seconds) * 1e6);
+        if (@\stream_select($read, $write, $except, $seconds, $micros) > 0) {
+            foreach ($this->helpers as $pid => $helper) {
+                if (\in_array($helper['socket'], $read, true)) {
+                    $this->readHelper($pid);
+                }
+            }
+        }
+        $this->dispatch();
+    }
+
+    /** @internal A call given up (its wait() timed out, or cancel()). */
+    public function abandon(int $id, \Throwable $why): void
+    {
+        $call = $this->calls[$id] ?? null;
+        if ($call === null) {
+            return;
+        }
+        unset($this->calls[$id]);
+        $call['handle']->resolve(null, $why);
+        foreach ($this->helpers as $pid => $helper) {
+            if ($helper['call'] === $id) {
+                // Its helper is stuck in it: replaced.
+                Internal\task_kill($pid, 9);
+                $this->helperGone($pid, false);
+                return;
+            }
+        }
+        // Still queued: the queue drops it when its turn comes.
+    }
+
+    private function enqueue(string $method, array $args, bool $idempotent): TaskHandle
+    {
+        if ($this->stopped) {
+            throw new TaskException("the pool of {$this->class} is stopped");
+        }
+        if (!\method_exists($this->class, $method)) {
+            throw new TaskException("{$this->class} has no method {$method}()");
+        }
+        $problem = Task::uncrossable($args, 'the arguments');
+        if ($problem !== null) {
+            throw new TaskException("a call to {$this->class}::{$method}() cannot cross to its helper: {$problem}");
+        }
+        if ($this->queue->count() >= $this->queueLimit && $this->idleHelper() === null) {
+            throw new PoolFull(\sprintf(
+                'the pool of %s has %d calls waiting for a helper, its queue\'s limit: wait for some (Lrpm\Task::any) first',
+                $this->class,
+                $this->queue->count()
+            ));
+        }
+        if ($this->inline !== null) {
+            try {
+                return TaskHandle::finished($this->inline->$method(...$args), null);
+            } catch (\Throwable $e) {
+                return TaskHandle::finished(null, Task::rebuildInline($e));
+            }
+        }
+        $id = $this->nextCall++;
+        $request = \serialize([$id, $method, $args]);
+        $handle = new TaskHandle(0, null, \microtime(true), $this, $id);
+        $this->calls[$id] = ['handle' => $handle, 'method' => $method, 'request' => $request, 'idempotent' => $idempotent, 'attempts' => 0];
+        $this->queue->enqueue($id);
+        $this->dispatch();
+        return $handle;
+    }
+
+    private function idleHelper(): ?int
+    {
+        foreach ($this->helpers as $pid => $helper) {
+            if ($helper['ready'] && $helper['call'] === null) {
+                return $pid;
+            }
+        }
+        return null;
+    }
+
+    private function dispatch(): void
+    {
+        while (!$this->queue->isEmpty() && ($pid = $this->idleHelper()) !== null) {
+            $id = $this->queue->dequeue();
+            $call = $this->calls[$id] ?? null;
+            if ($call === null) {
+                continue; // abandoned while queued
+            }
+            $this->calls[$id]['attempts']++;
+            $this->helpers[$pid]['call'] = $id;
+            $socket = $this->helpers[$pid]['socket'];
+            // The idle helper is reading: a request larger than the socket's
+            // buffer goes out whole, as fast as it takes it.
+            \stream_set_blocking($socket, true);
+            $sent = Task::writeAll($socket, \pack('J', \strlen($call['request']))) && Task::writeAll($socket, $call['request']);
+            \stream_set_blocking($socket, false);
+            if (!$sent) {
+                $this->helperGone($pid, true);
+            }
+        }
+    }
+
+    private function readHelper(int $pid): void
+    {
+        $helper = &$this->helpers[$pid];
+        // Answers: call id (8 bytes), then a task's answer (10-byte header,
+        // payload); a payload is read whole once its header is in.
+        while (true) {
+            $chunk = @\fread($helper['socket'], 18 - \strlen($helper['buffer']));
+            if ($chunk === false || $chunk === '') {
+                break;
+            }
+            $helper['buffer'] .= $chunk;
+            if (\strlen($helper['buffer']) < 18) {
+                continue;
+            }
+            $id = \unpack('J', \substr($helper['buffer'], 0, 8))[1];
+            $header = \substr($helper['buffer'], 8, 10);
+            $length = \unpack('J', \substr($helper['buffer'], 10, 8))[1];
+            $helper['buffer'] = '';
+            $payload = TaskHandle::readWhole($helper['socket'], $length);
+            if (\strlen($payload) !== $length) {
+                break; // it died while answering: its end of file is next
+            }
+            $answer = Task::decode($header, $payload, $pid);
+            unset($payload);
+            if ($id === 0) {
+                // Its start: ready, or why not.
+                if ($answer !== null && $answer[0] === 'E') {
+                    unset($helper);
+                    $this->broken = $answer[1];
+                    $this->helperGone($pid, false);
+                    if ($this->starting) {
+                        throw $answer[1];
+                    }
+                    return;
+                }
+                $helper['ready'] = true;
+                continue;
+            }
+            if ($id & self::LEAVING) {
+                $id &= ~self::LEAVING;
+                $helper['ready'] = false; // its end of file comes next; then it is replaced
+            }
+            $helper['call'] = null;
+            $helper['calls']++;
+            $call = $this->calls[$id] ?? null;
+            unset($this->calls[$id]);
+            if ($call !== null && $answer !== null) {
+                $call['handle']->resolve($answer[0] === 'R' ? $answer[1] : null, $answer[0] === 'E' ? $answer[1] : null, $pid);
+            }
+        }
+        if (\feof($helper['socket'])) {
+            unset($helper);
+            $this->helperGone($pid, true);
+        }
+    }
+
+    /** A helper's socket ended: it died, recycled itself, or was killed. */
+    private function helperGone(int $pid, bool $reap): void
+    {
+        $helper = $this->helpers[$pid] ?? null;
+        if ($helper === null) {
+            return;
+        }
+        unset($this->helpers[$pid]);
+        @\fclose($helper['socket']);
+        $end = Internal\task_reap($pid, true) ?? ['error' => 'not reaped'];
+        $clean = ($end['code'] ?? null) === 0;
+        Internal\task_note($clean ? Task::NOTE_SUCCEEDED : Task::NOTE_FAILED, $pid);
+        $id = $helper['call'];
+        if ($id !== null && isset($this->calls[$id])) {
+            $call = $this->calls[$id];
+            if ($call['idempotent'] && $call['attempts'] < 2) {
+                // Runs again, first in line.
+                $rest = $this->queue;
+                $this->queue = new \SplQueue();
+                $this->queue->enqueue($id);
+                foreach ($rest as $queued) {
+                    $this->queue->enqueue($queued);
+                }
+            } else {
+                unset($this->calls[$id]);
+                $how = Task::failure($pid, $end, false)->getMessage();
+                $call['handle']->resolve(null, new TaskFailed(
+                    "the helper running {$this->class}::{$call['method']}() died during the call ({$how})",
+                    $end['code'] ?? null,
+                    $end['signal'] ?? null
+                ));
+            }
+        }
+        if (!$this->stopped && $this->broken === null) {
+            $this->fork();
+        } elseif ($this->helpers === [] && !$this->stopped) {
+            // No helper left to run what waits: it fails with the reason.
+            foreach ($this->calls as $call) {
+                $call['handle']->resolve(null, $this->broken);
+            }
+            $this->calls = [];
+            $this->queue = new \SplQueue();
+        }
+    }
+
+    private function fork(): void
+    {
+        $pair = @\stream_socket_pair(\STREAM_PF_UNIX, \STREAM_SOCK_STREAM, \STREAM_IPPROTO_IP);
+        if ($pair === false) {
+            throw new TaskException('cannot create the socket pair for a pool helper: ' . (\error_get_last()['message'] ?? 'unknown error'));
+        }
+        [$ours, $theirs] = $pair;
+        $pid = Internal\task_fork();
+        if ($pid === 0) {
+            \fclose($ours);
+            $this->serve($theirs);
+        }
+        \fclose($theirs);
+        \stream_set_blocking($ours, false);
+        $this->helpers[$pid] = ['pid' => $pid, 'socket' => $ours, 'ready' => false, 'call' => null, 'calls' => 0, 'buffer' => ''];
+        Internal\task_note(Task::NOTE_STARTED, $pid);
+    }
+
+    /**
+     * In a helper: builds the instance, answers calls until the socket ends
+     * (or maxCalls, memoryLimitMb), then leaves through _exit.
+     *
+     * @param resource $socket
+     */
+    private function serve($socket): never
+    {
+        // Nothing of the worker's pools is this helper's.
+        self::closeInChild();
+        \stream_set_blocking($socket, true);
+        $answer = static function (int $id, array $encoded) use ($socket): void {
+            [$header, $payload] = $encoded;
+            if (!Task::writeAll($socket, \pack('J', $id) . $header) || !Task::writeAll($socket, $payload)) {
+                Internal\task_exit(71);
+            }
+        };
+        try {
+            $instance = new ($this->class)();
+            if (\method_exists($instance, 'start')) {
+                $instance->start($this->config);
+            }
+            $answer(0, Task::encode('R', true));
+        } catch (\Throwable $e) {
+            $answer(0, Task::encode('E', Task::describe($e)));
+            Internal\task_exit(0);
+        }
+        $calls = 0;
+        while (true) {
+            $head = self::readExactly($socket, 8);
+            if ($head === null) {
+                Internal\task_exit(0); // the pool ended
+            }
+            $request = self::readExactly($socket, \unpack('J', $head)[1]);
+            [$id, $method, $args] = $request === null ? [0, '', []] : \unserialize($request);
+            if ($request === null) {
+                Internal\task_exit(0);
+            }
+            try {
+                $encoded = Task::encode('R', $instance->$method(...$args));
+            } catch (\Throwable $e) {
+                $encoded = Task::encode('E', Task::describe($e));
+            }
+            $calls++;
+            $leaving = ($this->maxCalls !== null && $calls >= $this->maxCalls)
+                || ($this->memoryLimitMb !== null && \memory_get_usage(true) > $this->memoryLimitMb * 1048576);
+            // Said with the answer, so the pool sends it nothing more.
+            $answer($leaving ? $id | self::LEAVING : $id, $encoded);
+            if ($leaving) {
+                \fclose($socket);
+                Internal\task_exit(0); // replaced by the pool
+            }
+        }
+    }
+
+    /** @param resource $socket */
+    private static function readExactly($socket, int $length): ?string
+    {
+        $bytes = '';
+        while (\strlen($bytes) < $length) {
+            $chunk = @\fread($socket, \min(1 << 20, $length - \strlen($bytes)));
+            if ($chunk === false || $chunk === '') {
+                if (\feof($socket)) {
+                    return null;
+                }
+                continue;
+            }
+            $bytes .= $chunk;
+        }
+        return $bytes;
+    }
+
+    /** Waits until every helper has built its instance. */
+    private function awaitReady(float $timeout): void
+    {
+        $deadline = \microtime(true) + $timeout;
+        while (\array_filter($this->helpers, static fn (array $h) => !$h['ready']) !== []) {
+            if (\microtime(true) >= $deadline) {
+                throw new TaskTimeout("the helpers of the pool of {$this->class} did not start within {$timeout}s");
+            }
+            $this->pump(0.1);
+        }
     }
 }

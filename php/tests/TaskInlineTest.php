@@ -33,4 +33,33 @@ final class TaskInlineTest extends TestCase
             self::assertStringContainsString('{closure}', $e->getTaskTrace());
         }
     }
+
+    public function testAPoolCallsOneInstanceInThisProcess(): void
+    {
+        $pool = \Lrpm\Pool::start(InlineHelper::class, 4, ['base' => 40]);
+        self::assertSame(42, $pool->call('add', 2)->wait());
+        self::assertSame(43, $pool->callIdempotent('add', 3)->wait());
+        $this->expectException(TaskError::class);
+        $pool->call('fail')->wait();
+    }
+}
+
+final class InlineHelper
+{
+    private int $base = 0;
+
+    public function start(array $config): void
+    {
+        $this->base = $config['base'];
+    }
+
+    public function add(int $n): int
+    {
+        return $this->base + $n;
+    }
+
+    public function fail(): void
+    {
+        throw new \RuntimeException('no');
+    }
 }

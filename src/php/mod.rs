@@ -18,7 +18,7 @@ const RUNNER_SOURCE: &str = include_str!("../../php/runner.php");
 const TASK_SOURCE: &str = include_str!("../../php/interfaces/Lrpm_Task.php");
 
 /// The interfaces and classes the host provides, by lower-case class name (php/interfaces/).
-const INTERFACES: [(&str, &str, &str); 12] = [
+const INTERFACES: [(&str, &str, &str); 15] = [
     ("lrpm\\worker", "Lrpm_Worker.php", include_str!("../../php/interfaces/Lrpm_Worker.php")),
     ("lrpm\\stoppable", "Lrpm_Stoppable.php", include_str!("../../php/interfaces/Lrpm_Stoppable.php")),
     (
@@ -34,6 +34,9 @@ const INTERFACES: [(&str, &str, &str); 12] = [
     ("lrpm\\tasktimeout", "Lrpm_Task.php", TASK_SOURCE),
     ("lrpm\\taskfailed", "Lrpm_Task.php", TASK_SOURCE),
     ("lrpm\\toomanytasks", "Lrpm_Task.php", TASK_SOURCE),
+    ("lrpm\\pool", "Lrpm_Task.php", TASK_SOURCE),
+    ("lrpm\\poolfull", "Lrpm_Task.php", TASK_SOURCE),
+    ("lrpm\\idempotent", "Lrpm_Task.php", TASK_SOURCE),
     ("phplrpm\\worker", "PHPLRPM_Worker.php", include_str!("../../php/interfaces/PHPLRPM_Worker.php")),
     (
         "phplrpm\\configurationsource",
