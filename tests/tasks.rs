@@ -291,3 +291,32 @@ fn pool_helpers_count_against_max_tasks() {
         farm.diagnostics()
     );
 }
+
+#[test]
+fn a_workers_pool_is_listed_under_it_and_ends_with_its_stop() {
+    let _g = shared();
+    let farm = Farm::start("tasks_pool_stop", FarmOptions::default(), |jobs| {
+        let out = jobs.log.with_file_name("answers.jsonl");
+        json!({"t": task_job(jobs, "t", &out, json!({"pool": 2}), json!({}))})
+    });
+    let helpers: Vec<i32> = farm.wait_for(secs(30.0), "the helpers", || {
+        let helpers: Vec<i32> = farm.events_of("t", "helper").iter().map(|e| e.pid).collect();
+        (helpers.len() == 2).then_some(helpers)
+    });
+    let status = farm.wait_for(secs(10.0), "the helpers in the status", || {
+        let status = farm.try_status()?;
+        (status["t"]["state"]["slots"][0]["tasks"]["running"] == json!(2)).then_some(status)
+    });
+    let mut listed: Vec<i32> =
+        serde_json::from_value(status["t"]["state"]["slots"][0]["tasks"]["pids"].clone()).unwrap();
+    listed.sort();
+    let mut expected = helpers.clone();
+    expected.sort();
+    assert_eq!(listed, expected, "{status}");
+    farm.signal(Signal::SIGTERM);
+    assert_eq!(farm.wait_exit(secs(20.0)).code(), Some(0), "{}", farm.diagnostics());
+    for pid in helpers {
+        assert!(wait_gone(pid, secs(5.0)).is_some(), "helper {pid} outlived the stop\n{}", farm.diagnostics());
+    }
+    assert!(!farm.stderr().contains("sending SIGKILL"), "{}", farm.diagnostics());
+}
