@@ -1346,6 +1346,76 @@ return new class implements Lrpm\ConfigurationSource {
 """
 
 
+RELEASE_FARM = r"""<?php
+// A cold app's start(): 1,000,000 short strings built and dropped. The
+// worker's private dirty memory right after (before the runner gives the
+// free heap back) and a second later go to RESULT.
+final class Churn implements Lrpm\Worker
+{
+    private float $at = 0.0;
+    private int $before = 0;
+    private static function dirty(): int
+    {
+        preg_match('/^Private_Dirty:\s+(\d+) kB/m', (string) file_get_contents('/proc/self/smaps_rollup'), $m);
+        return (int) $m[1];
+    }
+    public function start(array $job): void
+    {
+        $built = [];
+        for ($i = 0; $i < 1000000; $i++) {
+            $built[] = str_repeat('x', 16) . $i;
+        }
+        unset($built);
+        $this->before = self::dirty();
+        $this->at = microtime(true);
+    }
+    public function cycle(): void
+    {
+        if ($this->at > 0 && microtime(true) - $this->at >= 1.0) {
+            file_put_contents(getenv('RESULT'), json_encode(['before_kb' => $this->before, 'after_kb' => self::dirty()]));
+            $this->at = 0;
+        }
+        usleep(50000);
+    }
+}
+return new class implements Lrpm\ConfigurationSource {
+    public function loadConfiguration(): array
+    {
+        return ['churn' => ['name' => 'churn', 'workerClass' => 'Churn', 'mtime' => 1, 'workerConfig' => []]];
+    }
+};
+"""
+
+
+def measure_release() -> dict:
+    """Private dirty memory of a worker whose start() built and dropped
+    1,000,000 short strings: right after start() dropped them, and a
+    second after the runner gave the free heap back."""
+    work = Path(tempfile.mkdtemp(prefix="lrpm-bench-release-"))
+    try:
+        (work / "farm.php").write_text(RELEASE_FARM)
+        result_file = work / "result.json"
+        env = dict(os.environ, RESULT=str(result_file))
+        with open(os.devnull, "wb") as devnull:
+            proc = subprocess.Popen([str(LRPM_HOST), "--control-socket", str(work / "control.sock"),
+                                     str(work / "farm.php")], stdout=devnull, stderr=devnull, env=env, cwd=work)
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while not result_file.exists() or not result_file.read_text().endswith("}"):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the release bench did not finish")
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        return json.loads(result_file.read_text())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def measure_tasks(tasks: int) -> dict:
     """Lrpm\Task's cost in one worker: medians (and p90) of the time from
     Task::run() to the task's first line and of the whole round trip with a
@@ -1735,7 +1805,7 @@ def main() -> None:
         rows = []
         for n in range(runs):
             log(f"tasks: {count} tasks and {count} pcntl_fork round trips in one worker (run {n + 1}/{runs})")
-            rows.append(dict(measure_tasks(count), run=n))
+            rows.append(dict(measure_tasks(count), release=measure_release(), run=n))
             log(f"tasks: first line {rows[-1]['first_line_ms']['median']:.3f} ms, round trip "
                 f"{rows[-1]['round_trip_ms']['median']:.3f} ms, pcntl_fork {rows[-1]['pcntl_round_trip_ms']['median']:.3f} ms; "
                 f"pool: {rows[-1]['pool_calls_per_second']:,.0f} calls/s, {rows[-1]['pool_helper_pss_kb']:.0f} kB PSS per helper")

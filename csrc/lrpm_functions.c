@@ -11,6 +11,7 @@
 #include <Zend/zend_gc.h>
 
 #include <errno.h>
+#include <malloc.h>
 #include <poll.h>
 #include <stdint.h>
 #include <string.h>
@@ -425,7 +426,23 @@ ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_zygote_serve, 0, 2, IS_STRI
     ZEND_ARG_TYPE_INFO(0, bootstrap, IS_STRING, 0)
 ZEND_END_ARG_INFO()
 
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_lrpm_release_free_memory, 0, 0, IS_LONG, 0)
+ZEND_END_ARG_INFO()
+
+/* Gives the kernel back what the process freed: the Zend heap's wholly
+ * free chunks and cached pages (zend_mm_gc), then glibc's free memory
+ * (malloc_trim, which also returns whole free pages inside its heap).
+ * Returns the bytes zend_mm_gc released. */
+static PHP_FUNCTION(lrpm_release_free_memory)
+{
+    ZEND_PARSE_PARAMETERS_NONE();
+    size_t released = zend_mm_gc(zend_mm_get_heap());
+    malloc_trim(0);
+    RETURN_LONG((zend_long)released);
+}
+
 const zend_function_entry lrpm_host_functions[] = {
+    LRPM_FENTRY("Lrpm\\Internal\\release_free_memory", zif_lrpm_release_free_memory, arginfo_lrpm_release_free_memory)
     LRPM_FENTRY("Lrpm\\should_stop", zif_lrpm_should_stop, arginfo_lrpm_should_stop)
     LRPM_FENTRY("Lrpm\\Internal\\params", zif_lrpm_params, arginfo_lrpm_params)
     LRPM_FENTRY("Lrpm\\Internal\\next_cycle", zif_lrpm_next_cycle, arginfo_lrpm_next_cycle)
