@@ -42,7 +42,7 @@ fn what_start_freed_is_given_back_to_the_kernel() {
         farm.wait_for(secs(30.0), "the private dirty figure", || farm.events_of(tag, "dirty").first().map(|e| e.pid))
     };
     let (cold, empty) = (dirty("cold"), dirty("empty"));
-    // 47 MB without the release (measured: 47,656 kB); 3.3 MB with it.
+    // 46.6 MB without the release, 3.3 MB with it (docs/benchmarks.md).
     assert!(cold < 8 * 1024, "the cold worker kept {cold} kB of private dirty memory (an empty one: {empty} kB)");
     farm.stop(secs(15.0));
 }
