@@ -1387,15 +1387,14 @@ return new class implements Lrpm\ConfigurationSource {
 """
 
 
-def measure_release() -> dict:
-    """Private dirty memory of a worker whose start() built and dropped
-    1,000,000 short strings: right after start() dropped them, and a
-    second after the runner gave the free heap back."""
-    work = Path(tempfile.mkdtemp(prefix="lrpm-bench-release-"))
+def run_farm_until_result(farm_text: str, prefix: str, env_extra: dict) -> dict:
+    """Runs a single-file farm until it writes the JSON file named by its
+    RESULT variable, stops it, and returns what it wrote."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        (work / "farm.php").write_text(RELEASE_FARM)
+        (work / "farm.php").write_text(farm_text)
         result_file = work / "result.json"
-        env = dict(os.environ, RESULT=str(result_file))
+        env = dict(os.environ, RESULT=str(result_file), **env_extra)
         with open(os.devnull, "wb") as devnull:
             proc = subprocess.Popen([str(LRPM_HOST), "--control-socket", str(work / "control.sock"),
                                      str(work / "farm.php")], stdout=devnull, stderr=devnull, env=env, cwd=work)
@@ -1403,7 +1402,7 @@ def measure_release() -> dict:
             deadline = time.monotonic() + START_TIMEOUT_S
             while not result_file.exists() or not result_file.read_text().endswith("}"):
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the release bench did not finish")
+                    raise RuntimeError(f"the farm of {prefix} did not finish")
                 time.sleep(0.1)
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
@@ -1416,46 +1415,30 @@ def measure_release() -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def measure_release() -> dict:
+    """Private dirty memory of a worker whose start() built and dropped
+    1,000,000 short strings: right after start() dropped them, and a
+    second after the runner gave the free heap back."""
+    return run_farm_until_result(RELEASE_FARM, "lrpm-bench-release-", {})
+
+
 def measure_tasks(tasks: int) -> dict:
     """Lrpm\Task's cost in one worker: medians (and p90) of the time from
     Task::run() to the task's first line and of the whole round trip with a
     small answer, next to a pcntl_fork() + socket pair + exit() round trip
     in the same worker and run."""
-    work = Path(tempfile.mkdtemp(prefix="lrpm-bench-tasks-"))
-    try:
-        farm = work / "farm.php"
-        farm.write_text(TASK_FARM)
-        result_file = work / "result.json"
-        env = dict(os.environ, TASKS=str(tasks), RESULT=str(result_file))
-        with open(os.devnull, "wb") as devnull:
-            proc = subprocess.Popen([str(LRPM_HOST), "--control-socket", str(work / "control.sock"), str(farm)],
-                                    stdout=devnull, stderr=devnull, env=env, cwd=work)
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while not result_file.exists() or not result_file.read_text().endswith("}"):
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the task bench did not finish")
-                time.sleep(0.1)
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        data = json.loads(result_file.read_text())
+    data = run_farm_until_result(TASK_FARM, "lrpm-bench-tasks-", {"TASKS": str(tasks)})
 
-        def summary(values: list) -> dict:
-            ordered = sorted(values)
-            return {"median": statistics.median(ordered), "p90": ordered[int(len(ordered) * 0.9)], "n": len(ordered)}
+    def summary(values: list) -> dict:
+        ordered = sorted(values)
+        return {"median": statistics.median(ordered), "p90": ordered[int(len(ordered) * 0.9)], "n": len(ordered)}
 
-        first, round_trip, raw = (summary(data[k]) for k in ("first_line_ms", "round_trip_ms", "pcntl_round_trip_ms"))
-        return {"tasks": tasks, "first_line_ms": first, "round_trip_ms": round_trip, "pcntl_round_trip_ms": raw,
-                "tasks_per_second": 1000 / round_trip["median"],
-                "ratio_to_pcntl": round_trip["median"] / raw["median"],
-                "pool_calls_per_second": data["pool_calls"] / data["pool_seconds"],
-                "pool_helper_pss_kb": statistics.median(data["pool_helper_pss_kb"])}
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    first, round_trip, raw = (summary(data[k]) for k in ("first_line_ms", "round_trip_ms", "pcntl_round_trip_ms"))
+    return {"tasks": tasks, "first_line_ms": first, "round_trip_ms": round_trip, "pcntl_round_trip_ms": raw,
+            "tasks_per_second": 1000 / round_trip["median"],
+            "ratio_to_pcntl": round_trip["median"] / raw["median"],
+            "pool_calls_per_second": data["pool_calls"] / data["pool_seconds"],
+            "pool_helper_pss_kb": statistics.median(data["pool_helper_pss_kb"])}
 
 
 MESSENGER = ROOT / "examples" / "messenger"
