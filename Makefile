@@ -113,7 +113,7 @@ run: deps build
 # The farm-harness suites, run a second time with workers forked by the
 # supervisor (--no-zygote): the path a farm takes when the zygote refused,
 # is down or is still starting.
-FARM_SUITES := farm hostile replicas worker_output metrics status_view control_socket clock_mode upgrade stops tasks
+FARM_SUITES := farm hostile replicas worker_output metrics status_view control_socket clock_mode upgrade stops tasks backtrace
 
 test: deps
 	cargo fmt --check

@@ -185,6 +185,7 @@ fn main() {
         "lrpm_tasks.c",
         "lrpm_waits.c",
         "lrpm_zygote.c",
+        "lrpm_backtrace.c",
         "lrpm_shim.h",
         "lrpm_shim_internal.h",
     ] {
@@ -237,6 +238,7 @@ fn main() {
             "csrc/lrpm_tasks.c",
             "csrc/lrpm_waits.c",
             "csrc/lrpm_zygote.c",
+            "csrc/lrpm_backtrace.c",
         ])
         .warnings(false)
         .flag_if_supported("-Wno-unused-parameter");

@@ -132,6 +132,7 @@ static PHP_FUNCTION(lrpm_cycle_done)
         __atomic_store_n(&page->heap_bytes, (uint64_t)zend_memory_usage(1), __ATOMIC_RELAXED);
         __atomic_store_n(&page->peak_heap_bytes, (uint64_t)zend_memory_peak_usage(1), __ATOMIC_RELAXED);
         __atomic_store_n(&page->cycle_started_ns, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&page->cycle_ended_ns, now, __ATOMIC_RELAXED);
         __atomic_fetch_add(&page->cycles, 1, __ATOMIC_RELEASE);
     }
     cycle_began_ns = 0;

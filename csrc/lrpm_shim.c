@@ -411,15 +411,18 @@ static size_t function_count(const zend_function_entry *table)
     return n;
 }
 
-/* The SAPI takes one table: the host's functions, then the tasks'. Built
+/* The SAPI takes one table: the host's functions, the tasks', the
+ * heartbeat's. Built
  * once, for the process's life. */
 static const zend_function_entry *all_host_functions(void)
 {
     size_t host = function_count(lrpm_host_functions), tasks = function_count(lrpm_task_functions);
-    zend_function_entry *all = calloc(host + tasks + 1, sizeof(zend_function_entry));
+    size_t backtrace = function_count(lrpm_backtrace_functions);
+    zend_function_entry *all = calloc(host + tasks + backtrace + 1, sizeof(zend_function_entry));
     if (!all) return lrpm_host_functions;
     memcpy(all, lrpm_host_functions, host * sizeof(zend_function_entry));
     memcpy(all + host, lrpm_task_functions, tasks * sizeof(zend_function_entry));
+    memcpy(all + host + tasks, lrpm_backtrace_functions, backtrace * sizeof(zend_function_entry));
     return all;
 }
 
@@ -581,6 +584,7 @@ int lrpm_child_main(const lrpm_child_spec *spec)
     }
 
     wrap_pcntl_signal();
+    if (!backtrace_answers_start()) child_setup_failed(spec, "sigaction(backtrace signal)");
 
     SG(headers_sent) = 1;
     SG(request_info).no_headers = 1;
@@ -601,6 +605,7 @@ int lrpm_child_main(const lrpm_child_spec *spec)
      * worker. It leaves without any of that. */
     if (strcmp(process_kind, "task") == 0) _exit(status & 0xff);
 
+    backtrace_answers_end();
     zend_try {
         php_request_shutdown(NULL);
     } zend_end_try();

@@ -18,7 +18,7 @@
  */
 #define LRPM_SHARED_PAGE_SIZE 4096
 #define LRPM_SHARED_PAGE_MAGIC 0x4d50524cu /* "LRPM" read as little-endian */
-#define LRPM_SHARED_PAGE_VERSION 5u
+#define LRPM_SHARED_PAGE_VERSION 6u
 
 /* Running tasks whose pids the page lists (more still count). */
 #define LRPM_TASK_PIDS 32
@@ -35,6 +35,14 @@
 /* A stop signal (SIGTERM, SIGINT) reached the worker: an exit 0 after it is a
  * stop, whoever sent it. */
 #define LRPM_FLAG_STOP_SIGNALLED 0x4u
+/* The worker answers backtrace requests: its handler for
+ * lrpm_backtrace_signal() is in place (before, that signal would kill it). */
+#define LRPM_FLAG_BACKTRACE_READY 0x8u
+
+/* Version 6: Lrpm\progress()'s note, at most this many bytes. */
+#define LRPM_PROGRESS_NOTE_BYTES 64
+/* Version 6: the room for a backtrace's text. */
+#define LRPM_BACKTRACE_BYTES 3072
 
 /*
  * The cycle fields (version 2) are written by the worker loop: when a cycle
@@ -73,8 +81,25 @@ typedef struct lrpm_shared_page {
     uint64_t tasks_failed;    /* threw, died, or sent nothing back */
     uint64_t tasks_timed_out; /* killed at their wait's timeout or the stop's grace */
     uint64_t task_pids[LRPM_TASK_PIDS]; /* running tasks' pids, 0: free; the first LRPM_TASK_PIDS only */
+    /* Version 6: the heartbeat, written by the worker. progress_ns is
+     * stored last (release) by Lrpm\progress(); the note is guarded by
+     * progress_note_seq, odd while it is being written (a seqlock). */
+    uint64_t progress_ns;       /* CLOCK_MONOTONIC ns of the last Lrpm\progress() call; 0: none */
+    uint64_t progress_calls;    /* Lrpm\progress() calls of this process */
+    uint64_t cycle_ended_ns;    /* CLOCK_MONOTONIC ns the last cycle() returned; 0: none yet */
+    uint64_t progress_note_seq;
+    char progress_note[LRPM_PROGRESS_NOTE_BYTES]; /* NUL-terminated */
+    /* Version 6: backtraces on demand. The supervisor stores a new number
+     * in backtrace_asked and sends lrpm_backtrace_signal(); the worker
+     * writes its PHP stack into backtrace_text (backtrace_length bytes, no
+     * NUL), then stores the number it answered in backtrace_answered with
+     * release. The only field the supervisor writes. */
+    uint64_t backtrace_asked;
+    uint64_t backtrace_answered;
+    uint64_t backtrace_length;
+    char backtrace_text[LRPM_BACKTRACE_BYTES];
     /* Room for later versions; zero until one defines them. */
-    uint64_t reserved[(LRPM_SHARED_PAGE_SIZE - 400) / 8];
+    uint64_t reserved[(LRPM_SHARED_PAGE_SIZE - 3592) / 8];
 } lrpm_shared_page;
 
 /*
@@ -160,6 +185,11 @@ void lrpm_title_set(const char *title);
  * (php.ini, -d): -1 when unlimited, and before a successful boot.
  */
 long long lrpm_memory_limit_bytes(void);
+
+/* The signal that asks a worker for its PHP stack (a real-time signal:
+ * csrc/lrpm_backtrace.c). Send it only once the page has
+ * LRPM_FLAG_BACKTRACE_READY. */
+int lrpm_backtrace_signal(void);
 
 /* PHP version string the library was built with (PHP_VERSION). */
 const char *lrpm_php_version(void);

@@ -1,6 +1,6 @@
 /*
  * What the shim's C files share (lrpm_shim.c, lrpm_functions.c, lrpm_waits.c,
- * lrpm_zygote.c);
+ * lrpm_zygote.c, lrpm_tasks.c, lrpm_backtrace.c);
  * never read by bindgen. Per-process state of a child: set once after fork,
  * read by host functions; signal handlers only store into the sig_atomic_t
  * flags. Hidden: none of it is exported from the binary.
@@ -64,6 +64,19 @@ extern const zend_function_entry lrpm_task_functions[];
 /* lrpm_waits.c: nanoseconds left of the stop's grace (0 once it passed);
  * -1 without a pending stop or a grace. */
 long long stop_grace_left_ns(void);
+/* lrpm_backtrace.c: backtraces on demand and Lrpm\progress(). */
+extern const zend_function_entry lrpm_backtrace_functions[];
+/* Counts backtrace signals: a wait they alone interrupted resumes. */
+extern volatile sig_atomic_t backtrace_signals;
+/* Once the child's PHP request runs (again in a zygote's worker, whose
+ * page is new): answer backtrace requests. False (errno set) when
+ * sigaction failed. */
+bool backtrace_answers_start(void);
+/* Before the request ends: frames are about to go away. */
+void backtrace_answers_end(void);
+/* lrpm_waits.c: counts stop signals, for the same comparison. */
+extern volatile sig_atomic_t stop_signals;
+
 /* lrpm_zygote.c: Lrpm\Internal\zygote_serve(). */
 PHP_FUNCTION(lrpm_zygote_serve);
 

@@ -23,6 +23,30 @@
 
 volatile sig_atomic_t stop_requested = 0;
 volatile long long stop_requested_at_ns = 0;
+volatile sig_atomic_t stop_signals = 0;
+
+/* The signal counts before a wait, to tell afterwards whether a backtrace
+ * request alone interrupted it (lrpm_backtrace.c): then the wait resumes,
+ * so that asking for a stack changes nothing the worker's code sees. A
+ * signal of another kind arriving at the same moment is the one case
+ * taken for a backtrace's. */
+typedef struct {
+    sig_atomic_t backtraces, stops;
+} signal_counts;
+
+static signal_counts signals_now(void) { return (signal_counts){backtrace_signals, stop_signals}; }
+
+static bool only_a_backtrace_since(signal_counts before, long result)
+{
+    return result < 0 && errno == EINTR && backtrace_signals != before.backtraces && stop_signals == before.stops;
+}
+
+static long long monotonic_now_ns(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+}
 
 /* Called from the stop handlers: clock_gettime is async-signal-safe. */
 void note_stop_request(void)
@@ -33,6 +57,7 @@ void note_stop_request(void)
         stop_requested_at_ns = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
     }
     stop_requested = 1;
+    stop_signals++;
     /* Not the page of a process the worker forked itself. */
     lrpm_shared_page *page = current_spec && !forked_by_worker ? current_spec->shared_page : NULL;
     if (page) __atomic_fetch_or(&page->flags, (uint64_t)LRPM_FLAG_STOP_SIGNALLED, __ATOMIC_RELAXED);
@@ -102,6 +127,8 @@ static void shut_down_connection(int fd)
     shutdown(fd, SHUT_RDWR);
 }
 
+/* ppoll(2) with a copy of the wait, which the kernel updates with what is
+ * left: a wait that a backtrace request alone interrupted goes on with it. */
 static int raw_ppoll(struct pollfd *fds, nfds_t nfds, const struct timespec *wait, const sigset_t *mask)
 {
     struct timespec copy, *wait_for = NULL;
@@ -109,7 +136,11 @@ static int raw_ppoll(struct pollfd *fds, nfds_t nfds, const struct timespec *wai
         copy = *wait;
         wait_for = &copy;
     }
-    return (int)syscall(SYS_ppoll, fds, nfds, wait_for, mask, _NSIG / 8);
+    for (;;) {
+        signal_counts before = signals_now();
+        long result = syscall(SYS_ppoll, fds, nfds, wait_for, mask, _NSIG / 8);
+        if (!only_a_backtrace_since(before, result)) return (int)result;
+    }
 }
 
 static int bounded_ppoll(struct pollfd *fds, nfds_t nfds, const struct timespec *wait, const sigset_t *mask)
@@ -179,7 +210,13 @@ static int bounded_pselect(int nfds, fd_set *readfds, fd_set *writefds, fd_set *
         const sigset_t *mask;
         size_t size;
     } sigmask = {mask, _NSIG / 8};
-    return (int)syscall(SYS_pselect6, nfds, readfds, writefds, exceptfds, wait_for, mask ? &sigmask : NULL);
+    /* The sets are rewritten only by a return other than EINTR; the wait is
+     * updated with what is left, so a backtrace's interruption resumes it. */
+    for (;;) {
+        signal_counts before = signals_now();
+        long result = syscall(SYS_pselect6, nfds, readfds, writefds, exceptfds, wait_for, mask ? &sigmask : NULL);
+        if (!only_a_backtrace_since(before, result)) return (int)result;
+    }
 }
 
 int select(int nfds, fd_set *readfds, fd_set *writefds, fd_set *exceptfds, struct timeval *timeout)
@@ -224,7 +261,16 @@ int epoll_pwait(int epfd, struct epoll_event *events, int maxevents, int timeout
         long long left_ms = (left_ns + 999999) / 1000000;
         if (timeout < 0 || timeout > left_ms) timeout = (int)left_ms;
     }
-    return (int)syscall(SYS_epoll_pwait, epfd, events, maxevents, timeout, mask, _NSIG / 8);
+    long long deadline_ns = timeout >= 0 ? monotonic_now_ns() + (long long)timeout * 1000000LL : -1;
+    for (;;) {
+        signal_counts before = signals_now();
+        long result = syscall(SYS_epoll_pwait, epfd, events, maxevents, timeout, mask, _NSIG / 8);
+        if (!only_a_backtrace_since(before, result)) return (int)result;
+        if (deadline_ns >= 0) {
+            long long left_ns = deadline_ns - monotonic_now_ns();
+            timeout = left_ns > 0 ? (int)((left_ns + 999999) / 1000000) : 0;
+        }
+    }
 }
 
 int epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout)
@@ -339,8 +385,14 @@ int nanosleep(const struct timespec *request, struct timespec *remaining)
             return -1;
         }
     }
-    long result = syscall(SYS_nanosleep, request, remaining);
-    return result == 0 ? 0 : -1;
+    struct timespec left, *left_out = remaining ? remaining : &left;
+    for (;;) {
+        signal_counts before = signals_now();
+        long result = syscall(SYS_nanosleep, request, left_out);
+        if (!only_a_backtrace_since(before, result)) return result == 0 ? 0 : -1;
+        left = *left_out;
+        request = &left;
+    }
 }
 
 int usleep(useconds_t microseconds)

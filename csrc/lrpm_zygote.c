@@ -287,6 +287,7 @@ static void become_zygote_worker(int socket_fd, int *fds, int nfds, const lrpm_z
     opcache_published_at_ns = last_gc_between_cycles_ns;
     process_kind = "worker";
     lrpm_title_set(title);
+    if (!backtrace_answers_start()) child_setup_failed(current_spec, "sigaction(backtrace signal)");
     /* Each worker draws its own random numbers: the generators seed again
      * from the system's entropy at their next use. */
     RANDOM_G(mt19937_seeded) = false;

@@ -118,6 +118,7 @@ fn report(
                     let optional = [
                         ("cycleIntervalSeconds", job.cycle_interval_seconds.map(|s| s.to_string())),
                         ("cycleTimeoutSeconds", job.cycle_timeout_seconds.map(|s| s.to_string())),
+                        ("progressTimeoutSeconds", job.progress_timeout_seconds.map(|s| s.to_string())),
                         ("maxCycles", job.max_cycles.map(|n| n.to_string())),
                         ("maxLifetimeSeconds", job.max_lifetime_seconds.map(|n| n.to_string())),
                         ("memoryLimitMb", job.memory_limit_mb.map(|n| n.to_string())),

@@ -82,6 +82,29 @@ pub fn log(level: crate::farm::LogLevel, message: &str, subject: Subject<'_>) {
     }
 }
 
+/// A line with a block of lines after it (a worker's PHP stack): in text
+/// logs the block's lines follow the message, each escaped; in JSON it is
+/// the `block` field.
+pub fn log_block(level: crate::farm::LogLevel, message: &str, block: &str, subject: Subject<'_>) {
+    use crate::farm::LogLevel;
+    let fields = format() == LogFormat::Json;
+    let Subject { job, name, slot, pid } = subject;
+    macro_rules! at {
+        ($level:ident) => {
+            if fields {
+                tracing::$level!(job, name, slot, pid, block = %block, "{message}")
+            } else {
+                tracing::$level!(block = %block, "{message}")
+            }
+        };
+    }
+    match level {
+        LogLevel::Info => at!(info),
+        LogLevel::Warn => at!(warn),
+        LogLevel::Error => at!(error),
+    }
+}
+
 /// The field of an event that carries a block of lines the host built and
 /// escaped itself (the SIGUSR1 report): written after the message, its
 /// line breaks kept.

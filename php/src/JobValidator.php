@@ -30,6 +30,7 @@ final class JobValidator
         'maxLifetimeSeconds' => [1, PHP_INT_MAX],
         'memoryLimitMb' => [1, PHP_INT_MAX],
         'cycleTimeoutSeconds' => [1, self::MAX_DURATION_SECONDS],
+        'progressTimeoutSeconds' => [1, self::MAX_DURATION_SECONDS],
         'maxTasks' => [1, self::MAX_TASKS],
     ];
 
@@ -50,6 +51,7 @@ final class JobValidator
         'maxLifetimeSeconds' => ['Recycle the worker after it has run this many seconds, an integer from 1', false],
         'memoryLimitMb' => ['Recycle the worker once its memory (the larger of the Zend heap and the resident set) exceeds this many MB, an integer from 1', false],
         'cycleTimeoutSeconds' => ['A cycle running longer than this many seconds is stuck: the worker is stopped (SIGTERM, then SIGKILL) and the exit counts as a failure, an integer from 1 to 86400', false],
+        'progressTimeoutSeconds' => ['A running cycle silent for this many seconds (no Lrpm\\progress() call since it began or since the last call) is stuck: the worker is stopped as by cycleTimeoutSeconds, an integer from 1 to 86400', false],
         'maxTasks' => ['How many Lrpm\\Task processes one worker may run at once, an integer from 1 to 1024 (default 16)', false],
         'essential' => ['When true, the job failing for good shuts the whole farm down (lrpm-host exits 69), a boolean', false],
         'user' => ['The user the job\'s processes run as, "USER" or "USER:GROUP" (names or numeric ids); needs the host to run as root', false],
@@ -143,7 +145,7 @@ final class JobValidator
             'restartPolicy' => in_array($value, ['always', 'on-failure', 'never'], true),
             'placement' => in_array($value, ['cluster', 'every-host'], true),
             'maxFailures', 'maxCycles', 'maxLifetimeSeconds', 'memoryLimitMb' => $int && $value >= 1,
-            'failureWindowSeconds', 'cycleTimeoutSeconds' => $int && $value >= 1 && $value <= self::MAX_DURATION_SECONDS,
+            'failureWindowSeconds', 'cycleTimeoutSeconds', 'progressTimeoutSeconds' => $int && $value >= 1 && $value <= self::MAX_DURATION_SECONDS,
             'essential' => is_bool($value),
             // The shape only: whether the user exists, and whether the host
             // runs as root to switch to it, is the host's to say.

@@ -68,6 +68,17 @@ namespace Lrpm {
      * effect in the configuration process.
      */
     function recycle(): void {}
+
+    /**
+     * A heartbeat from a long cycle: the worker is alive and moving on,
+     * optionally saying what it does now (at most 63 bytes are kept).
+     * `lrpmctl status --json` shows the time since (sinceActivityMs,
+     * progress), and a job with progressTimeoutSeconds stops a cycle that
+     * stays silent longer as stuck. Costs a clock read and a few stores
+     * into shared memory: call it as often as is useful. No effect outside
+     * a worker.
+     */
+    function progress(string $what = ''): void {}
 }
 
 namespace PHPLRPM {

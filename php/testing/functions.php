@@ -1,5 +1,5 @@
 <?php
-// Lrpm\should_stop(), Lrpm\job_id(), Lrpm\slot(), Lrpm\recycle(),
+// Lrpm\should_stop(), Lrpm\job_id(), Lrpm\slot(), Lrpm\recycle(), Lrpm\progress(),
 // Lrpm\process_kind() and Lrpm\fencing_token() outside lrpm-host (php-cli, PHPUnit), answered by the
 // running Lrpm\Testing\WorkerHarness (or as a configuration-less process
 // when none runs). Inside lrpm-host the functions are native and already
@@ -34,6 +34,13 @@ if (!\function_exists('Lrpm\recycle')) {
     function recycle(): void
     {
         WorkerHarness::current()?->requestRecycle();
+    }
+}
+
+if (!\function_exists('Lrpm\progress')) {
+    function progress(string $what = ''): void
+    {
+        WorkerHarness::current()?->recordProgress($what);
     }
 }
 

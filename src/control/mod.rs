@@ -25,6 +25,8 @@ pub const HELP: &str = "valid messages:
   stop <job_id>        stop job <job_id> and keep it stopped across configuration polls
   start <job_id>       start a job held by `stop <job_id>`
   signal <job_id> <SIG>  send a signal (TERM, HUP, USR1, ...) to the job's processes
+  backtrace <job_id>[#<slot>]  the PHP stack of the job's processes (or one slot's), without
+                       stopping them
   metrics              the Prometheus text of /metrics (see --metrics-listen)
   cluster              --cluster: this member's view of the members and units (JSON)
   drain                --cluster: hand every unit of this member to the others (every-host
@@ -67,6 +69,11 @@ pub enum Request {
     Signal {
         id: JobId,
         signal: nix::sys::signal::Signal,
+    },
+    /// `backtrace ID` or `backtrace ID#SLOT`: the PHP stacks of running
+    /// processes (the id and slot are told apart against the farm's jobs).
+    Backtrace {
+        target: String,
     },
 }
 
@@ -113,6 +120,8 @@ impl Request {
                 None => Err(ParseError::UnknownSignal(printable(name))),
             },
             ["signal", ..] => Err(ParseError::SignalUsage),
+            ["backtrace", target] => Ok(Request::Backtrace { target: target.to_string() }),
+            ["backtrace"] => Err(ParseError::MissingJobId("backtrace")),
             _ => Err(ParseError::UnknownVerb(printable(text))),
         }
     }

@@ -137,6 +137,26 @@ pub struct SlotStatus {
     /// Its tasks (`Lrpm\Task`), once it started one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks: Option<TaskStatus>,
+    /// How long since the process last showed life, in milliseconds: a
+    /// cycle began or ended, or it called `Lrpm\progress()` (absent before
+    /// its first cycle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_activity_ms: Option<f64>,
+    /// Its last `Lrpm\progress()`, once it called it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ProgressStatus>,
+}
+
+/// A worker's heartbeat (`Lrpm\progress()`), from its shared page.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressStatus {
+    /// Calls so far.
+    pub calls: u64,
+    /// How long ago the last one was, in milliseconds.
+    pub ago_ms: f64,
+    /// What it said (at most 63 bytes; empty when it said nothing).
+    pub note: String,
 }
 
 /// Who holds a unit's claim, for its slot's status.
@@ -164,6 +184,8 @@ pub struct CycleFigures {
     pub cycle_running: Option<std::time::Duration>,
     pub heap_bytes: u64,
     pub peak_heap_bytes: u64,
+    /// Since a cycle began or ended, or `Lrpm\progress()` (None before the first cycle).
+    pub since_activity: Option<std::time::Duration>,
 }
 
 /// What the supervisor measured of one process: its cycle counters and
@@ -173,6 +195,7 @@ pub struct PidFigures {
     pub cycles: Option<CycleFigures>,
     pub usage: Option<crate::process::Reading>,
     pub tasks: Option<TaskStatus>,
+    pub progress: Option<ProgressStatus>,
 }
 
 /// A worker's tasks (`Lrpm\Task`), from its shared page: shown once it
@@ -264,6 +287,8 @@ fn slot_status(slot: u32, state: &SlotState, pid_figures: PidFigures, now: Insta
         owner: None,
         fencing_token: None,
         tasks,
+        since_activity_ms: figures.and_then(|f| f.since_activity).map(ms),
+        progress: pid_figures.progress,
     }
 }
 

@@ -117,7 +117,11 @@ impl Farm {
             return;
         }
         let state = &self.jobs[&key.id];
-        let mut first_look = state.job.cycle_timeout_seconds.map(|t| later(now, Duration::from_secs(t)));
+        let mut first_look = [state.job.cycle_timeout_seconds, state.job.progress_timeout_seconds]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| later(now, Duration::from_secs(t)));
         if let Some(rolling) = self.jobs.get_mut(&key.id).and_then(|s| s.rolling.as_mut()) {
             if rolling.current == Some(RollingStep::Stopping { slot: key.slot }) {
                 rolling.current = Some(RollingStep::FirstCycle { slot: key.slot, pid, since: now });

@@ -262,6 +262,19 @@ pub struct JobState {
     /// The tasks (`Lrpm\Task`) of the job's processes that have ended.
     pub tasks_of_ended: TaskCounts,
     pub last_exit: Option<ExitKind>,
+    /// Processes the watchdog stopped as stuck, by its clock.
+    pub watchdog_stops: WatchdogStops,
+    /// Stops that ran out of `shutdownTimeoutSeconds`: SIGKILLed.
+    pub stop_kills: u64,
+}
+
+/// The watchdog's stops of a job's processes, by what ran out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WatchdogStops {
+    /// `cycleTimeoutSeconds`.
+    pub cycle_timeout: u64,
+    /// `progressTimeoutSeconds`.
+    pub progress_timeout: u64,
 }
 
 /// Tasks (`Lrpm\Task`) a worker started, and how many of them failed or
@@ -297,6 +310,8 @@ impl JobState {
             cycles_of_ended: 0,
             tasks_of_ended: TaskCounts::default(),
             last_exit: None,
+            watchdog_stops: WatchdogStops::default(),
+            stop_kills: 0,
         }
     }
 

@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 pub use commands::{FarmHandoff, JobHandoff, KilledAtHandoff, RunningAtHandoff};
 pub use config_process::{ConfigPhase, ConfigProcessState, CONFIG_STOP_TIMEOUT};
 pub use exit::{End, ExitKind, PhpEnd, ProcessKind};
-pub use lifecycle::{AfterStop, JobState, Phase, Rolling, RollingStep, SlotState, StatusName, TaskCounts, WorkerKey};
+pub use lifecycle::{
+    AfterStop, JobState, Phase, Rolling, RollingStep, SlotState, StatusName, TaskCounts, WatchdogStops, WorkerKey,
+};
 pub use recycle::{RecycleCounts, RecycleReason};
 
 use crate::job::{Job, JobId, Placement, RestartPolicy};
@@ -128,6 +130,9 @@ pub struct CycleProgress {
     pub cycles: u64,
     /// How long the cycle running now has run (None between cycles).
     pub current_cycle: Option<Duration>,
+    /// How long the running cycle has been silent: since its start or its
+    /// last `Lrpm\progress()`, whichever is later (None between cycles).
+    pub silent_for: Option<Duration>,
 }
 
 /// A control request on one job.
@@ -184,6 +189,14 @@ pub enum Action {
         key: WorkerKey,
         pid: Pid,
         reason: KillReason,
+    },
+    /// Ask the worker for its PHP stack and log it (the watchdog, before
+    /// its SIGTERM); nothing if the worker cannot answer.
+    LogBacktrace {
+        key: WorkerKey,
+        pid: Pid,
+        /// The log line's subject: who is stopped, and why.
+        why: String,
     },
     /// Read the worker's shared page and answer with `Event::CycleProgress`.
     InspectCycles {
@@ -509,6 +522,9 @@ impl Farm {
                     }
                     killed += 1;
                     let reason = KillReason::StopTimeout(self.jobs[&key.id].shutdown_timeout());
+                    if let Some(state) = self.jobs.get_mut(&key.id) {
+                        state.stop_kills += 1;
+                    }
                     self.set_phase(&key, Phase::Stopping { pid, since, kill_at: None, then });
                     actions.push(Action::KillWorker { key, pid, reason });
                 }

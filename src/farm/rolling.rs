@@ -20,28 +20,62 @@ impl Farm {
             return;
         }
         let mut next: Option<Instant> = None;
-        if let Some(timeout) = state.job.cycle_timeout_seconds.map(Duration::from_secs) {
-            let running_for = progress.and_then(|p| p.current_cycle);
-            match running_for {
+        // The watchdog's two clocks: the cycle's length, and its silence.
+        let clocks = [
+            (
+                state.job.cycle_timeout_seconds,
+                progress.and_then(|p| p.current_cycle),
+                "has been running for",
+                "cycleTimeoutSeconds",
+                false,
+            ),
+            (
+                state.job.progress_timeout_seconds,
+                progress.and_then(|p| p.silent_for),
+                "has reported no progress (Lrpm\\progress()) for",
+                "progressTimeoutSeconds",
+                true,
+            ),
+        ];
+        for (timeout, elapsed, what, field, silence) in clocks {
+            let Some(timeout) = timeout.map(Duration::from_secs) else { continue };
+            match elapsed {
                 Some(ran) if ran >= timeout => {
                     let label = state.label(key.slot);
                     let grace = state.job.shutdown_timeout_seconds;
+                    let why = format!(
+                        "cycle {} {what} {:.1}s, longer than {field} {}",
+                        progress.map_or(0, |p| p.cycles + 1),
+                        ran.as_secs_f64(),
+                        timeout.as_secs()
+                    );
                     actions.push(Action::log_about(
-                        LogLevel::Warn, key, Some(pid),
+                        LogLevel::Warn,
+                        key,
+                        Some(pid),
                         format!(
-                            "{label} (pid {pid}): cycle {} has been running for {:.1}s, longer than cycleTimeoutSeconds {}: \
-                             stopping it as stuck (SIGTERM now, SIGKILL after {grace}s); this counts as a failure",
-                            progress.map_or(0, |p| p.cycles + 1),
-                            ran.as_secs_f64(),
-                            timeout.as_secs()
+                            "{label} (pid {pid}): {why}: stopping it as stuck (SIGTERM now, SIGKILL after {grace}s); \
+                             this counts as a failure"
                         ),
                     ));
+                    if let Some(state) = self.jobs.get_mut(&key.id) {
+                        let stops = &mut state.watchdog_stops;
+                        *(if silence { &mut stops.progress_timeout } else { &mut stops.cycle_timeout }) += 1;
+                    }
+                    // Where it was stuck, asked before the SIGTERM moves it on.
+                    actions.push(Action::LogBacktrace {
+                        key: key.clone(),
+                        pid,
+                        why: format!("{label} (pid {pid}) stopped by the watchdog ({why})"),
+                    });
                     self.stop(key, pid, since, AfterStop::RestartAsFailure, now, actions);
                     self.rolling_slot_lost(key, "its new process was stopped by the watchdog", actions);
                     return;
                 }
-                Some(ran) => next = Some(later(now, timeout - ran)),
-                None => next = Some(later(now, timeout)),
+                Some(ran) => {
+                    next = Some(next.map_or(later(now, timeout - ran), |at| at.min(later(now, timeout - ran))))
+                }
+                None => next = Some(next.map_or(later(now, timeout), |at| at.min(later(now, timeout)))),
             }
         }
         let shutdown_timeout = state.shutdown_timeout();

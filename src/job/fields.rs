@@ -129,7 +129,7 @@ pub(super) enum Presence {
 }
 
 // php-lrpm's fields, order and descriptions, then lrpm-host's own.
-pub(super) const FIELDS: [FieldRule; 19] = [
+pub(super) const FIELDS: [FieldRule; 20] = [
     FieldRule {
         name: "mtime",
         description: "Time of last modification, must be a UTC Unix timestamp integer",
@@ -228,6 +228,13 @@ pub(super) const FIELDS: [FieldRule; 19] = [
         presence: Presence::Optional,
         kind: DURATION_FROM_ONE,
         host_default: Some(HostDefault { flag: "cycle-timeout-seconds", help: "a cycle running longer is stopped as stuck", value_name: "SECONDS", unset: || Value::Null }),
+    },
+    FieldRule {
+        name: "progressTimeoutSeconds",
+        description: "A running cycle silent for this many seconds (no Lrpm\\progress() call since it began or since the last call) is stuck: the worker is stopped as by cycleTimeoutSeconds, an integer from 1 to 86400",
+        presence: Presence::Optional,
+        kind: DURATION_FROM_ONE,
+        host_default: Some(HostDefault { flag: "progress-timeout-seconds", help: "a cycle silent longer (no Lrpm\\progress()) is stopped as stuck", value_name: "SECONDS", unset: || Value::Null }),
     },
     FieldRule {
         name: "maxTasks",

@@ -84,6 +84,9 @@ pub struct Job {
     pub replicas: u32,
     /// `cycleTimeoutSeconds`: a cycle running longer is stuck (watchdog).
     pub cycle_timeout_seconds: Option<u64>,
+    /// `progressTimeoutSeconds`: a cycle silent longer (no `Lrpm\progress()`)
+    /// is stuck (watchdog).
+    pub progress_timeout_seconds: Option<u64>,
     /// `maxCycles`, `maxLifetimeSeconds`, `memoryLimitMb`: planned recycles.
     pub max_cycles: Option<u64>,
     pub max_lifetime_seconds: Option<u64>,

@@ -274,7 +274,7 @@ fn host_defaults_fill_only_what_a_job_leaves_out() {
         json!({
             "cycleIntervalSeconds": null, "replicas": 1, "restartPolicy": "always", "maxFailures": null,
             "failureWindowSeconds": 60, "maxCycles": 5, "maxLifetimeSeconds": null, "memoryLimitMb": 128,
-            "cycleTimeoutSeconds": 60, "maxTasks": 16, "essential": false
+            "cycleTimeoutSeconds": 60, "progressTimeoutSeconds": null, "maxTasks": 16, "essential": false
         })
     );
     assert!(!validated.jobs[1].config.contains_key("replicas"), "config keeps only what the source gave");
@@ -296,6 +296,7 @@ fn every_host_default_has_its_option_and_is_checked_by_its_field_rule() {
             "maxLifetimeSeconds",
             "memoryLimitMb",
             "cycleTimeoutSeconds",
+            "progressTimeoutSeconds",
             "maxTasks",
             "essential"
         ]
@@ -462,7 +463,7 @@ proptest::proptest! {
         farm.handle(crate::farm::Event::CycleProgress {
             key: crate::farm::WorkerKey::new(crate::job::JobId::Int(1), 0),
             pid: 10,
-            progress: Some(crate::farm::CycleProgress { cycles: 0, current_cycle: Some(std::time::Duration::MAX) }),
+            progress: Some(crate::farm::CycleProgress { cycles: 0, current_cycle: Some(std::time::Duration::MAX), silent_for: Some(std::time::Duration::MAX) }),
         }, now);
         farm.handle(crate::farm::Event::ChildExited { pid: 10, exit: crate::farm::ExitKind::Code(1), recycle: None, cycles: 0, tasks: Default::default(), php: crate::farm::PhpEnd::Unknown }, now);
         farm.handle(crate::farm::Event::Tick, now);

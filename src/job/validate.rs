@@ -215,6 +215,7 @@ impl DescribedJob {
             essential: setting("essential").as_bool().unwrap_or(false),
             replicas: setting("replicas").as_u64().map_or(1, |n| n as u32),
             cycle_timeout_seconds: setting("cycleTimeoutSeconds").as_u64(),
+            progress_timeout_seconds: setting("progressTimeoutSeconds").as_u64(),
             max_cycles: setting("maxCycles").as_u64(),
             max_lifetime_seconds: setting("maxLifetimeSeconds").as_u64(),
             memory_limit_mb: setting("memoryLimitMb").as_u64(),

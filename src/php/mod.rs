@@ -306,8 +306,29 @@ const _: () = {
     assert!(offset_of!(C, opcache_hits) == offset_of!(Layout, opcache_hits));
     assert!(offset_of!(C, opcache_misses) == offset_of!(Layout, opcache_misses));
     assert!(offset_of!(C, ended_status) == offset_of!(Layout, ended_status));
+    assert!(offset_of!(C, tasks_running) == offset_of!(Layout, tasks_running));
+    assert!(offset_of!(C, task_pids) == offset_of!(Layout, task_pids));
+    assert!(offset_of!(C, progress_ns) == offset_of!(Layout, progress_ns));
+    assert!(offset_of!(C, progress_calls) == offset_of!(Layout, progress_calls));
+    assert!(offset_of!(C, cycle_ended_ns) == offset_of!(Layout, cycle_ended_ns));
+    assert!(offset_of!(C, progress_note_seq) == offset_of!(Layout, progress_note_seq));
+    assert!(offset_of!(C, progress_note) == offset_of!(Layout, progress_note));
+    assert!(offset_of!(C, backtrace_asked) == offset_of!(Layout, backtrace_asked));
+    assert!(offset_of!(C, backtrace_answered) == offset_of!(Layout, backtrace_answered));
+    assert!(offset_of!(C, backtrace_length) == offset_of!(Layout, backtrace_length));
+    assert!(offset_of!(C, backtrace_text) == offset_of!(Layout, backtrace_text));
     assert!(offset_of!(C, reserved) == offset_of!(Layout, reserved));
+    assert!(ffi::LRPM_FLAG_BACKTRACE_READY as u64 == shared_page::FLAG_BACKTRACE_READY);
+    assert!(ffi::LRPM_PROGRESS_NOTE_BYTES as usize == shared_page::PROGRESS_NOTE_BYTES);
+    assert!(ffi::LRPM_BACKTRACE_BYTES as usize == shared_page::BACKTRACE_BYTES);
 };
+
+/// The real-time signal that asks a worker for its PHP stack (its page must
+/// say `FLAG_BACKTRACE_READY` first: before, the signal would end it).
+pub fn backtrace_signal() -> i32 {
+    // SAFETY: a pure function of the C library's SIGRTMIN.
+    unsafe { ffi::lrpm_backtrace_signal() }
+}
 
 impl ChildProgram {
     /// `params` is the JSON object the runner reads with `Lrpm\Internal\params()`.

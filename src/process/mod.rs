@@ -232,6 +232,14 @@ pub fn signal_process(pid: Pid, sig: Signal) -> Result<(), Errno> {
     }
 }
 
+/// Sends a real-time signal (which nix's `Signal` cannot name) to one
+/// child of this process, not yet reaped, so its pid is still its own.
+pub fn signal_realtime(pid: Pid, signo: i32) -> Result<(), Errno> {
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    let result = unsafe { libc::kill(pid.as_raw(), signo) };
+    Errno::result(result).map(drop)
+}
+
 /// How much higher than its workers the supervisor runs, when allowed.
 const SUPERVISOR_PRIORITY_BOOST: i32 = 20;
 

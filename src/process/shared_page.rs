@@ -12,7 +12,7 @@
 //! compile time).
 
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,14 +24,22 @@ pub const PAGE_SIZE: usize = 4096;
 pub const MAGIC: u32 = u32::from_le_bytes(*b"LRPM");
 /// `LRPM_SHARED_PAGE_VERSION`: bump when a field is added or changes meaning.
 /// Version 2 added the cycle fields, version 3 the recycle reason and the
-/// OPcache figures.
-pub const VERSION: u32 = 5;
+/// OPcache figures, 4 the ended status, 5 the tasks, 6 the heartbeat and
+/// backtraces on demand.
+pub const VERSION: u32 = 6;
 /// `LRPM_FLAG_USER_SIGTERM_HANDLER`: user code called `pcntl_signal(SIGTERM, ...)`.
 pub const FLAG_USER_SIGTERM_HANDLER: u64 = 0x1;
 /// `LRPM_FLAG_USER_SIGINT_HANDLER`: user code called `pcntl_signal(SIGINT, ...)`.
 pub const FLAG_USER_SIGINT_HANDLER: u64 = 0x2;
 /// `LRPM_FLAG_STOP_SIGNALLED`: a stop signal (SIGTERM, SIGINT) reached the child.
 pub const FLAG_STOP_SIGNALLED: u64 = 0x4;
+/// `LRPM_FLAG_BACKTRACE_READY`: the child answers backtrace requests (its
+/// handler for the backtrace signal is in place).
+pub const FLAG_BACKTRACE_READY: u64 = 0x8;
+/// `LRPM_PROGRESS_NOTE_BYTES`.
+pub const PROGRESS_NOTE_BYTES: usize = 64;
+/// `LRPM_BACKTRACE_BYTES`.
+pub const BACKTRACE_BYTES: usize = 3072;
 
 /// The `#[repr(C)]` twin of `lrpm_shared_page`. Every field is written
 /// atomically by the child and read atomically here.
@@ -83,8 +91,24 @@ pub struct Layout {
     pub tasks_timed_out: AtomicU64,
     /// Running tasks' pids (0: a free slot); the first `TASK_PIDS` only.
     pub task_pids: [AtomicU64; TASK_PIDS],
+    /// Version 6: CLOCK_MONOTONIC ns of the last `Lrpm\progress()` (0:
+    /// none), stored last with release.
+    pub progress_ns: AtomicU64,
+    pub progress_calls: AtomicU64,
+    /// CLOCK_MONOTONIC ns the last cycle() returned (0: none yet).
+    pub cycle_ended_ns: AtomicU64,
+    /// Odd while the note is being written (a seqlock).
+    pub progress_note_seq: AtomicU64,
+    pub progress_note: [AtomicU8; PROGRESS_NOTE_BYTES],
+    /// Version 6: the only field the supervisor writes: the number of its
+    /// latest backtrace request.
+    pub backtrace_asked: AtomicU64,
+    /// The request the text answers, stored after it with release.
+    pub backtrace_answered: AtomicU64,
+    pub backtrace_length: AtomicU64,
+    pub backtrace_text: [AtomicU8; BACKTRACE_BYTES],
     /// Room for later versions; zero until one defines them.
-    pub reserved: [AtomicU64; (PAGE_SIZE - 400) / 8],
+    pub reserved: [AtomicU64; (PAGE_SIZE - 3592) / 8],
 }
 
 /// `LRPM_TASK_PIDS`: running tasks whose pids a page lists.
@@ -99,6 +123,18 @@ pub struct TaskFigures {
     pub timed_out: u64,
     /// The running tasks' pids (at most `TASK_PIDS`).
     pub pids: Vec<i32>,
+}
+
+/// A worker's heartbeat as its page shows it, read at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// CLOCK_MONOTONIC ns of the last `Lrpm\progress()`; 0: none.
+    pub progress_ns: u64,
+    pub progress_calls: u64,
+    /// What the last call said (at most 63 bytes).
+    pub progress_note: String,
+    /// CLOCK_MONOTONIC ns the last cycle() returned; 0: none yet.
+    pub cycle_ended_ns: u64,
 }
 
 /// The OPcache figures a worker published (OPcache's memory is shared by
@@ -131,7 +167,10 @@ pub struct CycleSnapshot {
 const _: () = assert!(std::mem::size_of::<Layout>() == PAGE_SIZE);
 const _: () = assert!(std::mem::offset_of!(Layout, tasks_running) == 112);
 const _: () = assert!(std::mem::offset_of!(Layout, task_pids) == 144);
-const _: () = assert!(std::mem::offset_of!(Layout, reserved) == 400);
+const _: () = assert!(std::mem::offset_of!(Layout, progress_ns) == 400);
+const _: () = assert!(std::mem::offset_of!(Layout, backtrace_asked) == 496);
+const _: () = assert!(std::mem::offset_of!(Layout, backtrace_text) == 520);
+const _: () = assert!(std::mem::offset_of!(Layout, reserved) == 3592);
 
 struct Mapping {
     pages: NonNull<Layout>,
@@ -222,11 +261,21 @@ impl SharedPage {
             &layout.tasks_started,
             &layout.tasks_failed,
             &layout.tasks_timed_out,
+            &layout.progress_ns,
+            &layout.progress_calls,
+            &layout.cycle_ended_ns,
+            &layout.progress_note_seq,
+            &layout.backtrace_asked,
+            &layout.backtrace_answered,
+            &layout.backtrace_length,
         ] {
             word.store(0, Ordering::Relaxed);
         }
         for word in layout.task_pids.iter().chain(&layout.reserved) {
             word.store(0, Ordering::Relaxed);
+        }
+        for byte in layout.progress_note.iter().chain(&layout.backtrace_text) {
+            byte.store(0, Ordering::Relaxed);
         }
         layout.magic.store(MAGIC, Ordering::Relaxed);
         layout.version.store(VERSION, Ordering::Release);
@@ -337,6 +386,83 @@ impl SharedPage {
         }
     }
 
+    /// The heartbeat: the last `Lrpm\progress()` (time, calls, note) and
+    /// the end of the last cycle. The note is read under its seqlock; one
+    /// being rewritten at that moment reads as empty.
+    pub fn heartbeat(&self) -> Heartbeat {
+        let layout = self.layout();
+        let progress_ns = layout.progress_ns.load(Ordering::Acquire);
+        let mut note = String::new();
+        let seq = layout.progress_note_seq.load(Ordering::Acquire);
+        if progress_ns != 0 && seq % 2 == 0 {
+            let bytes: Vec<u8> =
+                layout.progress_note.iter().map(|b| b.load(Ordering::Relaxed)).take_while(|b| *b != 0).collect();
+            std::sync::atomic::fence(Ordering::Acquire);
+            if layout.progress_note_seq.load(Ordering::Relaxed) == seq {
+                note = String::from_utf8_lossy(&bytes).into_owned();
+            }
+        }
+        Heartbeat {
+            progress_ns,
+            progress_calls: layout.progress_calls.load(Ordering::Relaxed),
+            progress_note: note,
+            cycle_ended_ns: layout.cycle_ended_ns.load(Ordering::Relaxed),
+        }
+    }
+
+    /// How long since the worker last showed life: a cycle began or ended,
+    /// or it called `Lrpm\progress()`. None before its first cycle.
+    pub fn since_activity(&self, now_monotonic_ns: u64) -> Option<Duration> {
+        let layout = self.layout();
+        let last = [&layout.cycle_started_ns, &layout.cycle_ended_ns, &layout.progress_ns]
+            .into_iter()
+            .map(|word| word.load(Ordering::Acquire))
+            .max()
+            .unwrap_or(0);
+        (last > 0).then(|| Duration::from_nanos(now_monotonic_ns.saturating_sub(last)))
+    }
+
+    /// Records a progress call, as `Lrpm\progress()` does in C (tests).
+    pub fn record_progress(&self, now_monotonic_ns: u64) {
+        let layout = self.layout();
+        layout.progress_calls.fetch_add(1, Ordering::Relaxed);
+        layout.progress_ns.store(now_monotonic_ns.max(1), Ordering::Release);
+    }
+
+    /// True once the child answers backtrace requests.
+    pub fn answers_backtraces(&self) -> bool {
+        self.flags() & FLAG_BACKTRACE_READY != 0
+    }
+
+    /// Stores a new backtrace request and returns its number; the caller
+    /// then sends the backtrace signal.
+    pub fn ask_backtrace(&self) -> u64 {
+        self.layout().backtrace_asked.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The answer to request `asked` (or a later one), once written.
+    pub fn backtrace_answer(&self, asked: u64) -> Option<String> {
+        let layout = self.layout();
+        let answered = layout.backtrace_answered.load(Ordering::Acquire);
+        if answered < asked {
+            return None;
+        }
+        let len = (layout.backtrace_length.load(Ordering::Relaxed) as usize).min(BACKTRACE_BYTES);
+        let bytes: Vec<u8> = layout.backtrace_text[..len].iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Answers a request as the C side does (tests).
+    pub fn write_backtrace_answer(&self, asked: u64, text: &str) {
+        let layout = self.layout();
+        let bytes = &text.as_bytes()[..text.len().min(BACKTRACE_BYTES)];
+        for (slot, byte) in layout.backtrace_text.iter().zip(bytes) {
+            slot.store(*byte, Ordering::Relaxed);
+        }
+        layout.backtrace_length.store(bytes.len() as u64, Ordering::Relaxed);
+        layout.backtrace_answered.store(asked, Ordering::Release);
+    }
+
     pub fn recycle_reason(&self) -> u64 {
         self.layout().recycle_reason.load(Ordering::Acquire)
     }
@@ -400,6 +526,7 @@ impl SharedPage {
         layout.heap_bytes.store(heap_bytes, Ordering::Relaxed);
         layout.peak_heap_bytes.store(peak_heap_bytes, Ordering::Relaxed);
         layout.cycle_started_ns.store(0, Ordering::Relaxed);
+        layout.cycle_ended_ns.store(now_monotonic_ns, Ordering::Relaxed);
         layout.cycles.fetch_add(1, Ordering::Release);
     }
 }

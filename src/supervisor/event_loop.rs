@@ -116,6 +116,7 @@ impl Supervisor<'_> {
             self.upgrade_deadline(),
             self.agent.as_ref().and_then(super::cluster::Agent::deadline),
             self.zygote_deadline(),
+            self.backtraces.deadline(now),
         ]
         .into_iter()
         .flatten()
@@ -185,6 +186,7 @@ impl Supervisor<'_> {
         if self.reap_pending {
             self.reap_children(now);
         }
+        self.collect_backtraces(now);
         let mut http = Vec::new();
         for source in late {
             match source {

@@ -33,17 +33,22 @@ const STATES: [StatusName; 7] = [
 const READYZ_NAMED: usize = 20;
 
 /// One job's figures at a scrape.
-struct JobFigures<'a> {
-    id: String,
-    state: &'a JobState,
+pub(super) struct JobFigures<'a> {
+    pub(super) id: String,
+    pub(super) state: &'a JobState,
     status: StatusName,
     running: u64,
-    cycles: u64,
+    pub(super) cycles: u64,
     last_cycle: Option<Duration>,
-    resident: u64,
+    pub(super) resident: u64,
+    /// The largest resident set of one process of the job.
+    resident_max: u64,
     /// Tasks (`Lrpm\Task`) running now, and of every process, ended or live.
     tasks_running: u64,
     tasks: crate::farm::TaskCounts,
+    /// The longest time since a running process showed life (a cycle began
+    /// or ended, `Lrpm\progress()`).
+    since_activity: Option<Duration>,
 }
 
 impl Supervisor<'_> {
@@ -154,7 +159,7 @@ impl Supervisor<'_> {
         self.children.pages().filter_map(|page| page.opcache()).max_by_key(|f| f.published_ns)
     }
 
-    fn job_figures(&mut self, now: Instant) -> Vec<JobFigures<'_>> {
+    pub(super) fn job_figures(&mut self, now: Instant) -> Vec<JobFigures<'_>> {
         let pids: Vec<i32> = self.farm.jobs().values().flat_map(|s| s.pids().map(|(_, pid)| pid)).collect();
         let mut resident = self.rss.sample(&pids).into_iter();
         let monotonic_now = process::monotonic_now_ns();
@@ -171,17 +176,24 @@ impl Supervisor<'_> {
                     cycles: state.cycles_of_ended,
                     last_cycle: None,
                     resident: 0,
+                    resident_max: 0,
                     tasks_running: 0,
                     tasks: state.tasks_of_ended,
+                    since_activity: None,
                 };
                 for slot in state.slots.values() {
                     figures.running += u64::from(matches!(slot.phase, Phase::Running { .. }));
                     let Some(pid) = slot.phase.pid() else { continue };
-                    figures.resident += resident.next().flatten().unwrap_or(0);
+                    let own = resident.next().flatten().unwrap_or(0);
+                    figures.resident += own;
+                    figures.resident_max = figures.resident_max.max(own);
                     if let Some(page) = children.page(pid) {
                         let snapshot = page.cycle_snapshot(monotonic_now);
                         figures.cycles += snapshot.cycles;
                         figures.last_cycle = figures.last_cycle.max(snapshot.last_cycle);
+                        if matches!(slot.phase, Phase::Running { .. }) {
+                            figures.since_activity = figures.since_activity.max(page.since_activity(monotonic_now));
+                        }
                         let tasks = page.tasks();
                         figures.tasks_running += tasks.running;
                         figures.tasks += crate::farm::TaskCounts {
@@ -435,11 +447,56 @@ fn write_jobs(e: &mut Exposition, jobs: &[JobFigures<'_>]) {
             e.sample("lrpm_job_last_cycle_seconds", &labels, last.as_secs_f64());
         }
     }
+    e.family(
+        "lrpm_job_seconds_since_activity",
+        Kind::Gauge,
+        "The longest time any running process of the job has shown no life: no cycle began or ended and no \
+         Lrpm\\progress() (absent before a first cycle). A value that only grows is a stuck or long-blocked worker.",
+    );
+    for job in jobs {
+        if let Some(silent) = job.since_activity {
+            let labels = [("job", job.id.as_str()), ("name", job.state.job.name.as_str())];
+            e.sample("lrpm_job_seconds_since_activity", &labels, silent.as_secs_f64());
+        }
+    }
+    e.family(
+        "lrpm_job_watchdog_stops_total",
+        Kind::Counter,
+        "Processes the watchdog stopped as stuck, by the limit they ran past (cycleTimeoutSeconds, progressTimeoutSeconds).",
+    );
+    for job in jobs {
+        let stops = job.state.watchdog_stops;
+        for (limit, count) in [("cycle_timeout", stops.cycle_timeout), ("progress_timeout", stops.progress_timeout)] {
+            let labels = [("job", job.id.as_str()), ("name", job.state.job.name.as_str()), ("limit", limit)];
+            e.sample("lrpm_job_watchdog_stops_total", &labels, count);
+        }
+    }
+    family(
+        e,
+        "lrpm_job_stop_kills_total",
+        Kind::Counter,
+        "Stops that ran out of shutdownTimeoutSeconds: the process was SIGKILLed (its PHP stack is logged first).",
+        &|j| Some(j.state.stop_kills),
+    );
     family(
         e,
         "lrpm_job_resident_bytes",
         Kind::Gauge,
         "Resident set of the job's processes, summed (/proc/PID/statm; shared pages count in each process).",
         &|j| Some(j.resident),
+    );
+    family(
+        e,
+        "lrpm_job_process_resident_bytes_max",
+        Kind::Gauge,
+        "The largest resident set of one of the job's processes (what memoryLimitMb is compared with, next to the Zend heap).",
+        &|j| Some(j.resident_max),
+    );
+    family(
+        e,
+        "lrpm_job_memory_limit_bytes",
+        Kind::Gauge,
+        "The job's memoryLimitMb in bytes: a process above it is recycled (absent without a limit).",
+        &|j| j.state.job.memory_limit_mb.map(|mb| mb.saturating_mul(1 << 20)),
     );
 }

@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+mod backtraces;
 mod children;
 mod cluster;
 mod cluster_view;
@@ -144,6 +145,8 @@ struct Supervisor<'e> {
     http: Option<HttpServer>,
     /// Uptime and configuration loads, for the metrics.
     host: crate::metrics::HostCounters,
+    /// Backtrace requests waiting for the workers' answers.
+    backtraces: backtraces::Backtraces,
     rss: crate::metrics::rss::RssSampler,
     /// Workers' CPU and memory as `status` last read them (`requests.rs`).
     usage: process::UsageCache,
@@ -230,6 +233,7 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         keep_fds: std::sync::Arc::new(keep_fds),
         http,
         host: crate::metrics::HostCounters::new(Instant::now()),
+        backtraces: Default::default(),
         rss: Default::default(),
         usage: process::UsageCache::default(),
         agent: None,
@@ -356,6 +360,7 @@ impl Supervisor<'_> {
                 (recycle, page.cycles(), tasks, page.stop_signalled(), php)
             },
         );
+        self.backtrace_process_ended(pid.as_raw(), page.as_ref());
         self.give_back_page(page);
         // Its last words before the line about its exit.
         if let Some(output) = self.output.as_mut() {
@@ -386,8 +391,11 @@ impl Supervisor<'_> {
 
     /// A worker's cycle counters from its shared page (None without one).
     fn cycle_figures(&self, pid: i32) -> Option<crate::control::status::CycleFigures> {
-        let snapshot = self.children.page(pid)?.cycle_snapshot(process::monotonic_now_ns());
+        let page = self.children.page(pid)?;
+        let now_ns = process::monotonic_now_ns();
+        let snapshot = page.cycle_snapshot(now_ns);
         Some(crate::control::status::CycleFigures {
+            since_activity: page.since_activity(now_ns),
             cycles: snapshot.cycles,
             last_cycle: snapshot.last_cycle,
             cycle_running: snapshot.current_cycle_running_for,
@@ -397,7 +405,23 @@ impl Supervisor<'_> {
     }
 
     fn cycle_progress(&self, pid: i32) -> Option<crate::farm::CycleProgress> {
-        self.cycle_figures(pid).map(|f| crate::farm::CycleProgress { cycles: f.cycles, current_cycle: f.cycle_running })
+        let page = self.children.page(pid)?;
+        let now_ns = process::monotonic_now_ns();
+        let snapshot = page.cycle_snapshot(now_ns);
+        let silent_for = snapshot.current_cycle_running_for.map(|running| {
+            let progress_ns = page.heartbeat().progress_ns;
+            let since_progress = Duration::from_nanos(now_ns.saturating_sub(progress_ns));
+            if progress_ns == 0 {
+                running
+            } else {
+                running.min(since_progress)
+            }
+        });
+        Some(crate::farm::CycleProgress {
+            cycles: snapshot.cycles,
+            current_cycle: snapshot.current_cycle_running_for,
+            silent_for,
+        })
     }
 
     fn apply(&mut self, actions: Vec<Action>) {
@@ -479,9 +503,14 @@ impl Supervisor<'_> {
                             slot: Some(key.slot),
                             pid: Some(pid),
                         });
+                        // Where it was stuck goes to the log first.
+                        let why = format!("{label} (pid {pid}) killed at its stop deadline");
+                        self.kill_after_backtrace(&key.id, key.slot, pid, why, now);
+                        continue;
                     }
                     process::signal_group(Pid::from_raw(pid), Signal::SIGKILL);
                 }
+                Action::LogBacktrace { key, pid, why } => self.log_backtrace(&key.id, key.slot, pid, why, now),
                 Action::KillConfigProcess { pid } => process::signal_group(Pid::from_raw(pid), Signal::SIGKILL),
                 Action::ReloadConfigProcess { pid } => {
                     if let Err(e) = process::signal_process(Pid::from_raw(pid), Signal::SIGHUP) {

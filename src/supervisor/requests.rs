@@ -51,10 +51,16 @@ impl Supervisor<'_> {
             Request::Drain => self.handle_drain(),
             Request::Undrain => self.handle_undrain(),
             Request::Signal { id, signal } => self.handle_signal(&id, signal),
+            Request::Backtrace { target } => return self.handle_backtrace(client, &target, now),
         })
     }
 
     fn handle_status(&mut self, now: Instant) -> Reply {
+        Reply::Done(self.status_text(now))
+    }
+
+    /// The status document (`status`, the dashboard's `/api/status`).
+    pub(super) fn status_text(&mut self, now: Instant) -> String {
         let processes: Vec<(i32, Instant)> = self
             .farm
             .jobs()
@@ -74,6 +80,14 @@ impl Supervisor<'_> {
         let figures = |pid| status::PidFigures {
             cycles: self.cycle_figures(pid),
             usage: self.usage.get(pid, read_at),
+            progress: self.children.page(pid).and_then(|page| {
+                let heartbeat = page.heartbeat();
+                (heartbeat.progress_calls > 0).then(|| status::ProgressStatus {
+                    calls: heartbeat.progress_calls,
+                    ago_ms: since_ns(heartbeat.progress_ns).as_secs_f64() * 1000.0,
+                    note: heartbeat.progress_note,
+                })
+            }),
             tasks: self.children.page(pid).map(|page| {
                 let tasks = page.tasks();
                 status::TaskStatus {
@@ -86,7 +100,7 @@ impl Supervisor<'_> {
             }),
         };
         let owners = self.slot_owners();
-        Reply::Done(status::status_json(&self.farm, &figures, &owners, now, status::unix_now()))
+        status::status_json(&self.farm, &figures, &owners, now, status::unix_now())
     }
 
     fn handle_reload(&mut self, now: Instant) -> Reply {
@@ -164,6 +178,11 @@ impl Supervisor<'_> {
             ))
         }
     }
+}
+
+/// How long ago a CLOCK_MONOTONIC reading from a page was.
+fn since_ns(monotonic_ns: u64) -> Duration {
+    Duration::from_nanos(process::monotonic_now_ns().saturating_sub(monotonic_ns))
 }
 
 fn handle_help() -> Reply {

@@ -25,6 +25,8 @@ final class WorkerHarness
     private bool $started = false;
     private bool $stopped = false;
     private int $cycles = 0;
+    /** @var list<string> what the worker passed to Lrpm\progress(), in order */
+    private array $progress = [];
     private array $job;
 
     /**
@@ -123,6 +125,18 @@ final class WorkerHarness
     public function requestRecycle(): void
     {
         $this->recycleRequested = true;
+    }
+
+    /** Lrpm\progress() was called by the worker. */
+    public function recordProgress(string $what): void
+    {
+        $this->progress[] = $what;
+    }
+
+    /** @return list<string> what the worker passed to Lrpm\progress() so far, oldest first */
+    public function progressNotes(): array
+    {
+        return $this->progress;
     }
 
     public function cycleCount(): int

@@ -67,7 +67,7 @@ enum Color {
     disable_help_subcommand = true,
     subcommand_required = true,
     after_help = "Other commands go to the host as they are: restart ID, restart all, recycle ID, reload, \
-                  stop, stop ID, start ID, signal ID SIG, version, help (the host's list)."
+                  stop, stop ID, start ID, signal ID SIG, backtrace ID[#SLOT], version, help (the host's list)."
 )]
 struct Args {
     /// Control socket (default: $LRPM_SOCKET, else the first of /run/lrpm-host/control.sock,

@@ -28,6 +28,7 @@ fn job(id: i64, mtime: i64) -> Job {
         essential: false,
         replicas: 1,
         cycle_timeout_seconds: None,
+        progress_timeout_seconds: None,
         max_cycles: None,
         max_lifetime_seconds: None,
         memory_limit_mb: None,

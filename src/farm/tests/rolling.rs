@@ -7,9 +7,24 @@ fn inspect(farm: &mut Farm, n: i64, slot: u32, cycles: u64, running: Option<Dura
     let event = Event::CycleProgress {
         key: slot_key(n, slot),
         pid: slot_pid(n, slot),
-        progress: Some(CycleProgress { cycles, current_cycle: running }),
+        progress: Some(CycleProgress { cycles, current_cycle: running, silent_for: running }),
     };
     step(farm, event, now)
+}
+
+/// An inspection of a cycle running for `running`, silent for `silent`.
+fn inspect_silent(farm: &mut Farm, n: i64, running: Duration, silent: Duration, now: Instant) -> Vec<Action> {
+    let progress = Some(CycleProgress { cycles: 0, current_cycle: Some(running), silent_for: Some(silent) });
+    step(farm, Event::CycleProgress { key: key(n), pid: 100 + n as i32, progress }, now)
+}
+
+/// The watchdog asks for the stack before its SIGTERM.
+fn backtrace_then_term(n: i64, why: &str) -> Vec<Action> {
+    let pid = 100 + n as i32;
+    vec![
+        Action::LogBacktrace { key: key(n), pid, why: format!("job {n} (pid {pid}) stopped by the watchdog ({why})") },
+        term(n),
+    ]
 }
 
 #[test]
@@ -74,7 +89,10 @@ fn the_watchdog_stops_a_stuck_cycle_and_counts_a_failure() {
     assert!(inspect(&mut farm, 1, 0, 7, Some(secs(4)), t0 + secs(10)).is_empty());
     assert_eq!(farm.next_deadline(), Some(t0 + secs(16)));
     assert_eq!(tick(&mut farm, t0 + secs(16)), vec![inspect1]);
-    assert_eq!(inspect(&mut farm, 1, 0, 7, Some(secs(10)), t0 + secs(16)), vec![term(1)]);
+    assert_eq!(
+        inspect(&mut farm, 1, 0, 7, Some(secs(10)), t0 + secs(16)),
+        backtrace_then_term(1, "cycle 8 has been running for 10.0s, longer than cycleTimeoutSeconds 10")
+    );
     // It exits 0 on SIGTERM, and that still is a failure (maxFailures 1: failed).
     step(&mut farm, exited(1, 0), t0 + secs(17));
     assert_eq!(status(&farm, 1, t0 + secs(17)), StatusName::Failed);
@@ -87,9 +105,38 @@ fn the_watchdog_restarts_a_stuck_worker_with_backoff() {
     j.cycle_timeout_seconds = Some(1);
     let mut farm = running_farm(t0, &[j]);
     tick(&mut farm, t0 + secs(1));
-    assert_eq!(inspect(&mut farm, 1, 0, 0, Some(secs(2)), t0 + secs(1)), vec![term(1)]);
+    assert_eq!(
+        inspect(&mut farm, 1, 0, 0, Some(secs(2)), t0 + secs(1)),
+        backtrace_then_term(1, "cycle 1 has been running for 2.0s, longer than cycleTimeoutSeconds 1")
+    );
     assert!(step(&mut farm, exited(1, 0), t0 + secs(2)).is_empty(), "backs off like a crash");
     assert_eq!(status(&farm, 1, t0 + secs(2)), StatusName::Backoff);
+    assert_eq!(farm.job(&id(1)).unwrap().failures.len(), 1);
+}
+
+#[test]
+fn progress_timeout_stops_a_cycle_only_once_it_is_silent_that_long() {
+    let t0 = Instant::now();
+    let mut j = job(1, 1);
+    j.progress_timeout_seconds = Some(5);
+    j.cycle_timeout_seconds = Some(100);
+    let mut farm = running_farm(t0, &[j]);
+    // The nearer of the two clocks sets the first look.
+    assert_eq!(farm.next_deadline(), Some(t0 + secs(5)));
+    tick(&mut farm, t0 + secs(5));
+    // Running 20 s but it reported progress 2 s ago: look again in 3 s.
+    assert!(inspect_silent(&mut farm, 1, secs(20), secs(2), t0 + secs(5)).is_empty());
+    assert_eq!(farm.next_deadline(), Some(t0 + secs(8)));
+    tick(&mut farm, t0 + secs(8));
+    assert_eq!(
+        inspect_silent(&mut farm, 1, secs(23), secs(5), t0 + secs(8)),
+        backtrace_then_term(
+            1,
+            "cycle 1 has reported no progress (Lrpm\\progress()) for 5.0s, longer than progressTimeoutSeconds 5"
+        )
+    );
+    // A stop by silence is a failure, as the cycle watchdog's is.
+    assert!(step(&mut farm, exited(1, 0), t0 + secs(9)).is_empty());
     assert_eq!(farm.job(&id(1)).unwrap().failures.len(), 1);
 }
 
