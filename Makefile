@@ -52,6 +52,10 @@ BENCH_PACKAGES := supervisor python3 python3-matplotlib \
 	php-symfony-serializer php-symfony-event-dispatcher php-symfony-config \
 	php-symfony-property-access php-symfony-validator php8.2-xml
 
+# The dashboard's browser test: Debian's chromium, its WebDriver, and the
+# Selenium client that drives it.
+BROWSER_PACKAGES := chromium chromium-driver python3-selenium
+
 # sudo only when not already root.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Where cargo puts the binaries (CARGO_TARGET_DIR, as cargo itself reads it).
@@ -79,7 +83,7 @@ PHP_CARGO_TARGET := $(PHP_BUILD)/target$(PHP_FLAVOUR)
 PHP_CARGO := PHP_CONFIG=$(PHP_PREFIX)/bin/php-config LRPM_PHP_STATIC=$(PHP_STATIC) \
 	CARGO_TARGET_DIR=$(PHP_CARGO_TARGET) cargo
 
-.PHONY: deps bench-deps install-packages build run test test-no-zygote bench bench-static bench-quick bench-scale bench-output bench-messenger bench-tasks docker docker-test php php-lib php-test test-php84 docker-static docker-static-test
+.PHONY: deps bench-deps install-packages build run test test-no-zygote bench bench-static bench-quick bench-scale bench-output bench-messenger bench-tasks bench-dashboard test-browser browser-deps docker docker-test php php-lib php-test test-php84 docker-static docker-static-test
 
 deps:
 	@$(MAKE) --no-print-directory install-packages PACKAGES="$(DEB_PACKAGES)"
@@ -123,6 +127,14 @@ test: deps
 
 test-no-zygote:
 	LRPM_TEST_NO_ZYGOTE=1 cargo test $(addprefix --test ,$(FARM_SUITES))
+
+browser-deps:
+	@$(MAKE) --no-print-directory install-packages PACKAGES="$(DEB_PACKAGES) $(BROWSER_PACKAGES)"
+
+# The dashboard in headless chromium (tests/dashboard_browser.rs); its
+# screenshots refresh docs/screenshots.
+test-browser: browser-deps
+	LRPM_SCREENSHOT_DIR=$(CURDIR)/docs/screenshots cargo test --features browser-tests --test dashboard_browser
 
 # Builds (or finds up to date) PHP, then lrpm-host and lrpmctl against it.
 php: php-lib
@@ -184,6 +196,11 @@ bench-messenger: bench-deps build
 
 bench-tasks: bench-deps build
 	/usr/bin/python3 bench/harness.py --only tasks
+	/usr/bin/python3 bench/report.py
+
+# What an open dashboard costs the supervisor of a 1,000-worker farm.
+bench-dashboard: bench-deps build
+	/usr/bin/python3 bench/harness.py --only dashboard
 	/usr/bin/python3 bench/report.py
 
 # One farm over members on one machine and a real etcd on loopback

@@ -444,6 +444,7 @@ class LrpmHost(Contender):
             command += ["--preload", str(APP / "preload.php")]
         if getattr(self, "no_zygote", False):
             command.append("--no-zygote")
+        command += getattr(self, "extra_args", [])
         command.append(str(farm))
         env = dict(os.environ, LRPM_LOG="warn")
         if getattr(self, "cold", False):
@@ -602,8 +603,21 @@ class ForkParent(Contender):
         self.command(f"start {job}")
 
 
+class LrpmHostDashboard(LrpmHost):
+    """The default, with --dashboard on a metrics listener of its own."""
+
+    name = "lrpm-host-dashboard"
+
+    def __init__(self, work: Path, jobs: dict[str, dict]):
+        super().__init__(work, jobs)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.extra_args = ["--metrics-listen", f"127.0.0.1:{self.port}", "--dashboard"]
+
+
 CONTENDER_CLASSES = {c.name: c for c in (LrpmHost, LrpmHostCold, LrpmHostNoZygote, LrpmHostPreload, Supervisord,
-                                         ForkParent)}
+                                         ForkParent, LrpmHostDashboard)}
 
 
 class UnixStreamTransport(xmlrpc.client.Transport):
@@ -1496,6 +1510,81 @@ class Redis:
         self.proc.wait()
 
 
+def http_get_ms(port: int, path: str) -> tuple[float, int]:
+    """One GET on loopback: (milliseconds, body bytes)."""
+    started = time.monotonic()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", path)
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+    assert response.status == 200, (path, response.status, body[:200])
+    return (time.monotonic() - started) * 1000, len(body)
+
+
+def measure_dashboard(workers: int, seconds: float) -> dict:
+    """The supervisor's CPU on a farm of `workers` idle workers, first with
+    nobody looking, then with the dashboard open: what the page asks for
+    (/api/status every 2 s, /api/farm every 5 s), from a poller thread, with
+    each request's latency and the control socket's meanwhile."""
+    with Farm("lrpm-host-dashboard", workers, framework=False, sleep_ms=SCALE_CYCLE_SLEEP_MS) as farm:
+        farm.start_and_wait()
+        host = farm.contender
+        pid = host.supervisor_pids()["supervisor"]
+        http_get_ms(host.port, "/")
+        time.sleep(2)
+        cpu0 = cpu_seconds(pid)
+        time.sleep(seconds)
+        idle_cpu = cpu_seconds(pid) - cpu0
+        latencies = {"/api/status": [], "/api/farm": []}
+        sizes = {}
+        control_ms = []
+        stop = threading.Event()
+
+        def page() -> None:
+            next_farm = 0.0
+            while not stop.is_set():
+                now = time.monotonic()
+                if now >= next_farm:
+                    ms, size = http_get_ms(host.port, "/api/farm")
+                    latencies["/api/farm"].append(ms)
+                    sizes["/api/farm"] = size
+                    next_farm = now + 5.0
+                ms, size = http_get_ms(host.port, "/api/status")
+                latencies["/api/status"].append(ms)
+                sizes["/api/status"] = size
+                stop.wait(2.0)
+
+        poller = threading.Thread(target=page, daemon=True)
+        cpu1 = cpu_seconds(pid)
+        poller.start()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            host.control("version")
+            control_ms.append((time.monotonic() - started) * 1000)
+            time.sleep(0.1)
+        stop.set()
+        poller.join()
+        open_cpu = cpu_seconds(pid) - cpu1
+        host.stop()
+
+        def summary(values: list[float]) -> dict:
+            ordered = sorted(values)
+            return {"n": len(values), "median_ms": statistics.median(ordered),
+                    "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], "max_ms": ordered[-1]}
+
+        return {
+            "workers": workers,
+            "seconds": seconds,
+            "supervisor_cpu_ms_per_minute_idle": idle_cpu * 1000 * 60 / seconds,
+            "supervisor_cpu_ms_per_minute_page_open": open_cpu * 1000 * 60 / seconds,
+            "requests": {path: summary(values) for path, values in latencies.items()},
+            "bytes": sizes,
+            "control_socket": summary(control_ms),
+        }
+
+
 def measure_messenger(contender: str, messages: int) -> dict:
     """examples/messenger's consumers, 4 of them, on `messages` published
     messages: under lrpm-host (one job, replicas 4) or as 4 php-cli
@@ -1670,7 +1759,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few repetitions, for trying the harness out")
     parser.add_argument("--only", nargs="+", choices=["memory", "spawn", "reaction", "loop", "idle", "output",
-                                                         "sharing", "upgrade", "scale", "messenger", "tasks"])
+                                                         "sharing", "upgrade", "scale", "messenger", "tasks",
+                                                         "dashboard"])
     args = parser.parse_args()
     if not LRPM_HOST.exists():
         sys.exit(f"{LRPM_HOST} is missing: run `make build` first")
@@ -1682,7 +1772,7 @@ def main() -> None:
     APP = stage_app()
     quick = args.quick
     measures = args.only or ["memory", "spawn", "reaction", "loop", "idle", "output", "sharing", "upgrade", "scale",
-                             "messenger", "tasks"]
+                             "messenger", "tasks", "dashboard"]
     sizes = [10, 50, 100] if quick else [10, 50, 100, 500]
     runs = 1 if quick else 3
     parameters = {"quick": quick, "runs": runs}
@@ -1793,6 +1883,18 @@ def main() -> None:
                 f"{rows[-1]['round_trip_ms']['median']:.3f} ms, pcntl_fork {rows[-1]['pcntl_round_trip_ms']['median']:.3f} ms; "
                 f"pool: {rows[-1]['pool_calls_per_second']:,.0f} calls/s, {rows[-1]['pool_helper_pss_kb']:.0f} kB PSS per helper")
         write_result("tasks", {"runs": runs, "rows": rows, "run": stamp})
+
+    if "dashboard" in measures:
+        workers, seconds = (200, 10.0) if quick else (1000, 30.0)
+        rows = []
+        for n in range(runs):
+            log(f"dashboard: {workers} workers, {seconds:.0f} s unwatched then {seconds:.0f} s with the page open "
+                f"(run {n + 1}/{runs})")
+            rows.append(dict(measure_dashboard(workers, seconds), run=n))
+            log(f"dashboard: supervisor {rows[-1]['supervisor_cpu_ms_per_minute_idle']:.0f} -> "
+                f"{rows[-1]['supervisor_cpu_ms_per_minute_page_open']:.0f} ms CPU per minute; /api/status "
+                f"{rows[-1]['requests']['/api/status']['median_ms']:.1f} ms, {rows[-1]['bytes']['/api/status']:,} bytes")
+        write_result("dashboard", {"runs": runs, "rows": rows, "run": stamp})
 
 
 if __name__ == "__main__":

@@ -479,6 +479,42 @@ def tasks_section(page: Page, tasks: dict, summary: dict) -> None:
     )
 
 
+def dashboard_section(page: Page, dashboard: dict, summary: dict) -> None:
+    rows = dashboard["rows"]
+    run = dashboard.get("run", {})
+    workers, seconds = rows[0]["workers"], rows[0]["seconds"]
+
+    def med(pick) -> float:
+        return statistics.median(pick(r) for r in rows)
+
+    idle = med(lambda r: r["supervisor_cpu_ms_per_minute_idle"])
+    open_ = med(lambda r: r["supervisor_cpu_ms_per_minute_page_open"])
+    status_ms = med(lambda r: r["requests"]["/api/status"]["median_ms"])
+    status_p99 = med(lambda r: r["requests"]["/api/status"]["p99_ms"])
+    farm_ms = med(lambda r: r["requests"]["/api/farm"]["median_ms"])
+    control_p99 = med(lambda r: r["control_socket"]["p99_ms"])
+    size = med(lambda r: r["bytes"]["/api/status"])
+    page.add("## The dashboard's cost", "")
+    page.add(
+        f"A farm of {workers:,} idle workers with `--dashboard`: the supervisor's CPU over {seconds:.0f} s with "
+        f"nobody looking, then over {seconds:.0f} s with what an open page asks for (`/api/status` every 2 s, "
+        "`/api/farm` every 5 s) and a control-socket `version` every 100 ms meanwhile. Medians of "
+        f"{dashboard['runs']} runs" + (f", commit {run['commit']}." if run.get("commit") else "."),
+        "",
+    )
+    page.table(
+        ["", "figure"],
+        [
+            ["supervisor CPU, nobody looking", f"{idle:.0f} ms per minute"],
+            ["supervisor CPU, the page open", f"{open_:.0f} ms per minute ({(open_ - idle) / 600:.2f}% of one CPU more)"],
+            ["`/api/status` (the whole farm's document)", f"{status_ms:.1f} ms median, {status_p99:.1f} ms p99, {size / 1024:,.0f} KB"],
+            ["`/api/farm` (history included)", f"{farm_ms:.1f} ms median"],
+            ["control socket p99 meanwhile", f"{control_p99:.1f} ms"],
+        ],
+    )
+    summary["dashboard"] = (idle, open_, control_p99)
+
+
 def release_section(page: Page, tasks: dict, summary: dict) -> None:
     rows = [r for r in tasks["rows"] if "release" in r]
     if not rows:
@@ -923,7 +959,8 @@ def main() -> None:
         ("memory", memory_section), ("spawn", spawn_section), ("reaction", reaction_section),
         ("loop", loop_section), ("idle", idle_section), ("output", output_section),
         ("sharing", sharing_section), ("upgrade", upgrade_section),
-        ("messenger", messenger_section), ("tasks", tasks_section), ("tasks", release_section), ("static_memory", static_memory_section),
+        ("messenger", messenger_section), ("tasks", tasks_section), ("tasks", release_section), ("dashboard", dashboard_section),
+        ("static_memory", static_memory_section),
         ("cluster", cluster_section),
     ]
     for name, render in renderers:

@@ -110,6 +110,20 @@ pub struct FarmOptions {
     #[arg(long, value_name = "PATH", global = true)]
     pub log_file: Option<PathBuf>,
 
+    /// Serve the web dashboard on the --metrics-listen address: GET / (the
+    /// page), /api/status and /api/farm. Read-only unless a token is given.
+    #[arg(long, global = true)]
+    pub dashboard: bool,
+    /// Allow the dashboard's actions (restart, recycle, stop, start) to
+    /// requests with `Authorization: Bearer TOKEN`, TOKEN being this file's
+    /// content (at least 16 characters).
+    #[arg(long, value_name = "PATH", global = true, requires = "dashboard", conflicts_with = "dashboard_token")]
+    pub dashboard_token_file: Option<PathBuf>,
+    /// The same token given directly (a command line is visible to every
+    /// local user in ps: prefer the file, or the environment variable).
+    #[arg(long, value_name = "TOKEN", env = "LRPM_DASHBOARD_TOKEN", hide_env_values = true, global = true)]
+    pub dashboard_token: Option<String>,
+
     /// `lrpmctl upgrade`: how long the new binary's trial run (PHP boot and
     /// one configuration load) may take before it is killed and the
     /// upgrade fails.

@@ -44,6 +44,59 @@ fn farm_user(options: &cli::FarmOptions) -> Result<Option<Arc<Credentials>>, Str
 }
 
 /// `--cluster` and its options, checked (None without `--cluster`).
+/// Where the dashboard's token may come from instead of the command line.
+const TOKEN_ENV: &str = "LRPM_DASHBOARD_TOKEN";
+/// The shortest dashboard token accepted.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// `--dashboard` and its token (from a file, the command line or
+/// LRPM_DASHBOARD_TOKEN), checked once at startup.
+fn dashboard_settings(options: &cli::FarmOptions) -> Result<Option<supervisor::DashboardSettings>, String> {
+    if !options.dashboard {
+        if options.dashboard_token.is_some() && std::env::var_os(TOKEN_ENV).is_none() {
+            return Err("--dashboard-token needs --dashboard".into());
+        }
+        std::env::remove_var(TOKEN_ENV);
+        return Ok(None);
+    }
+    if options.metrics_listen.is_none() {
+        return Err(
+            "--dashboard is served on the --metrics-listen address: give it too (e.g. --metrics-listen 127.0.0.1:9464)"
+                .into(),
+        );
+    }
+    let token = match (&options.dashboard_token_file, &options.dashboard_token) {
+        (Some(path), _) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("--dashboard-token-file {}: {e}", path.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0) {
+                tracing::warn!("--dashboard-token-file {} is readable by every user: chmod 600 it", path.display());
+            }
+            Some(text.trim().to_string())
+        }
+        (None, Some(token)) => Some(token.trim().to_string()),
+        (None, None) => None,
+    };
+    // Workers run user code and inherit the environment: the token is not
+    // theirs to see. An upgrade's exec gives it to the next image again.
+    let token_from_env = std::env::var_os(TOKEN_ENV).is_some();
+    std::env::remove_var(TOKEN_ENV);
+    if let Some(token) = &token {
+        if token.chars().count() < MIN_TOKEN_LEN {
+            return Err(format!(
+                "the dashboard token must be at least {MIN_TOKEN_LEN} characters (`openssl rand -hex 16`)"
+            ));
+        }
+        if !token.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(
+                "the dashboard token must be printable ASCII without spaces (it travels in an HTTP header)".into()
+            );
+        }
+    }
+    Ok(Some(supervisor::DashboardSettings { token, token_from_env }))
+}
+
 fn cluster_settings(options: &cli::FarmOptions) -> Result<Option<supervisor::ClusterSettings>, String> {
     let Some(url) = &options.cluster else { return Ok(None) };
     let member = match &options.cluster_member {
@@ -197,6 +250,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 job_defaults: cli.farm.job_defaults.0.clone(),
                 capture_output: cli.farm.worker_output == lrpm_host::cli::WorkerOutput::Capture,
                 metrics_listen: cli.farm.metrics_listen,
+                dashboard: match dashboard_settings(&cli.farm) {
+                    Ok(settings) => settings,
+                    Err(e) => return Ok(usage_error(&e)),
+                },
                 zygote: cli.farm.uses_zygote(),
                 program: std::env::current_exe().context("finding this program's path")?,
                 upgrade_trial_timeout: std::time::Duration::from_secs(cli.farm.upgrade_trial_timeout),

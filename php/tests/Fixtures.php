@@ -17,6 +17,7 @@ final class RecordingWorker implements \Lrpm\Worker, \Lrpm\Stoppable
     public function cycle(): void
     {
         $this->seen[] = ['cycle', \Lrpm\should_stop()];
+        \Lrpm\progress('cycle ' . count($this->seen));
         if (count($this->seen) === ($this->job['workerConfig']['recycleAfter'] ?? -1)) {
             \Lrpm\recycle();
         }

@@ -42,6 +42,12 @@ final class WorkerHarnessTest extends TestCase
         self::assertSame(2, $harness->cycleCount());
     }
 
+    public function testProgressNotesAreRecorded(): void
+    {
+        $harness = (new WorkerHarness(new RecordingWorker()))->start()->cycles(2);
+        self::assertSame(['cycle 2', 'cycle 3'], $harness->progressNotes());
+    }
+
     public function testPhpLrpmWorkersAndInvalidJobs(): void
     {
         $worker = new PhpLrpmWorker();

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod exposition;
+pub mod history;
 pub mod http;
 pub mod rss;
 

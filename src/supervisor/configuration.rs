@@ -28,6 +28,9 @@ impl Supervisor<'_> {
                 Ok(ConfigMessage::Configuration { jobs }) => self.configuration_received(jobs, now),
                 Ok(ConfigMessage::Error { message }) => {
                     self.host.config_failed();
+                    if let Some(dashboard) = self.dashboard.as_mut() {
+                        dashboard.configuration_failed(&format!("configuration source error: {message}"));
+                    }
                     tracing::error!("configuration source error: {message}")
                 }
                 Err(e) => tracing::error!("{e}"),
@@ -56,6 +59,9 @@ impl Supervisor<'_> {
         }
         for error in &validated.errors {
             tracing::error!("invalid configuration for {error}; the job is dropped, the others run");
+        }
+        if let Some(dashboard) = self.dashboard.as_mut() {
+            dashboard.configuration_applied(validated.errors.iter().map(|e| format!("invalid: {e}")).collect());
         }
         for unknown in validated.unknown_fields {
             if self.warned_fields.insert((JobId::parse(&unknown.job_id), unknown.field.clone())) {

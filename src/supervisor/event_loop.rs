@@ -117,6 +117,7 @@ impl Supervisor<'_> {
             self.agent.as_ref().and_then(super::cluster::Agent::deadline),
             self.zygote_deadline(),
             self.backtraces.deadline(now),
+            self.dashboard.as_ref().map(super::dashboard::Dashboard::next_sample),
         ]
         .into_iter()
         .flatten()
@@ -203,6 +204,7 @@ impl Supervisor<'_> {
         }
         self.control.clients.expire(now);
         self.serve_http(&http, now);
+        self.sample_history(now);
         // Deadlines only once every exited child is known to the core:
         // a process that already exited is never declared stuck.
         if !self.reap_pending {

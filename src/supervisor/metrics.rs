@@ -13,7 +13,7 @@ use super::event_loop::Source;
 use super::Supervisor;
 use crate::farm::{JobState, Phase, RecycleReason, StatusName};
 use crate::metrics::exposition::{self, Exposition, Kind};
-use crate::metrics::http::{Request, Response, Route};
+use crate::metrics::http::{Incoming, Request, Response, Route};
 use crate::metrics::rss;
 use crate::process;
 use crate::process::shared_page::OpcacheFigures;
@@ -69,13 +69,19 @@ impl Supervisor<'_> {
                 _ => {}
             }
         }
-        let mut rendered: [Option<Response>; 3] = [None, None, None];
-        for (id, Request { route, head }) in requests {
-            let index = route as usize;
-            if rendered[index].is_none() {
-                rendered[index] = Some(self.http_response(route, now));
-            }
-            if let (Some(http), Some(response)) = (self.http.as_mut(), &rendered[index]) {
+        let mut rendered: [Option<Response>; Route::COUNT] = Default::default();
+        for (id, incoming) in requests {
+            let (response, head) = match incoming {
+                Incoming::Get(Request { route, head }) => {
+                    let index = route as usize;
+                    if rendered[index].is_none() {
+                        rendered[index] = Some(self.http_response(route, now));
+                    }
+                    (rendered[index].clone(), head)
+                }
+                Incoming::Action(action) => (Some(self.dashboard_action(action, now)), false),
+            };
+            if let (Some(http), Some(response)) = (self.http.as_mut(), response.as_ref()) {
                 http.respond(id, response, head);
             }
         }
@@ -90,6 +96,7 @@ impl Supervisor<'_> {
                 status: 200,
                 content_type: exposition::CONTENT_TYPE,
                 body: Rc::from(self.metrics_text(now).into_bytes()),
+                render_us: None,
             },
             Route::Healthz => match self.health() {
                 Ok(text) => Response::text(200, text),
@@ -99,6 +106,7 @@ impl Supervisor<'_> {
                 Ok(text) => Response::text(200, text),
                 Err(text) => Response::text(503, text),
             },
+            Route::Dashboard | Route::ApiStatus | Route::ApiFarm => self.dashboard_response(route, now),
         }
     }
 

@@ -13,6 +13,8 @@ mod cluster;
 mod cluster_view;
 pub mod config_channel;
 mod configuration;
+mod dashboard;
+pub use dashboard::DashboardSettings;
 mod event_loop;
 pub use cluster::ClusterSettings;
 mod metrics;
@@ -86,6 +88,8 @@ pub struct FarmConfig {
     pub capture_output: bool,
     /// Where `/metrics`, `/healthz` and `/readyz` are served (`--metrics-listen`).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `--dashboard`: the web page and its documents on the same listener.
+    pub dashboard: Option<DashboardSettings>,
     /// Fork workers from a zygote (the default; `--no-zygote` turns it off).
     pub zygote: bool,
     /// This program's path (`lrpmctl upgrade` executes what is there now).
@@ -147,6 +151,8 @@ struct Supervisor<'e> {
     host: crate::metrics::HostCounters,
     /// Backtrace requests waiting for the workers' answers.
     backtraces: backtraces::Backtraces,
+    /// `--dashboard`: its history and settings.
+    dashboard: Option<dashboard::Dashboard>,
     rss: crate::metrics::rss::RssSampler,
     /// Workers' CPU and memory as `status` last read them (`requests.rs`).
     usage: process::UsageCache,
@@ -182,6 +188,7 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         None => ControlServer::bind(&socket_path, config.control_socket_mode)?,
     };
     let signals = SignalEvents::new()?;
+    let dashboard = config.dashboard.clone().map(|settings| dashboard::Dashboard::new(settings, Instant::now()));
     let http = match config.metrics_listen {
         Some(address) => Some(HttpServer::bind(address).map_err(|e| SupervisorError::Metrics(address, e))?),
         None => None,
@@ -234,6 +241,7 @@ pub fn run(engine: &Engine, config: FarmConfig) -> Result<HostExit, SupervisorEr
         http,
         host: crate::metrics::HostCounters::new(Instant::now()),
         backtraces: Default::default(),
+        dashboard,
         rss: Default::default(),
         usage: process::UsageCache::default(),
         agent: None,
@@ -523,6 +531,9 @@ impl Supervisor<'_> {
                         Err(e) => {
                             tracing::error!("cannot start the configuration process: {e}");
                             self.host.config_spawn_failed();
+                            if let Some(dashboard) = self.dashboard.as_mut() {
+                                dashboard.configuration_failed(&format!("cannot start the configuration process: {e}"));
+                            }
                             Event::ConfigSpawnFailed
                         }
                     };

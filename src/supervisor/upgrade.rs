@@ -44,6 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use super::children::ChildRole;
 use super::cluster::HandedAgent;
+use super::DashboardSettings;
 use super::{output, Supervisor};
 use crate::control::server::ClientId;
 use crate::control::Reply;
@@ -377,7 +378,11 @@ impl Supervisor<'_> {
     fn exec_parts(&self) -> Option<(CString, Vec<CString>, Vec<CString>)> {
         let path = CString::new(self.config.program.as_os_str().as_bytes()).ok()?;
         let argv = self.config.argv.iter().map(|a| CString::new(a.as_bytes()).ok()).collect::<Option<Vec<_>>>()?;
-        Some((path, argv, inherited_environment()?))
+        let mut env = inherited_environment()?;
+        if let Some(DashboardSettings { token: Some(token), token_from_env: true }) = &self.config.dashboard {
+            env.push(CString::new(format!("LRPM_DASHBOARD_TOKEN={token}")).ok()?);
+        }
+        Some((path, argv, env))
     }
 
     /// Writes the handoff and replaces the process image; returns only if
