@@ -115,6 +115,27 @@ static bool recycle_due(void)
 
 long long opcache_published_at_ns = 0;
 
+/* Between cycles, at most once a second: what the cycles allocated and
+ * freed goes back to the kernel once more than this is free in the Zend
+ * heap (memory_get_usage(true) - memory_get_usage()), as after start()
+ * (php/runner.php). The check is two reads of the heap's counters; the
+ * release (zend_mm_gc, malloc_trim) runs only past the threshold, so a
+ * worker that keeps its memory in use pays nothing, and one that frees and
+ * reuses the same memory every cycle pays at most one release a second. */
+#define FREE_MEMORY_WORTH_RELEASING ((size_t)4 << 20)
+#define RELEASE_CHECK_INTERVAL_NS 1000000000LL
+long long release_checked_at_ns = 0;
+
+static void release_free_memory_if_worth_it(long long now)
+{
+    if (now - release_checked_at_ns < RELEASE_CHECK_INTERVAL_NS) return;
+    release_checked_at_ns = now;
+    size_t allocated = zend_memory_usage(1), used = zend_memory_usage(0);
+    if (allocated <= used || allocated - used <= FREE_MEMORY_WORTH_RELEASING) return;
+    zend_mm_gc(zend_mm_get_heap());
+    malloc_trim(0);
+}
+
 /* Called by the runner right after $worker->cycle() returned: records the
  * cycle in the shared page (store order: lrpm_shim.h) and says what is
  * due, so the per-cycle checks cost one call: 0 once the worker asked for
@@ -138,6 +159,7 @@ static PHP_FUNCTION(lrpm_cycle_done)
     cycle_began_ns = 0;
     if (recycle_due()) RETURN_LONG(0);
     long long now = monotonic_coarse_ns();
+    release_free_memory_if_worth_it(now);
     if (now - opcache_published_at_ns >= OPCACHE_PUBLISH_INTERVAL_NS) {
         opcache_published_at_ns = now;
         RETURN_LONG(2);

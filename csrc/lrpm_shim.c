@@ -547,6 +547,7 @@ int lrpm_child_main(const lrpm_child_spec *spec)
     cycle_began_ns = 0;
     last_gc_between_cycles_ns = monotonic_coarse_ns();
     opcache_published_at_ns = last_gc_between_cycles_ns;
+    release_checked_at_ns = 0;
     pthread_atfork(NULL, NULL, on_fork_in_child);
     reload_requested = 0;
     if (spec->title) lrpm_title_set(spec->title);

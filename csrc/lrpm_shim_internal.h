@@ -37,6 +37,8 @@ extern bool recycle_asked;
 extern uint64_t cycle_began_ns;
 extern long long last_gc_between_cycles_ns;
 extern long long opcache_published_at_ns;
+/* When cycle_done() last looked at the Zend heap's free memory (0: never). */
+extern long long release_checked_at_ns;
 /* "worker", "config", "zygote" or "task", for Lrpm\process_kind(). */
 extern const char *process_kind;
 long long monotonic_coarse_ns(void);

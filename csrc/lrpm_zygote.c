@@ -285,6 +285,7 @@ static void become_zygote_worker(int socket_fd, int *fds, int nfds, const lrpm_z
     cycle_began_ns = 0;
     last_gc_between_cycles_ns = monotonic_coarse_ns();
     opcache_published_at_ns = last_gc_between_cycles_ns;
+    release_checked_at_ns = 0;
     process_kind = "worker";
     lrpm_title_set(title);
     if (!backtrace_answers_start()) child_setup_failed(current_spec, "sigaction(backtrace signal)");
