@@ -130,6 +130,8 @@ fn recycle_replaces_every_slot_one_at_a_time() {
     }
     let status = farm.status();
     assert_eq!(status["q"]["state"]["recycles"], 3, "{status}");
+    assert_eq!(status["q"]["state"]["recyclesByReason"], json!({"rolling": 3}), "{status}");
+    assert!(status["other"]["state"].get("recyclesByReason").is_none(), "only once one happened: {status}");
     assert_eq!(running_slots(&status, "other")[&0], other, "other jobs are untouched");
     // recycle all: every job; a job with nothing running is not counted.
     assert_eq!(farm.request("recycle all").unwrap(), "Scheduled rolling recycle of 2 job(s)");

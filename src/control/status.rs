@@ -43,6 +43,11 @@ pub struct ProcessState {
     /// Planned recycles (limits reached), also counted in `restarts`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recycles: Option<u64>,
+    /// The recycles by reason (the metrics' `reason` labels: `max_cycles`,
+    /// `max_lifetime`, `memory`, `requested`, `rolling`, `unknown`), only
+    /// the reasons that happened; absent before the first recycle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recycles_by_reason: Option<IndexMap<String, u64>>,
     #[serde(default)]
     pub last_exit: Option<LastExit>,
     /// How many processes the job runs (`replicas`).
@@ -320,6 +325,13 @@ pub fn process_state(
         held: Some(state.held()),
         restarts: Some(state.restarts),
         recycles: Some(state.recycles),
+        recycles_by_reason: (state.recycles_by_reason.total() > 0).then(|| {
+            crate::farm::RecycleReason::ALL
+                .into_iter()
+                .map(|reason| (reason.as_str().to_string(), state.recycles_by_reason.get(reason)))
+                .filter(|(_, count)| *count > 0)
+                .collect()
+        }),
         last_exit: state.last_exit.map(last_exit),
         replicas: Some(state.job.replicas),
         cycles,
