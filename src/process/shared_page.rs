@@ -133,8 +133,6 @@ pub struct Heartbeat {
     pub progress_calls: u64,
     /// What the last call said (at most 63 bytes).
     pub progress_note: String,
-    /// CLOCK_MONOTONIC ns the last cycle() returned; 0: none yet.
-    pub cycle_ended_ns: u64,
 }
 
 /// The OPcache figures a worker published (OPcache's memory is shared by
@@ -386,8 +384,7 @@ impl SharedPage {
         }
     }
 
-    /// The heartbeat: the last `Lrpm\progress()` (time, calls, note) and
-    /// the end of the last cycle. The note is read under its seqlock; one
+    /// The heartbeat: the last `Lrpm\progress()` (time, calls, note). The note is read under its seqlock; one
     /// being rewritten at that moment reads as empty.
     pub fn heartbeat(&self) -> Heartbeat {
         let layout = self.layout();
@@ -402,12 +399,7 @@ impl SharedPage {
                 note = String::from_utf8_lossy(&bytes).into_owned();
             }
         }
-        Heartbeat {
-            progress_ns,
-            progress_calls: layout.progress_calls.load(Ordering::Relaxed),
-            progress_note: note,
-            cycle_ended_ns: layout.cycle_ended_ns.load(Ordering::Relaxed),
-        }
+        Heartbeat { progress_ns, progress_calls: layout.progress_calls.load(Ordering::Relaxed), progress_note: note }
     }
 
     /// How long since the worker last showed life: a cycle began or ended,
@@ -420,13 +412,6 @@ impl SharedPage {
             .max()
             .unwrap_or(0);
         (last > 0).then(|| Duration::from_nanos(now_monotonic_ns.saturating_sub(last)))
-    }
-
-    /// Records a progress call, as `Lrpm\progress()` does in C (tests).
-    pub fn record_progress(&self, now_monotonic_ns: u64) {
-        let layout = self.layout();
-        layout.progress_calls.fetch_add(1, Ordering::Relaxed);
-        layout.progress_ns.store(now_monotonic_ns.max(1), Ordering::Release);
     }
 
     /// True once the child answers backtrace requests.
@@ -450,17 +435,6 @@ impl SharedPage {
         let len = (layout.backtrace_length.load(Ordering::Relaxed) as usize).min(BACKTRACE_BYTES);
         let bytes: Vec<u8> = layout.backtrace_text[..len].iter().map(|b| b.load(Ordering::Relaxed)).collect();
         Some(String::from_utf8_lossy(&bytes).into_owned())
-    }
-
-    /// Answers a request as the C side does (tests).
-    pub fn write_backtrace_answer(&self, asked: u64, text: &str) {
-        let layout = self.layout();
-        let bytes = &text.as_bytes()[..text.len().min(BACKTRACE_BYTES)];
-        for (slot, byte) in layout.backtrace_text.iter().zip(bytes) {
-            slot.store(*byte, Ordering::Relaxed);
-        }
-        layout.backtrace_length.store(bytes.len() as u64, Ordering::Relaxed);
-        layout.backtrace_answered.store(asked, Ordering::Release);
     }
 
     pub fn recycle_reason(&self) -> u64 {

@@ -34,9 +34,19 @@ impl Supervisor<'_> {
 
     /// `cluster`: the document `lrpmctl cluster` shows.
     pub(super) fn handle_cluster(&mut self, now: Instant) -> Reply {
-        let Some(agent) = self.agent.as_ref() else {
+        let Some(document) = self.cluster_document(now) else {
             return Reply::refused("this lrpm-host is not in a cluster (start it with --cluster)");
         };
+        match serde_json::to_string(&document) {
+            Ok(json) => Reply::Done(json),
+            Err(e) => Reply::Refused(format!("cannot encode the cluster view: {e}")),
+        }
+    }
+
+    /// This member's view of the members and units (None outside a cluster):
+    /// `lrpmctl cluster` and the dashboard's `/api/farm`.
+    pub(super) fn cluster_document(&self, now: Instant) -> Option<ClusterDocument> {
+        let agent = self.agent.as_ref()?;
         let me = agent.settings().member.clone();
         let owners = self.slot_owners();
         let mut per_member: HashMap<&str, usize> = HashMap::new();
@@ -81,7 +91,7 @@ impl Supervisor<'_> {
             .collect();
         foreign.sort_by(|a, b| a.unit.cmp(&b.unit));
         units.extend(foreign);
-        let document = ClusterDocument {
+        Some(ClusterDocument {
             cluster: agent.settings().url.clone(),
             member: me,
             agent_pid: agent.pid(),
@@ -99,11 +109,7 @@ impl Supervisor<'_> {
             claims: agent.claims,
             grants: agent.grants,
             revocations: agent.revocations,
-        };
-        match serde_json::to_string(&document) {
-            Ok(json) => Reply::Done(json),
-            Err(e) => Reply::Refused(format!("cannot encode the cluster view: {e}")),
-        }
+        })
     }
 
     pub(super) fn handle_drain(&mut self) -> Reply {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::Supervisor;
-use crate::control::{self, Reply};
+use crate::control::Reply;
 use crate::farm::zygote::{Disabled, ZygotePhase};
 use crate::farm::{JobCommand, Phase, Refusal};
 use crate::job::JobId;
@@ -150,10 +150,7 @@ impl Supervisor<'_> {
     /// The host's own figures, the configuration's last load, the zygote,
     /// the cluster, and the history.
     fn farm_document(&mut self, now: Instant) -> Value {
-        let cluster = match self.agent.is_some().then(|| self.handle_cluster(now)) {
-            Some(Reply::Done(text)) => serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
-            _ => Value::Null,
-        };
+        let cluster = self.cluster_document(now).map_or(Value::Null, |doc| json!(doc));
         let zygote = self.zygote_state();
         let Some(dashboard) = self.dashboard.as_ref() else { return Value::Null };
         let history_jobs: serde_json::Map<String, Value> =
@@ -239,14 +236,13 @@ impl Supervisor<'_> {
             ActionVerb::Start => JobCommand::Start,
         };
         let id = JobId::parse(&action.job);
-        let (outcome, actions) = self.farm.job_command(&id, command, now);
-        self.apply(actions);
+        let (outcome, reply) = self.run_job_command(&id, command, now);
         let status = match outcome {
             Ok(()) => 200,
             Err(Refusal::NoSuchJob) => 404,
             Err(_) => 409,
         };
-        let text = match control::job_reply(&id, command, outcome) {
+        let text = match reply {
             Reply::Done(text) => {
                 tracing::info!("dashboard: {} (an action from the web page)", text);
                 text

@@ -444,29 +444,27 @@ fn write_jobs(e: &mut Exposition, jobs: &[JobFigures<'_>]) {
         "cycle() calls the job's processes completed (ended processes included).",
         &|j| Some(j.cycles),
     );
-    e.family(
-        "lrpm_job_last_cycle_seconds",
-        Kind::Gauge,
-        "How long the last completed cycle took (the longest over the job's running processes).",
-    );
-    for job in jobs {
-        if let Some(last) = job.last_cycle {
-            let labels = [("job", job.id.as_str()), ("name", job.state.job.name.as_str())];
-            e.sample("lrpm_job_last_cycle_seconds", &labels, last.as_secs_f64());
+    let seconds = |e: &mut Exposition, name: &str, help: &str, value: &dyn Fn(&JobFigures) -> Option<Duration>| {
+        e.family(name, Kind::Gauge, help);
+        for job in jobs {
+            if let Some(d) = value(job) {
+                e.sample(name, &[("job", &job.id), ("name", &job.state.job.name)], d.as_secs_f64());
+            }
         }
-    }
-    e.family(
+    };
+    seconds(
+        e,
+        "lrpm_job_last_cycle_seconds",
+        "How long the last completed cycle took (the longest over the job's running processes).",
+        &|j| j.last_cycle,
+    );
+    seconds(
+        e,
         "lrpm_job_seconds_since_activity",
-        Kind::Gauge,
         "The longest time any running process of the job has shown no life: no cycle began or ended and no \
          Lrpm\\progress() (absent before a first cycle). A value that only grows is a stuck or long-blocked worker.",
+        &|j| j.since_activity,
     );
-    for job in jobs {
-        if let Some(silent) = job.since_activity {
-            let labels = [("job", job.id.as_str()), ("name", job.state.job.name.as_str())];
-            e.sample("lrpm_job_seconds_since_activity", &labels, silent.as_secs_f64());
-        }
-    }
     e.family(
         "lrpm_job_watchdog_stops_total",
         Kind::Counter,

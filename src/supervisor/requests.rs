@@ -116,9 +116,20 @@ impl Supervisor<'_> {
     }
 
     fn handle_job_command(&mut self, id: &JobId, command: JobCommand, now: Instant) -> Reply {
+        self.run_job_command(id, command, now).1
+    }
+
+    /// A command on one job, decided by the core: its outcome and the reply
+    /// (the control socket's and the dashboard's actions).
+    pub(super) fn run_job_command(
+        &mut self,
+        id: &JobId,
+        command: JobCommand,
+        now: Instant,
+    ) -> (Result<(), Refusal>, Reply) {
         let (outcome, actions) = self.farm.job_command(id, command, now);
         self.apply(actions);
-        control::job_reply(id, command, outcome)
+        (outcome, control::job_reply(id, command, outcome))
     }
 
     /// `restart all` and `recycle all`: the command on every job, as one
